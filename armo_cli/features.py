@@ -1,0 +1,548 @@
+"""Stage 0: conversations -> response features f(x,y) and prompt features f(x), one forward pass each.
+
+A pair is run as one *tree*: [prompt | chosen | rejected] with an attention mask in which each
+response sees the prompt and itself but not the other response, and position ids that restart
+after the prompt. The prompt is therefore computed once, with no cache juggling and no padding.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+
+from . import __version__
+from .backbones import DEFAULT_BACKBONE, Backbone, load_backbone
+from .console import info, progress, warn
+from .io import ArmoError, load_artifact, save_artifact, sha256_file, sha256_json, spool_stdin
+from .rows import Example, Skipped, Source, iter_examples
+
+OVERFLOW = ("error", "skip", "truncate-prompt")
+
+
+# --- gate rules ---------------------------------------------------------------------------------
+# A gate rule says where the prompt feature f(x) is read. Positions are given relative to the
+# prompt as rendered *with* the generation prompt (length P, generation-prompt suffix of length S).
+GATE_RULES: dict[str, Callable[[int, int], int]] = {
+    # the last token before the first response token (armo's default)
+    "generation-prompt": lambda p, s: p - 1,
+    # ArmoRM's: the end-of-turn token just before the last assistant header (P-5 for Llama 3)
+    "armo-eot": lambda p, s: p - s - 1,
+}
+
+# The same rules as (offset into the last occurrence of the generation-prompt token pattern),
+# which is how an exported model finds the position in a plain token sequence.
+GATE_RULE_PATTERN_OFFSET: dict[str, Callable[[int], int]] = {
+    "generation-prompt": lambda s: s - 1,
+    "armo-eot": lambda s: -1,
+}
+
+
+# --- tokenisation -------------------------------------------------------------------------------
+@dataclass
+class Tree:
+    """Token ids of one example: a prompt and one or two continuations sharing it."""
+
+    index: int
+    example: Example
+    prompt: list[int]
+    conts: list[list[int]]
+    gate: int
+    truncated: bool = False
+
+    @property
+    def length(self) -> int:
+        return len(self.prompt) + sum(len(c) for c in self.conts)
+
+    def seq_lengths(self) -> list[int]:
+        return [len(self.prompt) + len(c) for c in self.conts]
+
+
+class Renderer:
+    """Chat-template rendering with the prompt's tokens an exact prefix of the conversation's."""
+
+    def __init__(self, tokenizer: Any, gate_rule: str = "generation-prompt"):
+        if gate_rule not in GATE_RULES:
+            raise ArmoError(f"--gate-rule: unknown rule {gate_rule!r} (choose from {', '.join(GATE_RULES)})")
+        self.tok = tokenizer
+        self.gate_rule = gate_rule
+        bos = tokenizer.bos_token_id
+        with_special = tokenizer("x", add_special_tokens=True).input_ids
+        without = tokenizer("x", add_special_tokens=False).input_ids
+        # Does this tokenizer add BOS by itself? Then the template text must not bring a second one.
+        self.adds_bos = bos is not None and len(with_special) > len(without) and with_special[0] == bos
+        self.bos = bos
+        probe = [{"role": "user", "content": "x"}]
+        with_gen = self.render(probe, generation_prompt=True)
+        without_gen = self.render(probe, generation_prompt=False)
+        if not with_gen.startswith(without_gen):
+            raise ArmoError("the backbone's chat template renders the generation prompt in an unsupported way")
+        self.gen_suffix_text = with_gen[len(without_gen):]
+        self.gen_suffix = self.encode(self.gen_suffix_text, bos=False)
+
+    def render(self, messages: list[dict], generation_prompt: bool) -> str:
+        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+    def encode(self, text: str, bos: bool) -> list[int]:
+        ids = self.tok(text, add_special_tokens=False).input_ids
+        if bos and self.adds_bos and (not ids or ids[0] != self.bos):
+            ids = [self.bos] + ids
+        return ids
+
+    def tokenize(self, ex: Example, index: int = 0) -> Tree:
+        p_text = self.render(ex.prompt, generation_prompt=True)
+        prompt = self.encode(p_text, bos=True)
+        conts = []
+        for resp in ex.responses:
+            full = self.render(ex.prompt + [{"role": "assistant", "content": resp}], generation_prompt=False)
+            if not full.startswith(p_text):
+                raise ArmoError(f"line {ex.line}: the chat template does not render the prompt as a prefix of the conversation")
+            conts.append(self.encode(full[len(p_text):], bos=False))
+        gate = GATE_RULES[self.gate_rule](len(prompt), len(self.gen_suffix))
+        return Tree(index, ex, prompt, conts, gate)
+
+    def n_bos(self, prompt: list[int]) -> int:
+        return 1 if prompt and self.bos is not None and prompt[0] == self.bos else 0
+
+    def truncate_prompt(self, tree: Tree, max_length: int) -> Tree | None:
+        """Drop the oldest prompt tokens (keeping BOS) so every sequence fits; None if impossible."""
+        longest = max(len(c) for c in tree.conts)
+        nb = self.n_bos(tree.prompt)
+        keep = max_length - longest - nb
+        tail = len(tree.prompt) - tree.gate  # tokens at and after the gate position must stay
+        if keep < tail + 1:
+            return None
+        prompt = tree.prompt[:nb] + tree.prompt[len(tree.prompt) - keep:]
+        gate = GATE_RULES[self.gate_rule](len(prompt), len(self.gen_suffix))
+        return Tree(tree.index, tree.example, prompt, tree.conts, gate, truncated=True)
+
+
+# --- forward ------------------------------------------------------------------------------------
+def build_batch(trees: list[Tree], device: torch.device, dtype: torch.dtype):
+    """input_ids, position_ids and a 4D additive mask for a batch of right-padded trees."""
+    L = max(t.length for t in trees)
+    B = len(trees)
+    ids = torch.zeros(B, L, dtype=torch.long)
+    pos = torch.zeros(B, L, dtype=torch.long)
+    seg = torch.full((B, L), -1, dtype=torch.long)
+    for b, t in enumerate(trees):
+        p = len(t.prompt)
+        ids[b, :p] = torch.tensor(t.prompt)
+        pos[b, :p] = torch.arange(p)
+        seg[b, :p] = 0
+        o = p
+        for j, c in enumerate(t.conts):
+            n = len(c)
+            ids[b, o:o + n] = torch.tensor(c)
+            pos[b, o:o + n] = torch.arange(p, p + n)
+            seg[b, o:o + n] = j + 1
+            o += n
+    q = torch.arange(L)
+    causal = q[None, :, None] >= q[None, None, :]
+    sq, sk = seg[:, :, None], seg[:, None, :]
+    allowed = causal & (sk >= 0) & (sq >= 0) & ((sk == 0) | (sk == sq))
+    allowed |= torch.eye(L, dtype=torch.bool)[None]  # padding rows see themselves: no NaN rows
+    mask = torch.zeros(B, 1, L, L, dtype=dtype)
+    mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+    return ids.to(device), pos.to(device), mask.to(device)
+
+
+@torch.inference_mode()
+def forward_trees(model: Any, trees: list[Tree], device: torch.device, dtype: torch.dtype):
+    """Return prompt features [B,d] and response features [B,m,d] (float32) for trees with m responses each."""
+    ids, pos, mask = build_batch(trees, device, dtype)
+    hidden = model(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=False).last_hidden_state
+    b_idx, g_idx, r_idx = [], [], []
+    for b, t in enumerate(trees):
+        b_idx.append(b)
+        g_idx.append(t.gate)
+        o = len(t.prompt)
+        ends = []
+        for c in t.conts:
+            o += len(c)
+            ends.append(o - 1)
+        r_idx.append(ends)
+    bi = torch.tensor(b_idx, device=hidden.device)
+    prompt = hidden[bi, torch.tensor(g_idx, device=hidden.device)].float().cpu()
+    ri = torch.tensor(r_idx, device=hidden.device)
+    resp = hidden[bi[:, None], ri].float().cpu()
+    return prompt, resp
+
+
+def token_batches(trees: list[Tree], batch_tokens: int) -> Iterator[list[Tree]]:
+    """Length-sorted batches whose padded size stays within the token budget."""
+    order = sorted(trees, key=lambda t: -t.length)
+    batch: list[Tree] = []
+    for t in order:
+        if batch and (len(batch) + 1) * batch[0].length > batch_tokens:
+            yield batch
+            batch = []
+        batch.append(t)
+    if batch:
+        yield batch
+
+
+def encode_trees(backbone: Backbone, trees: list[Tree], batch_tokens: int,
+                 on_batch: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features for trees in their given order (batches are length-sorted, order restored)."""
+    m = len(trees[0].conts)
+    d = backbone.hidden_size
+    prompt = torch.empty(len(trees), d)
+    resp = torch.empty(len(trees), m, d)
+    where = {id(t): i for i, t in enumerate(trees)}
+    for batch in token_batches(trees, batch_tokens):
+        pf, rf = forward_trees(backbone.model, batch, backbone.device, backbone.dtype)
+        idx = torch.tensor([where[id(t)] for t in batch])
+        prompt[idx] = pf
+        resp[idx] = rf
+        if on_batch:
+            on_batch(len(batch), sum(t.length for t in batch))
+    return prompt, resp
+
+
+# --- the extract job ----------------------------------------------------------------------------
+@dataclass
+class ExtractConfig:
+    input: str | None = None  # JSONL path or "-"
+    output: str = "features.safetensors"
+    dataset: str | None = None
+    split: str = "train"
+    backbone: str = DEFAULT_BACKBONE
+    device: str | None = None
+    dtype: str | None = None
+    attn_implementation: str = "sdpa"
+    gate_rule: str = "generation-prompt"
+    max_length: int | None = None
+    overflow: str = "error"
+    on_error: str = "error"
+    batch_tokens: int | None = None  # default: 2048 on CPU, 32768 on GPU
+    chunk_size: int = 256
+    resume: bool = False
+    num_shards: int | None = None
+    shard_index: int | None = None
+    quiet: bool = False
+
+
+@dataclass
+class ExtractReport:
+    rows: int = 0
+    skipped: list[dict] = field(default_factory=list)
+    truncated: list[str] = field(default_factory=list)
+    chunks_computed: int = 0
+    chunks_reused: int = 0
+    tokens_computed: int = 0
+    seconds: float = 0.0
+
+
+def _scan(source: Source, renderer: Renderer, cfg: ExtractConfig, skipped: list[Skipped]):
+    """Validation pass: parse, tokenise and size every row before any compute. Returns
+    (kept (index, content key, truncated) triples, objectives, is_pair, total tokens)."""
+    kept: list[tuple[int, str, bool]] = []
+    objectives: dict[str, None] = {}
+    is_pair: bool | None = None
+    total = 0
+    for i, ex in enumerate(iter_examples(source, cfg.on_error, skipped)):
+        if is_pair is None:
+            is_pair = ex.is_pair
+        elif is_pair != ex.is_pair:
+            raise ArmoError(f"{source.name}:{ex.line}: mixes pairs and single responses in one file")
+        tree = renderer.tokenize(ex, i)
+        truncated = False
+        if cfg.max_length is not None and max(tree.seq_lengths()) > cfg.max_length:
+            n = max(tree.seq_lengths())
+            if cfg.overflow == "error":
+                raise ArmoError(f"{source.name}:{ex.line}: row {ex.id!r} has {n} tokens, over --max-length {cfg.max_length} "
+                                f"(use --overflow truncate-prompt or skip)")
+            new = renderer.truncate_prompt(tree, cfg.max_length) if cfg.overflow == "truncate-prompt" else None
+            if new is None:
+                why = "response alone exceeds" if cfg.overflow == "truncate-prompt" else "exceeds"
+                skipped.append(Skipped(ex.line, ex.id, f"{n} tokens: {why} --max-length {cfg.max_length}"))
+                continue
+            tree, truncated = new, True
+        for k in ex.ratings:
+            objectives.setdefault(k, None)
+        key = sha256_json([ex.id, ex.prompt, ex.responses, ex.ratings, ex.subset, truncated])
+        kept.append((i, key, truncated))
+        total += tree.length
+    return kept, list(objectives), bool(is_pair), total
+
+
+def _chunk_tensors(trees: list[Tree], backbone: Backbone, cfg: ExtractConfig, objectives: list[str],
+                   batch_tokens: int, on_batch) -> dict[str, torch.Tensor]:
+    prompt, resp = encode_trees(backbone, trees, batch_tokens, on_batch)
+    pair = len(trees[0].conts) == 2
+    out = {
+        "prompt_features": prompt,
+        "response_features": resp if pair else resp[:, 0],
+        "prompt_lengths": torch.tensor([len(t.prompt) for t in trees]),
+        "response_lengths": torch.tensor([[len(c) for c in t.conts] for t in trees]) if pair
+        else torch.tensor([len(t.conts[0]) for t in trees]),
+        "row_index": torch.tensor([t.example.line for t in trees]),
+    }
+    if objectives:
+        out["labels"] = torch.tensor(
+            [[t.example.ratings.get(k, float("nan")) for k in objectives] for t in trees], dtype=torch.float32)
+    return out
+
+
+def _shard_env(cfg: ExtractConfig) -> tuple[int, int, bool]:
+    """(num_shards, shard_index, launched by torchrun/accelerate)."""
+    if cfg.num_shards is not None:
+        idx = cfg.shard_index or 0
+        if not 0 <= idx < cfg.num_shards:
+            raise ArmoError(f"--shard-index {idx}: must be in [0, {cfg.num_shards})")
+        return cfg.num_shards, idx, False
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        return world, int(os.environ.get("RANK", "0")), True
+    return 1, 0, False
+
+
+def extract(cfg: ExtractConfig, backbone: Backbone | None = None,
+            after_chunk: Callable[[int], None] | None = None) -> ExtractReport:
+    """Run `armo extract`: write one safetensors file of features (or one shard of it)."""
+    if cfg.overflow not in OVERFLOW:
+        raise ArmoError(f"--overflow: choose from {', '.join(OVERFLOW)}")
+    if (cfg.input is None) == (cfg.dataset is None):
+        raise ArmoError("give exactly one of INPUT or --dataset")
+    t0 = time.perf_counter()
+    spooled = None
+    if cfg.input == "-":
+        spooled = spool_stdin()
+        source = Source(path=str(spooled))
+        display = "<stdin>"
+    else:
+        source = Source(path=cfg.input, dataset=cfg.dataset, split=cfg.split)
+        display = source.name
+    try:
+        return _extract(cfg, source, display, backbone, after_chunk, t0)
+    finally:
+        if spooled is not None:
+            spooled.unlink(missing_ok=True)
+
+
+def _extract(cfg, source, display, backbone, after_chunk, t0) -> ExtractReport:
+    num_shards, shard_index, launched = _shard_env(cfg)
+    out = Path(cfg.output)
+    shard_out = out
+    if launched:
+        shard_out = out.with_name(f"{out.name}.shard-{shard_index}-of-{num_shards}")
+    backbone = backbone or load_backbone(cfg.backbone, cfg.device, cfg.dtype, cfg.attn_implementation)
+    renderer = Renderer(backbone.tokenizer, cfg.gate_rule)
+    skipped: list[Skipped] = []
+    named = Source(path=source.path, dataset=source.dataset, split=source.split)
+    scan_source = _DisplaySource(named, display)
+    kept, objectives, is_pair, total_tokens = _scan(scan_source, renderer, cfg, skipped)
+    if not kept:
+        raise ArmoError(f"{display}: no usable rows")
+    input_hash = sha256_file(source.path) if source.path else sha256_json([source.dataset, source.split])
+    settings = {"backbone": backbone.fingerprint, "dtype": str(backbone.dtype), "gate_rule": cfg.gate_rule,
+                "max_length": cfg.max_length, "overflow": cfg.overflow, "objectives": objectives, "pair": is_pair}
+    settings_key = sha256_json(settings)
+    batch_tokens = cfg.batch_tokens or (32768 if backbone.device.type == "cuda" else 2048)
+
+    chunks = [kept[i:i + cfg.chunk_size] for i in range(0, len(kept), cfg.chunk_size)]
+    mine = [c for c in range(len(chunks)) if c % num_shards == shard_index]
+    parts = shard_out.with_name(shard_out.name + ".parts")
+    if parts.exists() and not cfg.resume:
+        shutil.rmtree(parts)
+    parts.mkdir(parents=True, exist_ok=True)
+    report = ExtractReport()
+    keep_index = {i for c in mine for (i, _, _) in chunks[c]}
+    my_tokens = total_tokens if num_shards == 1 else None
+
+    def wanted() -> Iterator[Example]:
+        for i, ex in enumerate(iter_examples(scan_source, cfg.on_error, None)):
+            if i in keep_index:
+                yield i, ex
+
+    stream = wanted()
+    pbar = progress(cfg.quiet)
+    rate = {"tokens": 0, "t": time.perf_counter()}
+    with pbar:
+        task = pbar.add_task("extract", total=sum(len(chunks[c]) for c in mine), rate="")
+
+        def on_batch(rows: int, tokens: int) -> None:
+            rate["tokens"] += tokens
+            report.tokens_computed += tokens
+            dt = max(time.perf_counter() - rate["t"], 1e-9)
+            pbar.update(task, advance=rows, rate=f"{rate['tokens'] / dt:,.0f} tok/s")
+
+        files = []
+        for c in mine:
+            chunk = chunks[c]
+            key = sha256_json([settings_key, [k for (_, k, _) in chunk]])
+            path = parts / f"chunk-{c:06d}.safetensors"
+            exs = [next(stream) for _ in chunk]  # keep the stream aligned even for reused chunks
+            if cfg.resume and path.exists():
+                try:
+                    _, meta = load_artifact(path, "features-chunk")
+                    if meta.get("key") == key:
+                        report.chunks_reused += 1
+                        pbar.update(task, advance=len(chunk))
+                        files.append(path)
+                        continue
+                except ArmoError:
+                    pass  # a damaged chunk is recomputed
+            trees = []
+            for (i, _, truncated), (j, ex) in zip(chunk, exs):
+                assert i == j
+                tree = renderer.tokenize(ex, i)
+                if truncated:
+                    tree = renderer.truncate_prompt(tree, cfg.max_length)
+                trees.append(tree)
+            tensors = _chunk_tensors(trees, backbone, cfg, objectives, batch_tokens, on_batch)
+            save_artifact(path, tensors, {"kind": "features-chunk", "key": key,
+                                          "ids": [t.example.id for t in trees],
+                                          "subsets": [t.example.subset for t in trees],
+                                          "truncated": [t.example.id for t in trees if t.truncated]})
+            report.chunks_computed += 1
+            files.append(path)
+            if after_chunk:
+                after_chunk(c)
+    meta = {
+        "kind": "features", "armo_version": __version__, "backbone": backbone.info(), "dtype": str(backbone.dtype),
+        "gate_rule": cfg.gate_rule, "gen_suffix": renderer.gen_suffix, "max_length": cfg.max_length,
+        "overflow": cfg.overflow, "input": display, "input_hash": input_hash, "objectives": objectives,
+        "pair": is_pair, "shard": [shard_index, num_shards], "settings_key": settings_key,
+    }
+    report.rows = sum(len(chunks[c]) for c in mine)
+    report.skipped = [vars(s) for s in skipped]
+    report.seconds = time.perf_counter() - t0
+    _join(files, shard_out, meta, report)
+    shutil.rmtree(parts, ignore_errors=True)
+    if launched:
+        _rank_merge(out, shard_index, num_shards, cfg.quiet)
+    info(f"[green]wrote[/green] {shard_out}: {report.rows} rows, {len(report.skipped)} skipped, "
+         f"{len(report.truncated)} truncated, {report.chunks_computed} chunks computed, "
+         f"{report.chunks_reused} reused", cfg.quiet)
+    for s in report.skipped:
+        warn(f"skipped line {s['line']} ({s['id']}): {s['reason']}")
+    return report
+
+
+class _DisplaySource(Source):
+    """A source whose errors name the file the user gave (e.g. <stdin> for a spooled copy)."""
+
+    def __init__(self, inner: Source, display: str):
+        super().__init__(inner.path, inner.dataset, inner.split)
+        self._display = display
+
+    @property
+    def name(self) -> str:
+        return self._display
+
+
+def _join(files: list[Path], out: Path, meta: dict, report: ExtractReport) -> None:
+    tensors: dict[str, list[torch.Tensor]] = {}
+    ids, subsets, truncated = [], [], []
+    for f in files:
+        t, m = load_artifact(f, "features-chunk")
+        for k, v in t.items():
+            tensors.setdefault(k, []).append(v)
+        ids += m["ids"]
+        subsets += m["subsets"]
+        truncated += m["truncated"]
+    report.truncated = truncated
+    meta = dict(meta, ids=ids, subsets=subsets if any(s is not None for s in subsets) else None,
+                report=asdict(report))
+    cat = {k: torch.cat(v) for k, v in tensors.items()} if tensors else {}
+    save_artifact(out, cat, meta)
+
+
+def merge_features(inputs: Iterable[str | Path], output: str | Path) -> dict:
+    """Join shards (same settings) into one file, in the original row order; nothing duplicated."""
+    parts = [load_artifact(p, "features") for p in inputs]
+    if not parts:
+        raise ArmoError("merge: no inputs")
+    key = parts[0][1]["settings_key"]
+    for (t, m), p in zip(parts, inputs):
+        if m["settings_key"] != key:
+            raise ArmoError(f"{p}: extracted with other settings (backbone, dtype, gate rule, length or objectives)")
+    tensors = {k: torch.cat([t[k] for t, _ in parts]) for k in parts[0][0]}
+    ids = [i for _, m in parts for i in m["ids"]]
+    subsets = [s for _, m in parts for s in (m["subsets"] or [None] * len(m["ids"]))]
+    order = torch.argsort(tensors["row_index"], stable=True)
+    if len(set(ids)) != len(ids):
+        raise ArmoError("merge: the shards overlap (duplicate ids)")
+    tensors = {k: v[order] for k, v in tensors.items()}
+    ids = [ids[i] for i in order.tolist()]
+    subsets = [subsets[i] for i in order.tolist()]
+    meta = dict(parts[0][1])
+    reps = [m["report"] for _, m in parts]
+    meta.update(ids=ids, subsets=subsets if any(s is not None for s in subsets) else None, shard=None,
+                report={"rows": len(ids), "skipped": [s for r in reps for s in r["skipped"]],
+                        "truncated": [s for r in reps for s in r["truncated"]],
+                        "chunks_computed": sum(r["chunks_computed"] for r in reps),
+                        "chunks_reused": sum(r["chunks_reused"] for r in reps),
+                        "tokens_computed": sum(r["tokens_computed"] for r in reps),
+                        "seconds": max(r["seconds"] for r in reps)})
+    # skipped rows are listed by every shard's scan: keep one copy each
+    seen, skipped = set(), []
+    for s in meta["report"]["skipped"]:
+        k = (s["line"], s["id"])
+        if k not in seen:
+            seen.add(k)
+            skipped.append(s)
+    meta["report"]["skipped"] = skipped
+    save_artifact(output, tensors, meta)
+    return meta["report"]
+
+
+def _rank_merge(out: Path, rank: int, world: int, quiet: bool, timeout: float = 24 * 3600) -> None:
+    """Under torchrun/accelerate: rank 0 waits for every rank's shard, then merges."""
+    if rank != 0:
+        return
+    shards = [out.with_name(f"{out.name}.shard-{r}-of-{world}") for r in range(world)]
+    t0 = time.time()
+    while not all(s.exists() for s in shards):
+        if time.time() - t0 > timeout:
+            raise ArmoError(f"merge: timed out waiting for shards of {out}")
+        time.sleep(1.0)
+    merge_features(shards, out)
+    for s in shards:
+        s.unlink()
+    info(f"[green]merged[/green] {world} ranks into {out}", quiet)
+
+
+# --- reading features back ----------------------------------------------------------------------
+@dataclass
+class Features:
+    """An extract output in memory."""
+
+    path: str
+    tensors: dict[str, torch.Tensor]
+    meta: dict
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Features":
+        t, m = load_artifact(path, "features")
+        return cls(str(path), t, m)
+
+    @property
+    def pair(self) -> bool:
+        return bool(self.meta["pair"])
+
+    @property
+    def ids(self) -> list[str]:
+        return self.meta["ids"]
+
+    @property
+    def backbone(self) -> dict:
+        return self.meta["backbone"]
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.tensors["prompt_features"].shape[-1])
+
+    def responses(self) -> torch.Tensor:
+        """All response features as [M,d] (pairs flattened chosen, rejected)."""
+        r = self.tensors["response_features"]
+        return r.reshape(-1, r.shape[-1])
+
+    def response_lengths(self) -> torch.Tensor:
+        return self.tensors["response_lengths"].reshape(-1)

@@ -1,0 +1,202 @@
+"""Input rows: the accepted JSONL shapes, normalised to one `Example`."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from .io import ArmoError, iter_jsonl, sha256_json
+
+Message = dict[str, str]
+ROLES = {"system", "user", "assistant", "tool"}
+
+
+@dataclass
+class Example:
+    """One conversation prompt with one response (ratings) or two (chosen, rejected)."""
+
+    id: str
+    prompt: list[Message]
+    responses: list[str]
+    ratings: dict[str, float] = field(default_factory=dict)
+    subset: str | None = None
+    line: int = 0
+
+    @property
+    def is_pair(self) -> bool:
+        return len(self.responses) == 2
+
+
+class RowError(ArmoError):
+    pass
+
+
+def _messages(value: Any, where: str, fieldname: str) -> list[Message]:
+    if not isinstance(value, list) or not value:
+        raise RowError(f"{where}: field '{fieldname}': expected a non-empty list of messages")
+    out = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise RowError(f"{where}: field '{fieldname}[{i}]': expected {{'role': str, 'content': str}}")
+        if m["role"] not in ROLES:
+            raise RowError(f"{where}: field '{fieldname}[{i}].role': unknown role {m['role']!r}")
+        out.append({"role": m["role"], "content": m["content"]})
+    return out
+
+
+def _prompt(value: Any, where: str) -> list[Message]:
+    if isinstance(value, str):
+        if not value.strip():
+            raise RowError(f"{where}: field 'prompt': empty")
+        return [{"role": "user", "content": value}]
+    msgs = _messages(value, where, "prompt")
+    if msgs[-1]["role"] != "user":
+        raise RowError(f"{where}: field 'prompt': the last message must be a user turn, found {msgs[-1]['role']!r}")
+    return msgs
+
+
+def _response(value: Any, where: str, fieldname: str) -> tuple[list[Message], str]:
+    """A response is a string, or a list of messages ending with the assistant's (TRL form).
+
+    Returns (extra history to append to the prompt, response text)."""
+    if isinstance(value, str):
+        text = value
+        extra: list[Message] = []
+    elif isinstance(value, list):
+        msgs = _messages(value, where, fieldname)
+        if msgs[-1]["role"] != "assistant":
+            raise RowError(f"{where}: field '{fieldname}': the last message must be the assistant's")
+        extra, text = msgs[:-1], msgs[-1]["content"]
+    elif value is None:
+        raise RowError(f"{where}: field '{fieldname}': missing")
+    else:
+        raise RowError(f"{where}: field '{fieldname}': expected a string or a list of messages, got {type(value).__name__}")
+    if not text.strip():
+        raise RowError(f"{where}: field '{fieldname}': empty response")
+    return extra, text
+
+
+def _ratings(value: Any, where: str) -> dict[str, float]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise RowError(f"{where}: field 'ratings': expected an object {{objective: number}}")
+    out = {}
+    for k, v in value.items():
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise RowError(f"{where}: field 'ratings.{k}': not a number ({v!r})")
+        if not math.isfinite(float(v)):
+            continue
+        out[str(k)] = float(v)
+    return out
+
+
+def parse_row(obj: Any, where: str) -> Example:
+    """Normalise one JSON row; `where` is 'FILE:LINE' for error messages."""
+    if not isinstance(obj, dict):
+        raise RowError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    ratings = _ratings(obj.get("ratings"), where)
+    if "chosen" in obj or "rejected" in obj:
+        for k in ("chosen", "rejected"):
+            if k not in obj:
+                raise RowError(f"{where}: field '{k}': missing (pairs need both 'chosen' and 'rejected')")
+        extra_c, chosen = _response(obj["chosen"], where, "chosen")
+        extra_r, rejected = _response(obj["rejected"], where, "rejected")
+        if extra_c != extra_r:
+            raise RowError(f"{where}: field 'rejected': its history differs from 'chosen'")
+        if "prompt" in obj:
+            prompt = _prompt(obj["prompt"], where) + extra_c
+        elif extra_c:
+            prompt = extra_c  # TRL's implicit-prompt form: the shared history is the prompt
+        else:
+            raise RowError(f"{where}: field 'prompt': missing")
+        if prompt[-1]["role"] != "user":
+            raise RowError(f"{where}: field 'prompt': the last message must be a user turn")
+        responses = [chosen, rejected]
+    elif "messages" in obj:
+        msgs = _messages(obj["messages"], where, "messages")
+        if msgs[-1]["role"] != "assistant" or len(msgs) < 2:
+            raise RowError(f"{where}: field 'messages': must end with the assistant's response after a user turn")
+        prompt = msgs[:-1]
+        if prompt[-1]["role"] != "user":
+            raise RowError(f"{where}: field 'messages': the response must follow a user turn")
+        if not msgs[-1]["content"].strip():
+            raise RowError(f"{where}: field 'messages': empty response")
+        responses = [msgs[-1]["content"]]
+    elif "response" in obj:
+        if "prompt" not in obj:
+            raise RowError(f"{where}: field 'prompt': missing")
+        prompt = _prompt(obj["prompt"], where)
+        extra, text = _response(obj["response"], where, "response")
+        prompt = prompt + extra
+        responses = [text]
+    else:
+        raise RowError(f"{where}: no response: expected 'response', 'chosen'/'rejected' or 'messages'")
+    rid = obj.get("id")
+    if rid is None:
+        rid = "h" + sha256_json([prompt, responses])[:16]
+    elif not isinstance(rid, (str, int)):
+        raise RowError(f"{where}: field 'id': expected a string")
+    subset = obj.get("subset")
+    if subset is not None and not isinstance(subset, str):
+        raise RowError(f"{where}: field 'subset': expected a string")
+    return Example(id=str(rid), prompt=prompt, responses=responses, ratings=ratings, subset=subset)
+
+
+@dataclass
+class Source:
+    """Where examples come from: a JSONL path (or `-`), or a `datasets` name/path and split."""
+
+    path: str | None = None
+    dataset: str | None = None
+    split: str = "train"
+
+    @property
+    def name(self) -> str:
+        return self.path if self.path is not None else f"{self.dataset}[{self.split}]"
+
+    def raw(self) -> Iterator[tuple[int, Any]]:
+        if self.dataset is not None:
+            import datasets
+
+            p = Path(self.dataset)
+            if p.is_file():
+                ds = datasets.load_dataset("json", data_files=str(p), split=self.split)
+            else:
+                ds = datasets.load_dataset(self.dataset, split=self.split)
+            for i, row in enumerate(ds, 1):
+                yield i, row
+        else:
+            yield from iter_jsonl(self.path)
+
+
+@dataclass
+class Skipped:
+    line: int
+    id: str | None
+    reason: str
+
+
+def iter_examples(source: Source, on_error: str = "error", skipped: list[Skipped] | None = None) -> Iterator[Example]:
+    """Parse a source; with on_error='skip', bad rows are recorded in `skipped` instead of raising."""
+    name = "<stdin>" if source.path == "-" else source.name
+    seen: set[str] = set()
+    for lineno, obj in source.raw():
+        where = f"{name}:{lineno}"
+        try:
+            ex = parse_row(obj, where)
+            if ex.id in seen:
+                raise RowError(f"{where}: field 'id': duplicate id {ex.id!r}")
+        except RowError as e:
+            if on_error != "skip":
+                raise
+            if skipped is not None:
+                rid = obj.get("id") if isinstance(obj, dict) else None
+                skipped.append(Skipped(lineno, None if rid is None else str(rid), str(e)))
+            continue
+        seen.add(ex.id)
+        ex.line = lineno
+        yield ex
