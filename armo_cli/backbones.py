@@ -180,7 +180,10 @@ def load_backbone(spec: str, device: str | None = None, dtype: str | None = None
                   attn_implementation: str = "sdpa") -> Backbone:
     """Load a backbone without its LM head (AutoModel), frozen and in eval mode."""
     from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # armo draws its own progress; keep stderr readable
+    hf_logging.set_verbosity_error()
     t0 = time.perf_counter()
     bs = BackboneSpec.resolve(spec)
     dev = auto_device(device)

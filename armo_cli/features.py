@@ -399,6 +399,7 @@ def _extract(cfg, source, display, backbone, after_chunk, t0) -> ExtractReport:
             save_artifact(path, tensors, {"kind": "features-chunk", "key": key,
                                           "ids": [t.example.id for t in trees],
                                           "subsets": [t.example.subset for t in trees],
+                                          "prompt_hashes": [sha256_json(t.example.prompt)[:16] for t in trees],
                                           "truncated": [t.example.id for t in trees if t.truncated]})
             report.chunks_computed += 1
             files.append(path)
@@ -439,7 +440,7 @@ class _DisplaySource(Source):
 
 def _join(files: list[Path], out: Path, meta: dict, report: ExtractReport) -> None:
     tensors: dict[str, list[torch.Tensor]] = {}
-    ids, subsets, truncated = [], [], []
+    ids, subsets, truncated, prompts = [], [], [], []
     for f in files:
         t, m = load_artifact(f, "features-chunk")
         for k, v in t.items():
@@ -447,9 +448,10 @@ def _join(files: list[Path], out: Path, meta: dict, report: ExtractReport) -> No
         ids += m["ids"]
         subsets += m["subsets"]
         truncated += m["truncated"]
+        prompts += m["prompt_hashes"]
     report.truncated = truncated
     meta = dict(meta, ids=ids, subsets=subsets if any(s is not None for s in subsets) else None,
-                report=asdict(report))
+                prompt_hashes=prompts, report=asdict(report))
     cat = {k: torch.cat(v) for k, v in tensors.items()} if tensors else {}
     save_artifact(out, cat, meta)
 
@@ -466,15 +468,18 @@ def merge_features(inputs: Iterable[str | Path], output: str | Path) -> dict:
     tensors = {k: torch.cat([t[k] for t, _ in parts]) for k in parts[0][0]}
     ids = [i for _, m in parts for i in m["ids"]]
     subsets = [s for _, m in parts for s in (m["subsets"] or [None] * len(m["ids"]))]
+    prompts = [h for _, m in parts for h in m["prompt_hashes"]]
     order = torch.argsort(tensors["row_index"], stable=True)
     if len(set(ids)) != len(ids):
         raise ArmoError("merge: the shards overlap (duplicate ids)")
     tensors = {k: v[order] for k, v in tensors.items()}
     ids = [ids[i] for i in order.tolist()]
     subsets = [subsets[i] for i in order.tolist()]
+    prompts = [prompts[i] for i in order.tolist()]
     meta = dict(parts[0][1])
     reps = [m["report"] for _, m in parts]
     meta.update(ids=ids, subsets=subsets if any(s is not None for s in subsets) else None, shard=None,
+                prompt_hashes=prompts,
                 report={"rows": len(ids), "skipped": [s for r in reps for s in r["skipped"]],
                         "truncated": [s for r in reps for s in r["truncated"]],
                         "chunks_computed": sum(r["chunks_computed"] for r in reps),
@@ -546,3 +551,11 @@ class Features:
 
     def response_lengths(self) -> torch.Tensor:
         return self.tensors["response_lengths"].reshape(-1)
+
+
+def require_same_backbone(a: dict, b: dict, what_a: str, what_b: str) -> None:
+    """Refuse to combine artifacts computed on different backbones (one-line error)."""
+    if a.get("fingerprint") != b.get("fingerprint") or a.get("hidden_size") != b.get("hidden_size"):
+        raise ArmoError(f"{what_b}: computed with backbone {b.get('name')!r} ({str(b.get('fingerprint'))[:12]}, "
+                        f"d={b.get('hidden_size')}), but {what_a} used {a.get('name')!r} "
+                        f"({str(a.get('fingerprint'))[:12]}, d={a.get('hidden_size')})")

@@ -1,0 +1,261 @@
+"""Stage 2: the mixture-of-experts gate g(f(x)) over objectives, trained with Bradley-Terry on pairs.
+
+Score R = g(f(x))^T (r @ T), r = W f(x,y) + b. Only the gate trains; the regression and the
+decorrelation transform are frozen (and the transform is applied in training and evaluation alike).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import __version__
+from .console import progress, show, table, info
+from .decorrelation import Decorrelation, regression_hash
+from .features import Features, require_same_backbone
+from .io import ArmoError, dumps, load_artifact, save_artifact, sha256_json, write_text_atomic
+from .regression import Regression
+
+
+class Gate(nn.Module):
+    """ArmoRM's GatingNetwork: an MLP ending in a softmax over the objectives, times a learnable scale."""
+
+    def __init__(self, in_features: int, out_features: int, hidden_dim: int = 1024, n_hidden: int = 3,
+                 temperature: float = 10.0, logit_scale: float = 1.0, dropout: float = 0.2):
+        super().__init__()
+        self.temperature = temperature
+        self.dropout = dropout
+        self.logit_scale = nn.Parameter(torch.ones(1) * logit_scale)
+        layers = []
+        d = in_features
+        for _ in range(n_hidden):
+            layers.append(nn.Linear(d, hidden_dim))
+            d = hidden_dim
+        layers.append(nn.Linear(d, out_features))
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = F.relu(x)
+                if self.dropout > 0:
+                    x = F.dropout(x, p=self.dropout, training=self.training)
+        # over the objectives (the last axis); the research code took it over chosen/rejected
+        return F.softmax(x / self.temperature, dim=-1) * self.logit_scale[0]
+
+
+def adjusted_rewards(reg: Regression, T: torch.Tensor, response_features: torch.Tensor) -> torch.Tensor:
+    """r' = (W f + b) @ T for features of any leading shape [..., d] -> [..., k]."""
+    return reg.rewards(response_features) @ T
+
+
+def pair_scores(weights: torch.Tensor, radj: torch.Tensor) -> torch.Tensor:
+    """weights [N,k] (one gate evaluation per prompt), radj [N,2,k] -> scores [N,2]."""
+    return (weights[:, None, :] * radj).sum(-1)
+
+
+def bt_loss(scores: torch.Tensor) -> torch.Tensor:
+    return -F.logsigmoid(scores[:, 0] - scores[:, 1]).mean()
+
+
+def accuracy(scores: torch.Tensor) -> float:
+    return float((scores[:, 0] > scores[:, 1]).float().mean())
+
+
+@dataclass
+class GatingConfig:
+    features: list[str] = field(default_factory=list)
+    regression: str = "regression.safetensors"
+    decorrelation: str | None = None
+    output: str = "gating.safetensors"
+    hidden_dim: int = 1024
+    n_hidden: int = 3
+    dropout: float = 0.2
+    temperature: float = 10.0
+    logit_scale: float = 1.0
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    batch_size: int = 1024
+    steps: int = 2000
+    val_fraction: float = 0.1
+    eval_every: int = 50
+    patience: int = 10  # evaluations without improvement before stopping
+    seed: int = 0
+    device: str | None = None
+    json: str | None = None
+    quiet: bool = False
+
+
+def grouped_split(groups: list[str], val_fraction: float, seed: int) -> torch.Tensor:
+    """True for training rows; every row of a prompt group lands on the same side."""
+    uniq = sorted(set(groups))
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(uniq), generator=g).tolist()
+    n_val = int(round(len(uniq) * val_fraction))
+    val = {uniq[i] for i in perm[:n_val]}
+    return torch.tensor([k not in val for k in groups])
+
+
+def _train_linear_bt(X: torch.Tensor, tr: torch.Tensor, va: torch.Tensor, cfg: GatingConfig) -> torch.Tensor:
+    """The non-MoE control: a linear Bradley-Terry head on response features, same pairs, same budget."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    w = torch.zeros(X.shape[-1], requires_grad=True)
+    opt = torch.optim.AdamW([w], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.steps, 1))
+    Xtr, Xva = X[tr], X[va]
+    best, best_w, bad = float("inf"), w.detach().clone(), 0
+    for step in range(1, cfg.steps + 1):
+        idx = torch.randint(0, Xtr.shape[0], (min(cfg.batch_size, Xtr.shape[0]),), generator=g)
+        loss = bt_loss(Xtr[idx] @ w)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            with torch.no_grad():
+                vl = float(bt_loss(Xva @ w)) if Xva.shape[0] else loss.item()
+            if vl < best - 1e-6:
+                best, best_w, bad = vl, w.detach().clone(), 0
+            else:
+                bad += 1
+                if bad >= cfg.patience:
+                    break
+    return best_w
+
+
+def _load_parts(features: list[str], regression: str, decorrelation: str | None):
+    reg = Regression.load(regression)
+    if decorrelation:
+        dec = Decorrelation.load(decorrelation)
+        if dec.meta["objectives"] != reg.objectives:
+            raise ArmoError(f"{decorrelation}: objectives {dec.meta['objectives']} differ from {regression}'s {reg.objectives}")
+        if dec.meta.get("regression_hash") not in (None, regression_hash(reg)):
+            raise ArmoError(f"{decorrelation}: fitted on another regression artifact than {regression}")
+        require_same_backbone(reg.meta["backbone"], dec.meta["backbone"], regression, decorrelation)
+    else:
+        dec = Decorrelation.identity(reg.objectives)
+    feats = [Features.load(p) for p in features]
+    for f in feats:
+        require_same_backbone(reg.meta["backbone"], f.backbone, regression, f.path)
+        if not f.pair:
+            raise ArmoError(f"{f.path}: features without pairs (extract rows with 'chosen' and 'rejected')")
+    return reg, dec, feats
+
+
+def fit_gating(cfg: GatingConfig) -> dict:
+    """Run `armo fit-gating` and return its report."""
+    if not cfg.features:
+        raise ArmoError("fit-gating: give at least one pair features file")
+    t0 = time.perf_counter()
+    reg, dec, feats = _load_parts(cfg.features, cfg.regression, cfg.decorrelation)
+    if dec.meta.get("identity"):
+        info("[yellow]no decorrelation artifact given: using the identity transform[/yellow]", cfg.quiet)
+    torch.manual_seed(cfg.seed)
+    P = torch.cat([f.tensors["prompt_features"] for f in feats]).float()
+    Rf = torch.cat([f.tensors["response_features"] for f in feats]).float()
+    groups = [h for f in feats for h in (f.meta.get("prompt_hashes") or f.ids)]
+    T = dec.transform
+    radj = adjusted_rewards(reg, T, Rf)  # [N,2,k], frozen
+    tr = grouped_split(groups, cfg.val_fraction, cfg.seed)
+    va = ~tr
+    if int(tr.sum()) == 0:
+        raise ArmoError("fit-gating: no training pairs after the validation split")
+    k = len(reg.objectives)
+    gate = Gate(P.shape[1], k, cfg.hidden_dim, cfg.n_hidden, cfg.temperature, cfg.logit_scale, cfg.dropout)
+    opt = torch.optim.AdamW(gate.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.steps, 1))
+    g = torch.Generator().manual_seed(cfg.seed)
+    Ptr, Rtr, Pva, Rva = P[tr], radj[tr], P[va], radj[va]
+    has_val = Pva.shape[0] > 0
+    best = (float("inf"), 0, {k_: v.clone() for k_, v in gate.state_dict().items()})
+    bad, step = 0, 0
+    history = []
+    with progress(cfg.quiet) as pbar:
+        task = pbar.add_task("fit-gating", total=cfg.steps, rate="")
+        for step in range(1, cfg.steps + 1):
+            gate.train()
+            idx = torch.randint(0, Ptr.shape[0], (min(cfg.batch_size, Ptr.shape[0]),), generator=g)
+            loss = bt_loss(pair_scores(gate(Ptr[idx]), Rtr[idx]))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                gate.eval()
+                with torch.no_grad():
+                    vl = float(bt_loss(pair_scores(gate(Pva), Rva))) if has_val else loss.item()
+                history.append([step, loss.item(), vl])
+                pbar.update(task, rate=f"val loss {vl:.4f}")
+                if vl < best[0] - 1e-6:
+                    best, bad = (vl, step, {k_: v.clone() for k_, v in gate.state_dict().items()}), 0
+                else:
+                    bad += 1
+                    if bad >= cfg.patience:
+                        pbar.update(task, completed=cfg.steps)
+                        break
+            pbar.update(task, advance=1)
+    gate.load_state_dict(best[2])
+    gate.eval()
+    metrics = compare(gate, P, Rf, radj, tr, va, reg, cfg)
+    report = {
+        "kind": "gating", "armo_version": __version__, "objectives": reg.objectives,
+        "config": {"in_features": P.shape[1], "hidden_dim": cfg.hidden_dim, "n_hidden": cfg.n_hidden,
+                   "temperature": cfg.temperature, "dropout": cfg.dropout},
+        "training": {"lr": cfg.lr, "weight_decay": cfg.weight_decay, "batch_size": cfg.batch_size, "steps": cfg.steps,
+                     "steps_run": step, "best_step": best[1], "best_val_loss": best[0], "seed": cfg.seed,
+                     "val_fraction": cfg.val_fraction, "history": history},
+        "pairs": {"train": int(tr.sum()), "val": int(va.sum())}, "metrics": metrics,
+        "backbone": reg.meta["backbone"], "regression_hash": regression_hash(reg),
+        "decorrelation": "identity" if dec.meta.get("identity") else dec.meta.get("reference_hash"),
+        "transform_hash": sha256_json(T.tolist()), "logit_scale": float(gate.logit_scale),
+        "seconds": time.perf_counter() - t0,
+    }
+    save_artifact(cfg.output, dict(gate.state_dict()), report)
+    if cfg.json:
+        write_text_atomic(cfg.json, dumps(report, indent=2) + "\n")
+    show(table(f"fit-gating: {int(tr.sum())} train / {int(va.sum())} validation pairs (grouped by prompt) -> {cfg.output}",
+               ["scorer", "val accuracy", "val loss"],
+               [[m["name"], m["accuracy"], m["loss"]] for m in metrics]), cfg.quiet)
+    return report
+
+
+@torch.no_grad()
+def compare(gate: Gate, P, Rf, radj, tr, va, reg: Regression, cfg: GatingConfig) -> list[dict]:
+    """The gate next to uniform weights, the best single objective and a linear BT control, on validation."""
+    k = radj.shape[-1]
+    out = []
+    va_ = va if int(va.sum()) else tr
+
+    def add(name: str, scores: torch.Tensor, **extra):
+        out.append({"name": name, "accuracy": accuracy(scores), "loss": float(bt_loss(scores)), **extra})
+
+    add("moe gate", pair_scores(gate(P[va_]), radj[va_]))
+    add("uniform weights", pair_scores(torch.full((int(va_.sum()), k), 1.0 / k), radj[va_]))
+    train_acc = [accuracy(radj[tr][:, :, j]) for j in range(k)]
+    j = max(range(k), key=lambda i: train_acc[i])
+    add(f"best single objective ({reg.objectives[j]})", radj[va_][:, :, j], objective=reg.objectives[j])
+    with torch.enable_grad():
+        w = _train_linear_bt(Rf, tr, va, cfg)
+    add("linear BT head (non-MoE)", Rf[va_] @ w)
+    return out
+
+
+@dataclass
+class Gating:
+    gate: Gate
+    meta: dict
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Gating":
+        t, m = load_artifact(path, "gating")
+        c = m["config"]
+        gate = Gate(c["in_features"], len(m["objectives"]), c["hidden_dim"], c["n_hidden"], c["temperature"], 1.0, c["dropout"])
+        gate.load_state_dict(t)
+        gate.eval().requires_grad_(False)
+        return cls(gate, m)

@@ -1,0 +1,138 @@
+"""A model is one directory: `armo.json` beside the regression, decorrelation and gating artifacts."""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .decorrelation import Decorrelation, regression_hash
+from .gating import Gating
+from .io import ArmoError, atomic_path, sha256_json
+from .regression import Regression
+
+MANIFEST = "armo.json"
+PART_FILES = {"regression": "regression.safetensors", "decorrelation": "decorrelation.safetensors",
+              "gating": "gating.safetensors"}
+DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
+
+
+def read_manifest(model_dir: str | Path) -> dict:
+    p = Path(model_dir) / MANIFEST
+    if not p.exists():
+        raise ArmoError(f"{model_dir}: not an armo model directory (no {MANIFEST})")
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ArmoError(f"{p}:{e.lineno}: malformed JSON ({e.msg})") from None
+
+
+def write_manifest(model_dir: str | Path, manifest: dict) -> None:
+    with atomic_path(Path(model_dir) / MANIFEST) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def register_part(model_dir: str | Path, part: str, artifact: str | Path) -> Path:
+    """Copy a fitted artifact into a model directory and record it in the manifest."""
+    d = Path(model_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    target = d / PART_FILES[part]
+    if Path(artifact).resolve() != target.resolve():
+        with atomic_path(target) as tmp:
+            shutil.copyfile(artifact, tmp)
+    manifest = json.loads((d / MANIFEST).read_text()) if (d / MANIFEST).exists() else {"parts": {}}
+    manifest.setdefault("parts", {})[part] = PART_FILES[part]
+    manifest["armo_version"] = __version__
+    if part == "regression":
+        reg = Regression.load(target)
+        manifest.update(backbone=reg.meta["backbone"], gate_rule=reg.meta["gate_rule"],
+                        gen_suffix=reg.meta.get("gen_suffix"), objectives=reg.objectives, scales=reg.meta["scales"],
+                        hidden_size=reg.meta["hidden_size"])
+    write_manifest(d, manifest)
+    return target
+
+
+def assemble(output: str | Path, regression: str, gating: str, decorrelation: str | None = None) -> "ArmoModel":
+    """Build a model directory from three artifacts (checked for agreement)."""
+    out = Path(output)
+    if (out / MANIFEST).exists():
+        (out / MANIFEST).unlink()
+    register_part(out, "regression", regression)
+    if decorrelation:
+        register_part(out, "decorrelation", decorrelation)
+    register_part(out, "gating", gating)
+    return ArmoModel.load(out)
+
+
+@dataclass
+class ArmoModel:
+    """Regression W, transform T and gate g, with the manifest that ties them to a backbone."""
+
+    path: Path
+    manifest: dict
+    regression: Regression
+    decorrelation: Decorrelation
+    gating: Gating
+
+    @property
+    def objectives(self) -> list[str]:
+        return self.regression.objectives
+
+    @property
+    def backbone(self) -> dict:
+        return self.manifest["backbone"]
+
+    @classmethod
+    def load(cls, model_dir: str | Path | None = None) -> "ArmoModel":
+        d = Path(model_dir) if model_dir else DEFAULT_MODEL_DIR
+        m = read_manifest(d)
+        parts = m.get("parts", {})
+        for need in ("regression", "gating"):
+            if need not in parts:
+                raise ArmoError(f"{d}: the model has no {need} part (fit it with --model-dir {d})")
+            if not (d / parts[need]).exists():
+                raise ArmoError(f"{d}: {need} part {parts[need]} is missing")
+        reg = Regression.load(d / parts["regression"])
+        if "decorrelation" in parts:
+            if not (d / parts["decorrelation"]).exists():
+                raise ArmoError(f"{d}: decorrelation part {parts['decorrelation']} is missing")
+            dec = Decorrelation.load(d / parts["decorrelation"])
+        else:
+            dec = Decorrelation.identity(reg.objectives)
+        gat = Gating.load(d / parts["gating"])
+        rh = regression_hash(reg)
+        if m.get("objectives") != reg.objectives:
+            raise ArmoError(f"{d}: regression part: objectives {reg.objectives} differ from the manifest's {m.get('objectives')}")
+        if m.get("backbone", {}).get("fingerprint") != reg.meta["backbone"]["fingerprint"]:
+            raise ArmoError(f"{d}: regression part: fitted on another backbone than the manifest names")
+        if dec.meta["objectives"] != reg.objectives:
+            raise ArmoError(f"{d}: decorrelation part: objectives {dec.meta['objectives']} differ from the regression's")
+        if dec.meta.get("regression_hash") not in (None, rh):
+            raise ArmoError(f"{d}: decorrelation part: fitted on another regression than this model's")
+        if gat.meta["objectives"] != reg.objectives:
+            raise ArmoError(f"{d}: gating part: objectives {gat.meta['objectives']} differ from the regression's")
+        if gat.meta.get("regression_hash") != rh:
+            raise ArmoError(f"{d}: gating part: trained on another regression than this model's")
+        if gat.meta.get("transform_hash") not in (None, sha256_json(dec.transform.tolist())):
+            raise ArmoError(f"{d}: gating part: trained with another decorrelation transform than this model's")
+        if gat.meta["config"]["in_features"] != reg.weight.shape[1]:
+            raise ArmoError(f"{d}: gating part: hidden size {gat.meta['config']['in_features']} != regression's {reg.weight.shape[1]}")
+        return cls(d, m, reg, dec, gat)
+
+    @torch.no_grad()
+    def explain(self, prompt_features: torch.Tensor, response_features: torch.Tensor,
+                weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Everything `score` reports. prompt [N,d], responses [N,m,d] -> rewards [N,m,k] on [0,1],
+        gating [N,k], coefficients [N,k] (= g T^T, so score = coefficients . rewards), score [N,m]."""
+        r = self.regression.rewards(response_features)
+        T = self.decorrelation.transform
+        if weights is None:
+            g = self.gating.gate(prompt_features.float())
+        else:
+            g = weights.float().expand(prompt_features.shape[0], -1)
+        coef = g @ T.T
+        score = (g[:, None, :] * (r @ T)).sum(-1)
+        return {"rewards": r, "gating": g, "coefficients": coef, "score": score}

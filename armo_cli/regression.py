@@ -1,0 +1,277 @@
+"""Stage 1: multi-objective ridge regression from response features to absolute ratings.
+
+One eigendecomposition of the training Gram matrix per distinct label mask gives the whole
+regularisation path in closed form: w(a) = V diag(1/(e+a)) V^T X^T y.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .backbones import auto_device
+from .console import console, show, table, warn
+from .features import Features, require_same_backbone
+from .io import ArmoError, dumps, load_artifact, save_artifact, write_text_atomic
+from .stats import pearson, spearman
+
+DEFAULT_ALPHAS = [10.0 ** e for e in range(-4, 5)]
+
+
+@dataclass
+class RegressionConfig:
+    features: list[str] = field(default_factory=list)
+    output: str = "regression.safetensors"
+    alphas: list[float] = field(default_factory=lambda: list(DEFAULT_ALPHAS))
+    val_fraction: float = 0.2
+    seed: int = 0
+    refit: str = "all"  # "all": refit on every labelled row; "train": keep the train-only fit (paper)
+    intercept: bool = False
+    ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+    length_objective: str | None = None
+    min_rows: int = 20
+    strict: bool = False
+    device: str | None = None
+    json: str | None = None
+    quiet: bool = False
+
+
+@dataclass
+class RidgeResult:
+    weight: torch.Tensor  # [k, d]
+    bias: torch.Tensor  # [k]
+    alphas: list[float]  # chosen per objective
+    val_mse: torch.Tensor  # [k, len(grid)]
+    metrics: list[dict]
+
+
+def split_mask(n: int, val_fraction: float, seed: int) -> torch.Tensor:
+    """True for training rows: a seeded permutation, the first val_fraction of it held out."""
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(n, generator=g)
+    train = torch.ones(n, dtype=torch.bool)
+    train[perm[: int(round(n * val_fraction))]] = False
+    return train
+
+
+def _gram(X: torch.Tensor, rows: torch.Tensor, dev: torch.device, block: int = 16384):
+    """X[rows]^T X[rows] and the row sum, accumulated in float64 block by block."""
+    d = X.shape[1]
+    G = torch.zeros(d, d, dtype=torch.float64, device=dev)
+    s = torch.zeros(d, dtype=torch.float64, device=dev)
+    for i in range(0, X.shape[0], block):
+        xb = X[i:i + block][rows[i:i + block]].to(dev, torch.float64)
+        G += xb.T @ xb
+        s += xb.sum(0)
+    return G, s
+
+
+def _xty(X: torch.Tensor, Y: torch.Tensor, rows: torch.Tensor, dev: torch.device) -> torch.Tensor:
+    return X[rows].to(dev, torch.float64).T @ Y[rows].to(dev, torch.float64)
+
+
+def ridge_path(X: torch.Tensor, Y: torch.Tensor, train: torch.Tensor, alphas: list[float],
+               intercept: bool = False, refit: str = "all", device: torch.device | None = None) -> RidgeResult:
+    """Fit every objective (column of Y, NaN = missing) on its own rows; choose alpha by val MSE."""
+    dev = device or torch.device("cpu")
+    if dev.type == "mps":
+        dev = torch.device("cpu")  # no float64 on MPS
+    n, d = X.shape
+    k = Y.shape[1]
+    labelled = ~torch.isnan(Y)
+    W = torch.zeros(k, d, dtype=torch.float64)
+    b = torch.zeros(k, dtype=torch.float64)
+    chosen = [float("nan")] * k
+    val_mse = torch.full((k, len(alphas)), float("nan"), dtype=torch.float64)
+    metrics: list[dict] = [{} for _ in range(k)]
+    a_grid = torch.tensor(alphas, dtype=torch.float64, device=dev)
+    # objectives rated on exactly the same rows share one Gram matrix and one eigendecomposition
+    groups: dict[bytes, list[int]] = {}
+    for j in range(k):
+        groups.setdefault(labelled[:, j].numpy().tobytes(), []).append(j)
+    Yz = torch.nan_to_num(Y, nan=0.0)
+    for objs in groups.values():
+        rows = labelled[:, objs[0]]
+        tr, va = rows & train, rows & ~train
+        n_tr, n_va = int(tr.sum()), int(va.sum())
+        G, s = _gram(X, tr, dev)
+        G_raw = G
+        B = _xty(X, Yz[:, objs], tr, dev)  # [d, g]
+        mx = s / max(n_tr, 1)
+        my = Yz[tr][:, objs].to(dev, torch.float64).mean(0) if intercept else torch.zeros(len(objs), dtype=torch.float64, device=dev)
+        if intercept:  # centring = an unpenalised intercept, as scikit-learn's fit_intercept
+            G = G - n_tr * torch.outer(mx, mx)
+            B = B - n_tr * torch.outer(mx, my)
+        e, V = torch.linalg.eigh(G)
+        Q = V.T @ B
+        Xva = X[va].to(dev, torch.float64)
+        Yva = Yz[va][:, objs].to(dev, torch.float64)
+        Z = (Xva - mx) @ V if intercept else Xva @ V
+        coef = Q[None] / (e[None, :, None] + a_grid[:, None, None])  # [A, d, g]
+        pred = torch.einsum("nd,adg->ang", Z, coef) + my
+        mse = ((pred - Yva[None]) ** 2).mean(1)  # [A, g]
+        best = torch.argmin(mse, dim=0)
+        for gi, j in enumerate(objs):
+            val_mse[j] = mse[:, gi].cpu()
+            a = alphas[int(best[gi])]
+            chosen[j] = a
+            p = pred[int(best[gi]), :, gi].cpu()
+            yv = Yva[:, gi].cpu()
+            metrics[j] = {"n_train": n_tr, "n_val": n_va, "alpha": a, "mse": float(mse[int(best[gi]), gi]),
+                          "pearson": pearson(p, yv) if n_va > 2 else float("nan"),
+                          "spearman": spearman(p, yv) if n_va > 2 else float("nan")}
+        if refit == "train":
+            for gi, j in enumerate(objs):
+                w = V @ coef[int(best[gi]), :, gi]
+                W[j] = w.cpu()
+                b[j] = (my[gi] - mx @ w).cpu() if intercept else 0.0
+            continue
+        G2, s2 = _gram(X, va, dev)
+        Ga, sa = G_raw + G2, s + s2
+        Ba = _xty(X, Yz[:, objs], rows, dev)
+        n_all = n_tr + n_va
+        mxa = sa / n_all
+        mya = Yz[rows][:, objs].to(dev, torch.float64).mean(0) if intercept else torch.zeros(len(objs), dtype=torch.float64, device=dev)
+        if intercept:
+            Ga = Ga - n_all * torch.outer(mxa, mxa)
+            Ba = Ba - n_all * torch.outer(mxa, mya)
+        ea, Va = torch.linalg.eigh(Ga)
+        Qa = Va.T @ Ba
+        for gi, j in enumerate(objs):
+            w = Va @ (Qa[:, gi] / (ea + chosen[j]))
+            W[j] = w.cpu()
+            b[j] = (mya[gi] - mxa @ w).cpu() if intercept else 0.0
+    return RidgeResult(W.float(), b.float(), chosen, val_mse, metrics)
+
+
+def _parse_scale(values: torch.Tensor, name: str, declared: tuple[float, float] | None) -> dict:
+    v = values[~torch.isnan(values)]
+    lo, hi = declared if declared is not None else (float(v.min()), float(v.max()))
+    return {"lo": float(lo), "hi": float(hi), "transform": "linear", "declared": declared is not None}
+
+
+def apply_scale(y: torch.Tensor, scale: dict) -> torch.Tensor:
+    if scale["transform"] == "log1p":
+        y = torch.log1p(y)
+    return (y - scale["lo"]) / (scale["hi"] - scale["lo"])
+
+
+def unscale(r: torch.Tensor, scale: dict) -> torch.Tensor:
+    """A [0,1] prediction back on the objective's original scale (tokens for a length objective)."""
+    y = r * (scale["hi"] - scale["lo"]) + scale["lo"]
+    return torch.expm1(y) if scale["transform"] == "log1p" else y
+
+
+def fit_regression(cfg: RegressionConfig) -> dict:
+    """Run `armo fit-regression` and return its report."""
+    if not cfg.features:
+        raise ArmoError("fit-regression: give at least one features file")
+    if cfg.refit not in ("all", "train"):
+        raise ArmoError("--refit: choose 'all' or 'train'")
+    if not 0 < cfg.val_fraction < 1:
+        raise ArmoError("--val-fraction: must be between 0 and 1")
+    t0 = time.perf_counter()
+    feats = [Features.load(p) for p in cfg.features]
+    for f in feats[1:]:
+        require_same_backbone(feats[0].backbone, f.backbone, feats[0].path, f.path)
+    objectives: list[str] = []
+    for f in feats:
+        for o in f.meta["objectives"]:
+            if o not in objectives:
+                objectives.append(o)
+    if cfg.length_objective and cfg.length_objective in objectives:
+        raise ArmoError(f"--length-objective {cfg.length_objective}: the data already rates an objective of that name")
+    X_parts, Y_parts, L_parts = [], [], []
+    for f in feats:
+        X = f.responses()
+        lab = f.tensors.get("labels")
+        Y = torch.full((X.shape[0], len(objectives)), float("nan"))
+        if lab is not None:
+            if f.pair:
+                raise ArmoError(f"{f.path}: pair features carry no ratings")
+            for c, o in enumerate(f.meta["objectives"]):
+                Y[:, objectives.index(o)] = lab[:, c]
+        X_parts.append(X)
+        Y_parts.append(Y)
+        L_parts.append(f.response_lengths().float())
+    X = torch.cat(X_parts)
+    Y = torch.cat(Y_parts)
+    lengths = torch.cat(L_parts)
+    for o in cfg.ranges:
+        if o not in objectives:
+            raise ArmoError(f"--range {o}: no such objective (the data has: {', '.join(objectives) or 'none'})")
+    scales = {o: _parse_scale(Y[:, j], o, cfg.ranges.get(o)) for j, o in enumerate(objectives)}
+    if cfg.length_objective:
+        ll = torch.log1p(lengths)
+        scales[cfg.length_objective] = {"lo": float(ll.min()), "hi": float(ll.max()), "transform": "log1p", "declared": False}
+        Y = torch.cat([Y, lengths[:, None]], dim=1)
+        objectives = objectives + [cfg.length_objective]
+    if not objectives:
+        raise ArmoError("fit-regression: the features carry no labels (extract rows with 'ratings', or add --length-objective)")
+    keep, skipped = [], {}
+    for j, o in enumerate(objectives):
+        n_lab = int((~torch.isnan(Y[:, j])).sum())
+        sc = scales[o]
+        if n_lab < cfg.min_rows:
+            skipped[o] = f"only {n_lab} labelled rows (need {cfg.min_rows})"
+        elif sc["hi"] <= sc["lo"]:
+            skipped[o] = "constant labels: no range to scale to [0,1]"
+        else:
+            keep.append(j)
+    for o, why in skipped.items():
+        if cfg.strict:
+            raise ArmoError(f"objective {o!r}: {why}")
+        warn(f"skipping objective {o!r}: {why}")
+    if not keep:
+        raise ArmoError("fit-regression: no objective has enough labelled rows")
+    objectives = [objectives[j] for j in keep]
+    Y = torch.stack([apply_scale(Y[:, j], scales[objectives[i]]) for i, j in enumerate(keep)], dim=1)
+    scales = {o: scales[o] for o in objectives}
+    train = split_mask(X.shape[0], cfg.val_fraction, cfg.seed)
+    t1 = time.perf_counter()
+    res = ridge_path(X, Y, train, cfg.alphas, cfg.intercept, cfg.refit, auto_device(cfg.device))
+    solve_s = time.perf_counter() - t1
+    metrics = {o: m for o, m in zip(objectives, res.metrics)}
+    report = {
+        "kind": "regression", "armo_version": __version__, "objectives": objectives, "scales": scales,
+        "alphas": dict(zip(objectives, res.alphas)), "alpha_grid": cfg.alphas, "metrics": metrics,
+        "skipped_objectives": skipped, "intercept": cfg.intercept, "refit": cfg.refit,
+        "val_fraction": cfg.val_fraction, "seed": cfg.seed, "length_objective": cfg.length_objective,
+        "backbone": feats[0].backbone, "hidden_size": X.shape[1], "gate_rule": feats[0].meta["gate_rule"],
+        "gen_suffix": feats[0].meta.get("gen_suffix"),
+        "inputs": [{"path": f.path, "input_hash": f.meta["input_hash"], "rows": len(f.ids)} for f in feats],
+        "rows": X.shape[0], "solve_seconds": solve_s, "seconds": time.perf_counter() - t0,
+    }
+    save_artifact(cfg.output, {"weight": res.weight, "bias": res.bias}, report)
+    if cfg.json:
+        write_text_atomic(cfg.json, dumps(report, indent=2) + "\n")
+    show(table(f"fit-regression: {X.shape[0]} rows, d={X.shape[1]} -> {cfg.output}",
+               ["objective", "n train", "n val", "alpha", "val MSE", "Pearson", "Spearman"],
+               [[o, m["n_train"], m["n_val"], m["alpha"], m["mse"], m["pearson"], m["spearman"]] for o, m in metrics.items()]),
+         cfg.quiet)
+    return report
+
+
+@dataclass
+class Regression:
+    """A fitted regression artifact: rewards r = W f(x,y) + b on [0,1] per objective."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    meta: dict
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Regression":
+        t, m = load_artifact(path, "regression")
+        return cls(t["weight"], t["bias"], m)
+
+    @property
+    def objectives(self) -> list[str]:
+        return self.meta["objectives"]
+
+    def rewards(self, X: torch.Tensor) -> torch.Tensor:
+        return X.float() @ self.weight.T + self.bias
