@@ -213,7 +213,7 @@ def fit_gating(cfg: GatingConfig) -> dict:
         "pairs": {"train": int(tr.sum()), "val": int(va.sum())}, "metrics": metrics,
         "backbone": reg.meta["backbone"], "regression_hash": regression_hash(reg),
         "decorrelation": "identity" if dec.meta.get("identity") else dec.meta.get("reference_hash"),
-        "transform_hash": sha256_json(T.tolist()), "logit_scale": float(gate.logit_scale),
+        "transform_hash": sha256_json(T.tolist()), "logit_scale": gate.logit_scale.item(),
         "seconds": time.perf_counter() - t0,
     }
     save_artifact(cfg.output, dict(gate.state_dict()), report)

@@ -68,6 +68,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp's 0600 is not what users expect of an output
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -108,7 +112,14 @@ def dumps(o: Any, **kw: Any) -> str:
 
 def save_artifact(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """Write tensors plus a JSON metadata blob as one safetensors file, atomically."""
-    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    out, seen = {}, set()
+    for k, v in tensors.items():
+        v = v.detach().contiguous().cpu()
+        if v.untyped_storage().data_ptr() in seen:  # safetensors refuses shared storage
+            v = v.clone()
+        seen.add(v.untyped_storage().data_ptr())
+        out[k] = v
+    tensors = out
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={META_KEY: dumps(meta)})
 

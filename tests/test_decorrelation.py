@@ -1,0 +1,95 @@
+import pytest
+import torch
+from scipy.optimize import brentq
+from scipy.stats import spearmanr
+from typer.testing import CliRunner
+
+from armo_cli.cli import app
+from armo_cli.decorrelation import Decorrelation, solve_lambda, transform_matrix
+from armo_cli.io import save_artifact
+from armo_cli.stats import pearson, rankdata, spearman
+
+from test_regression import fake_features
+
+runner = CliRunner()
+
+
+def rewards(n=2000, k=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    v = torch.rand(n, generator=g)
+    R = torch.rand(n, k, generator=g)
+    coupling = torch.tensor([0.0, 0.5, 2.0, -1.0, 0.0])[:k]
+    R = R + coupling * v[:, None] + 0.3 * (v[:, None] ** 3)
+    R[:, -1] = v
+    return R
+
+
+def test_ranks_and_spearman_match_scipy():
+    x = torch.tensor([3.0, 1.0, 2.0, 2.0, 5.0, 1.0])
+    assert rankdata(x).tolist() == [5.0, 1.5, 3.5, 3.5, 6.0, 1.5]
+    R = rewards()
+    assert abs(spearman(R[:, 1], R[:, 4]) - spearmanr(R[:, 1], R[:, 4]).statistic) < 1e-10
+
+
+@pytest.mark.parametrize("method", ["pearson", "spearman"])
+def test_every_objective_within_tolerance(method):
+    R = rewards()
+    v = R[:, -1]
+    corr = pearson if method == "pearson" else spearman
+    lams = torch.zeros(R.shape[1])
+    for i in range(R.shape[1] - 1):
+        lam, after, status = solve_lambda(R[:, i], v, method, 1e-3)
+        assert status == "ok" and abs(after) <= 1e-3
+        assert abs(corr(R[:, i] - lam * v, v)) <= 1e-3
+        lams[i] = lam
+    T = transform_matrix(lams, R.shape[1] - 1)
+    adj = R @ T
+    for i in range(R.shape[1]):  # applying T equals r - lambda r_v column by column
+        expect = R[:, i] - (1.0 if i == R.shape[1] - 1 else lams[i]) * v
+        assert torch.allclose(adj[:, i], expect, atol=1e-5)
+    assert torch.allclose(adj[:, -1], torch.zeros_like(v), atol=1e-6)
+
+
+def test_pearson_closed_form_matches_numeric_root():
+    R = rewards().double()
+    v = R[:, -1]
+    for i in range(3):
+        lam, _, _ = solve_lambda(R[:, i], v, "pearson")
+        root = brentq(lambda l: pearson(R[:, i] - l * v, v), -100, 100, xtol=1e-12)
+        assert abs(lam - root) < 1e-6
+
+
+def test_bounds_keep_best_and_say_so():
+    R = rewards()
+    lam, after, status = solve_lambda(R[:, 2], R[:, -1], "spearman", 1e-3, bounds=(-0.1, 0.1))
+    assert status == "bounded" and lam == pytest.approx(0.1) and abs(after) > 1e-3
+
+
+def test_cli_end_to_end_and_errors(tmp_path):
+    from armo_cli.regression import Regression
+
+    g = torch.Generator().manual_seed(0)
+    d, n = 16, 400
+    X = torch.randn(n, d, generator=g)
+    W = torch.randn(3, d, generator=g)
+    save_artifact(tmp_path / "reg.safetensors", {"weight": W, "bias": torch.zeros(3)},
+                  {"kind": "regression", "objectives": ["help", "safe", "verbosity"],
+                   "scales": {}, "backbone": {"name": "b1", "fingerprint": "b1", "hidden_size": d},
+                   "hidden_size": d, "gate_rule": "generation-prompt"})
+    f = fake_features(tmp_path / "ref.safetensors", X, None, [])
+    out = tmp_path / "dec.safetensors"
+    res = runner.invoke(app, ["fit-decorrelation", str(f), "-r", str(tmp_path / "reg.safetensors"), "-o", str(out), "-q"])
+    assert res.exit_code == 0, res.output
+    dec = Decorrelation.load(out)
+    rep = dec.meta["objectives_report"]
+    assert all(abs(r["after"]) <= 1e-3 for r in rep.values())
+    assert dec.meta["method"] == "spearman" and dec.meta["reference_hash"]
+    res = runner.invoke(app, ["fit-decorrelation", str(f), "-r", str(tmp_path / "reg.safetensors"), "-o", str(out),
+                              "--verbosity", "length"])
+    assert res.exit_code == 2 and "--verbosity length: not an objective" in res.output
+    small = fake_features(tmp_path / "small.safetensors", X[:4], None, [])
+    res = runner.invoke(app, ["fit-decorrelation", str(small), "-r", str(tmp_path / "reg.safetensors"), "-o", str(tmp_path / "s.st")])
+    assert res.exit_code == 2 and "need at least" in res.output
+    other = fake_features(tmp_path / "other.safetensors", X, None, [], backbone="b2")
+    res = runner.invoke(app, ["fit-decorrelation", str(other), "-r", str(tmp_path / "reg.safetensors"), "-o", str(tmp_path / "o.st")])
+    assert res.exit_code == 2 and "backbone" in res.output

@@ -1,0 +1,250 @@
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from armo_cli.backbones import load_backbone
+from armo_cli.cli import app
+from armo_cli.features import ExtractConfig, Features, Renderer, encode_trees, extract, forward_trees, merge_features
+from armo_cli.io import ArmoError
+from armo_cli.rows import Source, iter_examples, parse_row
+
+from conftest import pair_rows, rating_rows, write_jsonl
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def bb(tiny_backbone):
+    return load_backbone(str(tiny_backbone), device="cpu", dtype="fp32")
+
+
+def trees_for(bb, rows, tmp_path):
+    p = write_jsonl(tmp_path / "in.jsonl", rows)
+    r = Renderer(bb.tokenizer)
+    return [r.tokenize(ex, i) for i, ex in enumerate(iter_examples(Source(str(p))))]
+
+
+def test_prompt_tokens_are_a_prefix_and_match_whole_tokenisation(bb, tiny_llama3, tmp_path):
+    for backbone in (bb, load_backbone(str(tiny_llama3), device="cpu", dtype="fp32")):
+        r = Renderer(backbone.tokenizer)
+        for t in trees_for(backbone, pair_rows(6), tmp_path):
+            for j, resp in enumerate(t.example.responses):
+                text = backbone.tokenizer.apply_chat_template(t.example.prompt + [{"role": "assistant", "content": resp}],
+                                                              tokenize=False)
+                whole = backbone.tokenizer(text, add_special_tokens=False).input_ids
+                assert t.prompt + t.conts[j] == whole
+                bos = backbone.tokenizer.bos_token_id
+                assert (t.prompt + t.conts[j]).count(bos) == (1 if r.adds_bos else 0)
+
+
+def test_llama3_style_template_gets_exactly_one_bos(tiny_llama3, tmp_path):
+    b = load_backbone(str(tiny_llama3), device="cpu", dtype="fp32")
+    r = Renderer(b.tokenizer)
+    assert r.adds_bos
+    t = trees_for(b, pair_rows(1), tmp_path)[0]
+    assert t.prompt[0] == b.tokenizer.bos_token_id and t.prompt[1] != b.tokenizer.bos_token_id
+    # armo-eot: the end-of-turn token 5 tokens before the response (header, role, end-header, blank line)
+    r2 = Renderer(b.tokenizer, "armo-eot")
+    t2 = r2.tokenize(t.example)
+    assert t2.gate == len(t2.prompt) - len(r2.gen_suffix) - 1
+    assert t2.prompt[t2.gate] == b.tokenizer.convert_tokens_to_ids("<|eot_id|>")
+
+
+def test_tree_features_equal_separate_full_passes(bb, tmp_path):
+    trees = trees_for(bb, pair_rows(7), tmp_path)
+    prompt, resp = encode_trees(bb, trees, batch_tokens=10_000)  # several trees per padded batch
+    for i, t in enumerate(trees):
+        for j in range(2):
+            ids = torch.tensor([t.prompt + t.conts[j]])
+            h = bb.model(input_ids=ids).last_hidden_state[0]
+            assert torch.allclose(resp[i, j], h[-1], atol=1e-4)
+        # the prompt feature equals the last hidden state of a prompt-only pass
+        hp = bb.model(input_ids=torch.tensor([t.prompt])).last_hidden_state[0]
+        assert torch.allclose(prompt[i], hp[-1], atol=1e-4)
+
+
+def test_batched_padded_equals_one_at_a_time(bb, tmp_path):
+    trees = trees_for(bb, pair_rows(9, seed=3), tmp_path)
+    p_b, r_b = encode_trees(bb, trees, batch_tokens=100_000)
+    singles = [forward_trees(bb.model, [t], bb.device, bb.dtype) for t in trees]
+    p_1 = torch.cat([s[0] for s in singles])
+    r_1 = torch.cat([s[1] for s in singles])
+    assert torch.allclose(p_b, p_1, atol=1e-4) and torch.allclose(r_b, r_1, atol=1e-4)
+
+
+def _extract(bb, inp, out, **kw):
+    return extract(ExtractConfig(input=str(inp), output=str(out), backbone="x", quiet=True, **kw), backbone=bb)
+
+
+def test_extract_ratings_output_layout(bb, tmp_path):
+    inp = write_jsonl(tmp_path / "r.jsonl", rating_rows(10))
+    out = tmp_path / "f.safetensors"
+    _extract(bb, inp, out)
+    f = Features.load(out)
+    assert f.tensors["response_features"].shape == (10, 32)
+    assert f.tensors["prompt_features"].shape == (10, 32)
+    assert f.meta["objectives"] == ["helpfulness", "safety"]
+    lab = f.tensors["labels"]
+    assert lab.shape == (10, 2) and torch.isnan(lab[1, 0]) and not torch.isnan(lab[0, 0])
+    assert f.ids == [f"r{i}" for i in range(10)]
+    assert f.meta["backbone"]["fingerprint"] == bb.fingerprint and f.meta["input_hash"]
+
+
+def test_resume_after_interruption_is_identical_and_recomputes_nothing(bb, tmp_path):
+    inp = write_jsonl(tmp_path / "p.jsonl", pair_rows(20))
+    full = tmp_path / "full.safetensors"
+    _extract(bb, inp, full, chunk_size=4)
+    out = tmp_path / "out.safetensors"
+
+    def boom(c):
+        if c == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        extract(ExtractConfig(input=str(inp), output=str(out), chunk_size=4, quiet=True), backbone=bb, after_chunk=boom)
+    assert not out.exists()
+    rep = _extract(bb, inp, out, chunk_size=4, resume=True)
+    assert rep.chunks_reused == 3 and rep.chunks_computed == 2
+    a, b = Features.load(full), Features.load(out)
+    assert a.ids == b.ids
+    for k in a.tensors:
+        assert torch.equal(a.tensors[k], b.tensors[k]), k
+    assert not Path(str(out) + ".parts").exists()
+
+
+def test_shards_merge_to_the_single_run(bb, tmp_path):
+    inp = write_jsonl(tmp_path / "p.jsonl", pair_rows(13))
+    single = tmp_path / "single.safetensors"
+    _extract(bb, inp, single, chunk_size=3)
+    shards = []
+    for i in range(2):
+        s = tmp_path / f"s{i}.safetensors"
+        _extract(bb, inp, s, chunk_size=3, num_shards=2, shard_index=i)
+        shards.append(s)
+    ids0, ids1 = Features.load(shards[0]).ids, Features.load(shards[1]).ids
+    assert not set(ids0) & set(ids1)
+    merged = tmp_path / "merged.safetensors"
+    merge_features(shards, merged)
+    a, b = Features.load(single), Features.load(merged)
+    assert a.ids == b.ids
+    assert torch.allclose(a.tensors["response_features"], b.tensors["response_features"], atol=1e-5)
+    with pytest.raises(ArmoError, match="overlap"):
+        merge_features([shards[0], shards[0]], tmp_path / "dup.safetensors")
+
+
+def test_overflow_modes(bb, tmp_path):
+    rows = pair_rows(6)
+    rows[2]["prompt"] = " ".join(["hello world"] * 60)
+    inp = write_jsonl(tmp_path / "p.jsonl", rows)
+    out = tmp_path / "o.safetensors"
+    with pytest.raises(ArmoError, match=r"p\.jsonl:3: row 'p2' has \d+ tokens"):
+        _extract(bb, inp, out, max_length=120)
+    assert not out.exists()
+    _extract(bb, inp, out, max_length=120, overflow="skip")
+    f = Features.load(out)
+    assert "p2" not in f.ids and [s["id"] for s in f.meta["report"]["skipped"]] == ["p2"]
+    _extract(bb, inp, out, max_length=120, overflow="truncate-prompt")
+    f = Features.load(out)
+    assert "p2" in f.ids and f.meta["report"]["truncated"] == ["p2"]
+    i = f.ids.index("p2")
+    assert int(f.tensors["prompt_lengths"][i] + f.tensors["response_lengths"][i].max()) <= 120
+
+
+@pytest.mark.parametrize("line,needle", [
+    ('{"prompt": "hi", "chosen": "a", "rejected": "b"', "malformed JSON"),
+    ('{"prompt": "hi", "chosen": "a"}', "field 'rejected': missing"),
+    ('{"prompt": "hi", "response": "   "}', "field 'response': empty response"),
+    ('{"prompt": "hi", "response": "ok", "ratings": {"helpfulness": "high"}}', "field 'ratings.helpfulness': not a number"),
+    ('{"prompt": 5, "response": "ok"}', "field 'prompt'"),
+    ('{"messages": [{"role": "user", "content": "x"}]}', "field 'messages'"),
+])
+def test_bad_input_is_one_line_exit_2_no_output(tiny_backbone, tmp_path, line, needle):
+    good = json.dumps({"prompt": "hello", "response": "world"})
+    inp = tmp_path / "bad.jsonl"
+    inp.write_text(good + "\n" + line + "\n")
+    out = tmp_path / "o.safetensors"
+    res = runner.invoke(app, ["extract", str(inp), "-o", str(out), "-b", str(tiny_backbone), "-q", "--device", "cpu"])
+    assert res.exit_code == 2
+    msg = res.output.strip().splitlines()
+    assert any(f"bad.jsonl:2:" in m and needle in m for m in msg), res.output
+    assert not out.exists()
+    assert not list(tmp_path.glob("o.safetensors*"))
+
+
+def test_on_error_skip_lists_rows(bb, tmp_path):
+    inp = tmp_path / "mixed.jsonl"
+    inp.write_text('{"id": "a", "prompt": "hi", "response": "ok"}\n{"id": "b", "prompt": "hi", "response": ""}\n'
+                   '{"id": "c", "prompt": "yo", "response": "fine"}\n')
+    out = tmp_path / "o.safetensors"
+    _extract(bb, inp, out, on_error="skip")
+    f = Features.load(out)
+    assert f.ids == ["a", "c"]
+    assert f.meta["report"]["skipped"][0]["line"] == 2 and "empty response" in f.meta["report"]["skipped"][0]["reason"]
+
+
+def test_row_shapes_normalise_to_the_same_example():
+    plain = parse_row({"prompt": "q", "chosen": "a", "rejected": "b"}, "f:1")
+    trl = parse_row({"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": "a"}],
+                     "rejected": [{"role": "assistant", "content": "b"}]}, "f:1")
+    implicit = parse_row({"chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+                          "rejected": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "b"}]}, "f:1")
+    assert plain.prompt == trl.prompt == implicit.prompt and plain.responses == trl.responses == implicit.responses
+    assert plain.id == trl.id  # stable content-hash ids
+    msgs = parse_row({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}, "f:1")
+    single = parse_row({"prompt": "q", "response": "a"}, "f:1")
+    assert msgs.prompt == single.prompt and msgs.responses == single.responses == ["a"]
+
+
+def test_stdin_and_dataset_inputs_match_file(tiny_backbone, tmp_path, bb):
+    rows = rating_rows(5)
+    inp = write_jsonl(tmp_path / "r.jsonl", rows)
+    a = tmp_path / "a.safetensors"
+    _extract(bb, inp, a)
+    b = tmp_path / "b.safetensors"
+    res = runner.invoke(app, ["extract", "-", "-o", str(b), "-b", str(tiny_backbone), "-q", "--device", "cpu"],
+                        input=inp.read_text())
+    assert res.exit_code == 0, res.output
+    c = tmp_path / "c.safetensors"
+    extract(ExtractConfig(dataset=str(inp), split="train", output=str(c), quiet=True), backbone=bb)
+    fa, fb, fc = Features.load(a), Features.load(b), Features.load(c)
+    assert fa.ids == fb.ids == fc.ids
+    assert torch.equal(fa.tensors["response_features"], fb.tensors["response_features"])
+    assert torch.equal(fa.tensors["response_features"], fc.tensors["response_features"])
+
+
+def test_hub_id_code_path_with_a_local_hub_cache(tiny_backbone, tmp_path, monkeypatch):
+    # the hub branch (snapshot_download), served offline from a cache laid out as the hub client writes it
+    cache = tmp_path / "hub"
+    snap = cache / "models--armo-test--tiny" / "snapshots" / ("a" * 40)
+    snap.mkdir(parents=True)
+    for f in tiny_backbone.iterdir():
+        (snap / f.name).write_bytes(f.read_bytes())
+    (cache / "models--armo-test--tiny" / "refs").mkdir()
+    (cache / "models--armo-test--tiny" / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    b = load_backbone("armo-test/tiny", device="cpu", dtype="fp32")
+    assert b.spec.kind == "hub" and b.hidden_size == 32
+    with pytest.raises(ArmoError, match="not a file, folder or reachable hub id"):
+        load_backbone("armo-test/absent", device="cpu")
+
+
+def test_help_lists_every_subcommand():
+    res = runner.invoke(app, ["--help"])
+    for cmd in ["extract", "merge", "fit-regression", "fit-decorrelation", "fit-gating", "assemble", "score", "evaluate",
+                "export", "import", "sample"]:
+        assert cmd in res.output, cmd
+    for cmd in ["extract", "fit-regression", "score", "evaluate"]:
+        r = runner.invoke(app, [cmd, "--help"])
+        assert r.exit_code == 0 and "Example" in r.output

@@ -1,0 +1,126 @@
+import torch
+import pytest
+
+from armo_cli.gating import Gate, GatingConfig, fit_gating
+from armo_cli.io import save_artifact
+
+
+def write_parts(tmp_path, P, R, W, objectives, T=None, ids=None):
+    n, d = P.shape
+    bb = {"name": "b1", "fingerprint": "b1", "hidden_size": d}
+    ids = ids or [f"p{i}" for i in range(n)]
+    save_artifact(tmp_path / "pairs.safetensors",
+                  {"prompt_features": P, "response_features": R, "response_lengths": torch.full((n, 2), 10),
+                   "prompt_lengths": torch.full((n,), 5), "row_index": torch.arange(n)},
+                  {"kind": "features", "ids": ids, "prompt_hashes": ids, "subsets": None, "objectives": [], "pair": True,
+                   "backbone": bb, "gate_rule": "generation-prompt", "input_hash": "h", "settings_key": "s", "report": {}})
+    save_artifact(tmp_path / "reg.safetensors", {"weight": W, "bias": torch.zeros(W.shape[0])},
+                  {"kind": "regression", "objectives": objectives, "scales": {}, "backbone": bb, "hidden_size": d,
+                   "gate_rule": "generation-prompt"})
+    if T is not None:
+        from armo_cli.decorrelation import regression_hash
+        from armo_cli.regression import Regression
+
+        save_artifact(tmp_path / "dec.safetensors", {"transform": T, "lambdas": torch.zeros(len(objectives))},
+                      {"kind": "decorrelation", "objectives": objectives, "backbone": bb,
+                       "regression_hash": regression_hash(Regression.load(tmp_path / "reg.safetensors"))})
+
+
+@pytest.mark.parametrize("shape", [(7,), (3, 5), (2, 3, 4)])
+def test_gate_weights_sum_to_scale_over_objectives(shape):
+    g = Gate(12, 5, hidden_dim=16, n_hidden=2, logit_scale=2.5)
+    w = g(torch.randn(*shape, 12))
+    assert w.shape == (*shape, 5)
+    assert torch.allclose(w.sum(-1), torch.full(shape, 2.5), atol=1e-5)
+    assert (w >= 0).all()
+
+
+def synthetic_types(n=3000, d=16, seed=0):
+    """Prompt type 0 prefers objective 0, type 1 objective 1; each pair is decided by its type's objective."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randint(0, 2, (n,), generator=g)
+    P = torch.randn(n, d, generator=g) * 0.5
+    P[:, 0] += 3.0 * (2 * t - 1)
+    R = torch.randn(n, 2, d, generator=g)
+    a, b = R[:, 0, :2].clone(), R[:, 1, :2].clone()
+    # chosen wins on its type's objective, the other objective is noise
+    for i in range(n):
+        j = int(t[i])
+        hi, lo = max(a[i, j], b[i, j]), min(a[i, j], b[i, j])
+        R[i, 0, j], R[i, 1, j] = hi + 0.1, lo
+    W = torch.zeros(2, d)
+    W[0, 0] = W[1, 1] = 1.0
+    return P, R, W
+
+
+def test_gate_beats_single_objective_and_uniform_on_held_out_pairs(tmp_path):
+    P, R, W = synthetic_types()
+    write_parts(tmp_path, P, R, W, ["a", "b"])
+    rep = fit_gating(GatingConfig(features=[str(tmp_path / "pairs.safetensors")], regression=str(tmp_path / "reg.safetensors"),
+                                  output=str(tmp_path / "gate.safetensors"), hidden_dim=32, n_hidden=2, steps=300,
+                                  batch_size=256, lr=3e-3, temperature=1.0, quiet=True))
+    m = {x["name"].split(" (")[0]: x["accuracy"] for x in rep["metrics"]}
+    assert m["moe gate"] > 0.95
+    assert m["moe gate"] > m["best single objective"] + 0.15
+    assert m["moe gate"] > m["uniform weights"] + 0.1
+    assert rep["pairs"]["val"] > 200
+
+
+def test_only_gate_parameters_train(tmp_path, monkeypatch):
+    P, R, W = synthetic_types(n=400)
+    write_parts(tmp_path, P, R, W, ["a", "b"])
+    seen = []
+    real = torch.optim.AdamW
+
+    def spy(params, *a, **k):
+        params = list(params)
+        seen.append(params)
+        return real(params, *a, **k)
+
+    monkeypatch.setattr(torch.optim, "AdamW", spy)
+    fit_gating(GatingConfig(features=[str(tmp_path / "pairs.safetensors")], regression=str(tmp_path / "reg.safetensors"),
+                            output=str(tmp_path / "gate.safetensors"), hidden_dim=8, n_hidden=1, steps=20, quiet=True))
+    gate_params = seen[0]
+    # 2 linear layers (weight, bias) + logit_scale; nothing of the regression (2 x 16) or transform
+    assert sorted(tuple(p.shape) for p in gate_params) == sorted([(8, 16), (8,), (2, 8), (2,), (1,)])
+
+
+def test_transform_is_applied_in_training_and_evaluation(tmp_path):
+    # raw objective 'a' prefers the rejected (longer) response; a' = a - v prefers the chosen one
+    n, d = 400, 4
+    P = torch.randn(n, d)
+    R = torch.zeros(n, 2, d)
+    R[:, 0, 0], R[:, 0, 1] = 0.6, 0.1
+    R[:, 1, 0], R[:, 1, 1] = 0.7, 0.5
+    R[:, :, 2:] = torch.randn(n, 2, 2) * 0.01
+    W = torch.zeros(2, d)
+    W[0, 0] = W[1, 1] = 1.0
+    T = torch.eye(2)
+    T[1, :] -= torch.tensor([1.0, 1.0])
+    write_parts(tmp_path, P, R, W, ["a", "verbosity"], T=T)
+    rep = fit_gating(GatingConfig(features=[str(tmp_path / "pairs.safetensors")], regression=str(tmp_path / "reg.safetensors"),
+                                  decorrelation=str(tmp_path / "dec.safetensors"), output=str(tmp_path / "g.safetensors"),
+                                  hidden_dim=8, n_hidden=1, steps=20, quiet=True))
+    m = {x["name"].split(" (")[0]: x["accuracy"] for x in rep["metrics"]}
+    assert m["moe gate"] == 1.0 and m["uniform weights"] == 1.0
+    rep0 = fit_gating(GatingConfig(features=[str(tmp_path / "pairs.safetensors")], regression=str(tmp_path / "reg.safetensors"),
+                                   output=str(tmp_path / "g0.safetensors"), hidden_dim=8, n_hidden=1, steps=20, quiet=True))
+    m0 = {x["name"].split(" (")[0]: x["accuracy"] for x in rep0["metrics"]}
+    assert m0["uniform weights"] == 0.0  # identity transform: the raw rewards prefer the rejected side
+
+
+def test_errors(tmp_path):
+    from typer.testing import CliRunner
+    from armo_cli.cli import app
+
+    P, R, W = synthetic_types(n=50)
+    write_parts(tmp_path, P, R, W, ["a", "b"], T=torch.eye(2))
+    save_artifact(tmp_path / "dec3.safetensors", {"transform": torch.eye(3), "lambdas": torch.zeros(3)},
+                  {"kind": "decorrelation", "objectives": ["a", "b", "c"],
+                   "backbone": {"name": "b1", "fingerprint": "b1", "hidden_size": 16}})
+    r = CliRunner().invoke(app, ["fit-gating", str(tmp_path / "pairs.safetensors"), "-r", str(tmp_path / "reg.safetensors"),
+                                 "-t", str(tmp_path / "dec3.safetensors"), "-o", str(tmp_path / "x.st"), "-q"])
+    assert r.exit_code == 2 and "objectives" in r.output and not (tmp_path / "x.st").exists()
+    r = CliRunner().invoke(app, ["fit-gating", str(tmp_path / "reg.safetensors"), "-r", str(tmp_path / "reg.safetensors"),
+                                 "-o", str(tmp_path / "x.st"), "-q"])
+    assert r.exit_code == 2 and "expected a 'features' artifact" in r.output

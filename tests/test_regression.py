@@ -1,0 +1,111 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from armo_cli.cli import app
+from armo_cli.io import load_artifact, save_artifact
+from armo_cli.regression import DEFAULT_ALPHAS, Regression, ridge_path, split_mask
+
+runner = CliRunner()
+
+
+def synthetic(n=800, d=30, k=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, d, generator=g)
+    W = torch.randn(k, d, generator=g)
+    noise = torch.tensor([0.5, 3.0, 10.0, 30.0])[:k]
+    Y = X @ W.T + torch.randn(n, k, generator=g) * noise + 1.0
+    # sources: each row rates only some objectives
+    Y[: n // 4, 0] = float("nan")
+    Y[n // 4: n // 2, 1] = float("nan")
+    Y[n // 2:, 2] = float("nan")
+    return X, Y
+
+
+@pytest.mark.parametrize("intercept", [False, True])
+def test_choices_and_weights_match_sklearn(intercept):
+    from sklearn.linear_model import Ridge
+
+    X, Y = synthetic()
+    train = split_mask(X.shape[0], 0.2, 0)
+    res = ridge_path(X, Y, train, DEFAULT_ALPHAS, intercept=intercept)
+    Xn, Yn = X.double().numpy(), Y.double().numpy()
+    for j in range(Y.shape[1]):
+        lab = ~np.isnan(Yn[:, j])
+        tr, va = lab & train.numpy(), lab & ~train.numpy()
+        mses = []
+        for a in DEFAULT_ALPHAS:
+            p = Ridge(alpha=a, fit_intercept=intercept).fit(Xn[tr], Yn[tr, j]).predict(Xn[va])
+            mses.append(((p - Yn[va, j]) ** 2).mean())
+        a = DEFAULT_ALPHAS[int(np.argmin(mses))]
+        assert res.alphas[j] == a
+        np.testing.assert_allclose(res.val_mse[j].numpy(), mses, rtol=1e-6)
+        ref = Ridge(alpha=a, fit_intercept=intercept).fit(Xn[lab], Yn[lab, j])
+        rel = np.abs(ref.coef_ - res.weight[j].double().numpy()).max() / np.abs(ref.coef_).max()
+        assert rel < 1e-4
+        if intercept:
+            assert abs(ref.intercept_ - float(res.bias[j])) < 1e-4 * max(1, abs(ref.intercept_))
+    # the grid is actually searched: noisier objectives get stronger regularisation
+    assert res.alphas[0] < res.alphas[3]
+
+
+def test_refit_train_keeps_the_train_only_fit():
+    from sklearn.linear_model import Ridge
+
+    X, Y = synthetic()
+    train = split_mask(X.shape[0], 0.2, 0)
+    res = ridge_path(X, Y, train, DEFAULT_ALPHAS, refit="train")
+    lab = ~torch.isnan(Y[:, 1])
+    tr = (lab & train).numpy()
+    ref = Ridge(alpha=res.alphas[1], fit_intercept=False).fit(X.double().numpy()[tr], Y.double().numpy()[tr, 1])
+    assert np.abs(ref.coef_ - res.weight[1].double().numpy()).max() / np.abs(ref.coef_).max() < 1e-4
+
+
+def fake_features(path, X, Y, objectives, backbone="b1", lengths=None, pair=False):
+    n = X.shape[0]
+    meta = {"kind": "features", "ids": [f"i{i}" for i in range(n)], "subsets": None, "objectives": objectives,
+            "pair": pair, "backbone": {"name": backbone, "fingerprint": backbone, "hidden_size": X.shape[-1]},
+            "gate_rule": "generation-prompt", "input_hash": "h", "settings_key": "s", "report": {}}
+    t = {"response_features": X, "prompt_features": X if not pair else X[:, 0],
+         "response_lengths": lengths if lengths is not None else torch.randint(5, 500, X.shape[:-1]),
+         "prompt_lengths": torch.full((n,), 10), "row_index": torch.arange(n)}
+    if Y is not None:
+        t["labels"] = Y
+    save_artifact(path, t, meta)
+    return path
+
+
+def test_cli_scales_length_objective_report_and_errors(tmp_path):
+    X, Y = synthetic()
+    Y[:, 0] = Y[:, 0].clamp(-5, 5)
+    f = fake_features(tmp_path / "f.safetensors", X, Y, ["a", "b", "c", "d"])
+    out = tmp_path / "reg.safetensors"
+    res = runner.invoke(app, ["fit-regression", str(f), "-o", str(out), "--range", "a=-10:10", "--length-objective",
+                              "verbosity", "--json", str(tmp_path / "rep.json"), "-q"])
+    assert res.exit_code == 0, res.output
+    reg = Regression.load(out)
+    assert reg.objectives == ["a", "b", "c", "d", "verbosity"]
+    assert reg.meta["scales"]["a"] == {"lo": -10.0, "hi": 10.0, "transform": "linear", "declared": True}
+    assert reg.meta["scales"]["verbosity"]["transform"] == "log1p"
+    rep = json.loads((tmp_path / "rep.json").read_text())
+    assert set(rep["metrics"]["b"]) >= {"mse", "pearson", "spearman", "n_train", "n_val", "alpha"}
+    assert rep["metrics"]["verbosity"]["n_train"] + rep["metrics"]["verbosity"]["n_val"] == X.shape[0]
+    # mismatched backbones are refused
+    g = fake_features(tmp_path / "g.safetensors", X, Y, ["a", "b", "c", "d"], backbone="other")
+    res = runner.invoke(app, ["fit-regression", str(f), str(g), "-o", str(tmp_path / "x.safetensors"), "-q"])
+    assert res.exit_code == 2 and "backbone" in res.output and not (tmp_path / "x.safetensors").exists()
+    # no labels at all
+    h = fake_features(tmp_path / "h.safetensors", X, None, [])
+    res = runner.invoke(app, ["fit-regression", str(h), "-o", str(tmp_path / "x.safetensors"), "-q"])
+    assert res.exit_code == 2 and "no labels" in res.output
+    # too few rows: skipped with a warning, or an error with --strict
+    Y2 = Y.clone()
+    Y2[5:, 3] = float("nan")
+    k = fake_features(tmp_path / "k.safetensors", X, Y2, ["a", "b", "c", "d"])
+    res = runner.invoke(app, ["fit-regression", str(k), "-o", str(tmp_path / "k.reg"), "-q"])
+    assert res.exit_code == 0 and "skipping objective 'd'" in res.output
+    res = runner.invoke(app, ["fit-regression", str(k), "-o", str(tmp_path / "k2.reg"), "-q", "--strict"])
+    assert res.exit_code == 2 and "objective 'd'" in res.output

@@ -1,0 +1,153 @@
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from armo_cli.cli import app
+from armo_cli.model import ArmoModel
+from armo_cli.rewardbench import EXAMPLE_COUNTS, section_scores
+from armo_cli.scoring import evaluate_scores, pair_outcomes
+
+from conftest import pair_rows, rating_rows, write_jsonl
+
+runner = CliRunner()
+
+
+def invoke(*args, input=None):
+    r = runner.invoke(app, [str(a) for a in args], input=input)
+    assert r.exit_code == 0, r.output
+    return r
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_backbone, tmp_path_factory):
+    d = tmp_path_factory.mktemp("model")
+    b = ["-b", str(tiny_backbone), "--device", "cpu", "-q"]
+    invoke("extract", write_jsonl(d / "r.jsonl", rating_rows(80)), "-o", d / "r.st", *b)
+    invoke("extract", write_jsonl(d / "p.jsonl", pair_rows(60, subsets=["alpacaeval-easy", "hep-go", "mine"])), "-o", d / "p.st", *b)
+    m = d / "model"
+    invoke("fit-regression", d / "r.st", "--length-objective", "verbosity", "-o", d / "reg.st", "--model-dir", m, "-q")
+    invoke("fit-decorrelation", d / "p.st", "-r", d / "reg.st", "-o", d / "dec.st", "--model-dir", m, "-q")
+    invoke("fit-gating", d / "p.st", "-r", d / "reg.st", "-t", d / "dec.st", "-o", d / "gate.st", "--model-dir", m,
+           "--hidden-dim", "16", "--steps", "30", "-q")
+    return d
+
+
+def test_score_fields_and_coefficients_reproduce_the_score(tiny_model):
+    d = tiny_model
+    r = invoke("score", "-m", d / "model", "--features", d / "r.st", "--top-k", "2")
+    recs = [json.loads(x) for x in r.stdout.splitlines()]
+    assert [x["id"] for x in recs] == [f"r{i}" for i in range(80)]
+    model = ArmoModel.load(d / "model")
+    objs, scale = model.objectives, model.gating.gate.logit_scale.item()
+    for x in recs:
+        assert set(x) >= {"id", "score", "rewards", "rewards_original", "gating", "coefficients", "top_objectives"}
+        assert list(x["rewards"]) == objs and len(x["top_objectives"]) == 2
+        s = sum(x["coefficients"][o] * x["rewards"][o] for o in objs)
+        assert abs(s - x["score"]) < 1e-5
+        assert abs(sum(x["gating"].values()) - scale) < 1e-4  # weights sum to the learned scale
+        # the length objective reports tokens on its original scale
+        assert x["rewards_original"]["verbosity"] > 0
+    pairs = [json.loads(x) for x in invoke("score", "-m", d / "model", "--features", d / "p.st").stdout.splitlines()]
+    for x in pairs:
+        assert abs(x["margin"] - (x["chosen"]["score"] - x["rejected"]["score"])) < 1e-6
+        assert x["preferred"] == ("chosen" if x["margin"] > 0 else "rejected" if x["margin"] < 0 else "tie")
+
+
+def test_fixed_weights_and_single_objective_override_the_gate(tiny_model):
+    d = tiny_model
+    m = ArmoModel.load(d / "model")
+    a, b = m.objectives[0], m.objectives[1]
+    x = json.loads(invoke("score", "-m", d / "model", "--features", d / "r.st", "--weights", f"{a}=0.7,{b}=0.3").stdout.splitlines()[0])
+    assert x["gating"][a] == pytest.approx(0.7) and x["gating"][b] == pytest.approx(0.3)
+    T = m.decorrelation.transform
+    r = torch.tensor([x["rewards"][o] for o in m.objectives])
+    w = torch.zeros(len(m.objectives))
+    w[0], w[1] = 0.7, 0.3
+    assert x["score"] == pytest.approx(float(w @ (r @ T)), abs=1e-5)
+    y = json.loads(invoke("score", "-m", d / "model", "--features", d / "r.st", "--objective", a).stdout.splitlines()[0])
+    assert y["score"] == pytest.approx(float((r @ T)[0]), abs=1e-5)
+    bad = runner.invoke(app, ["score", "-m", str(d / "model"), "--features", str(d / "r.st"), "--weights", "nope=1"])
+    assert bad.exit_code == 2 and "unknown objective 'nope'" in bad.output
+
+
+def test_score_from_jsonl_matches_features_and_table_format(tiny_model, tiny_backbone):
+    d = tiny_model
+    a = [json.loads(x) for x in invoke("score", "-m", d / "model", d / "r.jsonl", "-q").stdout.splitlines()]
+    b = [json.loads(x) for x in invoke("score", "-m", d / "model", "--features", d / "r.st").stdout.splitlines()]
+    assert [x["score"] for x in a] == pytest.approx([x["score"] for x in b], abs=1e-5)
+    t = invoke("score", "-m", d / "model", "--features", d / "p.st", "--format", "table").stdout
+    assert "coefficient" in t and "preferred" in t
+
+
+def test_model_directory_with_missing_or_mismatched_part(tiny_model, tmp_path):
+    m = tmp_path / "m"
+    shutil.copytree(tiny_model / "model", m)
+    (m / "gating.safetensors").unlink()
+    r = runner.invoke(app, ["score", "-m", str(m), "--features", str(tiny_model / "r.st")])
+    assert r.exit_code == 2 and "gating part" in r.output
+    shutil.rmtree(m)
+    shutil.copytree(tiny_model / "model", m)
+    shutil.copyfile(tiny_model / "reg.st", m / "regression.safetensors")
+    # a regression refit with another strength no longer matches the gate
+    invoke("fit-regression", tiny_model / "r.st", "--length-objective", "verbosity", "--alphas", "1000", "-o", m / "regression.safetensors", "-q")
+    r = runner.invoke(app, ["score", "-m", str(m), "--features", str(tiny_model / "r.st")])
+    assert r.exit_code == 2 and "part" in r.output and "another regression" in r.output
+
+
+def test_section_arithmetic_by_hand():
+    acc = {"alpacaeval-easy": 1.0, "alpacaeval-hard": 0.5, "mt-bench-hard": 0.25, "xstest-should-refuse": 1.0,
+           "xstest-should-respond": 0.5, "math-prm": 0.5, "hep-go": 1.0, "anthropic_helpful": 0.6, "shp": 0.4}
+    sections, score, info = section_scores(acc)
+    chat = (1.0 * 100 + 0.5 * 95) / 195
+    safety = (1.0 * 154 + 0.5 * 250) / 404
+    reasoning = (0.5 * 984 + 1.0 * 164) / (984 + 164)
+    assert sections["Chat"] == pytest.approx(chat)
+    assert sections["Chat Hard"] == pytest.approx(0.25)
+    assert sections["Safety"] == pytest.approx(safety)
+    assert sections["Reasoning"] == pytest.approx(reasoning)
+    assert sections["Prior Sets"] == pytest.approx(0.5)
+    assert score == pytest.approx((chat + 0.25 + safety + reasoning + 0.5 * 0.5) / 4.5)
+    assert EXAMPLE_COUNTS["xstest-should-refuse"] == 154 and EXAMPLE_COUNTS["xstest-should-respond"] == 250
+
+
+def test_ties_rules_and_evaluate_report():
+    scores = torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0], [2.0, 2.0]])
+    margin = scores[:, 0] - scores[:, 1]
+    assert pair_outcomes(margin, "loss").tolist() == [1, 0, 0, 0]
+    assert pair_outcomes(margin, "half").tolist() == [1, 0.5, 0, 0.5]
+    lengths = torch.tensor([[10, 5], [3, 4], [8, 2], [1, 1]])
+    rep = evaluate_scores(scores, ["a", "a", "b", "b"], lengths, "half", 200, 0)
+    assert rep["subsets"]["a"]["accuracy"] == 0.75 and rep["subsets"]["b"]["accuracy"] == 0.25
+    assert rep["ties"] == {"rule": "half", "count": 2}
+    assert rep["score_kind"] == "macro-average" and rep["score"] == pytest.approx(0.5)
+    assert rep["length_bias"]["longer_wins_labels"] == pytest.approx(2 / 3)
+    rep = evaluate_scores(scores, ["a", "a", "b", "b"], lengths, "loss", 200, 0)
+    assert rep["subsets"]["a"]["accuracy"] == 0.5 and rep["ties"]["count"] == 2
+
+
+def test_evaluate_cli_report(tiny_model, tmp_path):
+    d = tiny_model
+    out, pairs = tmp_path / "rep.json", tmp_path / "pairs.jsonl"
+    invoke("evaluate", "-m", d / "model", "--features", d / "p.st", "-o", out, "--pairs-output", pairs, "-q")
+    rep = json.loads(out.read_text())
+    assert set(rep) >= {"model", "subsets", "sections", "score", "ties", "length_bias"}
+    assert rep["subsets"]["mine"]["n"] == 20 and len(rep["subsets"]["mine"]["ci95"]) == 2
+    assert set(rep["sections"]) == {"Chat", "Reasoning"}
+    assert len(pairs.read_text().splitlines()) == 60
+
+
+def test_score_in_a_bash_pipeline(tiny_model):
+    if shutil.which("jq") is None:
+        pytest.skip("jq is not installed")
+    armo = Path(sys.executable).parent / "armo"
+    cmd = f"cat {tiny_model / 'r.jsonl'} | head -5 | {armo} score -m {tiny_model / 'model'} -q - | jq .score"
+    out = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    vals = [float(x) for x in out.stdout.split()]
+    assert len(vals) == 5
