@@ -352,6 +352,43 @@ def sample(
     console.print(f"[green]sampled[/green] {k} rows", highlight=False)
 
 
+@app.command("export")
+def export_(
+    output: str = typer.Argument(..., help="Hugging Face folder to write."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model directory (default: the shipped model)."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="Override where the backbone is loaded from."),
+):
+    """Write an ArmoRM-format Hugging Face folder (LlamaForRewardModelWithGating, safetensors).
+
+    It loads with `AutoModelForSequenceClassification.from_pretrained(OUT, trust_remote_code=True)`
+    and returns `rewards`, `gating_output`, `prompt_embedding`, `score`.
+
+    Example: `armo export -m my-model my-model-hf`
+    """
+    from .hf_format import export_model
+
+    out = _run(lambda: export_model(model, output, backbone))
+    console.print(f"[green]exported[/green] {out}", highlight=False)
+
+
+@app.command("import")
+def import_(
+    source: str = typer.Argument(..., help="ArmoRM-format checkpoint: a local folder or a hub id."),
+    output: str = typer.Option(..., "--output", "-o", help="armo model directory to write."),
+    objectives: Optional[str] = typer.Option(None, "--objectives", help="Comma-separated objective names."),
+):
+    """Read an ArmoRM-format checkpoint into an armo model directory, without running its code.
+
+    Reads config.json and the safetensors head tensors only (no pickle). The backbone stays where it is.
+
+    Example: `armo import RLHFlow/ArmoRM-Llama3-8B-v0.1 -o armorm`
+    """
+    from .hf_format import import_checkpoint
+
+    names = [o.strip() for o in objectives.split(",")] if objectives else None
+    _run(lambda: import_checkpoint(source, output, names))
+
+
 @app.command()
 def version():
     """Print armo's version."""

@@ -131,3 +131,27 @@ def needs_embedded():
 
 def needs_shared():
     return pytest.mark.skipif(not SHARED.exists(), reason="../shared/data is absent")
+
+
+def cli(*args, input=None):
+    from typer.testing import CliRunner
+    from armo_cli.cli import app
+
+    r = CliRunner().invoke(app, [str(a) for a in args], input=input)
+    assert r.exit_code == 0, r.output
+    return r
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_backbone, tmp_path_factory):
+    """A whole armo model (regression + decorrelation + gate) on the tiny backbone, built with the CLI."""
+    d = tmp_path_factory.mktemp("model")
+    b = ["-b", str(tiny_backbone), "--device", "cpu", "-q"]
+    cli("extract", write_jsonl(d / "r.jsonl", rating_rows(80)), "-o", d / "r.st", *b)
+    cli("extract", write_jsonl(d / "p.jsonl", pair_rows(60, subsets=["alpacaeval-easy", "hep-go", "mine"])), "-o", d / "p.st", *b)
+    m = d / "model"
+    cli("fit-regression", d / "r.st", "--length-objective", "verbosity", "-o", d / "reg.st", "--model-dir", m, "-q")
+    cli("fit-decorrelation", d / "p.st", "-r", d / "reg.st", "-o", d / "dec.st", "--model-dir", m, "-q")
+    cli("fit-gating", d / "p.st", "-r", d / "reg.st", "-t", d / "dec.st", "-o", d / "gate.st", "--model-dir", m,
+        "--hidden-dim", "16", "--steps", "30", "-q")
+    return d

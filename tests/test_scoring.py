@@ -24,20 +24,6 @@ def invoke(*args, input=None):
     return r
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tiny_backbone, tmp_path_factory):
-    d = tmp_path_factory.mktemp("model")
-    b = ["-b", str(tiny_backbone), "--device", "cpu", "-q"]
-    invoke("extract", write_jsonl(d / "r.jsonl", rating_rows(80)), "-o", d / "r.st", *b)
-    invoke("extract", write_jsonl(d / "p.jsonl", pair_rows(60, subsets=["alpacaeval-easy", "hep-go", "mine"])), "-o", d / "p.st", *b)
-    m = d / "model"
-    invoke("fit-regression", d / "r.st", "--length-objective", "verbosity", "-o", d / "reg.st", "--model-dir", m, "-q")
-    invoke("fit-decorrelation", d / "p.st", "-r", d / "reg.st", "-o", d / "dec.st", "--model-dir", m, "-q")
-    invoke("fit-gating", d / "p.st", "-r", d / "reg.st", "-t", d / "dec.st", "-o", d / "gate.st", "--model-dir", m,
-           "--hidden-dim", "16", "--steps", "30", "-q")
-    return d
-
-
 def test_score_fields_and_coefficients_reproduce_the_score(tiny_model):
     d = tiny_model
     r = invoke("score", "-m", d / "model", "--features", d / "r.st", "--top-k", "2")

@@ -1,0 +1,175 @@
+"""The ArmoRM Hugging Face format (LlamaForRewardModelWithGating), both ways, safetensors only."""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from . import __version__
+from .backbones import BackboneSpec, folder_fingerprint, load_backbone
+from .console import info
+from .decorrelation import regression_hash
+from .features import GATE_RULE_PATTERN_OFFSET, Renderer
+from .io import ArmoError, save_artifact, sha256_json
+from .model import MANIFEST, PART_FILES, ArmoModel, write_manifest
+
+MODELING = Path(__file__).parent / "hf_code" / "modeling_armo.py"
+ARCH = "LlamaForRewardModelWithGating"
+
+# The published checkpoint's 19 objectives, in order (RLHFlow/ArmoRM-Llama3-8B-v0.1 model card).
+ARMORM_OBJECTIVES = [
+    "helpsteer-helpfulness", "helpsteer-correctness", "helpsteer-coherence", "helpsteer-complexity",
+    "helpsteer-verbosity", "ultrafeedback-overall_score", "ultrafeedback-instruction_following",
+    "ultrafeedback-truthfulness", "ultrafeedback-honesty", "ultrafeedback-helpfulness", "beavertails-is_safe",
+    "prometheus-score", "argilla-overall_quality", "argilla-judge_lm", "code-complexity", "code-style",
+    "code-explanation", "code-instruction-following", "code-readability",
+]
+
+
+def export_model(model_dir: str | Path | None, out_dir: str | Path, backbone: str | None = None) -> Path:
+    """Write an HF folder that AutoModelForSequenceClassification loads with trust_remote_code=True."""
+    model = ArmoModel.load(model_dir)
+    bb = load_backbone(backbone or model.backbone["name"], device="cpu", dtype="fp32")
+    if bb.fingerprint != model.backbone["fingerprint"]:
+        raise ArmoError(f"--backbone: not the backbone this model was trained on ({model.backbone['name']})")
+    if bb.model.config.model_type != "llama":
+        raise ArmoError(f"export: only Llama-architecture backbones are supported (this one is {bb.model.config.model_type!r})")
+    renderer = Renderer(bb.tokenizer, model.manifest.get("gate_rule", "generation-prompt"))
+    pattern = renderer.gen_suffix
+    offset = GATE_RULE_PATTERN_OFFSET[renderer.gate_rule](len(pattern))
+    gate = model.gating.gate
+    cfg = bb.model.config.to_dict()
+    cfg.pop("quantization_config", None)
+    cfg.update({
+        "architectures": [ARCH],
+        "auto_map": {"AutoModelForSequenceClassification": f"modeling_armo.{ARCH}"},
+        "num_objectives": len(model.objectives),
+        "gating_temperature": gate.temperature,
+        "gating_hidden_dim": gate.layers[0].out_features if len(gate.layers) > 1 else None,
+        "gating_n_hidden": len(gate.layers) - 1,
+        "gating_token_pattern": pattern,
+        "gating_token_offset": offset,
+        "regression_bias": bool(model.regression.bias.abs().sum() > 0),
+        "objectives": model.objectives,
+        "armo": {"version": __version__, "gate_rule": renderer.gate_rule, "scales": model.regression.meta["scales"],
+                 "backbone": model.backbone},
+        "torch_dtype": "float32",
+    })
+    tensors = {f"model.{k}": v.detach().contiguous().clone() for k, v in bb.model.state_dict().items()}
+    tensors["regression_layer.weight"] = model.regression.weight.contiguous()
+    if cfg["regression_bias"]:
+        tensors["regression_layer.bias"] = model.regression.bias.contiguous()
+    tensors["reward_transform_matrix"] = model.decorrelation.transform.contiguous()
+    for k, v in gate.state_dict().items():
+        tensors[f"gating.{k}"] = v.detach().contiguous().clone()
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        shutil.copyfile(MODELING, tmp / "modeling_armo.py")
+        bb.tokenizer.save_pretrained(str(tmp))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _read_weights(folder: Path, prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Read only the head tensors from (possibly sharded) safetensors; never unpickle anything."""
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    elif (folder / "model.safetensors").exists():
+        files = ["model.safetensors"]
+    else:
+        raise ArmoError(f"{folder}: no safetensors weights (pickle checkpoints are not read)")
+    out = {}
+    for fn in files:
+        with safe_open(str(folder / fn), framework="pt") as f:
+            for k in f.keys():
+                if k.startswith(prefixes):
+                    out[k] = f.get_tensor(k).float()
+    return out
+
+
+def import_checkpoint(source: str, output: str | Path, objectives: list[str] | None = None) -> ArmoModel:
+    """An ArmoRM-format checkpoint (folder or hub id) -> an armo model directory; no remote code runs."""
+    p = Path(source).expanduser()
+    if p.is_dir():
+        folder = p.resolve()
+        name = str(folder)
+    else:
+        try:
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(source, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]))
+        except Exception as e:
+            raise ArmoError(f"import: {source} is not a folder or a reachable hub id ({type(e).__name__})") from None
+        name = source
+    cfg_path = folder / "config.json"
+    if not cfg_path.exists():
+        raise ArmoError(f"{folder}: no config.json")
+    cfg = json.loads(cfg_path.read_text())
+    for key in ("num_objectives", "hidden_size"):
+        if key not in cfg:
+            raise ArmoError(f"{cfg_path}: field '{key}': missing (not an ArmoRM-format checkpoint)")
+    k, d = int(cfg["num_objectives"]), int(cfg["hidden_size"])
+    w = _read_weights(folder, ("regression_layer.", "reward_transform_matrix", "gating."))
+    for key in ("regression_layer.weight", "gating.logit_scale"):
+        if key not in w:
+            raise ArmoError(f"{folder}: tensor '{key}' missing (not an ArmoRM-format checkpoint)")
+    if tuple(w["regression_layer.weight"].shape) != (k, d):
+        raise ArmoError(f"{folder}: regression_layer.weight has shape {tuple(w['regression_layer.weight'].shape)}, expected ({k}, {d})")
+    if objectives:
+        if len(objectives) != k:
+            raise ArmoError(f"--objectives: {len(objectives)} names for {k} objectives")
+        names = objectives
+    elif "objectives" in cfg and len(cfg["objectives"]) == k:
+        names = list(cfg["objectives"])
+    elif k == len(ARMORM_OBJECTIVES):
+        names = list(ARMORM_OBJECTIVES)
+    else:
+        names = [f"objective-{i}" for i in range(k)]
+    T = w.get("reward_transform_matrix", torch.eye(k))
+    n_hidden = int(cfg.get("gating_n_hidden", 3))
+    gate_sd = {key[len("gating."):]: v for key, v in w.items() if key.startswith("gating.")}
+    hidden_dim = int(cfg.get("gating_hidden_dim") or gate_sd["layers.0.weight"].shape[0])
+    # the gate rule: armo's own exports say which; the published model reads the end-of-turn token
+    armo = cfg.get("armo", {})
+    rule = armo.get("gate_rule", "armo-eot")
+    fingerprint = folder_fingerprint(folder)
+    backbone = {"name": name, "kind": "folder" if p.is_dir() else "hub", "fingerprint": fingerprint,
+                "hidden_size": d, "model_type": cfg.get("model_type")}
+    scales = armo.get("scales") or {o: {"lo": 0.0, "hi": 1.0, "transform": "linear", "declared": False} for o in names}
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    bias = w.get("regression_layer.bias", torch.zeros(k))
+    reg_meta = {"kind": "regression", "armo_version": __version__, "objectives": names, "scales": scales,
+                "backbone": backbone, "hidden_size": d, "gate_rule": rule, "imported_from": name, "metrics": {}}
+    save_artifact(out / PART_FILES["regression"], {"weight": w["regression_layer.weight"], "bias": bias}, reg_meta)
+    from .regression import Regression
+
+    rh = regression_hash(Regression.load(out / PART_FILES["regression"]))
+    save_artifact(out / PART_FILES["decorrelation"], {"transform": T, "lambdas": torch.zeros(k)},
+                  {"kind": "decorrelation", "objectives": names, "backbone": backbone, "regression_hash": rh,
+                   "imported_from": name})
+    save_artifact(out / PART_FILES["gating"], gate_sd,
+                  {"kind": "gating", "objectives": names, "backbone": backbone, "regression_hash": rh,
+                   "transform_hash": sha256_json(T.tolist()), "imported_from": name,
+                   "config": {"in_features": d, "hidden_dim": hidden_dim, "n_hidden": n_hidden,
+                              "temperature": float(cfg.get("gating_temperature", 10)), "dropout": 0.0}})
+    write_manifest(out, {"armo_version": __version__, "backbone": backbone, "gate_rule": rule, "objectives": names,
+                         "scales": scales, "hidden_size": d, "imported_from": name,
+                         "parts": dict(PART_FILES)})
+    info(f"[green]imported[/green] {name}: {k} objectives, gate rule {rule} -> {out}")
+    return ArmoModel.load(out)

@@ -1,0 +1,170 @@
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from conftest import cli, pair_rows, write_jsonl
+
+
+@pytest.fixture
+def no_pickle(monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError("a pickle was loaded")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+
+
+def _batch(tok, convs, side):
+    ids = [tok.apply_chat_template(c, tokenize=True, add_generation_prompt=False) for c in convs]
+    ids = [x["input_ids"] if isinstance(x, dict) or hasattr(x, "keys") else x for x in ids]
+    L = max(len(x) for x in ids)
+    pad = tok.pad_token_id
+    input_ids = torch.full((len(ids), L), pad)
+    mask = torch.zeros(len(ids), L, dtype=torch.long)
+    for i, x in enumerate(ids):
+        if side == "right":
+            input_ids[i, :len(x)] = torch.tensor(x)
+            mask[i, :len(x)] = 1
+        else:
+            input_ids[i, L - len(x):] = torch.tensor(x)
+            mask[i, L - len(x):] = 1
+    return input_ids, mask
+
+
+def test_export_loads_in_transformers_and_matches_armo_score(tiny_model, tmp_path, no_pickle):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out = tmp_path / "hf"
+    cli("export", "-m", tiny_model / "model", out)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["architectures"] == ["LlamaForRewardModelWithGating"]
+    for key in ("num_objectives", "gating_temperature", "gating_hidden_dim", "gating_n_hidden", "gating_token_pattern"):
+        assert key in cfg
+    keys = set(load_file(str(out / "model.safetensors")))
+    assert {"regression_layer.weight", "reward_transform_matrix", "gating.logit_scale", "gating.layers.0.weight"} <= keys
+    assert not list(out.glob("*.bin"))
+    model = AutoModelForSequenceClassification.from_pretrained(str(out), trust_remote_code=True, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(str(out))
+    # the transform is kept, not reset to identity
+    T = load_file(str(tiny_model / "model" / "decorrelation.safetensors"))["transform"]
+    assert not torch.allclose(T, torch.eye(T.shape[0])) and torch.allclose(model.reward_transform_matrix, T)
+    rows = [json.loads(x) for x in (tiny_model / "p.jsonl").read_text().splitlines()][:7]
+    armo = [json.loads(x) for x in cli("score", "-m", tiny_model / "model", "--features", tiny_model / "p.st").stdout.splitlines()][:7]
+    convs, expect, exp_rewards = [], [], []
+    for row, rec in zip(rows, armo):
+        prompt = row["prompt"] if isinstance(row["prompt"], list) else [{"role": "user", "content": row["prompt"]}]
+        for side in ("chosen", "rejected"):
+            convs.append(prompt + [{"role": "assistant", "content": row[side]}])
+            expect.append(rec[side]["score"])
+            exp_rewards.append(list(rec[side]["rewards"].values()))
+    for pad_side in ("right", "left"):
+        ids, mask = _batch(tok, convs, pad_side)
+        with torch.no_grad():
+            o = model(input_ids=ids, attention_mask=mask)
+        assert torch.allclose(o.score, torch.tensor(expect), atol=1e-4), pad_side
+        assert torch.allclose(o.logits, o.score)
+        assert torch.allclose(o.rewards, torch.tensor(exp_rewards), atol=1e-4)
+        assert o.gating_output.shape == (len(convs), cfg["num_objectives"]) and o.prompt_embedding.shape[-1] == cfg["hidden_size"]
+
+
+def reference_armorm_forward(folder, convs):
+    """The published LlamaForRewardModelWithGating forward, written out independently of armo."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaModel
+
+    cfg = json.loads((folder / "config.json").read_text())
+    sd = load_file(str(folder / "model.safetensors"))
+    base = LlamaModel(LlamaConfig(**{k: v for k, v in cfg.items() if k not in ("architectures", "auto_map")}))
+    base.load_state_dict({k[len("model."):]: v for k, v in sd.items() if k.startswith("model.")})
+    base.eval()
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    pattern = tok("<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n", add_special_tokens=False).input_ids
+    scores, rewards = [], []
+    for conv in convs:
+        ids = tok.apply_chat_template(conv, tokenize=False)
+        ids = tok(ids, add_special_tokens=False).input_ids
+        with torch.no_grad():
+            h = base(input_ids=torch.tensor([ids])).last_hidden_state[0]
+        pos = max(i for i in range(len(ids) - len(pattern) + 1) if ids[i:i + len(pattern)] == pattern)
+        r = h[-1] @ sd["regression_layer.weight"].T
+        x = h[pos]
+        n = cfg["gating_n_hidden"]
+        for i in range(n + 1):
+            x = x @ sd[f"gating.layers.{i}.weight"].T + sd[f"gating.layers.{i}.bias"]
+            if i < n:
+                x = F.relu(x)
+        g = F.softmax(x / cfg["gating_temperature"], dim=-1) * sd["gating.logit_scale"][0]
+        scores.append(float((g * (r @ sd["reward_transform_matrix"])).sum()))
+        rewards.append(r)
+    return scores, rewards
+
+
+def make_armorm_checkpoint(backbone: Path, folder: Path, k: int = 19, hidden: int = 16) -> Path:
+    cfg = json.loads((backbone / "config.json").read_text())
+    d = cfg["hidden_size"]
+    cfg.update({"architectures": ["LlamaForRewardModelWithGating"],
+                "auto_map": {"AutoModelForSequenceClassification": "modeling_custom.LlamaForRewardModelWithGating"},
+                "num_objectives": k, "gating_temperature": 10, "gating_hidden_dim": hidden, "gating_n_hidden": 3})
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(cfg))
+    g = torch.Generator().manual_seed(7)
+    sd = {f"model.{n}": t for n, t in load_file(str(backbone / "model.safetensors")).items()}
+    sd["regression_layer.weight"] = torch.randn(k, d, generator=g) * 0.3
+    lam = torch.rand(k, generator=g) * 0.5
+    lam[4] = 1.0  # helpsteer-verbosity is the published verbosity objective
+    T = torch.eye(k)
+    T[4, :] -= lam
+    sd["reward_transform_matrix"] = T
+    dims = [d, hidden, hidden, hidden, k]
+    for i in range(4):
+        sd[f"gating.layers.{i}.weight"] = torch.randn(dims[i + 1], dims[i], generator=g) * 0.5
+        sd[f"gating.layers.{i}.bias"] = torch.randn(dims[i + 1], generator=g) * 0.1
+    sd["gating.logit_scale"] = torch.tensor([1.3])
+    save_file({k_: v.contiguous() for k_, v in sd.items()}, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    for f in backbone.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            shutil.copyfile(f, folder / f.name)
+    (folder / "modeling_custom.py").write_text("raise RuntimeError('remote code must not run')\n")
+    return folder
+
+
+def test_import_matches_the_checkpoints_own_forward(tiny_llama3, tmp_path, no_pickle):
+    ckpt = make_armorm_checkpoint(tiny_llama3, tmp_path / "armorm")
+    out = tmp_path / "imported"
+    cli("import", ckpt, "-o", out)
+    manifest = json.loads((out / "armo.json").read_text())
+    assert manifest["objectives"][0] == "helpsteer-helpfulness" and len(manifest["objectives"]) == 19
+    assert manifest["gate_rule"] == "armo-eot"
+    rows = pair_rows(6, seed=5)
+    inp = write_jsonl(tmp_path / "rows.jsonl", rows)
+    recs = [json.loads(x) for x in cli("score", "-m", out, inp, "-q", "--device", "cpu").stdout.splitlines()]
+    convs = []
+    for row in rows:
+        prompt = row["prompt"] if isinstance(row["prompt"], list) else [{"role": "user", "content": row["prompt"]}]
+        convs += [prompt + [{"role": "assistant", "content": row[s]}] for s in ("chosen", "rejected")]
+    ref, ref_rewards = reference_armorm_forward(ckpt, convs)
+    ours = [rec[s]["score"] for rec in recs for s in ("chosen", "rejected")]
+    assert ours == pytest.approx(ref, abs=1e-4)
+    first = torch.tensor(list(recs[0]["chosen"]["rewards"].values()))
+    assert torch.allclose(first, ref_rewards[0], atol=1e-4)
+
+
+def test_import_generic_names_and_errors(tiny_llama3, tmp_path):
+    from typer.testing import CliRunner
+    from armo_cli.cli import app
+
+    ckpt = make_armorm_checkpoint(tiny_llama3, tmp_path / "c5", k=5)
+    cli("import", ckpt, "-o", tmp_path / "m5")
+    assert json.loads((tmp_path / "m5" / "armo.json").read_text())["objectives"] == [f"objective-{i}" for i in range(5)]
+    cli("import", ckpt, "-o", tmp_path / "m5b", "--objectives", "a,b,c,d,e")
+    assert json.loads((tmp_path / "m5b" / "armo.json").read_text())["objectives"] == list("abcde")
+    (tmp_path / "plain").mkdir()
+    shutil.copyfile(tiny_llama3 / "config.json", tmp_path / "plain" / "config.json")
+    r = CliRunner().invoke(app, ["import", str(tmp_path / "plain"), "-o", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "num_objectives" in r.output
