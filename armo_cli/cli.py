@@ -96,6 +96,7 @@ def extract(
     overflow: str = typer.Option("error", "--overflow", help="Over --max-length: error | skip | truncate-prompt."),
     on_error: str = typer.Option("error", "--on-error", help="Bad rows: error | skip (listed in the report)."),
     batch_tokens: Optional[int] = typer.Option(None, "--batch-tokens", help="Token budget per batch (default 2048 CPU, 32768 GPU)."),
+    max_padding: Optional[float] = typer.Option(None, "--max-padding", help="Largest padded share of a batch (default 0.05 CPU, 0.25 GPU)."),
     chunk_size: int = typer.Option(256, "--chunk-size", help="Rows per resumable chunk."),
     resume: bool = typer.Option(False, "--resume", help="Reuse finished chunks of an interrupted run."),
     num_shards: Optional[int] = typer.Option(None, "--num-shards", help="Split the work into N disjoint shards."),
@@ -114,7 +115,7 @@ def extract(
 
     cfg = ExtractConfig(input=input, output=output, dataset=dataset, split=split, backbone=backbone, device=device,
                         dtype=dtype, attn_implementation=attn_implementation, gate_rule=gate_rule, max_length=max_length,
-                        overflow=overflow, on_error=on_error, batch_tokens=batch_tokens, chunk_size=chunk_size,
+                        overflow=overflow, on_error=on_error, batch_tokens=batch_tokens, max_padding=max_padding, chunk_size=chunk_size,
                         resume=resume, num_shards=num_shards, shard_index=shard_index, quiet=quiet)
     _run(lambda: run(cfg))
 

@@ -173,28 +173,36 @@ def forward_trees(model: Any, trees: list[Tree], device: torch.device, dtype: to
     return prompt, resp
 
 
-def token_batches(trees: list[Tree], batch_tokens: int) -> Iterator[list[Tree]]:
-    """Length-sorted batches whose padded size stays within the token budget."""
+def token_batches(trees: list[Tree], batch_tokens: int, max_padding: float = 1.0) -> Iterator[list[Tree]]:
+    """Length-sorted batches within the token budget whose padding stays under `max_padding` of the batch.
+
+    On a compute-bound CPU a padded token costs as much as a real one, so the CPU default keeps
+    padding near zero; a GPU trades some padding for larger batches."""
     order = sorted(trees, key=lambda t: -t.length)
     batch: list[Tree] = []
+    real = 0
     for t in order:
-        if batch and (len(batch) + 1) * batch[0].length > batch_tokens:
-            yield batch
-            batch = []
+        if batch:
+            padded = (len(batch) + 1) * batch[0].length
+            if padded > batch_tokens or 1 - (real + t.length) / padded > max_padding:
+                yield batch
+                batch, real = [], 0
         batch.append(t)
+        real += t.length
     if batch:
         yield batch
 
 
 def encode_trees(backbone: Backbone, trees: list[Tree], batch_tokens: int,
-                 on_batch: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 on_batch: Callable[[int, int], None] | None = None,
+                 max_padding: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Features for trees in their given order (batches are length-sorted, order restored)."""
     m = len(trees[0].conts)
     d = backbone.hidden_size
     prompt = torch.empty(len(trees), d)
     resp = torch.empty(len(trees), m, d)
     where = {id(t): i for i, t in enumerate(trees)}
-    for batch in token_batches(trees, batch_tokens):
+    for batch in token_batches(trees, batch_tokens, max_padding):
         pf, rf = forward_trees(backbone.model, batch, backbone.device, backbone.dtype)
         idx = torch.tensor([where[id(t)] for t in batch])
         prompt[idx] = pf
@@ -220,6 +228,7 @@ class ExtractConfig:
     overflow: str = "error"
     on_error: str = "error"
     batch_tokens: int | None = None  # default: 2048 on CPU, 32768 on GPU
+    max_padding: float | None = None  # share of a batch that may be padding; default 0.05 on CPU, 0.25 on GPU
     chunk_size: int = 256
     resume: bool = False
     num_shards: int | None = None
@@ -273,7 +282,9 @@ def _scan(source: Source, renderer: Renderer, cfg: ExtractConfig, skipped: list[
 
 def _chunk_tensors(trees: list[Tree], backbone: Backbone, cfg: ExtractConfig, objectives: list[str],
                    batch_tokens: int, on_batch) -> dict[str, torch.Tensor]:
-    prompt, resp = encode_trees(backbone, trees, batch_tokens, on_batch)
+    gpu = backbone.device.type != "cpu"
+    max_padding = cfg.max_padding if cfg.max_padding is not None else (0.25 if gpu else 0.05)
+    prompt, resp = encode_trees(backbone, trees, batch_tokens, on_batch, max_padding)
     pair = len(trees[0].conts) == 2
     out = {
         "prompt_features": prompt,
