@@ -28,7 +28,8 @@ def progress(quiet: bool = False) -> Progress:
 def table(title: str, columns: Iterable[str], rows: Iterable[Iterable[object]]) -> Table:
     t = Table(title=title, title_justify="left")
     for i, c in enumerate(columns):
-        t.add_column(c, justify="left" if i == 0 else "right")
+        # fold rather than truncate: objective names must stay readable on narrow terminals
+        t.add_column(c, justify="left" if i == 0 else "right", overflow="fold", min_width=min(len(c), 12))
     for r in rows:
         t.add_row(*[fmt(v) for v in r])
     return t

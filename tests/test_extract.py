@@ -248,3 +248,22 @@ def test_help_lists_every_subcommand():
     for cmd in ["extract", "fit-regression", "score", "evaluate"]:
         r = runner.invoke(app, [cmd, "--help"])
         assert r.exit_code == 0 and "Example" in r.output
+
+
+def test_torchrun_two_cpu_ranks_shard_and_merge(tiny_backbone, tmp_path, bb):
+    torchrun = Path(sys.executable).parent / "torchrun"
+    if not torchrun.exists():
+        pytest.skip("torchrun not installed")
+    inp = write_jsonl(tmp_path / "p.jsonl", pair_rows(11))
+    single = tmp_path / "single.safetensors"
+    _extract(bb, inp, single, chunk_size=3)
+    out = tmp_path / "dist.safetensors"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([str(torchrun), "--nproc-per-node", "2", "-m", "armo_cli.cli", "extract", str(inp), "-o", str(out),
+                        "-b", str(tiny_backbone), "--device", "cpu", "--chunk-size", "3", "-q"],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = Features.load(single), Features.load(out)
+    assert a.ids == b.ids
+    assert torch.allclose(a.tensors["response_features"], b.tensors["response_features"], atol=1e-5)
+    assert not list(tmp_path.glob("dist.safetensors.shard-*"))
