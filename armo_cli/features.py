@@ -18,7 +18,7 @@ import torch
 from . import __version__
 from .backbones import DEFAULT_BACKBONE, Backbone, load_backbone
 from .console import info, progress, warn
-from .io import ArmoError, load_artifact, save_artifact, sha256_file, sha256_json, spool_stdin
+from .io import ArmoError, load_artifact, save_artifact, save_concatenated, sha256_file, sha256_json, spool_stdin
 from .rows import Example, Skipped, Source, iter_examples
 
 OVERFLOW = ("error", "skip", "truncate-prompt")
@@ -391,13 +391,13 @@ def _extract(cfg, source, display, backbone, after_chunk, t0) -> ExtractReport:
             exs = [next(stream) for _ in chunk]  # keep the stream aligned even for reused chunks
             if cfg.resume and path.exists():
                 try:
-                    _, meta = load_artifact(path, "features-chunk")
+                    meta = _chunk_meta(path)
                     if meta.get("key") == key:
                         report.chunks_reused += 1
                         pbar.update(task, advance=len(chunk))
                         files.append(path)
                         continue
-                except ArmoError:
+                except Exception:
                     pass  # a damaged chunk is recomputed
             trees = []
             for (i, _, truncated), (j, ex) in zip(chunk, exs):
@@ -450,12 +450,9 @@ class _DisplaySource(Source):
 
 
 def _join(files: list[Path], out: Path, meta: dict, report: ExtractReport) -> None:
-    tensors: dict[str, list[torch.Tensor]] = {}
     ids, subsets, truncated, prompts = [], [], [], []
     for f in files:
-        t, m = load_artifact(f, "features-chunk")
-        for k, v in t.items():
-            tensors.setdefault(k, []).append(v)
+        m = _chunk_meta(f)
         ids += m["ids"]
         subsets += m["subsets"]
         truncated += m["truncated"]
@@ -463,8 +460,16 @@ def _join(files: list[Path], out: Path, meta: dict, report: ExtractReport) -> No
     report.truncated = truncated
     meta = dict(meta, ids=ids, subsets=subsets if any(s is not None for s in subsets) else None,
                 prompt_hashes=prompts, report=asdict(report))
-    cat = {k: torch.cat(v) for k, v in tensors.items()} if tensors else {}
-    save_artifact(out, cat, meta)
+    save_concatenated(out, files, meta)
+
+
+def _chunk_meta(path: Path) -> dict:
+    """A chunk's metadata without loading its tensors."""
+    import json as _json
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return _json.loads((f.metadata() or {})["armo"])
 
 
 def merge_features(inputs: Iterable[str | Path], output: str | Path) -> dict:

@@ -164,3 +164,42 @@ def sha256_file(path: str | Path, limit: int | None = None) -> str:
 
 def sha256_json(o: Any) -> str:
     return hashlib.sha256(json.dumps(o, sort_keys=True, ensure_ascii=False, default=_json_default).encode()).hexdigest()
+
+
+_ST_SIZES = {"F64": 8, "I64": 8, "F32": 4, "I32": 4, "F16": 2, "BF16": 2, "I16": 2, "U8": 1, "I8": 1, "BOOL": 1}
+
+
+def save_concatenated(path: str | Path, files: list[Path], meta: dict[str, Any]) -> None:
+    """Concatenate the same-named tensors of several safetensors files along dim 0 into one file,
+    streaming one tensor of one file at a time (memory stays flat however long the job was)."""
+    shapes: dict[str, list[int]] = {}
+    dtypes: dict[str, str] = {}
+    for f in files:
+        with safe_open(str(f), framework="pt") as sf:
+            for k in sf.keys():
+                sl = sf.get_slice(k)
+                shape = list(sl.get_shape())
+                if k not in shapes:
+                    shapes[k], dtypes[k] = shape, sl.get_dtype()
+                else:
+                    shapes[k][0] += shape[0]
+    header: dict[str, Any] = {}
+    offset = 0
+    keys = sorted(shapes)
+    for k in keys:
+        n = _ST_SIZES[dtypes[k]]
+        for x in shapes[k]:
+            n *= x
+        header[k] = {"dtype": dtypes[k], "shape": shapes[k], "data_offsets": [offset, offset + n]}
+        offset += n
+    header["__metadata__"] = {META_KEY: dumps(meta)}
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with atomic_path(path) as tmp, open(tmp, "wb") as out:
+        out.write(len(raw).to_bytes(8, "little"))
+        out.write(raw)
+        for k in keys:
+            for f in files:
+                with safe_open(str(f), framework="pt") as sf:
+                    t = sf.get_tensor(k).contiguous()
+                out.write(t.view(torch.uint8).numpy().tobytes())

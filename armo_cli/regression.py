@@ -58,20 +58,31 @@ def split_mask(n: int, val_fraction: float, seed: int) -> torch.Tensor:
     return train
 
 
-def _gram(X: torch.Tensor, rows: torch.Tensor, dev: torch.device, block: int = 16384):
-    """X[rows]^T X[rows] and the row sum, accumulated in float64 block by block."""
-    d = X.shape[1]
+def _gram(X: torch.Tensor, Y: torch.Tensor, rows: torch.Tensor, dev: torch.device, block: int = 8192):
+    """X^T X, X^T Y and the row sum over the selected rows, accumulated in float64 block by block,
+    so memory holds only the features, the Gram matrix and one block."""
+    d, g = X.shape[1], Y.shape[1]
     G = torch.zeros(d, d, dtype=torch.float64, device=dev)
+    B = torch.zeros(d, g, dtype=torch.float64, device=dev)
     s = torch.zeros(d, dtype=torch.float64, device=dev)
     for i in range(0, X.shape[0], block):
-        xb = X[i:i + block][rows[i:i + block]].to(dev, torch.float64)
+        sel = rows[i:i + block]
+        xb = X[i:i + block][sel].to(dev, torch.float64)
         G += xb.T @ xb
+        B += xb.T @ Y[i:i + block][sel].to(dev, torch.float64)
         s += xb.sum(0)
-    return G, s
+    return G, B, s
 
 
-def _xty(X: torch.Tensor, Y: torch.Tensor, rows: torch.Tensor, dev: torch.device) -> torch.Tensor:
-    return X[rows].to(dev, torch.float64).T @ Y[rows].to(dev, torch.float64)
+def _val_predictions(X: torch.Tensor, rows: torch.Tensor, V: torch.Tensor, coef: torch.Tensor, shift: torch.Tensor,
+                     dev: torch.device, block: int = 8192) -> torch.Tensor:
+    """Predictions [A, n_val, g] for every grid value, block by block: X_val V coef(a)."""
+    out = []
+    for i in range(0, X.shape[0], block):
+        xb = X[i:i + block][rows[i:i + block]].to(dev, torch.float64)
+        if xb.shape[0]:
+            out.append(torch.einsum("nd,adg->ang", (xb - shift) @ V, coef))
+    return torch.cat(out, dim=1) if out else torch.zeros(coef.shape[0], 0, coef.shape[2], dtype=torch.float64, device=dev)
 
 
 def ridge_path(X: torch.Tensor, Y: torch.Tensor, train: torch.Tensor, alphas: list[float],
@@ -98,9 +109,9 @@ def ridge_path(X: torch.Tensor, Y: torch.Tensor, train: torch.Tensor, alphas: li
         rows = labelled[:, objs[0]]
         tr, va = rows & train, rows & ~train
         n_tr, n_va = int(tr.sum()), int(va.sum())
-        G, s = _gram(X, tr, dev)
-        G_raw = G
-        B = _xty(X, Yz[:, objs], tr, dev)  # [d, g]
+        Yg = Yz[:, objs]
+        G, B, s = _gram(X, Yg, tr, dev)  # B: [d, g]
+        G_raw, B_raw = G, B
         mx = s / max(n_tr, 1)
         my = Yz[tr][:, objs].to(dev, torch.float64).mean(0) if intercept else torch.zeros(len(objs), dtype=torch.float64, device=dev)
         if intercept:  # centring = an unpenalised intercept, as scikit-learn's fit_intercept
@@ -108,11 +119,9 @@ def ridge_path(X: torch.Tensor, Y: torch.Tensor, train: torch.Tensor, alphas: li
             B = B - n_tr * torch.outer(mx, my)
         e, V = torch.linalg.eigh(G)
         Q = V.T @ B
-        Xva = X[va].to(dev, torch.float64)
-        Yva = Yz[va][:, objs].to(dev, torch.float64)
-        Z = (Xva - mx) @ V if intercept else Xva @ V
+        Yva = Yg[va].to(dev, torch.float64)
         coef = Q[None] / (e[None, :, None] + a_grid[:, None, None])  # [A, d, g]
-        pred = torch.einsum("nd,adg->ang", Z, coef) + my
+        pred = _val_predictions(X, va, V, coef, mx if intercept else torch.zeros_like(mx), dev) + my
         mse = ((pred - Yva[None]) ** 2).mean(1)  # [A, g]
         best = torch.argmin(mse, dim=0)
         for gi, j in enumerate(objs):
@@ -130,9 +139,8 @@ def ridge_path(X: torch.Tensor, Y: torch.Tensor, train: torch.Tensor, alphas: li
                 W[j] = w.cpu()
                 b[j] = (my[gi] - mx @ w).cpu() if intercept else 0.0
             continue
-        G2, s2 = _gram(X, va, dev)
-        Ga, sa = G_raw + G2, s + s2
-        Ba = _xty(X, Yz[:, objs], rows, dev)
+        G2, B2, s2 = _gram(X, Yg, va, dev)
+        Ga, sa, Ba = G_raw + G2, s + s2, B_raw + B2
         n_all = n_tr + n_va
         mxa = sa / n_all
         mya = Yz[rows][:, objs].to(dev, torch.float64).mean(0) if intercept else torch.zeros(len(objs), dtype=torch.float64, device=dev)
