@@ -40,15 +40,14 @@ def parse_weights(spec: str, objectives: list[str]) -> torch.Tensor:
 
 
 @dataclass
-class ScoreConfig:
+class ModelInputConfig:
+    """What `score` and `evaluate` share: a model, rows or features, and how to run the backbone."""
+
     input: str | None = None
     model: str | None = None  # None: the shipped default model
     features: str | None = None
-    output: str = "-"
-    format: str = "jsonl"  # jsonl | table
     weights: str | None = None
     objective: str | None = None
-    top_k: int = 3
     backbone: str | None = None  # override the manifest's backbone location
     device: str | None = None
     dtype: str | None = None
@@ -58,21 +57,29 @@ class ScoreConfig:
     quiet: bool = False
 
 
-def features_for(model: ArmoModel, input: str | None, features: str | None, backbone: str | None, device, dtype,
-                 max_length, overflow, batch_tokens, quiet) -> Features:
+@dataclass
+class ScoreConfig(ModelInputConfig):
+    output: str = "-"
+    format: str = "jsonl"  # jsonl | table
+    top_k: int = 3
+
+
+def features_for(model: ArmoModel, cfg: ModelInputConfig) -> Features:
     """Either load extracted features (checked against the model) or extract them now."""
+    features, input, backbone = cfg.features, cfg.input, cfg.backbone
     if features:
         f = Features.load(features)
         require_same_backbone(model.backbone, f.backbone, str(model.path), features)
         return f
     if input is None:
         raise ArmoError("give INPUT (JSONL or -) or --features FILE")
-    bb = load_backbone(backbone or model.backbone["name"], device, dtype)
+    bb = load_backbone(backbone or model.backbone["name"], cfg.device, cfg.dtype)
     require_same_backbone(model.backbone, bb.info(), str(model.path), f"--backbone {backbone or model.backbone['name']}")
     with tempfile.TemporaryDirectory(prefix="armo-score-") as tmp:
         out = Path(tmp) / "features.safetensors"
         extract(ExtractConfig(input=input, output=str(out), gate_rule=model.manifest.get("gate_rule", "generation-prompt"),
-                              max_length=max_length, overflow=overflow, batch_tokens=batch_tokens, quiet=quiet), backbone=bb)
+                              max_length=cfg.max_length, overflow=cfg.overflow, batch_tokens=cfg.batch_tokens,
+                              quiet=cfg.quiet), backbone=bb)
         return Features.load(out)
 
 
@@ -155,8 +162,7 @@ def score(cfg: ScoreConfig) -> int:
         raise ArmoError("--format: choose 'jsonl' or 'table'")
     model = ArmoModel.load(cfg.model)
     w = _weights(cfg.weights, cfg.objective, model.objectives)
-    feats = features_for(model, cfg.input, cfg.features, cfg.backbone, cfg.device, cfg.dtype, cfg.max_length,
-                         cfg.overflow, cfg.batch_tokens, cfg.quiet)
+    feats = features_for(model, cfg)
     records = list(score_records(model, feats, w, cfg.top_k))
     if cfg.format == "table":
         from rich.console import Console
@@ -177,24 +183,12 @@ def score(cfg: ScoreConfig) -> int:
 
 # --- evaluate -----------------------------------------------------------------------------------
 @dataclass
-class EvaluateConfig:
-    input: str | None = None
-    model: str | None = None
-    features: str | None = None
+class EvaluateConfig(ModelInputConfig):
     ties: str = "loss"  # loss | half
     output: str | None = None
     pairs_output: str | None = None
-    weights: str | None = None
-    objective: str | None = None
     bootstrap: int = 1000
     seed: int = 0
-    backbone: str | None = None
-    device: str | None = None
-    dtype: str | None = None
-    max_length: int | None = None
-    overflow: str = "error"
-    batch_tokens: int | None = None
-    quiet: bool = False
 
 
 def pair_outcomes(margin: torch.Tensor, ties: str) -> torch.Tensor:
@@ -253,8 +247,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     pair_outcomes(torch.zeros(1), cfg.ties)  # validate --ties before any compute
     model = ArmoModel.load(cfg.model)
     w = _weights(cfg.weights, cfg.objective, model.objectives)
-    feats = features_for(model, cfg.input, cfg.features, cfg.backbone, cfg.device, cfg.dtype, cfg.max_length,
-                         cfg.overflow, cfg.batch_tokens, cfg.quiet)
+    feats = features_for(model, cfg)
     if not feats.pair:
         raise ArmoError(f"{cfg.features or cfg.input}: evaluate needs pairs (rows with 'chosen' and 'rejected')")
     ex = model.explain(feats.tensors["prompt_features"], feats.tensors["response_features"], w)
