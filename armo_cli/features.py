@@ -323,20 +323,18 @@ def extract(cfg: ExtractConfig, backbone: Backbone | None = None,
     t0 = time.perf_counter()
     spooled = None
     if cfg.input == "-":
-        spooled = spool_stdin()
-        source = Source(path=str(spooled))
-        display = "<stdin>"
+        spooled = spool_stdin()  # read twice: validation pass, then compute
+        source = _DisplaySource(Source(path=str(spooled)), "<stdin>")
     else:
         source = Source(path=cfg.input, dataset=cfg.dataset, split=cfg.split)
-        display = source.name
     try:
-        return _extract(cfg, source, display, backbone, after_chunk, t0)
+        return _extract(cfg, source, backbone, after_chunk, t0)
     finally:
         if spooled is not None:
             spooled.unlink(missing_ok=True)
 
 
-def _extract(cfg, source, display, backbone, after_chunk, t0) -> ExtractReport:
+def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, after_chunk, t0: float) -> ExtractReport:
     num_shards, shard_index, launched = _shard_env(cfg)
     out = Path(cfg.output)
     shard_out = out
@@ -345,9 +343,8 @@ def _extract(cfg, source, display, backbone, after_chunk, t0) -> ExtractReport:
     backbone = backbone or load_backbone(cfg.backbone, cfg.device, cfg.dtype, cfg.attn_implementation)
     renderer = Renderer(backbone.tokenizer, cfg.gate_rule)
     skipped: list[Skipped] = []
-    named = Source(path=source.path, dataset=source.dataset, split=source.split)
-    scan_source = _DisplaySource(named, display)
-    kept, objectives, is_pair, total_tokens = _scan(scan_source, renderer, cfg, skipped)
+    display = source.name
+    kept, objectives, is_pair, total_tokens = _scan(source, renderer, cfg, skipped)
     if not kept:
         raise ArmoError(f"{display}: no usable rows")
     input_hash = sha256_file(source.path) if source.path else sha256_json([source.dataset, source.split])
@@ -364,10 +361,9 @@ def _extract(cfg, source, display, backbone, after_chunk, t0) -> ExtractReport:
     parts.mkdir(parents=True, exist_ok=True)
     report = ExtractReport()
     keep_index = {i for c in mine for (i, _, _) in chunks[c]}
-    my_tokens = total_tokens if num_shards == 1 else None
 
     def wanted() -> Iterator[Example]:
-        for i, ex in enumerate(iter_examples(scan_source, cfg.on_error, None)):
+        for i, ex in enumerate(iter_examples(source, cfg.on_error, None)):
             if i in keep_index:
                 yield i, ex
 
