@@ -355,6 +355,17 @@ def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, afte
 
     chunks = [kept[i:i + cfg.chunk_size] for i in range(0, len(kept), cfg.chunk_size)]
     mine = [c for c in range(len(chunks)) if c % num_shards == shard_index]
+    job_key = sha256_json([settings_key, [[k for (_, k, _) in chunks[c]] for c in mine]])
+    if cfg.resume and shard_out.exists():
+        try:
+            done = _chunk_meta(shard_out)
+        except Exception:
+            done = {}
+        if done.get("job_key") == job_key:  # the same job finished before: nothing to do
+            info(f"[green]up to date[/green] {shard_out}: {len(done['ids'])} rows", cfg.quiet)
+            if launched:
+                _rank_merge(out, shard_index, num_shards, cfg.quiet)
+            return ExtractReport(**{**done["report"], "chunks_computed": 0, "chunks_reused": len(mine), "tokens_computed": 0})
     parts = shard_out.with_name(shard_out.name + ".parts")
     if parts.exists() and not cfg.resume:
         shutil.rmtree(parts)
@@ -416,7 +427,7 @@ def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, afte
         "kind": "features", "armo_version": __version__, "backbone": backbone.info(), "dtype": str(backbone.dtype),
         "gate_rule": cfg.gate_rule, "gen_suffix": renderer.gen_suffix, "max_length": cfg.max_length,
         "overflow": cfg.overflow, "input": display, "input_hash": input_hash, "objectives": objectives,
-        "pair": is_pair, "shard": [shard_index, num_shards], "settings_key": settings_key,
+        "pair": is_pair, "shard": [shard_index, num_shards], "settings_key": settings_key, "job_key": job_key,
     }
     report.rows = sum(len(chunks[c]) for c in mine)
     report.skipped = [vars(s) for s in skipped]

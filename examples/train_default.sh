@@ -46,7 +46,8 @@ rm -rf "$OUT.new"
 armo assemble "$OUT.new" -r "$WORK/regression.safetensors" -t "$WORK/decorrelation.safetensors" -g "$WORK/gating.safetensors"
 
 # Evaluation sets: the held-out pairs and dev-eval (never used in training).
-E=(--max-length "$EVAL_MAXLEN" --overflow truncate-prompt --resume)
+# evaluation data is taken as it is: rows it cannot use (an empty response in dev-eval) are listed, not fatal
+E=(--max-length "$EVAL_MAXLEN" --overflow truncate-prompt --on-error skip --resume)
 armo extract "$WORK/heldout.jsonl" -o "$WORK/heldout.features.safetensors" "${E[@]}"
 armo extract "$DATA/dev-eval.jsonl.gz" -o "$WORK/dev-eval.features.safetensors" "${E[@]}"
 python benchmarks/default_model_quality.py --work "$WORK" --model "$OUT.new"

@@ -117,6 +117,10 @@ def test_resume_after_interruption_is_identical_and_recomputes_nothing(bb, tmp_p
     for k in a.tensors:
         assert torch.equal(a.tensors[k], b.tensors[k]), k
     assert not Path(str(out) + ".parts").exists()
+    # a finished job rerun with --resume recomputes nothing and leaves the file as it was
+    before = out.read_bytes()
+    again = _extract(bb, inp, out, chunk_size=4, resume=True)
+    assert again.chunks_computed == 0 and again.tokens_computed == 0 and out.read_bytes() == before
 
 
 def test_shards_merge_to_the_single_run(bb, tmp_path):
