@@ -226,7 +226,7 @@ def fit_gating(
     steps: int = typer.Option(2000, "--steps"),
     val_fraction: float = typer.Option(0.1, "--val-fraction"),
     eval_every: int = typer.Option(50, "--eval-every"),
-    patience: int = typer.Option(10, "--patience"),
+    patience: int = typer.Option(20, "--patience"),
     seed: int = typer.Option(0, "--seed"),
     json_out: Optional[str] = typer.Option(None, "--json"),
     quiet: bool = QuietOpt,

@@ -85,7 +85,7 @@ class GatingConfig:
     steps: int = 2000
     val_fraction: float = 0.1
     eval_every: int = 50
-    patience: int = 10  # evaluations without improvement before stopping
+    patience: int = 20  # evaluations without improvement before stopping
     seed: int = 0
     device: str | None = None
     json: str | None = None

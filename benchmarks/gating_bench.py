@@ -18,6 +18,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=20_000)
     ap.add_argument("--dim", type=int, default=576)
     ap.add_argument("--objectives", type=int, default=11)
+    ap.add_argument("--no-early-stop", action="store_true", help="run all 2000 steps (the worst case)")
     args = ap.parse_args()
     n, d, k = args.pairs, args.dim, args.objectives
     g = torch.Generator().manual_seed(0)
@@ -44,7 +45,8 @@ def main() -> None:
                        "hidden_size": d, "gate_rule": "generation-prompt"})
         t0 = time.perf_counter()
         rep = fit_gating(GatingConfig(features=[str(tmp / "pairs.st")], regression=str(tmp / "reg.st"),
-                                      output=str(tmp / "gate.st"), quiet=True))
+                                      output=str(tmp / "gate.st"), quiet=True,
+                                      patience=10 ** 9 if args.no_early_stop else GatingConfig.patience))
         dt = time.perf_counter() - t0
     tr = rep["training"]
     print(f"pairs={n} d={d} objectives={k} threads={torch.get_num_threads()}")
