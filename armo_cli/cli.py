@@ -283,6 +283,7 @@ def score(
     dtype: Optional[str] = DtypeOpt,
     max_length: Optional[int] = typer.Option(None, "--max-length"),
     overflow: str = typer.Option("error", "--overflow"),
+    on_error: str = typer.Option("error", "--on-error", help="Bad rows: error | skip (listed on stderr)."),
     batch_tokens: Optional[int] = typer.Option(None, "--batch-tokens"),
     quiet: bool = QuietOpt,
 ):
@@ -298,7 +299,8 @@ def score(
     fmt = format or ("table" if output == "-" and sys.stdout.isatty() else "jsonl")
     cfg = ScoreConfig(input=input, model=model, features=features, output=output, format=fmt, weights=weights,
                       objective=objective, top_k=top_k, backbone=backbone, device=device, dtype=dtype,
-                      max_length=max_length, overflow=overflow, batch_tokens=batch_tokens, quiet=quiet)
+                      max_length=max_length, overflow=overflow, on_error=on_error, batch_tokens=batch_tokens,
+                      quiet=quiet)
     _run(lambda: run(cfg))
 
 
@@ -318,6 +320,7 @@ def evaluate(
     dtype: Optional[str] = DtypeOpt,
     max_length: Optional[int] = typer.Option(None, "--max-length"),
     overflow: str = typer.Option("error", "--overflow"),
+    on_error: str = typer.Option("error", "--on-error", help="Bad rows: error | skip (listed on stderr)."),
     batch_tokens: Optional[int] = typer.Option(None, "--batch-tokens"),
     quiet: bool = QuietOpt,
 ):
@@ -330,7 +333,7 @@ def evaluate(
     cfg = EvaluateConfig(input=input, model=model, features=features, ties=ties, output=output,
                          pairs_output=pairs_output, weights=weights, objective=objective, bootstrap=bootstrap,
                          backbone=backbone, device=device, dtype=dtype, max_length=max_length, overflow=overflow,
-                         batch_tokens=batch_tokens, quiet=quiet)
+                         on_error=on_error, batch_tokens=batch_tokens, quiet=quiet)
     _run(lambda: run(cfg))
 
 

@@ -53,6 +53,7 @@ class ModelInputConfig:
     dtype: str | None = None
     max_length: int | None = None
     overflow: str = "error"
+    on_error: str = "error"
     batch_tokens: int | None = None
     quiet: bool = False
 
@@ -78,7 +79,8 @@ def features_for(model: ArmoModel, cfg: ModelInputConfig) -> Features:
     with tempfile.TemporaryDirectory(prefix="armo-score-") as tmp:
         out = Path(tmp) / "features.safetensors"
         extract(ExtractConfig(input=input, output=str(out), gate_rule=model.manifest.get("gate_rule", "generation-prompt"),
-                              max_length=cfg.max_length, overflow=cfg.overflow, batch_tokens=cfg.batch_tokens,
+                              max_length=cfg.max_length, overflow=cfg.overflow, on_error=cfg.on_error,
+                              batch_tokens=cfg.batch_tokens,
                               quiet=cfg.quiet), backbone=bb)
         return Features.load(out)
 
