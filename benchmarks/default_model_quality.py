@@ -24,6 +24,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", default="runs/default")
     ap.add_argument("--model", default="armo_cli/default_model")
+    ap.add_argument("--produced-by", default="", help="the recipe command and sizes, for the card")
     args = ap.parse_args()
     work = Path(args.work)
     model = ArmoModel.load(args.model)
@@ -62,7 +63,7 @@ def main() -> None:
                                     "length_bias": rep["length_bias"]}
     out = {"results": results, "best_single_objective": model.objectives[best_j]}
     (Path(args.model) / "quality.json").write_text(json.dumps(out, indent=2) + "\n")
-    write_card(Path(args.model), model, work, results)
+    write_card(Path(args.model), model, work, results, args.produced_by)
     for name, rs in results.items():
         print(f"\n{name}")
         for sname, v in rs.items():
@@ -72,7 +73,7 @@ def main() -> None:
                   f"(labels {lb['longer_wins_labels']:.3f})")
 
 
-def write_card(model_dir: Path, model: ArmoModel, work: Path, results: dict) -> None:
+def write_card(model_dir: Path, model: ArmoModel, work: Path, results: dict, produced_by: str = "") -> None:
     reg = model.regression.meta
     dec = model.decorrelation.meta
     gat = model.gating.meta
@@ -88,6 +89,10 @@ def write_card(model_dir: Path, model: ArmoModel, work: Path, results: dict) -> 
     lines = ["# armo default model: SmolLM2-135M-Instruct + ArmoRM-MoE heads", "",
              "Trained by `examples/train_default.sh`; every number below was written by "
              "`benchmarks/default_model_quality.py` from that run.", "",
+             "## How it was produced", "",
+             f"`{produced_by or 'bash examples/train_default.sh'}` on a 2-core CPU (no GPU machine was available), "
+             "using only armo's own commands: sample, extract, fit-regression (with a length-derived `verbosity` "
+             "objective), fit-decorrelation on the training pairs, fit-gating on the same pairs, assemble.", "",
              "## Backbone", "", f"- `{reg['backbone']['name']}` (fingerprint `{reg['backbone']['fingerprint'][:24]}`), "
              f"d = {reg['hidden_size']}, gate rule `{reg['gate_rule']}`", "",
              "## Training data (permissively licensed sources of ../shared/data only)", ""]

@@ -52,6 +52,7 @@ armo assemble "$OUT.new" -r "$WORK/regression.safetensors" -t "$WORK/decorrelati
 E=(--max-length "$EVAL_MAXLEN" --overflow truncate-prompt --on-error skip --resume)
 armo extract "$WORK/heldout.jsonl" -o "$WORK/heldout.features.safetensors" "${E[@]}"
 armo extract "$DATA/dev-eval.jsonl.gz" -o "$WORK/dev-eval.features.safetensors" "${E[@]}"
-python benchmarks/default_model_quality.py --work "$WORK" --model "$OUT.new"
+python benchmarks/default_model_quality.py --work "$WORK" --model "$OUT.new" --produced-by \
+  "N_RATINGS=$N_RATINGS N_PAIRS=$N_PAIRS N_HELDOUT=$N_HELDOUT MAXLEN=$MAXLEN EVAL_MAXLEN=$EVAL_MAXLEN STEPS=$STEPS GATE_HIDDEN=$GATE_HIDDEN bash examples/train_default.sh"
 rm -rf "$OUT" && mv "$OUT.new" "$OUT"
 echo "default model written to $OUT"
