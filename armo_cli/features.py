@@ -234,6 +234,7 @@ class ExtractConfig:
     num_shards: int | None = None
     shard_index: int | None = None
     quiet: bool = False
+    announce: bool = True  # say where the output went (off when score/evaluate extract to a temp file)
 
 
 @dataclass
@@ -438,7 +439,7 @@ def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, afte
         _rank_merge(out, shard_index, num_shards, cfg.quiet)
     info(f"[green]wrote[/green] {shard_out}: {report.rows} rows, {len(report.skipped)} skipped, "
          f"{len(report.truncated)} truncated, {report.chunks_computed} chunks computed, "
-         f"{report.chunks_reused} reused", cfg.quiet)
+         f"{report.chunks_reused} reused", cfg.quiet or not cfg.announce)
     for s in report.skipped:
         warn(f"skipped line {s['line']} ({s['id']}): {s['reason']}")
     return report

@@ -80,8 +80,7 @@ def features_for(model: ArmoModel, cfg: ModelInputConfig) -> Features:
         out = Path(tmp) / "features.safetensors"
         extract(ExtractConfig(input=input, output=str(out), gate_rule=model.manifest.get("gate_rule", "generation-prompt"),
                               max_length=cfg.max_length, overflow=cfg.overflow, on_error=cfg.on_error,
-                              batch_tokens=cfg.batch_tokens,
-                              quiet=cfg.quiet), backbone=bb)
+                              batch_tokens=cfg.batch_tokens, quiet=cfg.quiet, announce=False), backbone=bb)
         return Features.load(out)
 
 
@@ -134,7 +133,7 @@ def score_records(model: ArmoModel, feats: Features, weights: torch.Tensor | Non
         yield rec
 
 
-def _bar(v: float, vmax: float, width: int = 20) -> str:
+def _bar(v: float, vmax: float, width: int = 10) -> str:
     n = int(round(abs(v) / vmax * width)) if vmax > 0 else 0
     return ("[green]" if v >= 0 else "[red]") + "█" * n + "[/]"
 
@@ -145,10 +144,10 @@ def render_table(rec: dict) -> Table:
                                 f"(margin {rec['margin']:+.4f}, preferred: {rec['preferred']})"
                                 if sides[0] else f"score {rec['score']:.4f}")
     t = Table(title=title, title_justify="left")
-    t.add_column("objective")
+    t.add_column("objective", overflow="fold", min_width=14)
     t.add_column("gate", justify="right")
     t.add_column("coefficient", justify="right")
-    t.add_column("", justify="left")
+    t.add_column("", justify="left", no_wrap=True, min_width=10)
     for s in sides:
         t.add_column(f"reward{' ' + s if s else ''}", justify="right")
     vmax = max(abs(v) for v in rec["coefficients"].values()) or 1.0
@@ -169,7 +168,7 @@ def score(cfg: ScoreConfig) -> int:
     if cfg.format == "table":
         from rich.console import Console
 
-        out = Console(file=sys.stdout) if cfg.output == "-" else None
+        out = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 120) if cfg.output == "-" else None
         if out is None:
             with atomic_path(cfg.output) as tmp, open(tmp, "w") as fh:
                 c = Console(file=fh, width=120)
