@@ -65,7 +65,9 @@ def _lohi(spec: Optional[str]):
         raise ArmoError(f"--lambda-range {spec!r}: expected LO:HI") from None
 
 
-def _register(model_dir: Optional[str], part: str, artifact: str) -> None:
+def _fit(fit: Callable[[], object], model_dir: Optional[str], part: str, artifact: str) -> None:
+    """Run a fit stage, then (with --model-dir) register its artifact in the model directory."""
+    fit()
     if model_dir:
         from .model import register_part
 
@@ -79,6 +81,14 @@ BackboneOpt = typer.Option("smollm2-135m-instruct", "--backbone", "-b",
 DeviceOpt = typer.Option(None, "--device", help="cuda, mps, cpu (default: best available).")
 DtypeOpt = typer.Option(None, "--dtype", help="bf16, fp16, fp32 (default: bf16 on CUDA, else fp32).")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar or tables.")
+ModelDirOpt = typer.Option(None, "--model-dir", help="Also register the artifact in this model directory.")
+JsonOpt = typer.Option(None, "--json", help="Write the report as JSON.")
+# score and evaluate run the model's backbone on INPUT with these
+ModelBackboneOpt = typer.Option(None, "--backbone", help="Override where the model's backbone is loaded from.")
+MaxLengthOpt = typer.Option(None, "--max-length", help="Longest prompt+response in tokens.")
+OverflowOpt = typer.Option("error", "--overflow", help="Over --max-length: error | skip | truncate-prompt.")
+OnErrorOpt = typer.Option("error", "--on-error", help="Bad rows: error | skip (listed on stderr).")
+BatchTokensOpt = typer.Option(None, "--batch-tokens", help="Token budget per batch.")
 
 
 @app.command()
@@ -139,7 +149,7 @@ def merge(
 def fit_regression(
     features: List[str] = typer.Argument(..., help="Extract outputs with ratings."),
     output: str = typer.Option("regression.safetensors", "--output", "-o"),
-    model_dir: Optional[str] = typer.Option(None, "--model-dir", help="Also register the artifact in this model directory."),
+    model_dir: Optional[str] = ModelDirOpt,
     alphas: Optional[str] = typer.Option(None, "--alphas", help="Comma-separated grid (default 1e-4,...,1e4)."),
     val_fraction: float = typer.Option(0.2, "--val-fraction"),
     seed: int = typer.Option(0, "--seed"),
@@ -150,7 +160,7 @@ def fit_regression(
     min_rows: int = typer.Option(20, "--min-rows"),
     strict: bool = typer.Option(False, "--strict", help="Fail instead of skipping objectives with too few rows."),
     device: Optional[str] = DeviceOpt,
-    json_out: Optional[str] = typer.Option(None, "--json", help="Write the report as JSON."),
+    json_out: Optional[str] = JsonOpt,
     quiet: bool = QuietOpt,
 ):
     """Stage 1: ridge regression from response features to k ratings, one strength per objective.
@@ -172,8 +182,7 @@ def fit_regression(
         cfg = RegressionConfig(features=features, output=output, alphas=grid, val_fraction=val_fraction, seed=seed,
                                refit=refit, intercept=intercept, ranges=_range(range_), length_objective=length_objective,
                                min_rows=min_rows, strict=strict, device=device, json=json_out, quiet=quiet)
-        run(cfg)
-        _register(model_dir, "regression", output)
+        _fit(lambda: run(cfg), model_dir, "regression", output)
 
     _run(go)
 
@@ -183,12 +192,12 @@ def fit_decorrelation(
     features: List[str] = typer.Argument(..., help="Reference features (pairs or single responses)."),
     regression: str = typer.Option(..., "--regression", "-r"),
     output: str = typer.Option("decorrelation.safetensors", "--output", "-o"),
-    model_dir: Optional[str] = typer.Option(None, "--model-dir"),
+    model_dir: Optional[str] = ModelDirOpt,
     verbosity: str = typer.Option("verbosity", "--verbosity", help="The verbosity objective's name."),
     method: str = typer.Option("spearman", "--method", help="spearman (paper) or pearson."),
     tolerance: float = typer.Option(1e-3, "--tolerance"),
     lambda_range: Optional[str] = typer.Option(None, "--lambda-range", help="LO:HI bounds on lambda."),
-    json_out: Optional[str] = typer.Option(None, "--json"),
+    json_out: Optional[str] = JsonOpt,
     quiet: bool = QuietOpt,
 ):
     """Remove each objective's correlation with verbosity: r_i' = r_i - lambda_i r_v.
@@ -199,14 +208,10 @@ def fit_decorrelation(
     """
     from .decorrelation import DecorrelationConfig, fit_decorrelation as run
 
-    def go():
-        cfg = DecorrelationConfig(regression=regression, features=features, output=output, verbosity=verbosity,
-                                  method=method, tolerance=tolerance, lambda_range=_lohi(lambda_range), json=json_out,
-                                  quiet=quiet)
-        run(cfg)
-        _register(model_dir, "decorrelation", output)
-
-    _run(go)
+    _run(lambda: _fit(lambda: run(DecorrelationConfig(
+        regression=regression, features=features, output=output, verbosity=verbosity, method=method,
+        tolerance=tolerance, lambda_range=_lohi(lambda_range), json=json_out, quiet=quiet)),
+        model_dir, "decorrelation", output))
 
 
 @app.command("fit-gating")
@@ -215,7 +220,7 @@ def fit_gating(
     regression: str = typer.Option(..., "--regression", "-r"),
     decorrelation: Optional[str] = typer.Option(None, "--decorrelation", "-t", help="Transform (identity if omitted)."),
     output: str = typer.Option("gating.safetensors", "--output", "-o"),
-    model_dir: Optional[str] = typer.Option(None, "--model-dir"),
+    model_dir: Optional[str] = ModelDirOpt,
     hidden_dim: int = typer.Option(1024, "--hidden-dim"),
     n_hidden: int = typer.Option(3, "--n-hidden"),
     dropout: float = typer.Option(0.2, "--dropout"),
@@ -228,7 +233,7 @@ def fit_gating(
     eval_every: int = typer.Option(50, "--eval-every"),
     patience: int = typer.Option(20, "--patience"),
     seed: int = typer.Option(0, "--seed"),
-    json_out: Optional[str] = typer.Option(None, "--json"),
+    json_out: Optional[str] = JsonOpt,
     quiet: bool = QuietOpt,
 ):
     """Stage 2: train the MoE gate on pairs (Bradley-Terry), backbone and regression frozen.
@@ -240,15 +245,11 @@ def fit_gating(
     """
     from .gating import GatingConfig, fit_gating as run
 
-    def go():
-        cfg = GatingConfig(features=features, regression=regression, decorrelation=decorrelation, output=output,
-                           hidden_dim=hidden_dim, n_hidden=n_hidden, dropout=dropout, temperature=temperature, lr=lr,
-                           weight_decay=weight_decay, batch_size=batch_size, steps=steps, val_fraction=val_fraction,
-                           eval_every=eval_every, patience=patience, seed=seed, json=json_out, quiet=quiet)
-        run(cfg)
-        _register(model_dir, "gating", output)
-
-    _run(go)
+    cfg = GatingConfig(features=features, regression=regression, decorrelation=decorrelation, output=output,
+                       hidden_dim=hidden_dim, n_hidden=n_hidden, dropout=dropout, temperature=temperature, lr=lr,
+                       weight_decay=weight_decay, batch_size=batch_size, steps=steps, val_fraction=val_fraction,
+                       eval_every=eval_every, patience=patience, seed=seed, json=json_out, quiet=quiet)
+    _run(lambda: _fit(lambda: run(cfg), model_dir, "gating", output))
 
 
 @app.command()
@@ -278,13 +279,13 @@ def score(
     weights: Optional[str] = typer.Option(None, "--weights", help="NAME=W,... fixed weights instead of the gate."),
     objective: Optional[str] = typer.Option(None, "--objective", help="Use one (decorrelated) objective as the score."),
     top_k: int = typer.Option(3, "--top-k"),
-    backbone: Optional[str] = typer.Option(None, "--backbone", help="Override where the model's backbone is loaded from."),
+    backbone: Optional[str] = ModelBackboneOpt,
     device: Optional[str] = DeviceOpt,
     dtype: Optional[str] = DtypeOpt,
-    max_length: Optional[int] = typer.Option(None, "--max-length"),
-    overflow: str = typer.Option("error", "--overflow"),
-    on_error: str = typer.Option("error", "--on-error", help="Bad rows: error | skip (listed on stderr)."),
-    batch_tokens: Optional[int] = typer.Option(None, "--batch-tokens"),
+    max_length: Optional[int] = MaxLengthOpt,
+    overflow: str = OverflowOpt,
+    on_error: str = OnErrorOpt,
+    batch_tokens: Optional[int] = BatchTokensOpt,
     quiet: bool = QuietOpt,
 ):
     """Score responses and explain the score: rewards per objective, gate weights, coefficients.
@@ -315,13 +316,13 @@ def evaluate(
     weights: Optional[str] = typer.Option(None, "--weights"),
     objective: Optional[str] = typer.Option(None, "--objective"),
     bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the 95% intervals."),
-    backbone: Optional[str] = typer.Option(None, "--backbone"),
+    backbone: Optional[str] = ModelBackboneOpt,
     device: Optional[str] = DeviceOpt,
     dtype: Optional[str] = DtypeOpt,
-    max_length: Optional[int] = typer.Option(None, "--max-length"),
-    overflow: str = typer.Option("error", "--overflow"),
-    on_error: str = typer.Option("error", "--on-error", help="Bad rows: error | skip (listed on stderr)."),
-    batch_tokens: Optional[int] = typer.Option(None, "--batch-tokens"),
+    max_length: Optional[int] = MaxLengthOpt,
+    overflow: str = OverflowOpt,
+    on_error: str = OnErrorOpt,
+    batch_tokens: Optional[int] = BatchTokensOpt,
     quiet: bool = QuietOpt,
 ):
     """Accuracy per subset with 95% intervals, RewardBench sections, ties and length bias.
