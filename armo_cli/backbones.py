@@ -140,9 +140,12 @@ def convert_gguf(gguf: Path, target: Path) -> None:
         (tmp / "config.json").write_text(json.dumps(_config_without_quant(model.config), indent=2))
         tok.save_pretrained(str(tmp))
         (tmp / "armo-source.json").write_text(json.dumps({"gguf": str(gguf)}))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        if target.exists() and not (target / "model.safetensors").exists():
+            shutil.rmtree(target)  # a broken earlier attempt
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            pass  # another process (another rank) finished the same conversion first: keep its copy
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
