@@ -250,11 +250,10 @@ class ExtractReport:
 
 def _scan(source: Source, renderer: Renderer, cfg: ExtractConfig, skipped: list[Skipped]):
     """Validation pass: parse, tokenise and size every row before any compute. Returns
-    (kept (index, content key, truncated) triples, objectives, is_pair, total tokens)."""
+    (kept (index, content key, truncated) triples, objectives, is_pair)."""
     kept: list[tuple[int, str, bool]] = []
     objectives: dict[str, None] = {}
     is_pair: bool | None = None
-    total = 0
     for i, ex in enumerate(iter_examples(source, cfg.on_error, skipped)):
         if is_pair is None:
             is_pair = ex.is_pair
@@ -277,8 +276,7 @@ def _scan(source: Source, renderer: Renderer, cfg: ExtractConfig, skipped: list[
             objectives.setdefault(k, None)
         key = sha256_json([ex.id, ex.prompt, ex.responses, ex.ratings, ex.subset, truncated])
         kept.append((i, key, truncated))
-        total += tree.length
-    return kept, list(objectives), bool(is_pair), total
+    return kept, list(objectives), bool(is_pair)
 
 
 def _chunk_tensors(trees: list[Tree], backbone: Backbone, cfg: ExtractConfig, objectives: list[str],
@@ -345,7 +343,7 @@ def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, afte
     renderer = Renderer(backbone.tokenizer, cfg.gate_rule)
     skipped: list[Skipped] = []
     display = source.name
-    kept, objectives, is_pair, total_tokens = _scan(source, renderer, cfg, skipped)
+    kept, objectives, is_pair = _scan(source, renderer, cfg, skipped)
     if not kept:
         raise ArmoError(f"{display}: no usable rows")
     input_hash = sha256_file(source.path) if source.path else sha256_json([source.dataset, source.split])
@@ -359,8 +357,8 @@ def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, afte
     job_key = sha256_json([settings_key, [[k for (_, k, _) in chunks[c]] for c in mine]])
     if cfg.resume and shard_out.exists():
         try:
-            done = _chunk_meta(shard_out)
-        except Exception:
+            done = load_artifact(shard_out, "features", tensors=False)[1]
+        except ArmoError:
             done = {}
         if done.get("job_key") == job_key:  # the same job finished before: nothing to do
             info(f"[green]up to date[/green] {shard_out}: {len(done['ids'])} rows", cfg.quiet)
@@ -374,7 +372,7 @@ def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, afte
     report = ExtractReport()
     keep_index = {i for c in mine for (i, _, _) in chunks[c]}
 
-    def wanted() -> Iterator[Example]:
+    def wanted() -> Iterator[tuple[int, Example]]:
         for i, ex in enumerate(iter_examples(source, cfg.on_error, None)):
             if i in keep_index:
                 yield i, ex
@@ -399,13 +397,13 @@ def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, afte
             exs = [next(stream) for _ in chunk]  # keep the stream aligned even for reused chunks
             if cfg.resume and path.exists():
                 try:
-                    meta = _chunk_meta(path)
+                    meta = load_artifact(path, "features-chunk", tensors=False)[1]
                     if meta.get("key") == key:
                         report.chunks_reused += 1
                         pbar.update(task, advance=len(chunk))
                         files.append(path)
                         continue
-                except Exception:
+                except ArmoError:
                     pass  # a damaged chunk is recomputed
             trees = []
             for (i, _, truncated), (j, ex) in zip(chunk, exs):
@@ -460,7 +458,7 @@ class _DisplaySource(Source):
 def _join(files: list[Path], out: Path, meta: dict, report: ExtractReport) -> None:
     ids, subsets, truncated, prompts = [], [], [], []
     for f in files:
-        m = _chunk_meta(f)
+        m = load_artifact(f, "features-chunk", tensors=False)[1]
         ids += m["ids"]
         subsets += m["subsets"]
         truncated += m["truncated"]
@@ -469,15 +467,6 @@ def _join(files: list[Path], out: Path, meta: dict, report: ExtractReport) -> No
     meta = dict(meta, ids=ids, subsets=subsets if any(s is not None for s in subsets) else None,
                 prompt_hashes=prompts, report=asdict(report))
     save_concatenated(out, files, meta)
-
-
-def _chunk_meta(path: Path) -> dict:
-    """A chunk's metadata without loading its tensors."""
-    import json as _json
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return _json.loads((f.metadata() or {})["armo"])
 
 
 def merge_features(inputs: Iterable[str | Path], output: str | Path) -> dict:

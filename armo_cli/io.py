@@ -124,15 +124,18 @@ def save_artifact(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict
         save_file(tensors, str(tmp), metadata={META_KEY: dumps(meta)})
 
 
-def load_artifact(path: str | Path, kind: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read an armo safetensors artifact; `kind` checks what stage wrote it."""
+def load_artifact(path: str | Path, kind: str | None = None,
+                  tensors: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read an armo safetensors artifact; `kind` checks what stage wrote it; tensors=False reads
+    only the metadata (cheap, for resume checks and joins)."""
     p = Path(path)
     if not p.exists():
         raise ArmoError(f"{p}: no such file")
+    load = tensors
     try:
         with safe_open(str(p), framework="pt") as f:
             raw = (f.metadata() or {}).get(META_KEY)
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()} if load else {}
     except ArmoError:
         raise
     except Exception as e:  # safetensors raises its own error types
