@@ -102,7 +102,13 @@ def grouped_split(groups: list[str], val_fraction: float, seed: int) -> torch.Te
     return torch.tensor([k not in val for k in groups])
 
 
-def _train_linear_bt(X: torch.Tensor, tr: torch.Tensor, va: torch.Tensor, cfg: GatingConfig) -> torch.Tensor:
+def best_single_objective(radj: torch.Tensor) -> int:
+    """The objective whose (adjusted) reward alone orders the most pairs right; radj [N,2,k]."""
+    acc = [accuracy(radj[:, :, j]) for j in range(radj.shape[-1])]
+    return max(range(len(acc)), key=lambda j: acc[j])
+
+
+def train_linear_bt(X: torch.Tensor, tr: torch.Tensor, va: torch.Tensor, cfg: GatingConfig) -> torch.Tensor:
     """The non-MoE control: a linear Bradley-Terry head on response features, same pairs, same budget."""
     g = torch.Generator().manual_seed(cfg.seed)
     w = torch.zeros(X.shape[-1], requires_grad=True)
@@ -237,11 +243,10 @@ def compare(gate: Gate, P, Rf, radj, tr, va, reg: Regression, cfg: GatingConfig)
 
     add("moe gate", pair_scores(gate(P[va_]), radj[va_]))
     add("uniform weights", pair_scores(torch.full((int(va_.sum()), k), 1.0 / k), radj[va_]))
-    train_acc = [accuracy(radj[tr][:, :, j]) for j in range(k)]
-    j = max(range(k), key=lambda i: train_acc[i])
+    j = best_single_objective(radj[tr])
     add(f"best single objective ({reg.objectives[j]})", radj[va_][:, :, j], objective=reg.objectives[j])
     with torch.enable_grad():
-        w = _train_linear_bt(Rf, tr, va, cfg)
+        w = train_linear_bt(Rf, tr, va, cfg)
     add("linear BT head (non-MoE)", Rf[va_] @ w)
     return out
 

@@ -15,7 +15,7 @@ import torch
 
 from armo_cli.decorrelation import Decorrelation
 from armo_cli.features import Features
-from armo_cli.gating import Gating, GatingConfig, _train_linear_bt, accuracy, grouped_split
+from armo_cli.gating import Gating, GatingConfig, best_single_objective, grouped_split, train_linear_bt
 from armo_cli.model import ArmoModel
 from armo_cli.scoring import evaluate_scores
 
@@ -36,12 +36,11 @@ def main() -> None:
 
     # choices made on training pairs only
     radj_tr = model.regression.rewards(train.tensors["response_features"]) @ T
-    train_acc = [accuracy(radj_tr[:, :, j]) for j in range(k)]
-    best_j = max(range(k), key=lambda j: train_acc[j])
+    best_j = best_single_objective(radj_tr)
     groups = train.meta.get("prompt_hashes") or train.ids
     tr = grouped_split(groups, 0.1, 0)
     cfg = GatingConfig()
-    w_lin = _train_linear_bt(train.tensors["response_features"], tr, ~tr, cfg)
+    w_lin = train_linear_bt(train.tensors["response_features"], tr, ~tr, cfg)
 
     sets = {"dev-eval": work / "dev-eval.features.safetensors", "held-out pairs": work / "heldout.features.safetensors"}
     results = {}
