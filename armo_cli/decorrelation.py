@@ -148,9 +148,14 @@ def fit_decorrelation(cfg: DecorrelationConfig) -> dict:
     if cfg.json:
         write_text_atomic(cfg.json, dumps(report, indent=2) + "\n")
     show(table(f"fit-decorrelation ({cfg.method}, {R.shape[0]} reference responses) -> {cfg.output}",
-               ["objective", "lambda", f"corr before", "corr after", "status"],
+               ["objective", "lambda", "corr before", "corr after", "status"],
                [[o, r["lambda"], r["before"], r["after"], r["status"]] for o, r in rows.items()]), cfg.quiet)
     return report
+
+
+def transform_hash(T: torch.Tensor) -> str:
+    """Identity of a transform matrix: a gate records the one it was trained with."""
+    return sha256_json(T.tolist())
 
 
 def regression_hash(reg: Regression) -> str:

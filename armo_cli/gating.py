@@ -5,9 +5,8 @@ decorrelation transform are frozen (and the transform is applied in training and
 """
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -16,9 +15,9 @@ import torch.nn.functional as F
 
 from . import __version__
 from .console import progress, show, table, info
-from .decorrelation import Decorrelation, regression_hash
+from .decorrelation import Decorrelation, regression_hash, transform_hash
 from .features import Features, require_same_backbone
-from .io import ArmoError, dumps, load_artifact, save_artifact, sha256_json, write_text_atomic
+from .io import ArmoError, dumps, load_artifact, save_artifact, write_text_atomic
 from .regression import Regression
 
 
@@ -219,7 +218,7 @@ def fit_gating(cfg: GatingConfig) -> dict:
         "pairs": {"train": int(tr.sum()), "val": int(va.sum())}, "metrics": metrics,
         "backbone": reg.meta["backbone"], "regression_hash": regression_hash(reg),
         "decorrelation": "identity" if dec.meta.get("identity") else dec.meta.get("reference_hash"),
-        "transform_hash": sha256_json(T.tolist()), "logit_scale": gate.logit_scale.item(),
+        "transform_hash": transform_hash(T), "logit_scale": gate.logit_scale.item(),
         "seconds": time.perf_counter() - t0,
     }
     save_artifact(cfg.output, dict(gate.state_dict()), report)

@@ -11,12 +11,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from . import __version__
-from .backbones import BackboneSpec, folder_fingerprint, load_backbone
+from .backbones import folder_fingerprint, load_backbone
 from .console import info
-from .decorrelation import regression_hash
+from .decorrelation import regression_hash, transform_hash
 from .features import GATE_RULE_PATTERN_OFFSET, Renderer
-from .io import ArmoError, save_artifact, sha256_json
-from .model import MANIFEST, PART_FILES, ArmoModel, write_manifest
+from .io import ArmoError, save_artifact
+from .model import PART_FILES, ArmoModel, write_manifest
 
 MODELING = Path(__file__).parent / "hf_code" / "modeling_armo.py"
 ARCH = "LlamaForRewardModelWithGating"
@@ -165,7 +165,7 @@ def import_checkpoint(source: str, output: str | Path, objectives: list[str] | N
                    "imported_from": name})
     save_artifact(out / PART_FILES["gating"], gate_sd,
                   {"kind": "gating", "objectives": names, "backbone": backbone, "regression_hash": rh,
-                   "transform_hash": sha256_json(T.tolist()), "imported_from": name,
+                   "transform_hash": transform_hash(T), "imported_from": name,
                    "config": {"in_features": d, "hidden_dim": hidden_dim, "n_hidden": n_hidden,
                               "temperature": float(cfg.get("gating_temperature", 10)), "dropout": 0.0}})
     write_manifest(out, {"armo_version": __version__, "backbone": backbone, "gate_rule": rule, "objectives": names,

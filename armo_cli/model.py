@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .decorrelation import Decorrelation, regression_hash
+from .decorrelation import Decorrelation, regression_hash, transform_hash
 from .gating import Gating
-from .io import ArmoError, atomic_path, sha256_json
+from .io import ArmoError, atomic_path
 from .regression import Regression
 
 MANIFEST = "armo.json"
@@ -116,7 +116,7 @@ class ArmoModel:
             raise ArmoError(f"{d}: gating part: objectives {gat.meta['objectives']} differ from the regression's")
         if gat.meta.get("regression_hash") != rh:
             raise ArmoError(f"{d}: gating part: trained on another regression than this model's")
-        if gat.meta.get("transform_hash") not in (None, sha256_json(dec.transform.tolist())):
+        if gat.meta.get("transform_hash") not in (None, transform_hash(dec.transform)):
             raise ArmoError(f"{d}: gating part: trained with another decorrelation transform than this model's")
         if gat.meta["config"]["in_features"] != reg.weight.shape[1]:
             raise ArmoError(f"{d}: gating part: hidden size {gat.meta['config']['in_features']} != regression's {reg.weight.shape[1]}")

@@ -5,16 +5,15 @@ regularisation path in closed form: w(a) = V diag(1/(e+a)) V^T X^T y.
 """
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from . import __version__
 from .backbones import auto_device
-from .console import console, show, table, warn
+from .console import show, table, warn
 from .features import Features, require_same_backbone
 from .io import ArmoError, dumps, load_artifact, save_artifact, write_text_atomic
 from .stats import pearson, spearman

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -11,7 +11,7 @@ import torch
 from rich.table import Table
 
 from .backbones import load_backbone
-from .console import console, show, table
+from .console import show, table
 from .features import ExtractConfig, Features, extract, require_same_backbone
 from .io import ArmoError, atomic_path, dumps, write_text_atomic
 from .model import ArmoModel

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import torch
 
-from armo_cli.decorrelation import Decorrelation
 from armo_cli.features import Features
 from armo_cli.gating import Gating, GatingConfig, best_single_objective, grouped_split, train_linear_bt
 from armo_cli.model import ArmoModel

@@ -66,8 +66,6 @@ def test_bounds_keep_best_and_say_so():
 
 
 def test_cli_end_to_end_and_errors(tmp_path):
-    from armo_cli.regression import Regression
-
     g = torch.Generator().manual_seed(0)
     d, n = 16, 400
     X = torch.randn(n, d, generator=g)

@@ -1,4 +1,3 @@
-import gzip
 import json
 import os
 import subprocess
@@ -177,7 +176,7 @@ def test_bad_input_is_one_line_exit_2_no_output(tiny_backbone, tmp_path, line, n
     res = runner.invoke(app, ["extract", str(inp), "-o", str(out), "-b", str(tiny_backbone), "-q", "--device", "cpu"])
     assert res.exit_code == 2
     msg = res.output.strip().splitlines()
-    assert any(f"bad.jsonl:2:" in m and needle in m for m in msg), res.output
+    assert any("bad.jsonl:2:" in m and needle in m for m in msg), res.output
     assert not out.exists()
     assert not list(tmp_path.glob("o.safetensors*"))
 

@@ -1,18 +1,13 @@
 """Integration: the real embedded backbone on a handful of real rows (skipped without data or package)."""
 import gzip
 import json
-import math
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from armo_cli.features import Features
-from conftest import ROOT, SHARED, cli, needs_embedded, needs_shared
+from conftest import SHARED, cli, needs_embedded, needs_shared
 
 pytestmark = [needs_embedded(), needs_shared()]
 

@@ -6,7 +6,7 @@ import torch
 from typer.testing import CliRunner
 
 from armo_cli.cli import app
-from armo_cli.io import load_artifact, save_artifact
+from armo_cli.io import save_artifact
 from armo_cli.regression import DEFAULT_ALPHAS, Regression, ridge_path, split_mask
 
 runner = CliRunner()

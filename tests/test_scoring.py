@@ -13,7 +13,6 @@ from armo_cli.model import ArmoModel
 from armo_cli.rewardbench import EXAMPLE_COUNTS, section_scores
 from armo_cli.scoring import evaluate_scores, pair_outcomes
 
-from conftest import pair_rows, rating_rows, write_jsonl
 
 runner = CliRunner()
 
