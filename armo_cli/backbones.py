@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from .io import ArmoError, sha256_file, sha256_json
+from .errors import ArmoError
+from .io import sha256_file, sha256_json
 
 DEFAULT_BACKBONE = "smollm2-135m-instruct"
 

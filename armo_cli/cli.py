@@ -1,13 +1,16 @@
 """The `armo` command: thin Typer functions that parse options into a config and call one library function."""
 from __future__ import annotations
 
+import os
 import sys
-from typing import Callable, List, Optional, TypeVar
+from typing import Callable, List, NoReturn, Optional, TypeVar
 
 import typer
 
 from . import __version__
 from .console import console
+from .errors import (EXIT_BAD_INPUT, EXIT_ENVIRONMENT, EXIT_INTERNAL, EXIT_INTERRUPTED, ArmoError, debug_enabled,
+                     environment_message, one_line)
 
 app = typer.Typer(
     name="armo",
@@ -22,23 +25,45 @@ app = typer.Typer(
 T = TypeVar("T")
 
 
-def _run(fn: Callable[[], T]) -> T:
-    """Library errors become one line on stderr and exit code 2; Ctrl-C says how to resume."""
-    from .io import ArmoError
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show the traceback of an internal error (or set ARMO_DEBUG=1).")):
+    if debug:
+        os.environ["ARMO_DEBUG"] = "1"
 
+
+def _fail(msg: str, code: int) -> NoReturn:
+    console.print(f"[red]error:[/red] {msg}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _run(fn: Callable[[], T]) -> T:
+    """armo's error contract (errors.py): bad input is one line and exit 2, the world's failures one line
+    and exit 1, a bug a short request for a report and exit 3; Ctrl-C says how to resume."""
     try:
         return fn()
+    except typer.Exit:
+        raise
     except ArmoError as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2)
+        _fail(one_line(e), EXIT_BAD_INPUT)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]: finished chunks are kept; rerun with --resume", highlight=False)
-        raise typer.Exit(130)
+        raise typer.Exit(EXIT_INTERRUPTED)
+    except BrokenPipeError:
+        # the reader of stdout went away (`armo score ... | head`): stop quietly, as `yes | head` does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(141)
+    except Exception as e:
+        if debug_enabled():
+            console.print_exception()
+        if isinstance(e, OSError):
+            _fail(environment_message(e), EXIT_ENVIRONMENT)
+        if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+            _fail(f"out of memory ({one_line(e)[:200]}); try a smaller --batch-tokens or --max-length", EXIT_ENVIRONMENT)
+        _fail(f"internal error ({type(e).__name__}: {one_line(e)[:200]}). This is a bug in armo: please report it "
+              f"with the command and `armo version`; --debug or ARMO_DEBUG=1 shows the traceback", EXIT_INTERNAL)
 
 
 def _range(specs: List[str]) -> dict:
-    from .io import ArmoError
-
     out = {}
     for s in specs or []:
         try:
@@ -53,8 +78,6 @@ def _range(specs: List[str]) -> dict:
 
 
 def _lohi(spec: Optional[str]):
-    from .io import ArmoError
-
     if spec is None:
         return None
     try:
@@ -66,6 +89,10 @@ def _lohi(spec: Optional[str]):
 
 def _fit(fit: Callable[[], object], model_dir: Optional[str], part: str, artifact: str) -> None:
     """Run a fit stage, then (with --model-dir) register its artifact in the model directory."""
+    if model_dir:
+        from .model import check_model_dir
+
+        check_model_dir(model_dir)  # before the fit: a folder armo may not write is refused up front
     fit()
     if model_dir:
         from .model import register_part
@@ -88,6 +115,7 @@ MaxLengthOpt = typer.Option(None, "--max-length", help="Longest prompt+response 
 OverflowOpt = typer.Option("error", "--overflow", help="Over --max-length: error | skip | truncate-prompt.")
 OnErrorOpt = typer.Option("error", "--on-error", help="Bad rows: error | skip (listed on stderr).")
 BatchTokensOpt = typer.Option(None, "--batch-tokens", help="Token budget per batch.")
+ForceOpt = typer.Option(False, "--force", help="Replace a non-empty output folder that armo did not write.")
 
 
 @app.command()
@@ -132,16 +160,24 @@ def extract(
 @app.command()
 def merge(
     shards: List[str] = typer.Argument(..., help="Shard files written with --num-shards/--shard-index."),
-    output: str = typer.Option(..., "--output", "-o"),
+    output: str = typer.Option(..., "--output", "-o", help="Features file to write."),
+    allow_partial: bool = typer.Option(False, "--allow-partial", help="Merge the shards given even if some are missing (listed)."),
 ):
-    """Join extract shards into one features file, in the original row order.
+    """Join the shards of one extract job into one features file, in the original row order.
+
+    Refuses shards of different jobs, a shard given twice and missing shards (unless --allow-partial).
 
     Example: `armo merge feats.0.safetensors feats.1.safetensors -o feats.safetensors`
     """
     from .features import merge_features
 
-    rep = _run(lambda: merge_features(shards, output))
-    console.print(f"[green]merged[/green] {len(shards)} shards into {output}: {rep['rows']} rows", highlight=False)
+    rep = _run(lambda: merge_features(shards, output, allow_partial))
+    console.print(f"[green]merged[/green] {rep['shards']} of {rep['num_shards']} shards into {output}: {rep['rows']} rows",
+                  highlight=False)
+    if rep["missing_shards"]:
+        from .console import warn
+
+        warn(f"missing shards: {', '.join(map(str, rep['missing_shards']))} (merged with --allow-partial)")
 
 
 @app.command("fit-regression")
@@ -172,8 +208,6 @@ def fit_regression(
     from .regression import DEFAULT_ALPHAS, RegressionConfig, fit_regression as run
 
     def go():
-        from .io import ArmoError
-
         try:
             grid = [float(a) for a in alphas.split(",")] if alphas else list(DEFAULT_ALPHAS)
         except ValueError:
@@ -257,6 +291,7 @@ def assemble(
     regression: str = typer.Option(..., "--regression", "-r"),
     gating: str = typer.Option(..., "--gating", "-g"),
     decorrelation: Optional[str] = typer.Option(None, "--decorrelation", "-t"),
+    force: bool = ForceOpt,
 ):
     """Build a model directory (armo.json + parts) from fitted artifacts, checking that they agree.
 
@@ -264,7 +299,7 @@ def assemble(
     """
     from .model import assemble as run
 
-    m = _run(lambda: run(output, regression, gating, decorrelation))
+    m = _run(lambda: run(output, regression, gating, decorrelation, force))
     console.print(f"[green]model[/green] {output}: {len(m.objectives)} objectives on {m.backbone['name']}", highlight=False)
 
 
@@ -361,6 +396,7 @@ def export_(
     output: str = typer.Argument(..., help="Hugging Face folder to write."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model directory (default: the shipped model)."),
     backbone: Optional[str] = typer.Option(None, "--backbone", help="Override where the backbone is loaded from."),
+    force: bool = ForceOpt,
 ):
     """Write an ArmoRM-format Hugging Face folder (LlamaForRewardModelWithGating, safetensors).
 
@@ -371,7 +407,7 @@ def export_(
     """
     from .hf_format import export_model
 
-    out = _run(lambda: export_model(model, output, backbone))
+    out = _run(lambda: export_model(model, output, backbone, force))
     console.print(f"[green]exported[/green] {out}", highlight=False)
 
 
@@ -380,6 +416,7 @@ def import_(
     source: str = typer.Argument(..., help="ArmoRM-format checkpoint: a local folder or a hub id."),
     output: str = typer.Option(..., "--output", "-o", help="armo model directory to write."),
     objectives: Optional[str] = typer.Option(None, "--objectives", help="Comma-separated objective names."),
+    force: bool = ForceOpt,
 ):
     """Read an ArmoRM-format checkpoint into an armo model directory, without running its code.
 
@@ -390,7 +427,7 @@ def import_(
     from .hf_format import import_checkpoint
 
     names = [o.strip() for o in objectives.split(",")] if objectives else None
-    _run(lambda: import_checkpoint(source, output, names))
+    _run(lambda: import_checkpoint(source, output, names, force))
 
 
 @app.command()
@@ -399,8 +436,24 @@ def version():
     print(__version__)
 
 
-def main() -> None:
-    app()
+def main(argv: Optional[List[str]] = None) -> None:
+    """The `armo` entry point: Typer's usage errors are one line with exit 2, like armo's own."""
+    import click
+
+    try:
+        rc = app(args=argv, prog_name="armo", standalone_mode=False)
+    except click.exceptions.UsageError as e:
+        where = e.ctx.command_path if e.ctx is not None else "armo"
+        console.print(f"[red]error:[/red] {where}: {one_line(e.format_message())} (see {where} --help)",
+                      highlight=False, soft_wrap=True)
+        sys.exit(EXIT_BAD_INPUT)
+    except click.exceptions.ClickException as e:
+        console.print(f"[red]error:[/red] {one_line(e.format_message())}", highlight=False, soft_wrap=True)
+        sys.exit(EXIT_BAD_INPUT)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        console.print("[yellow]interrupted[/yellow]", highlight=False)
+        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(rc if isinstance(rc, int) else 0)
 
 
 if __name__ == "__main__":

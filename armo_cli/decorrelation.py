@@ -6,7 +6,7 @@ so the verbosity objective's own adjusted reward is 0).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -14,7 +14,9 @@ import torch
 from . import __version__
 from .console import show, table
 from .features import Features, require_same_backbone
-from .io import ArmoError, dumps, load_artifact, save_artifact, sha256_json, write_text_atomic
+from .errors import ArmoError
+from .io import check_outputs, dumps, load_artifact, save_artifact, sha256_json, write_text_atomic
+from .options import opt, validate
 from .regression import Regression
 from .stats import pearson, spearman
 
@@ -23,16 +25,16 @@ METHODS = ("spearman", "pearson")
 
 @dataclass
 class DecorrelationConfig:
-    regression: str = "regression.safetensors"
-    features: list[str] = field(default_factory=list)
-    output: str = "decorrelation.safetensors"
-    verbosity: str = "verbosity"
-    method: str = "spearman"
-    tolerance: float = 1e-3
+    regression: str = opt("regression.safetensors", "Regression artifact.")
+    features: list[str] = opt(help="Reference features (pairs or single responses).", default_factory=list)
+    output: str = opt("decorrelation.safetensors", "Decorrelation artifact to write.")
+    verbosity: str = opt("verbosity", "The verbosity objective's name.")
+    method: str = opt("spearman", "spearman (paper) or pearson.", choices=METHODS)
+    tolerance: float = opt(1e-3, "Largest |correlation| left after decorrelation.", above=0.0)
     lambda_range: tuple[float, float] | None = None
-    min_rows: int = 10
-    json: str | None = None
-    quiet: bool = False
+    min_rows: int = opt(10, "Fewest reference responses.", min=2)
+    json: str | None = opt(None, "Write the report as JSON.")
+    quiet: bool = opt(False, "No progress bar or tables.")
 
 
 def _corr(method: str):
@@ -106,8 +108,8 @@ def transform_matrix(lambdas: torch.Tensor, v: int) -> torch.Tensor:
 
 def fit_decorrelation(cfg: DecorrelationConfig) -> dict:
     """Run `armo fit-decorrelation` and return its report."""
-    if cfg.method not in METHODS:
-        raise ArmoError(f"--method: choose from {', '.join(METHODS)}")
+    validate(cfg)
+    check_outputs(cfg.output, cfg.json, [cfg.regression, *cfg.features])
     reg = Regression.load(cfg.regression)
     if cfg.verbosity not in reg.objectives:
         raise ArmoError(f"--verbosity {cfg.verbosity}: not an objective of {cfg.regression} "
@@ -172,6 +174,9 @@ class Decorrelation:
     @classmethod
     def load(cls, path: str | Path) -> "Decorrelation":
         t, m = load_artifact(path, "decorrelation")
+        k = len(m["objectives"])
+        if tuple(t["transform"].shape) != (k, k):
+            raise ArmoError(f"{path}: damaged decorrelation: transform {tuple(t['transform'].shape)} for {k} objectives")
         return cls(t["transform"], m)
 
     @classmethod

@@ -16,10 +16,13 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 
 from . import __version__
-from .backbones import DEFAULT_BACKBONE, Backbone, load_backbone
+from .backbones import DEFAULT_BACKBONE, DTYPES, Backbone, load_backbone
 from .console import info, progress, warn
-from .io import ArmoError, load_artifact, save_artifact, save_concatenated, sha256_file, sha256_json, spool_stdin
-from .rows import Example, Skipped, Source, iter_examples
+from .errors import ArmoError
+from .io import (check_input_file, check_output_file, load_artifact, output_lock, save_artifact, save_concatenated, sha256_file,
+                 sha256_json, spool_stdin)
+from .options import opt, validate
+from .rows import ON_ERROR, Example, Skipped, Source, iter_examples
 
 OVERFLOW = ("error", "skip", "truncate-prompt")
 
@@ -100,7 +103,7 @@ class Renderer:
         for resp in ex.responses:
             full = self.render(ex.prompt + [{"role": "assistant", "content": resp}], generation_prompt=False)
             if not full.startswith(p_text):
-                raise ArmoError(f"line {ex.line}: the chat template does not render the prompt as a prefix of the conversation")
+                raise ArmoError("the chat template does not render the prompt as a prefix of the conversation")
             conts.append(self.encode(full[len(p_text):], bos=False))
         gate = GATE_RULES[self.gate_rule](len(prompt), len(self.gen_suffix))
         return Tree(index, ex, prompt, conts, gate)
@@ -215,25 +218,25 @@ def encode_trees(backbone: Backbone, trees: list[Tree], batch_tokens: int,
 # --- the extract job ----------------------------------------------------------------------------
 @dataclass
 class ExtractConfig:
-    input: str | None = None  # JSONL path or "-"
-    output: str = "features.safetensors"
-    dataset: str | None = None
-    split: str = "train"
-    backbone: str = DEFAULT_BACKBONE
-    device: str | None = None
-    dtype: str | None = None
-    attn_implementation: str = "sdpa"
-    gate_rule: str = "generation-prompt"
-    max_length: int | None = None
-    overflow: str = "error"
-    on_error: str = "error"
-    batch_tokens: int | None = None  # default: 2048 on CPU, 32768 on GPU
-    max_padding: float | None = None  # share of a batch that may be padding; default 0.05 on CPU, 0.25 on GPU
-    chunk_size: int = 256
-    resume: bool = False
-    num_shards: int | None = None
-    shard_index: int | None = None
-    quiet: bool = False
+    input: str | None = opt(None, "JSONL file (.gz ok) or '-' for stdin.")
+    output: str = opt("features.safetensors", "Features file to write (.safetensors).")
+    dataset: str | None = opt(None, "datasets.load_dataset name or local file, instead of INPUT.")
+    split: str = opt("train", "Dataset split (with --dataset).")
+    backbone: str = opt(DEFAULT_BACKBONE, "Named backbone, GGUF file, local folder or HF hub id.")
+    device: str | None = opt(None, "cuda, mps, cpu (default: best available).")
+    dtype: str | None = opt(None, "bf16, fp16, fp32 (default: bf16 on CUDA, else fp32).", choices=(*DTYPES, "auto"))
+    attn_implementation: str = opt("sdpa", "Attention kernel: sdpa or eager.", choices=("sdpa", "eager"))
+    gate_rule: str = opt("generation-prompt", "Where f(x) is read: generation-prompt | armo-eot.", choices=tuple(GATE_RULES))
+    max_length: int | None = opt(None, "Longest prompt+response in tokens (default: the backbone's maximum positions).", min=1)
+    overflow: str = opt("error", "Over the length limit: error | skip | truncate-prompt.", choices=OVERFLOW)
+    on_error: str = opt("error", "Bad rows: error | skip (listed in the report and on stderr).", choices=ON_ERROR)
+    batch_tokens: int | None = opt(None, "Token budget per batch (default 2048 CPU, 32768 GPU).", min=1)
+    max_padding: float | None = opt(None, "Largest padded share of a batch (default 0.05 CPU, 0.25 GPU).", min=0.0, max=1.0)
+    chunk_size: int = opt(256, "Rows per resumable chunk.", min=1)
+    resume: bool = opt(False, "Reuse finished chunks of an interrupted run.")
+    num_shards: int | None = opt(None, "Split the work into N disjoint shards.", min=1)
+    shard_index: int | None = opt(None, "Which shard this process writes.", min=0)
+    quiet: bool = opt(False, "No progress bar or tables.")
     announce: bool = True  # say where the output went (off when score/evaluate extract to a temp file)
 
 
@@ -248,28 +251,32 @@ class ExtractReport:
     seconds: float = 0.0
 
 
-def _scan(source: Source, renderer: Renderer, cfg: ExtractConfig, skipped: list[Skipped]):
+def _scan(source: Source, renderer: Renderer, cfg: ExtractConfig, skipped: list[Skipped], limit: int, limit_name: str):
     """Validation pass: parse, tokenise and size every row before any compute. Returns
     (kept (index, content key, truncated) triples, objectives, is_pair)."""
     kept: list[tuple[int, str, bool]] = []
     objectives: dict[str, None] = {}
     is_pair: bool | None = None
     for i, ex in enumerate(iter_examples(source, cfg.on_error, skipped)):
+        where = f"{source.name}:{ex.line}"
         if is_pair is None:
             is_pair = ex.is_pair
         elif is_pair != ex.is_pair:
-            raise ArmoError(f"{source.name}:{ex.line}: mixes pairs and single responses in one file")
-        tree = renderer.tokenize(ex, i)
+            raise ArmoError(f"{where}: mixes pairs and single responses in one file")
+        try:
+            tree = renderer.tokenize(ex, i)
+        except ArmoError as e:
+            raise ArmoError(f"{where}: {e}") from None
         truncated = False
-        if cfg.max_length is not None and max(tree.seq_lengths()) > cfg.max_length:
-            n = max(tree.seq_lengths())
+        n = max(tree.seq_lengths())
+        if n > limit:
             if cfg.overflow == "error":
-                raise ArmoError(f"{source.name}:{ex.line}: row {ex.id!r} has {n} tokens, over --max-length {cfg.max_length} "
+                raise ArmoError(f"{where}: row {ex.id!r} has {n} tokens, over {limit_name} {limit} "
                                 f"(use --overflow truncate-prompt or skip)")
-            new = renderer.truncate_prompt(tree, cfg.max_length) if cfg.overflow == "truncate-prompt" else None
+            new = renderer.truncate_prompt(tree, limit) if cfg.overflow == "truncate-prompt" else None
             if new is None:
                 why = "response alone exceeds" if cfg.overflow == "truncate-prompt" else "exceeds"
-                skipped.append(Skipped(ex.line, ex.id, f"{n} tokens: {why} --max-length {cfg.max_length}"))
+                skipped.append(Skipped(ex.line, ex.id, f"{n} tokens: {why} {limit_name} {limit}"))
                 continue
             tree, truncated = new, True
         for k in ex.ratings:
@@ -280,10 +287,15 @@ def _scan(source: Source, renderer: Renderer, cfg: ExtractConfig, skipped: list[
 
 
 def _chunk_tensors(trees: list[Tree], backbone: Backbone, cfg: ExtractConfig, objectives: list[str],
-                   batch_tokens: int, on_batch) -> dict[str, torch.Tensor]:
+                   batch_tokens: int, on_batch, source_name: str) -> dict[str, torch.Tensor]:
     gpu = backbone.device.type != "cpu"
     max_padding = cfg.max_padding if cfg.max_padding is not None else (0.25 if gpu else 0.05)
     prompt, resp = encode_trees(backbone, trees, batch_tokens, on_batch, max_padding)
+    bad = ~(torch.isfinite(prompt).all(-1) & torch.isfinite(resp).all(-1).all(-1))
+    if bool(bad.any()):  # e.g. fp16 overflow in the backbone: never a silently wrong feature
+        t = trees[int(bad.nonzero()[0])]
+        raise ArmoError(f"{source_name}:{t.example.line}: row {t.example.id!r}: the backbone produced non-finite hidden "
+                        f"states (NaN/inf) with dtype {backbone.dtype}; try --dtype fp32 or bf16")
     pair = len(trees[0].conts) == 2
     out = {
         "prompt_features": prompt,
@@ -306,44 +318,68 @@ def _shard_env(cfg: ExtractConfig) -> tuple[int, int, bool]:
         if not 0 <= idx < cfg.num_shards:
             raise ArmoError(f"--shard-index {idx}: must be in [0, {cfg.num_shards})")
         return cfg.num_shards, idx, False
+    if cfg.shard_index is not None:
+        raise ArmoError("--shard-index needs --num-shards")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
         return world, int(os.environ.get("RANK", "0")), True
     return 1, 0, False
 
 
+def _shard_output(cfg: ExtractConfig) -> tuple[Path, Path, int, int, bool]:
+    """(final output, the file this process writes, num_shards, shard_index, launched)."""
+    num_shards, shard_index, launched = _shard_env(cfg)
+    out = Path(cfg.output)
+    shard_out = out.with_name(f"{out.name}.shard-{shard_index}-of-{num_shards}") if launched else out
+    return out, shard_out, num_shards, shard_index, launched
+
+
 def extract(cfg: ExtractConfig, backbone: Backbone | None = None,
             after_chunk: Callable[[int], None] | None = None) -> ExtractReport:
-    """Run `armo extract`: write one safetensors file of features (or one shard of it)."""
-    if cfg.overflow not in OVERFLOW:
-        raise ArmoError(f"--overflow: choose from {', '.join(OVERFLOW)}")
+    """Run `armo extract`: write one safetensors file of features (or one shard of it).
+
+    Options are checked before anything is read; the output is locked for the run, so a second
+    writer of the same output is refused instead of mixing its chunks into ours."""
+    validate(cfg)
     if (cfg.input is None) == (cfg.dataset is None):
         raise ArmoError("give exactly one of INPUT or --dataset")
+    if cfg.input is not None and cfg.input != "-":
+        check_input_file(cfg.input)
+    check_output_file(cfg.output, "--output", [cfg.input], stdout_ok=False)
     t0 = time.perf_counter()
-    spooled = None
-    if cfg.input == "-":
-        spooled = spool_stdin()  # read twice: validation pass, then compute
-        source = _DisplaySource(Source(path=str(spooled)), "<stdin>")
-    else:
-        source = Source(path=cfg.input, dataset=cfg.dataset, split=cfg.split)
-    try:
-        return _extract(cfg, source, backbone, after_chunk, t0)
-    finally:
-        if spooled is not None:
-            spooled.unlink(missing_ok=True)
+    _, shard_out, _, _, _ = _shard_output(cfg)
+    with output_lock(shard_out):
+        spooled = None
+        if cfg.input == "-":
+            spooled = spool_stdin()  # read twice: validation pass, then compute
+            source = _DisplaySource(Source(path=str(spooled)), "<stdin>")
+        else:
+            source = Source(path=cfg.input, dataset=cfg.dataset, split=cfg.split)
+        try:
+            return _extract(cfg, source, backbone, after_chunk, t0)
+        finally:
+            if spooled is not None:
+                spooled.unlink(missing_ok=True)
+
+
+def _length_limit(cfg: ExtractConfig, backbone: Backbone) -> tuple[int, str]:
+    """The longest sequence allowed and how to name it: --max-length, else the backbone's positions."""
+    positions = getattr(backbone.model.config, "max_position_embeddings", None)
+    if cfg.max_length is not None:
+        return cfg.max_length, "--max-length"
+    if positions:
+        return int(positions), "the backbone's maximum positions"
+    return 1 << 62, "no limit"
 
 
 def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, after_chunk, t0: float) -> ExtractReport:
-    num_shards, shard_index, launched = _shard_env(cfg)
-    out = Path(cfg.output)
-    shard_out = out
-    if launched:
-        shard_out = out.with_name(f"{out.name}.shard-{shard_index}-of-{num_shards}")
+    out, shard_out, num_shards, shard_index, launched = _shard_output(cfg)
     backbone = backbone or load_backbone(cfg.backbone, cfg.device, cfg.dtype, cfg.attn_implementation)
     renderer = Renderer(backbone.tokenizer, cfg.gate_rule)
     skipped: list[Skipped] = []
     display = source.name
-    kept, objectives, is_pair = _scan(source, renderer, cfg, skipped)
+    limit, limit_name = _length_limit(cfg, backbone)
+    kept, objectives, is_pair = _scan(source, renderer, cfg, skipped, limit, limit_name)
     if not kept:
         raise ArmoError(f"{display}: no usable rows")
     input_hash = sha256_file(source.path) if source.path else sha256_json([source.dataset, source.split])
@@ -354,7 +390,13 @@ def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, afte
 
     chunks = [kept[i:i + cfg.chunk_size] for i in range(0, len(kept), cfg.chunk_size)]
     mine = [c for c in range(len(chunks)) if c % num_shards == shard_index]
-    job_key = sha256_json([settings_key, [[k for (_, k, _) in chunks[c]] for c in mine]])
+    # A shard knows its whole job, so that `armo merge` can refuse missing, repeated or foreign shards.
+    job = {"input_hash": input_hash, "settings_key": settings_key, "chunk_size": cfg.chunk_size,
+           "num_shards": num_shards, "rows": len(kept), "chunks": len(chunks)}
+    job["id"] = sha256_json(job)
+    # chunk keys name the input itself too: chunks of another input are never reused, even unlocked
+    chunk_keys = {c: sha256_json([settings_key, input_hash, [k for (_, k, _) in chunks[c]]]) for c in mine}
+    job_key = sha256_json([settings_key, input_hash, [chunk_keys[c] for c in mine]])
     if cfg.resume and shard_out.exists():
         try:
             done = load_artifact(shard_out, "features", tensors=False)[1]
@@ -369,6 +411,39 @@ def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, afte
     if parts.exists() and not cfg.resume:
         shutil.rmtree(parts)
     parts.mkdir(parents=True, exist_ok=True)
+    try:
+        files, report = _compute_chunks(cfg, source, backbone, renderer, chunks, mine, chunk_keys, parts, objectives,
+                                        batch_tokens, limit, after_chunk)
+    except BaseException:
+        if not any(parts.glob("chunk-*.safetensors")):
+            shutil.rmtree(parts, ignore_errors=True)  # nothing finished: nothing to resume, leave nothing behind
+        raise
+    meta = {
+        "kind": "features", "armo_version": __version__, "backbone": backbone.info(), "dtype": str(backbone.dtype),
+        "gate_rule": cfg.gate_rule, "gen_suffix": renderer.gen_suffix, "max_length": cfg.max_length,
+        "length_limit": limit if limit < (1 << 62) else None,
+        "overflow": cfg.overflow, "input": display, "input_hash": input_hash, "objectives": objectives,
+        "pair": is_pair, "shard": [shard_index, num_shards], "job": job, "settings_key": settings_key, "job_key": job_key,
+    }
+    report.rows = sum(len(chunks[c]) for c in mine)
+    report.skipped = [vars(s) for s in skipped]
+    report.seconds = time.perf_counter() - t0
+    _join(files, [chunk_keys[c] for c in mine], shard_out, meta, report)
+    shutil.rmtree(parts, ignore_errors=True)
+    if launched:
+        _rank_merge(out, shard_index, num_shards, cfg.quiet)
+    info(f"[green]wrote[/green] {shard_out}: {report.rows} rows, {len(report.skipped)} skipped, "
+         f"{len(report.truncated)} truncated, {report.chunks_computed} chunks computed, "
+         f"{report.chunks_reused} reused", cfg.quiet or not cfg.announce)
+    for s in report.skipped:
+        warn(f"skipped line {s['line']} ({s['id']}): {s['reason']}")
+    return report
+
+
+def _compute_chunks(cfg: ExtractConfig, source: Source, backbone: Backbone, renderer: Renderer, chunks: list,
+                    mine: list[int], chunk_keys: dict[int, str], parts: Path, objectives: list[str],
+                    batch_tokens: int, limit: int, after_chunk) -> tuple[list[Path], ExtractReport]:
+    """Compute (or, with --resume, reuse) this shard's chunk files, in order."""
     report = ExtractReport()
     keep_index = {i for c in mine for (i, _, _) in chunks[c]}
 
@@ -380,6 +455,7 @@ def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, afte
     stream = wanted()
     pbar = progress(cfg.quiet)
     rate = {"tokens": 0, "t": time.perf_counter()}
+    files = []
     with pbar:
         task = pbar.add_task("extract", total=sum(len(chunks[c]) for c in mine), rate="")
 
@@ -389,12 +465,11 @@ def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, afte
             dt = max(time.perf_counter() - rate["t"], 1e-9)
             pbar.update(task, advance=rows, rate=f"{rate['tokens'] / dt:,.0f} tok/s")
 
-        files = []
         for c in mine:
             chunk = chunks[c]
-            key = sha256_json([settings_key, [k for (_, k, _) in chunk]])
+            key = chunk_keys[c]
             path = parts / f"chunk-{c:06d}.safetensors"
-            exs = [next(stream) for _ in chunk]  # keep the stream aligned even for reused chunks
+            exs = [next(stream, (None, None)) for _ in chunk]  # keep the stream aligned even for reused chunks
             if cfg.resume and path.exists():
                 try:
                     meta = load_artifact(path, "features-chunk", tensors=False)[1]
@@ -407,12 +482,13 @@ def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, afte
                     pass  # a damaged chunk is recomputed
             trees = []
             for (i, _, truncated), (j, ex) in zip(chunk, exs):
-                assert i == j
+                if i != j:
+                    raise ArmoError(f"{source.name}: the input changed while it was being read; run again")
                 tree = renderer.tokenize(ex, i)
                 if truncated:
-                    tree = renderer.truncate_prompt(tree, cfg.max_length)
+                    tree = renderer.truncate_prompt(tree, limit)
                 trees.append(tree)
-            tensors = _chunk_tensors(trees, backbone, cfg, objectives, batch_tokens, on_batch)
+            tensors = _chunk_tensors(trees, backbone, cfg, objectives, batch_tokens, on_batch, source.name)
             save_artifact(path, tensors, {"kind": "features-chunk", "key": key,
                                           "ids": [t.example.id for t in trees],
                                           "subsets": [t.example.subset for t in trees],
@@ -422,25 +498,7 @@ def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, afte
             files.append(path)
             if after_chunk:
                 after_chunk(c)
-    meta = {
-        "kind": "features", "armo_version": __version__, "backbone": backbone.info(), "dtype": str(backbone.dtype),
-        "gate_rule": cfg.gate_rule, "gen_suffix": renderer.gen_suffix, "max_length": cfg.max_length,
-        "overflow": cfg.overflow, "input": display, "input_hash": input_hash, "objectives": objectives,
-        "pair": is_pair, "shard": [shard_index, num_shards], "settings_key": settings_key, "job_key": job_key,
-    }
-    report.rows = sum(len(chunks[c]) for c in mine)
-    report.skipped = [vars(s) for s in skipped]
-    report.seconds = time.perf_counter() - t0
-    _join(files, shard_out, meta, report)
-    shutil.rmtree(parts, ignore_errors=True)
-    if launched:
-        _rank_merge(out, shard_index, num_shards, cfg.quiet)
-    info(f"[green]wrote[/green] {shard_out}: {report.rows} rows, {len(report.skipped)} skipped, "
-         f"{len(report.truncated)} truncated, {report.chunks_computed} chunks computed, "
-         f"{report.chunks_reused} reused", cfg.quiet or not cfg.announce)
-    for s in report.skipped:
-        warn(f"skipped line {s['line']} ({s['id']}): {s['reason']}")
-    return report
+    return files, report
 
 
 class _DisplaySource(Source):
@@ -455,10 +513,12 @@ class _DisplaySource(Source):
         return self._display
 
 
-def _join(files: list[Path], out: Path, meta: dict, report: ExtractReport) -> None:
+def _join(files: list[Path], keys: list[str], out: Path, meta: dict, report: ExtractReport) -> None:
     ids, subsets, truncated, prompts = [], [], [], []
-    for f in files:
+    for f, key in zip(files, keys):
         m = load_artifact(f, "features-chunk", tensors=False)[1]
+        if m["key"] != key:  # never join a chunk that some other job wrote
+            raise ArmoError(f"{f}: this chunk belongs to another job; rerun without --resume")
         ids += m["ids"]
         subsets += m["subsets"]
         truncated += m["truncated"]
@@ -469,30 +529,56 @@ def _join(files: list[Path], out: Path, meta: dict, report: ExtractReport) -> No
     save_concatenated(out, files, meta)
 
 
-def merge_features(inputs: Iterable[str | Path], output: str | Path) -> dict:
-    """Join shards (same settings) into one file, in the original row order; nothing duplicated."""
-    parts = [load_artifact(p, "features") for p in inputs]
-    if not parts:
+def merge_features(inputs: Iterable[str | Path], output: str | Path, allow_partial: bool = False) -> dict:
+    """Join the shards of one extract job into one file, in the original row order.
+
+    Every shard records its job (input, settings, chunking, number of shards). Shards of different jobs,
+    a shard index given twice and missing shards are refused, naming them; `allow_partial` merges the
+    shards that are there and reports the missing indices in the result."""
+    inputs = [str(p) for p in inputs]
+    if not inputs:
         raise ArmoError("merge: no inputs")
-    key = parts[0][1]["settings_key"]
-    for (t, m), p in zip(parts, inputs):
-        if m["settings_key"] != key:
-            raise ArmoError(f"{p}: extracted with other settings (backbone, dtype, gate rule, length or objectives)")
+    check_output_file(output, "--output", inputs, stdout_ok=False)
+    metas = [(p, load_artifact(p, "features", tensors=False)[1]) for p in inputs]
+    for p, m in metas:
+        if not isinstance(m.get("job"), dict) or not isinstance(m.get("shard"), list):
+            raise ArmoError(f"{p}: records no extract job (not a shard of this armo version); extract it again")
+    p0, m0 = metas[0]
+    for p, m in metas[1:]:
+        if m["job"]["id"] != m0["job"]["id"]:
+            what = [k for k in ("input_hash", "settings_key", "chunk_size", "num_shards") if m["job"].get(k) != m0["job"].get(k)]
+            raise ArmoError(f"{p}: a shard of another extract job than {p0} (differs in {', '.join(what) or 'job'}); "
+                            f"merge only the shards of one job")
+    num = int(m0["job"]["num_shards"])
+    by_index: dict[int, str] = {}
+    for p, m in metas:
+        idx = int(m["shard"][0])
+        if idx in by_index:
+            raise ArmoError(f"{p}: shard {idx} of {num} is given twice (also {by_index[idx]})")
+        by_index[idx] = p
+    missing = [i for i in range(num) if i not in by_index]
+    if missing and not allow_partial:
+        raise ArmoError(f"merge: {len(missing)} of {num} shards missing (indices {', '.join(map(str, missing))}); "
+                        f"pass them all, or --allow-partial to merge what is there")
+    parts = [load_artifact(p, "features") for p in inputs]
     tensors = {k: torch.cat([t[k] for t, _ in parts]) for k in parts[0][0]}
     ids = [i for _, m in parts for i in m["ids"]]
     subsets = [s for _, m in parts for s in (m["subsets"] or [None] * len(m["ids"]))]
     prompts = [h for _, m in parts for h in m["prompt_hashes"]]
-    order = torch.argsort(tensors["row_index"], stable=True)
     if len(set(ids)) != len(ids):
         raise ArmoError("merge: the shards overlap (duplicate ids)")
+    if not missing and len(ids) != int(m0["job"]["rows"]):
+        raise ArmoError(f"merge: the shards hold {len(ids)} rows, but their job has {m0['job']['rows']}")
+    order = torch.argsort(tensors["row_index"], stable=True)
     tensors = {k: v[order] for k, v in tensors.items()}
     ids = [ids[i] for i in order.tolist()]
     subsets = [subsets[i] for i in order.tolist()]
     prompts = [prompts[i] for i in order.tolist()]
     meta = dict(parts[0][1])
     reps = [m["report"] for _, m in parts]
-    meta.update(ids=ids, subsets=subsets if any(s is not None for s in subsets) else None, shard=None,
-                prompt_hashes=prompts,
+    meta.update(ids=ids, subsets=subsets if any(s is not None for s in subsets) else None,
+                shard=None if not missing else [sorted(by_index), num],
+                missing_shards=missing, prompt_hashes=prompts,
                 report={"rows": len(ids), "skipped": [s for r in reps for s in r["skipped"]],
                         "truncated": [s for r in reps for s in r["truncated"]],
                         "chunks_computed": sum(r["chunks_computed"] for r in reps),
@@ -508,7 +594,7 @@ def merge_features(inputs: Iterable[str | Path], output: str | Path) -> dict:
             skipped.append(s)
     meta["report"]["skipped"] = skipped
     save_artifact(output, tensors, meta)
-    return meta["report"]
+    return {**meta["report"], "shards": len(inputs), "num_shards": num, "missing_shards": missing}
 
 
 def _rank_merge(out: Path, rank: int, world: int, quiet: bool, timeout: float = 24 * 3600) -> None:

@@ -6,7 +6,7 @@ decorrelation transform are frozen (and the transform is applied in training and
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,7 +17,9 @@ from . import __version__
 from .console import progress, show, table, info
 from .decorrelation import Decorrelation, regression_hash, transform_hash
 from .features import Features, require_same_backbone
-from .io import ArmoError, dumps, load_artifact, save_artifact, write_text_atomic
+from .errors import ArmoError, one_line
+from .io import check_outputs, dumps, load_artifact, save_artifact, write_text_atomic
+from .options import opt, validate
 from .regression import Regression
 
 
@@ -69,26 +71,26 @@ def accuracy(scores: torch.Tensor) -> float:
 
 @dataclass
 class GatingConfig:
-    features: list[str] = field(default_factory=list)
-    regression: str = "regression.safetensors"
-    decorrelation: str | None = None
-    output: str = "gating.safetensors"
-    hidden_dim: int = 1024
-    n_hidden: int = 3
-    dropout: float = 0.2
-    temperature: float = 10.0
-    logit_scale: float = 1.0
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    batch_size: int = 1024
-    steps: int = 2000
-    val_fraction: float = 0.1
-    eval_every: int = 50
-    patience: int = 20  # evaluations without improvement before stopping
-    seed: int = 0
-    device: str | None = None
-    json: str | None = None
-    quiet: bool = False
+    features: list[str] = opt(help="Pair features (extract output of chosen/rejected rows).", default_factory=list)
+    regression: str = opt("regression.safetensors", "Regression artifact.")
+    decorrelation: str | None = opt(None, "Transform (identity if omitted).")
+    output: str = opt("gating.safetensors", "Gating artifact to write.")
+    hidden_dim: int = opt(1024, "Width of the gate's hidden layers.", min=1)
+    n_hidden: int = opt(3, "Hidden layers of the gate (0: linear).", min=0)
+    dropout: float = opt(0.2, "Dropout between hidden layers.", min=0.0, below=1.0)
+    temperature: float = opt(10.0, "Softmax temperature over the objectives.", above=0.0)
+    logit_scale: float = opt(1.0, "Initial learnable scale of the weights.", above=0.0)
+    lr: float = opt(1e-3, "AdamW learning rate.", above=0.0)
+    weight_decay: float = opt(0.01, "AdamW weight decay.", min=0.0)
+    batch_size: int = opt(1024, "Pairs per step.", min=1)
+    steps: int = opt(2000, "Most training steps.", min=1)
+    val_fraction: float = opt(0.1, "Share of prompts held out for validation and early stopping.", min=0.0, below=1.0)
+    eval_every: int = opt(50, "Steps between validation evaluations.", min=1)
+    patience: int = opt(20, "Evaluations without improvement before stopping.", min=1)
+    seed: int = opt(0, "Seed of the split, the initialisation and the batches.")
+    device: str | None = opt(None, "cuda, mps, cpu (default: best available).")
+    json: str | None = opt(None, "Write the report as JSON.")
+    quiet: bool = opt(False, "No progress bar or tables.")
 
 
 def grouped_split(groups: list[str], val_fraction: float, seed: int) -> torch.Tensor:
@@ -155,6 +157,8 @@ def _load_parts(features: list[str], regression: str, decorrelation: str | None)
 
 def fit_gating(cfg: GatingConfig) -> dict:
     """Run `armo fit-gating` and return its report."""
+    validate(cfg)
+    check_outputs(cfg.output, cfg.json, [cfg.regression, cfg.decorrelation, *cfg.features])
     if not cfg.features:
         raise ArmoError("fit-gating: give at least one pair features file")
     t0 = time.perf_counter()
@@ -259,7 +263,11 @@ class Gating:
     def load(cls, path: str | Path) -> "Gating":
         t, m = load_artifact(path, "gating")
         c = m["config"]
-        gate = Gate(c["in_features"], len(m["objectives"]), c["hidden_dim"], c["n_hidden"], c["temperature"], 1.0, c["dropout"])
-        gate.load_state_dict(t)
+        try:
+            gate = Gate(int(c["in_features"]), len(m["objectives"]), int(c["hidden_dim"]), int(c["n_hidden"]),
+                        float(c["temperature"]), 1.0, float(c["dropout"]))
+            gate.load_state_dict(t)
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise ArmoError(f"{path}: the gate's tensors or config are damaged ({one_line(e)[:160]})") from None
         gate.eval().requires_grad_(False)
         return cls(gate, m)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -15,8 +14,9 @@ from .backbones import folder_fingerprint, load_backbone
 from .console import info
 from .decorrelation import regression_hash, transform_hash
 from .features import GATE_RULE_PATTERN_OFFSET, Renderer
-from .io import ArmoError, save_artifact
-from .model import PART_FILES, ArmoModel, write_manifest
+from .errors import ArmoError, one_line
+from .io import atomic_dir, check_finite, check_input_file, check_output_dir, read_json_object, save_artifact
+from .model import PART_FILES, ArmoModel, is_model_dir, write_manifest
 
 MODELING = Path(__file__).parent / "hf_code" / "modeling_armo.py"
 ARCH = "LlamaForRewardModelWithGating"
@@ -31,9 +31,23 @@ ARMORM_OBJECTIVES = [
 ]
 
 
-def export_model(model_dir: str | Path | None, out_dir: str | Path, backbone: str | None = None) -> Path:
-    """Write an HF folder that AutoModelForSequenceClassification loads with trust_remote_code=True."""
+def is_export_dir(path: Path) -> bool:
+    """An earlier `armo export` output: config.json naming armo's architecture."""
+    try:
+        cfg = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(cfg, dict) and cfg.get("architectures") == [ARCH] and isinstance(cfg.get("armo"), dict)
+
+
+def export_model(model_dir: str | Path | None, out_dir: str | Path, backbone: str | None = None,
+                 force: bool = False) -> Path:
+    """Write an HF folder that AutoModelForSequenceClassification loads with trust_remote_code=True.
+
+    The folder is written beside OUT and swapped in when complete; OUT may be new, empty, an earlier
+    export (replaced) or, with `force`, any other folder; never the model itself or the current folder."""
     model = ArmoModel.load(model_dir)
+    check_output_dir(out_dir, is_export_dir, "an armo export", force, inputs=[model.path])
     bb = load_backbone(backbone or model.backbone["name"], device="cpu", dtype="fp32")
     if bb.fingerprint != model.backbone["fingerprint"]:
         raise ArmoError(f"--backbone: not the backbone this model was trained on ({model.backbone['name']})")
@@ -68,19 +82,11 @@ def export_model(model_dir: str | Path | None, out_dir: str | Path, backbone: st
     for k, v in gate.state_dict().items():
         tensors[f"gating.{k}"] = v.detach().contiguous().clone()
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         shutil.copyfile(MODELING, tmp / "modeling_armo.py")
         bb.tokenizer.save_pretrained(str(tmp))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -88,23 +94,37 @@ def _read_weights(folder: Path, prefixes: tuple[str, ...]) -> dict[str, torch.Te
     """Read only the head tensors from (possibly sharded) safetensors; never unpickle anything."""
     index = folder / "model.safetensors.index.json"
     if index.exists():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        weight_map = read_json_object(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) and Path(v).name == v for v in weight_map.values()):
+            raise ArmoError(f"{index}: field 'weight_map': expected an object {{tensor: file name}}")
+        files = sorted(set(weight_map.values()))
     elif (folder / "model.safetensors").exists():
         files = ["model.safetensors"]
     else:
         raise ArmoError(f"{folder}: no safetensors weights (pickle checkpoints are not read)")
     out = {}
     for fn in files:
-        with safe_open(str(folder / fn), framework="pt") as f:
-            for k in f.keys():
-                if k.startswith(prefixes):
-                    out[k] = f.get_tensor(k).float()
+        try:
+            with safe_open(str(check_input_file(folder / fn)), framework="pt") as f:
+                for k in f.keys():
+                    if k.startswith(prefixes):
+                        out[k] = f.get_tensor(k).float()
+        except ArmoError:
+            raise
+        except Exception as e:  # safetensors' own error types
+            raise ArmoError(f"{folder / fn}: not a readable safetensors file ({one_line(e)[:160]})") from None
+    check_finite(folder, out)
     return out
 
 
-def import_checkpoint(source: str, output: str | Path, objectives: list[str] | None = None) -> ArmoModel:
-    """An ArmoRM-format checkpoint (folder or hub id) -> an armo model directory; no remote code runs."""
+def import_checkpoint(source: str, output: str | Path, objectives: list[str] | None = None,
+                      force: bool = False) -> ArmoModel:
+    """An ArmoRM-format checkpoint (folder or hub id) -> an armo model directory; no remote code runs.
+
+    The directory is built beside OUTPUT and swapped in once it loads; OUTPUT may be new, empty, an armo
+    model directory (replaced) or, with `force`, any other folder; never the source itself."""
     p = Path(source).expanduser()
+    check_output_dir(output, is_model_dir, "an armo model directory", force, inputs=[p] if p.exists() else [])
     if p.is_dir():
         folder = p.resolve()
         name = str(folder)
@@ -119,10 +139,12 @@ def import_checkpoint(source: str, output: str | Path, objectives: list[str] | N
     cfg_path = folder / "config.json"
     if not cfg_path.exists():
         raise ArmoError(f"{folder}: no config.json")
-    cfg = json.loads(cfg_path.read_text())
+    cfg = read_json_object(cfg_path)
     for key in ("num_objectives", "hidden_size"):
         if key not in cfg:
             raise ArmoError(f"{cfg_path}: field '{key}': missing (not an ArmoRM-format checkpoint)")
+        if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < 1:
+            raise ArmoError(f"{cfg_path}: field '{key}': expected a positive integer")
     k, d = int(cfg["num_objectives"]), int(cfg["hidden_size"])
     w = _read_weights(folder, ("regression_layer.", "reward_transform_matrix", "gating."))
     for key in ("regression_layer.weight", "gating.logit_scale"):
@@ -151,25 +173,25 @@ def import_checkpoint(source: str, output: str | Path, objectives: list[str] | N
     backbone = {"name": name, "kind": "folder" if p.is_dir() else "hub", "fingerprint": fingerprint,
                 "hidden_size": d, "model_type": cfg.get("model_type")}
     scales = armo.get("scales") or {o: {"lo": 0.0, "hi": 1.0, "transform": "linear", "declared": False} for o in names}
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
-    bias = w.get("regression_layer.bias", torch.zeros(k))
-    reg_meta = {"kind": "regression", "armo_version": __version__, "objectives": names, "scales": scales,
-                "backbone": backbone, "hidden_size": d, "gate_rule": rule, "imported_from": name, "metrics": {}}
-    save_artifact(out / PART_FILES["regression"], {"weight": w["regression_layer.weight"], "bias": bias}, reg_meta)
-    from .regression import Regression
+    with atomic_dir(output) as out:
+        bias = w.get("regression_layer.bias", torch.zeros(k))
+        reg_meta = {"kind": "regression", "armo_version": __version__, "objectives": names, "scales": scales,
+                    "backbone": backbone, "hidden_size": d, "gate_rule": rule, "imported_from": name, "metrics": {}}
+        save_artifact(out / PART_FILES["regression"], {"weight": w["regression_layer.weight"], "bias": bias}, reg_meta)
+        from .regression import Regression
 
-    rh = regression_hash(Regression.load(out / PART_FILES["regression"]))
-    save_artifact(out / PART_FILES["decorrelation"], {"transform": T, "lambdas": torch.zeros(k)},
-                  {"kind": "decorrelation", "objectives": names, "backbone": backbone, "regression_hash": rh,
-                   "imported_from": name})
-    save_artifact(out / PART_FILES["gating"], gate_sd,
-                  {"kind": "gating", "objectives": names, "backbone": backbone, "regression_hash": rh,
-                   "transform_hash": transform_hash(T), "imported_from": name,
-                   "config": {"in_features": d, "hidden_dim": hidden_dim, "n_hidden": n_hidden,
-                              "temperature": float(cfg.get("gating_temperature", 10)), "dropout": 0.0}})
-    write_manifest(out, {"armo_version": __version__, "backbone": backbone, "gate_rule": rule, "objectives": names,
-                         "scales": scales, "hidden_size": d, "imported_from": name,
-                         "parts": dict(PART_FILES)})
-    info(f"[green]imported[/green] {name}: {k} objectives, gate rule {rule} -> {out}")
-    return ArmoModel.load(out)
+        rh = regression_hash(Regression.load(out / PART_FILES["regression"]))
+        save_artifact(out / PART_FILES["decorrelation"], {"transform": T, "lambdas": torch.zeros(k)},
+                      {"kind": "decorrelation", "objectives": names, "backbone": backbone, "regression_hash": rh,
+                       "imported_from": name})
+        save_artifact(out / PART_FILES["gating"], gate_sd,
+                      {"kind": "gating", "objectives": names, "backbone": backbone, "regression_hash": rh,
+                       "transform_hash": transform_hash(T), "imported_from": name,
+                       "config": {"in_features": d, "hidden_dim": hidden_dim, "n_hidden": n_hidden,
+                                  "temperature": float(cfg.get("gating_temperature", 10)), "dropout": 0.0}})
+        write_manifest(out, {"armo_version": __version__, "backbone": backbone, "gate_rule": rule, "objectives": names,
+                             "scales": scales, "hidden_size": d, "imported_from": name,
+                             "parts": dict(PART_FILES)})
+        ArmoModel.load(out)
+    info(f"[green]imported[/green] {name}: {k} objectives, gate rule {rule} -> {output}")
+    return ArmoModel.load(output)

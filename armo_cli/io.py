@@ -1,53 +1,86 @@
-"""Files: JSONL in, safetensors artifacts out, always atomically."""
+"""Files: JSONL in, safetensors artifacts out, always atomically; every failure is armo's one-line error."""
 from __future__ import annotations
 
 import contextlib
 import gzip
 import hashlib
-import io
 import json
 import math
 import os
 import shutil
 import sys
 import tempfile
+import zlib
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .errors import ArmoError, one_line
+
 META_KEY = "armo"
 
 
-class ArmoError(Exception):
-    """A user-facing error: printed as one line, exit code 2."""
+def display_name(path: str | Path) -> str:
+    return "<stdin>" if str(path) == "-" else str(path)
 
 
-def open_text(path: str | Path):
-    """Open a JSONL path for reading; `-` is stdin, `.gz` is decompressed."""
-    if str(path) == "-":
-        return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8")
+def check_input_file(path: str | Path) -> Path:
+    """An input path that exists and is a file (not a folder); one-line error otherwise."""
     p = Path(path)
     if not p.exists():
         raise ArmoError(f"{p}: no such file")
-    if p.suffix == ".gz":
-        return gzip.open(p, "rt", encoding="utf-8")
-    return open(p, encoding="utf-8")
+    if p.is_dir():
+        raise ArmoError(f"{p}: is a folder, expected a file")
+    return p
 
 
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
-    """Yield (line number, object); blank lines are skipped, bad JSON names its line."""
-    name = "<stdin>" if str(path) == "-" else str(path)
-    with open_text(path) as fh:
-        for lineno, line in enumerate(fh, 1):
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+@contextlib.contextmanager
+def _binary_lines(path: str | Path) -> Iterator[Iterator[bytes]]:
+    if str(path) == "-":
+        yield iter(sys.stdin.buffer)
+        return
+    p = check_input_file(path)
+    opener = gzip.open if p.suffix == ".gz" else open
+    with opener(p, "rb") as fh:
+        yield iter(fh)
+
+
+def iter_jsonl(path: str | Path, display: str | None = None) -> Iterator[tuple[int, Any]]:
+    """Yield (line number, object); blank lines are skipped. Malformed JSON, non-UTF-8 bytes, JSON nested
+    too deeply, NaN/Infinity literals and damaged .gz files are armo errors naming file and line."""
+    name = display or display_name(path)
+    lineno = 0
+    with _binary_lines(path) as lines:
+        while True:
+            try:
+                raw = next(lines, None)
+            except (EOFError, OSError, zlib.error) as e:  # gzip: truncated, not gzip at all, corrupt
+                raise ArmoError(f"{name}:{lineno + 1}: damaged or truncated gzip data ({one_line(e)})") from None
+            if raw is None:
+                return
+            lineno += 1
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise ArmoError(f"{name}:{lineno}: not UTF-8 text (byte {e.start + 1} of the line)") from None
             if not line.strip():
                 continue
             try:
-                yield lineno, json.loads(line)
+                obj = json.loads(line, parse_constant=_reject_constant)
             except json.JSONDecodeError as e:
                 raise ArmoError(f"{name}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+            except RecursionError:
+                raise ArmoError(f"{name}:{lineno}: malformed JSON (nested too deeply)") from None
+            except ValueError as e:
+                raise ArmoError(f"{name}:{lineno}: malformed JSON ({e})") from None
+            yield lineno, obj
 
 
 def spool_stdin() -> Path:
@@ -58,33 +91,73 @@ def spool_stdin() -> Path:
     return Path(tmp)
 
 
+def check_output_file(path: str | Path | None, option: str = "--output",
+                      inputs: Iterable[str | Path | None] = (), stdout_ok: bool = True) -> None:
+    """Refuse, before any work, an output path that is a folder or that is one of the inputs."""
+    if path is None:
+        return
+    if str(path) == "-":
+        if not stdout_ok:
+            raise ArmoError(f"{option} -: this output is a binary safetensors file and cannot go to stdout; give a file path")
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise ArmoError(f"{option} {p}: is a folder, expected a file path")
+    if p.exists():
+        for i in inputs:
+            if i is not None and str(i) != "-" and Path(i).exists() and p.resolve() == Path(i).resolve():
+                raise ArmoError(f"{option} {p}: is also an input; choose another output path")
+
+
+@contextlib.contextmanager
+def atomic_paths(paths: Iterable[str | Path]) -> Iterator[list[Path]]:
+    """Temporary paths beside each of `paths`; all of them replace their targets only if the block
+    succeeds, so that outputs written together succeed or fail together."""
+    targets = [Path(p) for p in paths]
+    for t in targets:
+        if t.is_dir():
+            raise ArmoError(f"{t}: is a folder, expected a file path")
+    tmps: list[Path] = []
+    try:
+        for t in targets:
+            t.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{t.name}.", suffix=".tmp", dir=t.parent)
+            os.close(fd)
+            tmps.append(Path(tmp))
+        yield tmps
+        umask = os.umask(0)
+        os.umask(umask)
+        for tmp in tmps:
+            if tmp.exists():
+                os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is not what users expect of an output
+        for tmp, t in zip(tmps, targets):
+            os.replace(tmp, t)
+    finally:
+        for tmp in tmps:
+            if tmp.exists():
+                tmp.unlink()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        if tmp_path.exists():
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp's 0600 is not what users expect of an output
-        os.replace(tmp_path, path)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+    with atomic_paths([path]) as (tmp,):
+        yield tmp
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-    if str(path) == "-":
-        sys.stdout.write(text)
+    write_texts_atomic({str(path): text})
+
+
+def write_texts_atomic(texts: dict[str, str]) -> None:
+    """Write several text outputs so that they all appear or none does; '-' is stdout (written last)."""
+    files = {p: t for p, t in texts.items() if str(p) != "-"}
+    with atomic_paths(list(files)) as tmps:
+        for tmp, text in zip(tmps, files.values()):
+            tmp.write_text(text, encoding="utf-8")
+    if "-" in texts:
+        sys.stdout.write(texts["-"])
         sys.stdout.flush()
-        return
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
 
 
 def _json_default(o: Any) -> Any:
@@ -124,27 +197,64 @@ def save_artifact(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict
         save_file(tensors, str(tmp), metadata={META_KEY: dumps(meta)})
 
 
+# What each artifact kind must carry: metadata keys and tensors. Checked on every load, so that a
+# damaged or foreign file is one line naming the file and what is missing, never a KeyError later.
+ARTIFACT_SCHEMA: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "features": (("pair", "ids", "backbone", "objectives", "gate_rule", "input_hash", "settings_key", "report"),
+                 ("prompt_features", "response_features", "response_lengths", "prompt_lengths", "row_index")),
+    "features-chunk": (("key", "ids", "subsets", "prompt_hashes", "truncated"),
+                       ("prompt_features", "response_features", "response_lengths", "prompt_lengths", "row_index")),
+    "regression": (("objectives", "scales", "backbone", "hidden_size", "gate_rule"), ("weight", "bias")),
+    "decorrelation": (("objectives",), ("transform",)),
+    "gating": (("objectives", "config", "regression_hash"), ()),
+}
+# Tensors in which NaN has a meaning: a missing label.
+NAN_ALLOWED = {"labels"}
+
+
+def check_finite(path: str | Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse NaN/inf in an artifact's tensors, naming the file and the tensor."""
+    for k, v in tensors.items():
+        if not v.is_floating_point():
+            continue
+        bad = torch.isinf(v) if k in NAN_ALLOWED else ~torch.isfinite(v)
+        if bool(bad.any()):
+            raise ArmoError(f"{path}: tensor '{k}' holds {int(bad.sum())} non-finite values (NaN or inf)")
+
+
 def load_artifact(path: str | Path, kind: str | None = None,
                   tensors: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read an armo safetensors artifact; `kind` checks what stage wrote it; tensors=False reads
-    only the metadata (cheap, for resume checks and joins)."""
-    p = Path(path)
-    if not p.exists():
-        raise ArmoError(f"{p}: no such file")
+    """Read an armo safetensors artifact; `kind` checks what stage wrote it and that it carries what that
+    kind needs; tensors=False reads only the metadata (cheap, for resume checks and joins)."""
+    p = check_input_file(path)
     load = tensors
     try:
         with safe_open(str(p), framework="pt") as f:
             raw = (f.metadata() or {}).get(META_KEY)
+            names = set(f.keys())
             tensors = {k: f.get_tensor(k) for k in f.keys()} if load else {}
-    except ArmoError:
-        raise
     except Exception as e:  # safetensors raises its own error types
-        raise ArmoError(f"{p}: not a readable safetensors file ({e})") from None
+        raise ArmoError(f"{p}: not a readable safetensors file ({one_line(e)})") from None
     if raw is None:
         raise ArmoError(f"{p}: not an armo artifact (no '{META_KEY}' metadata)")
-    meta = json.loads(raw)
-    if kind is not None and meta.get("kind") != kind:
-        raise ArmoError(f"{p}: expected a '{kind}' artifact, found '{meta.get('kind')}'")
+    try:
+        meta = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise ArmoError(f"{p}: damaged armo metadata (not JSON)") from None
+    if not isinstance(meta, dict):
+        raise ArmoError(f"{p}: damaged armo metadata (not a JSON object)")
+    if kind is not None:
+        if meta.get("kind") != kind:
+            raise ArmoError(f"{p}: expected a '{kind}' artifact, found '{meta.get('kind')}'")
+        need_meta, need_tensors = ARTIFACT_SCHEMA.get(kind, ((), ()))
+        for key in need_meta:
+            if key not in meta:
+                raise ArmoError(f"{p}: incomplete '{kind}' artifact: metadata field '{key}' is missing")
+        for key in need_tensors:
+            if key not in names:
+                raise ArmoError(f"{p}: incomplete '{kind}' artifact: tensor '{key}' is missing")
+    if load:
+        check_finite(p, tensors)
     return tensors, meta
 
 
@@ -206,3 +316,124 @@ def save_concatenated(path: str | Path, files: list[Path], meta: dict[str, Any])
                 with safe_open(str(f), framework="pt") as sf:
                     t = sf.get_tensor(k).contiguous()
                 out.write(t.view(torch.uint8).numpy().tobytes())
+
+
+@contextlib.contextmanager
+def output_lock(target: str | Path) -> Iterator[Path]:
+    """Hold an exclusive lock on `target` for the duration of a job: `TARGET.lock`, flock'ed.
+
+    A second writer is refused at once, naming the holder's pid. The kernel drops a flock when its
+    process dies, so the lock file of a killed run is stale by construction: the next run takes it over."""
+    import fcntl
+
+    target = Path(target)
+    lock = target.with_name(target.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            finally:
+                os.close(fd)
+            raise ArmoError(f"{target}: another armo process (pid {holder}) is writing this output; "
+                            f"wait for it to finish or choose another output path") from None
+        # the holder before us may have removed the file after we opened it: lock the file on disk
+        try:
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield lock
+    finally:
+        try:
+            lock.unlink()
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+def check_output_dir(path: str | Path, is_ours: Callable[[Path], bool], what: str, force: bool = False,
+                     inputs: Iterable[str | Path | None] = ()) -> None:
+    """Refuse, before any work, to write a folder that armo must not replace.
+
+    Never: the current folder or one of its parents, an input (or a folder holding one), a file.
+    A non-empty folder only if `is_ours` recognises it as the same kind of armo output, or with --force."""
+    p = Path(path)
+    rp = p.resolve()
+    cwd = Path.cwd().resolve()
+    if rp == cwd or rp in cwd.parents:
+        raise ArmoError(f"{path}: is the current folder or one of its parents; give a new folder for the output")
+    for i in inputs:
+        if i is None:
+            continue
+        ri = Path(i).resolve()
+        if rp == ri or rp in ri.parents:
+            raise ArmoError(f"{path}: would replace the input {i}; give a new folder for the output")
+    if p.exists() and not p.is_dir():
+        raise ArmoError(f"{path}: is a file, expected a folder")
+    if p.is_dir() and any(p.iterdir()) and not is_ours(p) and not force:
+        raise ArmoError(f"{path}: folder is not empty and is not {what}; give a new folder, or --force to replace it")
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a fresh folder beside `path`; if the block succeeds it takes `path`'s place (the old folder,
+    if any, is moved aside first and removed last), otherwise it is removed and `path` is untouched."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
+    old: Path | None = None
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 is not what users expect of an output folder
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.rmdir(old)
+            os.replace(out, old)
+        try:
+            os.replace(tmp, out)
+        except BaseException:
+            if old is not None:
+                os.replace(old, out)  # put the previous folder back
+                old = None
+            raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and old.exists():
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def read_json_object(path: str | Path) -> dict[str, Any]:
+    """A JSON file that must hold an object (a manifest, a config): one-line errors naming the file."""
+    p = check_input_file(path)
+    try:
+        obj = json.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ArmoError(f"{p}: not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise ArmoError(f"{p}:{e.lineno}: malformed JSON ({e.msg})") from None
+    except RecursionError:
+        raise ArmoError(f"{p}: malformed JSON (nested too deeply)") from None
+    if not isinstance(obj, dict):
+        raise ArmoError(f"{p}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def check_outputs(output: str | Path | None, json_out: str | Path | None, inputs: Iterable[str | Path | None]) -> None:
+    """A fit stage's outputs: the artifact (a file, never stdout) and the optional JSON report."""
+    inputs = list(inputs)
+    check_output_file(output, "--output", inputs, stdout_ok=False)
+    check_output_file(json_out, "--json", inputs)
+    if output is not None and json_out is not None and str(output) == str(json_out):
+        raise ArmoError("--output and --json: give each output its own path")

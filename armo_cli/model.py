@@ -11,7 +11,8 @@ import torch
 from . import __version__
 from .decorrelation import Decorrelation, regression_hash, transform_hash
 from .gating import Gating
-from .io import ArmoError, atomic_path
+from .errors import ArmoError
+from .io import atomic_dir, atomic_path, check_input_file, check_output_dir, read_json_object
 from .regression import Regression
 
 MANIFEST = "armo.json"
@@ -20,14 +21,25 @@ PART_FILES = {"regression": "regression.safetensors", "decorrelation": "decorrel
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
 
 
+def is_model_dir(path: Path) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
 def read_manifest(model_dir: str | Path) -> dict:
-    p = Path(model_dir) / MANIFEST
+    d = Path(model_dir)
+    if d.exists() and not d.is_dir():
+        raise ArmoError(f"{model_dir}: is a file, expected an armo model directory")
+    p = d / MANIFEST
     if not p.exists():
         raise ArmoError(f"{model_dir}: not an armo model directory (no {MANIFEST})")
-    try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise ArmoError(f"{p}:{e.lineno}: malformed JSON ({e.msg})") from None
+    m = read_json_object(p)
+    parts = m.get("parts", {})
+    if not isinstance(parts, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in parts.items()):
+        raise ArmoError(f"{p}: field 'parts': expected an object {{part: file name}}")
+    for k, v in parts.items():
+        if k not in PART_FILES or Path(v).name != v:
+            raise ArmoError(f"{p}: field 'parts.{k}': expected one of {', '.join(PART_FILES)} naming a file in the folder")
+    return m
 
 
 def write_manifest(model_dir: str | Path, manifest: dict) -> None:
@@ -35,15 +47,21 @@ def write_manifest(model_dir: str | Path, manifest: dict) -> None:
         tmp.write_text(json.dumps(manifest, indent=2) + "\n")
 
 
+def check_model_dir(model_dir: str | Path, option: str = "--model-dir") -> None:
+    """A folder that --model-dir may add parts to: new, empty, or an armo model directory."""
+    check_output_dir(model_dir, is_model_dir, "an armo model directory")
+
+
 def register_part(model_dir: str | Path, part: str, artifact: str | Path) -> Path:
     """Copy a fitted artifact into a model directory and record it in the manifest."""
     d = Path(model_dir)
+    check_model_dir(d)
     d.mkdir(parents=True, exist_ok=True)
     target = d / PART_FILES[part]
     if Path(artifact).resolve() != target.resolve():
         with atomic_path(target) as tmp:
             shutil.copyfile(artifact, tmp)
-    manifest = json.loads((d / MANIFEST).read_text()) if (d / MANIFEST).exists() else {"parts": {}}
+    manifest = read_manifest(d) if (d / MANIFEST).exists() else {"parts": {}}
     manifest.setdefault("parts", {})[part] = PART_FILES[part]
     manifest["armo_version"] = __version__
     if part == "regression":
@@ -55,16 +73,21 @@ def register_part(model_dir: str | Path, part: str, artifact: str | Path) -> Pat
     return target
 
 
-def assemble(output: str | Path, regression: str, gating: str, decorrelation: str | None = None) -> "ArmoModel":
-    """Build a model directory from three artifacts (checked for agreement)."""
-    out = Path(output)
-    if (out / MANIFEST).exists():
-        (out / MANIFEST).unlink()
-    register_part(out, "regression", regression)
-    if decorrelation:
-        register_part(out, "decorrelation", decorrelation)
-    register_part(out, "gating", gating)
-    return ArmoModel.load(out)
+def assemble(output: str | Path, regression: str, gating: str, decorrelation: str | None = None,
+             force: bool = False) -> "ArmoModel":
+    """Build a model directory from three artifacts (checked for agreement). The folder is built beside
+    the output and takes its place only once it loads; an earlier model directory there is replaced."""
+    for a in (regression, gating, decorrelation):
+        if a is not None:
+            check_input_file(a)
+    check_output_dir(output, is_model_dir, "an armo model directory", force)
+    with atomic_dir(output) as tmp:
+        register_part(tmp, "regression", regression)
+        if decorrelation:
+            register_part(tmp, "decorrelation", decorrelation)
+        register_part(tmp, "gating", gating)
+        ArmoModel.load(tmp)
+    return ArmoModel.load(output)
 
 
 @dataclass

@@ -15,7 +15,9 @@ from . import __version__
 from .backbones import auto_device
 from .console import show, table, warn
 from .features import Features, require_same_backbone
-from .io import ArmoError, dumps, load_artifact, save_artifact, write_text_atomic
+from .errors import ArmoError
+from .io import check_outputs, dumps, load_artifact, save_artifact, write_text_atomic
+from .options import opt, validate
 from .stats import pearson, spearman
 
 DEFAULT_ALPHAS = [10.0 ** e for e in range(-4, 5)]
@@ -23,20 +25,22 @@ DEFAULT_ALPHAS = [10.0 ** e for e in range(-4, 5)]
 
 @dataclass
 class RegressionConfig:
-    features: list[str] = field(default_factory=list)
-    output: str = "regression.safetensors"
-    alphas: list[float] = field(default_factory=lambda: list(DEFAULT_ALPHAS))
-    val_fraction: float = 0.2
-    seed: int = 0
-    refit: str = "all"  # "all": refit on every labelled row; "train": keep the train-only fit (paper)
-    intercept: bool = False
+    features: list[str] = opt(help="Extract outputs with ratings.", default_factory=list)
+    output: str = opt("regression.safetensors", "Regression artifact to write.")
+    alphas: list[float] = opt(help="Ridge strengths to choose from, per objective.", above=0.0,
+                              default_factory=lambda: list(DEFAULT_ALPHAS))
+    val_fraction: float = opt(0.2, "Share of rows held out to choose each strength.", above=0.0, below=1.0)
+    seed: int = opt(0, "Seed of the validation split.")
+    refit: str = opt("all", "all: refit on every labelled row; train: keep the train-only fit (paper).",
+                     choices=("all", "train"))
+    intercept: bool = opt(False, "Fit an intercept (the published model has none).")
     ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
-    length_objective: str | None = None
-    min_rows: int = 20
-    strict: bool = False
-    device: str | None = None
-    json: str | None = None
-    quiet: bool = False
+    length_objective: str | None = opt(None, "Add an objective from log response length, e.g. verbosity.")
+    min_rows: int = opt(20, "Fewest labelled rows for an objective.", min=1)
+    strict: bool = opt(False, "Fail instead of skipping objectives with too few rows.")
+    device: str | None = opt(None, "cuda, mps, cpu (default: best available).")
+    json: str | None = opt(None, "Write the report as JSON.")
+    quiet: bool = opt(False, "No progress bar or tables.")
 
 
 @dataclass
@@ -179,12 +183,10 @@ def unscale(r: torch.Tensor, scale: dict) -> torch.Tensor:
 
 def fit_regression(cfg: RegressionConfig) -> dict:
     """Run `armo fit-regression` and return its report."""
+    validate(cfg)
+    check_outputs(cfg.output, cfg.json, cfg.features)
     if not cfg.features:
         raise ArmoError("fit-regression: give at least one features file")
-    if cfg.refit not in ("all", "train"):
-        raise ArmoError("--refit: choose 'all' or 'train'")
-    if not 0 < cfg.val_fraction < 1:
-        raise ArmoError("--val-fraction: must be between 0 and 1")
     t0 = time.perf_counter()
     feats = [Features.load(p) for p in cfg.features]
     for f in feats[1:]:
@@ -278,7 +280,13 @@ class Regression:
     @classmethod
     def load(cls, path: str | Path) -> "Regression":
         t, m = load_artifact(path, "regression")
-        return cls(t["weight"], t["bias"], m)
+        w, b, objs = t["weight"], t["bias"], m["objectives"]
+        if w.ndim != 2 or w.shape[0] != len(objs) or tuple(b.shape) != (len(objs),):
+            raise ArmoError(f"{path}: damaged regression: weight {tuple(w.shape)} and bias {tuple(b.shape)} "
+                            f"do not fit {len(objs)} objectives")
+        if not isinstance(m["scales"], dict) or any(o not in m["scales"] for o in objs):
+            raise ArmoError(f"{path}: damaged regression: metadata field 'scales' does not cover every objective")
+        return cls(w, b, m)
 
     @property
     def objectives(self) -> list[str]:

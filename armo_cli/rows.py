@@ -6,10 +6,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from .io import ArmoError, iter_jsonl, sha256_json
+from .errors import ArmoError, one_line
+from .io import iter_jsonl, sha256_json
 
 Message = dict[str, str]
 ROLES = {"system", "user", "assistant", "tool"}
+ON_ERROR = ("error", "skip")
 
 
 @dataclass
@@ -32,6 +34,15 @@ class RowError(ArmoError):
     pass
 
 
+def _text(value: str, where: str, fieldname: str) -> str:
+    """A string that can be tokenised: JSON allows lone surrogates (\\ud800), UTF-8 does not."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RowError(f"{where}: field '{fieldname}': invalid Unicode (a lone surrogate)") from None
+    return value
+
+
 def _messages(value: Any, where: str, fieldname: str) -> list[Message]:
     if not isinstance(value, list) or not value:
         raise RowError(f"{where}: field '{fieldname}': expected a non-empty list of messages")
@@ -41,7 +52,7 @@ def _messages(value: Any, where: str, fieldname: str) -> list[Message]:
             raise RowError(f"{where}: field '{fieldname}[{i}]': expected {{'role': str, 'content': str}}")
         if m["role"] not in ROLES:
             raise RowError(f"{where}: field '{fieldname}[{i}].role': unknown role {m['role']!r}")
-        out.append({"role": m["role"], "content": m["content"]})
+        out.append({"role": m["role"], "content": _text(m["content"], where, f"{fieldname}[{i}].content")})
     return out
 
 
@@ -49,7 +60,7 @@ def _prompt(value: Any, where: str) -> list[Message]:
     if isinstance(value, str):
         if not value.strip():
             raise RowError(f"{where}: field 'prompt': empty")
-        return [{"role": "user", "content": value}]
+        return [{"role": "user", "content": _text(value, where, "prompt")}]
     msgs = _messages(value, where, "prompt")
     if msgs[-1]["role"] != "user":
         raise RowError(f"{where}: field 'prompt': the last message must be a user turn, found {msgs[-1]['role']!r}")
@@ -61,7 +72,7 @@ def _response(value: Any, where: str, fieldname: str) -> tuple[list[Message], st
 
     Returns (extra history to append to the prompt, response text)."""
     if isinstance(value, str):
-        text = value
+        text = _text(value, where, fieldname)
         extra: list[Message] = []
     elif isinstance(value, list):
         msgs = _messages(value, where, fieldname)
@@ -88,9 +99,13 @@ def _ratings(value: Any, where: str) -> dict[str, float]:
             continue
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise RowError(f"{where}: field 'ratings.{k}': not a number ({v!r})")
-        if not math.isfinite(float(v)):
-            continue
-        out[str(k)] = float(v)
+        try:
+            x = float(v)
+        except OverflowError:  # an integer too large for a float
+            x = math.inf
+        if not math.isfinite(x):
+            raise RowError(f"{where}: field 'ratings.{k}': not a finite number")
+        out[_text(str(k), where, "ratings")] = x
     return out
 
 
@@ -138,11 +153,15 @@ def parse_row(obj: Any, where: str) -> Example:
     rid = obj.get("id")
     if rid is None:
         rid = "h" + sha256_json([prompt, responses])[:16]
-    elif not isinstance(rid, (str, int)):
+    elif isinstance(rid, bool) or not isinstance(rid, (str, int)):
         raise RowError(f"{where}: field 'id': expected a string")
+    elif isinstance(rid, str):
+        _text(rid, where, "id")
     subset = obj.get("subset")
     if subset is not None and not isinstance(subset, str):
         raise RowError(f"{where}: field 'subset': expected a string")
+    if subset is not None:
+        _text(subset, where, "subset")
     return Example(id=str(rid), prompt=prompt, responses=responses, ratings=ratings, subset=subset)
 
 
@@ -163,10 +182,14 @@ class Source:
             import datasets
 
             p = Path(self.dataset)
-            if p.is_file():
-                ds = datasets.load_dataset("json", data_files=str(p), split=self.split)
-            else:
-                ds = datasets.load_dataset(self.dataset, split=self.split)
+            try:
+                if p.is_file():
+                    ds = datasets.load_dataset("json", data_files=str(p), split=self.split)
+                else:
+                    ds = datasets.load_dataset(self.dataset, split=self.split)
+            except Exception as e:  # datasets raises many types: not found, offline, bad split, bad file
+                raise ArmoError(f"--dataset {self.dataset}: could not load split {self.split!r} "
+                                f"({type(e).__name__}: {one_line(e)[:160]})") from None
             for i, row in enumerate(ds, 1):
                 yield i, row
         else:

@@ -2,19 +2,21 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from .io import ArmoError, dumps, iter_jsonl, write_text_atomic
+from .errors import ArmoError
+from .io import check_output_file, dumps, iter_jsonl, write_text_atomic
+from .options import opt, validate
 
 
 @dataclass
 class SampleConfig:
-    input: str = "-"
-    output: str = "-"
-    n: int | None = None
-    seed: int = 0
-    where: list[str] = field(default_factory=list)  # FIELD=PREFIX (any of them matches)
-    skip: int = 0  # drop the first SKIP rows of the shuffled order (disjoint slices with the same seed)
+    input: str = opt("-", "JSONL file (.gz ok) or '-'.")
+    output: str = opt("-", "Where to write the slice ('-': stdout).")
+    n: int | None = opt(None, "Rows to keep (default: all that match).", min=0)
+    seed: int = opt(0, "Seed of the shuffle.")
+    where: list[str] = opt(help="FIELD=PREFIX; rows matching any are kept (repeatable).", default_factory=list)
+    skip: int = opt(0, "Skip the first SKIP shuffled rows: disjoint slices with one seed.", min=0)
 
 
 def _match(obj: dict, where: list[tuple[str, str]]) -> bool:
@@ -23,6 +25,8 @@ def _match(obj: dict, where: list[tuple[str, str]]) -> bool:
 
 def sample(cfg: SampleConfig) -> int:
     """Write a seeded sample of the rows that match; returns how many rows were written."""
+    validate(cfg)
+    check_output_file(cfg.output, "--output", [cfg.input])
     where = []
     for w in cfg.where:
         if "=" not in w:

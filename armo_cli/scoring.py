@@ -1,6 +1,7 @@
 """`score` and `evaluate`: a trained model applied to features, explained, and measured."""
 from __future__ import annotations
 
+import math
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -10,18 +11,24 @@ from typing import Iterator
 import torch
 from rich.table import Table
 
-from .backbones import load_backbone
+from .backbones import DTYPES, load_backbone
 from .console import show, table
-from .features import ExtractConfig, Features, extract, require_same_backbone
-from .io import ArmoError, atomic_path, dumps, write_text_atomic
+from .features import OVERFLOW, ExtractConfig, Features, extract, require_same_backbone
+from .errors import ArmoError
+from .io import atomic_path, check_input_file, check_output_file, dumps, write_text_atomic, write_texts_atomic
 from .model import ArmoModel
+from .options import check_value, opt, validate
 from .regression import unscale
 from .rewardbench import section_scores
+from .rows import ON_ERROR
 from .stats import bootstrap_ci, spearman
 
 
 def parse_weights(spec: str, objectives: list[str]) -> torch.Tensor:
-    """'helpfulness=0.7,safety=0.3' -> a weight vector over the model's objectives."""
+    """'helpfulness=0.7,safety=0.3' -> a weight vector over the model's objectives.
+
+    Weights must be finite; a negative weight penalises its objective (steering away from it);
+    objectives not named get 0; all-zero weights are refused (every score would be 0, every pair a tie)."""
     w = torch.zeros(len(objectives))
     for part in spec.split(","):
         if not part.strip():
@@ -33,9 +40,14 @@ def parse_weights(spec: str, objectives: list[str]) -> torch.Tensor:
         if name not in objectives:
             raise ArmoError(f"--weights: unknown objective {name!r} (the model has: {', '.join(objectives)})")
         try:
-            w[objectives.index(name)] = float(val)
+            x = float(val)
         except ValueError:
             raise ArmoError(f"--weights: {name}: not a number ({val!r})") from None
+        if not math.isfinite(x):
+            raise ArmoError(f"--weights: {name}: must be a finite number ({val.strip()!r})")
+        w[objectives.index(name)] = x
+    if not bool(w.any()):
+        raise ArmoError("--weights: every weight is zero; name at least one objective with a non-zero weight")
     return w
 
 
@@ -43,26 +55,52 @@ def parse_weights(spec: str, objectives: list[str]) -> torch.Tensor:
 class ModelInputConfig:
     """What `score` and `evaluate` share: a model, rows or features, and how to run the backbone."""
 
-    input: str | None = None
-    model: str | None = None  # None: the shipped default model
-    features: str | None = None
-    weights: str | None = None
-    objective: str | None = None
-    backbone: str | None = None  # override the manifest's backbone location
-    device: str | None = None
-    dtype: str | None = None
-    max_length: int | None = None
-    overflow: str = "error"
-    on_error: str = "error"
-    batch_tokens: int | None = None
-    quiet: bool = False
+    input: str | None = opt(None, "JSONL rows (any extract shape) or '-'.")
+    model: str | None = opt(None, "Model directory (default: the shipped model).")
+    features: str | None = opt(None, "Score extracted features instead of INPUT.")
+    weights: str | None = opt(None, "NAME=W,... fixed weights instead of the gate (finite; negative penalises).")
+    objective: str | None = opt(None, "Use one (decorrelated) objective as the score.")
+    backbone: str | None = opt(None, "Override where the model's backbone is loaded from.")
+    device: str | None = opt(None, "cuda, mps, cpu (default: best available).")
+    dtype: str | None = opt(None, "bf16, fp16, fp32 (default: bf16 on CUDA, else fp32).", choices=(*DTYPES, "auto"))
+    max_length: int | None = opt(None, "Longest prompt+response in tokens (default: the backbone's maximum positions).", min=1)
+    overflow: str = opt("error", "Over the length limit: error | skip | truncate-prompt.", choices=OVERFLOW)
+    on_error: str = opt("error", "Bad rows: error | skip (listed on stderr).", choices=ON_ERROR)
+    batch_tokens: int | None = opt(None, "Token budget per batch.", min=1)
+    quiet: bool = opt(False, "No progress bar or tables.")
 
 
 @dataclass
 class ScoreConfig(ModelInputConfig):
-    output: str = "-"
-    format: str = "jsonl"  # jsonl | table
-    top_k: int = 3
+    output: str = opt("-", "Where to write the scores ('-': stdout).")
+    format: str = opt("jsonl", "jsonl | table (default: table on a terminal).", choices=("jsonl", "table"))
+    top_k: int = opt(3, "Objectives listed in top_objectives.", min=1)
+
+
+def check_inputs(cfg: ModelInputConfig, outputs: dict[str, str | None]) -> None:
+    """Before any work: options in range, exactly one of INPUT and --features, outputs writable."""
+    validate(cfg)
+    if cfg.features and cfg.input is not None:
+        raise ArmoError("give INPUT or --features, not both")
+    if cfg.features is None and cfg.input is None:
+        raise ArmoError("give INPUT (JSONL or -) or --features FILE")
+    for src in (cfg.input, cfg.features):
+        if src is not None and src != "-":
+            check_input_file(src)
+    named = [p for p in outputs.values() if p is not None and p != "-"]
+    if len(set(map(str, named))) != len(named):
+        raise ArmoError(f"{' and '.join(o for o, p in outputs.items() if p)}: give each output its own path")
+    for option, path in outputs.items():
+        check_output_file(path, option, [cfg.input, cfg.features, cfg.model])
+
+
+def check_finite_scores(scores: torch.Tensor, ids: list[str]) -> None:
+    """A NaN score is an error, never a null in the output or a margin in an accuracy."""
+    bad = ~torch.isfinite(scores.reshape(scores.shape[0], -1)).all(-1)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        raise ArmoError(f"row {ids[i]!r}: the model's score is not finite (NaN or inf); "
+                        f"{int(bad.sum())} rows affected")
 
 
 def features_for(model: ArmoModel, cfg: ModelInputConfig) -> Features:
@@ -72,8 +110,6 @@ def features_for(model: ArmoModel, cfg: ModelInputConfig) -> Features:
         f = Features.load(features)
         require_same_backbone(model.backbone, f.backbone, str(model.path), features)
         return f
-    if input is None:
-        raise ArmoError("give INPUT (JSONL or -) or --features FILE")
     bb = load_backbone(backbone or model.backbone["name"], cfg.device, cfg.dtype)
     require_same_backbone(model.backbone, bb.info(), str(model.path), f"--backbone {backbone or model.backbone['name']}")
     with tempfile.TemporaryDirectory(prefix="armo-score-") as tmp:
@@ -105,6 +141,7 @@ def score_records(model: ArmoModel, feats: Features, weights: torch.Tensor | Non
     if not feats.pair:
         R = R[:, None]
     ex = model.explain(P, R, weights)
+    check_finite_scores(ex["score"], feats.ids)
     orig = torch.stack([unscale(ex["rewards"][..., j], scales[o]) for j, o in enumerate(objs)], dim=-1)
     for i, rid in enumerate(feats.ids):
         coef = ex["coefficients"][i]
@@ -159,8 +196,7 @@ def render_table(rec: dict) -> Table:
 
 def score(cfg: ScoreConfig) -> int:
     """Run `armo score`; returns the number of rows written."""
-    if cfg.format not in ("jsonl", "table"):
-        raise ArmoError("--format: choose 'jsonl' or 'table'")
+    check_inputs(cfg, {"--output": cfg.output})
     model = ArmoModel.load(cfg.model)
     w = _weights(cfg.weights, cfg.objective, model.objectives)
     feats = features_for(model, cfg)
@@ -183,19 +219,21 @@ def score(cfg: ScoreConfig) -> int:
 
 
 # --- evaluate -----------------------------------------------------------------------------------
+TIES = ("loss", "half")
+
+
 @dataclass
 class EvaluateConfig(ModelInputConfig):
-    ties: str = "loss"  # loss | half
-    output: str | None = None
-    pairs_output: str | None = None
-    bootstrap: int = 1000
-    seed: int = 0
+    ties: str = opt("loss", "loss (RewardBench: chosen must score higher) or half.", choices=TIES)
+    output: str | None = opt(None, "Write the report as JSON (report.json).")
+    pairs_output: str | None = opt(None, "Per-pair scores as JSONL.")
+    bootstrap: int = opt(1000, "Bootstrap resamples for the 95% intervals.", min=1)
+    seed: int = opt(0, "Seed of the bootstrap.")
 
 
 def pair_outcomes(margin: torch.Tensor, ties: str) -> torch.Tensor:
     """1 for a win (chosen > rejected), 0 for a loss, a tie as 0 ('loss') or 0.5 ('half')."""
-    if ties not in ("loss", "half"):
-        raise ArmoError("--ties: choose 'loss' or 'half'")
+    check_value("--ties", ties, {"choices": TIES})
     out = (margin > 0).double()
     if ties == "half":
         out[margin == 0] = 0.5
@@ -245,17 +283,19 @@ def evaluate_scores(scores: torch.Tensor, subsets: list[str], lengths: torch.Ten
 
 def evaluate(cfg: EvaluateConfig) -> dict:
     """Run `armo evaluate` and return its report."""
-    pair_outcomes(torch.zeros(1), cfg.ties)  # validate --ties before any compute
+    check_inputs(cfg, {"--output": cfg.output, "--pairs-output": cfg.pairs_output})
     model = ArmoModel.load(cfg.model)
     w = _weights(cfg.weights, cfg.objective, model.objectives)
     feats = features_for(model, cfg)
     if not feats.pair:
         raise ArmoError(f"{cfg.features or cfg.input}: evaluate needs pairs (rows with 'chosen' and 'rejected')")
     ex = model.explain(feats.tensors["prompt_features"], feats.tensors["response_features"], w)
+    check_finite_scores(ex["score"], feats.ids)
     subsets = feats.meta.get("subsets") or ["all"] * len(feats.ids)
     subsets = [s if s is not None else "all" for s in subsets]
     report = evaluate_scores(ex["score"], subsets, feats.tensors["response_lengths"], cfg.ties, cfg.bootstrap, cfg.seed)
     report = {"model": str(model.path), **report}
+    texts: dict[str, str] = {}
     if cfg.pairs_output:
         lines = []
         for i, rid in enumerate(feats.ids):
@@ -264,9 +304,10 @@ def evaluate(cfg: EvaluateConfig) -> dict:
                                 "margin": float(s[0] - s[1]),
                                 "chosen_length": int(feats.tensors["response_lengths"][i, 0]),
                                 "rejected_length": int(feats.tensors["response_lengths"][i, 1])}) + "\n")
-        write_text_atomic(cfg.pairs_output, "".join(lines))
+        texts[cfg.pairs_output] = "".join(lines)
     if cfg.output:
-        write_text_atomic(cfg.output, dumps(report, indent=2) + "\n")
+        texts[cfg.output] = dumps(report, indent=2) + "\n"
+    write_texts_atomic(texts)  # the report and the per-pair file succeed or fail together
     rows = [[k, v["n"], v["accuracy"], f"[{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]", v["ties"]] for k, v in report["subsets"].items()]
     show(table(f"evaluate: {report['n']} pairs, ties counted as {cfg.ties}", ["subset", "n", "accuracy", "95% CI", "ties"], rows), cfg.quiet)
     if report["sections"]:

@@ -155,3 +155,8 @@ def tiny_model(tiny_backbone, tmp_path_factory):
     cli("fit-gating", d / "p.st", "-r", d / "reg.st", "-t", d / "dec.st", "-o", d / "gate.st", "--model-dir", m,
         "--hidden-dim", "16", "--steps", "30", "-q")
     return d
+
+
+def unit_scales(objectives: list[str]) -> dict:
+    """Regression scales that leave rewards as they are (what a fake regression artifact needs)."""
+    return {o: {"lo": 0.0, "hi": 1.0, "transform": "linear", "declared": False} for o in objectives}

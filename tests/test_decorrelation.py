@@ -9,6 +9,7 @@ from armo_cli.decorrelation import Decorrelation, solve_lambda, transform_matrix
 from armo_cli.io import save_artifact
 from armo_cli.stats import pearson, rankdata, spearman
 
+from conftest import unit_scales
 from test_regression import fake_features
 
 runner = CliRunner()
@@ -72,7 +73,7 @@ def test_cli_end_to_end_and_errors(tmp_path):
     W = torch.randn(3, d, generator=g)
     save_artifact(tmp_path / "reg.safetensors", {"weight": W, "bias": torch.zeros(3)},
                   {"kind": "regression", "objectives": ["help", "safe", "verbosity"],
-                   "scales": {}, "backbone": {"name": "b1", "fingerprint": "b1", "hidden_size": d},
+                   "scales": unit_scales(["help", "safe", "verbosity"]), "backbone": {"name": "b1", "fingerprint": "b1", "hidden_size": d},
                    "hidden_size": d, "gate_rule": "generation-prompt"})
     f = fake_features(tmp_path / "ref.safetensors", X, None, [])
     out = tmp_path / "dec.safetensors"

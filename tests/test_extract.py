@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from armo_cli.backbones import load_backbone
 from armo_cli.cli import app
 from armo_cli.features import ExtractConfig, Features, Renderer, encode_trees, extract, forward_trees, merge_features
-from armo_cli.io import ArmoError
+from armo_cli.errors import ArmoError
 from armo_cli.rows import Source, iter_examples, parse_row
 
 from conftest import pair_rows, rating_rows, write_jsonl
@@ -138,7 +138,7 @@ def test_shards_merge_to_the_single_run(bb, tmp_path):
     a, b = Features.load(single), Features.load(merged)
     assert a.ids == b.ids
     assert torch.allclose(a.tensors["response_features"], b.tensors["response_features"], atol=1e-5)
-    with pytest.raises(ArmoError, match="overlap"):
+    with pytest.raises(ArmoError, match="shard 0 of 2 is given twice"):
         merge_features([shards[0], shards[0]], tmp_path / "dup.safetensors")
 
 

@@ -4,6 +4,8 @@ import pytest
 from armo_cli.gating import Gate, GatingConfig, fit_gating
 from armo_cli.io import save_artifact
 
+from conftest import unit_scales
+
 
 def write_parts(tmp_path, P, R, W, objectives, T=None, ids=None):
     n, d = P.shape
@@ -15,7 +17,7 @@ def write_parts(tmp_path, P, R, W, objectives, T=None, ids=None):
                   {"kind": "features", "ids": ids, "prompt_hashes": ids, "subsets": None, "objectives": [], "pair": True,
                    "backbone": bb, "gate_rule": "generation-prompt", "input_hash": "h", "settings_key": "s", "report": {}})
     save_artifact(tmp_path / "reg.safetensors", {"weight": W, "bias": torch.zeros(W.shape[0])},
-                  {"kind": "regression", "objectives": objectives, "scales": {}, "backbone": bb, "hidden_size": d,
+                  {"kind": "regression", "objectives": objectives, "scales": unit_scales(objectives), "backbone": bb, "hidden_size": d,
                    "gate_rule": "generation-prompt"})
     if T is not None:
         from armo_cli.decorrelation import regression_hash

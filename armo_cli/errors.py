@@ -1,0 +1,36 @@
+"""armo's error contract, in a module without torch so that every layer (and `armo --help`) can import it.
+
+- ArmoError: bad input or a bad option value. One line, naming file, line and field where there is one;
+  exit code 2; nothing partial is left behind.
+- OSError from the world (permissions, a full disk, a missing folder): one line, exit code 1.
+- Anything else is a bug in armo: a short message asking for a report; exit code 3; the traceback only
+  with --debug or ARMO_DEBUG=1.
+"""
+from __future__ import annotations
+
+import os
+
+EXIT_BAD_INPUT = 2
+EXIT_ENVIRONMENT = 1
+EXIT_INTERNAL = 3
+EXIT_INTERRUPTED = 130
+
+
+class ArmoError(Exception):
+    """A user-facing error: printed as one line, exit code 2."""
+
+
+def debug_enabled() -> bool:
+    return os.environ.get("ARMO_DEBUG", "") not in ("", "0")
+
+
+def one_line(msg: object) -> str:
+    """An error message folded onto one line (exception texts from libraries can span several)."""
+    return " ".join(str(msg).split())
+
+
+def environment_message(e: OSError) -> str:
+    """'PATH: reason' for an OSError, as the shell would say it."""
+    where = e.filename if e.filename is not None else ""
+    reason = e.strerror or type(e).__name__
+    return one_line(f"{where}: {reason}" if where else reason)
