@@ -436,21 +436,38 @@ def version():
     print(__version__)
 
 
+def _click_exceptions() -> tuple[tuple, tuple, tuple]:
+    """(usage errors, other click errors, aborts) of click and of the click that newer Typer vendors."""
+    import click.exceptions as ce
+
+    mods = [ce]
+    try:
+        from typer._click import exceptions as te  # typer >= 0.20 ships its own copy of click
+
+        mods.append(te)
+    except ImportError:
+        pass
+    return (tuple(m.UsageError for m in mods), tuple(m.ClickException for m in mods),
+            tuple(m.Abort for m in mods if hasattr(m, "Abort")))
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     """The `armo` entry point: Typer's usage errors are one line with exit 2, like armo's own."""
-    import click
-
+    usage, other, abort = _click_exceptions()
     try:
         rc = app(args=argv, prog_name="armo", standalone_mode=False)
-    except click.exceptions.UsageError as e:
+    except usage as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # plain `armo`: the help, as Typer shows it
+            e.show()
+            sys.exit(EXIT_BAD_INPUT)
         where = e.ctx.command_path if e.ctx is not None else "armo"
         console.print(f"[red]error:[/red] {where}: {one_line(e.format_message())} (see {where} --help)",
                       highlight=False, soft_wrap=True)
         sys.exit(EXIT_BAD_INPUT)
-    except click.exceptions.ClickException as e:
+    except other as e:
         console.print(f"[red]error:[/red] {one_line(e.format_message())}", highlight=False, soft_wrap=True)
         sys.exit(EXIT_BAD_INPUT)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (*abort, KeyboardInterrupt):
         console.print("[yellow]interrupted[/yellow]", highlight=False)
         sys.exit(EXIT_INTERRUPTED)
     sys.exit(rc if isinstance(rc, int) else 0)

@@ -193,7 +193,7 @@ class Source:
             for i, row in enumerate(ds, 1):
                 yield i, row
         else:
-            yield from iter_jsonl(self.path)
+            yield from iter_jsonl(self.path, self.name)
 
 
 @dataclass

@@ -1,0 +1,232 @@
+"""Nothing lost, nothing silently wrong: folders armo did not write survive, a second writer of the same
+output is refused, chunks of another input are never reused, and merges are complete or refused."""
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from armo_cli.backbones import load_backbone
+from armo_cli.errors import ArmoError
+from armo_cli.features import ExtractConfig, Features, extract, merge_features
+from armo_cli.io import output_lock
+
+from conftest import pair_rows, write_jsonl
+from test_bad_input import armo
+
+
+@pytest.fixture(scope="module")
+def bb(tiny_backbone):
+    return load_backbone(str(tiny_backbone), device="cpu", dtype="fp32")
+
+
+def _extract(bb, inp, out, after_chunk=None, **kw):
+    return extract(ExtractConfig(input=str(inp), output=str(out), backbone="x", quiet=True, **kw), backbone=bb,
+                   after_chunk=after_chunk)
+
+
+def _users_folder(path):
+    path.mkdir()
+    (path / "thesis.txt").write_text("years of work")
+    return path
+
+
+# --- folders: export, import, assemble, --model-dir --------------------------------------------------------
+def test_export_never_deletes_a_users_folder(tiny_model, tmp_path, monkeypatch):
+    model = tiny_model / "model"
+    mine = _users_folder(tmp_path / "mine")
+    r = armo("export", "-m", model, mine)
+    assert r.code == 2 and "not empty" in r.stderr and "--force" in r.stderr
+    assert (mine / "thesis.txt").read_text() == "years of work" and sorted(os.listdir(mine)) == ["thesis.txt"]
+    # the model itself, and the current folder, are refused even with --force
+    before = sorted(os.listdir(model))
+    r = armo("export", "-m", model, model, "--force")
+    assert r.code == 2 and "would replace the input" in r.stderr
+    assert sorted(os.listdir(model)) == before
+    monkeypatch.chdir(mine)
+    r = armo("export", "-m", model, ".", "--force")
+    assert r.code == 2 and "current folder" in r.stderr
+    assert sorted(os.listdir(mine)) == ["thesis.txt"]
+
+
+def test_export_replaces_an_earlier_export_and_force_replaces_a_foreign_folder(tiny_model, tmp_path):
+    model = tiny_model / "model"
+    out = tmp_path / "hf"
+    assert armo("export", "-m", model, out).code == 0
+    (out / "stale.txt").write_text("from the earlier export")
+    assert armo("export", "-m", model, out).code == 0  # an earlier export is replaced whole
+    assert not (out / "stale.txt").exists() and (out / "model.safetensors").exists()
+    # normal permissions: folder 0777 & ~umask, files 0666 & ~umask (never mkdtemp's 0700 / mkstemp's 0600)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask
+    assert stat.S_IMODE((out / "config.json").stat().st_mode) == 0o666 & ~umask
+    mine = _users_folder(tmp_path / "mine")
+    assert armo("export", "-m", model, mine, "--force").code == 0
+    assert not (mine / "thesis.txt").exists() and (mine / "config.json").exists()
+    # nothing left beside the outputs (no .new-/.old- folders)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "mine"]
+
+
+def test_import_and_assemble_never_replace_a_users_folder(tiny_model, tmp_path):
+    d = tiny_model
+    hf = tmp_path / "hf"
+    assert armo("export", "-m", d / "model", hf).code == 0
+    for cmd in (["import", hf, "-o"], ["assemble", "-r", d / "reg.st", "-g", d / "gate.st", "-t", d / "dec.st"]):
+        mine = _users_folder(tmp_path / "mine")
+        args = [*cmd, mine] if cmd[0] == "import" else [cmd[0], mine, *cmd[1:]]
+        r = armo(*args)
+        assert r.code == 2 and "not empty" in r.stderr, r.stderr
+        assert sorted(os.listdir(mine)) == ["thesis.txt"]
+        # an armo model directory is replaced atomically; --force replaces a foreign folder
+        assert armo(*args, "--force").code == 0
+        assert (mine / "armo.json").exists() and not (mine / "thesis.txt").exists()
+        assert armo(*args).code == 0  # now it is an armo model directory: replaced without --force
+        import shutil
+
+        shutil.rmtree(mine)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
+
+
+def test_model_dir_refuses_a_users_folder_before_fitting(tiny_model, tmp_path):
+    d = tiny_model
+    mine = _users_folder(tmp_path / "mine")
+    r = armo("fit-gating", d / "p.st", "-r", d / "reg.st", "-o", tmp_path / "g.st", "--steps", "2", "--model-dir", mine, "-q")
+    assert r.code == 2 and "not empty" in r.stderr
+    assert not (tmp_path / "g.st").exists()  # refused before the fit, not after
+    assert sorted(os.listdir(mine)) == ["thesis.txt"]
+
+
+def test_a_failed_assemble_leaves_the_earlier_model_untouched(tiny_model, tmp_path):
+    d = tiny_model
+    out = tmp_path / "m"
+    assert armo("assemble", out, "-r", d / "reg.st", "-g", d / "gate.st", "-t", d / "dec.st").code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    # a gate trained on this regression, with a transform that is not its own: refused, old model intact
+    r = armo("assemble", out, "-r", d / "reg.st", "-g", d / "gate.st")
+    assert r.code == 2 and "another decorrelation transform" in r.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+# --- one writer per output ----------------------------------------------------------------------------------
+def test_a_concurrent_second_writer_is_refused_and_the_first_output_is_its_own(bb, tiny_backbone, tmp_path):
+    a = write_jsonl(tmp_path / "a.jsonl", pair_rows(9, seed=1))
+    b = write_jsonl(tmp_path / "b.jsonl", [{**r, "id": "b-" + r["id"]} for r in pair_rows(9, seed=2)])
+    out = tmp_path / "o.st"
+    seen = []
+
+    def second_writer(chunk: int) -> None:
+        if chunk == 0:  # while the first job is running, a second job with another input wants the same -o
+            seen.append(armo("extract", b, "-o", out, "-b", tiny_backbone, "--device", "cpu", "-q", "--chunk-size", "3"))
+
+    _extract(bb, a, out, chunk_size=3, after_chunk=second_writer)
+    assert len(seen) == 1 and seen[0].code == 2
+    assert f"pid {os.getpid()}" in seen[0].stderr and "another armo process" in seen[0].stderr
+    assert Features.load(out).ids == [f"p{i}" for i in range(9)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl", "b.jsonl", "o.st"]  # lock and parts gone
+
+
+def test_a_lock_held_by_another_process_refuses_at_once(bb, tmp_path):
+    out = tmp_path / "o.st"
+    code = ("import sys, time; from armo_cli.io import output_lock\n"
+            "with output_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)\n")
+    p = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "held"
+        with pytest.raises(ArmoError, match=rf"another armo process \(pid {p.pid}\)"):
+            _extract(bb, write_jsonl(tmp_path / "a.jsonl", pair_rows(3)), out)
+        assert not out.exists() and not (tmp_path / "o.st.parts").exists()
+    finally:
+        p.kill()
+        p.wait()
+    # the holder died without cleaning up: its lock file is stale and is taken over
+    assert (tmp_path / "o.st.lock").exists()
+    _extract(bb, tmp_path / "a.jsonl", out)
+    assert Features.load(out).ids == ["p0", "p1", "p2"] and not (tmp_path / "o.st.lock").exists()
+
+
+def test_output_lock_is_exclusive_within_one_process_too(tmp_path):
+    with output_lock(tmp_path / "x"):
+        with pytest.raises(ArmoError, match="another armo process"):
+            with output_lock(tmp_path / "x"):
+                pass
+    with output_lock(tmp_path / "x"):  # released on exit
+        pass
+
+
+def test_chunks_of_another_input_are_never_reused(bb, tmp_path):
+    rows = pair_rows(9, seed=4)
+    a = write_jsonl(tmp_path / "a.jsonl", rows)
+    out = tmp_path / "o.st"
+
+    def stop(chunk: int) -> None:
+        if chunk == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _extract(bb, a, out, chunk_size=3, after_chunk=stop)
+    assert len(list((tmp_path / "o.st.parts").glob("chunk-*"))) == 2
+    # another input whose first rows are the very same: the finished chunks are not its own
+    b = write_jsonl(tmp_path / "b.jsonl", rows + [{**rows[0], "id": "extra"}])
+    rep = _extract(bb, b, out, chunk_size=3, resume=True)
+    assert rep.chunks_reused == 0 and rep.chunks_computed == 4
+    assert Features.load(out).ids == [r["id"] for r in rows] + ["extra"]
+
+
+def test_a_failed_first_chunk_leaves_no_parts_folder(bb, tmp_path):
+    out = tmp_path / "o.st"
+
+    import armo_cli.features as features
+
+    orig = features.save_artifact
+
+    def failing_save(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    features.save_artifact = failing_save
+    try:
+        with pytest.raises(OSError):
+            _extract(bb, write_jsonl(tmp_path / "a.jsonl", pair_rows(4)), out, chunk_size=2)
+    finally:
+        features.save_artifact = orig
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl"]
+
+
+# --- complete merges ----------------------------------------------------------------------------------------
+def test_merge_refuses_partial_and_mixed_shard_sets(bb, tmp_path):
+    inp = write_jsonl(tmp_path / "p.jsonl", pair_rows(13))
+    other = write_jsonl(tmp_path / "q.jsonl", pair_rows(13, seed=5))
+    shards = []
+    for i in range(3):
+        _extract(bb, inp, tmp_path / f"s{i}.st", chunk_size=2, num_shards=3, shard_index=i)
+        shards.append(tmp_path / f"s{i}.st")
+    _extract(bb, other, tmp_path / "x1.st", chunk_size=2, num_shards=3, shard_index=1)
+    _extract(bb, inp, tmp_path / "c1.st", chunk_size=3, num_shards=3, shard_index=1)  # other chunking
+    with pytest.raises(ArmoError, match=r"merge: 1 of 3 shards missing \(indices 2\)"):
+        merge_features(shards[:2], tmp_path / "m.st")
+    with pytest.raises(ArmoError, match=r"x1\.st: a shard of another extract job .*differs in input_hash"):
+        merge_features([shards[0], tmp_path / "x1.st", shards[2]], tmp_path / "m.st")
+    with pytest.raises(ArmoError, match=r"c1\.st: a shard of another extract job .*differs in chunk_size"):
+        merge_features([shards[0], tmp_path / "c1.st", shards[2]], tmp_path / "m.st")
+    assert not (tmp_path / "m.st").exists()
+    # the CLI says the same, in one line, and writes nothing
+    r = armo("merge", shards[0], shards[1], "-o", tmp_path / "m.st")
+    assert r.code == 2 and "1 of 3 shards missing (indices 2)" in r.stderr and not (tmp_path / "m.st").exists()
+    # --allow-partial merges what is there and lists what is missing
+    r = armo("merge", shards[0], shards[2], "-o", tmp_path / "m.st", "--allow-partial")
+    assert r.code == 0, r.stderr
+    assert "merged 2 of 3 shards" in r.stderr and "missing shards: 1" in r.stderr
+    f = Features.load(tmp_path / "m.st")
+    assert f.meta["missing_shards"] == [1]
+    kept = Features.load(shards[0]).ids + Features.load(shards[2]).ids
+    assert f.ids == sorted(kept, key=lambda i: int(i[1:]))
+    # the whole set merges, in the original order
+    r = armo("merge", *reversed(shards), "-o", tmp_path / "all.st")
+    assert r.code == 0 and "merged 3 of 3 shards" in r.stderr
+    assert Features.load(tmp_path / "all.st").ids == [f"p{i}" for i in range(13)]
+    assert torch.equal(Features.load(tmp_path / "all.st").tensors["row_index"], torch.arange(1, 14))
