@@ -64,7 +64,19 @@ def cache_root() -> Path:
 
 def auto_device(device: str | None = None) -> torch.device:
     if device and device != "auto":
-        return torch.device(device)
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, ValueError):
+            raise ArmoError(f"--device {device}: expected cpu, cuda, cuda:N or mps") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ArmoError(f"--device {device}: CUDA is not available on this machine")
+        if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ArmoError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA devices")
+        if dev.type == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+            raise ArmoError(f"--device {device}: MPS is not available on this machine")
+        if dev.type not in ("cpu", "cuda", "mps"):
+            raise ArmoError(f"--device {device}: expected cpu, cuda, cuda:N or mps")
+        return dev
     if torch.cuda.is_available():
         if "LOCAL_RANK" in os.environ:
             return torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
@@ -218,7 +230,10 @@ def load_backbone(spec: str, device: str | None = None, dtype: str | None = None
         model = AutoModel.from_pretrained(load_from, dtype=dt, attn_implementation=attn_implementation)
     except Exception as e:
         raise ArmoError(f"--backbone {spec}: could not load the model ({type(e).__name__}: {e})".splitlines()[0]) from None
-    tok = AutoTokenizer.from_pretrained(load_from)
+    try:
+        tok = AutoTokenizer.from_pretrained(load_from)
+    except Exception as e:
+        raise ArmoError(f"--backbone {spec}: could not load the tokenizer ({type(e).__name__}: {e})".splitlines()[0]) from None
     if getattr(tok, "chat_template", None) is None:
         raise ArmoError(f"--backbone {spec}: its tokenizer has no chat template")
     model.eval().requires_grad_(False).to(dev)

@@ -625,6 +625,16 @@ class Features:
     @classmethod
     def load(cls, path: str | Path) -> "Features":
         t, m = load_artifact(path, "features")
+        n, pair = len(m["ids"]), bool(m["pair"])
+        P, R = t["prompt_features"], t["response_features"]
+        if P.ndim != 2 or R.ndim != (3 if pair else 2) or (pair and R.shape[1] != 2) or R.shape[-1] != P.shape[-1]:
+            raise ArmoError(f"{path}: damaged features: prompt {tuple(P.shape)} and response {tuple(R.shape)} features "
+                            f"do not fit {'pairs' if pair else 'single responses'}")
+        for k, v in t.items():
+            if v.shape[0] != n:
+                raise ArmoError(f"{path}: damaged features: tensor '{k}' has {v.shape[0]} rows for {n} ids")
+        if "labels" in t and t["labels"].shape[1:] != (len(m["objectives"]),):
+            raise ArmoError(f"{path}: damaged features: labels {tuple(t['labels'].shape)} for {len(m['objectives'])} objectives")
         return cls(str(path), t, m)
 
     @property

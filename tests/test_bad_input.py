@@ -72,11 +72,11 @@ MANY = "".join(json.dumps({**GOOD, "id": f"r{i}"}) + "\n" for i in range(200))
 
 
 def fake_features(path: Path, meta_drop: str | None = None, nan: bool = False, job: bool = True, shard=(0, 1),
-                  job_id: str = "j", rows: int = 4) -> Path:
+                  job_id: str = "j", rows: int = 4, ids: int | None = None) -> Path:
     X = torch.randn(rows, 32)
     if nan:
         X[1, 3] = float("nan")
-    meta = {"kind": "features", "ids": [f"i{i}" for i in range(rows)], "subsets": None, "objectives": [], "pair": False,
+    meta = {"kind": "features", "ids": [f"i{i}" for i in range(rows if ids is None else ids)], "subsets": None, "objectives": [], "pair": False,
             "backbone": {"name": "b", "fingerprint": "b", "hidden_size": 32}, "gate_rule": "generation-prompt",
             "input_hash": "h", "settings_key": "s", "report": {}, "prompt_hashes": ["p"] * rows,
             "shard": list(shard)}
@@ -156,6 +156,10 @@ CASES: dict[str, Case] = {
                                   2, r"--max-padding 1.5: must be at most 1"),
     "extract --batch-tokens 0": (lambda c: (c.extract(c.jsonl("in.jsonl", [GOOD]), "-o", c.tmp / "o.st", "--batch-tokens", "0"), None),
                                  2, r"--batch-tokens 0: must be at least 1"),
+    "extract --device gpu": (lambda c: (["extract", c.jsonl("in.jsonl", [GOOD]), "-o", c.tmp / "o.st", "-b", c.backbone, "--device", "gpu"], None),
+                             2, r"--device gpu: expected cpu, cuda, cuda:N or mps"),
+    "extract --device cuda without CUDA": (lambda c: (["extract", c.jsonl("in.jsonl", [GOOD]), "-o", c.tmp / "o.st", "-b", c.backbone, "--device", "cuda"], None),
+                                           2, r"--device cuda: CUDA is not available"),
     "extract --dtype fp8": (lambda c: (c.extract(c.jsonl("in.jsonl", [GOOD]), "-o", c.tmp / "o.st", "--dtype", "fp8"), None),
                             2, r"--dtype fp8: choose from"),
     "extract -o -": (lambda c: (c.extract(c.jsonl("in.jsonl", [GOOD]), "-o", "-"), None), 2, r"--output -: .*cannot go to stdout"),
@@ -186,6 +190,8 @@ CASES: dict[str, Case] = {
                               2, r"f\.st: tensor 'prompt_features' holds 1 non-finite values"),
     "score features with partial metadata": (lambda c: (["score", "-m", c.model, "--features", fake_features(c.tmp / "f.st", meta_drop="ids"), "-o", c.tmp / "s.jsonl"], None),
                                              2, r"f\.st: incomplete 'features' artifact: metadata field 'ids' is missing"),
+    "score features with too few ids": (lambda c: (["score", "-m", c.model, "--features", fake_features(c.tmp / "f.st", rows=4, ids=3)], None),
+                                        2, r"f\.st: damaged features: tensor '\w+' has 4 rows for 3 ids"),
     "score features not safetensors": (lambda c: (["score", "-m", c.model, "--features", c.jsonl("f.st", [GOOD])], None),
                                        2, r"f\.st: not a readable safetensors file"),
     "score armo.json not an object": (lambda c: (["score", "-m", bad_model(c, "[1, 2]"), "--features", c.ratings], None),
@@ -282,6 +288,8 @@ def test_there_are_enough_cases():
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_is_one_line_and_leaves_nothing(name, built, tmp_path, monkeypatch):
+    if "without CUDA" in name and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
