@@ -13,10 +13,11 @@ import torch
 
 from . import __version__
 from .console import show, table
-from .features import Features, require_same_backbone
+from .features import Features
 from .errors import ArmoError
 from .io import check_outputs, dumps, load_artifact, save_artifact, sha256_json, write_text_atomic
 from .options import opt, validate
+from .provenance import require_compatible
 from .regression import Regression
 from .stats import pearson, spearman
 
@@ -118,7 +119,7 @@ def fit_decorrelation(cfg: DecorrelationConfig) -> dict:
         raise ArmoError("fit-decorrelation: give at least one reference features file")
     feats = [Features.load(p) for p in cfg.features]
     for f in feats:
-        require_same_backbone(reg.meta["backbone"], f.backbone, cfg.regression, f.path)
+        require_compatible(reg.meaning, f.meaning(prompt=False), cfg.regression, f.path)
     R = torch.cat([reg.rewards(f.responses()) for f in feats])
     if R.shape[0] < cfg.min_rows:
         raise ArmoError(f"reference set: {R.shape[0]} responses, need at least {cfg.min_rows}")
@@ -144,6 +145,7 @@ def fit_decorrelation(cfg: DecorrelationConfig) -> dict:
         "kind": "decorrelation", "armo_version": __version__, "objectives": reg.objectives, "verbosity": cfg.verbosity,
         "method": cfg.method, "tolerance": cfg.tolerance, "lambda_range": cfg.lambda_range, "objectives_report": rows,
         "reference_hash": ref_hash, "reference_rows": R.shape[0], "backbone": reg.meta["backbone"],
+        "feature_meaning": reg.meaning.to_json(),
         "regression_hash": regression_hash(reg),
     }
     save_artifact(cfg.output, {"transform": T, "lambdas": lambdas}, report)

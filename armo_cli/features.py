@@ -22,6 +22,7 @@ from .errors import ArmoError
 from .io import (check_input_file, check_output_file, load_artifact, output_lock, save_artifact, save_concatenated, sha256_file,
                  sha256_json, spool_stdin)
 from .options import opt, validate
+from .provenance import FeatureMeaning
 from .rows import ON_ERROR, Example, Skipped, Source, iter_examples
 
 OVERFLOW = ("error", "skip", "truncate-prompt")
@@ -85,6 +86,7 @@ class Renderer:
         if not with_gen.startswith(without_gen):
             raise ArmoError("the backbone's chat template renders the generation prompt in an unsupported way")
         self.gen_suffix_text = with_gen[len(without_gen):]
+        self.template_hash = sha256_json(getattr(tokenizer, "chat_template", None))[:16]
         self.gen_suffix = self.encode(self.gen_suffix_text, bos=False)
 
     def render(self, messages: list[dict], generation_prompt: bool) -> str:
@@ -383,8 +385,12 @@ def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, afte
     if not kept:
         raise ArmoError(f"{display}: no usable rows")
     input_hash = sha256_file(source.path) if source.path else sha256_json([source.dataset, source.split])
+    meaning = FeatureMeaning(backbone=backbone.spec.name, fingerprint=backbone.fingerprint, hidden_size=backbone.hidden_size,
+                             layer=-1, gen_suffix=tuple(renderer.gen_suffix), template_hash=renderer.template_hash,
+                             dtype=str(backbone.dtype), gate_rule=cfg.gate_rule)
     settings = {"backbone": backbone.fingerprint, "dtype": str(backbone.dtype), "gate_rule": cfg.gate_rule,
-                "max_length": cfg.max_length, "overflow": cfg.overflow, "objectives": objectives, "pair": is_pair}
+                "template": renderer.template_hash, "max_length": cfg.max_length, "overflow": cfg.overflow,
+                "objectives": objectives, "pair": is_pair}
     settings_key = sha256_json(settings)
     batch_tokens = cfg.batch_tokens or (32768 if backbone.device.type == "cuda" else 2048)
 
@@ -420,7 +426,8 @@ def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, afte
         raise
     meta = {
         "kind": "features", "armo_version": __version__, "backbone": backbone.info(), "dtype": str(backbone.dtype),
-        "gate_rule": cfg.gate_rule, "gen_suffix": renderer.gen_suffix, "max_length": cfg.max_length,
+        "gate_rule": cfg.gate_rule, "gen_suffix": renderer.gen_suffix, "layer": -1, "template_hash": renderer.template_hash,
+        "feature_meaning": meaning.to_json(), "max_length": cfg.max_length,
         "length_limit": limit if limit < (1 << 62) else None,
         "overflow": cfg.overflow, "input": display, "input_hash": input_hash, "objectives": objectives,
         "pair": is_pair, "shard": [shard_index, num_shards], "job": job, "settings_key": settings_key, "job_key": job_key,
@@ -649,6 +656,10 @@ class Features:
     def backbone(self) -> dict:
         return self.meta["backbone"]
 
+    def meaning(self, prompt: bool = True) -> FeatureMeaning:
+        """What these features mean; prompt=False leaves out the gate rule (response features only)."""
+        return FeatureMeaning.of(self.meta, self.path, prompt)
+
     @property
     def hidden_size(self) -> int:
         return int(self.tensors["prompt_features"].shape[-1])
@@ -660,11 +671,3 @@ class Features:
 
     def response_lengths(self) -> torch.Tensor:
         return self.tensors["response_lengths"].reshape(-1)
-
-
-def require_same_backbone(a: dict, b: dict, what_a: str, what_b: str) -> None:
-    """Refuse to combine artifacts computed on different backbones (one-line error)."""
-    if a.get("fingerprint") != b.get("fingerprint") or a.get("hidden_size") != b.get("hidden_size"):
-        raise ArmoError(f"{what_b}: computed with backbone {b.get('name')!r} ({str(b.get('fingerprint'))[:12]}, "
-                        f"d={b.get('hidden_size')}), but {what_a} used {a.get('name')!r} "
-                        f"({str(a.get('fingerprint'))[:12]}, d={a.get('hidden_size')})")

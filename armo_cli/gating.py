@@ -16,10 +16,11 @@ import torch.nn.functional as F
 from . import __version__
 from .console import progress, show, table, info
 from .decorrelation import Decorrelation, regression_hash, transform_hash
-from .features import Features, require_same_backbone
+from .features import Features
 from .errors import ArmoError, one_line
 from .io import check_outputs, dumps, load_artifact, save_artifact, write_text_atomic
 from .options import opt, validate
+from .provenance import FeatureMeaning, require_compatible, require_one_meaning
 from .regression import Regression
 
 
@@ -144,15 +145,17 @@ def _load_parts(features: list[str], regression: str, decorrelation: str | None)
             raise ArmoError(f"{decorrelation}: objectives {dec.meta['objectives']} differ from {regression}'s {reg.objectives}")
         if dec.meta.get("regression_hash") not in (None, regression_hash(reg)):
             raise ArmoError(f"{decorrelation}: fitted on another regression artifact than {regression}")
-        require_same_backbone(reg.meta["backbone"], dec.meta["backbone"], regression, decorrelation)
+        require_compatible(reg.meaning, FeatureMeaning.of(dec.meta, decorrelation, prompt=False), regression, decorrelation)
     else:
         dec = Decorrelation.identity(reg.objectives)
     feats = [Features.load(p) for p in features]
     for f in feats:
-        require_same_backbone(reg.meta["backbone"], f.backbone, regression, f.path)
+        require_compatible(reg.meaning, f.meaning(prompt=False), regression, f.path)
         if not f.pair:
             raise ArmoError(f"{f.path}: features without pairs (extract rows with 'chosen' and 'rejected')")
-    return reg, dec, feats
+    # the gate reads prompt features: all of them at one position (gate rule), recorded with the gate
+    meaning = require_one_meaning([(f.meaning(prompt=True), f.path) for f in feats], prompt=True)
+    return reg, dec, feats, meaning
 
 
 def fit_gating(cfg: GatingConfig) -> dict:
@@ -162,7 +165,7 @@ def fit_gating(cfg: GatingConfig) -> dict:
     if not cfg.features:
         raise ArmoError("fit-gating: give at least one pair features file")
     t0 = time.perf_counter()
-    reg, dec, feats = _load_parts(cfg.features, cfg.regression, cfg.decorrelation)
+    reg, dec, feats, meaning = _load_parts(cfg.features, cfg.regression, cfg.decorrelation)
     if dec.meta.get("identity"):
         info("[yellow]no decorrelation artifact given: using the identity transform[/yellow]", cfg.quiet)
     torch.manual_seed(cfg.seed)
@@ -221,6 +224,7 @@ def fit_gating(cfg: GatingConfig) -> dict:
                      "val_fraction": cfg.val_fraction, "history": history},
         "pairs": {"train": int(tr.sum()), "val": int(va.sum())}, "metrics": metrics,
         "backbone": reg.meta["backbone"], "regression_hash": regression_hash(reg),
+        "feature_meaning": meaning.to_json(), "gate_rule": meaning.gate_rule,
         "decorrelation": "identity" if dec.meta.get("identity") else dec.meta.get("reference_hash"),
         "transform_hash": transform_hash(T), "logit_scale": gate.logit_scale.item(),
         "seconds": time.perf_counter() - t0,

@@ -16,6 +16,7 @@ from .decorrelation import regression_hash, transform_hash
 from .features import GATE_RULE_PATTERN_OFFSET, Renderer
 from .errors import ArmoError, one_line
 from .io import atomic_dir, check_finite, check_input_file, check_output_dir, read_json_object, save_artifact
+from .provenance import FeatureMeaning
 from .model import PART_FILES, ArmoModel, is_model_dir, write_manifest
 
 MODELING = Path(__file__).parent / "hf_code" / "modeling_armo.py"
@@ -53,7 +54,7 @@ def export_model(model_dir: str | Path | None, out_dir: str | Path, backbone: st
         raise ArmoError(f"--backbone: not the backbone this model was trained on ({model.backbone['name']})")
     if bb.model.config.model_type != "llama":
         raise ArmoError(f"export: only Llama-architecture backbones are supported (this one is {bb.model.config.model_type!r})")
-    renderer = Renderer(bb.tokenizer, model.manifest.get("gate_rule", "generation-prompt"))
+    renderer = Renderer(bb.tokenizer, model.gate_rule)
     pattern = renderer.gen_suffix
     offset = GATE_RULE_PATTERN_OFFSET[renderer.gate_rule](len(pattern))
     gate = model.gating.gate
@@ -71,6 +72,7 @@ def export_model(model_dir: str | Path | None, out_dir: str | Path, backbone: st
         "regression_bias": bool(model.regression.bias.abs().sum() > 0),
         "objectives": model.objectives,
         "armo": {"version": __version__, "gate_rule": renderer.gate_rule, "scales": model.regression.meta["scales"],
+                 "feature_meaning": model.meaning.to_json(),
                  "backbone": model.backbone},
         "torch_dtype": "float32",
     })
@@ -173,23 +175,31 @@ def import_checkpoint(source: str, output: str | Path, objectives: list[str] | N
     backbone = {"name": name, "kind": "folder" if p.is_dir() else "hub", "fingerprint": fingerprint,
                 "hidden_size": d, "model_type": cfg.get("model_type")}
     scales = armo.get("scales") or {o: {"lo": 0.0, "hi": 1.0, "transform": "linear", "declared": False} for o in names}
+    # what the features mean: the checkpoint folder is the backbone now; layer, template and gate rule
+    # come from an armo export's record, else the published model's (last layer, end-of-turn token)
+    kept = armo.get("feature_meaning") if isinstance(armo.get("feature_meaning"), dict) else {}
+    meaning = FeatureMeaning.from_json({**kept, "backbone": name, "fingerprint": fingerprint, "hidden_size": d,
+                                        "gate_rule": rule, "dtype": None}, str(cfg_path))
     with atomic_dir(output) as out:
         bias = w.get("regression_layer.bias", torch.zeros(k))
         reg_meta = {"kind": "regression", "armo_version": __version__, "objectives": names, "scales": scales,
-                    "backbone": backbone, "hidden_size": d, "gate_rule": rule, "imported_from": name, "metrics": {}}
+                    "backbone": backbone, "hidden_size": d, "imported_from": name, "metrics": {},
+                    "feature_meaning": meaning.without_gate_rule().to_json()}
         save_artifact(out / PART_FILES["regression"], {"weight": w["regression_layer.weight"], "bias": bias}, reg_meta)
         from .regression import Regression
 
         rh = regression_hash(Regression.load(out / PART_FILES["regression"]))
         save_artifact(out / PART_FILES["decorrelation"], {"transform": T, "lambdas": torch.zeros(k)},
                       {"kind": "decorrelation", "objectives": names, "backbone": backbone, "regression_hash": rh,
-                       "imported_from": name})
+                       "imported_from": name, "feature_meaning": meaning.without_gate_rule().to_json()})
         save_artifact(out / PART_FILES["gating"], gate_sd,
                       {"kind": "gating", "objectives": names, "backbone": backbone, "regression_hash": rh,
                        "transform_hash": transform_hash(T), "imported_from": name,
+                       "feature_meaning": meaning.to_json(), "gate_rule": rule,
                        "config": {"in_features": d, "hidden_dim": hidden_dim, "n_hidden": n_hidden,
                                   "temperature": float(cfg.get("gating_temperature", 10)), "dropout": 0.0}})
-        write_manifest(out, {"armo_version": __version__, "backbone": backbone, "gate_rule": rule, "objectives": names,
+        write_manifest(out, {"armo_version": __version__, "backbone": backbone, "gate_rule": rule,
+                             "feature_meaning": meaning.to_json(), "objectives": names,
                              "scales": scales, "hidden_size": d, "imported_from": name,
                              "parts": dict(PART_FILES)})
         ArmoModel.load(out)

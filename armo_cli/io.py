@@ -204,7 +204,7 @@ ARTIFACT_SCHEMA: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
                  ("prompt_features", "response_features", "response_lengths", "prompt_lengths", "row_index")),
     "features-chunk": (("key", "ids", "subsets", "prompt_hashes", "truncated"),
                        ("prompt_features", "response_features", "response_lengths", "prompt_lengths", "row_index")),
-    "regression": (("objectives", "scales", "backbone", "hidden_size", "gate_rule"), ("weight", "bias")),
+    "regression": (("objectives", "scales", "backbone", "hidden_size"), ("weight", "bias")),
     "decorrelation": (("objectives",), ("transform",)),
     "gating": (("objectives", "config", "regression_hash"), ()),
 }

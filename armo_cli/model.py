@@ -13,6 +13,7 @@ from .decorrelation import Decorrelation, regression_hash, transform_hash
 from .gating import Gating
 from .errors import ArmoError
 from .io import atomic_dir, atomic_path, check_input_file, check_output_dir, read_json_object
+from .provenance import FeatureMeaning, require_compatible
 from .regression import Regression
 
 MANIFEST = "armo.json"
@@ -66,9 +67,13 @@ def register_part(model_dir: str | Path, part: str, artifact: str | Path) -> Pat
     manifest["armo_version"] = __version__
     if part == "regression":
         reg = Regression.load(target)
-        manifest.update(backbone=reg.meta["backbone"], gate_rule=reg.meta["gate_rule"],
-                        gen_suffix=reg.meta.get("gen_suffix"), objectives=reg.objectives, scales=reg.meta["scales"],
+        manifest.update(backbone=reg.meta["backbone"], objectives=reg.objectives, scales=reg.meta["scales"],
                         hidden_size=reg.meta["hidden_size"])
+    if part == "gating":
+        # the model reads f(x) where its gate was trained to read it: the gate rule is the gate's
+        meaning = FeatureMeaning.of(Gating.load(target).meta, str(target))
+        manifest.update(gate_rule=meaning.gate_rule, gen_suffix=list(meaning.gen_suffix or []) or None,
+                        feature_meaning=meaning.to_json())
     write_manifest(d, manifest)
     return target
 
@@ -108,6 +113,16 @@ class ArmoModel:
     def backbone(self) -> dict:
         return self.manifest["backbone"]
 
+    @property
+    def meaning(self) -> FeatureMeaning:
+        """The features this model reads, gate rule included (older models: from the manifest)."""
+        src = self.gating.meta if "feature_meaning" in self.gating.meta else self.manifest
+        return FeatureMeaning.of(src, str(self.path))
+
+    @property
+    def gate_rule(self) -> str:
+        return self.meaning.gate_rule or "generation-prompt"
+
     @classmethod
     def load(cls, model_dir: str | Path | None = None) -> "ArmoModel":
         d = Path(model_dir) if model_dir else DEFAULT_MODEL_DIR
@@ -143,6 +158,11 @@ class ArmoModel:
             raise ArmoError(f"{d}: gating part: trained with another decorrelation transform than this model's")
         if gat.meta["config"]["in_features"] != reg.weight.shape[1]:
             raise ArmoError(f"{d}: gating part: hidden size {gat.meta['config']['in_features']} != regression's {reg.weight.shape[1]}")
+        if "feature_meaning" in gat.meta:
+            gm = FeatureMeaning.of(gat.meta, f"{d}: gating part")
+            require_compatible(reg.meaning, gm.without_gate_rule(), f"{d}: regression part", f"{d}: gating part")
+            if m.get("gate_rule") not in (None, gm.gate_rule):
+                raise ArmoError(f"{d}: the manifest's gate rule {m.get('gate_rule')} differs from the gate's {gm.gate_rule}")
         return cls(d, m, reg, dec, gat)
 
     @torch.no_grad()

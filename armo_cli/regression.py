@@ -14,10 +14,11 @@ import torch
 from . import __version__
 from .backbones import auto_device
 from .console import show, table, warn
-from .features import Features, require_same_backbone
+from .features import Features
 from .errors import ArmoError
 from .io import check_outputs, dumps, load_artifact, save_artifact, write_text_atomic
 from .options import opt, validate
+from .provenance import FeatureMeaning, require_one_meaning
 from .stats import pearson, spearman
 
 DEFAULT_ALPHAS = [10.0 ** e for e in range(-4, 5)]
@@ -189,8 +190,7 @@ def fit_regression(cfg: RegressionConfig) -> dict:
         raise ArmoError("fit-regression: give at least one features file")
     t0 = time.perf_counter()
     feats = [Features.load(p) for p in cfg.features]
-    for f in feats[1:]:
-        require_same_backbone(feats[0].backbone, f.backbone, feats[0].path, f.path)
+    meaning = require_one_meaning([(f.meaning(prompt=False), f.path) for f in feats])
     objectives: list[str] = []
     for f in feats:
         for o in f.meta["objectives"]:
@@ -254,8 +254,7 @@ def fit_regression(cfg: RegressionConfig) -> dict:
         "alphas": dict(zip(objectives, res.alphas)), "alpha_grid": cfg.alphas, "metrics": metrics,
         "skipped_objectives": skipped, "intercept": cfg.intercept, "refit": cfg.refit,
         "val_fraction": cfg.val_fraction, "seed": cfg.seed, "length_objective": cfg.length_objective,
-        "backbone": feats[0].backbone, "hidden_size": X.shape[1], "gate_rule": feats[0].meta["gate_rule"],
-        "gen_suffix": feats[0].meta.get("gen_suffix"),
+        "backbone": feats[0].backbone, "hidden_size": X.shape[1], "feature_meaning": meaning.to_json(),
         "inputs": [{"path": f.path, "input_hash": f.meta["input_hash"], "rows": len(f.ids)} for f in feats],
         "rows": X.shape[0], "solve_seconds": solve_s, "seconds": time.perf_counter() - t0,
     }
@@ -291,6 +290,11 @@ class Regression:
     @property
     def objectives(self) -> list[str]:
         return self.meta["objectives"]
+
+    @property
+    def meaning(self) -> FeatureMeaning:
+        """The response features this regression reads (no gate rule: it never sees prompt features)."""
+        return FeatureMeaning.of(self.meta, "regression", prompt=False)
 
     def rewards(self, X: torch.Tensor) -> torch.Tensor:
         return X.float() @ self.weight.T + self.bias

@@ -13,11 +13,12 @@ from rich.table import Table
 
 from .backbones import DTYPES, load_backbone
 from .console import show, table
-from .features import OVERFLOW, ExtractConfig, Features, extract, require_same_backbone
+from .features import OVERFLOW, ExtractConfig, Features, extract
 from .errors import ArmoError
 from .io import atomic_path, check_input_file, check_output_file, dumps, write_text_atomic, write_texts_atomic
 from .model import ArmoModel
 from .options import check_value, opt, validate
+from .provenance import FeatureMeaning, require_compatible
 from .regression import unscale
 from .rewardbench import section_scores
 from .rows import ON_ERROR
@@ -108,16 +109,19 @@ def features_for(model: ArmoModel, cfg: ModelInputConfig) -> Features:
     features, input, backbone = cfg.features, cfg.input, cfg.backbone
     if features:
         f = Features.load(features)
-        require_same_backbone(model.backbone, f.backbone, str(model.path), features)
+        require_compatible(model.meaning, f.meaning(), str(model.path), features, prompt=True)
         return f
     bb = load_backbone(backbone or model.backbone["name"], cfg.device, cfg.dtype)
-    require_same_backbone(model.backbone, bb.info(), str(model.path), f"--backbone {backbone or model.backbone['name']}")
+    require_compatible(model.meaning, FeatureMeaning(bb.spec.name, bb.fingerprint, bb.hidden_size), str(model.path),
+                       f"--backbone {backbone or model.backbone['name']}", warn_dtype=False)
     with tempfile.TemporaryDirectory(prefix="armo-score-") as tmp:
         out = Path(tmp) / "features.safetensors"
-        extract(ExtractConfig(input=input, output=str(out), gate_rule=model.manifest.get("gate_rule", "generation-prompt"),
+        extract(ExtractConfig(input=input, output=str(out), gate_rule=model.gate_rule,
                               max_length=cfg.max_length, overflow=cfg.overflow, on_error=cfg.on_error,
                               batch_tokens=cfg.batch_tokens, quiet=cfg.quiet, announce=False), backbone=bb)
-        return Features.load(out)
+        f = Features.load(out)
+    require_compatible(model.meaning, f.meaning(), str(model.path), f"{input} (as extracted now)", prompt=True, warn_dtype=False)
+    return f
 
 
 def _weights(cfg_weights: str | None, objective: str | None, objectives: list[str]) -> torch.Tensor | None:

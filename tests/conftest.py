@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -131,6 +132,28 @@ def needs_embedded():
 
 def needs_shared():
     return pytest.mark.skipif(not SHARED.exists(), reason="../shared/data is absent")
+
+
+@dataclass
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+
+
+def armo(*args, input: str | bytes | None = None, env: dict | None = None) -> Run:
+    """Run `armo ARGS` in-process through main(), as the console script does: exit code, stdout, stderr."""
+    from click.testing import CliRunner
+
+    from armo_cli.cli import main
+
+    with CliRunner().isolation(input=input, env=env) as (out, err, _):
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        return Run(code, out.getvalue().decode(errors="replace"), err.getvalue().decode(errors="replace"))
 
 
 def cli(*args, input=None):

@@ -14,30 +14,9 @@ from typing import Callable
 
 import pytest
 import torch
-from click.testing import CliRunner
-
-from armo_cli.cli import main
 from armo_cli.io import save_artifact
 
-from conftest import pair_rows, rating_rows, unit_scales, write_jsonl
-
-
-@dataclass
-class Run:
-    code: int
-    stdout: str
-    stderr: str
-
-
-def armo(*args, input: str | bytes | None = None, env: dict | None = None) -> Run:
-    """Run `armo ARGS` in-process through main(), as the console script does."""
-    with CliRunner().isolation(input=input, env=env) as (out, err, _):
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-        return Run(code, out.getvalue().decode(errors="replace"), err.getvalue().decode(errors="replace"))
+from conftest import armo, pair_rows, rating_rows, unit_scales, write_jsonl
 
 
 def tree(folder: Path) -> set[str]:

@@ -15,8 +15,7 @@ from armo_cli.errors import ArmoError
 from armo_cli.features import ExtractConfig, Features, extract, merge_features
 from armo_cli.io import output_lock
 
-from conftest import pair_rows, write_jsonl
-from test_bad_input import armo
+from conftest import armo, pair_rows, write_jsonl
 
 
 @pytest.fixture(scope="module")
