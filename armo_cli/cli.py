@@ -148,7 +148,7 @@ def extract(
 
     Example: `armo extract ratings.jsonl -o ratings.features.safetensors --max-length 1024 --overflow truncate-prompt`
     """
-    from .features import ExtractConfig, extract as run
+    from .extract import ExtractConfig, extract as run
 
     cfg = ExtractConfig(input=input, output=output, dataset=dataset, split=split, backbone=backbone, device=device,
                         dtype=dtype, attn_implementation=attn_implementation, gate_rule=gate_rule, max_length=max_length,
@@ -169,7 +169,7 @@ def merge(
 
     Example: `armo merge feats.0.safetensors feats.1.safetensors -o feats.safetensors`
     """
-    from .features import merge_features
+    from .extract import merge_features
 
     rep = _run(lambda: merge_features(shards, output, allow_partial))
     console.print(f"[green]merged[/green] {rep['shards']} of {rep['num_shards']} shards into {output}: {rep['rows']} rows",

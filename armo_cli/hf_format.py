@@ -13,7 +13,7 @@ from . import __version__
 from .backbones import folder_fingerprint, load_backbone
 from .console import info
 from .decorrelation import regression_hash, transform_hash
-from .features import GATE_RULE_PATTERN_OFFSET, Renderer
+from .rendering import GATE_RULE_PATTERN_OFFSET, Renderer
 from .errors import ArmoError, one_line
 from .io import atomic_dir, check_finite, check_input_file, check_output_dir, read_json_object, save_artifact
 from .provenance import FeatureMeaning

@@ -11,9 +11,11 @@ from typing import Iterator
 import torch
 from rich.table import Table
 
-from .backbones import DTYPES, load_backbone
+from .backbones import DTYPES, Backbone, load_backbone
 from .console import show, table
-from .features import OVERFLOW, ExtractConfig, Features, extract
+from .extract import ExtractConfig, extract
+from .features import Features
+from .rendering import OVERFLOW
 from .errors import ArmoError
 from .io import atomic_path, check_input_file, check_output_file, dumps, write_text_atomic, write_texts_atomic
 from .model import ArmoModel
@@ -104,14 +106,14 @@ def check_finite_scores(scores: torch.Tensor, ids: list[str]) -> None:
                         f"{int(bad.sum())} rows affected")
 
 
-def features_for(model: ArmoModel, cfg: ModelInputConfig) -> Features:
+def features_for(model: ArmoModel, cfg: ModelInputConfig, bb: Backbone | None = None) -> Features:
     """Either load extracted features (checked against the model) or extract them now."""
     features, input, backbone = cfg.features, cfg.input, cfg.backbone
     if features:
         f = Features.load(features)
         require_compatible(model.meaning, f.meaning(), str(model.path), features, prompt=True)
         return f
-    bb = load_backbone(backbone or model.backbone["name"], cfg.device, cfg.dtype)
+    bb = bb or load_backbone(backbone or model.backbone["name"], cfg.device, cfg.dtype)
     require_compatible(model.meaning, FeatureMeaning(bb.spec.name, bb.fingerprint, bb.hidden_size), str(model.path),
                        f"--backbone {backbone or model.backbone['name']}", warn_dtype=False)
     with tempfile.TemporaryDirectory(prefix="armo-score-") as tmp:
@@ -198,12 +200,12 @@ def render_table(rec: dict) -> Table:
     return t
 
 
-def score(cfg: ScoreConfig) -> int:
-    """Run `armo score`; returns the number of rows written."""
+def score(cfg: ScoreConfig, model: ArmoModel | None = None, backbone: Backbone | None = None) -> int:
+    """Run `armo score`; returns the number of rows written. `model` and `backbone` may be given loaded."""
     check_inputs(cfg, {"--output": cfg.output})
-    model = ArmoModel.load(cfg.model)
+    model = model or ArmoModel.load(cfg.model)
     w = _weights(cfg.weights, cfg.objective, model.objectives)
-    feats = features_for(model, cfg)
+    feats = features_for(model, cfg, backbone)
     records = list(score_records(model, feats, w, cfg.top_k))
     if cfg.format == "table":
         from rich.console import Console

@@ -17,7 +17,9 @@ from pathlib import Path
 import torch
 
 from armo_cli.backbones import load_backbone
-from armo_cli.features import ExtractConfig, Features, Renderer, extract
+from armo_cli.extract import ExtractConfig, extract
+from armo_cli.features import Features
+from armo_cli.rendering import Renderer
 from armo_cli.rows import Source, iter_examples
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pairs.jsonl.gz"

@@ -10,7 +10,10 @@ from typer.testing import CliRunner
 
 from armo_cli.backbones import load_backbone
 from armo_cli.cli import app
-from armo_cli.features import ExtractConfig, Features, Renderer, encode_trees, extract, forward_trees, merge_features
+from armo_cli.extract import ExtractConfig, extract, merge_features
+from armo_cli.features import Features
+from armo_cli.forward import encode_trees, forward_trees
+from armo_cli.rendering import Renderer
 from armo_cli.errors import ArmoError
 from armo_cli.rows import Source, iter_examples, parse_row
 

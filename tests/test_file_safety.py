@@ -12,7 +12,8 @@ import torch
 
 from armo_cli.backbones import load_backbone
 from armo_cli.errors import ArmoError
-from armo_cli.features import ExtractConfig, Features, extract, merge_features
+from armo_cli.extract import ExtractConfig, extract, merge_features
+from armo_cli.features import Features
 from armo_cli.io import output_lock
 
 from conftest import armo, pair_rows, write_jsonl
@@ -180,7 +181,7 @@ def test_chunks_of_another_input_are_never_reused(bb, tmp_path):
 def test_a_failed_first_chunk_leaves_no_parts_folder(bb, tmp_path):
     out = tmp_path / "o.st"
 
-    import armo_cli.features as features
+    import armo_cli.extract as features
 
     orig = features.save_artifact
 

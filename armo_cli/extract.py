@@ -1,0 +1,398 @@
+"""`armo extract`: conversations -> response features f(x,y) and prompt features f(x), written as one
+safetensors file; resumable chunks, shards and their merge, one writer per output."""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import torch
+
+from . import __version__
+from .backbones import DEFAULT_BACKBONE, DTYPES, Backbone, load_backbone
+from .console import info, progress, warn
+from .errors import ArmoError
+from .forward import batch_defaults, check_finite_features, encode_trees
+from .io import (check_input_file, check_output_file, load_artifact, output_lock, save_artifact, save_concatenated,
+                 sha256_file, sha256_json, spool_stdin)
+from .options import opt, validate
+from .provenance import FeatureMeaning
+from .rendering import GATE_RULES, OVERFLOW, Renderer, Tree, length_limit, sized_tree
+from .rows import ON_ERROR, Example, Skipped, Source, iter_examples
+
+
+@dataclass
+class ExtractConfig:
+    input: str | None = opt(None, "JSONL file (.gz ok) or '-' for stdin.")
+    output: str = opt("features.safetensors", "Features file to write (.safetensors).")
+    dataset: str | None = opt(None, "datasets.load_dataset name or local file, instead of INPUT.")
+    split: str = opt("train", "Dataset split (with --dataset).")
+    backbone: str = opt(DEFAULT_BACKBONE, "Named backbone, GGUF file, local folder or HF hub id.")
+    device: str | None = opt(None, "cuda, mps, cpu (default: best available).")
+    dtype: str | None = opt(None, "bf16, fp16, fp32 (default: bf16 on CUDA, else fp32).", choices=(*DTYPES, "auto"))
+    attn_implementation: str = opt("sdpa", "Attention kernel: sdpa or eager.", choices=("sdpa", "eager"))
+    gate_rule: str = opt("generation-prompt", "Where f(x) is read: generation-prompt | armo-eot.", choices=tuple(GATE_RULES))
+    max_length: int | None = opt(None, "Longest prompt+response in tokens (default: the backbone's maximum positions).", min=1)
+    overflow: str = opt("error", "Over the length limit: error | skip | truncate-prompt.", choices=OVERFLOW)
+    on_error: str = opt("error", "Bad rows: error | skip (listed in the report and on stderr).", choices=ON_ERROR)
+    batch_tokens: int | None = opt(None, "Token budget per batch (default 2048 CPU, 32768 GPU).", min=1)
+    max_padding: float | None = opt(None, "Largest padded share of a batch (default 0.05 CPU, 0.25 GPU).", min=0.0, max=1.0)
+    chunk_size: int = opt(256, "Rows per resumable chunk.", min=1)
+    resume: bool = opt(False, "Reuse finished chunks of an interrupted run.")
+    num_shards: int | None = opt(None, "Split the work into N disjoint shards.", min=1)
+    shard_index: int | None = opt(None, "Which shard this process writes.", min=0)
+    quiet: bool = opt(False, "No progress bar or tables.")
+    announce: bool = True  # say where the output went (off when score/evaluate extract to a temp file)
+
+
+@dataclass
+class ExtractReport:
+    rows: int = 0
+    skipped: list[dict] = field(default_factory=list)
+    truncated: list[str] = field(default_factory=list)
+    chunks_computed: int = 0
+    chunks_reused: int = 0
+    tokens_computed: int = 0
+    seconds: float = 0.0
+
+
+def _scan(source: Source, renderer: Renderer, cfg: ExtractConfig, skipped: list[Skipped], limit: int, limit_name: str):
+    """Validation pass: parse, tokenise and size every row before any compute. Returns
+    (kept (index, content key, truncated) triples, objectives, is_pair)."""
+    kept: list[tuple[int, str, bool]] = []
+    objectives: dict[str, None] = {}
+    is_pair: bool | None = None
+    for i, ex in enumerate(iter_examples(source, cfg.on_error, skipped)):
+        where = f"{source.name}:{ex.line}"
+        if is_pair is None:
+            is_pair = ex.is_pair
+        elif is_pair != ex.is_pair:
+            raise ArmoError(f"{where}: mixes pairs and single responses in one file")
+        tree = sized_tree(renderer, ex, i, where, limit, limit_name, cfg.overflow, skipped)
+        if tree is None:
+            continue
+        for k in ex.ratings:
+            objectives.setdefault(k, None)
+        key = sha256_json([ex.id, ex.prompt, ex.responses, ex.ratings, ex.subset, tree.truncated])
+        kept.append((i, key, tree.truncated))
+    return kept, list(objectives), bool(is_pair)
+
+
+def _chunk_tensors(trees: list[Tree], backbone: Backbone, cfg: ExtractConfig, objectives: list[str],
+                   batch_tokens: int, on_batch, source_name: str) -> dict[str, torch.Tensor]:
+    max_padding = cfg.max_padding if cfg.max_padding is not None else batch_defaults(backbone.device)[1]
+    prompt, resp = encode_trees(backbone, trees, batch_tokens, on_batch, max_padding)
+    check_finite_features(trees, prompt, resp, source_name, backbone.dtype)
+    pair = len(trees[0].conts) == 2
+    out = {
+        "prompt_features": prompt,
+        "response_features": resp if pair else resp[:, 0],
+        "prompt_lengths": torch.tensor([len(t.prompt) for t in trees]),
+        "response_lengths": torch.tensor([[len(c) for c in t.conts] for t in trees]) if pair
+        else torch.tensor([len(t.conts[0]) for t in trees]),
+        "row_index": torch.tensor([t.example.line for t in trees]),
+    }
+    if objectives:
+        out["labels"] = torch.tensor(
+            [[t.example.ratings.get(k, float("nan")) for k in objectives] for t in trees], dtype=torch.float32)
+    return out
+
+
+def _shard_env(cfg: ExtractConfig) -> tuple[int, int, bool]:
+    """(num_shards, shard_index, launched by torchrun/accelerate)."""
+    if cfg.num_shards is not None:
+        idx = cfg.shard_index or 0
+        if not 0 <= idx < cfg.num_shards:
+            raise ArmoError(f"--shard-index {idx}: must be in [0, {cfg.num_shards})")
+        return cfg.num_shards, idx, False
+    if cfg.shard_index is not None:
+        raise ArmoError("--shard-index needs --num-shards")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        return world, int(os.environ.get("RANK", "0")), True
+    return 1, 0, False
+
+
+def _shard_output(cfg: ExtractConfig) -> tuple[Path, Path, int, int, bool]:
+    """(final output, the file this process writes, num_shards, shard_index, launched)."""
+    num_shards, shard_index, launched = _shard_env(cfg)
+    out = Path(cfg.output)
+    shard_out = out.with_name(f"{out.name}.shard-{shard_index}-of-{num_shards}") if launched else out
+    return out, shard_out, num_shards, shard_index, launched
+
+
+def extract(cfg: ExtractConfig, backbone: Backbone | None = None,
+            after_chunk: Callable[[int], None] | None = None) -> ExtractReport:
+    """Run `armo extract`: write one safetensors file of features (or one shard of it).
+
+    Options are checked before anything is read; the output is locked for the run, so a second
+    writer of the same output is refused instead of mixing its chunks into ours."""
+    validate(cfg)
+    if (cfg.input is None) == (cfg.dataset is None):
+        raise ArmoError("give exactly one of INPUT or --dataset")
+    if cfg.input is not None and cfg.input != "-":
+        check_input_file(cfg.input)
+    check_output_file(cfg.output, "--output", [cfg.input], stdout_ok=False)
+    t0 = time.perf_counter()
+    _, shard_out, _, _, _ = _shard_output(cfg)
+    with output_lock(shard_out):
+        spooled = None
+        if cfg.input == "-":
+            spooled = spool_stdin()  # read twice: validation pass, then compute
+            source = _DisplaySource(Source(path=str(spooled)), "<stdin>")
+        else:
+            source = Source(path=cfg.input, dataset=cfg.dataset, split=cfg.split)
+        try:
+            return _extract(cfg, source, backbone, after_chunk, t0)
+        finally:
+            if spooled is not None:
+                spooled.unlink(missing_ok=True)
+
+
+def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, after_chunk, t0: float) -> ExtractReport:
+    out, shard_out, num_shards, shard_index, launched = _shard_output(cfg)
+    backbone = backbone or load_backbone(cfg.backbone, cfg.device, cfg.dtype, cfg.attn_implementation)
+    renderer = Renderer(backbone.tokenizer, cfg.gate_rule)
+    skipped: list[Skipped] = []
+    display = source.name
+    limit, limit_name = length_limit(cfg.max_length, backbone.model.config)
+    kept, objectives, is_pair = _scan(source, renderer, cfg, skipped, limit, limit_name)
+    if not kept:
+        raise ArmoError(f"{display}: no usable rows")
+    input_hash = sha256_file(source.path) if source.path else sha256_json([source.dataset, source.split])
+    meaning = FeatureMeaning(backbone=backbone.spec.name, fingerprint=backbone.fingerprint, hidden_size=backbone.hidden_size,
+                             layer=-1, gen_suffix=tuple(renderer.gen_suffix), template_hash=renderer.template_hash,
+                             dtype=str(backbone.dtype), gate_rule=cfg.gate_rule)
+    settings = {"backbone": backbone.fingerprint, "dtype": str(backbone.dtype), "gate_rule": cfg.gate_rule,
+                "template": renderer.template_hash, "max_length": cfg.max_length, "overflow": cfg.overflow,
+                "objectives": objectives, "pair": is_pair}
+    settings_key = sha256_json(settings)
+    batch_tokens = cfg.batch_tokens or batch_defaults(backbone.device)[0]
+
+    chunks = [kept[i:i + cfg.chunk_size] for i in range(0, len(kept), cfg.chunk_size)]
+    mine = [c for c in range(len(chunks)) if c % num_shards == shard_index]
+    # A shard knows its whole job, so that `armo merge` can refuse missing, repeated or foreign shards.
+    job = {"input_hash": input_hash, "settings_key": settings_key, "chunk_size": cfg.chunk_size,
+           "num_shards": num_shards, "rows": len(kept), "chunks": len(chunks)}
+    job["id"] = sha256_json(job)
+    # chunk keys name the input itself too: chunks of another input are never reused, even unlocked
+    chunk_keys = {c: sha256_json([settings_key, input_hash, [k for (_, k, _) in chunks[c]]]) for c in mine}
+    job_key = sha256_json([settings_key, input_hash, [chunk_keys[c] for c in mine]])
+    if cfg.resume and shard_out.exists():
+        try:
+            done = load_artifact(shard_out, "features", tensors=False)[1]
+        except ArmoError:
+            done = {}
+        if done.get("job_key") == job_key:  # the same job finished before: nothing to do
+            info(f"[green]up to date[/green] {shard_out}: {len(done['ids'])} rows", cfg.quiet)
+            if launched:
+                _rank_merge(out, shard_index, num_shards, cfg.quiet)
+            return ExtractReport(**{**done["report"], "chunks_computed": 0, "chunks_reused": len(mine), "tokens_computed": 0})
+    parts = shard_out.with_name(shard_out.name + ".parts")
+    if parts.exists() and not cfg.resume:
+        shutil.rmtree(parts)
+    parts.mkdir(parents=True, exist_ok=True)
+    try:
+        files, report = _compute_chunks(cfg, source, backbone, renderer, chunks, mine, chunk_keys, parts, objectives,
+                                        batch_tokens, limit, after_chunk)
+    except BaseException:
+        if not any(parts.glob("chunk-*.safetensors")):
+            shutil.rmtree(parts, ignore_errors=True)  # nothing finished: nothing to resume, leave nothing behind
+        raise
+    meta = {
+        "kind": "features", "armo_version": __version__, "backbone": backbone.info(), "dtype": str(backbone.dtype),
+        "gate_rule": cfg.gate_rule, "gen_suffix": renderer.gen_suffix, "layer": -1, "template_hash": renderer.template_hash,
+        "feature_meaning": meaning.to_json(), "max_length": cfg.max_length,
+        "length_limit": limit if limit < (1 << 62) else None,
+        "overflow": cfg.overflow, "input": display, "input_hash": input_hash, "objectives": objectives,
+        "pair": is_pair, "shard": [shard_index, num_shards], "job": job, "settings_key": settings_key, "job_key": job_key,
+    }
+    report.rows = sum(len(chunks[c]) for c in mine)
+    report.skipped = [vars(s) for s in skipped]
+    report.seconds = time.perf_counter() - t0
+    _join(files, [chunk_keys[c] for c in mine], shard_out, meta, report)
+    shutil.rmtree(parts, ignore_errors=True)
+    if launched:
+        _rank_merge(out, shard_index, num_shards, cfg.quiet)
+    info(f"[green]wrote[/green] {shard_out}: {report.rows} rows, {len(report.skipped)} skipped, "
+         f"{len(report.truncated)} truncated, {report.chunks_computed} chunks computed, "
+         f"{report.chunks_reused} reused", cfg.quiet or not cfg.announce)
+    for s in report.skipped:
+        warn(f"skipped line {s['line']} ({s['id']}): {s['reason']}")
+    return report
+
+
+def _compute_chunks(cfg: ExtractConfig, source: Source, backbone: Backbone, renderer: Renderer, chunks: list,
+                    mine: list[int], chunk_keys: dict[int, str], parts: Path, objectives: list[str],
+                    batch_tokens: int, limit: int, after_chunk) -> tuple[list[Path], ExtractReport]:
+    """Compute (or, with --resume, reuse) this shard's chunk files, in order."""
+    report = ExtractReport()
+    keep_index = {i for c in mine for (i, _, _) in chunks[c]}
+
+    def wanted() -> Iterator[tuple[int, Example]]:
+        for i, ex in enumerate(iter_examples(source, cfg.on_error, None)):
+            if i in keep_index:
+                yield i, ex
+
+    stream = wanted()
+    pbar = progress(cfg.quiet)
+    rate = {"tokens": 0, "t": time.perf_counter()}
+    files = []
+    with pbar:
+        task = pbar.add_task("extract", total=sum(len(chunks[c]) for c in mine), rate="")
+
+        def on_batch(rows: int, tokens: int) -> None:
+            rate["tokens"] += tokens
+            report.tokens_computed += tokens
+            dt = max(time.perf_counter() - rate["t"], 1e-9)
+            pbar.update(task, advance=rows, rate=f"{rate['tokens'] / dt:,.0f} tok/s")
+
+        for c in mine:
+            chunk = chunks[c]
+            key = chunk_keys[c]
+            path = parts / f"chunk-{c:06d}.safetensors"
+            exs = [next(stream, (None, None)) for _ in chunk]  # keep the stream aligned even for reused chunks
+            if cfg.resume and path.exists():
+                try:
+                    meta = load_artifact(path, "features-chunk", tensors=False)[1]
+                    if meta.get("key") == key:
+                        report.chunks_reused += 1
+                        pbar.update(task, advance=len(chunk))
+                        files.append(path)
+                        continue
+                except ArmoError:
+                    pass  # a damaged chunk is recomputed
+            trees = []
+            for (i, _, truncated), (j, ex) in zip(chunk, exs):
+                if i != j:
+                    raise ArmoError(f"{source.name}: the input changed while it was being read; run again")
+                tree = renderer.tokenize(ex, i)
+                if truncated:
+                    tree = renderer.truncate_prompt(tree, limit)
+                trees.append(tree)
+            tensors = _chunk_tensors(trees, backbone, cfg, objectives, batch_tokens, on_batch, source.name)
+            save_artifact(path, tensors, {"kind": "features-chunk", "key": key,
+                                          "ids": [t.example.id for t in trees],
+                                          "subsets": [t.example.subset for t in trees],
+                                          "prompt_hashes": [sha256_json(t.example.prompt)[:16] for t in trees],
+                                          "truncated": [t.example.id for t in trees if t.truncated]})
+            report.chunks_computed += 1
+            files.append(path)
+            if after_chunk:
+                after_chunk(c)
+    return files, report
+
+
+class _DisplaySource(Source):
+    """A source whose errors name the file the user gave (e.g. <stdin> for a spooled copy)."""
+
+    def __init__(self, inner: Source, display: str):
+        super().__init__(inner.path, inner.dataset, inner.split)
+        self._display = display
+
+    @property
+    def name(self) -> str:
+        return self._display
+
+
+def _join(files: list[Path], keys: list[str], out: Path, meta: dict, report: ExtractReport) -> None:
+    ids, subsets, truncated, prompts = [], [], [], []
+    for f, key in zip(files, keys):
+        m = load_artifact(f, "features-chunk", tensors=False)[1]
+        if m["key"] != key:  # never join a chunk that some other job wrote
+            raise ArmoError(f"{f}: this chunk belongs to another job; rerun without --resume")
+        ids += m["ids"]
+        subsets += m["subsets"]
+        truncated += m["truncated"]
+        prompts += m["prompt_hashes"]
+    report.truncated = truncated
+    meta = dict(meta, ids=ids, subsets=subsets if any(s is not None for s in subsets) else None,
+                prompt_hashes=prompts, report=asdict(report))
+    save_concatenated(out, files, meta)
+
+
+def merge_features(inputs: Iterable[str | Path], output: str | Path, allow_partial: bool = False) -> dict:
+    """Join the shards of one extract job into one file, in the original row order.
+
+    Every shard records its job (input, settings, chunking, number of shards). Shards of different jobs,
+    a shard index given twice and missing shards are refused, naming them; `allow_partial` merges the
+    shards that are there and reports the missing indices in the result."""
+    inputs = [str(p) for p in inputs]
+    if not inputs:
+        raise ArmoError("merge: no inputs")
+    check_output_file(output, "--output", inputs, stdout_ok=False)
+    metas = [(p, load_artifact(p, "features", tensors=False)[1]) for p in inputs]
+    for p, m in metas:
+        if not isinstance(m.get("job"), dict) or not isinstance(m.get("shard"), list):
+            raise ArmoError(f"{p}: records no extract job (not a shard of this armo version); extract it again")
+    p0, m0 = metas[0]
+    for p, m in metas[1:]:
+        if m["job"]["id"] != m0["job"]["id"]:
+            what = [k for k in ("input_hash", "settings_key", "chunk_size", "num_shards") if m["job"].get(k) != m0["job"].get(k)]
+            raise ArmoError(f"{p}: a shard of another extract job than {p0} (differs in {', '.join(what) or 'job'}); "
+                            f"merge only the shards of one job")
+    num = int(m0["job"]["num_shards"])
+    by_index: dict[int, str] = {}
+    for p, m in metas:
+        idx = int(m["shard"][0])
+        if idx in by_index:
+            raise ArmoError(f"{p}: shard {idx} of {num} is given twice (also {by_index[idx]})")
+        by_index[idx] = p
+    missing = [i for i in range(num) if i not in by_index]
+    if missing and not allow_partial:
+        raise ArmoError(f"merge: {len(missing)} of {num} shards missing (indices {', '.join(map(str, missing))}); "
+                        f"pass them all, or --allow-partial to merge what is there")
+    parts = [load_artifact(p, "features") for p in inputs]
+    tensors = {k: torch.cat([t[k] for t, _ in parts]) for k in parts[0][0]}
+    ids = [i for _, m in parts for i in m["ids"]]
+    subsets = [s for _, m in parts for s in (m["subsets"] or [None] * len(m["ids"]))]
+    prompts = [h for _, m in parts for h in m["prompt_hashes"]]
+    if len(set(ids)) != len(ids):
+        raise ArmoError("merge: the shards overlap (duplicate ids)")
+    if not missing and len(ids) != int(m0["job"]["rows"]):
+        raise ArmoError(f"merge: the shards hold {len(ids)} rows, but their job has {m0['job']['rows']}")
+    order = torch.argsort(tensors["row_index"], stable=True)
+    tensors = {k: v[order] for k, v in tensors.items()}
+    ids = [ids[i] for i in order.tolist()]
+    subsets = [subsets[i] for i in order.tolist()]
+    prompts = [prompts[i] for i in order.tolist()]
+    meta = dict(parts[0][1])
+    reps = [m["report"] for _, m in parts]
+    meta.update(ids=ids, subsets=subsets if any(s is not None for s in subsets) else None,
+                shard=None if not missing else [sorted(by_index), num],
+                missing_shards=missing, prompt_hashes=prompts,
+                report={"rows": len(ids), "skipped": [s for r in reps for s in r["skipped"]],
+                        "truncated": [s for r in reps for s in r["truncated"]],
+                        "chunks_computed": sum(r["chunks_computed"] for r in reps),
+                        "chunks_reused": sum(r["chunks_reused"] for r in reps),
+                        "tokens_computed": sum(r["tokens_computed"] for r in reps),
+                        "seconds": max(r["seconds"] for r in reps)})
+    # skipped rows are listed by every shard's scan: keep one copy each
+    seen, skipped = set(), []
+    for s in meta["report"]["skipped"]:
+        k = (s["line"], s["id"])
+        if k not in seen:
+            seen.add(k)
+            skipped.append(s)
+    meta["report"]["skipped"] = skipped
+    save_artifact(output, tensors, meta)
+    return {**meta["report"], "shards": len(inputs), "num_shards": num, "missing_shards": missing}
+
+
+def _rank_merge(out: Path, rank: int, world: int, quiet: bool, timeout: float = 24 * 3600) -> None:
+    """Under torchrun/accelerate: rank 0 waits for every rank's shard, then merges."""
+    if rank != 0:
+        return
+    shards = [out.with_name(f"{out.name}.shard-{r}-of-{world}") for r in range(world)]
+    t0 = time.time()
+    while not all(s.exists() for s in shards):
+        if time.time() - t0 > timeout:
+            raise ArmoError(f"merge: timed out waiting for shards of {out}")
+        time.sleep(1.0)
+    merge_features(shards, out)
+    for s in shards:
+        s.unlink()
+    info(f"[green]merged[/green] {world} ranks into {out}", quiet)

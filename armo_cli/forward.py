@@ -1,0 +1,125 @@
+"""The batched, tree-masked forward pass: token-budget batches sorted by length, order restored.
+
+A pair is run as one tree [prompt | chosen | rejected] with an attention mask in which each response sees
+the prompt and itself but not the other response, and position ids that restart after the prompt. The
+prompt is therefore computed once, with no cache juggling and no padding.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+import torch
+
+from .backbones import Backbone
+from .errors import ArmoError
+from .rendering import Tree
+
+
+def batch_defaults(device: torch.device) -> tuple[int, float]:
+    """(token budget per batch, largest padded share) for a device: the one home of these defaults.
+
+    On a compute-bound CPU a padded token costs as much as a real one, so padding stays near zero; an
+    accelerator (CUDA or MPS) trades some padding for larger batches."""
+    if device.type == "cpu":
+        return 2048, 0.05
+    return 32768, 0.25
+
+
+def build_batch(trees: list[Tree], device: torch.device, dtype: torch.dtype):
+    """input_ids, position_ids and a 4D additive mask for a batch of right-padded trees."""
+    L = max(t.length for t in trees)
+    B = len(trees)
+    ids = torch.zeros(B, L, dtype=torch.long)
+    pos = torch.zeros(B, L, dtype=torch.long)
+    seg = torch.full((B, L), -1, dtype=torch.long)
+    for b, t in enumerate(trees):
+        p = len(t.prompt)
+        ids[b, :p] = torch.tensor(t.prompt)
+        pos[b, :p] = torch.arange(p)
+        seg[b, :p] = 0
+        o = p
+        for j, c in enumerate(t.conts):
+            n = len(c)
+            ids[b, o:o + n] = torch.tensor(c)
+            pos[b, o:o + n] = torch.arange(p, p + n)
+            seg[b, o:o + n] = j + 1
+            o += n
+    q = torch.arange(L)
+    causal = q[None, :, None] >= q[None, None, :]
+    sq, sk = seg[:, :, None], seg[:, None, :]
+    allowed = causal & (sk >= 0) & (sq >= 0) & ((sk == 0) | (sk == sq))
+    allowed |= torch.eye(L, dtype=torch.bool)[None]  # padding rows see themselves: no NaN rows
+    mask = torch.zeros(B, 1, L, L, dtype=dtype)
+    mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+    return ids.to(device), pos.to(device), mask.to(device)
+
+
+@torch.inference_mode()
+def forward_trees(model: Any, trees: list[Tree], device: torch.device, dtype: torch.dtype):
+    """Return prompt features [B,d] and response features [B,m,d] (float32) for trees with m responses each."""
+    ids, pos, mask = build_batch(trees, device, dtype)
+    hidden = model(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=False).last_hidden_state
+    b_idx, g_idx, r_idx = [], [], []
+    for b, t in enumerate(trees):
+        b_idx.append(b)
+        g_idx.append(t.gate)
+        o = len(t.prompt)
+        ends = []
+        for c in t.conts:
+            o += len(c)
+            ends.append(o - 1)
+        r_idx.append(ends)
+    bi = torch.tensor(b_idx, device=hidden.device)
+    prompt = hidden[bi, torch.tensor(g_idx, device=hidden.device)].float().cpu()
+    ri = torch.tensor(r_idx, device=hidden.device)
+    resp = hidden[bi[:, None], ri].float().cpu()
+    return prompt, resp
+
+
+def token_batches(trees: list[Tree], batch_tokens: int, max_padding: float = 1.0) -> Iterator[list[Tree]]:
+    """Length-sorted batches within the token budget whose padding stays under `max_padding` of the batch.
+
+    On a compute-bound CPU a padded token costs as much as a real one, so the CPU default keeps
+    padding near zero; a GPU trades some padding for larger batches."""
+    order = sorted(trees, key=lambda t: -t.length)
+    batch: list[Tree] = []
+    real = 0
+    for t in order:
+        if batch:
+            padded = (len(batch) + 1) * batch[0].length
+            if padded > batch_tokens or 1 - (real + t.length) / padded > max_padding:
+                yield batch
+                batch, real = [], 0
+        batch.append(t)
+        real += t.length
+    if batch:
+        yield batch
+
+
+def encode_trees(backbone: Backbone, trees: list[Tree], batch_tokens: int,
+                 on_batch: Callable[[int, int], None] | None = None,
+                 max_padding: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features for trees in their given order (batches are length-sorted, order restored)."""
+    m = len(trees[0].conts)
+    d = backbone.hidden_size
+    prompt = torch.empty(len(trees), d)
+    resp = torch.empty(len(trees), m, d)
+    where = {id(t): i for i, t in enumerate(trees)}
+    for batch in token_batches(trees, batch_tokens, max_padding):
+        pf, rf = forward_trees(backbone.model, batch, backbone.device, backbone.dtype)
+        idx = torch.tensor([where[id(t)] for t in batch])
+        prompt[idx] = pf
+        resp[idx] = rf
+        if on_batch:
+            on_batch(len(batch), sum(t.length for t in batch))
+    return prompt, resp
+
+
+def check_finite_features(trees: list[Tree], prompt: torch.Tensor, resp: torch.Tensor, source_name: str,
+                          dtype: torch.dtype) -> None:
+    """Never a silently wrong feature: NaN/inf hidden states (e.g. fp16 overflow) name their row."""
+    bad = ~(torch.isfinite(prompt).all(-1) & torch.isfinite(resp).all(-1).all(-1))
+    if bool(bad.any()):
+        t = trees[int(bad.nonzero()[0])]
+        raise ArmoError(f"{source_name}:{t.example.line}: row {t.example.id!r}: the backbone produced non-finite hidden "
+                        f"states (NaN/inf) with dtype {dtype}; try --dtype fp32 or bf16")

@@ -1,0 +1,141 @@
+"""Chat rendering and tokenisation: a conversation becomes a `Tree` of token ids, a prompt shared by one
+or two continuations, with the prompt's tokens an exact prefix of the whole conversation's and exactly one
+BOS. Also where f(x) is read (gate rules) and what happens to rows over the length limit."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .errors import ArmoError
+from .io import sha256_json
+from .rows import Example, Skipped
+
+OVERFLOW = ("error", "skip", "truncate-prompt")
+
+
+# --- gate rules ---------------------------------------------------------------------------------
+# A gate rule says where the prompt feature f(x) is read. Positions are given relative to the
+# prompt as rendered *with* the generation prompt (length P, generation-prompt suffix of length S).
+GATE_RULES: dict[str, Callable[[int, int], int]] = {
+    # the last token before the first response token (armo's default)
+    "generation-prompt": lambda p, s: p - 1,
+    # ArmoRM's: the end-of-turn token just before the last assistant header (P-5 for Llama 3)
+    "armo-eot": lambda p, s: p - s - 1,
+}
+
+# The same rules as (offset into the last occurrence of the generation-prompt token pattern),
+# which is how an exported model finds the position in a plain token sequence.
+GATE_RULE_PATTERN_OFFSET: dict[str, Callable[[int], int]] = {
+    "generation-prompt": lambda s: s - 1,
+    "armo-eot": lambda s: -1,
+}
+
+
+# --- tokenisation -------------------------------------------------------------------------------
+@dataclass
+class Tree:
+    """Token ids of one example: a prompt and one or two continuations sharing it."""
+
+    index: int
+    example: Example
+    prompt: list[int]
+    conts: list[list[int]]
+    gate: int
+    truncated: bool = False
+
+    @property
+    def length(self) -> int:
+        return len(self.prompt) + sum(len(c) for c in self.conts)
+
+    def seq_lengths(self) -> list[int]:
+        return [len(self.prompt) + len(c) for c in self.conts]
+
+
+class Renderer:
+    """Chat-template rendering with the prompt's tokens an exact prefix of the conversation's."""
+
+    def __init__(self, tokenizer: Any, gate_rule: str = "generation-prompt"):
+        if gate_rule not in GATE_RULES:
+            raise ArmoError(f"--gate-rule: unknown rule {gate_rule!r} (choose from {', '.join(GATE_RULES)})")
+        self.tok = tokenizer
+        self.gate_rule = gate_rule
+        bos = tokenizer.bos_token_id
+        with_special = tokenizer("x", add_special_tokens=True).input_ids
+        without = tokenizer("x", add_special_tokens=False).input_ids
+        # Does this tokenizer add BOS by itself? Then the template text must not bring a second one.
+        self.adds_bos = bos is not None and len(with_special) > len(without) and with_special[0] == bos
+        self.bos = bos
+        probe = [{"role": "user", "content": "x"}]
+        with_gen = self.render(probe, generation_prompt=True)
+        without_gen = self.render(probe, generation_prompt=False)
+        if not with_gen.startswith(without_gen):
+            raise ArmoError("the backbone's chat template renders the generation prompt in an unsupported way")
+        self.gen_suffix_text = with_gen[len(without_gen):]
+        self.template_hash = sha256_json(getattr(tokenizer, "chat_template", None))[:16]
+        self.gen_suffix = self.encode(self.gen_suffix_text, bos=False)
+
+    def render(self, messages: list[dict], generation_prompt: bool) -> str:
+        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+    def encode(self, text: str, bos: bool) -> list[int]:
+        ids = self.tok(text, add_special_tokens=False).input_ids
+        if bos and self.adds_bos and (not ids or ids[0] != self.bos):
+            ids = [self.bos] + ids
+        return ids
+
+    def tokenize(self, ex: Example, index: int = 0) -> Tree:
+        p_text = self.render(ex.prompt, generation_prompt=True)
+        prompt = self.encode(p_text, bos=True)
+        conts = []
+        for resp in ex.responses:
+            full = self.render(ex.prompt + [{"role": "assistant", "content": resp}], generation_prompt=False)
+            if not full.startswith(p_text):
+                raise ArmoError("the chat template does not render the prompt as a prefix of the conversation")
+            conts.append(self.encode(full[len(p_text):], bos=False))
+        gate = GATE_RULES[self.gate_rule](len(prompt), len(self.gen_suffix))
+        return Tree(index, ex, prompt, conts, gate)
+
+    def n_bos(self, prompt: list[int]) -> int:
+        return 1 if prompt and self.bos is not None and prompt[0] == self.bos else 0
+
+    def truncate_prompt(self, tree: Tree, max_length: int) -> Tree | None:
+        """Drop the oldest prompt tokens (keeping BOS) so every sequence fits; None if impossible."""
+        longest = max(len(c) for c in tree.conts)
+        nb = self.n_bos(tree.prompt)
+        keep = max_length - longest - nb
+        tail = len(tree.prompt) - tree.gate  # tokens at and after the gate position must stay
+        if keep < tail + 1:
+            return None
+        prompt = tree.prompt[:nb] + tree.prompt[len(tree.prompt) - keep:]
+        gate = GATE_RULES[self.gate_rule](len(prompt), len(self.gen_suffix))
+        return Tree(tree.index, tree.example, prompt, tree.conts, gate, truncated=True)
+
+
+def length_limit(max_length: int | None, model_config: Any) -> tuple[int, str]:
+    """The longest sequence allowed and how to name it: --max-length, else the backbone's positions."""
+    if max_length is not None:
+        return max_length, "--max-length"
+    positions = getattr(model_config, "max_position_embeddings", None)
+    if positions:
+        return int(positions), "the backbone's maximum positions"
+    return 1 << 62, "no limit"
+
+
+def sized_tree(renderer: Renderer, ex: Example, index: int, where: str, limit: int, limit_name: str,
+               overflow: str, skipped: list[Skipped]) -> Tree | None:
+    """Tokenise one example and apply the length policy: the tree, or None (recorded in `skipped`)."""
+    try:
+        tree = renderer.tokenize(ex, index)
+    except ArmoError as e:
+        raise ArmoError(f"{where}: {e}") from None
+    n = max(tree.seq_lengths())
+    if n <= limit:
+        return tree
+    if overflow == "error":
+        raise ArmoError(f"{where}: row {ex.id!r} has {n} tokens, over {limit_name} {limit} "
+                        f"(use --overflow truncate-prompt or skip)")
+    new = renderer.truncate_prompt(tree, limit) if overflow == "truncate-prompt" else None
+    if new is None:
+        why = "response alone exceeds" if overflow == "truncate-prompt" else "exceeds"
+        skipped.append(Skipped(ex.line, ex.id, f"{n} tokens: {why} {limit_name} {limit}"))
+    return new
