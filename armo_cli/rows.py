@@ -175,6 +175,8 @@ class Source:
 
     @property
     def name(self) -> str:
+        if self.path == "-":
+            return "<stdin>"
         return self.path if self.path is not None else f"{self.dataset}[{self.split}]"
 
     def raw(self) -> Iterator[tuple[int, Any]]:

@@ -1,29 +1,29 @@
 """`score` and `evaluate`: a trained model applied to features, explained, and measured."""
 from __future__ import annotations
 
+import contextlib
+import itertools
 import math
 import sys
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator, TextIO
 
 import torch
 from rich.table import Table
 
 from .backbones import DTYPES, Backbone, load_backbone
-from .console import show, table
-from .extract import ExtractConfig, extract
+from .console import show, table, warn
 from .features import Features
-from .rendering import OVERFLOW
+from .forward import batch_defaults, check_finite_features, encode_trees
+from .rendering import OVERFLOW, Renderer, Tree, length_limit, sized_tree
 from .errors import ArmoError
-from .io import atomic_path, check_input_file, check_output_file, dumps, write_text_atomic, write_texts_atomic
+from .io import atomic_path, check_input_file, check_output_file, dumps, write_texts_atomic
 from .model import ArmoModel
 from .options import check_value, opt, validate
 from .provenance import FeatureMeaning, require_compatible
 from .regression import unscale
 from .rewardbench import section_scores
-from .rows import ON_ERROR
+from .rows import ON_ERROR, Skipped, Source, iter_examples
 from .stats import bootstrap_ci, spearman
 
 
@@ -106,23 +106,10 @@ def check_finite_scores(scores: torch.Tensor, ids: list[str]) -> None:
                         f"{int(bad.sum())} rows affected")
 
 
-def features_for(model: ArmoModel, cfg: ModelInputConfig, bb: Backbone | None = None) -> Features:
-    """Either load extracted features (checked against the model) or extract them now."""
-    features, input, backbone = cfg.features, cfg.input, cfg.backbone
-    if features:
-        f = Features.load(features)
-        require_compatible(model.meaning, f.meaning(), str(model.path), features, prompt=True)
-        return f
-    bb = bb or load_backbone(backbone or model.backbone["name"], cfg.device, cfg.dtype)
-    require_compatible(model.meaning, FeatureMeaning(bb.spec.name, bb.fingerprint, bb.hidden_size), str(model.path),
-                       f"--backbone {backbone or model.backbone['name']}", warn_dtype=False)
-    with tempfile.TemporaryDirectory(prefix="armo-score-") as tmp:
-        out = Path(tmp) / "features.safetensors"
-        extract(ExtractConfig(input=input, output=str(out), gate_rule=model.gate_rule,
-                              max_length=cfg.max_length, overflow=cfg.overflow, on_error=cfg.on_error,
-                              batch_tokens=cfg.batch_tokens, quiet=cfg.quiet, announce=False), backbone=bb)
-        f = Features.load(out)
-    require_compatible(model.meaning, f.meaning(), str(model.path), f"{input} (as extracted now)", prompt=True, warn_dtype=False)
+def load_features(model: ArmoModel, path: str) -> Features:
+    """Extracted features, checked to mean what the model reads (backbone, layer, template, gate rule)."""
+    f = Features.load(path)
+    require_compatible(model.meaning, f.meaning(), str(model.path), path, prompt=True)
     return f
 
 
@@ -138,18 +125,14 @@ def _weights(cfg_weights: str | None, objective: str | None, objectives: list[st
     return parse_weights(cfg_weights, objectives) if cfg_weights else None
 
 
-def score_records(model: ArmoModel, feats: Features, weights: torch.Tensor | None = None, top_k: int = 3) -> Iterator[dict]:
-    """One JSON-ready record per row, in input order."""
+def _records(model: ArmoModel, ids: list[str], subsets: list[str | None], ex: dict[str, torch.Tensor], pair: bool,
+             top_k: int) -> Iterator[dict]:
+    """JSON-ready records from `model.explain` output for rows of one shape (pairs or single responses)."""
     objs = model.objectives
     scales = model.regression.meta["scales"]
-    P = feats.tensors["prompt_features"]
-    R = feats.tensors["response_features"]
-    if not feats.pair:
-        R = R[:, None]
-    ex = model.explain(P, R, weights)
-    check_finite_scores(ex["score"], feats.ids)
+    check_finite_scores(ex["score"], ids)
     orig = torch.stack([unscale(ex["rewards"][..., j], scales[o]) for j, o in enumerate(objs)], dim=-1)
-    for i, rid in enumerate(feats.ids):
+    for i, rid in enumerate(ids):
         coef = ex["coefficients"][i]
         top = torch.argsort(coef.abs(), descending=True)[:top_k].tolist()
 
@@ -162,9 +145,9 @@ def score_records(model: ArmoModel, feats: Features, weights: torch.Tensor | Non
                                         "contribution": float(coef[j] * r[j])} for j in top]}
 
         rec: dict = {"id": rid}
-        if feats.meta.get("subsets"):
-            rec["subset"] = feats.meta["subsets"][i]
-        if feats.pair:
+        if subsets[i] is not None:
+            rec["subset"] = subsets[i]
+        if pair:
             c, r = side(0), side(1)
             margin = c["score"] - r["score"]
             rec.update(chosen=c, rejected=r, margin=margin,
@@ -174,6 +157,78 @@ def score_records(model: ArmoModel, feats: Features, weights: torch.Tensor | Non
         rec["gating"] = {o: float(ex["gating"][i, j]) for j, o in enumerate(objs)}
         rec["coefficients"] = {o: float(coef[j]) for j, o in enumerate(objs)}
         yield rec
+
+
+def score_records(model: ArmoModel, feats: Features, weights: torch.Tensor | None = None, top_k: int = 3) -> Iterator[dict]:
+    """One JSON-ready record per row of a features file, in input order."""
+    P = feats.tensors["prompt_features"]
+    R = feats.tensors["response_features"]
+    ex = model.explain(P, R if feats.pair else R[:, None], weights)
+    subsets = feats.meta.get("subsets") or [None] * len(feats.ids)
+    yield from _records(model, feats.ids, subsets, ex, feats.pair, top_k)
+
+
+@dataclass
+class Scored:
+    """Rows of one window, scored: their trees (ids, lines, lengths) and the model's explanation."""
+
+    trees: list[Tree]
+    explained: dict[str, torch.Tensor]  # model.explain output, rows in the order of `trees`
+    pair: bool
+
+
+WINDOW_ROWS = 256  # rows read, scored and written at a time: memory holds one window, output starts early
+
+
+def iter_scored(model: ArmoModel, bb: Backbone, source: Source, cfg: ModelInputConfig,
+                weights: torch.Tensor | None = None, window: int = WINDOW_ROWS) -> Iterator[list[Scored]]:
+    """Score rows straight from the batched forward pass, a window at a time (no features file): each
+    window is tokenised, length-checked, batched by length (order restored) and explained. Yields, per
+    window, one group for the single responses and one for the pairs that it holds."""
+    renderer = Renderer(bb.tokenizer, model.gate_rule)
+    meaning = FeatureMeaning(bb.spec.name, bb.fingerprint, bb.hidden_size, -1, tuple(renderer.gen_suffix),
+                             renderer.template_hash, str(bb.dtype), model.gate_rule)
+    require_compatible(model.meaning, meaning, str(model.path), f"--backbone {bb.spec.name}", prompt=True, warn_dtype=False)
+    limit, limit_name = length_limit(cfg.max_length, bb.model.config)
+    batch_tokens, max_padding = batch_defaults(bb.device)
+    batch_tokens = cfg.batch_tokens or batch_tokens
+    skipped: list[Skipped] = []
+    rows = iter_examples(source, cfg.on_error, skipped)
+    index = scored = 0
+    while True:
+        examples = list(itertools.islice(rows, window))
+        if not examples:
+            break
+        trees = []
+        for ex in examples:
+            t = sized_tree(renderer, ex, index, f"{source.name}:{ex.line}", limit, limit_name, cfg.overflow, skipped)
+            index += 1
+            if t is not None:
+                trees.append(t)
+        groups = []
+        for pair in (False, True):
+            group = [t for t in trees if (len(t.conts) == 2) == pair]
+            if group:
+                P, R = encode_trees(bb, group, batch_tokens, None, max_padding)
+                check_finite_features(group, P, R, source.name, bb.dtype)
+                groups.append(Scored(group, model.explain(P, R, weights), pair))
+        scored += len(trees)
+        if groups:
+            yield groups
+    for sk in skipped:
+        warn(f"skipped line {sk.line} ({sk.id}): {sk.reason}")
+    if not scored:
+        raise ArmoError(f"{source.name}: no usable rows")
+
+
+def window_records(model: ArmoModel, groups: list[Scored], top_k: int) -> list[dict]:
+    """The records of one scored window, in input order."""
+    out = []
+    for g in groups:
+        recs = _records(model, [t.example.id for t in g.trees], [t.example.subset for t in g.trees], g.explained,
+                        g.pair, top_k)
+        out += [(t.index, r) for t, r in zip(g.trees, recs)]
+    return [r for _, r in sorted(out, key=lambda x: x[0])]
 
 
 def _bar(v: float, vmax: float, width: int = 10) -> str:
@@ -201,27 +256,49 @@ def render_table(rec: dict) -> Table:
 
 
 def score(cfg: ScoreConfig, model: ArmoModel | None = None, backbone: Backbone | None = None) -> int:
-    """Run `armo score`; returns the number of rows written. `model` and `backbone` may be given loaded."""
+    """Run `armo score`; returns the number of rows written. `model` and `backbone` may be given loaded.
+
+    Rows stream: each window of rows is written as soon as it is scored (stdout is flushed), so memory stays
+    flat and the first results appear before the last rows are read. A file output (-o FILE) appears only
+    when complete; on stdout, the rows before a bad one have already been written when the error stops it."""
     check_inputs(cfg, {"--output": cfg.output})
     model = model or ArmoModel.load(cfg.model)
     w = _weights(cfg.weights, cfg.objective, model.objectives)
-    feats = features_for(model, cfg, backbone)
-    records = list(score_records(model, feats, w, cfg.top_k))
-    if cfg.format == "table":
-        from rich.console import Console
-
-        out = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 120) if cfg.output == "-" else None
-        if out is None:
-            with atomic_path(cfg.output) as tmp, open(tmp, "w") as fh:
-                c = Console(file=fh, width=120)
-                for rec in records:
-                    c.print(render_table(rec))
-        else:
-            for rec in records:
-                out.print(render_table(rec))
+    if cfg.features:
+        feats = load_features(model, cfg.features)
+        windows: Iterable[list[dict]] = [list(score_records(model, feats, w, cfg.top_k))]
     else:
-        write_text_atomic(cfg.output, "".join(dumps(r) + "\n" for r in records))
-    return len(records)
+        bb = backbone or load_backbone(cfg.backbone or model.backbone["name"], cfg.device, cfg.dtype)
+        source = Source(path=cfg.input)
+        windows = (window_records(model, groups, cfg.top_k) for groups in iter_scored(model, bb, source, cfg, w))
+    n = 0
+    with _text_output(cfg.output) as fh:
+        if cfg.format == "table":
+            from rich.console import Console
+
+            width = None if cfg.output == "-" and sys.stdout.isatty() else 120
+            con = Console(file=fh, width=width)
+            for recs in windows:
+                for rec in recs:
+                    con.print(render_table(rec))
+                n += len(recs)
+                fh.flush()
+        else:
+            for recs in windows:
+                fh.write("".join(dumps(r) + "\n" for r in recs))
+                fh.flush()
+                n += len(recs)
+    return n
+
+
+@contextlib.contextmanager
+def _text_output(path: str) -> Iterator[TextIO]:
+    """stdout for '-', else a temporary file beside PATH that replaces it only when the block succeeds."""
+    if path == "-":
+        yield sys.stdout
+        return
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        yield fh
 
 
 # --- evaluate -----------------------------------------------------------------------------------
@@ -292,24 +369,40 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     check_inputs(cfg, {"--output": cfg.output, "--pairs-output": cfg.pairs_output})
     model = ArmoModel.load(cfg.model)
     w = _weights(cfg.weights, cfg.objective, model.objectives)
-    feats = features_for(model, cfg)
-    if not feats.pair:
-        raise ArmoError(f"{cfg.features or cfg.input}: evaluate needs pairs (rows with 'chosen' and 'rejected')")
-    ex = model.explain(feats.tensors["prompt_features"], feats.tensors["response_features"], w)
-    check_finite_scores(ex["score"], feats.ids)
-    subsets = feats.meta.get("subsets") or ["all"] * len(feats.ids)
+    if cfg.features:
+        feats = load_features(model, cfg.features)
+        if not feats.pair:
+            raise ArmoError(f"{cfg.features}: evaluate needs pairs (rows with 'chosen' and 'rejected')")
+        scores = model.explain(feats.tensors["prompt_features"], feats.tensors["response_features"], w)["score"]
+        ids, lengths = feats.ids, feats.tensors["response_lengths"]
+        subsets = feats.meta.get("subsets") or [None] * len(ids)
+    else:
+        bb = load_backbone(cfg.backbone or model.backbone["name"], cfg.device, cfg.dtype)
+        source = Source(path=cfg.input)
+        rows: list[tuple[int, Tree, torch.Tensor]] = []
+        for groups in iter_scored(model, bb, source, cfg, w):
+            for g in groups:
+                if not g.pair:
+                    raise ArmoError(f"{source.name}:{g.trees[0].example.line}: evaluate needs pairs "
+                                    f"(rows with 'chosen' and 'rejected')")
+                rows += [(t.index, t, g.explained["score"][i]) for i, t in enumerate(g.trees)]
+        rows.sort(key=lambda r: r[0])
+        ids = [t.example.id for _, t, _ in rows]
+        subsets = [t.example.subset for _, t, _ in rows]
+        scores = torch.stack([sc for _, _, sc in rows])
+        lengths = torch.tensor([[len(c) for c in t.conts] for _, t, _ in rows])
+    check_finite_scores(scores, ids)
     subsets = [s if s is not None else "all" for s in subsets]
-    report = evaluate_scores(ex["score"], subsets, feats.tensors["response_lengths"], cfg.ties, cfg.bootstrap, cfg.seed)
+    report = evaluate_scores(scores, subsets, lengths, cfg.ties, cfg.bootstrap, cfg.seed)
     report = {"model": str(model.path), **report}
     texts: dict[str, str] = {}
     if cfg.pairs_output:
         lines = []
-        for i, rid in enumerate(feats.ids):
-            s = ex["score"][i]
-            lines.append(dumps({"id": rid, "subset": subsets[i], "chosen": float(s[0]), "rejected": float(s[1]),
-                                "margin": float(s[0] - s[1]),
-                                "chosen_length": int(feats.tensors["response_lengths"][i, 0]),
-                                "rejected_length": int(feats.tensors["response_lengths"][i, 1])}) + "\n")
+        for i, rid in enumerate(ids):
+            sc = scores[i]
+            lines.append(dumps({"id": rid, "subset": subsets[i], "chosen": float(sc[0]), "rejected": float(sc[1]),
+                                "margin": float(sc[0] - sc[1]),
+                                "chosen_length": int(lengths[i, 0]), "rejected_length": int(lengths[i, 1])}) + "\n")
         texts[cfg.pairs_output] = "".join(lines)
     if cfg.output:
         texts[cfg.output] = dumps(report, indent=2) + "\n"

@@ -2,7 +2,8 @@
 
 Printed, each the median of --repeats runs in fresh processes (warm file cache, embedded backbone
 already dequantised):
-  - the import floor: `python -c "import torch; from transformers import AutoModel"`
+  - the import floor: `python -c "import torch; from transformers import AutoModel"`, and the same plus
+    transformers' Llama model code (modeling_utils and friends), which loading any Llama backbone imports
   - `armo --help`
   - `armo score` of one pair (examples/pair.jsonl) and of 32 pairs (examples/pairs.jsonl), to a file
 and, inside one process, the steps of scoring: imports, model heads, backbone load, first pair, and the
@@ -60,6 +61,8 @@ def main() -> None:
         out = str(Path(tmp) / "scores.jsonl")
         subprocess.run([*ARMO, "score", str(one), "-o", out, "-q"], check=True, cwd=ROOT)  # warm the caches once
         floor = timed([sys.executable, "-c", "import torch; from transformers import AutoModel"], args.repeats)
+        floor_llama = timed([sys.executable, "-c", "import torch; from transformers import AutoModel; "
+                                             "import transformers.models.llama.modeling_llama"], args.repeats)
         help_ = timed([*ARMO, "--help"], args.repeats)
         s1 = timed([*ARMO, "score", str(one), "-o", out, "-q"], args.repeats)
         s32 = timed([*ARMO, "score", str(many), "-o", out, "-q"], args.repeats)
@@ -68,6 +71,7 @@ def main() -> None:
     step = {k: statistics.median(s[k] for s in steps) for k in steps[0]}
     print(f"startup_bench ({args.repeats} runs each, medians)")
     print(f"  import floor (torch + transformers AutoModel)  {floor:6.2f} s")
+    print(f"  floor + transformers' Llama model code         {floor_llama:6.2f} s   (what loading any Llama backbone imports)")
     print(f"  armo --help                                    {help_:6.2f} s   (target <= 0.5 s)")
     print(f"  armo score, 1 pair                             {s1:6.2f} s   (floor + {s1 - floor:.2f} s; target <= +1.5 s)")
     print(f"  armo score, 32 pairs                           {s32:6.2f} s   ({(s32 - s1) / 31 * 1000:.0f} ms per extra pair)")

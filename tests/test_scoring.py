@@ -136,3 +136,65 @@ def test_score_in_a_bash_pipeline(tiny_model):
     assert out.returncode == 0, out.stderr
     vals = [float(x) for x in out.stdout.split()]
     assert len(vals) == 5
+
+
+def test_score_streams_its_first_results_before_the_last_rows_are_read(tiny_model, tiny_backbone):
+    """A reader on stdout sees the first window's records while the writer still holds the rest of the
+    input back: results are written as each window of rows is scored, not after the whole file."""
+    import select
+
+    from armo_cli.scoring import WINDOW_ROWS
+
+    rows = [json.loads(x) for x in (tiny_model / "r.jsonl").read_text().splitlines()]
+    many = [{**rows[i % len(rows)], "id": f"s{i}"} for i in range(WINDOW_ROWS + 40)]
+    p = subprocess.Popen([sys.executable, "-m", "armo_cli.cli", "score", "-m", str(tiny_model / "model"), "-",
+                          "--backbone", str(tiny_backbone), "--device", "cpu", "-q"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        head = "".join(json.dumps(r) + "\n" for r in many[:WINDOW_ROWS + 1])
+        p.stdin.write(head)
+        p.stdin.flush()
+        ready, _, _ = select.select([p.stdout], [], [], 120)
+        assert ready, "no output while the input was still open"
+        first = json.loads(p.stdout.readline())
+        assert first["id"] == "s0"
+        p.stdin.write("".join(json.dumps(r) + "\n" for r in many[WINDOW_ROWS + 1:]))
+        p.stdin.close()
+        rest = p.stdout.read().splitlines()
+        assert p.wait(120) == 0, p.stderr.read()
+    finally:
+        p.kill()
+    assert [json.loads(x)["id"] for x in rest] == [f"s{i}" for i in range(1, len(many))]
+
+
+def test_rows_and_features_give_the_same_records(tiny_model, tiny_backbone):
+    """The in-memory path (rows straight through the batched forward) equals scoring extracted features."""
+    d = tiny_model
+    by_rows = [json.loads(x) for x in invoke("score", "-m", d / "model", d / "r.jsonl", "--backbone", tiny_backbone,
+                                             "--device", "cpu", "-q").stdout.splitlines()]
+    by_feats = [json.loads(x) for x in invoke("score", "-m", d / "model", "--features", d / "r.st").stdout.splitlines()]
+    assert [x["id"] for x in by_rows] == [x["id"] for x in by_feats]
+    for a, b in zip(by_rows, by_feats):
+        assert a["score"] == pytest.approx(b["score"], abs=1e-5)
+        for o in a["rewards"]:
+            assert a["rewards"][o] == pytest.approx(b["rewards"][o], abs=1e-5)
+
+
+def test_mixed_pairs_and_single_responses_keep_their_order(tiny_model, tiny_backbone, tmp_path):
+    from conftest import write_jsonl
+
+    r = [json.loads(x) for x in (tiny_model / "r.jsonl").read_text().splitlines()][:3]
+    p = [json.loads(x) for x in (tiny_model / "p.jsonl").read_text().splitlines()][:3]
+    mixed = write_jsonl(tmp_path / "m.jsonl", [r[0], p[0], r[1], p[1], p[2], r[2]])
+    out = [json.loads(x) for x in invoke("score", "-m", tiny_model / "model", mixed, "--backbone", tiny_backbone,
+                                         "--device", "cpu", "-q").stdout.splitlines()]
+    assert [x["id"] for x in out] == [r[0]["id"], p[0]["id"], r[1]["id"], p[1]["id"], p[2]["id"], r[2]["id"]]
+    assert ["margin" in x for x in out] == [False, True, False, True, True, False]
+
+
+def test_score_table_to_a_file(tiny_model, tmp_path):
+    out = tmp_path / "t.txt"
+    invoke("score", "-m", tiny_model / "model", "--features", tiny_model / "p.st", "--format", "table", "-o", out)
+    text = out.read_text()
+    assert text.count("preferred:") == 60 and "objective" in text and "coefficient" in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.txt"]
