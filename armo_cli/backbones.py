@@ -16,7 +16,6 @@ import torch
 from .errors import ArmoError
 from .io import sha256_file, sha256_json
 
-DEFAULT_BACKBONE = "smollm2-135m-instruct"
 
 
 @dataclass(frozen=True)

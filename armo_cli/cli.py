@@ -1,6 +1,7 @@
 """The `armo` command: thin Typer functions that parse options into a config and call one library function."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from typing import Callable, List, NoReturn, Optional, TypeVar
@@ -9,6 +10,9 @@ import typer
 
 from . import __version__
 from .console import console
+from .configs import (AssembleConfig, DecorrelationConfig, EvaluateConfig, ExportConfig, ExtractConfig, GatingConfig,
+                      ImportConfig, MergeConfig, RegressionConfig, SampleConfig, ScoreConfig)
+from .specs import parse_alphas, parse_lambda_range, parse_ranges
 from .errors import (EXIT_BAD_INPUT, EXIT_ENVIRONMENT, EXIT_INTERNAL, EXIT_INTERRUPTED, ArmoError, debug_enabled,
                      environment_message, one_line)
 
@@ -63,82 +67,64 @@ def _run(fn: Callable[[], T]) -> T:
               f"with the command and `armo version`; --debug or ARMO_DEBUG=1 shows the traceback", EXIT_INTERNAL)
 
 
-def _range(specs: List[str]) -> dict:
-    out = {}
-    for s in specs or []:
-        try:
-            name, lohi = s.split("=", 1)
-            lo, hi = (float(x) for x in lohi.split(":"))
-        except ValueError:
-            raise ArmoError(f"--range {s!r}: expected NAME=LO:HI") from None
-        if hi <= lo:
-            raise ArmoError(f"--range {s!r}: HI must be greater than LO")
-        out[name] = (lo, hi)
-    return out
+def _field(cls: type, name: str):
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            return f
+    raise KeyError(f"{cls.__name__}.{name}")
 
 
-def _lohi(spec: Optional[str]):
-    if spec is None:
-        return None
-    try:
-        lo, hi = spec.split(":")
-        return (float(lo) if lo else -float("inf"), float(hi) if hi else float("inf"))
-    except ValueError:
-        raise ArmoError(f"--lambda-range {spec!r}: expected LO:HI") from None
+def _default(cls: type, name: str):
+    f = _field(cls, name)
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return ...
 
 
-def _fit(fit: Callable[[], object], model_dir: Optional[str], part: str, artifact: str) -> None:
-    """Run a fit stage, then (with --model-dir) register its artifact in the model directory."""
-    if model_dir:
-        from .model import check_model_dir
-
-        check_model_dir(model_dir)  # before the fit: a folder armo may not write is refused up front
-    fit()
-    if model_dir:
-        from .model import register_part
-
-        register_part(model_dir, part, artifact)
-        console.print(f"[green]{part}[/green] registered in {model_dir}", highlight=False)
+def O(cls: type, name: str, *flags: str, spec: bool = False, required: bool = False):
+    """A Typer option whose default and help are the config field's (one source of truth). `spec`: the CLI
+    takes a string that armo_cli.specs parses (default None, meaning the field's default)."""
+    f = _field(cls, name)
+    default = ... if required else None if spec else _default(cls, name)
+    return typer.Option(default, *(flags or ("--" + name.replace("_", "-"),)), help=f.metadata["help"],
+                        show_default=default not in (None, ..., []))
 
 
-# Options shared by commands that run the backbone.
-BackboneOpt = typer.Option("smollm2-135m-instruct", "--backbone", "-b",
-                           help="Named backbone, GGUF file, local folder or HF hub id.")
-DeviceOpt = typer.Option(None, "--device", help="cuda, mps, cpu (default: best available).")
-DtypeOpt = typer.Option(None, "--dtype", help="bf16, fp16, fp32 (default: bf16 on CUDA, else fp32).")
-QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar or tables.")
-ModelDirOpt = typer.Option(None, "--model-dir", help="Also register the artifact in this model directory.")
-JsonOpt = typer.Option(None, "--json", help="Write the report as JSON.")
-# score and evaluate run the model's backbone on INPUT with these
-ModelBackboneOpt = typer.Option(None, "--backbone", help="Override where the model's backbone is loaded from.")
-MaxLengthOpt = typer.Option(None, "--max-length", help="Longest prompt+response in tokens.")
-OverflowOpt = typer.Option("error", "--overflow", help="Over --max-length: error | skip | truncate-prompt.")
-OnErrorOpt = typer.Option("error", "--on-error", help="Bad rows: error | skip (listed on stderr).")
-BatchTokensOpt = typer.Option(None, "--batch-tokens", help="Token budget per batch.")
-ForceOpt = typer.Option(False, "--force", help="Replace a non-empty output folder that armo did not write.")
+def A(cls: type, name: str, required: bool = True):
+    """A Typer argument whose help is the config field's."""
+    f = _field(cls, name)
+    return typer.Argument(... if required else _default(cls, name), help=f.metadata["help"], show_default=False)
+
+
+def _config(cls: type, values: dict, **parsed):
+    """The config from a command's parameters (named as its fields) and any parsed spec values."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in values.items() if k in names}, **parsed)
 
 
 @app.command()
 def extract(
-    input: Optional[str] = typer.Argument(None, help="JSONL file (.gz ok) or '-' for stdin."),
-    output: str = typer.Option(..., "--output", "-o", help="Features file to write (.safetensors)."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="datasets.load_dataset name or local file, instead of INPUT."),
-    split: str = typer.Option("train", "--split"),
-    backbone: str = BackboneOpt,
-    device: Optional[str] = DeviceOpt,
-    dtype: Optional[str] = DtypeOpt,
-    attn_implementation: str = typer.Option("sdpa", "--attn-implementation"),
-    gate_rule: str = typer.Option("generation-prompt", "--gate-rule", help="Where f(x) is read: generation-prompt | armo-eot."),
-    max_length: Optional[int] = typer.Option(None, "--max-length", help="Longest prompt+response in tokens."),
-    overflow: str = typer.Option("error", "--overflow", help="Over --max-length: error | skip | truncate-prompt."),
-    on_error: str = typer.Option("error", "--on-error", help="Bad rows: error | skip (listed in the report)."),
-    batch_tokens: Optional[int] = typer.Option(None, "--batch-tokens", help="Token budget per batch (default 2048 CPU, 32768 GPU)."),
-    max_padding: Optional[float] = typer.Option(None, "--max-padding", help="Largest padded share of a batch (default 0.05 CPU, 0.25 GPU)."),
-    chunk_size: int = typer.Option(256, "--chunk-size", help="Rows per resumable chunk."),
-    resume: bool = typer.Option(False, "--resume", help="Reuse finished chunks of an interrupted run."),
-    num_shards: Optional[int] = typer.Option(None, "--num-shards", help="Split the work into N disjoint shards."),
-    shard_index: Optional[int] = typer.Option(None, "--shard-index", help="Which shard this process writes."),
-    quiet: bool = QuietOpt,
+    input: Optional[str] = A(ExtractConfig, "input", required=False),
+    output: str = O(ExtractConfig, "output", "--output", "-o", required=True),
+    dataset: Optional[str] = O(ExtractConfig, "dataset"),
+    split: str = O(ExtractConfig, "split"),
+    backbone: str = O(ExtractConfig, "backbone", "--backbone", "-b"),
+    device: Optional[str] = O(ExtractConfig, "device"),
+    dtype: Optional[str] = O(ExtractConfig, "dtype"),
+    attn_implementation: str = O(ExtractConfig, "attn_implementation"),
+    gate_rule: str = O(ExtractConfig, "gate_rule"),
+    max_length: Optional[int] = O(ExtractConfig, "max_length"),
+    overflow: str = O(ExtractConfig, "overflow"),
+    on_error: str = O(ExtractConfig, "on_error"),
+    batch_tokens: Optional[int] = O(ExtractConfig, "batch_tokens"),
+    max_padding: Optional[float] = O(ExtractConfig, "max_padding"),
+    chunk_size: int = O(ExtractConfig, "chunk_size"),
+    resume: bool = O(ExtractConfig, "resume"),
+    num_shards: Optional[int] = O(ExtractConfig, "num_shards"),
+    shard_index: Optional[int] = O(ExtractConfig, "shard_index"),
+    quiet: bool = O(ExtractConfig, "quiet", "--quiet", "-q"),
 ):
     """Read conversations and write response features f(x,y) and prompt features f(x).
 
@@ -148,20 +134,17 @@ def extract(
 
     Example: `armo extract ratings.jsonl -o ratings.features.safetensors --max-length 1024 --overflow truncate-prompt`
     """
-    from .extract import ExtractConfig, extract as run
+    from .extract import extract as run
 
-    cfg = ExtractConfig(input=input, output=output, dataset=dataset, split=split, backbone=backbone, device=device,
-                        dtype=dtype, attn_implementation=attn_implementation, gate_rule=gate_rule, max_length=max_length,
-                        overflow=overflow, on_error=on_error, batch_tokens=batch_tokens, max_padding=max_padding, chunk_size=chunk_size,
-                        resume=resume, num_shards=num_shards, shard_index=shard_index, quiet=quiet)
+    cfg = _config(ExtractConfig, locals())
     _run(lambda: run(cfg))
 
 
 @app.command()
 def merge(
-    shards: List[str] = typer.Argument(..., help="Shard files written with --num-shards/--shard-index."),
-    output: str = typer.Option(..., "--output", "-o", help="Features file to write."),
-    allow_partial: bool = typer.Option(False, "--allow-partial", help="Merge the shards given even if some are missing (listed)."),
+    shards: List[str] = A(MergeConfig, "shards"),
+    output: str = O(MergeConfig, "output", "--output", "-o", required=True),
+    allow_partial: bool = O(MergeConfig, "allow_partial"),
 ):
     """Join the shards of one extract job into one features file, in the original row order.
 
@@ -169,9 +152,10 @@ def merge(
 
     Example: `armo merge feats.0.safetensors feats.1.safetensors -o feats.safetensors`
     """
-    from .extract import merge_features
+    from .extract import merge as run
 
-    rep = _run(lambda: merge_features(shards, output, allow_partial))
+    cfg = _config(MergeConfig, locals())
+    rep = _run(lambda: run(cfg))
     console.print(f"[green]merged[/green] {rep['shards']} of {rep['num_shards']} shards into {output}: {rep['rows']} rows",
                   highlight=False)
     if rep["missing_shards"]:
@@ -182,21 +166,21 @@ def merge(
 
 @app.command("fit-regression")
 def fit_regression(
-    features: List[str] = typer.Argument(..., help="Extract outputs with ratings."),
-    output: str = typer.Option("regression.safetensors", "--output", "-o"),
-    model_dir: Optional[str] = ModelDirOpt,
-    alphas: Optional[str] = typer.Option(None, "--alphas", help="Comma-separated grid (default 1e-4,...,1e4)."),
-    val_fraction: float = typer.Option(0.2, "--val-fraction"),
-    seed: int = typer.Option(0, "--seed"),
-    refit: str = typer.Option("all", "--refit", help="all: refit on every labelled row; train: keep the train-only fit."),
-    intercept: bool = typer.Option(False, "--intercept", help="Fit an intercept (the published model has none)."),
-    range_: List[str] = typer.Option([], "--range", help="NAME=LO:HI declared rating range (repeatable)."),
-    length_objective: Optional[str] = typer.Option(None, "--length-objective", help="Add an objective from log response length, e.g. verbosity."),
-    min_rows: int = typer.Option(20, "--min-rows"),
-    strict: bool = typer.Option(False, "--strict", help="Fail instead of skipping objectives with too few rows."),
-    device: Optional[str] = DeviceOpt,
-    json_out: Optional[str] = JsonOpt,
-    quiet: bool = QuietOpt,
+    features: List[str] = A(RegressionConfig, "features"),
+    output: str = O(RegressionConfig, "output", "--output", "-o"),
+    model_dir: Optional[str] = O(RegressionConfig, "model_dir"),
+    alphas: Optional[str] = O(RegressionConfig, "alphas", spec=True),
+    val_fraction: float = O(RegressionConfig, "val_fraction"),
+    seed: int = O(RegressionConfig, "seed"),
+    refit: str = O(RegressionConfig, "refit"),
+    intercept: bool = O(RegressionConfig, "intercept"),
+    ranges: List[str] = O(RegressionConfig, "ranges", "--range", spec=True),
+    length_objective: Optional[str] = O(RegressionConfig, "length_objective"),
+    min_rows: int = O(RegressionConfig, "min_rows"),
+    strict: bool = O(RegressionConfig, "strict"),
+    device: Optional[str] = O(RegressionConfig, "device"),
+    json: Optional[str] = O(RegressionConfig, "json"),
+    quiet: bool = O(RegressionConfig, "quiet", "--quiet", "-q"),
 ):
     """Stage 1: ridge regression from response features to k ratings, one strength per objective.
 
@@ -205,33 +189,30 @@ def fit_regression(
 
     Example: `armo fit-regression ratings.features.safetensors --length-objective verbosity -o regression.safetensors`
     """
-    from .regression import DEFAULT_ALPHAS, RegressionConfig, fit_regression as run
+    from .model import fit_into_model_dir
+    from .configs import DEFAULT_ALPHAS
+    from .regression import fit_regression as run
 
     def go():
-        try:
-            grid = [float(a) for a in alphas.split(",")] if alphas else list(DEFAULT_ALPHAS)
-        except ValueError:
-            raise ArmoError(f"--alphas {alphas!r}: expected comma-separated numbers") from None
-        cfg = RegressionConfig(features=features, output=output, alphas=grid, val_fraction=val_fraction, seed=seed,
-                               refit=refit, intercept=intercept, ranges=_range(range_), length_objective=length_objective,
-                               min_rows=min_rows, strict=strict, device=device, json=json_out, quiet=quiet)
-        _fit(lambda: run(cfg), model_dir, "regression", output)
+        cfg = _config(RegressionConfig, locals_, alphas=parse_alphas(alphas, DEFAULT_ALPHAS), ranges=parse_ranges(ranges))
+        fit_into_model_dir(lambda: run(cfg), cfg.output, cfg.model_dir, "regression")
 
+    locals_ = {k: v for k, v in locals().items() if k not in ("alphas", "ranges")}
     _run(go)
 
 
 @app.command("fit-decorrelation")
 def fit_decorrelation(
-    features: List[str] = typer.Argument(..., help="Reference features (pairs or single responses)."),
-    regression: str = typer.Option(..., "--regression", "-r"),
-    output: str = typer.Option("decorrelation.safetensors", "--output", "-o"),
-    model_dir: Optional[str] = ModelDirOpt,
-    verbosity: str = typer.Option("verbosity", "--verbosity", help="The verbosity objective's name."),
-    method: str = typer.Option("spearman", "--method", help="spearman (paper) or pearson."),
-    tolerance: float = typer.Option(1e-3, "--tolerance"),
-    lambda_range: Optional[str] = typer.Option(None, "--lambda-range", help="LO:HI bounds on lambda."),
-    json_out: Optional[str] = JsonOpt,
-    quiet: bool = QuietOpt,
+    features: List[str] = A(DecorrelationConfig, "features"),
+    regression: str = O(DecorrelationConfig, "regression", "--regression", "-r", required=True),
+    output: str = O(DecorrelationConfig, "output", "--output", "-o"),
+    model_dir: Optional[str] = O(DecorrelationConfig, "model_dir"),
+    verbosity: str = O(DecorrelationConfig, "verbosity"),
+    method: str = O(DecorrelationConfig, "method"),
+    tolerance: float = O(DecorrelationConfig, "tolerance"),
+    lambda_range: Optional[str] = O(DecorrelationConfig, "lambda_range", spec=True),
+    json: Optional[str] = O(DecorrelationConfig, "json"),
+    quiet: bool = O(DecorrelationConfig, "quiet", "--quiet", "-q"),
 ):
     """Remove each objective's correlation with verbosity: r_i' = r_i - lambda_i r_v.
 
@@ -239,35 +220,39 @@ def fit_decorrelation(
 
     Example: `armo fit-decorrelation pairs.features.safetensors -r regression.safetensors -o decorrelation.safetensors`
     """
-    from .decorrelation import DecorrelationConfig, fit_decorrelation as run
+    from .decorrelation import fit_decorrelation as run
+    from .model import fit_into_model_dir
 
-    _run(lambda: _fit(lambda: run(DecorrelationConfig(
-        regression=regression, features=features, output=output, verbosity=verbosity, method=method,
-        tolerance=tolerance, lambda_range=_lohi(lambda_range), json=json_out, quiet=quiet)),
-        model_dir, "decorrelation", output))
+    values = {k: v for k, v in locals().items() if k != "lambda_range"}
+
+    def go():
+        cfg = _config(DecorrelationConfig, values, lambda_range=parse_lambda_range(lambda_range))
+        fit_into_model_dir(lambda: run(cfg), cfg.output, cfg.model_dir, "decorrelation")
+
+    _run(go)
 
 
 @app.command("fit-gating")
 def fit_gating(
-    features: List[str] = typer.Argument(..., help="Pair features (extract output of chosen/rejected rows)."),
-    regression: str = typer.Option(..., "--regression", "-r"),
-    decorrelation: Optional[str] = typer.Option(None, "--decorrelation", "-t", help="Transform (identity if omitted)."),
-    output: str = typer.Option("gating.safetensors", "--output", "-o"),
-    model_dir: Optional[str] = ModelDirOpt,
-    hidden_dim: int = typer.Option(1024, "--hidden-dim"),
-    n_hidden: int = typer.Option(3, "--n-hidden"),
-    dropout: float = typer.Option(0.2, "--dropout"),
-    temperature: float = typer.Option(10.0, "--temperature"),
-    lr: float = typer.Option(1e-3, "--lr"),
-    weight_decay: float = typer.Option(0.01, "--weight-decay"),
-    batch_size: int = typer.Option(1024, "--batch-size"),
-    steps: int = typer.Option(2000, "--steps"),
-    val_fraction: float = typer.Option(0.1, "--val-fraction"),
-    eval_every: int = typer.Option(50, "--eval-every"),
-    patience: int = typer.Option(20, "--patience"),
-    seed: int = typer.Option(0, "--seed"),
-    json_out: Optional[str] = JsonOpt,
-    quiet: bool = QuietOpt,
+    features: List[str] = A(GatingConfig, "features"),
+    regression: str = O(GatingConfig, "regression", "--regression", "-r", required=True),
+    decorrelation: Optional[str] = O(GatingConfig, "decorrelation", "--decorrelation", "-t"),
+    output: str = O(GatingConfig, "output", "--output", "-o"),
+    model_dir: Optional[str] = O(GatingConfig, "model_dir"),
+    hidden_dim: int = O(GatingConfig, "hidden_dim"),
+    n_hidden: int = O(GatingConfig, "n_hidden"),
+    dropout: float = O(GatingConfig, "dropout"),
+    temperature: float = O(GatingConfig, "temperature"),
+    lr: float = O(GatingConfig, "lr"),
+    weight_decay: float = O(GatingConfig, "weight_decay"),
+    batch_size: int = O(GatingConfig, "batch_size"),
+    steps: int = O(GatingConfig, "steps"),
+    val_fraction: float = O(GatingConfig, "val_fraction"),
+    eval_every: int = O(GatingConfig, "eval_every"),
+    patience: int = O(GatingConfig, "patience"),
+    seed: int = O(GatingConfig, "seed"),
+    json: Optional[str] = O(GatingConfig, "json"),
+    quiet: bool = O(GatingConfig, "quiet", "--quiet", "-q"),
 ):
     """Stage 2: train the MoE gate on pairs (Bradley-Terry), backbone and regression frozen.
 
@@ -276,22 +261,20 @@ def fit_gating(
 
     Example: `armo fit-gating pairs.features.safetensors -r regression.safetensors -t decorrelation.safetensors -o gating.safetensors`
     """
-    from .gating import GatingConfig, fit_gating as run
+    from .gating import fit_gating as run
+    from .model import fit_into_model_dir
 
-    cfg = GatingConfig(features=features, regression=regression, decorrelation=decorrelation, output=output,
-                       hidden_dim=hidden_dim, n_hidden=n_hidden, dropout=dropout, temperature=temperature, lr=lr,
-                       weight_decay=weight_decay, batch_size=batch_size, steps=steps, val_fraction=val_fraction,
-                       eval_every=eval_every, patience=patience, seed=seed, json=json_out, quiet=quiet)
-    _run(lambda: _fit(lambda: run(cfg), model_dir, "gating", output))
+    cfg = _config(GatingConfig, locals())
+    _run(lambda: fit_into_model_dir(lambda: run(cfg), cfg.output, cfg.model_dir, "gating"))
 
 
 @app.command()
 def assemble(
-    output: str = typer.Argument(..., help="Model directory to write."),
-    regression: str = typer.Option(..., "--regression", "-r"),
-    gating: str = typer.Option(..., "--gating", "-g"),
-    decorrelation: Optional[str] = typer.Option(None, "--decorrelation", "-t"),
-    force: bool = ForceOpt,
+    output: str = A(AssembleConfig, "output"),
+    regression: str = O(AssembleConfig, "regression", "--regression", "-r", required=True),
+    gating: str = O(AssembleConfig, "gating", "--gating", "-g", required=True),
+    decorrelation: Optional[str] = O(AssembleConfig, "decorrelation", "--decorrelation", "-t"),
+    force: bool = O(AssembleConfig, "force"),
 ):
     """Build a model directory (armo.json + parts) from fitted artifacts, checking that they agree.
 
@@ -305,22 +288,22 @@ def assemble(
 
 @app.command()
 def score(
-    input: Optional[str] = typer.Argument(None, help="JSONL rows (any extract shape) or '-'."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model directory (default: the shipped model)."),
-    features: Optional[str] = typer.Option(None, "--features", help="Score extracted features instead of INPUT."),
-    output: str = typer.Option("-", "--output", "-o"),
-    format: Optional[str] = typer.Option(None, "--format", help="jsonl | table (default: table on a terminal)."),
-    weights: Optional[str] = typer.Option(None, "--weights", help="NAME=W,... fixed weights instead of the gate."),
-    objective: Optional[str] = typer.Option(None, "--objective", help="Use one (decorrelated) objective as the score."),
-    top_k: int = typer.Option(3, "--top-k"),
-    backbone: Optional[str] = ModelBackboneOpt,
-    device: Optional[str] = DeviceOpt,
-    dtype: Optional[str] = DtypeOpt,
-    max_length: Optional[int] = MaxLengthOpt,
-    overflow: str = OverflowOpt,
-    on_error: str = OnErrorOpt,
-    batch_tokens: Optional[int] = BatchTokensOpt,
-    quiet: bool = QuietOpt,
+    input: Optional[str] = A(ScoreConfig, "input", required=False),
+    model: Optional[str] = O(ScoreConfig, "model", "--model", "-m"),
+    features: Optional[str] = O(ScoreConfig, "features"),
+    output: str = O(ScoreConfig, "output", "--output", "-o"),
+    format: Optional[str] = O(ScoreConfig, "format"),
+    weights: Optional[str] = O(ScoreConfig, "weights"),
+    objective: Optional[str] = O(ScoreConfig, "objective"),
+    top_k: int = O(ScoreConfig, "top_k"),
+    backbone: Optional[str] = O(ScoreConfig, "backbone"),
+    device: Optional[str] = O(ScoreConfig, "device"),
+    dtype: Optional[str] = O(ScoreConfig, "dtype"),
+    max_length: Optional[int] = O(ScoreConfig, "max_length"),
+    overflow: str = O(ScoreConfig, "overflow"),
+    on_error: str = O(ScoreConfig, "on_error"),
+    batch_tokens: Optional[int] = O(ScoreConfig, "batch_tokens"),
+    quiet: bool = O(ScoreConfig, "quiet", "--quiet", "-q"),
 ):
     """Score responses and explain the score: rewards per objective, gate weights, coefficients.
 
@@ -329,74 +312,69 @@ def score(
 
     Example: `cat rows.jsonl | armo score -m my-model - | jq .score`
     """
-    from .scoring import ScoreConfig, score as run
+    from .scoring import score as run
 
-    fmt = format or ("table" if output == "-" and sys.stdout.isatty() else "jsonl")
-    cfg = ScoreConfig(input=input, model=model, features=features, output=output, format=fmt, weights=weights,
-                      objective=objective, top_k=top_k, backbone=backbone, device=device, dtype=dtype,
-                      max_length=max_length, overflow=overflow, on_error=on_error, batch_tokens=batch_tokens,
-                      quiet=quiet)
+    cfg = _config(ScoreConfig, locals())
     _run(lambda: run(cfg))
 
 
 @app.command()
 def evaluate(
-    input: Optional[str] = typer.Argument(None, help="Pairs JSONL with prompt, chosen, rejected, subset."),
-    model: Optional[str] = typer.Option(None, "--model", "-m"),
-    features: Optional[str] = typer.Option(None, "--features"),
-    ties: str = typer.Option("loss", "--ties", help="loss (RewardBench: chosen must score higher) or half."),
-    output: Optional[str] = typer.Option(None, "--output", "-o", help="report.json"),
-    pairs_output: Optional[str] = typer.Option(None, "--pairs-output", help="Per-pair scores as JSONL."),
-    weights: Optional[str] = typer.Option(None, "--weights"),
-    objective: Optional[str] = typer.Option(None, "--objective"),
-    bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the 95% intervals."),
-    backbone: Optional[str] = ModelBackboneOpt,
-    device: Optional[str] = DeviceOpt,
-    dtype: Optional[str] = DtypeOpt,
-    max_length: Optional[int] = MaxLengthOpt,
-    overflow: str = OverflowOpt,
-    on_error: str = OnErrorOpt,
-    batch_tokens: Optional[int] = BatchTokensOpt,
-    quiet: bool = QuietOpt,
+    input: Optional[str] = A(EvaluateConfig, "input", required=False),
+    model: Optional[str] = O(EvaluateConfig, "model", "--model", "-m"),
+    features: Optional[str] = O(EvaluateConfig, "features"),
+    ties: str = O(EvaluateConfig, "ties"),
+    output: Optional[str] = O(EvaluateConfig, "output", "--output", "-o"),
+    pairs_output: Optional[str] = O(EvaluateConfig, "pairs_output"),
+    weights: Optional[str] = O(EvaluateConfig, "weights"),
+    objective: Optional[str] = O(EvaluateConfig, "objective"),
+    bootstrap: int = O(EvaluateConfig, "bootstrap"),
+    seed: int = O(EvaluateConfig, "seed"),
+    backbone: Optional[str] = O(EvaluateConfig, "backbone"),
+    device: Optional[str] = O(EvaluateConfig, "device"),
+    dtype: Optional[str] = O(EvaluateConfig, "dtype"),
+    max_length: Optional[int] = O(EvaluateConfig, "max_length"),
+    overflow: str = O(EvaluateConfig, "overflow"),
+    on_error: str = O(EvaluateConfig, "on_error"),
+    batch_tokens: Optional[int] = O(EvaluateConfig, "batch_tokens"),
+    quiet: bool = O(EvaluateConfig, "quiet", "--quiet", "-q"),
 ):
     """Accuracy per subset with 95% intervals, RewardBench sections, ties and length bias.
 
     Example: `armo evaluate -m my-model dev-eval.jsonl.gz -o report.json`
     """
-    from .scoring import EvaluateConfig, evaluate as run
+    from .scoring import evaluate as run
 
-    cfg = EvaluateConfig(input=input, model=model, features=features, ties=ties, output=output,
-                         pairs_output=pairs_output, weights=weights, objective=objective, bootstrap=bootstrap,
-                         backbone=backbone, device=device, dtype=dtype, max_length=max_length, overflow=overflow,
-                         on_error=on_error, batch_tokens=batch_tokens, quiet=quiet)
+    cfg = _config(EvaluateConfig, locals())
     _run(lambda: run(cfg))
 
 
 @app.command()
 def sample(
-    input: str = typer.Argument(..., help="JSONL file (.gz ok) or '-'."),
-    output: str = typer.Option("-", "--output", "-o"),
-    n: Optional[int] = typer.Option(None, "--n", help="Rows to keep (default: all that match)."),
-    seed: int = typer.Option(0, "--seed"),
-    where: List[str] = typer.Option([], "--where", help="FIELD=PREFIX; rows matching any are kept (repeatable)."),
-    skip: int = typer.Option(0, "--skip", help="Skip the first SKIP shuffled rows: disjoint slices with one seed."),
+    input: str = A(SampleConfig, "input"),
+    output: str = O(SampleConfig, "output", "--output", "-o"),
+    n: Optional[int] = O(SampleConfig, "n"),
+    seed: int = O(SampleConfig, "seed"),
+    where: List[str] = O(SampleConfig, "where"),
+    skip: int = O(SampleConfig, "skip"),
 ):
     """Write a seeded random slice of a JSONL file, optionally filtered by field prefix.
 
     Example: `armo sample pairs.jsonl.gz --where source=hh_rlhf --n 500 --seed 1 -o train.jsonl`
     """
-    from .sampling import SampleConfig, sample as run
+    from .sampling import sample as run
 
-    k = _run(lambda: run(SampleConfig(input=input, output=output, n=n, seed=seed, where=where, skip=skip)))
+    cfg = _config(SampleConfig, locals())
+    k = _run(lambda: run(cfg))
     console.print(f"[green]sampled[/green] {k} rows", highlight=False)
 
 
 @app.command("export")
 def export_(
-    output: str = typer.Argument(..., help="Hugging Face folder to write."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model directory (default: the shipped model)."),
-    backbone: Optional[str] = typer.Option(None, "--backbone", help="Override where the backbone is loaded from."),
-    force: bool = ForceOpt,
+    output: str = A(ExportConfig, "output"),
+    model: Optional[str] = O(ExportConfig, "model", "--model", "-m"),
+    backbone: Optional[str] = O(ExportConfig, "backbone"),
+    force: bool = O(ExportConfig, "force"),
 ):
     """Write an ArmoRM-format Hugging Face folder (LlamaForRewardModelWithGating, safetensors).
 
@@ -413,10 +391,10 @@ def export_(
 
 @app.command("import")
 def import_(
-    source: str = typer.Argument(..., help="ArmoRM-format checkpoint: a local folder or a hub id."),
-    output: str = typer.Option(..., "--output", "-o", help="armo model directory to write."),
-    objectives: Optional[str] = typer.Option(None, "--objectives", help="Comma-separated objective names."),
-    force: bool = ForceOpt,
+    source: str = A(ImportConfig, "source"),
+    output: str = O(ImportConfig, "output", "--output", "-o", required=True),
+    objectives: Optional[str] = O(ImportConfig, "objectives"),
+    force: bool = O(ImportConfig, "force"),
 ):
     """Read an ArmoRM-format checkpoint into an armo model directory, without running its code.
 
@@ -428,6 +406,13 @@ def import_(
 
     names = [o.strip() for o in objectives.split(",")] if objectives else None
     _run(lambda: import_checkpoint(source, output, names, force))
+
+
+# Each command and the config its options come from (tests check defaults and help against it).
+COMMAND_CONFIGS = {"extract": ExtractConfig, "merge": MergeConfig, "fit-regression": RegressionConfig,
+                   "fit-decorrelation": DecorrelationConfig, "fit-gating": GatingConfig, "assemble": AssembleConfig,
+                   "score": ScoreConfig, "evaluate": EvaluateConfig, "sample": SampleConfig, "export": ExportConfig,
+                   "import": ImportConfig}
 
 
 @app.command()

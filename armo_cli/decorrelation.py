@@ -16,26 +16,12 @@ from .console import show, table
 from .features import Features
 from .errors import ArmoError
 from .io import check_outputs, dumps, load_artifact, save_artifact, sha256_json, write_text_atomic
-from .options import opt, validate
+from .configs import DecorrelationConfig
+from .options import validate
 from .provenance import require_compatible
 from .regression import Regression
 from .stats import pearson, spearman
 
-METHODS = ("spearman", "pearson")
-
-
-@dataclass
-class DecorrelationConfig:
-    regression: str = opt("regression.safetensors", "Regression artifact.")
-    features: list[str] = opt(help="Reference features (pairs or single responses).", default_factory=list)
-    output: str = opt("decorrelation.safetensors", "Decorrelation artifact to write.")
-    verbosity: str = opt("verbosity", "The verbosity objective's name.")
-    method: str = opt("spearman", "spearman (paper) or pearson.", choices=METHODS)
-    tolerance: float = opt(1e-3, "Largest |correlation| left after decorrelation.", above=0.0)
-    lambda_range: tuple[float, float] | None = None
-    min_rows: int = opt(10, "Fewest reference responses.", min=2)
-    json: str | None = opt(None, "Write the report as JSON.")
-    quiet: bool = opt(False, "No progress bar or tables.")
 
 
 def _corr(method: str):

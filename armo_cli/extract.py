@@ -12,40 +12,17 @@ from typing import Callable, Iterable, Iterator
 import torch
 
 from . import __version__
-from .backbones import DEFAULT_BACKBONE, DTYPES, Backbone, load_backbone
+from .backbones import Backbone, load_backbone
+from .configs import ExtractConfig, MergeConfig
 from .console import info, progress, warn
 from .errors import ArmoError
 from .forward import batch_defaults, check_finite_features, encode_trees
 from .io import (check_input_file, check_output_file, load_artifact, output_lock, save_artifact, save_concatenated,
                  sha256_file, sha256_json, spool_stdin)
-from .options import opt, validate
+from .options import validate
 from .provenance import FeatureMeaning
-from .rendering import GATE_RULES, OVERFLOW, Renderer, Tree, length_limit, sized_tree
-from .rows import ON_ERROR, Example, Skipped, Source, iter_examples
-
-
-@dataclass
-class ExtractConfig:
-    input: str | None = opt(None, "JSONL file (.gz ok) or '-' for stdin.")
-    output: str = opt("features.safetensors", "Features file to write (.safetensors).")
-    dataset: str | None = opt(None, "datasets.load_dataset name or local file, instead of INPUT.")
-    split: str = opt("train", "Dataset split (with --dataset).")
-    backbone: str = opt(DEFAULT_BACKBONE, "Named backbone, GGUF file, local folder or HF hub id.")
-    device: str | None = opt(None, "cuda, mps, cpu (default: best available).")
-    dtype: str | None = opt(None, "bf16, fp16, fp32 (default: bf16 on CUDA, else fp32).", choices=(*DTYPES, "auto"))
-    attn_implementation: str = opt("sdpa", "Attention kernel: sdpa or eager.", choices=("sdpa", "eager"))
-    gate_rule: str = opt("generation-prompt", "Where f(x) is read: generation-prompt | armo-eot.", choices=tuple(GATE_RULES))
-    max_length: int | None = opt(None, "Longest prompt+response in tokens (default: the backbone's maximum positions).", min=1)
-    overflow: str = opt("error", "Over the length limit: error | skip | truncate-prompt.", choices=OVERFLOW)
-    on_error: str = opt("error", "Bad rows: error | skip (listed in the report and on stderr).", choices=ON_ERROR)
-    batch_tokens: int | None = opt(None, "Token budget per batch (default 2048 CPU, 32768 GPU).", min=1)
-    max_padding: float | None = opt(None, "Largest padded share of a batch (default 0.05 CPU, 0.25 GPU).", min=0.0, max=1.0)
-    chunk_size: int = opt(256, "Rows per resumable chunk.", min=1)
-    resume: bool = opt(False, "Reuse finished chunks of an interrupted run.")
-    num_shards: int | None = opt(None, "Split the work into N disjoint shards.", min=1)
-    shard_index: int | None = opt(None, "Which shard this process writes.", min=0)
-    quiet: bool = opt(False, "No progress bar or tables.")
-    announce: bool = True  # say where the output went (off when score/evaluate extract to a temp file)
+from .rendering import Renderer, Tree, length_limit, sized_tree
+from .rows import Example, Skipped, Source, iter_examples
 
 
 @dataclass
@@ -312,6 +289,12 @@ def _join(files: list[Path], keys: list[str], out: Path, meta: dict, report: Ext
     meta = dict(meta, ids=ids, subsets=subsets if any(s is not None for s in subsets) else None,
                 prompt_hashes=prompts, report=asdict(report))
     save_concatenated(out, files, meta)
+
+
+def merge(cfg: MergeConfig) -> dict:
+    """Run `armo merge`: the report of merge_features."""
+    validate(cfg)
+    return merge_features(cfg.shards, cfg.output, cfg.allow_partial)
 
 
 def merge_features(inputs: Iterable[str | Path], output: str | Path, allow_partial: bool = False) -> dict:

@@ -19,7 +19,8 @@ from .decorrelation import Decorrelation, regression_hash, transform_hash
 from .features import Features
 from .errors import ArmoError, one_line
 from .io import check_outputs, dumps, load_artifact, save_artifact, write_text_atomic
-from .options import opt, validate
+from .configs import GatingConfig
+from .options import validate
 from .provenance import FeatureMeaning, require_compatible, require_one_meaning
 from .regression import Regression
 
@@ -68,30 +69,6 @@ def bt_loss(scores: torch.Tensor) -> torch.Tensor:
 
 def accuracy(scores: torch.Tensor) -> float:
     return float((scores[:, 0] > scores[:, 1]).float().mean())
-
-
-@dataclass
-class GatingConfig:
-    features: list[str] = opt(help="Pair features (extract output of chosen/rejected rows).", default_factory=list)
-    regression: str = opt("regression.safetensors", "Regression artifact.")
-    decorrelation: str | None = opt(None, "Transform (identity if omitted).")
-    output: str = opt("gating.safetensors", "Gating artifact to write.")
-    hidden_dim: int = opt(1024, "Width of the gate's hidden layers.", min=1)
-    n_hidden: int = opt(3, "Hidden layers of the gate (0: linear).", min=0)
-    dropout: float = opt(0.2, "Dropout between hidden layers.", min=0.0, below=1.0)
-    temperature: float = opt(10.0, "Softmax temperature over the objectives.", above=0.0)
-    logit_scale: float = opt(1.0, "Initial learnable scale of the weights.", above=0.0)
-    lr: float = opt(1e-3, "AdamW learning rate.", above=0.0)
-    weight_decay: float = opt(0.01, "AdamW weight decay.", min=0.0)
-    batch_size: int = opt(1024, "Pairs per step.", min=1)
-    steps: int = opt(2000, "Most training steps.", min=1)
-    val_fraction: float = opt(0.1, "Share of prompts held out for validation and early stopping.", min=0.0, below=1.0)
-    eval_every: int = opt(50, "Steps between validation evaluations.", min=1)
-    patience: int = opt(20, "Evaluations without improvement before stopping.", min=1)
-    seed: int = opt(0, "Seed of the split, the initialisation and the batches.")
-    device: str | None = opt(None, "cuda, mps, cpu (default: best available).")
-    json: str | None = opt(None, "Write the report as JSON.")
-    quiet: bool = opt(False, "No progress bar or tables.")
 
 
 def grouped_split(groups: list[str], val_fraction: float, seed: int) -> torch.Tensor:

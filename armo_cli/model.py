@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 from pathlib import Path
 
 import torch
@@ -12,10 +13,12 @@ from . import __version__
 from .decorrelation import Decorrelation, regression_hash, transform_hash
 from .gating import Gating
 from .errors import ArmoError
+from .console import info
 from .io import atomic_dir, atomic_path, check_input_file, check_output_dir, read_json_object
 from .provenance import FeatureMeaning, require_compatible
 from .regression import Regression
 
+T = TypeVar("T")
 MANIFEST = "armo.json"
 PART_FILES = {"regression": "regression.safetensors", "decorrelation": "decorrelation.safetensors",
               "gating": "gating.safetensors"}
@@ -76,6 +79,18 @@ def register_part(model_dir: str | Path, part: str, artifact: str | Path) -> Pat
                         feature_meaning=meaning.to_json())
     write_manifest(d, manifest)
     return target
+
+
+def fit_into_model_dir(fit: Callable[[], T], output: str, model_dir: str | None, part: str) -> T:
+    """The one way a fit stage meets --model-dir: the folder is checked before the fit (a folder armo may
+    not write is refused up front), the fitted artifact registered after it."""
+    if model_dir:
+        check_model_dir(model_dir)
+    result = fit()
+    if model_dir:
+        register_part(model_dir, part, output)
+        info(f"[green]{part}[/green] registered in {model_dir}")
+    return result
 
 
 def assemble(output: str | Path, regression: str, gating: str, decorrelation: str | None = None,

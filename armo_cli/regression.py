@@ -6,7 +6,7 @@ regularisation path in closed form: w(a) = V diag(1/(e+a)) V^T X^T y.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,31 +17,11 @@ from .console import show, table, warn
 from .features import Features
 from .errors import ArmoError
 from .io import check_outputs, dumps, load_artifact, save_artifact, write_text_atomic
-from .options import opt, validate
+from .configs import RegressionConfig
+from .options import validate
 from .provenance import FeatureMeaning, require_one_meaning
 from .stats import pearson, spearman
 
-DEFAULT_ALPHAS = [10.0 ** e for e in range(-4, 5)]
-
-
-@dataclass
-class RegressionConfig:
-    features: list[str] = opt(help="Extract outputs with ratings.", default_factory=list)
-    output: str = opt("regression.safetensors", "Regression artifact to write.")
-    alphas: list[float] = opt(help="Ridge strengths to choose from, per objective.", above=0.0,
-                              default_factory=lambda: list(DEFAULT_ALPHAS))
-    val_fraction: float = opt(0.2, "Share of rows held out to choose each strength.", above=0.0, below=1.0)
-    seed: int = opt(0, "Seed of the validation split.")
-    refit: str = opt("all", "all: refit on every labelled row; train: keep the train-only fit (paper).",
-                     choices=("all", "train"))
-    intercept: bool = opt(False, "Fit an intercept (the published model has none).")
-    ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
-    length_objective: str | None = opt(None, "Add an objective from log response length, e.g. verbosity.")
-    min_rows: int = opt(20, "Fewest labelled rows for an objective.", min=1)
-    strict: bool = opt(False, "Fail instead of skipping objectives with too few rows.")
-    device: str | None = opt(None, "cuda, mps, cpu (default: best available).")
-    json: str | None = opt(None, "Write the report as JSON.")
-    quiet: bool = opt(False, "No progress bar or tables.")
 
 
 @dataclass

@@ -10,7 +10,6 @@ from .errors import ArmoError
 from .io import sha256_json
 from .rows import Example, Skipped
 
-OVERFLOW = ("error", "skip", "truncate-prompt")
 
 
 # --- gate rules ---------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ from .io import iter_jsonl, sha256_json
 
 Message = dict[str, str]
 ROLES = {"system", "user", "assistant", "tool"}
-ON_ERROR = ("error", "skip")
 
 
 @dataclass

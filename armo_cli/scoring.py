@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import math
 import sys
 from dataclasses import dataclass
 from typing import Iterable, Iterator, TextIO
@@ -11,73 +10,27 @@ from typing import Iterable, Iterator, TextIO
 import torch
 from rich.table import Table
 
-from .backbones import DTYPES, Backbone, load_backbone
+from .backbones import Backbone, load_backbone
 from .console import show, table, warn
 from .features import Features
 from .forward import batch_defaults, check_finite_features, encode_trees
-from .rendering import OVERFLOW, Renderer, Tree, length_limit, sized_tree
+from .rendering import Renderer, Tree, length_limit, sized_tree
 from .errors import ArmoError
 from .io import atomic_path, check_input_file, check_output_file, dumps, write_texts_atomic
 from .model import ArmoModel
-from .options import check_value, opt, validate
+from .configs import TIES, EvaluateConfig, ModelInputConfig, ScoreConfig
+from . import specs
+from .options import check_value, validate
 from .provenance import FeatureMeaning, require_compatible
 from .regression import unscale
 from .rewardbench import section_scores
-from .rows import ON_ERROR, Skipped, Source, iter_examples
+from .rows import Skipped, Source, iter_examples
 from .stats import bootstrap_ci, spearman
 
 
 def parse_weights(spec: str, objectives: list[str]) -> torch.Tensor:
-    """'helpfulness=0.7,safety=0.3' -> a weight vector over the model's objectives.
-
-    Weights must be finite; a negative weight penalises its objective (steering away from it);
-    objectives not named get 0; all-zero weights are refused (every score would be 0, every pair a tie)."""
-    w = torch.zeros(len(objectives))
-    for part in spec.split(","):
-        if not part.strip():
-            continue
-        if "=" not in part:
-            raise ArmoError(f"--weights: expected NAME=W, got {part!r}")
-        name, val = part.split("=", 1)
-        name = name.strip()
-        if name not in objectives:
-            raise ArmoError(f"--weights: unknown objective {name!r} (the model has: {', '.join(objectives)})")
-        try:
-            x = float(val)
-        except ValueError:
-            raise ArmoError(f"--weights: {name}: not a number ({val!r})") from None
-        if not math.isfinite(x):
-            raise ArmoError(f"--weights: {name}: must be a finite number ({val.strip()!r})")
-        w[objectives.index(name)] = x
-    if not bool(w.any()):
-        raise ArmoError("--weights: every weight is zero; name at least one objective with a non-zero weight")
-    return w
-
-
-@dataclass
-class ModelInputConfig:
-    """What `score` and `evaluate` share: a model, rows or features, and how to run the backbone."""
-
-    input: str | None = opt(None, "JSONL rows (any extract shape) or '-'.")
-    model: str | None = opt(None, "Model directory (default: the shipped model).")
-    features: str | None = opt(None, "Score extracted features instead of INPUT.")
-    weights: str | None = opt(None, "NAME=W,... fixed weights instead of the gate (finite; negative penalises).")
-    objective: str | None = opt(None, "Use one (decorrelated) objective as the score.")
-    backbone: str | None = opt(None, "Override where the model's backbone is loaded from.")
-    device: str | None = opt(None, "cuda, mps, cpu (default: best available).")
-    dtype: str | None = opt(None, "bf16, fp16, fp32 (default: bf16 on CUDA, else fp32).", choices=(*DTYPES, "auto"))
-    max_length: int | None = opt(None, "Longest prompt+response in tokens (default: the backbone's maximum positions).", min=1)
-    overflow: str = opt("error", "Over the length limit: error | skip | truncate-prompt.", choices=OVERFLOW)
-    on_error: str = opt("error", "Bad rows: error | skip (listed on stderr).", choices=ON_ERROR)
-    batch_tokens: int | None = opt(None, "Token budget per batch.", min=1)
-    quiet: bool = opt(False, "No progress bar or tables.")
-
-
-@dataclass
-class ScoreConfig(ModelInputConfig):
-    output: str = opt("-", "Where to write the scores ('-': stdout).")
-    format: str = opt("jsonl", "jsonl | table (default: table on a terminal).", choices=("jsonl", "table"))
-    top_k: int = opt(3, "Objectives listed in top_objectives.", min=1)
+    """'helpfulness=0.7,safety=0.3' -> a weight vector over the model's objectives (see specs.parse_weights)."""
+    return torch.tensor(specs.parse_weights(spec, objectives))
 
 
 def check_inputs(cfg: ModelInputConfig, outputs: dict[str, str | None]) -> None:
@@ -272,8 +225,9 @@ def score(cfg: ScoreConfig, model: ArmoModel | None = None, backbone: Backbone |
         source = Source(path=cfg.input)
         windows = (window_records(model, groups, cfg.top_k) for groups in iter_scored(model, bb, source, cfg, w))
     n = 0
+    fmt = cfg.format or ("table" if cfg.output == "-" and sys.stdout.isatty() else "jsonl")
     with _text_output(cfg.output) as fh:
-        if cfg.format == "table":
+        if fmt == "table":
             from rich.console import Console
 
             width = None if cfg.output == "-" and sys.stdout.isatty() else 120
@@ -302,16 +256,6 @@ def _text_output(path: str) -> Iterator[TextIO]:
 
 
 # --- evaluate -----------------------------------------------------------------------------------
-TIES = ("loss", "half")
-
-
-@dataclass
-class EvaluateConfig(ModelInputConfig):
-    ties: str = opt("loss", "loss (RewardBench: chosen must score higher) or half.", choices=TIES)
-    output: str | None = opt(None, "Write the report as JSON (report.json).")
-    pairs_output: str | None = opt(None, "Per-pair scores as JSONL.")
-    bootstrap: int = opt(1000, "Bootstrap resamples for the 95% intervals.", min=1)
-    seed: int = opt(0, "Seed of the bootstrap.")
 
 
 def pair_outcomes(margin: torch.Tensor, ties: str) -> torch.Tensor:

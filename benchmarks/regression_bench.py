@@ -10,7 +10,8 @@ import time
 import numpy as np
 import torch
 
-from armo_cli.regression import DEFAULT_ALPHAS, ridge_path, split_mask
+from armo_cli.configs import DEFAULT_ALPHAS
+from armo_cli.regression import ridge_path, split_mask
 
 
 def problem(n=20_000, d=576, seed=0):

@@ -7,7 +7,8 @@ from typer.testing import CliRunner
 
 from armo_cli.cli import app
 from armo_cli.io import save_artifact
-from armo_cli.regression import DEFAULT_ALPHAS, Regression, ridge_path, split_mask
+from armo_cli.configs import DEFAULT_ALPHAS
+from armo_cli.regression import Regression, ridge_path, split_mask
 
 runner = CliRunner()
 

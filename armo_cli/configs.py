@@ -1,0 +1,184 @@
+"""Every command's typed config: the one home of each option's default, help and constraints.
+
+Commands are thin functions over these (TRL's style): the CLI reads defaults and help from the fields
+(`cli.O`), the library validates a config before any work (`options.validate`). No torch here, so that
+`armo --help` stays fast.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .options import opt
+
+DEFAULT_BACKBONE = "smollm2-135m-instruct"
+DTYPE_NAMES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16", "auto")
+GATE_RULE_NAMES = ("generation-prompt", "armo-eot")
+OVERFLOW = ("error", "skip", "truncate-prompt")
+ON_ERROR = ("error", "skip")
+METHODS = ("spearman", "pearson")
+TIES = ("loss", "half")
+DEFAULT_ALPHAS = [10.0 ** e for e in range(-4, 5)]
+ON_ERROR_HELP = "Bad rows: error | skip (skipped rows are listed on stderr and in the report)."
+
+
+@dataclass
+class ExtractConfig:
+    input: str | None = opt(None, "JSONL file (.gz ok) or '-' for stdin.")
+    output: str = opt("features.safetensors", "Features file to write (.safetensors).")
+    dataset: str | None = opt(None, "datasets.load_dataset name or local file, instead of INPUT.")
+    split: str = opt("train", "Dataset split (with --dataset).")
+    backbone: str = opt(DEFAULT_BACKBONE, "Named backbone, GGUF file, local folder or HF hub id.")
+    device: str | None = opt(None, "cuda, mps, cpu (default: best available).")
+    dtype: str | None = opt(None, "bf16, fp16, fp32 (default: bf16 on CUDA, else fp32).", choices=DTYPE_NAMES)
+    attn_implementation: str = opt("sdpa", "Attention kernel: sdpa or eager.", choices=("sdpa", "eager"))
+    gate_rule: str = opt("generation-prompt", "Where f(x) is read: generation-prompt | armo-eot.", choices=GATE_RULE_NAMES)
+    max_length: int | None = opt(None, "Longest prompt+response in tokens (default: the backbone's maximum positions).", min=1)
+    overflow: str = opt("error", "Over the length limit: error | skip | truncate-prompt.", choices=OVERFLOW)
+    on_error: str = opt("error", ON_ERROR_HELP, choices=ON_ERROR)
+    batch_tokens: int | None = opt(None, "Token budget per batch (default 2048 CPU, 32768 GPU).", min=1)
+    max_padding: float | None = opt(None, "Largest padded share of a batch (default 0.05 CPU, 0.25 GPU).", min=0.0, max=1.0)
+    chunk_size: int = opt(256, "Rows per resumable chunk.", min=1)
+    resume: bool = opt(False, "Reuse finished chunks of an interrupted run.")
+    num_shards: int | None = opt(None, "Split the work into N disjoint shards.", min=1)
+    shard_index: int | None = opt(None, "Which shard this process writes.", min=0)
+    quiet: bool = opt(False, "No progress bar or tables.")
+    announce: bool = True  # say where the output went (off when score/evaluate extract to a temp file)
+
+
+@dataclass
+class MergeConfig:
+    shards: list[str] = opt(help="Shard files written with --num-shards/--shard-index.", default_factory=list)
+    output: str = opt("features.safetensors", "Features file to write.")
+    allow_partial: bool = opt(False, "Merge the shards given even if some are missing (they are listed).")
+
+
+@dataclass
+class RegressionConfig:
+    features: list[str] = opt(help="Extract outputs with ratings.", default_factory=list)
+    output: str = opt("regression.safetensors", "Regression artifact to write.")
+    alphas: list[float] = opt(help="Ridge strengths to choose from, per objective: A,B,... (default 1e-4,1e-3,...,1e4).", above=0.0,
+                              default_factory=lambda: list(DEFAULT_ALPHAS))
+    val_fraction: float = opt(0.2, "Share of rows held out to choose each strength.", above=0.0, below=1.0)
+    seed: int = opt(0, "Seed of the validation split.")
+    refit: str = opt("all", "all: refit on every labelled row; train: keep the train-only fit (paper).",
+                     choices=("all", "train"))
+    intercept: bool = opt(False, "Fit an intercept (the published model has none).")
+    ranges: dict[str, tuple[float, float]] = opt(help="NAME=LO:HI declared rating range (repeatable).",
+                                                 default_factory=dict)
+    length_objective: str | None = opt(None, "Add an objective from log response length, e.g. verbosity.")
+    min_rows: int = opt(20, "Fewest labelled rows for an objective.", min=1)
+    strict: bool = opt(False, "Fail instead of skipping objectives with too few rows.")
+    device: str | None = opt(None, "cuda, mps, cpu (default: best available).")
+    json: str | None = opt(None, "Write the report as JSON.")
+    model_dir: str | None = opt(None, "Also register the artifact in this model directory.")
+    quiet: bool = opt(False, "No progress bar or tables.")
+
+
+@dataclass
+class DecorrelationConfig:
+    regression: str = opt("regression.safetensors", "Regression artifact.")
+    features: list[str] = opt(help="Reference features (pairs or single responses).", default_factory=list)
+    output: str = opt("decorrelation.safetensors", "Decorrelation artifact to write.")
+    verbosity: str = opt("verbosity", "The verbosity objective's name.")
+    method: str = opt("spearman", "spearman (paper) or pearson.", choices=METHODS)
+    tolerance: float = opt(1e-3, "Largest |correlation| left after decorrelation.", above=0.0)
+    lambda_range: tuple[float, float] | None = opt(None, "LO:HI bounds on lambda (either side may be empty).")
+    min_rows: int = opt(10, "Fewest reference responses.", min=2)
+    json: str | None = opt(None, "Write the report as JSON.")
+    model_dir: str | None = opt(None, "Also register the artifact in this model directory.")
+    quiet: bool = opt(False, "No progress bar or tables.")
+
+
+@dataclass
+class GatingConfig:
+    features: list[str] = opt(help="Pair features (extract output of chosen/rejected rows).", default_factory=list)
+    regression: str = opt("regression.safetensors", "Regression artifact.")
+    decorrelation: str | None = opt(None, "Transform (identity if omitted).")
+    output: str = opt("gating.safetensors", "Gating artifact to write.")
+    hidden_dim: int = opt(1024, "Width of the gate's hidden layers.", min=1)
+    n_hidden: int = opt(3, "Hidden layers of the gate (0: linear).", min=0)
+    dropout: float = opt(0.2, "Dropout between hidden layers.", min=0.0, below=1.0)
+    temperature: float = opt(10.0, "Softmax temperature over the objectives.", above=0.0)
+    logit_scale: float = opt(1.0, "Initial learnable scale of the weights.", above=0.0)
+    lr: float = opt(1e-3, "AdamW learning rate.", above=0.0)
+    weight_decay: float = opt(0.01, "AdamW weight decay.", min=0.0)
+    batch_size: int = opt(1024, "Pairs per step.", min=1)
+    steps: int = opt(2000, "Most training steps.", min=1)
+    val_fraction: float = opt(0.1, "Share of prompts held out for validation and early stopping.", min=0.0, below=1.0)
+    eval_every: int = opt(50, "Steps between validation evaluations.", min=1)
+    patience: int = opt(20, "Evaluations without improvement before stopping.", min=1)
+    seed: int = opt(0, "Seed of the split, the initialisation and the batches.")
+    device: str | None = opt(None, "cuda, mps, cpu (default: best available).")
+    json: str | None = opt(None, "Write the report as JSON.")
+    model_dir: str | None = opt(None, "Also register the artifact in this model directory.")
+    quiet: bool = opt(False, "No progress bar or tables.")
+
+
+@dataclass
+class AssembleConfig:
+    output: str = opt("model", "Model directory to write.")
+    regression: str = opt("regression.safetensors", "Regression artifact.")
+    gating: str = opt("gating.safetensors", "Gating artifact.")
+    decorrelation: str | None = opt(None, "Decorrelation artifact (identity if omitted).")
+    force: bool = opt(False, "Replace a non-empty output folder that armo did not write.")
+
+
+@dataclass
+class ModelInputConfig:
+    """What `score` and `evaluate` share: a model, rows or features, and how to run the backbone."""
+
+    input: str | None = opt(None, "JSONL rows (any extract shape) or '-'.")
+    model: str | None = opt(None, "Model directory (default: the shipped model).")
+    features: str | None = opt(None, "Score extracted features instead of INPUT.")
+    weights: str | None = opt(None, "NAME=W,... fixed weights instead of the gate (finite; negative penalises).")
+    objective: str | None = opt(None, "Use one (decorrelated) objective as the score.")
+    backbone: str | None = opt(None, "Override where the model's backbone is loaded from.")
+    device: str | None = opt(None, "cuda, mps, cpu (default: best available).")
+    dtype: str | None = opt(None, "bf16, fp16, fp32 (default: bf16 on CUDA, else fp32).", choices=DTYPE_NAMES)
+    max_length: int | None = opt(None, "Longest prompt+response in tokens (default: the backbone's maximum positions).", min=1)
+    overflow: str = opt("error", "Over the length limit: error | skip | truncate-prompt.", choices=OVERFLOW)
+    on_error: str = opt("error", ON_ERROR_HELP, choices=ON_ERROR)
+    batch_tokens: int | None = opt(None, "Token budget per batch.", min=1)
+    quiet: bool = opt(False, "No progress bar or tables.")
+
+
+@dataclass
+class ScoreConfig(ModelInputConfig):
+    output: str = opt("-", "Where to write the scores ('-': stdout).")
+    format: str | None = opt(None, "jsonl | table (default: table on a terminal, else jsonl).", choices=("jsonl", "table"))
+    top_k: int = opt(3, "Objectives listed in top_objectives.", min=1)
+
+
+@dataclass
+class EvaluateConfig(ModelInputConfig):
+    ties: str = opt("loss", "loss (RewardBench: chosen must score higher) or half.", choices=TIES)
+    output: str | None = opt(None, "Write the report as JSON (report.json).")
+    pairs_output: str | None = opt(None, "Per-pair scores as JSONL.")
+    bootstrap: int = opt(1000, "Bootstrap resamples for the 95% intervals.", min=1)
+    seed: int = opt(0, "Seed of the bootstrap.")
+
+
+@dataclass
+class SampleConfig:
+    input: str = opt("-", "JSONL file (.gz ok) or '-'.")
+    output: str = opt("-", "Where to write the slice ('-': stdout).")
+    n: int | None = opt(None, "Rows to keep (default: all that match).", min=0)
+    seed: int = opt(0, "Seed of the shuffle.")
+    where: list[str] = opt(help="FIELD=PREFIX; rows matching any are kept (repeatable).", default_factory=list)
+    skip: int = opt(0, "Skip the first SKIP shuffled rows: disjoint slices with one seed.", min=0)
+
+
+@dataclass
+class ExportConfig:
+    output: str = opt("model-hf", "Hugging Face folder to write.")
+    model: str | None = opt(None, "Model directory (default: the shipped model).")
+    backbone: str | None = opt(None, "Override where the model's backbone is loaded from.")
+    force: bool = opt(False, "Replace a non-empty output folder that armo did not write.")
+
+
+@dataclass
+class ImportConfig:
+    source: str = opt("RLHFlow/ArmoRM-Llama3-8B-v0.1", "ArmoRM-format checkpoint: a local folder or a hub id.")
+    output: str = opt("armorm", "armo model directory to write.")
+    objectives: str | None = opt(None, "Comma-separated objective names (default: from the checkpoint).")
+    force: bool = opt(False, "Replace a non-empty output folder that armo did not write.")

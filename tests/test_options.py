@@ -1,0 +1,102 @@
+"""One source of truth: every option of every command has help, and its default and help are its
+config field's; the option languages' parsers share one error style; --help is fast."""
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+import typer.main
+
+from armo_cli import configs
+from armo_cli.cli import COMMAND_CONFIGS, app
+from armo_cli.errors import ArmoError
+from armo_cli.options import validate
+from armo_cli.specs import parse_alphas, parse_lambda_range, parse_ranges, parse_weights, parse_where
+
+COMMANDS = typer.main.get_command(app).commands
+SPEC_FIELDS = {"alphas", "ranges", "lambda_range"}  # the CLI takes a string that armo_cli.specs parses
+
+
+def _field_default(f):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def test_every_command_has_a_config_and_every_option_has_help():
+    assert set(COMMANDS) == set(COMMAND_CONFIGS) | {"version"}
+    for name, cmd in COMMANDS.items():
+        for p in cmd.params:
+            assert getattr(p, "help", None), f"armo {name} {p.opts}: no help"
+
+
+@pytest.mark.parametrize("name", sorted(COMMAND_CONFIGS))
+def test_cli_defaults_and_help_are_the_config_fields(name):
+    fields = {f.name: f for f in dataclasses.fields(COMMAND_CONFIGS[name])}
+    for p in COMMANDS[name].params:
+        assert p.name in fields, f"armo {name}: parameter {p.name} is not a field of {COMMAND_CONFIGS[name].__name__}"
+        f = fields[p.name]
+        assert p.help == f.metadata["help"], (name, p.name)
+        if p.name in SPEC_FIELDS or p.required:
+            continue
+        d = _field_default(f)
+        got = list(p.default) if isinstance(p.default, (list, tuple)) else p.default
+        assert got == d, f"armo {name} {p.opts}: CLI default {p.default!r} != config default {d!r}"
+
+
+def test_named_choices_match_the_registries():
+    from armo_cli.backbones import DTYPES
+    from armo_cli.rendering import GATE_RULES
+
+    assert configs.GATE_RULE_NAMES == tuple(GATE_RULES)
+    assert set(configs.DTYPE_NAMES) == set(DTYPES) | {"auto"}
+
+
+def test_validate_names_the_option():
+    with pytest.raises(ArmoError, match=r"^--chunk-size 0: must be at least 1$"):
+        validate(configs.ExtractConfig(input="x", chunk_size=0))
+    with pytest.raises(ArmoError, match=r"^--alphas -1: must be greater than 0$"):
+        validate(configs.RegressionConfig(alphas=[1.0, -1]))
+    validate(configs.GatingConfig())
+
+
+@pytest.mark.parametrize("parse, spec, message", [
+    (lambda s: parse_ranges([s]), "help=5:1", "HI must be greater than LO"),
+    (lambda s: parse_ranges([s]), "help", "expected NAME=LO:HI"),
+    (lambda s: parse_ranges([s]), "help=a:2", "'a' is not a number"),
+    (lambda s: parse_ranges([s]), "help=1:inf", "LO and HI must be finite"),
+    (parse_lambda_range, "1", "expected LO:HI"),
+    (parse_lambda_range, "2:1", "HI must be greater than LO"),
+    (lambda s: parse_alphas(s, []), "1,x", "expected comma-separated numbers"),
+    (lambda s: parse_weights(s, ["a", "b"]), "a", "expected NAME=W"),
+    (lambda s: parse_weights(s, ["a", "b"]), "c=1", "unknown objective 'c'"),
+    (lambda s: parse_weights(s, ["a", "b"]), "a=inf", "the weight must be finite"),
+    (lambda s: parse_weights(s, ["a", "b"]), "a=0,b=0", "every weight is zero"),
+    (lambda s: parse_where([s]), "=x", "expected FIELD=PREFIX"),
+])
+def test_spec_parsers_share_one_error_style(parse, spec, message):
+    with pytest.raises(ArmoError) as e:
+        parse(spec)
+    assert str(e.value).startswith("--") and f" {spec!r}: " in str(e.value) and message in str(e.value)
+
+
+def test_spec_parsers_parse():
+    assert parse_ranges(["h=1:10", "s=0:1"]) == {"h": (1.0, 10.0), "s": (0.0, 1.0)}
+    assert parse_lambda_range(":2") == (float("-inf"), 2.0) and parse_lambda_range(None) is None
+    assert parse_alphas(None, [1.0]) == [1.0] and parse_alphas("0.1, 10", []) == [0.1, 10.0]
+    assert parse_weights("b=-0.5", ["a", "b"]) == [0.0, -0.5]
+    assert parse_where(["source=hh", "x=a=b"]) == [("source", "hh"), ("x", "a=b")]
+
+
+def test_the_cli_and_its_configs_import_no_torch():
+    """Why `armo --help` is fast (benchmarks/startup_bench.py measures it): the CLI module, the configs and
+    the option parsers import no torch; each command imports its library module only when it runs."""
+    code = ("import sys; import armo_cli.cli, armo_cli.configs, armo_cli.specs, armo_cli.errors; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    out = subprocess.run([sys.executable, "-m", "armo_cli.cli", "--help"], check=True, capture_output=True, text=True)
+    assert "fit-regression" in out.stdout
