@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -87,31 +88,59 @@ def best_single_objective(radj: torch.Tensor) -> int:
     return max(range(len(acc)), key=lambda j: acc[j])
 
 
-def train_linear_bt(X: torch.Tensor, tr: torch.Tensor, va: torch.Tensor, cfg: GatingConfig) -> torch.Tensor:
-    """The non-MoE control: a linear Bradley-Terry head on response features, same pairs, same budget."""
+def train_bt(model: nn.Module, train_scores: Callable[[torch.Tensor], torch.Tensor],
+             val_scores: Callable[[], torch.Tensor] | None, n_train: int, cfg: GatingConfig,
+             on_eval: Callable[[int, float], None] | None = None, on_step: Callable[[], None] | None = None) -> dict:
+    """The one Bradley-Terry training loop (the gate and the linear control both use it): AdamW with a
+    cosine schedule on seeded minibatches of training pairs, validation loss every `eval_every` steps,
+    early stopping after `patience` evaluations without improvement. The model ends in its best state.
+
+    train_scores(idx) -> [B,2] scores of those training pairs; val_scores() -> [n_val,2] (None: no
+    validation pairs, the training loss decides)."""
     g = torch.Generator().manual_seed(cfg.seed)
-    w = torch.zeros(X.shape[-1], requires_grad=True)
-    opt = torch.optim.AdamW([w], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.steps, 1))
-    Xtr, Xva = X[tr], X[va]
-    best, best_w, bad = float("inf"), w.detach().clone(), 0
+    best_loss, best_step = float("inf"), 0
+    best_state = {k: v.clone() for k, v in model.state_dict().items()}
+    bad, step, history = 0, 0, []
     for step in range(1, cfg.steps + 1):
-        idx = torch.randint(0, Xtr.shape[0], (min(cfg.batch_size, Xtr.shape[0]),), generator=g)
-        loss = bt_loss(Xtr[idx] @ w)
+        model.train()
+        idx = torch.randint(0, n_train, (min(cfg.batch_size, n_train),), generator=g)
+        loss = bt_loss(train_scores(idx))
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
         if step % cfg.eval_every == 0 or step == cfg.steps:
+            model.eval()
             with torch.no_grad():
-                vl = float(bt_loss(Xva @ w)) if Xva.shape[0] else loss.item()
-            if vl < best - 1e-6:
-                best, best_w, bad = vl, w.detach().clone(), 0
+                vl = float(bt_loss(val_scores())) if val_scores is not None else loss.item()
+            history.append([step, loss.item(), vl])
+            if on_eval:
+                on_eval(step, vl)
+            if vl < best_loss - 1e-6:
+                best_loss, best_step, bad = vl, step, 0
+                best_state = {k: v.clone() for k, v in model.state_dict().items()}
             else:
                 bad += 1
                 if bad >= cfg.patience:
                     break
-    return best_w
+        if on_step:
+            on_step()
+    model.load_state_dict(best_state)
+    model.eval()
+    return {"steps_run": step, "best_step": best_step, "best_val_loss": best_loss, "history": history}
+
+
+def train_linear_bt(X: torch.Tensor, tr: torch.Tensor, va: torch.Tensor, cfg: GatingConfig) -> torch.Tensor:
+    """The non-MoE control: a linear Bradley-Terry head on response features X [N,2,d], same pairs, same
+    budget, same loop as the gate. Returns its weight vector [d]."""
+    head = nn.Linear(X.shape[-1], 1, bias=False)
+    nn.init.zeros_(head.weight)
+    Xtr, Xva = X[tr], X[va]
+    train_bt(head, lambda idx: head(Xtr[idx]).squeeze(-1), (lambda: head(Xva).squeeze(-1)) if Xva.shape[0] else None,
+             Xtr.shape[0], cfg)
+    return head.weight.detach()[0].clone()
 
 
 def _load_parts(features: list[str], regression: str, decorrelation: str | None):
@@ -157,48 +186,21 @@ def fit_gating(cfg: GatingConfig) -> dict:
         raise ArmoError("fit-gating: no training pairs after the validation split")
     k = len(reg.objectives)
     gate = Gate(P.shape[1], k, cfg.hidden_dim, cfg.n_hidden, cfg.temperature, cfg.logit_scale, cfg.dropout)
-    opt = torch.optim.AdamW(gate.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.steps, 1))
-    g = torch.Generator().manual_seed(cfg.seed)
     Ptr, Rtr, Pva, Rva = P[tr], radj[tr], P[va], radj[va]
-    has_val = Pva.shape[0] > 0
-    best = (float("inf"), 0, {k_: v.clone() for k_, v in gate.state_dict().items()})
-    bad, step = 0, 0
-    history = []
     with progress(cfg.quiet) as pbar:
         task = pbar.add_task("fit-gating", total=cfg.steps, rate="")
-        for step in range(1, cfg.steps + 1):
-            gate.train()
-            idx = torch.randint(0, Ptr.shape[0], (min(cfg.batch_size, Ptr.shape[0]),), generator=g)
-            loss = bt_loss(pair_scores(gate(Ptr[idx]), Rtr[idx]))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            if step % cfg.eval_every == 0 or step == cfg.steps:
-                gate.eval()
-                with torch.no_grad():
-                    vl = float(bt_loss(pair_scores(gate(Pva), Rva))) if has_val else loss.item()
-                history.append([step, loss.item(), vl])
-                pbar.update(task, rate=f"val loss {vl:.4f}")
-                if vl < best[0] - 1e-6:
-                    best, bad = (vl, step, {k_: v.clone() for k_, v in gate.state_dict().items()}), 0
-                else:
-                    bad += 1
-                    if bad >= cfg.patience:
-                        pbar.update(task, completed=cfg.steps)
-                        break
-            pbar.update(task, advance=1)
-    gate.load_state_dict(best[2])
-    gate.eval()
+        run = train_bt(gate, lambda idx: pair_scores(gate(Ptr[idx]), Rtr[idx]),
+                       (lambda: pair_scores(gate(Pva), Rva)) if Pva.shape[0] else None, Ptr.shape[0], cfg,
+                       on_eval=lambda step, vl: pbar.update(task, rate=f"val loss {vl:.4f}"),
+                       on_step=lambda: pbar.update(task, advance=1))
+        pbar.update(task, completed=cfg.steps)
     metrics = compare(gate, P, Rf, radj, tr, va, reg, cfg)
     report = {
         "kind": "gating", "armo_version": __version__, "objectives": reg.objectives,
         "config": {"in_features": P.shape[1], "hidden_dim": cfg.hidden_dim, "n_hidden": cfg.n_hidden,
                    "temperature": cfg.temperature, "dropout": cfg.dropout},
         "training": {"lr": cfg.lr, "weight_decay": cfg.weight_decay, "batch_size": cfg.batch_size, "steps": cfg.steps,
-                     "steps_run": step, "best_step": best[1], "best_val_loss": best[0], "seed": cfg.seed,
-                     "val_fraction": cfg.val_fraction, "history": history},
+                     **run, "seed": cfg.seed, "val_fraction": cfg.val_fraction},
         "pairs": {"train": int(tr.sum()), "val": int(va.sum())}, "metrics": metrics,
         "backbone": reg.meta["backbone"], "regression_hash": regression_hash(reg),
         "feature_meaning": meaning.to_json(), "gate_rule": meaning.gate_rule,
