@@ -16,6 +16,7 @@ from .console import show, table
 from .features import Features
 from .errors import ArmoError
 from .io import check_outputs, dumps, load_artifact, save_artifact, sha256_json, write_text_atomic
+from .artifacts import DecorrelationMeta
 from .configs import DecorrelationConfig
 from .options import validate
 from .provenance import require_compatible
@@ -126,11 +127,11 @@ def fit_decorrelation(cfg: DecorrelationConfig) -> dict:
         lambdas[i] = lam
         rows[o] = {"lambda": lam, "before": before, "after": after, "status": status}
     T = transform_matrix(lambdas, v)
-    ref_hash = sha256_json([f.meta["input_hash"] for f in feats] + [f.meta["settings_key"] for f in feats])
+    ref_hash = sha256_json([f.meta.input_hash for f in feats] + [f.meta.settings_key for f in feats])
     report = {
         "kind": "decorrelation", "armo_version": __version__, "objectives": reg.objectives, "verbosity": cfg.verbosity,
         "method": cfg.method, "tolerance": cfg.tolerance, "lambda_range": cfg.lambda_range, "objectives_report": rows,
-        "reference_hash": ref_hash, "reference_rows": R.shape[0], "backbone": reg.meta["backbone"],
+        "reference_hash": ref_hash, "reference_rows": R.shape[0], "backbone": reg.meta.backbone,
         "feature_meaning": reg.meaning.to_json(),
         "regression_hash": regression_hash(reg),
     }
@@ -157,16 +158,16 @@ def regression_hash(reg: Regression) -> str:
 @dataclass
 class Decorrelation:
     transform: torch.Tensor
-    meta: dict
+    meta: DecorrelationMeta
 
     @classmethod
     def load(cls, path: str | Path) -> "Decorrelation":
         t, m = load_artifact(path, "decorrelation")
-        k = len(m["objectives"])
+        k = len(m.objectives)
         if tuple(t["transform"].shape) != (k, k):
             raise ArmoError(f"{path}: damaged decorrelation: transform {tuple(t['transform'].shape)} for {k} objectives")
         return cls(t["transform"], m)
 
     @classmethod
     def identity(cls, objectives: list[str]) -> "Decorrelation":
-        return cls(torch.eye(len(objectives)), {"kind": "decorrelation", "objectives": objectives, "identity": True})
+        return cls(torch.eye(len(objectives)), DecorrelationMeta(objectives=list(objectives), identity=True))

@@ -2,6 +2,7 @@
 safetensors file; resumable chunks, shards and their merge, one writer per output."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
@@ -12,6 +13,7 @@ from typing import Callable, Iterable, Iterator
 import torch
 
 from . import __version__
+from .artifacts import ChunkMeta, FeaturesMeta
 from .backbones import Backbone, load_backbone
 from .configs import ExtractConfig, MergeConfig
 from .console import info, progress, warn
@@ -160,14 +162,14 @@ def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, afte
     job_key = sha256_json([settings_key, input_hash, [chunk_keys[c] for c in mine]])
     if cfg.resume and shard_out.exists():
         try:
-            done = load_artifact(shard_out, "features", tensors=False)[1]
+            done: FeaturesMeta | None = load_artifact(shard_out, "features", tensors=False)[1]
         except ArmoError:
-            done = {}
-        if done.get("job_key") == job_key:  # the same job finished before: nothing to do
-            info(f"[green]up to date[/green] {shard_out}: {len(done['ids'])} rows", cfg.quiet)
+            done = None
+        if done is not None and done.job_key == job_key:  # the same job finished before: nothing to do
+            info(f"[green]up to date[/green] {shard_out}: {len(done.ids)} rows", cfg.quiet)
             if launched:
                 _rank_merge(out, shard_index, num_shards, cfg.quiet)
-            return ExtractReport(**{**done["report"], "chunks_computed": 0, "chunks_reused": len(mine), "tokens_computed": 0})
+            return ExtractReport(**{**done.report, "chunks_computed": 0, "chunks_reused": len(mine), "tokens_computed": 0})
     parts = shard_out.with_name(shard_out.name + ".parts")
     if parts.exists() and not cfg.resume:
         shutil.rmtree(parts)
@@ -234,8 +236,7 @@ def _compute_chunks(cfg: ExtractConfig, source: Source, backbone: Backbone, rend
             exs = [next(stream, (None, None)) for _ in chunk]  # keep the stream aligned even for reused chunks
             if cfg.resume and path.exists():
                 try:
-                    meta = load_artifact(path, "features-chunk", tensors=False)[1]
-                    if meta.get("key") == key:
+                    if load_artifact(path, "features-chunk", tensors=False)[1].key == key:
                         report.chunks_reused += 1
                         pbar.update(task, advance=len(chunk))
                         files.append(path)
@@ -251,11 +252,10 @@ def _compute_chunks(cfg: ExtractConfig, source: Source, backbone: Backbone, rend
                     tree = renderer.truncate_prompt(tree, limit)
                 trees.append(tree)
             tensors = _chunk_tensors(trees, backbone, cfg, objectives, batch_tokens, on_batch, source.name)
-            save_artifact(path, tensors, {"kind": "features-chunk", "key": key,
-                                          "ids": [t.example.id for t in trees],
-                                          "subsets": [t.example.subset for t in trees],
-                                          "prompt_hashes": [sha256_json(t.example.prompt)[:16] for t in trees],
-                                          "truncated": [t.example.id for t in trees if t.truncated]})
+            save_artifact(path, tensors, ChunkMeta(key=key, ids=[t.example.id for t in trees],
+                                                   subsets=[t.example.subset for t in trees],
+                                                   prompt_hashes=[sha256_json(t.example.prompt)[:16] for t in trees],
+                                                   truncated=[t.example.id for t in trees if t.truncated]))
             report.chunks_computed += 1
             files.append(path)
             if after_chunk:
@@ -278,17 +278,18 @@ class _DisplaySource(Source):
 def _join(files: list[Path], keys: list[str], out: Path, meta: dict, report: ExtractReport) -> None:
     ids, subsets, truncated, prompts = [], [], [], []
     for f, key in zip(files, keys):
-        m = load_artifact(f, "features-chunk", tensors=False)[1]
-        if m["key"] != key:  # never join a chunk that some other job wrote
+        m: ChunkMeta = load_artifact(f, "features-chunk", tensors=False)[1]
+        if m.key != key:  # never join a chunk that some other job wrote
             raise ArmoError(f"{f}: this chunk belongs to another job; rerun without --resume")
-        ids += m["ids"]
-        subsets += m["subsets"]
-        truncated += m["truncated"]
-        prompts += m["prompt_hashes"]
+        ids += m.ids
+        subsets += m.subsets
+        truncated += m.truncated
+        prompts += m.prompt_hashes
     report.truncated = truncated
-    meta = dict(meta, ids=ids, subsets=subsets if any(s is not None for s in subsets) else None,
-                prompt_hashes=prompts, report=asdict(report))
-    save_concatenated(out, files, meta)
+    typed = FeaturesMeta(**{k: v for k, v in meta.items() if k != "kind"}, ids=ids,
+                         subsets=subsets if any(s is not None for s in subsets) else None,
+                         prompt_hashes=prompts, report=asdict(report))
+    save_concatenated(out, files, typed)
 
 
 def merge(cfg: MergeConfig) -> dict:
@@ -307,20 +308,20 @@ def merge_features(inputs: Iterable[str | Path], output: str | Path, allow_parti
     if not inputs:
         raise ArmoError("merge: no inputs")
     check_output_file(output, "--output", inputs, stdout_ok=False)
-    metas = [(p, load_artifact(p, "features", tensors=False)[1]) for p in inputs]
+    metas: list[tuple[str, FeaturesMeta]] = [(p, load_artifact(p, "features", tensors=False)[1]) for p in inputs]
     for p, m in metas:
-        if not isinstance(m.get("job"), dict) or not isinstance(m.get("shard"), list):
-            raise ArmoError(f"{p}: records no extract job (not a shard of this armo version); extract it again")
+        if m.job is None or not m.shard or not isinstance(m.shard[0], int) or "id" not in m.job:
+            raise ArmoError(f"{p}: records no extract job (not a shard written by this armo version); extract it again")
     p0, m0 = metas[0]
     for p, m in metas[1:]:
-        if m["job"]["id"] != m0["job"]["id"]:
-            what = [k for k in ("input_hash", "settings_key", "chunk_size", "num_shards") if m["job"].get(k) != m0["job"].get(k)]
+        if m.job["id"] != m0.job["id"]:
+            what = [k for k in ("input_hash", "settings_key", "chunk_size", "num_shards") if m.job.get(k) != m0.job.get(k)]
             raise ArmoError(f"{p}: a shard of another extract job than {p0} (differs in {', '.join(what) or 'job'}); "
                             f"merge only the shards of one job")
-    num = int(m0["job"]["num_shards"])
+    num = int(m0.job["num_shards"])
     by_index: dict[int, str] = {}
     for p, m in metas:
-        idx = int(m["shard"][0])
+        idx = m.shard[0]
         if idx in by_index:
             raise ArmoError(f"{p}: shard {idx} of {num} is given twice (also {by_index[idx]})")
         by_index[idx] = p
@@ -330,39 +331,36 @@ def merge_features(inputs: Iterable[str | Path], output: str | Path, allow_parti
                         f"pass them all, or --allow-partial to merge what is there")
     parts = [load_artifact(p, "features") for p in inputs]
     tensors = {k: torch.cat([t[k] for t, _ in parts]) for k in parts[0][0]}
-    ids = [i for _, m in parts for i in m["ids"]]
-    subsets = [s for _, m in parts for s in (m["subsets"] or [None] * len(m["ids"]))]
-    prompts = [h for _, m in parts for h in m["prompt_hashes"]]
+    ids = [i for _, m in parts for i in m.ids]
+    subsets = [s for _, m in parts for s in (m.subsets or [None] * len(m.ids))]
+    prompts = [h for _, m in parts for h in (m.prompt_hashes or [""] * len(m.ids))]
     if len(set(ids)) != len(ids):
         raise ArmoError("merge: the shards overlap (duplicate ids)")
-    if not missing and len(ids) != int(m0["job"]["rows"]):
-        raise ArmoError(f"merge: the shards hold {len(ids)} rows, but their job has {m0['job']['rows']}")
+    if not missing and len(ids) != int(m0.job["rows"]):
+        raise ArmoError(f"merge: the shards hold {len(ids)} rows, but their job has {m0.job['rows']}")
     order = torch.argsort(tensors["row_index"], stable=True)
     tensors = {k: v[order] for k, v in tensors.items()}
     ids = [ids[i] for i in order.tolist()]
     subsets = [subsets[i] for i in order.tolist()]
     prompts = [prompts[i] for i in order.tolist()]
-    meta = dict(parts[0][1])
-    reps = [m["report"] for _, m in parts]
-    meta.update(ids=ids, subsets=subsets if any(s is not None for s in subsets) else None,
-                shard=None if not missing else [sorted(by_index), num],
-                missing_shards=missing, prompt_hashes=prompts,
-                report={"rows": len(ids), "skipped": [s for r in reps for s in r["skipped"]],
-                        "truncated": [s for r in reps for s in r["truncated"]],
-                        "chunks_computed": sum(r["chunks_computed"] for r in reps),
-                        "chunks_reused": sum(r["chunks_reused"] for r in reps),
-                        "tokens_computed": sum(r["tokens_computed"] for r in reps),
-                        "seconds": max(r["seconds"] for r in reps)})
+    reps = [m.report for _, m in parts]
     # skipped rows are listed by every shard's scan: keep one copy each
     seen, skipped = set(), []
-    for s in meta["report"]["skipped"]:
+    for s in (s for r in reps for s in r.get("skipped", [])):
         k = (s["line"], s["id"])
         if k not in seen:
             seen.add(k)
             skipped.append(s)
-    meta["report"]["skipped"] = skipped
+    report = {"rows": len(ids), "skipped": skipped, "truncated": [s for r in reps for s in r.get("truncated", [])],
+              "chunks_computed": sum(r.get("chunks_computed", 0) for r in reps),
+              "chunks_reused": sum(r.get("chunks_reused", 0) for r in reps),
+              "tokens_computed": sum(r.get("tokens_computed", 0) for r in reps),
+              "seconds": max(r.get("seconds", 0.0) for r in reps)}
+    meta = dataclasses.replace(parts[0][1], ids=ids, subsets=subsets if any(s is not None for s in subsets) else None,
+                               shard=None if not missing else [sorted(by_index), num], missing_shards=missing,
+                               prompt_hashes=prompts, report=report)
     save_artifact(output, tensors, meta)
-    return {**meta["report"], "shards": len(inputs), "num_shards": num, "missing_shards": missing}
+    return {**report, "shards": len(inputs), "num_shards": num, "missing_shards": missing}
 
 
 def _rank_merge(out: Path, rank: int, world: int, quiet: bool, timeout: float = 24 * 3600) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from .artifacts import FeaturesMeta
 from .errors import ArmoError
 from .io import load_artifact
 from .provenance import FeatureMeaning
@@ -17,12 +18,12 @@ class Features:
 
     path: str
     tensors: dict[str, torch.Tensor]
-    meta: dict
+    meta: FeaturesMeta
 
     @classmethod
     def load(cls, path: str | Path) -> "Features":
         t, m = load_artifact(path, "features")
-        n, pair = len(m["ids"]), bool(m["pair"])
+        n, pair = len(m.ids), m.pair
         P, R = t["prompt_features"], t["response_features"]
         if P.ndim != 2 or R.ndim != (3 if pair else 2) or (pair and R.shape[1] != 2) or R.shape[-1] != P.shape[-1]:
             raise ArmoError(f"{path}: damaged features: prompt {tuple(P.shape)} and response {tuple(R.shape)} features "
@@ -30,21 +31,21 @@ class Features:
         for k, v in t.items():
             if v.shape[0] != n:
                 raise ArmoError(f"{path}: damaged features: tensor '{k}' has {v.shape[0]} rows for {n} ids")
-        if "labels" in t and t["labels"].shape[1:] != (len(m["objectives"]),):
-            raise ArmoError(f"{path}: damaged features: labels {tuple(t['labels'].shape)} for {len(m['objectives'])} objectives")
+        if "labels" in t and t["labels"].shape[1:] != (len(m.objectives),):
+            raise ArmoError(f"{path}: damaged features: labels {tuple(t['labels'].shape)} for {len(m.objectives)} objectives")
         return cls(str(path), t, m)
 
     @property
     def pair(self) -> bool:
-        return bool(self.meta["pair"])
+        return self.meta.pair
 
     @property
     def ids(self) -> list[str]:
-        return self.meta["ids"]
+        return self.meta.ids
 
     @property
     def backbone(self) -> dict:
-        return self.meta["backbone"]
+        return self.meta.backbone
 
     def meaning(self, prompt: bool = True) -> FeatureMeaning:
         """What these features mean; prompt=False leaves out the gate rule (response features only)."""

@@ -20,6 +20,7 @@ from .decorrelation import Decorrelation, regression_hash, transform_hash
 from .features import Features
 from .errors import ArmoError, one_line
 from .io import check_outputs, dumps, load_artifact, save_artifact, write_text_atomic
+from .artifacts import GatingMeta
 from .configs import GatingConfig
 from .options import validate
 from .provenance import FeatureMeaning, require_compatible, require_one_meaning
@@ -147,9 +148,9 @@ def _load_parts(features: list[str], regression: str, decorrelation: str | None)
     reg = Regression.load(regression)
     if decorrelation:
         dec = Decorrelation.load(decorrelation)
-        if dec.meta["objectives"] != reg.objectives:
-            raise ArmoError(f"{decorrelation}: objectives {dec.meta['objectives']} differ from {regression}'s {reg.objectives}")
-        if dec.meta.get("regression_hash") not in (None, regression_hash(reg)):
+        if dec.meta.objectives != reg.objectives:
+            raise ArmoError(f"{decorrelation}: objectives {dec.meta.objectives} differ from {regression}'s {reg.objectives}")
+        if dec.meta.regression_hash not in (None, regression_hash(reg)):
             raise ArmoError(f"{decorrelation}: fitted on another regression artifact than {regression}")
         require_compatible(reg.meaning, FeatureMeaning.of(dec.meta, decorrelation, prompt=False), regression, decorrelation)
     else:
@@ -172,12 +173,12 @@ def fit_gating(cfg: GatingConfig) -> dict:
         raise ArmoError("fit-gating: give at least one pair features file")
     t0 = time.perf_counter()
     reg, dec, feats, meaning = _load_parts(cfg.features, cfg.regression, cfg.decorrelation)
-    if dec.meta.get("identity"):
+    if dec.meta.identity:
         info("[yellow]no decorrelation artifact given: using the identity transform[/yellow]", cfg.quiet)
     torch.manual_seed(cfg.seed)
     P = torch.cat([f.tensors["prompt_features"] for f in feats]).float()
     Rf = torch.cat([f.tensors["response_features"] for f in feats]).float()
-    groups = [h for f in feats for h in (f.meta.get("prompt_hashes") or f.ids)]
+    groups = [h for f in feats for h in (f.meta.prompt_hashes or f.ids)]
     T = dec.transform
     radj = adjusted_rewards(reg, T, Rf)  # [N,2,k], frozen
     tr = grouped_split(groups, cfg.val_fraction, cfg.seed)
@@ -202,9 +203,9 @@ def fit_gating(cfg: GatingConfig) -> dict:
         "training": {"lr": cfg.lr, "weight_decay": cfg.weight_decay, "batch_size": cfg.batch_size, "steps": cfg.steps,
                      **run, "seed": cfg.seed, "val_fraction": cfg.val_fraction},
         "pairs": {"train": int(tr.sum()), "val": int(va.sum())}, "metrics": metrics,
-        "backbone": reg.meta["backbone"], "regression_hash": regression_hash(reg),
+        "backbone": reg.meta.backbone, "regression_hash": regression_hash(reg),
         "feature_meaning": meaning.to_json(), "gate_rule": meaning.gate_rule,
-        "decorrelation": "identity" if dec.meta.get("identity") else dec.meta.get("reference_hash"),
+        "decorrelation": "identity" if dec.meta.identity else dec.meta.reference_hash,
         "transform_hash": transform_hash(T), "logit_scale": gate.logit_scale.item(),
         "seconds": time.perf_counter() - t0,
     }
@@ -240,17 +241,16 @@ def compare(gate: Gate, P, Rf, radj, tr, va, reg: Regression, cfg: GatingConfig)
 @dataclass
 class Gating:
     gate: Gate
-    meta: dict
+    meta: GatingMeta
 
     @classmethod
     def load(cls, path: str | Path) -> "Gating":
         t, m = load_artifact(path, "gating")
-        c = m["config"]
+        c = m.shape(str(path))
         try:
-            gate = Gate(int(c["in_features"]), len(m["objectives"]), int(c["hidden_dim"]), int(c["n_hidden"]),
-                        float(c["temperature"]), 1.0, float(c["dropout"]))
+            gate = Gate(c.in_features, len(m.objectives), c.hidden_dim, c.n_hidden, c.temperature, 1.0, c.dropout)
             gate.load_state_dict(t)
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:
-            raise ArmoError(f"{path}: the gate's tensors or config are damaged ({one_line(e)[:160]})") from None
+        except (RuntimeError, ValueError) as e:
+            raise ArmoError(f"{path}: the gate's tensors do not fit its config ({one_line(e)[:160]})") from None
         gate.eval().requires_grad_(False)
         return cls(gate, m)

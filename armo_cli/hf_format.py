@@ -71,7 +71,7 @@ def export_model(model_dir: str | Path | None, out_dir: str | Path, backbone: st
         "gating_token_offset": offset,
         "regression_bias": bool(model.regression.bias.abs().sum() > 0),
         "objectives": model.objectives,
-        "armo": {"version": __version__, "gate_rule": renderer.gate_rule, "scales": model.regression.meta["scales"],
+        "armo": {"version": __version__, "gate_rule": renderer.gate_rule, "scales": model.regression.meta.scales,
                  "feature_meaning": model.meaning.to_json(),
                  "backbone": model.backbone},
         "torch_dtype": "float32",

@@ -18,6 +18,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .artifacts import KINDS, Meta
 from .errors import ArmoError, one_line
 
 META_KEY = "armo"
@@ -183,8 +184,10 @@ def dumps(o: Any, **kw: Any) -> str:
     return json.dumps(clean_json(o), default=_json_default, ensure_ascii=False, **kw)
 
 
-def save_artifact(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    """Write tensors plus a JSON metadata blob as one safetensors file, atomically."""
+def save_artifact(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | Meta) -> None:
+    """Write tensors plus a JSON metadata blob (a dict or typed metadata) as one safetensors file, atomically."""
+    if isinstance(meta, Meta):
+        meta = meta.to_json()
     out, seen = {}, set()
     for k, v in tensors.items():
         v = v.detach().contiguous().cpu()
@@ -197,16 +200,12 @@ def save_artifact(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict
         save_file(tensors, str(tmp), metadata={META_KEY: dumps(meta)})
 
 
-# What each artifact kind must carry: metadata keys and tensors. Checked on every load, so that a
-# damaged or foreign file is one line naming the file and what is missing, never a KeyError later.
-ARTIFACT_SCHEMA: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "features": (("pair", "ids", "backbone", "objectives", "gate_rule", "input_hash", "settings_key", "report"),
-                 ("prompt_features", "response_features", "response_lengths", "prompt_lengths", "row_index")),
-    "features-chunk": (("key", "ids", "subsets", "prompt_hashes", "truncated"),
-                       ("prompt_features", "response_features", "response_lengths", "prompt_lengths", "row_index")),
-    "regression": (("objectives", "scales", "backbone", "hidden_size"), ("weight", "bias")),
-    "decorrelation": (("objectives",), ("transform",)),
-    "gating": (("objectives", "config", "regression_hash"), ()),
+# The tensors each artifact kind must carry (its metadata fields: artifacts.py). Checked on every load,
+# so that a damaged or foreign file is one line naming the file and what is missing, never a KeyError.
+_FEATURE_TENSORS = ("prompt_features", "response_features", "response_lengths", "prompt_lengths", "row_index")
+REQUIRED_TENSORS: dict[str, tuple[str, ...]] = {
+    "features": _FEATURE_TENSORS, "features-chunk": _FEATURE_TENSORS, "regression": ("weight", "bias"),
+    "decorrelation": ("transform",), "gating": (),
 }
 # Tensors in which NaN has a meaning: a missing label.
 NAN_ALLOWED = {"labels"}
@@ -222,10 +221,10 @@ def check_finite(path: str | Path, tensors: dict[str, torch.Tensor]) -> None:
             raise ArmoError(f"{path}: tensor '{k}' holds {int(bad.sum())} non-finite values (NaN or inf)")
 
 
-def load_artifact(path: str | Path, kind: str | None = None,
-                  tensors: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read an armo safetensors artifact; `kind` checks what stage wrote it and that it carries what that
-    kind needs; tensors=False reads only the metadata (cheap, for resume checks and joins)."""
+def load_artifact(path: str | Path, kind: str | None = None, tensors: bool = True) -> tuple[dict[str, torch.Tensor], Any]:
+    """Read an armo safetensors artifact; tensors=False reads only the metadata (cheap, for resume checks
+    and joins). With `kind`, the metadata comes back typed (artifacts.py) and checked: that stage wrote
+    it, every field it needs is there with its type, every tensor it needs is there."""
     p = check_input_file(path)
     load = tensors
     try:
@@ -246,11 +245,8 @@ def load_artifact(path: str | Path, kind: str | None = None,
     if kind is not None:
         if meta.get("kind") != kind:
             raise ArmoError(f"{p}: expected a '{kind}' artifact, found '{meta.get('kind')}'")
-        need_meta, need_tensors = ARTIFACT_SCHEMA.get(kind, ((), ()))
-        for key in need_meta:
-            if key not in meta:
-                raise ArmoError(f"{p}: incomplete '{kind}' artifact: metadata field '{key}' is missing")
-        for key in need_tensors:
+        meta = KINDS[kind].from_json(meta, str(p))
+        for key in REQUIRED_TENSORS[kind]:
             if key not in names:
                 raise ArmoError(f"{p}: incomplete '{kind}' artifact: tensor '{key}' is missing")
     if load:
@@ -282,7 +278,7 @@ def sha256_json(o: Any) -> str:
 _ST_SIZES = {"F64": 8, "I64": 8, "F32": 4, "I32": 4, "F16": 2, "BF16": 2, "I16": 2, "U8": 1, "I8": 1, "BOOL": 1}
 
 
-def save_concatenated(path: str | Path, files: list[Path], meta: dict[str, Any]) -> None:
+def save_concatenated(path: str | Path, files: list[Path], meta: dict[str, Any] | Meta) -> None:
     """Concatenate the same-named tensors of several safetensors files along dim 0 into one file,
     streaming one tensor of one file at a time (memory stays flat however long the job was)."""
     shapes: dict[str, list[int]] = {}
@@ -305,7 +301,7 @@ def save_concatenated(path: str | Path, files: list[Path], meta: dict[str, Any])
             n *= x
         header[k] = {"dtype": dtypes[k], "shape": shapes[k], "data_offsets": [offset, offset + n]}
         offset += n
-    header["__metadata__"] = {META_KEY: dumps(meta)}
+    header["__metadata__"] = {META_KEY: dumps(meta.to_json() if isinstance(meta, Meta) else meta)}
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
     with atomic_path(path) as tmp, open(tmp, "wb") as out:

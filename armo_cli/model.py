@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
+from .artifacts import Manifest
 from .decorrelation import Decorrelation, regression_hash, transform_hash
 from .gating import Gating
 from .errors import ArmoError
@@ -29,26 +30,27 @@ def is_model_dir(path: Path) -> bool:
     return (Path(path) / MANIFEST).is_file()
 
 
-def read_manifest(model_dir: str | Path) -> dict:
+def read_manifest(model_dir: str | Path) -> Manifest:
     d = Path(model_dir)
     if d.exists() and not d.is_dir():
         raise ArmoError(f"{model_dir}: is a file, expected an armo model directory")
     p = d / MANIFEST
     if not p.exists():
         raise ArmoError(f"{model_dir}: not an armo model directory (no {MANIFEST})")
-    m = read_json_object(p)
-    parts = m.get("parts", {})
-    if not isinstance(parts, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in parts.items()):
+    raw = read_json_object(p)
+    if not isinstance(raw.get("parts", {}), dict):
         raise ArmoError(f"{p}: field 'parts': expected an object {{part: file name}}")
-    for k, v in parts.items():
-        if k not in PART_FILES or Path(v).name != v:
+    m = Manifest.from_json(raw, str(p))
+    for k, v in m.parts.items():
+        if k not in PART_FILES or not isinstance(v, str) or Path(v).name != v:
             raise ArmoError(f"{p}: field 'parts.{k}': expected one of {', '.join(PART_FILES)} naming a file in the folder")
     return m
 
 
-def write_manifest(model_dir: str | Path, manifest: dict) -> None:
+def write_manifest(model_dir: str | Path, manifest: Manifest | dict) -> None:
+    data = manifest.to_json() if isinstance(manifest, Manifest) else manifest
     with atomic_path(Path(model_dir) / MANIFEST) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def check_model_dir(model_dir: str | Path, option: str = "--model-dir") -> None:
@@ -65,18 +67,18 @@ def register_part(model_dir: str | Path, part: str, artifact: str | Path) -> Pat
     if Path(artifact).resolve() != target.resolve():
         with atomic_path(target) as tmp:
             shutil.copyfile(artifact, tmp)
-    manifest = read_manifest(d) if (d / MANIFEST).exists() else {"parts": {}}
-    manifest.setdefault("parts", {})[part] = PART_FILES[part]
-    manifest["armo_version"] = __version__
+    manifest = read_manifest(d) if (d / MANIFEST).exists() else Manifest()
+    manifest.parts[part] = PART_FILES[part]
+    manifest.armo_version = __version__
     if part == "regression":
         reg = Regression.load(target)
-        manifest.update(backbone=reg.meta["backbone"], objectives=reg.objectives, scales=reg.meta["scales"],
-                        hidden_size=reg.meta["hidden_size"])
+        manifest.backbone, manifest.objectives = reg.meta.backbone, reg.objectives
+        manifest.scales, manifest.hidden_size = reg.meta.scales, reg.meta.hidden_size
     if part == "gating":
         # the model reads f(x) where its gate was trained to read it: the gate rule is the gate's
         meaning = FeatureMeaning.of(Gating.load(target).meta, str(target))
-        manifest.update(gate_rule=meaning.gate_rule, gen_suffix=list(meaning.gen_suffix or []) or None,
-                        feature_meaning=meaning.to_json())
+        manifest.gate_rule, manifest.feature_meaning = meaning.gate_rule, meaning.to_json()
+        manifest.gen_suffix = list(meaning.gen_suffix) if meaning.gen_suffix else None
     write_manifest(d, manifest)
     return target
 
@@ -115,7 +117,7 @@ class ArmoModel:
     """Regression W, transform T and gate g, with the manifest that ties them to a backbone."""
 
     path: Path
-    manifest: dict
+    manifest: Manifest
     regression: Regression
     decorrelation: Decorrelation
     gating: Gating
@@ -126,12 +128,12 @@ class ArmoModel:
 
     @property
     def backbone(self) -> dict:
-        return self.manifest["backbone"]
+        return self.manifest.backbone
 
     @property
     def meaning(self) -> FeatureMeaning:
         """The features this model reads, gate rule included (older models: from the manifest)."""
-        src = self.gating.meta if "feature_meaning" in self.gating.meta else self.manifest
+        src = self.gating.meta if self.gating.meta.feature_meaning is not None else self.manifest
         return FeatureMeaning.of(src, str(self.path))
 
     @property
@@ -142,7 +144,7 @@ class ArmoModel:
     def load(cls, model_dir: str | Path | None = None) -> "ArmoModel":
         d = Path(model_dir) if model_dir else DEFAULT_MODEL_DIR
         m = read_manifest(d)
-        parts = m.get("parts", {})
+        parts = m.parts
         for need in ("regression", "gating"):
             if need not in parts:
                 raise ArmoError(f"{d}: the model has no {need} part (fit it with --model-dir {d})")
@@ -157,27 +159,28 @@ class ArmoModel:
             dec = Decorrelation.identity(reg.objectives)
         gat = Gating.load(d / parts["gating"])
         rh = regression_hash(reg)
-        if m.get("objectives") != reg.objectives:
-            raise ArmoError(f"{d}: regression part: objectives {reg.objectives} differ from the manifest's {m.get('objectives')}")
-        if m.get("backbone", {}).get("fingerprint") != reg.meta["backbone"]["fingerprint"]:
+        if m.objectives != reg.objectives:
+            raise ArmoError(f"{d}: regression part: objectives {reg.objectives} differ from the manifest's {m.objectives}")
+        if m.backbone.get("fingerprint") != reg.meta.backbone.get("fingerprint"):
             raise ArmoError(f"{d}: regression part: fitted on another backbone than the manifest names")
-        if dec.meta["objectives"] != reg.objectives:
-            raise ArmoError(f"{d}: decorrelation part: objectives {dec.meta['objectives']} differ from the regression's")
-        if dec.meta.get("regression_hash") not in (None, rh):
+        if dec.meta.objectives != reg.objectives:
+            raise ArmoError(f"{d}: decorrelation part: objectives {dec.meta.objectives} differ from the regression's")
+        if dec.meta.regression_hash not in (None, rh):
             raise ArmoError(f"{d}: decorrelation part: fitted on another regression than this model's")
-        if gat.meta["objectives"] != reg.objectives:
-            raise ArmoError(f"{d}: gating part: objectives {gat.meta['objectives']} differ from the regression's")
-        if gat.meta.get("regression_hash") != rh:
+        if gat.meta.objectives != reg.objectives:
+            raise ArmoError(f"{d}: gating part: objectives {gat.meta.objectives} differ from the regression's")
+        if gat.meta.regression_hash != rh:
             raise ArmoError(f"{d}: gating part: trained on another regression than this model's")
-        if gat.meta.get("transform_hash") not in (None, transform_hash(dec.transform)):
+        if gat.meta.transform_hash not in (None, transform_hash(dec.transform)):
             raise ArmoError(f"{d}: gating part: trained with another decorrelation transform than this model's")
-        if gat.meta["config"]["in_features"] != reg.weight.shape[1]:
-            raise ArmoError(f"{d}: gating part: hidden size {gat.meta['config']['in_features']} != regression's {reg.weight.shape[1]}")
-        if "feature_meaning" in gat.meta:
+        in_features = gat.meta.shape(f"{d}: gating part").in_features
+        if in_features != reg.weight.shape[1]:
+            raise ArmoError(f"{d}: gating part: hidden size {in_features} != regression's {reg.weight.shape[1]}")
+        if gat.meta.feature_meaning is not None:
             gm = FeatureMeaning.of(gat.meta, f"{d}: gating part")
             require_compatible(reg.meaning, gm.without_gate_rule(), f"{d}: regression part", f"{d}: gating part")
-            if m.get("gate_rule") not in (None, gm.gate_rule):
-                raise ArmoError(f"{d}: the manifest's gate rule {m.get('gate_rule')} differs from the gate's {gm.gate_rule}")
+            if m.gate_rule not in (None, gm.gate_rule):
+                raise ArmoError(f"{d}: the manifest's gate rule {m.gate_rule} differs from the gate's {gm.gate_rule}")
         return cls(d, m, reg, dec, gat)
 
     @torch.no_grad()

@@ -56,9 +56,12 @@ class FeatureMeaning:
         return m
 
     @classmethod
-    def of(cls, meta: dict, where: str, prompt: bool = True) -> "FeatureMeaning":
-        """The meaning recorded in an artifact's metadata; older artifacts carry it as loose fields."""
-        if "feature_meaning" in meta:
+    def of(cls, meta: Any, where: str, prompt: bool = True) -> "FeatureMeaning":
+        """The meaning recorded in an artifact's metadata (typed or a dict); older artifacts carry it as loose
+        fields."""
+        if hasattr(meta, "to_json"):
+            meta = meta.to_json()
+        if meta.get("feature_meaning") is not None:
             m = cls.from_json(meta["feature_meaning"], where)
         else:
             bb = meta.get("backbone")

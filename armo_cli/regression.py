@@ -17,6 +17,7 @@ from .console import show, table, warn
 from .features import Features
 from .errors import ArmoError
 from .io import check_outputs, dumps, load_artifact, save_artifact, write_text_atomic
+from .artifacts import RegressionMeta
 from .configs import RegressionConfig
 from .options import validate
 from .provenance import FeatureMeaning, require_one_meaning
@@ -173,7 +174,7 @@ def fit_regression(cfg: RegressionConfig) -> dict:
     meaning = require_one_meaning([(f.meaning(prompt=False), f.path) for f in feats])
     objectives: list[str] = []
     for f in feats:
-        for o in f.meta["objectives"]:
+        for o in f.meta.objectives:
             if o not in objectives:
                 objectives.append(o)
     if cfg.length_objective and cfg.length_objective in objectives:
@@ -186,7 +187,7 @@ def fit_regression(cfg: RegressionConfig) -> dict:
         if lab is not None:
             if f.pair:
                 raise ArmoError(f"{f.path}: pair features carry no ratings")
-            for c, o in enumerate(f.meta["objectives"]):
+            for c, o in enumerate(f.meta.objectives):
                 Y[:, objectives.index(o)] = lab[:, c]
         X_parts.append(X)
         Y_parts.append(Y)
@@ -235,7 +236,7 @@ def fit_regression(cfg: RegressionConfig) -> dict:
         "skipped_objectives": skipped, "intercept": cfg.intercept, "refit": cfg.refit,
         "val_fraction": cfg.val_fraction, "seed": cfg.seed, "length_objective": cfg.length_objective,
         "backbone": feats[0].backbone, "hidden_size": X.shape[1], "feature_meaning": meaning.to_json(),
-        "inputs": [{"path": f.path, "input_hash": f.meta["input_hash"], "rows": len(f.ids)} for f in feats],
+        "inputs": [{"path": f.path, "input_hash": f.meta.input_hash, "rows": len(f.ids)} for f in feats],
         "rows": X.shape[0], "solve_seconds": solve_s, "seconds": time.perf_counter() - t0,
     }
     save_artifact(cfg.output, {"weight": res.weight, "bias": res.bias}, report)
@@ -254,22 +255,22 @@ class Regression:
 
     weight: torch.Tensor
     bias: torch.Tensor
-    meta: dict
+    meta: RegressionMeta
 
     @classmethod
     def load(cls, path: str | Path) -> "Regression":
         t, m = load_artifact(path, "regression")
-        w, b, objs = t["weight"], t["bias"], m["objectives"]
+        w, b, objs = t["weight"], t["bias"], m.objectives
         if w.ndim != 2 or w.shape[0] != len(objs) or tuple(b.shape) != (len(objs),):
             raise ArmoError(f"{path}: damaged regression: weight {tuple(w.shape)} and bias {tuple(b.shape)} "
                             f"do not fit {len(objs)} objectives")
-        if not isinstance(m["scales"], dict) or any(o not in m["scales"] for o in objs):
+        if any(o not in m.scales for o in objs):
             raise ArmoError(f"{path}: damaged regression: metadata field 'scales' does not cover every objective")
         return cls(w, b, m)
 
     @property
     def objectives(self) -> list[str]:
-        return self.meta["objectives"]
+        return self.meta.objectives
 
     @property
     def meaning(self) -> FeatureMeaning:

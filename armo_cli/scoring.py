@@ -82,7 +82,7 @@ def _records(model: ArmoModel, ids: list[str], subsets: list[str | None], ex: di
              top_k: int) -> Iterator[dict]:
     """JSON-ready records from `model.explain` output for rows of one shape (pairs or single responses)."""
     objs = model.objectives
-    scales = model.regression.meta["scales"]
+    scales = model.regression.meta.scales
     check_finite_scores(ex["score"], ids)
     orig = torch.stack([unscale(ex["rewards"][..., j], scales[o]) for j, o in enumerate(objs)], dim=-1)
     for i, rid in enumerate(ids):
@@ -117,7 +117,7 @@ def score_records(model: ArmoModel, feats: Features, weights: torch.Tensor | Non
     P = feats.tensors["prompt_features"]
     R = feats.tensors["response_features"]
     ex = model.explain(P, R if feats.pair else R[:, None], weights)
-    subsets = feats.meta.get("subsets") or [None] * len(feats.ids)
+    subsets = feats.meta.subsets or [None] * len(feats.ids)
     yield from _records(model, feats.ids, subsets, ex, feats.pair, top_k)
 
 
@@ -319,7 +319,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
             raise ArmoError(f"{cfg.features}: evaluate needs pairs (rows with 'chosen' and 'rejected')")
         scores = model.explain(feats.tensors["prompt_features"], feats.tensors["response_features"], w)["score"]
         ids, lengths = feats.ids, feats.tensors["response_lengths"]
-        subsets = feats.meta.get("subsets") or [None] * len(ids)
+        subsets = feats.meta.subsets or [None] * len(ids)
     else:
         bb = load_backbone(cfg.backbone or model.backbone["name"], cfg.device, cfg.dtype)
         source = Source(path=cfg.input)

@@ -36,7 +36,7 @@ def main() -> None:
     # choices made on training pairs only
     radj_tr = model.regression.rewards(train.tensors["response_features"]) @ T
     best_j = best_single_objective(radj_tr)
-    groups = train.meta.get("prompt_hashes") or train.ids
+    groups = train.meta.prompt_hashes or train.ids
     tr = grouped_split(groups, 0.1, 0)
     cfg = GatingConfig()
     w_lin = train_linear_bt(train.tensors["response_features"], tr, ~tr, cfg)
@@ -72,10 +72,10 @@ def main() -> None:
 
 
 def write_card(model_dir: Path, model: ArmoModel, work: Path, results: dict, produced_by: str = "") -> None:
-    reg = model.regression.meta
-    dec = model.decorrelation.meta
-    gat = model.gating.meta
-    feats = {n: Features.load(work / f"{n}.features.safetensors").meta for n in ("ratings", "pairs", "heldout", "dev-eval")}
+    reg = model.regression.meta.to_json()
+    dec = model.decorrelation.meta.to_json()
+    gat = model.gating.meta.to_json()
+    feats = {n: Features.load(work / f"{n}.features.safetensors").meta.to_json() for n in ("ratings", "pairs", "heldout", "dev-eval")}
 
     def src_counts(jsonl: Path) -> dict:
         c: dict = {}
@@ -92,7 +92,7 @@ def write_card(model_dir: Path, model: ArmoModel, work: Path, results: dict, pro
              "using only armo's own commands: sample, extract, fit-regression (with a length-derived `verbosity` "
              "objective), fit-decorrelation on the training pairs, fit-gating on the same pairs, assemble.", "",
              "## Backbone", "", f"- `{reg['backbone']['name']}` (fingerprint `{reg['backbone']['fingerprint'][:24]}`), "
-             f"d = {reg['hidden_size']}, gate rule `{reg['gate_rule']}`", "",
+             f"d = {reg['hidden_size']}, gate rule `{model.gate_rule}`", "",
              "## Training data (permissively licensed sources of ../shared/data only)", ""]
     for name, fn in (("stage 1 ratings", "ratings.jsonl"), ("gate + decorrelation pairs", "pairs.jsonl"),
                      ("held-out pairs (evaluation only)", "heldout.jsonl")):

@@ -183,3 +183,60 @@ def tiny_model(tiny_backbone, tmp_path_factory):
 def unit_scales(objectives: list[str]) -> dict:
     """Regression scales that leave rewards as they are (what a fake regression artifact needs)."""
     return {o: {"lo": 0.0, "hi": 1.0, "transform": "linear", "declared": False} for o in objectives}
+
+
+# --- the one factory of fake artifacts: typed metadata (armo_cli/artifacts.py), real save_artifact ---------
+def fake_backbone(name: str = "b1", hidden_size: int = 16) -> dict:
+    return {"name": name, "fingerprint": name, "hidden_size": hidden_size}
+
+
+def make_features(path: Path, X: torch.Tensor, Y: torch.Tensor | None = None, objectives: list[str] | None = None, *,
+                  P: torch.Tensor | None = None, backbone: str = "b1", lengths: torch.Tensor | None = None,
+                  ids: list[str] | None = None, n_ids: int | None = None, drop: str | None = None, **meta) -> Path:
+    """A features file: X is [N,d] (single responses) or [N,2,d] (pairs); P the prompt features (default:
+    X, or X's chosen side for pairs). `meta` overrides FeaturesMeta fields; `drop` removes one (to test
+    that incomplete files are refused)."""
+    from armo_cli.artifacts import FeaturesMeta
+    from armo_cli.io import save_artifact
+
+    n, pair = X.shape[0], X.ndim == 3
+    ids = ids or [f"i{i}" for i in range(n if n_ids is None else n_ids)]
+    fields = {"ids": ids, "pair": pair, "backbone": fake_backbone(backbone, X.shape[-1]), "objectives": objectives or [],
+              "gate_rule": "generation-prompt", "input_hash": "h", "settings_key": "s", "report": {},
+              "prompt_hashes": list(ids)}
+    m = FeaturesMeta(**{**fields, **meta})
+    t = {"response_features": X, "prompt_features": P if P is not None else (X[:, 0] if pair else X),
+         "response_lengths": lengths if lengths is not None else torch.randint(5, 500, X.shape[:-1]),
+         "prompt_lengths": torch.full((n,), 10), "row_index": torch.arange(n)}
+    if Y is not None:
+        t["labels"] = Y
+    data = m.to_json()
+    if drop:
+        del data[drop]
+    save_artifact(path, t, data)
+    return path
+
+
+def make_regression(path: Path, W: torch.Tensor, objectives: list[str], *, backbone: str = "b1",
+                    bias: torch.Tensor | None = None, scales: dict | None = None) -> Path:
+    from armo_cli.artifacts import RegressionMeta
+    from armo_cli.io import save_artifact
+
+    m = RegressionMeta(objectives=objectives, scales=scales or unit_scales(objectives),
+                       backbone=fake_backbone(backbone, W.shape[1]), hidden_size=W.shape[1])
+    save_artifact(path, {"weight": W, "bias": bias if bias is not None else torch.zeros(W.shape[0])}, m)
+    return path
+
+
+def make_decorrelation(path: Path, T: torch.Tensor, regression: Path, *, backbone: str = "b1") -> Path:
+    """A transform T fitted (as far as its metadata says) on the regression artifact at `regression`."""
+    from armo_cli.artifacts import DecorrelationMeta
+    from armo_cli.decorrelation import regression_hash
+    from armo_cli.io import save_artifact
+    from armo_cli.regression import Regression
+
+    reg = Regression.load(regression)
+    m = DecorrelationMeta(objectives=reg.objectives, backbone=fake_backbone(backbone, reg.weight.shape[1]),
+                          regression_hash=regression_hash(reg))
+    save_artifact(path, {"transform": T, "lambdas": torch.zeros(T.shape[0])}, m)
+    return path

@@ -16,7 +16,7 @@ import pytest
 import torch
 from armo_cli.io import save_artifact
 
-from conftest import armo, pair_rows, rating_rows, unit_scales, write_jsonl
+from conftest import armo, make_features, make_regression, pair_rows, rating_rows, write_jsonl
 
 
 def tree(folder: Path) -> set[str]:
@@ -55,17 +55,8 @@ def fake_features(path: Path, meta_drop: str | None = None, nan: bool = False, j
     X = torch.randn(rows, 32)
     if nan:
         X[1, 3] = float("nan")
-    meta = {"kind": "features", "ids": [f"i{i}" for i in range(rows if ids is None else ids)], "subsets": None, "objectives": [], "pair": False,
-            "backbone": {"name": "b", "fingerprint": "b", "hidden_size": 32}, "gate_rule": "generation-prompt",
-            "input_hash": "h", "settings_key": "s", "report": {}, "prompt_hashes": ["p"] * rows,
-            "shard": list(shard)}
-    if job:
-        meta["job"] = {"id": job_id, "num_shards": shard[1], "rows": rows * shard[1]}
-    if meta_drop:
-        del meta[meta_drop]
-    save_artifact(path, {"response_features": X, "prompt_features": X, "response_lengths": torch.full((rows,), 5),
-                         "prompt_lengths": torch.full((rows,), 5), "row_index": torch.arange(rows)}, meta)
-    return path
+    return make_features(path, X, n_ids=ids, drop=meta_drop, shard=list(shard),
+                         job={"id": job_id, "num_shards": shard[1], "rows": rows * shard[1]} if job else None)
 
 
 def bad_model(ctx: Ctx, manifest: str) -> Path:
@@ -171,6 +162,8 @@ CASES: dict[str, Case] = {
                                              2, r"f\.st: incomplete 'features' artifact: metadata field 'ids' is missing"),
     "score features with too few ids": (lambda c: (["score", "-m", c.model, "--features", fake_features(c.tmp / "f.st", rows=4, ids=3)], None),
                                         2, r"f\.st: damaged features: tensor '\w+' has 4 rows for 3 ids"),
+    "score features with a mistyped field": (lambda c: (["score", "-m", c.model, "--features", make_features(c.tmp / "f.st", torch.zeros(2, 32), pair="yes")], None),
+                                             2, r"f\.st: metadata field 'pair': expected bool, got str"),
     "score features not safetensors": (lambda c: (["score", "-m", c.model, "--features", c.jsonl("f.st", [GOOD])], None),
                                        2, r"f\.st: not a readable safetensors file"),
     "score armo.json not an object": (lambda c: (["score", "-m", bad_model(c, "[1, 2]"), "--features", c.ratings], None),
@@ -345,18 +338,19 @@ def test_a_nan_score_is_an_error_not_a_null(built, tmp_path):
     from armo_cli.model import ArmoModel
 
     m = ArmoModel.load(built["model"])
-    reg_meta = dict(m.regression.meta)
     W = torch.full_like(m.regression.weight, 3e38)
     W[:, ::2] = -3e38
     d = tmp_path / "nanmodel"
-    save_artifact(tmp_path / "reg.st", {"weight": W, "bias": m.regression.bias}, reg_meta)
+    save_artifact(tmp_path / "reg.st", {"weight": W, "bias": m.regression.bias}, m.regression.meta)
     from armo_cli.decorrelation import regression_hash, transform_hash
     from armo_cli.regression import Regression
 
     rh = regression_hash(Regression.load(tmp_path / "reg.st"))
     gate_t = {k: v for k, v in m.gating.gate.state_dict().items()}
-    save_artifact(tmp_path / "gate.st", gate_t, {**m.gating.meta, "regression_hash": rh,
-                                                  "transform_hash": transform_hash(torch.eye(len(m.objectives)))})
+    import dataclasses
+
+    save_artifact(tmp_path / "gate.st", gate_t, dataclasses.replace(
+        m.gating.meta, regression_hash=rh, transform_hash=transform_hash(torch.eye(len(m.objectives)))))
     r = armo("assemble", d, "-r", tmp_path / "reg.st", "-g", tmp_path / "gate.st")
     assert r.code == 0, r.stderr
     for cmd in (["score", "-m", d, "--features", built["ratings"], "-o", tmp_path / "s.jsonl"],
@@ -401,11 +395,10 @@ def test_evaluate_features_of_pairs_and_rows_round_trip(built, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "o.st", "p.jsonl", "r.json"]
 
 
-def test_fake_regression_helper_matches_the_schema(tmp_path):
-    save_artifact(tmp_path / "r.st", {"weight": torch.zeros(2, 4), "bias": torch.zeros(2)},
-                  {"kind": "regression", "objectives": ["a", "b"], "scales": unit_scales(["a", "b"]),
-                   "backbone": {"name": "b", "fingerprint": "b", "hidden_size": 4}, "hidden_size": 4,
-                   "gate_rule": "generation-prompt"})
+def test_the_artifact_factory_writes_what_the_loaders_accept(tmp_path):
+    from armo_cli.features import Features
     from armo_cli.regression import Regression
 
+    make_regression(tmp_path / "r.st", torch.zeros(2, 4), ["a", "b"])
     assert Regression.load(tmp_path / "r.st").objectives == ["a", "b"]
+    assert Features.load(make_features(tmp_path / "f.st", torch.zeros(3, 2, 4))).pair

@@ -6,11 +6,9 @@ from typer.testing import CliRunner
 
 from armo_cli.cli import app
 from armo_cli.decorrelation import Decorrelation, solve_lambda, transform_matrix
-from armo_cli.io import save_artifact
 from armo_cli.stats import pearson, rankdata, spearman
 
-from conftest import unit_scales
-from test_regression import fake_features
+from conftest import make_features, make_regression
 
 runner = CliRunner()
 
@@ -71,24 +69,21 @@ def test_cli_end_to_end_and_errors(tmp_path):
     d, n = 16, 400
     X = torch.randn(n, d, generator=g)
     W = torch.randn(3, d, generator=g)
-    save_artifact(tmp_path / "reg.safetensors", {"weight": W, "bias": torch.zeros(3)},
-                  {"kind": "regression", "objectives": ["help", "safe", "verbosity"],
-                   "scales": unit_scales(["help", "safe", "verbosity"]), "backbone": {"name": "b1", "fingerprint": "b1", "hidden_size": d},
-                   "hidden_size": d, "gate_rule": "generation-prompt"})
-    f = fake_features(tmp_path / "ref.safetensors", X, None, [])
+    make_regression(tmp_path / "reg.safetensors", W, ["help", "safe", "verbosity"])
+    f = make_features(tmp_path / "ref.safetensors", X)
     out = tmp_path / "dec.safetensors"
     res = runner.invoke(app, ["fit-decorrelation", str(f), "-r", str(tmp_path / "reg.safetensors"), "-o", str(out), "-q"])
     assert res.exit_code == 0, res.output
     dec = Decorrelation.load(out)
-    rep = dec.meta["objectives_report"]
+    rep = dec.meta.extra["objectives_report"]
     assert all(abs(r["after"]) <= 1e-3 for r in rep.values())
-    assert dec.meta["method"] == "spearman" and dec.meta["reference_hash"]
+    assert dec.meta.method == "spearman" and dec.meta.reference_hash
     res = runner.invoke(app, ["fit-decorrelation", str(f), "-r", str(tmp_path / "reg.safetensors"), "-o", str(out),
                               "--verbosity", "length"])
     assert res.exit_code == 2 and "--verbosity length: not an objective" in res.output
-    small = fake_features(tmp_path / "small.safetensors", X[:4], None, [])
+    small = make_features(tmp_path / "small.safetensors", X[:4])
     res = runner.invoke(app, ["fit-decorrelation", str(small), "-r", str(tmp_path / "reg.safetensors"), "-o", str(tmp_path / "s.st")])
     assert res.exit_code == 2 and "need at least" in res.output
-    other = fake_features(tmp_path / "other.safetensors", X, None, [], backbone="b2")
+    other = make_features(tmp_path / "other.safetensors", X, backbone="b2")
     res = runner.invoke(app, ["fit-decorrelation", str(other), "-r", str(tmp_path / "reg.safetensors"), "-o", str(tmp_path / "o.st")])
     assert res.exit_code == 2 and "backbone" in res.output

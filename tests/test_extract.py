@@ -92,11 +92,11 @@ def test_extract_ratings_output_layout(bb, tmp_path):
     f = Features.load(out)
     assert f.tensors["response_features"].shape == (10, 32)
     assert f.tensors["prompt_features"].shape == (10, 32)
-    assert f.meta["objectives"] == ["helpfulness", "safety"]
+    assert f.meta.objectives == ["helpfulness", "safety"]
     lab = f.tensors["labels"]
     assert lab.shape == (10, 2) and torch.isnan(lab[1, 0]) and not torch.isnan(lab[0, 0])
     assert f.ids == [f"r{i}" for i in range(10)]
-    assert f.meta["backbone"]["fingerprint"] == bb.fingerprint and f.meta["input_hash"]
+    assert f.meta.backbone["fingerprint"] == bb.fingerprint and f.meta.input_hash
 
 
 def test_resume_after_interruption_is_identical_and_recomputes_nothing(bb, tmp_path):
@@ -155,10 +155,10 @@ def test_overflow_modes(bb, tmp_path):
     assert not out.exists()
     _extract(bb, inp, out, max_length=120, overflow="skip")
     f = Features.load(out)
-    assert "p2" not in f.ids and [s["id"] for s in f.meta["report"]["skipped"]] == ["p2"]
+    assert "p2" not in f.ids and [s["id"] for s in f.meta.report["skipped"]] == ["p2"]
     _extract(bb, inp, out, max_length=120, overflow="truncate-prompt")
     f = Features.load(out)
-    assert "p2" in f.ids and f.meta["report"]["truncated"] == ["p2"]
+    assert "p2" in f.ids and f.meta.report["truncated"] == ["p2"]
     i = f.ids.index("p2")
     assert int(f.tensors["prompt_lengths"][i] + f.tensors["response_lengths"][i].max()) <= 120
 
@@ -192,7 +192,7 @@ def test_on_error_skip_lists_rows(bb, tmp_path):
     _extract(bb, inp, out, on_error="skip")
     f = Features.load(out)
     assert f.ids == ["a", "c"]
-    assert f.meta["report"]["skipped"][0]["line"] == 2 and "empty response" in f.meta["report"]["skipped"][0]["reason"]
+    assert f.meta.report["skipped"][0]["line"] == 2 and "empty response" in f.meta.report["skipped"][0]["reason"]
 
 
 def test_row_shapes_normalise_to_the_same_example():

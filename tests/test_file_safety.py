@@ -222,7 +222,7 @@ def test_merge_refuses_partial_and_mixed_shard_sets(bb, tmp_path):
     assert r.code == 0, r.stderr
     assert "merged 2 of 3 shards" in r.stderr and "missing shards: 1" in r.stderr
     f = Features.load(tmp_path / "m.st")
-    assert f.meta["missing_shards"] == [1]
+    assert f.meta.missing_shards == [1]
     kept = Features.load(shards[0]).ids + Features.load(shards[2]).ids
     assert f.ids == sorted(kept, key=lambda i: int(i[1:]))
     # the whole set merges, in the original order

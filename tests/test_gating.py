@@ -2,30 +2,15 @@ import torch
 import pytest
 
 from armo_cli.gating import Gate, GatingConfig, fit_gating
-from armo_cli.io import save_artifact
 
-from conftest import unit_scales
+from conftest import make_decorrelation, make_features, make_regression
 
 
 def write_parts(tmp_path, P, R, W, objectives, T=None, ids=None):
-    n, d = P.shape
-    bb = {"name": "b1", "fingerprint": "b1", "hidden_size": d}
-    ids = ids or [f"p{i}" for i in range(n)]
-    save_artifact(tmp_path / "pairs.safetensors",
-                  {"prompt_features": P, "response_features": R, "response_lengths": torch.full((n, 2), 10),
-                   "prompt_lengths": torch.full((n,), 5), "row_index": torch.arange(n)},
-                  {"kind": "features", "ids": ids, "prompt_hashes": ids, "subsets": None, "objectives": [], "pair": True,
-                   "backbone": bb, "gate_rule": "generation-prompt", "input_hash": "h", "settings_key": "s", "report": {}})
-    save_artifact(tmp_path / "reg.safetensors", {"weight": W, "bias": torch.zeros(W.shape[0])},
-                  {"kind": "regression", "objectives": objectives, "scales": unit_scales(objectives), "backbone": bb, "hidden_size": d,
-                   "gate_rule": "generation-prompt"})
+    make_features(tmp_path / "pairs.safetensors", R, P=P, ids=ids, lengths=torch.full((P.shape[0], 2), 10))
+    make_regression(tmp_path / "reg.safetensors", W, objectives)
     if T is not None:
-        from armo_cli.decorrelation import regression_hash
-        from armo_cli.regression import Regression
-
-        save_artifact(tmp_path / "dec.safetensors", {"transform": T, "lambdas": torch.zeros(len(objectives))},
-                      {"kind": "decorrelation", "objectives": objectives, "backbone": bb,
-                       "regression_hash": regression_hash(Regression.load(tmp_path / "reg.safetensors"))})
+        make_decorrelation(tmp_path / "dec.safetensors", T, tmp_path / "reg.safetensors")
 
 
 @pytest.mark.parametrize("shape", [(7,), (3, 5), (2, 3, 4)])
@@ -117,9 +102,8 @@ def test_errors(tmp_path):
 
     P, R, W = synthetic_types(n=50)
     write_parts(tmp_path, P, R, W, ["a", "b"], T=torch.eye(2))
-    save_artifact(tmp_path / "dec3.safetensors", {"transform": torch.eye(3), "lambdas": torch.zeros(3)},
-                  {"kind": "decorrelation", "objectives": ["a", "b", "c"],
-                   "backbone": {"name": "b1", "fingerprint": "b1", "hidden_size": 16}})
+    make_regression(tmp_path / "reg3.safetensors", torch.randn(3, P.shape[1]), ["a", "b", "c"])
+    make_decorrelation(tmp_path / "dec3.safetensors", torch.eye(3), tmp_path / "reg3.safetensors")
     r = CliRunner().invoke(app, ["fit-gating", str(tmp_path / "pairs.safetensors"), "-r", str(tmp_path / "reg.safetensors"),
                                  "-t", str(tmp_path / "dec3.safetensors"), "-o", str(tmp_path / "x.st"), "-q"])
     assert r.exit_code == 2 and "objectives" in r.output and not (tmp_path / "x.st").exists()

@@ -40,10 +40,10 @@ def real_pairs(tmp_path_factory):
 
 def test_extract_with_the_embedded_backbone(real_pairs):
     f = Features.load(real_pairs)
-    assert f.meta["backbone"]["name"] == "smollm2-135m-instruct" and f.hidden_size == 576
+    assert f.meta.backbone["name"] == "smollm2-135m-instruct" and f.hidden_size == 576
     assert f.tensors["response_features"].shape[1:] == (2, 576)
     assert torch.isfinite(f.tensors["response_features"]).all()
-    assert len(f.ids) + len(f.meta["report"]["skipped"]) == 24
+    assert len(f.ids) + len(f.meta.report["skipped"]) == 24
 
 
 @pytest.fixture(scope="module")

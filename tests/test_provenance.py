@@ -11,7 +11,7 @@ from armo_cli.io import load_artifact, save_artifact
 from armo_cli.model import ArmoModel
 from armo_cli.provenance import FeatureMeaning
 
-from conftest import armo
+from conftest import armo, make_features
 
 
 def _b(tiny_backbone):
@@ -20,9 +20,11 @@ def _b(tiny_backbone):
 
 def _with_meaning(src, dst, **change):
     """A copy of a features file whose recorded meaning differs in `change`."""
+    import dataclasses
+
     t, m = load_artifact(src, "features")
-    fm = {**m["feature_meaning"], **change}
-    m = {**m, "feature_meaning": fm, **{k: v for k, v in change.items() if k in ("gate_rule", "dtype")}}
+    m = dataclasses.replace(m, feature_meaning={**m.feature_meaning, **change},
+                            **{k: v for k, v in change.items() if k in ("gate_rule", "dtype")})
     save_artifact(dst, t, m)
     return dst
 
@@ -43,9 +45,9 @@ def eot(tiny_model, tiny_backbone, tmp_path_factory):
 
 
 def test_the_model_takes_its_gate_rule_from_the_gate_not_the_ratings(tiny_model, eot):
-    assert Features.load(tiny_model / "r.st").meta["gate_rule"] == "generation-prompt"
+    assert Features.load(tiny_model / "r.st").meta.gate_rule == "generation-prompt"
     m = ArmoModel.load(eot / "model")
-    assert m.gate_rule == "armo-eot" and m.manifest["gate_rule"] == "armo-eot"
+    assert m.gate_rule == "armo-eot" and m.manifest.gate_rule == "armo-eot"
     assert json.loads((eot / "model" / "armo.json").read_text())["feature_meaning"]["gate_rule"] == "armo-eot"
 
 
@@ -116,14 +118,10 @@ def test_the_shipped_model_refuses_features_read_at_another_gate_position(tmp_pa
     bb = default.backbone
     import torch
 
-    n, d = 3, bb["hidden_size"]
-    meta = {"kind": "features", "ids": ["a", "b", "c"], "subsets": None, "objectives": [], "pair": True,
-            "backbone": bb, "gate_rule": "armo-eot", "input_hash": "h", "settings_key": "s", "report": {},
-            "prompt_hashes": ["p"] * n, "feature_meaning": {"backbone": bb["name"], "fingerprint": bb["fingerprint"],
-                                                             "hidden_size": d, "gate_rule": "armo-eot"}}
-    save_artifact(tmp_path / "f.st", {"prompt_features": torch.zeros(n, d), "response_features": torch.zeros(n, 2, d),
-                                      "response_lengths": torch.ones(n, 2), "prompt_lengths": torch.ones(n),
-                                      "row_index": torch.arange(n)}, meta)
+    d = bb["hidden_size"]
+    make_features(tmp_path / "f.st", torch.zeros(3, 2, d), gate_rule="armo-eot",
+                  feature_meaning={"backbone": bb["name"], "fingerprint": bb["fingerprint"], "hidden_size": d,
+                                   "gate_rule": "armo-eot"})
     r = armo("evaluate", "--features", tmp_path / "f.st", "-q")
     assert r.code == 2 and "gate rule armo-eot differs from" in r.stderr
 
@@ -132,4 +130,4 @@ def test_written_features_record_their_meaning(tiny_model):
     f = Features.load(tiny_model / "p.st")
     m = f.meaning()
     assert m.layer == -1 and m.gate_rule == "generation-prompt" and m.dtype == "torch.float32"
-    assert m.template_hash and m.gen_suffix == tuple(f.meta["gen_suffix"])
+    assert m.template_hash and m.gen_suffix == tuple(f.meta.gen_suffix)

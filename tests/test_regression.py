@@ -6,9 +6,10 @@ import torch
 from typer.testing import CliRunner
 
 from armo_cli.cli import app
-from armo_cli.io import save_artifact
 from armo_cli.configs import DEFAULT_ALPHAS
 from armo_cli.regression import Regression, ridge_path, split_mask
+
+from conftest import make_features
 
 runner = CliRunner()
 
@@ -65,18 +66,8 @@ def test_refit_train_keeps_the_train_only_fit():
     assert np.abs(ref.coef_ - res.weight[1].double().numpy()).max() / np.abs(ref.coef_).max() < 1e-4
 
 
-def fake_features(path, X, Y, objectives, backbone="b1", lengths=None, pair=False):
-    n = X.shape[0]
-    meta = {"kind": "features", "ids": [f"i{i}" for i in range(n)], "subsets": None, "objectives": objectives,
-            "pair": pair, "backbone": {"name": backbone, "fingerprint": backbone, "hidden_size": X.shape[-1]},
-            "gate_rule": "generation-prompt", "input_hash": "h", "settings_key": "s", "report": {}}
-    t = {"response_features": X, "prompt_features": X if not pair else X[:, 0],
-         "response_lengths": lengths if lengths is not None else torch.randint(5, 500, X.shape[:-1]),
-         "prompt_lengths": torch.full((n,), 10), "row_index": torch.arange(n)}
-    if Y is not None:
-        t["labels"] = Y
-    save_artifact(path, t, meta)
-    return path
+def fake_features(path, X, Y, objectives, backbone="b1", lengths=None):
+    return make_features(path, X, Y, objectives, backbone=backbone, lengths=lengths)
 
 
 def test_cli_scales_length_objective_report_and_errors(tmp_path):
@@ -89,8 +80,8 @@ def test_cli_scales_length_objective_report_and_errors(tmp_path):
     assert res.exit_code == 0, res.output
     reg = Regression.load(out)
     assert reg.objectives == ["a", "b", "c", "d", "verbosity"]
-    assert reg.meta["scales"]["a"] == {"lo": -10.0, "hi": 10.0, "transform": "linear", "declared": True}
-    assert reg.meta["scales"]["verbosity"]["transform"] == "log1p"
+    assert reg.meta.scales["a"] == {"lo": -10.0, "hi": 10.0, "transform": "linear", "declared": True}
+    assert reg.meta.scales["verbosity"]["transform"] == "log1p"
     rep = json.loads((tmp_path / "rep.json").read_text())
     assert set(rep["metrics"]["b"]) >= {"mse", "pearson", "spearman", "n_train", "n_val", "alpha"}
     assert rep["metrics"]["verbosity"]["n_train"] + rep["metrics"]["verbosity"]["n_val"] == X.shape[0]
