@@ -109,12 +109,25 @@ def pair_rows(n: int, seed: int = 0, subsets: list[str] | None = None) -> list[d
     return rows
 
 
+@pytest.fixture(scope="session")
+def armo_cache(tmp_path_factory) -> Path:
+    """A cache of the test session's own: conversions made by tests never touch the user's cache. The
+    user's finished backbone conversions (the embedded backbone: ~30 s to redo) are linked in, read-only."""
+    from armo_cli.backbones import cache_root
+
+    cache = tmp_path_factory.mktemp("armo-cache")
+    real = cache_root() / "backbones"
+    (cache / "backbones").mkdir()
+    if real.is_dir():
+        for d in real.iterdir():
+            if (d / "model.safetensors").exists():
+                (cache / "backbones" / d.name).symlink_to(d, target_is_directory=True)
+    return cache
+
+
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path, monkeypatch):
-    # conversions of test GGUF files never touch the user's cache; the real embedded backbone
-    # keeps its shared cache so integration tests convert it once
-    if "ARMO_CACHE" not in os.environ:
-        monkeypatch.setenv("ARMO_CACHE", str(Path.home() / ".cache" / "armo"))
+def _isolated_cache(armo_cache, monkeypatch):
+    monkeypatch.setenv("ARMO_CACHE", str(armo_cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     yield
 

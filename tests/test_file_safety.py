@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import tempfile
 import sys
 
 import pytest
 import torch
+from pathlib import Path
 
 from armo_cli.backbones import load_backbone
 from armo_cli.errors import ArmoError
@@ -230,3 +232,11 @@ def test_merge_refuses_partial_and_mixed_shard_sets(bb, tmp_path):
     assert r.code == 0 and "merged 3 of 3 shards" in r.stderr
     assert Features.load(tmp_path / "all.st").ids == [f"p{i}" for i in range(13)]
     assert torch.equal(Features.load(tmp_path / "all.st").tensors["row_index"], torch.arange(1, 14))
+
+
+def test_tests_convert_backbones_into_their_own_cache(armo_cache):
+    """The session's cache, not the user's: a conversion made by a test cannot pollute ~/.cache/armo."""
+    from armo_cli.backbones import cache_root
+
+    assert cache_root() == armo_cache and str(armo_cache).startswith(tempfile.gettempdir())
+    assert armo_cache != Path.home() / ".cache" / "armo"

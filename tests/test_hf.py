@@ -168,3 +168,60 @@ def test_import_generic_names_and_errors(tiny_llama3, tmp_path):
     shutil.copyfile(tiny_llama3 / "config.json", tmp_path / "plain" / "config.json")
     r = CliRunner().invoke(app, ["import", str(tmp_path / "plain"), "-o", str(tmp_path / "x")])
     assert r.exit_code == 2 and "num_objectives" in r.output
+
+
+def test_import_reads_a_sharded_checkpoint(tiny_llama3, tmp_path, no_pickle):
+    """model.safetensors.index.json with the heads split over two files imports like the single file."""
+    ckpt = make_armorm_checkpoint(tiny_llama3, tmp_path / "single")
+    sharded = tmp_path / "sharded"
+    shutil.copytree(ckpt, sharded)
+    sd = load_file(str(sharded / "model.safetensors"))
+    (sharded / "model.safetensors").unlink()
+    names = sorted(sd)
+    first = {k: v for k, v in sd.items() if k.startswith("model.") or k == "regression_layer.weight"}
+    second = {k: v for k, v in sd.items() if k not in first}
+    save_file(first, str(sharded / "model-00001-of-00002.safetensors"), metadata={"format": "pt"})
+    save_file(second, str(sharded / "model-00002-of-00002.safetensors"), metadata={"format": "pt"})
+    weight_map = {k: "model-00001-of-00002.safetensors" if k in first else "model-00002-of-00002.safetensors" for k in names}
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    cli("import", ckpt, "-o", tmp_path / "a")
+    cli("import", sharded, "-o", tmp_path / "b")
+    for part in ("regression", "decorrelation", "gating"):
+        a = load_file(str(tmp_path / "a" / f"{part}.safetensors"))
+        b = load_file(str(tmp_path / "b" / f"{part}.safetensors"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_armo_eot_model_round_trips_through_export_and_import(tiny_model, tiny_backbone, tmp_path, no_pickle):
+    """A model whose gate reads the end-of-turn token exports with that rule and imports back with it;
+    the exported model, the imported model and armo score agree."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    d = tiny_model
+    b = ["-b", tiny_backbone, "--device", "cpu", "-q"]
+    cli("extract", d / "p.jsonl", "-o", tmp_path / "p-eot.st", "--gate-rule", "armo-eot", *b)
+    cli("fit-gating", tmp_path / "p-eot.st", "-r", d / "reg.st", "-t", d / "dec.st", "-o", tmp_path / "g.st",
+        "--hidden-dim", "8", "--steps", "10", "-q")
+    cli("assemble", tmp_path / "m", "-r", d / "reg.st", "-t", d / "dec.st", "-g", tmp_path / "g.st")
+    cli("export", "-m", tmp_path / "m", tmp_path / "hf")
+    cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert cfg["armo"]["gate_rule"] == "armo-eot" and cfg["gating_token_offset"] == -1
+    cli("import", tmp_path / "hf", "-o", tmp_path / "back")
+    assert json.loads((tmp_path / "back" / "armo.json").read_text())["gate_rule"] == "armo-eot"
+    rows = [json.loads(x) for x in (d / "p.jsonl").read_text().splitlines()][:5]
+    ours = [json.loads(x) for x in cli("score", "-m", tmp_path / "m", "--features", tmp_path / "p-eot.st").stdout.splitlines()][:5]
+    back = [json.loads(x) for x in cli("score", "-m", tmp_path / "back", write_jsonl(tmp_path / "r.jsonl", rows), "-q",
+                                       "--device", "cpu").stdout.splitlines()]
+    model = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "hf"), trust_remote_code=True,
+                                                               dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    convs = []
+    for row in rows:
+        prompt = row["prompt"] if isinstance(row["prompt"], list) else [{"role": "user", "content": row["prompt"]}]
+        convs += [prompt + [{"role": "assistant", "content": row[s]}] for s in ("chosen", "rejected")]
+    ids, mask = _batch(tok, convs, "right")
+    with torch.no_grad():
+        hf_scores = model(input_ids=ids, attention_mask=mask).score.tolist()
+    expect = [r[s]["score"] for r in ours for s in ("chosen", "rejected")]
+    assert hf_scores == pytest.approx(expect, abs=1e-4)
+    assert [r[s]["score"] for r in back for s in ("chosen", "rejected")] == pytest.approx(expect, abs=1e-4)

@@ -198,3 +198,21 @@ def test_score_table_to_a_file(tiny_model, tmp_path):
     text = out.read_text()
     assert text.count("preferred:") == 60 and "objective" in text and "coefficient" in text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.txt"]
+
+
+def test_sample_skip_gives_disjoint_slices_of_one_shuffle(tmp_path):
+    """The default-model recipe takes its held-out pairs with --skip: slices with one seed never overlap."""
+    from conftest import write_jsonl
+
+    rows = [{"id": f"r{i}", "source": "a" if i % 3 else "b"} for i in range(50)]
+    src = write_jsonl(tmp_path / "all.jsonl", rows)
+    invoke("sample", src, "--n", "20", "--seed", "3", "-o", tmp_path / "train.jsonl")
+    invoke("sample", src, "--n", "20", "--skip", "20", "--seed", "3", "-o", tmp_path / "held.jsonl")
+    invoke("sample", src, "--skip", "40", "--seed", "3", "-o", tmp_path / "rest.jsonl")
+    ids = [[json.loads(x)["id"] for x in (tmp_path / f"{n}.jsonl").read_text().splitlines()] for n in ("train", "held", "rest")]
+    assert [len(x) for x in ids] == [20, 20, 10]
+    assert sorted(ids[0] + ids[1] + ids[2]) == sorted(r["id"] for r in rows)  # disjoint and complete
+    again = [json.loads(x)["id"] for x in invoke("sample", src, "--n", "20", "--seed", "3").stdout.splitlines()]
+    assert again == ids[0]  # seeded: the same slice every time
+    only_b = [json.loads(x) for x in invoke("sample", src, "--where", "source=b", "--seed", "3").stdout.splitlines()]
+    assert len(only_b) == 17 and all(r["source"] == "b" for r in only_b)
