@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import sys
 from typing import Callable, List, NoReturn, Optional, TypeVar
@@ -286,24 +287,34 @@ def assemble(
     console.print(f"[green]model[/green] {output}: {len(m.objectives)} objectives on {m.backbone['name']}", highlight=False)
 
 
+# What score and evaluate share (ModelInputConfig): a model, rows or features, how to run the backbone.
+MODEL_INPUT = [("model", Optional[str], ("--model", "-m")), ("features", Optional[str], ()),
+               ("weights", Optional[str], ()), ("objective", Optional[str], ()), ("backbone", Optional[str], ()),
+               ("device", Optional[str], ()), ("dtype", Optional[str], ()), ("max_length", Optional[int], ()),
+               ("overflow", str, ()), ("on_error", str, ()), ("batch_tokens", Optional[int], ()),
+               ("quiet", bool, ("--quiet", "-q"))]
+
+
+def with_model_input(cls: type):
+    """Add the shared ModelInputConfig options to a command (written once, received as **shared)."""
+    def deco(fn):
+        sig = inspect.signature(fn)
+        own = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=O(cls, name, *flags), annotation=tp)
+                  for name, tp, flags in MODEL_INPUT]
+        fn.__signature__ = sig.replace(parameters=own + shared)
+        return fn
+    return deco
+
+
 @app.command()
+@with_model_input(ScoreConfig)
 def score(
     input: Optional[str] = A(ScoreConfig, "input", required=False),
-    model: Optional[str] = O(ScoreConfig, "model", "--model", "-m"),
-    features: Optional[str] = O(ScoreConfig, "features"),
     output: str = O(ScoreConfig, "output", "--output", "-o"),
     format: Optional[str] = O(ScoreConfig, "format"),
-    weights: Optional[str] = O(ScoreConfig, "weights"),
-    objective: Optional[str] = O(ScoreConfig, "objective"),
     top_k: int = O(ScoreConfig, "top_k"),
-    backbone: Optional[str] = O(ScoreConfig, "backbone"),
-    device: Optional[str] = O(ScoreConfig, "device"),
-    dtype: Optional[str] = O(ScoreConfig, "dtype"),
-    max_length: Optional[int] = O(ScoreConfig, "max_length"),
-    overflow: str = O(ScoreConfig, "overflow"),
-    on_error: str = O(ScoreConfig, "on_error"),
-    batch_tokens: Optional[int] = O(ScoreConfig, "batch_tokens"),
-    quiet: bool = O(ScoreConfig, "quiet", "--quiet", "-q"),
+    **shared,
 ):
     """Score responses and explain the score: rewards per objective, gate weights, coefficients.
 
@@ -314,30 +325,20 @@ def score(
     """
     from .scoring import score as run
 
-    cfg = _config(ScoreConfig, locals())
+    cfg = _config(ScoreConfig, {**locals(), **shared})
     _run(lambda: run(cfg))
 
 
 @app.command()
+@with_model_input(EvaluateConfig)
 def evaluate(
     input: Optional[str] = A(EvaluateConfig, "input", required=False),
-    model: Optional[str] = O(EvaluateConfig, "model", "--model", "-m"),
-    features: Optional[str] = O(EvaluateConfig, "features"),
     ties: str = O(EvaluateConfig, "ties"),
     output: Optional[str] = O(EvaluateConfig, "output", "--output", "-o"),
     pairs_output: Optional[str] = O(EvaluateConfig, "pairs_output"),
-    weights: Optional[str] = O(EvaluateConfig, "weights"),
-    objective: Optional[str] = O(EvaluateConfig, "objective"),
     bootstrap: int = O(EvaluateConfig, "bootstrap"),
     seed: int = O(EvaluateConfig, "seed"),
-    backbone: Optional[str] = O(EvaluateConfig, "backbone"),
-    device: Optional[str] = O(EvaluateConfig, "device"),
-    dtype: Optional[str] = O(EvaluateConfig, "dtype"),
-    max_length: Optional[int] = O(EvaluateConfig, "max_length"),
-    overflow: str = O(EvaluateConfig, "overflow"),
-    on_error: str = O(EvaluateConfig, "on_error"),
-    batch_tokens: Optional[int] = O(EvaluateConfig, "batch_tokens"),
-    quiet: bool = O(EvaluateConfig, "quiet", "--quiet", "-q"),
+    **shared,
 ):
     """Accuracy per subset with 95% intervals, RewardBench sections, ties and length bias.
 
@@ -345,7 +346,7 @@ def evaluate(
     """
     from .scoring import evaluate as run
 
-    cfg = _config(EvaluateConfig, locals())
+    cfg = _config(EvaluateConfig, {**locals(), **shared})
     _run(lambda: run(cfg))
 
 

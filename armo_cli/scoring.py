@@ -184,23 +184,31 @@ def window_records(model: ArmoModel, groups: list[Scored], top_k: int) -> list[d
     return [r for _, r in sorted(out, key=lambda x: x[0])]
 
 
-def _bar(v: float, vmax: float, width: int = 10) -> str:
+BAR_WIDTH = 8
+
+
+def _bar(v: float, vmax: float, width: int = BAR_WIDTH) -> str:
     n = int(round(abs(v) / vmax * width)) if vmax > 0 else 0
     return ("[green]" if v >= 0 else "[red]") + "█" * n + "[/]"
 
 
 def render_table(rec: dict) -> Table:
+    """One row's explanation: per objective, the gate's weight, the coefficient (weight through the
+    decorrelation), a bar of |coefficient| (green +, red -) and the rewards. No vertical rules, so that
+    the longest objective names stay whole at 80 columns."""
+    from rich import box
+
     sides = ["chosen", "rejected"] if "chosen" in rec else [None]
     title = f"{rec['id']}: " + (f"chosen {rec['chosen']['score']:.4f} vs rejected {rec['rejected']['score']:.4f} "
                                 f"(margin {rec['margin']:+.4f}, preferred: {rec['preferred']})"
                                 if sides[0] else f"score {rec['score']:.4f}")
-    t = Table(title=title, title_justify="left")
+    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     t.add_column("objective", overflow="fold", min_width=14)
     t.add_column("gate", justify="right")
-    t.add_column("coefficient", justify="right")
-    t.add_column("", justify="left", no_wrap=True, min_width=10)
+    t.add_column("coef", justify="right")
+    t.add_column("|coef|", justify="left", no_wrap=True, min_width=BAR_WIDTH)
     for s in sides:
-        t.add_column(f"reward{' ' + s if s else ''}", justify="right")
+        t.add_column(s or "reward", justify="right")
     vmax = max(abs(v) for v in rec["coefficients"].values()) or 1.0
     for o, c in sorted(rec["coefficients"].items(), key=lambda kv: -abs(kv[1])):
         rw = [(rec[s] if s else rec)["rewards"][o] for s in sides]

@@ -46,6 +46,11 @@ class Ctx:
 
 
 GOOD = {"id": "a", "prompt": "hello", "response": "world", "ratings": {"x": 1}}
+
+
+def extract_with(*opts):
+    """A case: extracting one good row with these options."""
+    return lambda c: (c.extract(c.jsonl("in.jsonl", [GOOD]), "-o", c.tmp / "o.st", *opts), None)
 PAIR = {"id": "a", "prompt": "hello", "chosen": "yes", "rejected": "no"}
 MANY = "".join(json.dumps({**GOOD, "id": f"r{i}"}) + "\n" for i in range(200))
 
@@ -106,40 +111,40 @@ CASES: dict[str, Case] = {
     "extract malformed stdin": (lambda c: (c.extract("-", "-o", c.tmp / "o.st"), json.dumps(GOOD) + "\n{oops\n"),
                                 2, r"<stdin>:2: malformed JSON"),
     # --- extract: options --------------------------------------------------------------------------
-    "extract --chunk-size -3": (lambda c: (c.extract(c.jsonl("in.jsonl", [GOOD]), "-o", c.tmp / "o.st", "--chunk-size", "-3"), None),
+    "extract --chunk-size -3": (extract_with("--chunk-size", "-3"),
                                 2, r"--chunk-size -3: must be at least 1"),
-    "extract --chunk-size 0": (lambda c: (c.extract(c.jsonl("in.jsonl", [GOOD]), "-o", c.tmp / "o.st", "--chunk-size", "0"), None),
+    "extract --chunk-size 0": (extract_with("--chunk-size", "0"),
                                2, r"--chunk-size 0: must be at least 1"),
-    "extract --chunk-size abc": (lambda c: (c.extract(c.jsonl("in.jsonl", [GOOD]), "-o", c.tmp / "o.st", "--chunk-size", "abc"), None),
+    "extract --chunk-size abc": (extract_with("--chunk-size", "abc"),
                                  2, r"armo extract: Invalid value for '--chunk-size'"),
-    "extract unknown option": (lambda c: (c.extract(c.jsonl("in.jsonl", [GOOD]), "-o", c.tmp / "o.st", "--bogus"), None),
+    "extract unknown option": (extract_with("--bogus"),
                                2, r"armo extract: No such option: --bogus"),
-    "extract --on-error": (lambda c: (c.extract(c.jsonl("in.jsonl", [GOOD]), "-o", c.tmp / "o.st", "--on-error", "maybe"), None),
+    "extract --on-error": (extract_with("--on-error", "maybe"),
                            2, r"--on-error maybe: choose from error, skip"),
-    "extract --overflow": (lambda c: (c.extract(c.jsonl("in.jsonl", [GOOD]), "-o", c.tmp / "o.st", "--overflow", "cut"), None),
+    "extract --overflow": (extract_with("--overflow", "cut"),
                            2, r"--overflow cut: choose from error, skip, truncate-prompt"),
-    "extract --gate-rule": (lambda c: (c.extract(c.jsonl("in.jsonl", [GOOD]), "-o", c.tmp / "o.st", "--gate-rule", "last"), None),
+    "extract --gate-rule": (extract_with("--gate-rule", "last"),
                             2, r"--gate-rule last: choose from generation-prompt, armo-eot"),
-    "extract --max-length 0": (lambda c: (c.extract(c.jsonl("in.jsonl", [GOOD]), "-o", c.tmp / "o.st", "--max-length", "0"), None),
+    "extract --max-length 0": (extract_with("--max-length", "0"),
                                2, r"--max-length 0: must be at least 1"),
-    "extract --max-padding 1.5": (lambda c: (c.extract(c.jsonl("in.jsonl", [GOOD]), "-o", c.tmp / "o.st", "--max-padding", "1.5"), None),
+    "extract --max-padding 1.5": (extract_with("--max-padding", "1.5"),
                                   2, r"--max-padding 1.5: must be at most 1"),
-    "extract --batch-tokens 0": (lambda c: (c.extract(c.jsonl("in.jsonl", [GOOD]), "-o", c.tmp / "o.st", "--batch-tokens", "0"), None),
+    "extract --batch-tokens 0": (extract_with("--batch-tokens", "0"),
                                  2, r"--batch-tokens 0: must be at least 1"),
     "extract --device gpu": (lambda c: (["extract", c.jsonl("in.jsonl", [GOOD]), "-o", c.tmp / "o.st", "-b", c.backbone, "--device", "gpu"], None),
                              2, r"--device gpu: expected cpu, cuda, cuda:N or mps"),
     "extract --device cuda without CUDA": (lambda c: (["extract", c.jsonl("in.jsonl", [GOOD]), "-o", c.tmp / "o.st", "-b", c.backbone, "--device", "cuda"], None),
                                            2, r"--device cuda: CUDA is not available"),
-    "extract --dtype fp8": (lambda c: (c.extract(c.jsonl("in.jsonl", [GOOD]), "-o", c.tmp / "o.st", "--dtype", "fp8"), None),
+    "extract --dtype fp8": (extract_with("--dtype", "fp8"),
                             2, r"--dtype fp8: choose from"),
     "extract -o -": (lambda c: (c.extract(c.jsonl("in.jsonl", [GOOD]), "-o", "-"), None), 2, r"--output -: .*cannot go to stdout"),
     "extract -o a folder": (lambda c: (c.extract(c.jsonl("in.jsonl", [GOOD]), "-o", (c.tmp / "d").mkdir() or c.tmp / "d"), None),
                             2, r"--output .*d: is a folder"),
     "extract -o the input": (lambda c: (c.extract(c.jsonl("in.jsonl", [GOOD]), "-o", c.tmp / "in.jsonl"), None),
                              2, r"--output .*in\.jsonl: is also an input"),
-    "extract --shard-index out of range": (lambda c: (c.extract(c.jsonl("in.jsonl", [GOOD]), "-o", c.tmp / "o.st", "--num-shards", "2", "--shard-index", "3"), None),
+    "extract --shard-index out of range": (extract_with("--num-shards", "2", "--shard-index", "3"),
                                            2, r"--shard-index 3: must be in \[0, 2\)"),
-    "extract --shard-index alone": (lambda c: (c.extract(c.jsonl("in.jsonl", [GOOD]), "-o", c.tmp / "o.st", "--shard-index", "1"), None),
+    "extract --shard-index alone": (extract_with("--shard-index", "1"),
                                     2, r"--shard-index needs --num-shards"),
     # --- score --------------------------------------------------------------------------------------
     "score --features and INPUT": (lambda c: (["score", "-m", c.model, c.jsonl("in.jsonl", [GOOD]), "--features", c.ratings], None),

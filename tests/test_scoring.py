@@ -67,7 +67,24 @@ def test_score_from_jsonl_matches_features_and_table_format(tiny_model, tiny_bac
     b = [json.loads(x) for x in invoke("score", "-m", d / "model", "--features", d / "r.st").stdout.splitlines()]
     assert [x["score"] for x in a] == pytest.approx([x["score"] for x in b], abs=1e-5)
     t = invoke("score", "-m", d / "model", "--features", d / "p.st", "--format", "table").stdout
-    assert "coefficient" in t and "preferred" in t
+    assert "|coef|" in t and "preferred" in t
+
+
+def test_the_table_stays_readable_at_80_columns():
+    """Objective names stay whole and no line passes 80 columns, with the longest name the shipped model has."""
+    from rich.console import Console
+
+    from armo_cli.scoring import render_table
+
+    objs = ["topicalchat-understandability", "ultrafeedback-overall", "verbosity"]
+    rec = {"id": "x", "chosen": {"score": 0.5, "rewards": {o: 1.19 for o in objs}},
+           "rejected": {"score": 0.4, "rewards": {o: 0.2 for o in objs}}, "margin": 0.1, "preferred": "chosen",
+           "gating": {o: 0.5 for o in objs}, "coefficients": {objs[0]: 0.9, objs[1]: -0.3, objs[2]: 0.0}}
+    con = Console(width=80, record=True, file=open("/dev/null", "w"))
+    con.print(render_table(rec))
+    text = con.export_text()
+    assert all(len(line) <= 80 for line in text.splitlines())
+    assert all(o in text for o in objs) and "|coef|" in text and "rejected" in text
 
 
 def test_model_directory_with_missing_or_mismatched_part(tiny_model, tmp_path):
@@ -196,7 +213,7 @@ def test_score_table_to_a_file(tiny_model, tmp_path):
     out = tmp_path / "t.txt"
     invoke("score", "-m", tiny_model / "model", "--features", tiny_model / "p.st", "--format", "table", "-o", out)
     text = out.read_text()
-    assert text.count("preferred:") == 60 and "objective" in text and "coefficient" in text
+    assert text.count("preferred:") == 60 and "objective" in text and "|coef|" in text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.txt"]
 
 
