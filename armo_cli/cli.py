@@ -116,6 +116,7 @@ def extract(
     dtype: Optional[str] = O(ExtractConfig, "dtype"),
     attn_implementation: str = O(ExtractConfig, "attn_implementation"),
     gate_rule: str = O(ExtractConfig, "gate_rule"),
+    layer: int = O(ExtractConfig, "layer"),
     max_length: Optional[int] = O(ExtractConfig, "max_length"),
     overflow: str = O(ExtractConfig, "overflow"),
     on_error: str = O(ExtractConfig, "on_error"),
@@ -212,6 +213,7 @@ def fit_decorrelation(
     method: str = O(DecorrelationConfig, "method"),
     tolerance: float = O(DecorrelationConfig, "tolerance"),
     lambda_range: Optional[str] = O(DecorrelationConfig, "lambda_range", spec=True),
+    min_rows: int = O(DecorrelationConfig, "min_rows"),
     json: Optional[str] = O(DecorrelationConfig, "json"),
     quiet: bool = O(DecorrelationConfig, "quiet", "--quiet", "-q"),
 ):

@@ -32,6 +32,8 @@ class ExtractConfig:
     dtype: str | None = opt(None, "bf16, fp16, fp32 (default: bf16 on CUDA, else fp32).", choices=DTYPE_NAMES)
     attn_implementation: str = opt("sdpa", "Attention kernel: sdpa or eager.", choices=("sdpa", "eager"))
     gate_rule: str = opt("generation-prompt", "Where f(x) is read: generation-prompt | armo-eot.", choices=GATE_RULE_NAMES)
+    layer: int = opt(-1, "Hidden layer the features are read from: -1 the last (after the final norm, as ArmoRM), "
+                         "0 the embeddings, i the output of block i; negative counts from the end.")
     max_length: int | None = opt(None, "Longest prompt+response in tokens (default: the backbone's maximum positions).", min=1)
     overflow: str = opt("error", "Over the length limit: error | skip | truncate-prompt.", choices=OVERFLOW)
     on_error: str = opt("error", ON_ERROR_HELP, choices=ON_ERROR)

@@ -17,7 +17,11 @@ EXIT_INTERRUPTED = 130
 
 
 class ArmoError(Exception):
-    """A user-facing error: printed as one line, exit code 2."""
+    """A user-facing error: printed as one line, exit code 2. The message is folded onto one line where it is
+    made, so that text from the input (a field name with a newline) cannot break the one-line contract."""
+
+    def __init__(self, message: object = "") -> None:
+        super().__init__(one_line(message))
 
 
 def debug_enabled() -> bool:

@@ -18,7 +18,7 @@ from .backbones import Backbone, load_backbone
 from .configs import ExtractConfig, MergeConfig
 from .console import info, progress, warn
 from .errors import ArmoError
-from .forward import batch_defaults, check_finite_features, encode_trees
+from .forward import batch_defaults, canonical_layer, check_finite_features, encode_trees
 from .io import (check_input_file, check_output_file, load_artifact, output_lock, save_artifact, save_concatenated,
                  sha256_file, sha256_json, spool_stdin)
 from .options import validate
@@ -61,9 +61,9 @@ def _scan(source: Source, renderer: Renderer, cfg: ExtractConfig, skipped: list[
 
 
 def _chunk_tensors(trees: list[Tree], backbone: Backbone, cfg: ExtractConfig, objectives: list[str],
-                   batch_tokens: int, on_batch, source_name: str) -> dict[str, torch.Tensor]:
+                   batch_tokens: int, on_batch, source_name: str, layer: int) -> dict[str, torch.Tensor]:
     max_padding = cfg.max_padding if cfg.max_padding is not None else batch_defaults(backbone.device)[1]
-    prompt, resp = encode_trees(backbone, trees, batch_tokens, on_batch, max_padding)
+    prompt, resp = encode_trees(backbone, trees, batch_tokens, on_batch, max_padding, layer)
     check_finite_features(trees, prompt, resp, source_name, backbone.dtype)
     pair = len(trees[0].conts) == 2
     out = {
@@ -135,6 +135,7 @@ def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, afte
     out, shard_out, num_shards, shard_index, launched = _shard_output(cfg)
     backbone = backbone or load_backbone(cfg.backbone, cfg.device, cfg.dtype, cfg.attn_implementation)
     renderer = Renderer(backbone.tokenizer, cfg.gate_rule)
+    layer = canonical_layer(cfg.layer, int(backbone.model.config.num_hidden_layers))  # checked before any work
     skipped: list[Skipped] = []
     display = source.name
     limit, limit_name = length_limit(cfg.max_length, backbone.model.config)
@@ -143,9 +144,9 @@ def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, afte
         raise ArmoError(f"{display}: no usable rows")
     input_hash = sha256_file(source.path) if source.path else sha256_json([source.dataset, source.split])
     meaning = FeatureMeaning(backbone=backbone.spec.name, fingerprint=backbone.fingerprint, hidden_size=backbone.hidden_size,
-                             layer=-1, gen_suffix=tuple(renderer.gen_suffix), template_hash=renderer.template_hash,
+                             layer=layer, gen_suffix=tuple(renderer.gen_suffix), template_hash=renderer.template_hash,
                              dtype=str(backbone.dtype), gate_rule=cfg.gate_rule)
-    settings = {"backbone": backbone.fingerprint, "dtype": str(backbone.dtype), "gate_rule": cfg.gate_rule,
+    settings = {"backbone": backbone.fingerprint, "dtype": str(backbone.dtype), "gate_rule": cfg.gate_rule, "layer": layer,
                 "template": renderer.template_hash, "max_length": cfg.max_length, "overflow": cfg.overflow,
                 "objectives": objectives, "pair": is_pair}
     settings_key = sha256_json(settings)
@@ -176,14 +177,14 @@ def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, afte
     parts.mkdir(parents=True, exist_ok=True)
     try:
         files, report = _compute_chunks(cfg, source, backbone, renderer, chunks, mine, chunk_keys, parts, objectives,
-                                        batch_tokens, limit, after_chunk)
+                                        batch_tokens, limit, after_chunk, layer)
     except BaseException:
         if not any(parts.glob("chunk-*.safetensors")):
             shutil.rmtree(parts, ignore_errors=True)  # nothing finished: nothing to resume, leave nothing behind
         raise
     meta = {
         "kind": "features", "armo_version": __version__, "backbone": backbone.info(), "dtype": str(backbone.dtype),
-        "gate_rule": cfg.gate_rule, "gen_suffix": renderer.gen_suffix, "layer": -1, "template_hash": renderer.template_hash,
+        "gate_rule": cfg.gate_rule, "gen_suffix": renderer.gen_suffix, "layer": layer, "template_hash": renderer.template_hash,
         "feature_meaning": meaning.to_json(), "max_length": cfg.max_length,
         "length_limit": limit if limit < (1 << 62) else None,
         "overflow": cfg.overflow, "input": display, "input_hash": input_hash, "objectives": objectives,
@@ -206,7 +207,7 @@ def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, afte
 
 def _compute_chunks(cfg: ExtractConfig, source: Source, backbone: Backbone, renderer: Renderer, chunks: list,
                     mine: list[int], chunk_keys: dict[int, str], parts: Path, objectives: list[str],
-                    batch_tokens: int, limit: int, after_chunk) -> tuple[list[Path], ExtractReport]:
+                    batch_tokens: int, limit: int, after_chunk, layer: int) -> tuple[list[Path], ExtractReport]:
     """Compute (or, with --resume, reuse) this shard's chunk files, in order."""
     report = ExtractReport()
     keep_index = {i for c in mine for (i, _, _) in chunks[c]}
@@ -251,7 +252,7 @@ def _compute_chunks(cfg: ExtractConfig, source: Source, backbone: Backbone, rend
                 if truncated:
                     tree = renderer.truncate_prompt(tree, limit)
                 trees.append(tree)
-            tensors = _chunk_tensors(trees, backbone, cfg, objectives, batch_tokens, on_batch, source.name)
+            tensors = _chunk_tensors(trees, backbone, cfg, objectives, batch_tokens, on_batch, source.name, layer)
             save_artifact(path, tensors, ChunkMeta(key=key, ids=[t.example.id for t in trees],
                                                    subsets=[t.example.subset for t in trees],
                                                    prompt_hashes=[sha256_json(t.example.prompt)[:16] for t in trees],

@@ -55,10 +55,54 @@ def build_batch(trees: list[Tree], device: torch.device, dtype: torch.dtype):
 
 
 @torch.inference_mode()
-def forward_trees(model: Any, trees: list[Tree], device: torch.device, dtype: torch.dtype):
-    """Return prompt features [B,d] and response features [B,m,d] (float32) for trees with m responses each."""
+def resolve_layer(layer: int, n_layers: int) -> int:
+    """--layer as an index into the backbone's `output_hidden_states`: 0 the embeddings, i the output of
+    block i, n the last block after the final norm (what ArmoRM reads); negative counts from the end."""
+    k = layer if layer >= 0 else n_layers + 1 + layer
+    if not 0 <= k <= n_layers:
+        raise ArmoError(f"--layer {layer}: the backbone has {n_layers} layers (give -{n_layers + 1}..{n_layers})")
+    return k
+
+
+def canonical_layer(layer: int, n_layers: int) -> int:
+    """The one spelling recorded in artifacts: counted from the end, -1 = the last (after the final norm)."""
+    return resolve_layer(layer, n_layers) - (n_layers + 1)
+
+
+class _Stop(Exception):
+    """Raised by a hook once the wanted layer is computed: the blocks above it are not run."""
+
+
+def hidden_states(model: Any, layer: int = -1, **inputs: Any) -> torch.Tensor:
+    """The hidden states [B,L,d] at `layer` (see resolve_layer). A middle layer is read by a hook on its
+    block, and the forward pass stops there: reading layer 20 of 30 costs two thirds of a full pass."""
+    n = int(model.config.num_hidden_layers)
+    k = resolve_layer(layer, n)
+    if k == n:
+        return model(**inputs).last_hidden_state
+    if k == 0 or not hasattr(model, "layers"):  # embeddings may be scaled after the embedding module (Gemma)
+        return model(**inputs, output_hidden_states=True).hidden_states[k]
+    captured: dict[str, torch.Tensor] = {}
+
+    def hook(module: Any, args: Any, out: Any) -> None:
+        captured["h"] = out[0] if isinstance(out, tuple) else out
+        raise _Stop
+
+    handle = model.layers[k - 1].register_forward_hook(hook)
+    try:
+        model(**inputs)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return captured["h"]
+
+
+def forward_trees(model: Any, trees: list[Tree], device: torch.device, dtype: torch.dtype, layer: int = -1):
+    """Return prompt features [B,d] and response features [B,m,d] (float32) for trees with m responses each,
+    read at `layer` (default: the last, after the final norm)."""
     ids, pos, mask = build_batch(trees, device, dtype)
-    hidden = model(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=False).last_hidden_state
+    hidden = hidden_states(model, layer, input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=False)
     b_idx, g_idx, r_idx = [], [], []
     for b, t in enumerate(trees):
         b_idx.append(b)
@@ -98,7 +142,7 @@ def token_batches(trees: list[Tree], batch_tokens: int, max_padding: float = 1.0
 
 def encode_trees(backbone: Backbone, trees: list[Tree], batch_tokens: int,
                  on_batch: Callable[[int, int], None] | None = None,
-                 max_padding: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+                 max_padding: float = 1.0, layer: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
     """Features for trees in their given order (batches are length-sorted, order restored)."""
     m = len(trees[0].conts)
     d = backbone.hidden_size
@@ -106,7 +150,7 @@ def encode_trees(backbone: Backbone, trees: list[Tree], batch_tokens: int,
     resp = torch.empty(len(trees), m, d)
     where = {id(t): i for i, t in enumerate(trees)}
     for batch in token_batches(trees, batch_tokens, max_padding):
-        pf, rf = forward_trees(backbone.model, batch, backbone.device, backbone.dtype)
+        pf, rf = forward_trees(backbone.model, batch, backbone.device, backbone.dtype, layer)
         idx = torch.tensor([where[id(t)] for t in batch])
         prompt[idx] = pf
         resp[idx] = rf

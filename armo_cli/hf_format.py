@@ -69,6 +69,8 @@ def export_model(model_dir: str | Path | None, out_dir: str | Path, backbone: st
         "gating_n_hidden": len(gate.layers) - 1,
         "gating_token_pattern": pattern,
         "gating_token_offset": offset,
+        # which hidden state the heads read (an index into output_hidden_states; -1 = last, as ArmoRM)
+        "armo_feature_layer": model.meaning.layer,
         "regression_bias": bool(model.regression.bias.abs().sum() > 0),
         "objectives": model.objectives,
         "armo": {"version": __version__, "gate_rule": renderer.gate_rule, "scales": model.regression.meta.scales,
@@ -178,8 +180,11 @@ def import_checkpoint(source: str, output: str | Path, objectives: list[str] | N
     # what the features mean: the checkpoint folder is the backbone now; layer, template and gate rule
     # come from an armo export's record, else the published model's (last layer, end-of-turn token)
     kept = armo.get("feature_meaning") if isinstance(armo.get("feature_meaning"), dict) else {}
+    layer = cfg.get("armo_feature_layer", kept.get("layer", -1))
+    if isinstance(layer, bool) or not isinstance(layer, int) or layer >= 0:
+        raise ArmoError(f"{cfg_path}: field 'armo_feature_layer': expected a negative integer (-1 = the last layer)")
     meaning = FeatureMeaning.from_json({**kept, "backbone": name, "fingerprint": fingerprint, "hidden_size": d,
-                                        "gate_rule": rule, "dtype": None}, str(cfg_path))
+                                        "gate_rule": rule, "dtype": None, "layer": layer}, str(cfg_path))
     with atomic_dir(output) as out:
         bias = w.get("regression_layer.bias", torch.zeros(k))
         reg_meta = {"kind": "regression", "armo_version": __version__, "objectives": names, "scales": scales,

@@ -62,7 +62,7 @@ def iter_jsonl(path: str | Path, display: str | None = None) -> Iterator[tuple[i
         while True:
             try:
                 raw = next(lines, None)
-            except (EOFError, OSError, zlib.error) as e:  # gzip: truncated, not gzip at all, corrupt
+            except (EOFError, gzip.BadGzipFile, zlib.error) as e:  # gzip: truncated, not gzip at all, corrupt
                 raise ArmoError(f"{name}:{lineno + 1}: damaged or truncated gzip data ({one_line(e)})") from None
             if raw is None:
                 return

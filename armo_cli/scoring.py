@@ -13,7 +13,7 @@ from rich.table import Table
 from .backbones import Backbone, load_backbone
 from .console import show, table, warn
 from .features import Features
-from .forward import batch_defaults, check_finite_features, encode_trees
+from .forward import batch_defaults, canonical_layer, check_finite_features, encode_trees
 from .rendering import Renderer, Tree, length_limit, sized_tree
 from .errors import ArmoError
 from .io import atomic_path, check_input_file, check_output_file, dumps, write_texts_atomic
@@ -139,7 +139,9 @@ def iter_scored(model: ArmoModel, bb: Backbone, source: Source, cfg: ModelInputC
     window is tokenised, length-checked, batched by length (order restored) and explained. Yields, per
     window, one group for the single responses and one for the pairs that it holds."""
     renderer = Renderer(bb.tokenizer, model.gate_rule)
-    meaning = FeatureMeaning(bb.spec.name, bb.fingerprint, bb.hidden_size, -1, tuple(renderer.gen_suffix),
+    layer = model.meaning.layer
+    meaning = FeatureMeaning(bb.spec.name, bb.fingerprint, bb.hidden_size,
+                             canonical_layer(layer, int(bb.model.config.num_hidden_layers)), tuple(renderer.gen_suffix),
                              renderer.template_hash, str(bb.dtype), model.gate_rule)
     require_compatible(model.meaning, meaning, str(model.path), f"--backbone {bb.spec.name}", prompt=True, warn_dtype=False)
     limit, limit_name = length_limit(cfg.max_length, bb.model.config)
@@ -162,7 +164,7 @@ def iter_scored(model: ArmoModel, bb: Backbone, source: Source, cfg: ModelInputC
         for pair in (False, True):
             group = [t for t in trees if (len(t.conts) == 2) == pair]
             if group:
-                P, R = encode_trees(bb, group, batch_tokens, None, max_padding)
+                P, R = encode_trees(bb, group, batch_tokens, None, max_padding, layer)
                 check_finite_features(group, P, R, source.name, bb.dtype)
                 groups.append(Scored(group, model.explain(P, R, weights), pair))
         scored += len(trees)

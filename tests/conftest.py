@@ -252,3 +252,21 @@ def make_decorrelation(path: Path, T: torch.Tensor, regression: Path, *, backbon
                           regression_hash=regression_hash(reg))
     save_artifact(path, {"transform": T, "lambdas": torch.zeros(T.shape[0])}, m)
     return path
+
+
+def pad_batch(tok, convs, side):
+    """Token ids and attention mask of chat conversations, padded on `side` (as a trainer would send them)."""
+    ids = [tok.apply_chat_template(c, tokenize=True, add_generation_prompt=False) for c in convs]
+    ids = [x["input_ids"] if isinstance(x, dict) or hasattr(x, "keys") else x for x in ids]
+    L = max(len(x) for x in ids)
+    pad = tok.pad_token_id
+    input_ids = torch.full((len(ids), L), pad)
+    mask = torch.zeros(len(ids), L, dtype=torch.long)
+    for i, x in enumerate(ids):
+        if side == "right":
+            input_ids[i, :len(x)] = torch.tensor(x)
+            mask[i, :len(x)] = 1
+        else:
+            input_ids[i, L - len(x):] = torch.tensor(x)
+            mask[i, L - len(x):] = 1
+    return input_ids, mask

@@ -135,6 +135,7 @@ CASES: dict[str, Case] = {
                              2, r"--device gpu: expected cpu, cuda, cuda:N or mps"),
     "extract --device cuda without CUDA": (lambda c: (["extract", c.jsonl("in.jsonl", [GOOD]), "-o", c.tmp / "o.st", "-b", c.backbone, "--device", "cuda"], None),
                                            2, r"--device cuda: CUDA is not available"),
+    "extract --layer 7": (extract_with("--layer", "7"), 2, r"--layer 7: the backbone has 2 layers \(give -3..2\)"),
     "extract --dtype fp8": (extract_with("--dtype", "fp8"),
                             2, r"--dtype fp8: choose from"),
     "extract -o -": (lambda c: (c.extract(c.jsonl("in.jsonl", [GOOD]), "-o", "-"), None), 2, r"--output -: .*cannot go to stdout"),

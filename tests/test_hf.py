@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from conftest import cli, pair_rows, write_jsonl
+from conftest import cli, pad_batch as _batch, pair_rows, write_jsonl
 
 
 @pytest.fixture
@@ -19,23 +19,6 @@ def no_pickle(monkeypatch):
     monkeypatch.setattr(torch, "load", refuse)
     monkeypatch.setattr(pickle, "load", refuse)
     monkeypatch.setattr(pickle, "loads", refuse)
-
-
-def _batch(tok, convs, side):
-    ids = [tok.apply_chat_template(c, tokenize=True, add_generation_prompt=False) for c in convs]
-    ids = [x["input_ids"] if isinstance(x, dict) or hasattr(x, "keys") else x for x in ids]
-    L = max(len(x) for x in ids)
-    pad = tok.pad_token_id
-    input_ids = torch.full((len(ids), L), pad)
-    mask = torch.zeros(len(ids), L, dtype=torch.long)
-    for i, x in enumerate(ids):
-        if side == "right":
-            input_ids[i, :len(x)] = torch.tensor(x)
-            mask[i, :len(x)] = 1
-        else:
-            input_ids[i, L - len(x):] = torch.tensor(x)
-            mask[i, L - len(x):] = 1
-    return input_ids, mask
 
 
 def test_export_loads_in_transformers_and_matches_armo_score(tiny_model, tmp_path, no_pickle):

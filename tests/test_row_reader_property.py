@@ -7,12 +7,15 @@ import re
 import tempfile
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from armo_cli.errors import ArmoError
 from armo_cli.rows import Example, Source, iter_examples
 
-SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: CI sees the same 300 examples every run (a property test must not make CI flaky); run with
+# `--hypothesis-seed=random` (or drop derandomize) to explore further.
+SETTINGS = settings(max_examples=300, deadline=None, derandomize=True, database=None,
+                    suppress_health_check=[HealthCheck.too_slow])
 
 scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)
 values = st.recursive(scalars, lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4),
@@ -48,6 +51,7 @@ def _check(data: bytes, suffix: str = ".jsonl") -> None:
 
 @SETTINGS
 @given(lines)
+@example(['{"prompt": "", "subset": "", "id": "", "ratings": {"\\n": false}}'])  # once found: a newline in a field name
 def test_random_json_lines(ls):
     _check("\n".join(ls).encode("utf-8", errors="surrogatepass"))
 

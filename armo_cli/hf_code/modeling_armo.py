@@ -75,8 +75,13 @@ class LlamaForRewardModelWithGating(LlamaPreTrainedModel):
             attention_mask = torch.ones_like(input_ids)
         if position_ids is None:
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                            use_cache=False).last_hidden_state
+        layer = int(getattr(self.config, "armo_feature_layer", -1))
+        if layer == -1:  # the last layer after the final norm, as the published ArmoRM reads it
+            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                use_cache=False).last_hidden_state
+        else:  # an intermediate layer: an index into output_hidden_states, counted from the end
+            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                use_cache=False, output_hidden_states=True).hidden_states[layer]
         B, L = input_ids.shape
         ar = torch.arange(L, device=input_ids.device)
         last = (attention_mask.long() * ar).argmax(-1)  # the last real token, whatever the padding side
