@@ -144,6 +144,7 @@ class RegressionMeta(Meta):
     feature_meaning: dict | None = None
     metrics: dict = field(default_factory=dict)
     alphas: dict | None = None
+    preference: dict | None = None  # the preference objective's head: objective, C, folds, fold_of (prompt -> fold)
     armo_version: str | None = None
     REQUIRED: ClassVar[tuple[str, ...]] = ("objectives", "scales", "backbone", "hidden_size")
 

@@ -168,7 +168,7 @@ def merge(
 
 @app.command("fit-regression")
 def fit_regression(
-    features: List[str] = A(RegressionConfig, "features"),
+    features: List[str] = A(RegressionConfig, "features", required=False),
     output: str = O(RegressionConfig, "output", "--output", "-o"),
     model_dir: Optional[str] = O(RegressionConfig, "model_dir"),
     alphas: Optional[str] = O(RegressionConfig, "alphas", spec=True),
@@ -178,6 +178,9 @@ def fit_regression(
     intercept: bool = O(RegressionConfig, "intercept"),
     ranges: List[str] = O(RegressionConfig, "ranges", "--range", spec=True),
     length_objective: Optional[str] = O(RegressionConfig, "length_objective"),
+    pairs: List[str] = O(RegressionConfig, "pairs"),
+    preference_objective: Optional[str] = O(RegressionConfig, "preference_objective"),
+    preference_folds: int = O(RegressionConfig, "preference_folds"),
     min_rows: int = O(RegressionConfig, "min_rows"),
     strict: bool = O(RegressionConfig, "strict"),
     device: Optional[str] = O(RegressionConfig, "device"),
@@ -187,7 +190,8 @@ def fit_regression(
     """Stage 1: ridge regression from response features to k ratings, one strength per objective.
 
     Reads extract outputs (labels NaN where missing); writes W (k x d), scales, chosen strengths and
-    validation metrics to a safetensors artifact.
+    validation metrics to a safetensors artifact. With --pairs and --preference-objective, one more
+    objective is a Bradley-Terry head fitted on pairs (ratings then become optional).
 
     Example: `armo fit-regression ratings.features.safetensors --length-objective verbosity -o regression.safetensors`
     """

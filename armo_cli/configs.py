@@ -68,6 +68,10 @@ class RegressionConfig:
     ranges: dict[str, tuple[float, float]] = opt(help="NAME=LO:HI declared rating range (repeatable).",
                                                  default_factory=dict)
     length_objective: str | None = opt(None, "Add an objective from log response length, e.g. verbosity.")
+    pairs: list[str] = opt(help="Pair features to fit --preference-objective from (repeatable).", default_factory=list)
+    preference_objective: str | None = opt(None, "Add an objective fitted from --pairs by a Bradley-Terry head "
+                                                 "(cross-fitted: a gate trained on those pairs sees out-of-fold rewards).")
+    preference_folds: int = opt(5, "Cross-fitting folds of the preference head (by prompt).", min=2)
     min_rows: int = opt(20, "Fewest labelled rows for an objective.", min=1)
     strict: bool = opt(False, "Fail instead of skipping objectives with too few rows.")
     device: str | None = opt(None, "cuda, mps, cpu (default: best available).")

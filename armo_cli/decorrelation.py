@@ -94,6 +94,12 @@ def transform_matrix(lambdas: torch.Tensor, v: int) -> torch.Tensor:
     return T
 
 
+def _response_groups(f: Features) -> list[str]:
+    """The prompt key of each response of `f.responses()` (pairs: chosen then rejected of each row)."""
+    keys = f.meta.prompt_hashes or f.ids
+    return [k for k in keys for _ in range(2)] if f.pair else list(keys)
+
+
 def fit_decorrelation(cfg: DecorrelationConfig) -> dict:
     """Run `armo fit-decorrelation` and return its report."""
     validate(cfg)
@@ -107,7 +113,9 @@ def fit_decorrelation(cfg: DecorrelationConfig) -> dict:
     feats = [Features.load(p) for p in cfg.features]
     for f in feats:
         require_compatible(reg.meaning, f.meaning(prompt=False), cfg.regression, f.path)
-    R = torch.cat([reg.rewards(f.responses()) for f in feats])
+    # out-of-fold rewards for a preference objective fitted on these pairs (its in-sample rewards would be
+    # optimistic, and the transform would be fitted to them)
+    R = torch.cat([reg.rewards_out_of_fold(f.responses(), _response_groups(f)) for f in feats])
     if R.shape[0] < cfg.min_rows:
         raise ArmoError(f"reference set: {R.shape[0]} responses, need at least {cfg.min_rows}")
     v = reg.objectives.index(cfg.verbosity)

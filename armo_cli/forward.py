@@ -98,11 +98,19 @@ def hidden_states(model: Any, layer: int = -1, **inputs: Any) -> torch.Tensor:
     return captured["h"]
 
 
-def forward_trees(model: Any, trees: list[Tree], device: torch.device, dtype: torch.dtype, layer: int = -1):
+def forward_trees(model: Any, trees: list[Tree], device: torch.device, dtype: torch.dtype,
+                  layer: int | list[int] = -1):
     """Return prompt features [B,d] and response features [B,m,d] (float32) for trees with m responses each,
-    read at `layer` (default: the last, after the final norm)."""
+    read at `layer` (default: the last, after the final norm). A list of layers reads them all from one
+    pass: prompt [B,n,d] and responses [B,m,n,d]."""
     ids, pos, mask = build_batch(trees, device, dtype)
-    hidden = hidden_states(model, layer, input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=False)
+    inputs = {"input_ids": ids, "position_ids": pos, "attention_mask": mask, "use_cache": False}
+    if isinstance(layer, list):
+        n = int(model.config.num_hidden_layers)
+        hs = model(**inputs, output_hidden_states=True).hidden_states
+        hidden = torch.stack([hs[resolve_layer(k, n)] for k in layer], dim=2)  # [B,L,n,d]
+    else:
+        hidden = hidden_states(model, layer, **inputs)
     b_idx, g_idx, r_idx = [], [], []
     for b, t in enumerate(trees):
         b_idx.append(b)
@@ -142,12 +150,13 @@ def token_batches(trees: list[Tree], batch_tokens: int, max_padding: float = 1.0
 
 def encode_trees(backbone: Backbone, trees: list[Tree], batch_tokens: int,
                  on_batch: Callable[[int, int], None] | None = None,
-                 max_padding: float = 1.0, layer: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features for trees in their given order (batches are length-sorted, order restored)."""
+                 max_padding: float = 1.0, layer: int | list[int] = -1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features for trees in their given order (batches are length-sorted, order restored); with a list of
+    layers, all of them from one pass ([N,n,d] and [N,m,n,d])."""
     m = len(trees[0].conts)
-    d = backbone.hidden_size
-    prompt = torch.empty(len(trees), d)
-    resp = torch.empty(len(trees), m, d)
+    d = (len(layer), backbone.hidden_size) if isinstance(layer, list) else (backbone.hidden_size,)
+    prompt = torch.empty(len(trees), *d)
+    resp = torch.empty(len(trees), m, *d)
     where = {id(t): i for i, t in enumerate(trees)}
     for batch in token_batches(trees, batch_tokens, max_padding):
         pf, rf = forward_trees(backbone.model, batch, backbone.device, backbone.dtype, layer)

@@ -55,9 +55,12 @@ class Gate(nn.Module):
         return F.softmax(x / self.temperature, dim=-1) * self.logit_scale[0]
 
 
-def adjusted_rewards(reg: Regression, T: torch.Tensor, response_features: torch.Tensor) -> torch.Tensor:
-    """r' = (W f + b) @ T for features of any leading shape [..., d] -> [..., k]."""
-    return reg.rewards(response_features) @ T
+def adjusted_rewards(reg: Regression, T: torch.Tensor, response_features: torch.Tensor,
+                     groups: list[str] | None = None) -> torch.Tensor:
+    """r' = (W f + b) @ T for features of any leading shape [..., d] -> [..., k]. With the rows' prompt keys,
+    a preference objective fitted on these pairs gives out-of-fold rewards (no leakage into the gate)."""
+    r = reg.rewards(response_features) if groups is None else reg.rewards_out_of_fold(response_features, groups)
+    return r @ T
 
 
 def pair_scores(weights: torch.Tensor, radj: torch.Tensor) -> torch.Tensor:
@@ -180,7 +183,9 @@ def fit_gating(cfg: GatingConfig) -> dict:
     Rf = torch.cat([f.tensors["response_features"] for f in feats]).float()
     groups = [h for f in feats for h in (f.meta.prompt_hashes or f.ids)]
     T = dec.transform
-    radj = adjusted_rewards(reg, T, Rf)  # [N,2,k], frozen
+    radj = adjusted_rewards(reg, T, Rf, groups)  # [N,2,k], frozen; out-of-fold for the preference objective
+    fold_of = (reg.meta.preference or {}).get("fold_of", {})
+    out_of_fold = sum(1 for g in groups if g in fold_of)
     tr = grouped_split(groups, cfg.val_fraction, cfg.seed)
     va = ~tr
     if int(tr.sum()) == 0:
@@ -207,6 +212,7 @@ def fit_gating(cfg: GatingConfig) -> dict:
         "feature_meaning": meaning.to_json(), "gate_rule": meaning.gate_rule,
         "decorrelation": "identity" if dec.meta.identity else dec.meta.reference_hash,
         "transform_hash": transform_hash(T), "logit_scale": gate.logit_scale.item(),
+        "preference_out_of_fold_pairs": out_of_fold,
         "seconds": time.perf_counter() - t0,
     }
     save_artifact(cfg.output, dict(gate.state_dict()), report)

@@ -13,13 +13,14 @@ import torch
 
 from . import __version__
 from .backbones import auto_device
-from .console import show, table, warn
+from .console import info, show, table, warn
 from .features import Features
 from .errors import ArmoError
 from .io import check_outputs, dumps, load_artifact, save_artifact, write_text_atomic
 from .artifacts import RegressionMeta
 from .configs import RegressionConfig
 from .options import validate
+from .preference import fit_preference
 from .provenance import FeatureMeaning, require_one_meaning
 from .stats import pearson, spearman
 
@@ -166,21 +167,30 @@ def unscale(r: torch.Tensor, scale: dict) -> torch.Tensor:
 def fit_regression(cfg: RegressionConfig) -> dict:
     """Run `armo fit-regression` and return its report."""
     validate(cfg)
-    check_outputs(cfg.output, cfg.json, cfg.features)
-    if not cfg.features:
-        raise ArmoError("fit-regression: give at least one features file")
+    check_outputs(cfg.output, cfg.json, [*cfg.features, *cfg.pairs])
+    if bool(cfg.pairs) != bool(cfg.preference_objective):
+        raise ArmoError("--pairs and --preference-objective go together")
+    if not cfg.features and not cfg.pairs:
+        raise ArmoError("fit-regression: give at least one features file with ratings, or --pairs with --preference-objective")
     t0 = time.perf_counter()
     feats = [Features.load(p) for p in cfg.features]
-    meaning = require_one_meaning([(f.meaning(prompt=False), f.path) for f in feats])
+    pair_feats = [Features.load(p) for p in cfg.pairs]
+    for f in pair_feats:
+        if not f.pair:
+            raise ArmoError(f"--pairs {f.path}: features without pairs (extract rows with 'chosen' and 'rejected')")
+    meaning = require_one_meaning([(f.meaning(prompt=False), f.path) for f in feats + pair_feats])
     objectives: list[str] = []
     for f in feats:
         for o in f.meta.objectives:
             if o not in objectives:
                 objectives.append(o)
-    if cfg.length_objective and cfg.length_objective in objectives:
-        raise ArmoError(f"--length-objective {cfg.length_objective}: the data already rates an objective of that name")
+    for name, flag in ((cfg.length_objective, "--length-objective"), (cfg.preference_objective, "--preference-objective")):
+        if name and name in objectives:
+            raise ArmoError(f"{flag} {name}: the data already rates an objective of that name")
+    if cfg.length_objective and cfg.length_objective == cfg.preference_objective:
+        raise ArmoError("--length-objective and --preference-objective: give them different names")
     X_parts, Y_parts, L_parts = [], [], []
-    for f in feats:
+    for f in feats or pair_feats:  # without ratings, the length objective learns from the pairs' responses
         X = f.responses()
         lab = f.tensors.get("labels")
         Y = torch.full((X.shape[0], len(objectives)), float("nan"))
@@ -204,7 +214,7 @@ def fit_regression(cfg: RegressionConfig) -> dict:
         scales[cfg.length_objective] = {"lo": float(ll.min()), "hi": float(ll.max()), "transform": "log1p", "declared": False}
         Y = torch.cat([Y, lengths[:, None]], dim=1)
         objectives = objectives + [cfg.length_objective]
-    if not objectives:
+    if not objectives and not cfg.preference_objective:
         raise ArmoError("fit-regression: the features carry no labels (extract rows with 'ratings', or add --length-objective)")
     keep, skipped = [], {}
     for j, o in enumerate(objectives):
@@ -220,32 +230,61 @@ def fit_regression(cfg: RegressionConfig) -> dict:
         if cfg.strict:
             raise ArmoError(f"objective {o!r}: {why}")
         warn(f"skipping objective {o!r}: {why}")
-    if not keep:
+    if not keep and not cfg.preference_objective:
         raise ArmoError("fit-regression: no objective has enough labelled rows")
     objectives = [objectives[j] for j in keep]
-    Y = torch.stack([apply_scale(Y[:, j], scales[objectives[i]]) for i, j in enumerate(keep)], dim=1)
     scales = {o: scales[o] for o in objectives}
-    train = split_mask(X.shape[0], cfg.val_fraction, cfg.seed)
     t1 = time.perf_counter()
-    res = ridge_path(X, Y, train, cfg.alphas, cfg.intercept, cfg.refit, auto_device(cfg.device))
+    if keep:
+        Y = torch.stack([apply_scale(Y[:, j], scales[objectives[i]]) for i, j in enumerate(keep)], dim=1)
+        train = split_mask(X.shape[0], cfg.val_fraction, cfg.seed)
+        res = ridge_path(X, Y, train, cfg.alphas, cfg.intercept, cfg.refit, auto_device(cfg.device))
+        weight, bias, alphas, ridge_metrics = res.weight, res.bias, res.alphas, res.metrics
+    else:
+        weight, bias, alphas, ridge_metrics = torch.zeros(0, X.shape[1]), torch.zeros(0), [], []
+    metrics = {o: m for o, m in zip(objectives, ridge_metrics)}
+    tensors = {}
+    preference = None
+    if cfg.preference_objective:
+        R = torch.cat([f.tensors["response_features"] for f in pair_feats])
+        groups = [h for f in pair_feats for h in (f.meta.prompt_hashes or f.ids)]
+        head = fit_preference(R, groups, val_fraction=cfg.val_fraction, seed=cfg.seed, folds=cfg.preference_folds)
+        name = cfg.preference_objective
+        weight = torch.cat([weight, head.weight[None]])
+        bias = torch.cat([bias, torch.tensor([head.bias], dtype=bias.dtype)])
+        objectives = objectives + [name]
+        scales[name] = {"lo": head.lo, "hi": head.hi, "transform": "linear", "declared": False, "source": "pairs"}
+        hm = head.metrics
+        metrics[name] = {"n_train": hm["n_pairs"] - hm["n_val"], "n_val": hm["n_val"], "alpha": 1.0 / head.C,
+                         "mse": None, "pearson": None, "spearman": None, "C": head.C,
+                         "val_accuracy": hm["val_accuracy"], "grid": hm["grid"]}
+        alphas = alphas + [1.0 / head.C]
+        tensors = {"preference_fold_weight": head.fold_weight, "preference_fold_bias": head.fold_bias}
+        preference = {"objective": name, "C": head.C, "folds": cfg.preference_folds, "fold_of": head.fold_of,
+                      "pairs": [{"path": f.path, "input_hash": f.meta.input_hash, "rows": len(f.ids)} for f in pair_feats],
+                      "val_accuracy": hm["val_accuracy"], "train_accuracy": hm["train_accuracy"]}
     solve_s = time.perf_counter() - t1
-    metrics = {o: m for o, m in zip(objectives, res.metrics)}
     report = {
         "kind": "regression", "armo_version": __version__, "objectives": objectives, "scales": scales,
-        "alphas": dict(zip(objectives, res.alphas)), "alpha_grid": cfg.alphas, "metrics": metrics,
+        "alphas": dict(zip(objectives, alphas)), "alpha_grid": cfg.alphas, "metrics": metrics,
         "skipped_objectives": skipped, "intercept": cfg.intercept, "refit": cfg.refit,
         "val_fraction": cfg.val_fraction, "seed": cfg.seed, "length_objective": cfg.length_objective,
-        "backbone": feats[0].backbone, "hidden_size": X.shape[1], "feature_meaning": meaning.to_json(),
+        "preference": preference,
+        "backbone": (feats or pair_feats)[0].backbone, "hidden_size": X.shape[1], "feature_meaning": meaning.to_json(),
         "inputs": [{"path": f.path, "input_hash": f.meta.input_hash, "rows": len(f.ids)} for f in feats],
         "rows": X.shape[0], "solve_seconds": solve_s, "seconds": time.perf_counter() - t0,
     }
-    save_artifact(cfg.output, {"weight": res.weight, "bias": res.bias}, report)
+    save_artifact(cfg.output, {"weight": weight, "bias": bias, **tensors}, report)
     if cfg.json:
-        write_text_atomic(cfg.json, dumps(report, indent=2) + "\n")
+        brief = {k: v for k, v in preference.items() if k != "fold_of"} if preference else None  # no prompt map
+        write_text_atomic(cfg.json, dumps(dict(report, preference=brief), indent=2) + "\n")
     show(table(f"fit-regression: {X.shape[0]} rows, d={X.shape[1]} -> {cfg.output}",
                ["objective", "n train", "n val", "alpha", "val MSE", "Pearson", "Spearman"],
                [[o, m["n_train"], m["n_val"], m["alpha"], m["mse"], m["pearson"], m["spearman"]] for o, m in metrics.items()]),
          cfg.quiet)
+    if preference:
+        info(f"preference objective {preference['objective']!r}: C {preference['C']:g}, validation accuracy "
+             f"{preference['val_accuracy']:.3f} on held-out prompts, {preference['folds']} cross-fitting folds", cfg.quiet)
     return report
 
 
@@ -256,6 +295,8 @@ class Regression:
     weight: torch.Tensor
     bias: torch.Tensor
     meta: RegressionMeta
+    fold_weight: torch.Tensor | None = None  # the preference objective's cross-fitting heads [K,d], [K]
+    fold_bias: torch.Tensor | None = None
 
     @classmethod
     def load(cls, path: str | Path) -> "Regression":
@@ -266,7 +307,13 @@ class Regression:
                             f"do not fit {len(objs)} objectives")
         if any(o not in m.scales for o in objs):
             raise ArmoError(f"{path}: damaged regression: metadata field 'scales' does not cover every objective")
-        return cls(w, b, m)
+        fw, fb = t.get("preference_fold_weight"), t.get("preference_fold_bias")
+        if m.preference is not None:
+            p = m.preference
+            if (p.get("objective") not in objs or not isinstance(p.get("fold_of"), dict) or fw is None or fb is None
+                    or fw.shape != (int(p.get("folds", -1)), w.shape[1]) or fb.shape != (fw.shape[0],)):
+                raise ArmoError(f"{path}: damaged regression: the preference objective's cross-fitting heads do not fit")
+        return cls(w, b, m, fw, fb)
 
     @property
     def objectives(self) -> list[str]:
@@ -279,3 +326,19 @@ class Regression:
 
     def rewards(self, X: torch.Tensor) -> torch.Tensor:
         return X.float() @ self.weight.T + self.bias
+
+    def rewards_out_of_fold(self, X: torch.Tensor, groups: list[str]) -> torch.Tensor:
+        """Rewards for training a later stage on rows X [N,...,d] with prompt keys `groups`: the preference
+        objective of a row whose prompt its head was fitted on comes from the cross-fitting head that did
+        not see that prompt; every other row and objective as `rewards`."""
+        r = self.rewards(X)
+        p = self.meta.preference
+        if not p:
+            return r
+        j = self.objectives.index(p["objective"])
+        fold = torch.tensor([p["fold_of"].get(g, -1) for g in groups])
+        for k in range(self.fold_weight.shape[0]):
+            rows = fold == k
+            if rows.any():
+                r[rows, ..., j] = X[rows].float() @ self.fold_weight[k] + self.fold_bias[k]
+        return r

@@ -114,3 +114,18 @@ def test_export_and_import_keep_a_non_default_layer(layer1_model, tiny_model, tm
         with torch.no_grad():
             assert model(input_ids=ids, attention_mask=mask).score.tolist() == pytest.approx(expect, abs=1e-4), side
     assert [r[s]["score"] for r in back for s in ("chosen", "rejected")] == pytest.approx(expect, abs=1e-4)
+
+
+def test_all_layers_from_one_pass_equal_each_layer_alone(bb, tmp_path):
+    """What benchmarks/layer_probe.py relies on: one pass with a list of layers gives each layer's features."""
+    from armo_cli.forward import encode_trees
+    from armo_cli.rendering import Renderer
+    from armo_cli.rows import Source, iter_examples
+
+    r = Renderer(bb.tokenizer)
+    trees = [r.tokenize(ex, i) for i, ex in enumerate(iter_examples(Source(str(write_jsonl(tmp_path / "p.jsonl", pair_rows(6))))))]
+    P, R = encode_trees(bb, trees, 10_000, layer=[0, 1, 2, -1])
+    assert P.shape[1:] == (4, bb.hidden_size) and R.shape[1:] == (2, 4, bb.hidden_size)
+    for i, k in enumerate([0, 1, 2, -1]):
+        p, rr = encode_trees(bb, trees, 10_000, layer=k)
+        assert torch.allclose(P[:, i], p, atol=1e-5) and torch.allclose(R[:, :, i], rr, atol=1e-5)
