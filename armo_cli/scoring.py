@@ -66,6 +66,19 @@ def load_features(model: ArmoModel, path: str) -> Features:
     return f
 
 
+def steered(model: ArmoModel, objective: str | None) -> ArmoModel:
+    """The model as `--objective` should see it. Decorrelation subtracts the verbosity objective from every
+    objective, itself included, so its decorrelated reward is 0 for every response and every pair would
+    tie: `--objective` on the verbosity objective scores its raw reward instead (T = identity)."""
+    if objective is not None and objective == model.decorrelation.meta.verbosity:
+        import dataclasses
+
+        from .decorrelation import Decorrelation
+
+        return dataclasses.replace(model, decorrelation=Decorrelation.identity(model.objectives))
+    return model
+
+
 def _weights(cfg_weights: str | None, objective: str | None, objectives: list[str]) -> torch.Tensor | None:
     if cfg_weights and objective:
         raise ArmoError("give --weights or --objective, not both")
@@ -227,6 +240,7 @@ def score(cfg: ScoreConfig, model: ArmoModel | None = None, backbone: Backbone |
     check_inputs(cfg, {"--output": cfg.output})
     model = model or ArmoModel.load(cfg.model)
     w = _weights(cfg.weights, cfg.objective, model.objectives)
+    model = steered(model, cfg.objective)
     if cfg.features:
         feats = load_features(model, cfg.features)
         windows: Iterable[list[dict]] = [list(score_records(model, feats, w, cfg.top_k))]
@@ -323,6 +337,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     check_inputs(cfg, {"--output": cfg.output, "--pairs-output": cfg.pairs_output})
     model = ArmoModel.load(cfg.model)
     w = _weights(cfg.weights, cfg.objective, model.objectives)
+    model = steered(model, cfg.objective)
     if cfg.features:
         feats = load_features(model, cfg.features)
         if not feats.pair:

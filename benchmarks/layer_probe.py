@@ -31,7 +31,7 @@ from armo_cli.rows import parse_row
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pairs.jsonl.gz"
 PERMISSIVE = ("hh_rlhf", "ultrafeedback", "pandalm")
-L2_GRID = [1e-3, 1e-2, 1e-1, 1.0, 10.0]
+L2_GRID = [1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0]
 
 
 def prompt_key(row: dict) -> str:
@@ -129,17 +129,28 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data", default=str(DATA))
     ap.add_argument("--json", default=None)
+    ap.add_argument("--cache", default=None, help="save the features here, or reuse them if the file exists")
     args = ap.parse_args()
     if not Path(args.data).exists():
         raise SystemExit(f"{args.data} is absent: nothing to probe")
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
-    bb = load_backbone("smollm2-135m-instruct")
-    n = int(bb.model.config.num_hidden_layers)
+    if args.cache and Path(args.cache).exists():  # features of an earlier run with the same arguments
+        saved = torch.load(args.cache, weights_only=True)
+        if saved["args"] != [args.train, args.ood, args.max_length, args.seed]:
+            raise SystemExit(f"{args.cache}: features of other arguments ({saved['args']})")
+        Xtr, keys, Xood = saved["Xtr"], saved["keys"], saved["Xood"]
+    else:
+        bb = load_backbone("smollm2-135m-instruct")
+        train_rows, ood_rows = load_slices(Path(args.data), args.train, args.ood, args.seed)
+        n_layers = int(bb.model.config.num_hidden_layers)
+        Xtr, keys = features(bb, train_rows, list(range(n_layers + 1)), args.max_length)
+        Xood, _ = features(bb, ood_rows, list(range(n_layers + 1)), args.max_length)
+        if args.cache:
+            torch.save({"args": [args.train, args.ood, args.max_length, args.seed], "Xtr": Xtr, "keys": keys,
+                        "Xood": Xood}, args.cache)
+    n = Xtr.shape[2] - 1
     layers = list(range(n + 1))
-    train_rows, ood_rows = load_slices(Path(args.data), args.train, args.ood, args.seed)
-    Xtr, keys = features(bb, train_rows, layers, args.max_length)
-    Xood, _ = features(bb, ood_rows, layers, args.max_length)
     t1 = time.perf_counter()
     results = []
     for k in layers:

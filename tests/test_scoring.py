@@ -233,3 +233,21 @@ def test_sample_skip_gives_disjoint_slices_of_one_shuffle(tmp_path):
     assert again == ids[0]  # seeded: the same slice every time
     only_b = [json.loads(x) for x in invoke("sample", src, "--where", "source=b", "--seed", "3").stdout.splitlines()]
     assert len(only_b) == 17 and all(r["source"] == "b" for r in only_b)
+
+
+def test_objective_verbosity_scores_the_raw_length_reward_not_zero(tiny_model):
+    """The decorrelated verbosity reward is 0 by construction; --objective verbosity scores the raw one."""
+    d = tiny_model
+    m = ArmoModel.load(d / "model")
+    assert m.decorrelation.meta.verbosity == "verbosity"
+    v = m.objectives.index("verbosity")
+    T = m.decorrelation.transform
+    assert torch.allclose(T[:, v], torch.zeros(T.shape[0]))  # what decorrelation does to verbosity itself
+    recs = [json.loads(x) for x in invoke("score", "-m", d / "model", "--features", d / "p.st", "--objective", "verbosity").stdout.splitlines()]
+    assert all(r["chosen"]["score"] == pytest.approx(r["chosen"]["rewards"]["verbosity"], abs=1e-6) for r in recs)
+    assert sum(r["preferred"] == "tie" for r in recs) == 0
+    # any other objective is still the decorrelated one
+    o = m.objectives[0]
+    other = json.loads(invoke("score", "-m", d / "model", "--features", d / "p.st", "--objective", o).stdout.splitlines()[0])
+    r = torch.tensor([other["chosen"]["rewards"][x] for x in m.objectives])
+    assert other["chosen"]["score"] == pytest.approx(float((r @ T)[0]), abs=1e-5)
