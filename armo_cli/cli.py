@@ -5,6 +5,7 @@ import dataclasses
 import inspect
 import os
 import sys
+import typing
 from typing import Callable, List, NoReturn, Optional, TypeVar
 
 import typer
@@ -68,35 +69,55 @@ def _run(fn: Callable[[], T]) -> T:
               f"with the command and `armo version`; --debug or ARMO_DEBUG=1 shows the traceback", EXIT_INTERNAL)
 
 
-def _field(cls: type, name: str):
-    for f in dataclasses.fields(cls):
-        if f.name == name:
-            return f
-    raise KeyError(f"{cls.__name__}.{name}")
+# Short flags, the same on every command that has the option.
+SHORT = {"output": "-o", "quiet": "-q", "model": "-m", "regression": "-r", "decorrelation": "-t", "gating": "-g"}
+# Options whose command-line form is a small language parsed by armo_cli.specs, not the field's own type.
+SPEC_TYPES = {"alphas": Optional[str], "ranges": List[str], "lambda_range": Optional[str]}
 
 
-def _default(cls: type, name: str):
-    f = _field(cls, name)
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return ...
+def _cli_type(tp):
+    """The annotation Typer understands for a config field's type (X | None -> Optional[X])."""
+    args = typing.get_args(tp)
+    if type(None) in args:
+        (inner,) = [a for a in args if a is not type(None)]
+        return Optional[_cli_type(inner)]
+    if typing.get_origin(tp) is list:
+        return List[typing.get_args(tp)[0]]
+    return tp
 
 
-def O(cls: type, name: str, *flags: str, spec: bool = False, required: bool = False):
-    """A Typer option whose default and help are the config field's (one source of truth). `spec`: the CLI
-    takes a string that armo_cli.specs parses (default None, meaning the field's default)."""
-    f = _field(cls, name)
-    default = ... if required else None if spec else _default(cls, name)
-    return typer.Option(default, *(flags or ("--" + name.replace("_", "-"),)), help=f.metadata["help"],
-                        show_default=default not in (None, ..., []))
+def config_command(cls: type, argument: str | None = None, argument_required: bool = True,
+                   required: tuple[str, ...] = (), short: dict[str, str] | None = None, skip: tuple[str, ...] = ()):
+    """Give a command one parameter per field of its config that has help: the default, the help and the
+    constraint are the field's (configs.py), so they are written once. The command receives them as
+    keyword arguments named as the fields."""
+    hints = typing.get_type_hints(cls)
+    shorts = {**SHORT, **(short or {})}
 
-
-def A(cls: type, name: str, required: bool = True):
-    """A Typer argument whose help is the config field's."""
-    f = _field(cls, name)
-    return typer.Argument(... if required else _default(cls, name), help=f.metadata["help"], show_default=False)
+    def deco(fn):
+        params = []
+        for f in dataclasses.fields(cls):
+            if not f.metadata.get("help") or f.name in skip:
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+            tp = SPEC_TYPES.get(f.name) or _cli_type(hints[f.name])
+            if f.name == argument:
+                info = typer.Argument(... if argument_required else default, help=f.metadata["help"], show_default=False)
+            else:
+                if f.name in SPEC_TYPES:
+                    default = [] if SPEC_TYPES[f.name] is List[str] else None
+                flags = [f.metadata.get("flag") or "--" + f.name.replace("_", "-")]
+                if f.name in shorts:
+                    flags.append(shorts[f.name])
+                info = typer.Option(... if f.name in required else default, *flags, help=f.metadata["help"],
+                                    show_default=default not in (None, []) and f.name not in required)
+            kind = inspect.Parameter.POSITIONAL_OR_KEYWORD if f.name == argument else inspect.Parameter.KEYWORD_ONLY
+            params.append(inspect.Parameter(f.name, kind, default=info, annotation=tp))
+        params.sort(key=lambda p: p.kind)  # the argument first
+        fn.__signature__ = inspect.Signature(params)
+        return fn
+    return deco
 
 
 def _config(cls: type, values: dict, **parsed):
@@ -106,28 +127,8 @@ def _config(cls: type, values: dict, **parsed):
 
 
 @app.command()
-def extract(
-    input: Optional[str] = A(ExtractConfig, "input", required=False),
-    output: str = O(ExtractConfig, "output", "--output", "-o", required=True),
-    dataset: Optional[str] = O(ExtractConfig, "dataset"),
-    split: str = O(ExtractConfig, "split"),
-    backbone: str = O(ExtractConfig, "backbone", "--backbone", "-b"),
-    device: Optional[str] = O(ExtractConfig, "device"),
-    dtype: Optional[str] = O(ExtractConfig, "dtype"),
-    attn_implementation: str = O(ExtractConfig, "attn_implementation"),
-    gate_rule: str = O(ExtractConfig, "gate_rule"),
-    layer: int = O(ExtractConfig, "layer"),
-    max_length: Optional[int] = O(ExtractConfig, "max_length"),
-    overflow: str = O(ExtractConfig, "overflow"),
-    on_error: str = O(ExtractConfig, "on_error"),
-    batch_tokens: Optional[int] = O(ExtractConfig, "batch_tokens"),
-    max_padding: Optional[float] = O(ExtractConfig, "max_padding"),
-    chunk_size: int = O(ExtractConfig, "chunk_size"),
-    resume: bool = O(ExtractConfig, "resume"),
-    num_shards: Optional[int] = O(ExtractConfig, "num_shards"),
-    shard_index: Optional[int] = O(ExtractConfig, "shard_index"),
-    quiet: bool = O(ExtractConfig, "quiet", "--quiet", "-q"),
-):
+@config_command(ExtractConfig, argument="input", argument_required=False, required=("output",), short={"backbone": "-b"})
+def extract(**values):
     """Read conversations and write response features f(x,y) and prompt features f(x).
 
     Reads JSONL rows: `prompt`+`response`(+`ratings`), `prompt`+`chosen`+`rejected`(+`subset`),
@@ -138,16 +139,13 @@ def extract(
     """
     from .extract import extract as run
 
-    cfg = _config(ExtractConfig, locals())
+    cfg = _config(ExtractConfig, values)
     _run(lambda: run(cfg))
 
 
 @app.command()
-def merge(
-    shards: List[str] = A(MergeConfig, "shards"),
-    output: str = O(MergeConfig, "output", "--output", "-o", required=True),
-    allow_partial: bool = O(MergeConfig, "allow_partial"),
-):
+@config_command(MergeConfig, argument="shards", required=("output",))
+def merge(**values):
     """Join the shards of one extract job into one features file, in the original row order.
 
     Refuses shards of different jobs, a shard given twice and missing shards (unless --allow-partial).
@@ -156,37 +154,31 @@ def merge(
     """
     from .extract import merge as run
 
-    cfg = _config(MergeConfig, locals())
+    cfg = _config(MergeConfig, values)
     rep = _run(lambda: run(cfg))
-    console.print(f"[green]merged[/green] {rep['shards']} of {rep['num_shards']} shards into {output}: {rep['rows']} rows",
-                  highlight=False)
+    console.print(f"[green]merged[/green] {rep['shards']} of {rep['num_shards']} shards into {cfg.output}: "
+                  f"{rep['rows']} rows", highlight=False)
     if rep["missing_shards"]:
         from .console import warn
 
         warn(f"missing shards: {', '.join(map(str, rep['missing_shards']))} (merged with --allow-partial)")
 
 
+def _fit(cls: type, values: dict, part: str, run: Callable[[object], object], **parsed) -> None:
+    """A fit stage: its config (spec options parsed), the fit, and --model-dir registration, one way."""
+    from .model import fit_into_model_dir
+
+    def go():
+        plain = {k: v for k, v in values.items() if k not in parsed}
+        cfg = _config(cls, plain, **{k: parse(values[k]) for k, parse in parsed.items()})
+        fit_into_model_dir(lambda: run(cfg), cfg.output, cfg.model_dir, part)
+
+    _run(go)
+
+
 @app.command("fit-regression")
-def fit_regression(
-    features: List[str] = A(RegressionConfig, "features", required=False),
-    output: str = O(RegressionConfig, "output", "--output", "-o"),
-    model_dir: Optional[str] = O(RegressionConfig, "model_dir"),
-    alphas: Optional[str] = O(RegressionConfig, "alphas", spec=True),
-    val_fraction: float = O(RegressionConfig, "val_fraction"),
-    seed: int = O(RegressionConfig, "seed"),
-    refit: str = O(RegressionConfig, "refit"),
-    intercept: bool = O(RegressionConfig, "intercept"),
-    ranges: List[str] = O(RegressionConfig, "ranges", "--range", spec=True),
-    length_objective: Optional[str] = O(RegressionConfig, "length_objective"),
-    pairs: List[str] = O(RegressionConfig, "pairs"),
-    preference_objective: Optional[str] = O(RegressionConfig, "preference_objective"),
-    preference_folds: int = O(RegressionConfig, "preference_folds"),
-    min_rows: int = O(RegressionConfig, "min_rows"),
-    strict: bool = O(RegressionConfig, "strict"),
-    device: Optional[str] = O(RegressionConfig, "device"),
-    json: Optional[str] = O(RegressionConfig, "json"),
-    quiet: bool = O(RegressionConfig, "quiet", "--quiet", "-q"),
-):
+@config_command(RegressionConfig, argument="features", argument_required=False)
+def fit_regression(**values):
     """Stage 1: ridge regression from response features to k ratings, one strength per objective.
 
     Reads extract outputs (labels NaN where missing); writes W (k x d), scales, chosen strengths and
@@ -195,32 +187,15 @@ def fit_regression(
 
     Example: `armo fit-regression ratings.features.safetensors --length-objective verbosity -o regression.safetensors`
     """
-    from .model import fit_into_model_dir
     from .configs import DEFAULT_ALPHAS
     from .regression import fit_regression as run
 
-    def go():
-        cfg = _config(RegressionConfig, locals_, alphas=parse_alphas(alphas, DEFAULT_ALPHAS), ranges=parse_ranges(ranges))
-        fit_into_model_dir(lambda: run(cfg), cfg.output, cfg.model_dir, "regression")
-
-    locals_ = {k: v for k, v in locals().items() if k not in ("alphas", "ranges")}
-    _run(go)
+    _fit(RegressionConfig, values, "regression", run, alphas=lambda a: parse_alphas(a, DEFAULT_ALPHAS), ranges=parse_ranges)
 
 
 @app.command("fit-decorrelation")
-def fit_decorrelation(
-    features: List[str] = A(DecorrelationConfig, "features"),
-    regression: str = O(DecorrelationConfig, "regression", "--regression", "-r", required=True),
-    output: str = O(DecorrelationConfig, "output", "--output", "-o"),
-    model_dir: Optional[str] = O(DecorrelationConfig, "model_dir"),
-    verbosity: str = O(DecorrelationConfig, "verbosity"),
-    method: str = O(DecorrelationConfig, "method"),
-    tolerance: float = O(DecorrelationConfig, "tolerance"),
-    lambda_range: Optional[str] = O(DecorrelationConfig, "lambda_range", spec=True),
-    min_rows: int = O(DecorrelationConfig, "min_rows"),
-    json: Optional[str] = O(DecorrelationConfig, "json"),
-    quiet: bool = O(DecorrelationConfig, "quiet", "--quiet", "-q"),
-):
+@config_command(DecorrelationConfig, argument="features", required=("regression",))
+def fit_decorrelation(**values):
     """Remove each objective's correlation with verbosity: r_i' = r_i - lambda_i r_v.
 
     Reads a regression artifact and reference features; writes ArmoRM's transform matrix T (k x k).
@@ -228,39 +203,13 @@ def fit_decorrelation(
     Example: `armo fit-decorrelation pairs.features.safetensors -r regression.safetensors -o decorrelation.safetensors`
     """
     from .decorrelation import fit_decorrelation as run
-    from .model import fit_into_model_dir
 
-    values = {k: v for k, v in locals().items() if k != "lambda_range"}
-
-    def go():
-        cfg = _config(DecorrelationConfig, values, lambda_range=parse_lambda_range(lambda_range))
-        fit_into_model_dir(lambda: run(cfg), cfg.output, cfg.model_dir, "decorrelation")
-
-    _run(go)
+    _fit(DecorrelationConfig, values, "decorrelation", run, lambda_range=parse_lambda_range)
 
 
 @app.command("fit-gating")
-def fit_gating(
-    features: List[str] = A(GatingConfig, "features"),
-    regression: str = O(GatingConfig, "regression", "--regression", "-r", required=True),
-    decorrelation: Optional[str] = O(GatingConfig, "decorrelation", "--decorrelation", "-t"),
-    output: str = O(GatingConfig, "output", "--output", "-o"),
-    model_dir: Optional[str] = O(GatingConfig, "model_dir"),
-    hidden_dim: int = O(GatingConfig, "hidden_dim"),
-    n_hidden: int = O(GatingConfig, "n_hidden"),
-    dropout: float = O(GatingConfig, "dropout"),
-    temperature: float = O(GatingConfig, "temperature"),
-    lr: float = O(GatingConfig, "lr"),
-    weight_decay: float = O(GatingConfig, "weight_decay"),
-    batch_size: int = O(GatingConfig, "batch_size"),
-    steps: int = O(GatingConfig, "steps"),
-    val_fraction: float = O(GatingConfig, "val_fraction"),
-    eval_every: int = O(GatingConfig, "eval_every"),
-    patience: int = O(GatingConfig, "patience"),
-    seed: int = O(GatingConfig, "seed"),
-    json: Optional[str] = O(GatingConfig, "json"),
-    quiet: bool = O(GatingConfig, "quiet", "--quiet", "-q"),
-):
+@config_command(GatingConfig, argument="features", required=("regression",), skip=("logit_scale", "device"))
+def fit_gating(**values):
     """Stage 2: train the MoE gate on pairs (Bradley-Terry), backbone and regression frozen.
 
     Reads pair features, a regression and a decorrelation artifact; writes the gate's weights and a
@@ -269,59 +218,28 @@ def fit_gating(
     Example: `armo fit-gating pairs.features.safetensors -r regression.safetensors -t decorrelation.safetensors -o gating.safetensors`
     """
     from .gating import fit_gating as run
-    from .model import fit_into_model_dir
 
-    cfg = _config(GatingConfig, locals())
-    _run(lambda: fit_into_model_dir(lambda: run(cfg), cfg.output, cfg.model_dir, "gating"))
+    _fit(GatingConfig, values, "gating", run)
 
 
 @app.command()
-def assemble(
-    output: str = A(AssembleConfig, "output"),
-    regression: str = O(AssembleConfig, "regression", "--regression", "-r", required=True),
-    gating: str = O(AssembleConfig, "gating", "--gating", "-g", required=True),
-    decorrelation: Optional[str] = O(AssembleConfig, "decorrelation", "--decorrelation", "-t"),
-    force: bool = O(AssembleConfig, "force"),
-):
+@config_command(AssembleConfig, argument="output", required=("regression", "gating"))
+def assemble(**values):
     """Build a model directory (armo.json + parts) from fitted artifacts, checking that they agree.
 
     Example: `armo assemble my-model -r regression.safetensors -t decorrelation.safetensors -g gating.safetensors`
     """
     from .model import assemble as run
 
-    m = _run(lambda: run(output, regression, gating, decorrelation, force))
-    console.print(f"[green]model[/green] {output}: {len(m.objectives)} objectives on {m.backbone['name']}", highlight=False)
-
-
-# What score and evaluate share (ModelInputConfig): a model, rows or features, how to run the backbone.
-MODEL_INPUT = [("model", Optional[str], ("--model", "-m")), ("features", Optional[str], ()),
-               ("weights", Optional[str], ()), ("objective", Optional[str], ()), ("backbone", Optional[str], ()),
-               ("device", Optional[str], ()), ("dtype", Optional[str], ()), ("max_length", Optional[int], ()),
-               ("overflow", str, ()), ("on_error", str, ()), ("batch_tokens", Optional[int], ()),
-               ("quiet", bool, ("--quiet", "-q"))]
-
-
-def with_model_input(cls: type):
-    """Add the shared ModelInputConfig options to a command (written once, received as **shared)."""
-    def deco(fn):
-        sig = inspect.signature(fn)
-        own = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
-        shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=O(cls, name, *flags), annotation=tp)
-                  for name, tp, flags in MODEL_INPUT]
-        fn.__signature__ = sig.replace(parameters=own + shared)
-        return fn
-    return deco
+    cfg = _config(AssembleConfig, values)
+    m = _run(lambda: run(cfg.output, cfg.regression, cfg.gating, cfg.decorrelation, cfg.force))
+    console.print(f"[green]model[/green] {cfg.output}: {len(m.objectives)} objectives on {m.backbone['name']}",
+                  highlight=False)
 
 
 @app.command()
-@with_model_input(ScoreConfig)
-def score(
-    input: Optional[str] = A(ScoreConfig, "input", required=False),
-    output: str = O(ScoreConfig, "output", "--output", "-o"),
-    format: Optional[str] = O(ScoreConfig, "format"),
-    top_k: int = O(ScoreConfig, "top_k"),
-    **shared,
-):
+@config_command(ScoreConfig, argument="input", argument_required=False)
+def score(**values):
     """Score responses and explain the score: rewards per objective, gate weights, coefficients.
 
     Writes one JSON line per row (order kept): `id`, `score`, `rewards`, `rewards_original`, `gating`,
@@ -331,58 +249,40 @@ def score(
     """
     from .scoring import score as run
 
-    cfg = _config(ScoreConfig, {**locals(), **shared})
+    cfg = _config(ScoreConfig, values)
     _run(lambda: run(cfg))
 
 
 @app.command()
-@with_model_input(EvaluateConfig)
-def evaluate(
-    input: Optional[str] = A(EvaluateConfig, "input", required=False),
-    ties: str = O(EvaluateConfig, "ties"),
-    output: Optional[str] = O(EvaluateConfig, "output", "--output", "-o"),
-    pairs_output: Optional[str] = O(EvaluateConfig, "pairs_output"),
-    bootstrap: int = O(EvaluateConfig, "bootstrap"),
-    seed: int = O(EvaluateConfig, "seed"),
-    **shared,
-):
+@config_command(EvaluateConfig, argument="input", argument_required=False)
+def evaluate(**values):
     """Accuracy per subset with 95% intervals, RewardBench sections, ties and length bias.
 
     Example: `armo evaluate -m my-model dev-eval.jsonl.gz -o report.json`
     """
     from .scoring import evaluate as run
 
-    cfg = _config(EvaluateConfig, {**locals(), **shared})
+    cfg = _config(EvaluateConfig, values)
     _run(lambda: run(cfg))
 
 
 @app.command()
-def sample(
-    input: str = A(SampleConfig, "input"),
-    output: str = O(SampleConfig, "output", "--output", "-o"),
-    n: Optional[int] = O(SampleConfig, "n"),
-    seed: int = O(SampleConfig, "seed"),
-    where: List[str] = O(SampleConfig, "where"),
-    skip: int = O(SampleConfig, "skip"),
-):
+@config_command(SampleConfig, argument="input")
+def sample(**values):
     """Write a seeded random slice of a JSONL file, optionally filtered by field prefix.
 
     Example: `armo sample pairs.jsonl.gz --where source=hh_rlhf --n 500 --seed 1 -o train.jsonl`
     """
     from .sampling import sample as run
 
-    cfg = _config(SampleConfig, locals())
+    cfg = _config(SampleConfig, values)
     k = _run(lambda: run(cfg))
     console.print(f"[green]sampled[/green] {k} rows", highlight=False)
 
 
 @app.command("export")
-def export_(
-    output: str = A(ExportConfig, "output"),
-    model: Optional[str] = O(ExportConfig, "model", "--model", "-m"),
-    backbone: Optional[str] = O(ExportConfig, "backbone"),
-    force: bool = O(ExportConfig, "force"),
-):
+@config_command(ExportConfig, argument="output")
+def export_(**values):
     """Write an ArmoRM-format Hugging Face folder (LlamaForRewardModelWithGating, safetensors).
 
     It loads with `AutoModelForSequenceClassification.from_pretrained(OUT, trust_remote_code=True)`
@@ -392,17 +292,14 @@ def export_(
     """
     from .hf_format import export_model
 
-    out = _run(lambda: export_model(model, output, backbone, force))
+    cfg = _config(ExportConfig, values)
+    out = _run(lambda: export_model(cfg.model, cfg.output, cfg.backbone, cfg.force))
     console.print(f"[green]exported[/green] {out}", highlight=False)
 
 
 @app.command("import")
-def import_(
-    source: str = A(ImportConfig, "source"),
-    output: str = O(ImportConfig, "output", "--output", "-o", required=True),
-    objectives: Optional[str] = O(ImportConfig, "objectives"),
-    force: bool = O(ImportConfig, "force"),
-):
+@config_command(ImportConfig, argument="source", required=("output",))
+def import_(**values):
     """Read an ArmoRM-format checkpoint into an armo model directory, without running its code.
 
     Reads config.json and the safetensors head tensors only (no pickle). The backbone stays where it is.
@@ -411,8 +308,9 @@ def import_(
     """
     from .hf_format import import_checkpoint
 
-    names = [o.strip() for o in objectives.split(",")] if objectives else None
-    _run(lambda: import_checkpoint(source, output, names, force))
+    cfg = _config(ImportConfig, values)
+    names = [o.strip() for o in cfg.objectives.split(",")] if cfg.objectives else None
+    _run(lambda: import_checkpoint(cfg.source, cfg.output, names, cfg.force))
 
 
 # Each command and the config its options come from (tests check defaults and help against it).

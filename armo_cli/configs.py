@@ -65,7 +65,7 @@ class RegressionConfig:
     refit: str = opt("all", "all: refit on every labelled row; train: keep the train-only fit (paper).",
                      choices=("all", "train"))
     intercept: bool = opt(False, "Fit an intercept (the published model has none).")
-    ranges: dict[str, tuple[float, float]] = opt(help="NAME=LO:HI declared rating range (repeatable).",
+    ranges: dict[str, tuple[float, float]] = opt(help="NAME=LO:HI declared rating range (repeatable).", flag="--range",
                                                  default_factory=dict)
     length_objective: str | None = opt(None, "Add an objective from log response length, e.g. verbosity.")
     pairs: list[str] = opt(help="Pair features to fit --preference-objective from (repeatable).", default_factory=list)

@@ -177,19 +177,25 @@ def cli(*args, input=None):
     return r
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tiny_backbone, tmp_path_factory):
-    """A whole armo model (regression + decorrelation + gate) on the tiny backbone, built with the CLI."""
-    d = tmp_path_factory.mktemp("model")
-    b = ["-b", str(tiny_backbone), "--device", "cpu", "-q"]
-    cli("extract", write_jsonl(d / "r.jsonl", rating_rows(80)), "-o", d / "r.st", *b)
-    cli("extract", write_jsonl(d / "p.jsonl", pair_rows(60, subsets=["alpacaeval-easy", "hep-go", "mine"])), "-o", d / "p.st", *b)
+def build_model(d: Path, ratings: Path, pairs: Path, backbone: Path, *extract_args, hidden: int = 16, steps: int = 30) -> Path:
+    """A whole armo model (regression + decorrelation + gate) built with the CLI in d/model from rows."""
+    b = ["-b", backbone, "--device", "cpu", "-q", *extract_args]
+    cli("extract", ratings, "-o", d / "r.st", *b)
+    cli("extract", pairs, "-o", d / "p.st", *b)
     m = d / "model"
     cli("fit-regression", d / "r.st", "--length-objective", "verbosity", "-o", d / "reg.st", "--model-dir", m, "-q")
     cli("fit-decorrelation", d / "p.st", "-r", d / "reg.st", "-o", d / "dec.st", "--model-dir", m, "-q")
     cli("fit-gating", d / "p.st", "-r", d / "reg.st", "-t", d / "dec.st", "-o", d / "gate.st", "--model-dir", m,
-        "--hidden-dim", "16", "--steps", "30", "-q")
+        "--hidden-dim", str(hidden), "--steps", str(steps), "-q")
     return d
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_backbone, tmp_path_factory):
+    """A whole armo model on the tiny backbone, built with the CLI (rows in r.jsonl / p.jsonl beside it)."""
+    d = tmp_path_factory.mktemp("model")
+    return build_model(d, write_jsonl(d / "r.jsonl", rating_rows(80)),
+                       write_jsonl(d / "p.jsonl", pair_rows(60, subsets=["alpacaeval-easy", "hep-go", "mine"])), tiny_backbone)
 
 
 def unit_scales(objectives: list[str]) -> dict:
@@ -270,3 +276,35 @@ def pad_batch(tok, convs, side):
             input_ids[i, L - len(x):] = torch.tensor(x)
             mask[i, L - len(x):] = 1
     return input_ids, mask
+
+
+def conversations(rows: list[dict]) -> list[list[dict]]:
+    """Each pair row as two chat conversations (chosen, rejected)."""
+    out = []
+    for row in rows:
+        prompt = row["prompt"] if isinstance(row["prompt"], list) else [{"role": "user", "content": row["prompt"]}]
+        out += [prompt + [{"role": "assistant", "content": row[s]}] for s in ("chosen", "rejected")]
+    return out
+
+
+def check_export_round_trip(model: Path, features: Path, rows_file: Path, tmp_path: Path, n: int = 6) -> dict:
+    """Export `model`, import it back, and check that the exported model (right and left padding), the
+    imported model scoring rows, and armo scoring `features` agree within 1e-4. Returns the export config."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    cli("export", "-m", model, tmp_path / "hf")
+    cli("import", tmp_path / "hf", "-o", tmp_path / "back")
+    rows = [json.loads(x) for x in rows_file.read_text().splitlines()][:n]
+    ours = [json.loads(x) for x in cli("score", "-m", model, "--features", features).stdout.splitlines()][:n]
+    back = [json.loads(x) for x in cli("score", "-m", tmp_path / "back", write_jsonl(tmp_path / "rows.jsonl", rows), "-q",
+                                       "--device", "cpu").stdout.splitlines()]
+    expect = [r[s]["score"] for r in ours for s in ("chosen", "rejected")]
+    assert [r[s]["score"] for r in back for s in ("chosen", "rejected")] == pytest.approx(expect, abs=1e-4)
+    hf = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "hf"), trust_remote_code=True,
+                                                            dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    for side in ("right", "left"):
+        ids, mask = pad_batch(tok, conversations(rows), side)
+        with torch.no_grad():
+            assert hf(input_ids=ids, attention_mask=mask).score.tolist() == pytest.approx(expect, abs=1e-4), side
+    return json.loads((tmp_path / "hf" / "config.json").read_text())

@@ -111,42 +111,15 @@ CASES: dict[str, Case] = {
     "extract malformed stdin": (lambda c: (c.extract("-", "-o", c.tmp / "o.st"), json.dumps(GOOD) + "\n{oops\n"),
                                 2, r"<stdin>:2: malformed JSON"),
     # --- extract: options --------------------------------------------------------------------------
-    "extract --chunk-size -3": (extract_with("--chunk-size", "-3"),
-                                2, r"--chunk-size -3: must be at least 1"),
-    "extract --chunk-size 0": (extract_with("--chunk-size", "0"),
-                               2, r"--chunk-size 0: must be at least 1"),
-    "extract --chunk-size abc": (extract_with("--chunk-size", "abc"),
-                                 2, r"armo extract: Invalid value for '--chunk-size'"),
-    "extract unknown option": (extract_with("--bogus"),
-                               2, r"armo extract: No such option: --bogus"),
-    "extract --on-error": (extract_with("--on-error", "maybe"),
-                           2, r"--on-error maybe: choose from error, skip"),
-    "extract --overflow": (extract_with("--overflow", "cut"),
-                           2, r"--overflow cut: choose from error, skip, truncate-prompt"),
-    "extract --gate-rule": (extract_with("--gate-rule", "last"),
-                            2, r"--gate-rule last: choose from generation-prompt, armo-eot"),
-    "extract --max-length 0": (extract_with("--max-length", "0"),
-                               2, r"--max-length 0: must be at least 1"),
-    "extract --max-padding 1.5": (extract_with("--max-padding", "1.5"),
-                                  2, r"--max-padding 1.5: must be at most 1"),
-    "extract --batch-tokens 0": (extract_with("--batch-tokens", "0"),
-                                 2, r"--batch-tokens 0: must be at least 1"),
     "extract --device gpu": (lambda c: (["extract", c.jsonl("in.jsonl", [GOOD]), "-o", c.tmp / "o.st", "-b", c.backbone, "--device", "gpu"], None),
                              2, r"--device gpu: expected cpu, cuda, cuda:N or mps"),
     "extract --device cuda without CUDA": (lambda c: (["extract", c.jsonl("in.jsonl", [GOOD]), "-o", c.tmp / "o.st", "-b", c.backbone, "--device", "cuda"], None),
                                            2, r"--device cuda: CUDA is not available"),
-    "extract --layer 7": (extract_with("--layer", "7"), 2, r"--layer 7: the backbone has 2 layers \(give -3..2\)"),
-    "extract --dtype fp8": (extract_with("--dtype", "fp8"),
-                            2, r"--dtype fp8: choose from"),
     "extract -o -": (lambda c: (c.extract(c.jsonl("in.jsonl", [GOOD]), "-o", "-"), None), 2, r"--output -: .*cannot go to stdout"),
     "extract -o a folder": (lambda c: (c.extract(c.jsonl("in.jsonl", [GOOD]), "-o", (c.tmp / "d").mkdir() or c.tmp / "d"), None),
                             2, r"--output .*d: is a folder"),
     "extract -o the input": (lambda c: (c.extract(c.jsonl("in.jsonl", [GOOD]), "-o", c.tmp / "in.jsonl"), None),
                              2, r"--output .*in\.jsonl: is also an input"),
-    "extract --shard-index out of range": (extract_with("--num-shards", "2", "--shard-index", "3"),
-                                           2, r"--shard-index 3: must be in \[0, 2\)"),
-    "extract --shard-index alone": (extract_with("--shard-index", "1"),
-                                    2, r"--shard-index needs --num-shards"),
     # --- score --------------------------------------------------------------------------------------
     "score --features and INPUT": (lambda c: (["score", "-m", c.model, c.jsonl("in.jsonl", [GOOD]), "--features", c.ratings], None),
                                    2, r"give INPUT or --features, not both"),
@@ -252,6 +225,26 @@ CASES: dict[str, Case] = {
     "sample non-UTF-8": (lambda c: (["sample", c.text("in.jsonl", b'{"a": "\xff"}\n'), "-o", c.tmp / "s.jsonl"], None),
                          2, r"in\.jsonl:1: not UTF-8 text"),
 }
+
+
+# extract with one good row and a bad option value: (options, what the one line must say)
+EXTRACT_OPTIONS = [
+    (["--chunk-size", "-3"], r"--chunk-size -3: must be at least 1"),
+    (["--chunk-size", "0"], r"--chunk-size 0: must be at least 1"),
+    (["--chunk-size", "abc"], r"armo extract: Invalid value for '--chunk-size'"),
+    (["--bogus"], r"armo extract: No such option: --bogus"),
+    (["--on-error", "maybe"], r"--on-error maybe: choose from error, skip"),
+    (["--overflow", "cut"], r"--overflow cut: choose from error, skip, truncate-prompt"),
+    (["--gate-rule", "last"], r"--gate-rule last: choose from generation-prompt, armo-eot"),
+    (["--max-length", "0"], r"--max-length 0: must be at least 1"),
+    (["--max-padding", "1.5"], r"--max-padding 1.5: must be at most 1"),
+    (["--batch-tokens", "0"], r"--batch-tokens 0: must be at least 1"),
+    (["--layer", "7"], r"--layer 7: the backbone has 2 layers \(give -3..2\)"),
+    (["--dtype", "fp8"], r"--dtype fp8: choose from"),
+    (["--num-shards", "2", "--shard-index", "3"], r"--shard-index 3: must be in \[0, 2\)"),
+    (["--shard-index", "1"], r"--shard-index needs --num-shards"),
+]
+CASES.update({"extract " + " ".join(opts): (extract_with(*opts), 2, msg) for opts, msg in EXTRACT_OPTIONS})
 
 
 @pytest.fixture(scope="module")

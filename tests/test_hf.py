@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from conftest import cli, pad_batch as _batch, pair_rows, write_jsonl
+from conftest import check_export_round_trip, cli, pad_batch as _batch, pair_rows, write_jsonl
 
 
 @pytest.fixture
@@ -178,33 +178,12 @@ def test_import_reads_a_sharded_checkpoint(tiny_llama3, tmp_path, no_pickle):
 def test_an_armo_eot_model_round_trips_through_export_and_import(tiny_model, tiny_backbone, tmp_path, no_pickle):
     """A model whose gate reads the end-of-turn token exports with that rule and imports back with it;
     the exported model, the imported model and armo score agree."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
     d = tiny_model
-    b = ["-b", tiny_backbone, "--device", "cpu", "-q"]
-    cli("extract", d / "p.jsonl", "-o", tmp_path / "p-eot.st", "--gate-rule", "armo-eot", *b)
+    cli("extract", d / "p.jsonl", "-o", tmp_path / "p-eot.st", "--gate-rule", "armo-eot", "-b", tiny_backbone,
+        "--device", "cpu", "-q")
     cli("fit-gating", tmp_path / "p-eot.st", "-r", d / "reg.st", "-t", d / "dec.st", "-o", tmp_path / "g.st",
         "--hidden-dim", "8", "--steps", "10", "-q")
     cli("assemble", tmp_path / "m", "-r", d / "reg.st", "-t", d / "dec.st", "-g", tmp_path / "g.st")
-    cli("export", "-m", tmp_path / "m", tmp_path / "hf")
-    cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
+    cfg = check_export_round_trip(tmp_path / "m", tmp_path / "p-eot.st", d / "p.jsonl", tmp_path, n=5)
     assert cfg["armo"]["gate_rule"] == "armo-eot" and cfg["gating_token_offset"] == -1
-    cli("import", tmp_path / "hf", "-o", tmp_path / "back")
     assert json.loads((tmp_path / "back" / "armo.json").read_text())["gate_rule"] == "armo-eot"
-    rows = [json.loads(x) for x in (d / "p.jsonl").read_text().splitlines()][:5]
-    ours = [json.loads(x) for x in cli("score", "-m", tmp_path / "m", "--features", tmp_path / "p-eot.st").stdout.splitlines()][:5]
-    back = [json.loads(x) for x in cli("score", "-m", tmp_path / "back", write_jsonl(tmp_path / "r.jsonl", rows), "-q",
-                                       "--device", "cpu").stdout.splitlines()]
-    model = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "hf"), trust_remote_code=True,
-                                                               dtype=torch.float32).eval()
-    tok = AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
-    convs = []
-    for row in rows:
-        prompt = row["prompt"] if isinstance(row["prompt"], list) else [{"role": "user", "content": row["prompt"]}]
-        convs += [prompt + [{"role": "assistant", "content": row[s]}] for s in ("chosen", "rejected")]
-    ids, mask = _batch(tok, convs, "right")
-    with torch.no_grad():
-        hf_scores = model(input_ids=ids, attention_mask=mask).score.tolist()
-    expect = [r[s]["score"] for r in ours for s in ("chosen", "rejected")]
-    assert hf_scores == pytest.approx(expect, abs=1e-4)
-    assert [r[s]["score"] for r in back for s in ("chosen", "rejected")] == pytest.approx(expect, abs=1e-4)

@@ -11,7 +11,7 @@ from armo_cli.extract import ExtractConfig, extract
 from armo_cli.features import Features
 from armo_cli.forward import canonical_layer, resolve_layer
 
-from conftest import armo, cli, pad_batch, pair_rows, write_jsonl
+from conftest import armo, build_model, check_export_round_trip, pair_rows, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -57,16 +57,8 @@ def test_layer_spellings_and_range():
 @pytest.fixture(scope="module")
 def layer1_model(tiny_model, tiny_backbone, tmp_path_factory):
     """A whole model on layer 1 of the tiny backbone (ratings, pairs, regression, decorrelation, gate)."""
-    d, w = tiny_model, tmp_path_factory.mktemp("layer1")
-    b = ["-b", tiny_backbone, "--device", "cpu", "-q", "--layer", "1"]
-    cli("extract", d / "r.jsonl", "-o", w / "r.st", *b)
-    cli("extract", d / "p.jsonl", "-o", w / "p.st", *b)
-    m = w / "model"
-    cli("fit-regression", w / "r.st", "--length-objective", "verbosity", "-o", w / "reg.st", "--model-dir", m, "-q")
-    cli("fit-decorrelation", w / "p.st", "-r", w / "reg.st", "-o", w / "dec.st", "--model-dir", m, "-q")
-    cli("fit-gating", w / "p.st", "-r", w / "reg.st", "-t", w / "dec.st", "-o", w / "gate.st", "--model-dir", m,
-        "--hidden-dim", "8", "--steps", "20", "-q")
-    return w
+    return build_model(tmp_path_factory.mktemp("layer1"), tiny_model / "r.jsonl", tiny_model / "p.jsonl", tiny_backbone,
+                       "--layer", "1", hidden=8, steps=20)
 
 
 def test_a_layer_mismatch_between_stages_is_refused(tiny_model, layer1_model, tmp_path):
@@ -89,31 +81,10 @@ def test_score_reads_the_models_layer(layer1_model, tiny_model, tiny_backbone):
 
 
 def test_export_and_import_keep_a_non_default_layer(layer1_model, tiny_model, tmp_path):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
     w = layer1_model
-    cli("export", "-m", w / "model", tmp_path / "hf")
-    cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
+    cfg = check_export_round_trip(w / "model", w / "p.st", tiny_model / "p.jsonl", tmp_path)
     assert cfg["armo_feature_layer"] == -2
-    cli("import", tmp_path / "hf", "-o", tmp_path / "back")
     assert json.loads((tmp_path / "back" / "armo.json").read_text())["feature_meaning"]["layer"] == -2
-    rows = [json.loads(x) for x in (tiny_model / "p.jsonl").read_text().splitlines()][:6]
-    ours = [json.loads(x) for x in cli("score", "-m", w / "model", "--features", w / "p.st").stdout.splitlines()][:6]
-    back = [json.loads(x) for x in cli("score", "-m", tmp_path / "back", write_jsonl(tmp_path / "r.jsonl", rows), "-q",
-                                       "--device", "cpu").stdout.splitlines()]
-    model = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "hf"), trust_remote_code=True,
-                                                               dtype=torch.float32).eval()
-    tok = AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
-    convs = []
-    for row in rows:
-        prompt = row["prompt"] if isinstance(row["prompt"], list) else [{"role": "user", "content": row["prompt"]}]
-        convs += [prompt + [{"role": "assistant", "content": row[s]}] for s in ("chosen", "rejected")]
-    expect = [r[s]["score"] for r in ours for s in ("chosen", "rejected")]
-    for side in ("right", "left"):
-        ids, mask = pad_batch(tok, convs, side)
-        with torch.no_grad():
-            assert model(input_ids=ids, attention_mask=mask).score.tolist() == pytest.approx(expect, abs=1e-4), side
-    assert [r[s]["score"] for r in back for s in ("chosen", "rejected")] == pytest.approx(expect, abs=1e-4)
 
 
 def test_all_layers_from_one_pass_equal_each_layer_alone(bb, tmp_path):
