@@ -192,13 +192,11 @@ class Backbone:
 
 
 def load_backbone(spec: str, device: str | None = None, dtype: str | None = None,
-                  attn_implementation: str = "sdpa") -> Backbone:
-    """Load a backbone without its LM head (AutoModel), frozen and in eval mode."""
-    from transformers import AutoModel, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+                  attn_implementation: str = "sdpa", fast: bool = False) -> Backbone:
+    """Load a backbone without its LM head (AutoModel), frozen and in eval mode.
 
-    hf_logging.disable_progress_bar()  # armo draws its own progress; keep stderr readable
-    hf_logging.set_verbosity_error()
+    fast=True (score, evaluate): a plain Llama folder loads through armo's own forward and tokenizer
+    (fastpath.py: the same hidden states, without importing transformers); anything else as usual."""
     t0 = time.perf_counter()
     bs = BackboneSpec.resolve(spec)
     dev = auto_device(device)
@@ -225,6 +223,23 @@ def load_backbone(spec: str, device: str | None = None, dtype: str | None = None
         bs.path = local
         load_from = str(local)
         fingerprint = folder_fingerprint(local)
+    if fast:
+        from . import fastpath
+
+        if fastpath.supported(Path(load_from)):
+            try:
+                tok = fastpath.FastTokenizer(Path(load_from))
+                model = fastpath.load_model(Path(load_from), dt, dev)
+            except Exception as e:
+                raise ArmoError(f"--backbone {spec}: could not load ({type(e).__name__}: {e})".splitlines()[0]) from None
+            if tok.chat_template is None:
+                raise ArmoError(f"--backbone {spec}: its tokenizer has no chat template")
+            return Backbone(bs, model, tok, dev, dt, fingerprint, time.perf_counter() - t0, from_cache, {"fast": True})
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # armo draws its own progress; keep stderr readable
+    hf_logging.set_verbosity_error()
     try:
         model = AutoModel.from_pretrained(load_from, dtype=dt, attn_implementation=attn_implementation)
     except Exception as e:

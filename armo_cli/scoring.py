@@ -245,7 +245,7 @@ def score(cfg: ScoreConfig, model: ArmoModel | None = None, backbone: Backbone |
         feats = load_features(model, cfg.features)
         windows: Iterable[list[dict]] = [list(score_records(model, feats, w, cfg.top_k))]
     else:
-        bb = backbone or load_backbone(cfg.backbone or model.backbone["name"], cfg.device, cfg.dtype)
+        bb = backbone or load_backbone(cfg.backbone or model.backbone["name"], cfg.device, cfg.dtype, fast=True)
         source = Source(path=cfg.input)
         windows = (window_records(model, groups, cfg.top_k) for groups in iter_scored(model, bb, source, cfg, w))
     n = 0
@@ -346,7 +346,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         ids, lengths = feats.ids, feats.tensors["response_lengths"]
         subsets = feats.meta.subsets or [None] * len(ids)
     else:
-        bb = load_backbone(cfg.backbone or model.backbone["name"], cfg.device, cfg.dtype)
+        bb = load_backbone(cfg.backbone or model.backbone["name"], cfg.device, cfg.dtype, fast=True)
         source = Source(path=cfg.input)
         rows: list[tuple[int, Tree, torch.Tensor]] = []
         for groups in iter_scored(model, bb, source, cfg, w):

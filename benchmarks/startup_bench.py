@@ -32,7 +32,7 @@ from armo_cli.backbones import load_backbone
 t1 = time.perf_counter()
 model = ArmoModel.load(None)
 t2 = time.perf_counter()
-bb = load_backbone(model.backbone["name"])
+bb = load_backbone(model.backbone["name"], fast=True)  # as score loads it
 t3 = time.perf_counter()
 score(ScoreConfig(input=sys.argv[1], output=sys.argv[3], quiet=True), backbone=bb, model=model)
 t4 = time.perf_counter()
