@@ -172,6 +172,8 @@ class SampleConfig:
     seed: int = opt(0, "Seed of the shuffle.")
     where: list[str] = opt(help="FIELD=PREFIX; rows matching any are kept (repeatable).", default_factory=list)
     skip: int = opt(0, "Skip the first SKIP shuffled rows: disjoint slices with one seed.", min=0)
+    by_prompt: bool = opt(False, "Keep each prompt's rows together: --n and --skip cut between prompts, so slices "
+                                 "taken with one seed share no prompt (--n may be exceeded by the last prompt's rows).")
 
 
 @dataclass

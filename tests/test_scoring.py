@@ -251,3 +251,23 @@ def test_objective_verbosity_scores_the_raw_length_reward_not_zero(tiny_model):
     other = json.loads(invoke("score", "-m", d / "model", "--features", d / "p.st", "--objective", o).stdout.splitlines()[0])
     r = torch.tensor([other["chosen"]["rewards"][x] for x in m.objectives])
     assert other["chosen"]["score"] == pytest.approx(float((r @ T)[0]), abs=1e-5)
+
+
+def test_sample_by_prompt_never_splits_a_prompt_between_slices(tmp_path):
+    """Held-out slices disjoint by prompt (several pairs share a prompt): --by-prompt cuts between prompts."""
+    from conftest import write_jsonl
+
+    rows = [{"id": f"r{i}", "prompt": f"prompt {i % 13}", "chosen": "a", "rejected": "b"} for i in range(60)]
+    src = write_jsonl(tmp_path / "all.jsonl", rows)
+    invoke("sample", src, "--by-prompt", "--n", "20", "--seed", "1", "-o", tmp_path / "a.jsonl")
+    invoke("sample", src, "--by-prompt", "--skip", "20", "--n", "20", "--seed", "1", "-o", tmp_path / "b.jsonl")
+    a, b = ([json.loads(x) for x in (tmp_path / f"{n}.jsonl").read_text().splitlines()] for n in "ab")
+    pa, pb = {r["prompt"] for r in a}, {r["prompt"] for r in b}
+    assert not pa & pb and len(a) >= 20 and len(b) >= 20
+    for p in pa | pb:  # every row of a prompt lands in the slice that holds the prompt
+        assert sum(r["prompt"] == p for r in a + b) == sum(r["prompt"] == p for r in rows)
+    # without --by-prompt, the same row counts split prompts between the slices
+    invoke("sample", src, "--n", "20", "--seed", "1", "-o", tmp_path / "c.jsonl")
+    invoke("sample", src, "--skip", "20", "--n", "20", "--seed", "1", "-o", tmp_path / "d.jsonl")
+    c, d = ({json.loads(x)["prompt"] for x in (tmp_path / f"{n}.jsonl").read_text().splitlines()} for n in "cd")
+    assert c & d
