@@ -208,7 +208,7 @@ def fit_decorrelation(**values):
 
 
 @app.command("fit-gating")
-@config_command(GatingConfig, argument="features", required=("regression",), skip=("logit_scale", "device"))
+@config_command(GatingConfig, argument="features", required=("regression",), skip=("logit_scale",))
 def fit_gating(**values):
     """Stage 2: train the MoE gate on pairs (Bradley-Terry), backbone and regression frozen.
 

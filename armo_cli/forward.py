@@ -159,13 +159,38 @@ def encode_trees(backbone: Backbone, trees: list[Tree], batch_tokens: int,
     resp = torch.empty(len(trees), m, *d)
     where = {id(t): i for i, t in enumerate(trees)}
     for batch in token_batches(trees, batch_tokens, max_padding):
-        pf, rf = forward_trees(backbone.model, batch, backbone.device, backbone.dtype, layer)
-        idx = torch.tensor([where[id(t)] for t in batch])
-        prompt[idx] = pf
-        resp[idx] = rf
+        for part, (pf, rf) in forward_splitting(backbone, batch, layer):
+            idx = torch.tensor([where[id(t)] for t in part])
+            prompt[idx] = pf
+            resp[idx] = rf
         if on_batch:
             on_batch(len(batch), sum(t.length for t in batch))
     return prompt, resp
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """CUDA/MPS/CPU allocation failures, whatever class this torch raises them as."""
+    return type(e).__name__ == "OutOfMemoryError" or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
+
+
+def forward_splitting(backbone: Backbone, batch: list[Tree], layer: int | list[int] = -1):
+    """forward_trees on a batch; a batch that runs out of memory is split in two and retried, down to one
+    tree, which then fails with an error naming its row and length. Yields (trees, features) parts."""
+    try:
+        yield batch, forward_trees(backbone.model, batch, backbone.device, backbone.dtype, layer)
+        return
+    except Exception as e:
+        if not is_out_of_memory(e):
+            raise
+        if backbone.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if len(batch) == 1:
+            t = batch[0]
+            raise ArmoError(f"line {t.example.line}: row {t.example.id!r} ({t.length} tokens) does not fit in memory "
+                            f"on {backbone.device} even alone; use --max-length with --overflow truncate-prompt or skip") from None
+    half = len(batch) // 2
+    yield from forward_splitting(backbone, batch[:half], layer)
+    yield from forward_splitting(backbone, batch[half:], layer)
 
 
 def check_finite_features(trees: list[Tree], prompt: torch.Tensor, resp: torch.Tensor, source_name: str,

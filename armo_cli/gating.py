@@ -21,6 +21,7 @@ from .features import Features
 from .errors import ArmoError, one_line
 from .io import check_outputs, dumps, load_artifact, save_artifact, write_text_atomic
 from .artifacts import GatingMeta
+from .backbones import auto_device
 from .configs import GatingConfig
 from .options import validate
 from .provenance import FeatureMeaning, require_compatible, require_one_meaning
@@ -109,7 +110,8 @@ def train_bt(model: nn.Module, train_scores: Callable[[torch.Tensor], torch.Tens
     bad, step, history = 0, 0, []
     for step in range(1, cfg.steps + 1):
         model.train()
-        idx = torch.randint(0, n_train, (min(cfg.batch_size, n_train),), generator=g)
+        idx = torch.randint(0, n_train, (min(cfg.batch_size, n_train),), generator=g)  # seeded on the CPU
+        idx = idx.to(next(model.parameters()).device)
         loss = bt_loss(train_scores(idx))
         opt.zero_grad()
         loss.backward()
@@ -139,7 +141,7 @@ def train_bt(model: nn.Module, train_scores: Callable[[torch.Tensor], torch.Tens
 def train_linear_bt(X: torch.Tensor, tr: torch.Tensor, va: torch.Tensor, cfg: GatingConfig) -> torch.Tensor:
     """The non-MoE control: a linear Bradley-Terry head on response features X [N,2,d], same pairs, same
     budget, same loop as the gate. Returns its weight vector [d]."""
-    head = nn.Linear(X.shape[-1], 1, bias=False)
+    head = nn.Linear(X.shape[-1], 1, bias=False).to(X.device)
     nn.init.zeros_(head.weight)
     Xtr, Xva = X[tr], X[va]
     train_bt(head, lambda idx: head(Xtr[idx]).squeeze(-1), (lambda: head(Xva).squeeze(-1)) if Xva.shape[0] else None,
@@ -172,6 +174,7 @@ def fit_gating(cfg: GatingConfig) -> dict:
     """Run `armo fit-gating` and return its report."""
     validate(cfg)
     check_outputs(cfg.output, cfg.json, [cfg.regression, cfg.decorrelation, *cfg.features])
+    dev = auto_device(cfg.device)
     if not cfg.features:
         raise ArmoError("fit-gating: give at least one pair features file")
     t0 = time.perf_counter()
@@ -192,6 +195,9 @@ def fit_gating(cfg: GatingConfig) -> dict:
         raise ArmoError("fit-gating: no training pairs after the validation split")
     k = len(reg.objectives)
     gate = Gate(P.shape[1], k, cfg.hidden_dim, cfg.n_hidden, cfg.temperature, cfg.logit_scale, cfg.dropout)
+    # the gate and its inputs on one device (checked before any work); the artifact is saved from the CPU
+    gate, P, Rf, radj = gate.to(dev), P.to(dev), Rf.to(dev), radj.to(dev)
+    tr, va = tr.to(dev), va.to(dev)
     Ptr, Rtr, Pva, Rva = P[tr], radj[tr], P[va], radj[va]
     with progress(cfg.quiet) as pbar:
         task = pbar.add_task("fit-gating", total=cfg.steps, rate="")
@@ -215,7 +221,7 @@ def fit_gating(cfg: GatingConfig) -> dict:
         "preference_out_of_fold_pairs": out_of_fold,
         "seconds": time.perf_counter() - t0,
     }
-    save_artifact(cfg.output, dict(gate.state_dict()), report)
+    save_artifact(cfg.output, {k_: v.cpu() for k_, v in gate.state_dict().items()}, report)
     if cfg.json:
         write_text_atomic(cfg.json, dumps(report, indent=2) + "\n")
     show(table(f"fit-gating: {int(tr.sum())} train / {int(va.sum())} validation pairs (grouped by prompt) -> {cfg.output}",
@@ -235,7 +241,7 @@ def compare(gate: Gate, P, Rf, radj, tr, va, reg: Regression, cfg: GatingConfig)
         out.append({"name": name, "accuracy": accuracy(scores), "loss": float(bt_loss(scores)), **extra})
 
     add("moe gate", pair_scores(gate(P[va_]), radj[va_]))
-    add("uniform weights", pair_scores(torch.full((int(va_.sum()), k), 1.0 / k), radj[va_]))
+    add("uniform weights", pair_scores(torch.full((int(va_.sum()), k), 1.0 / k, device=radj.device), radj[va_]))
     j = best_single_objective(radj[tr])
     add(f"best single objective ({reg.objectives[j]})", radj[va_][:, :, j], objective=reg.objectives[j])
     with torch.enable_grad():

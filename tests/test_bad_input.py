@@ -201,6 +201,8 @@ CASES: dict[str, Case] = {
         lambda c: (["fit-gating", c.pairs, "-r", c.reg, "--steps", "2", "-o", c.tmp / "g.st",
                     "--model-dir", (c.tmp / "mine").mkdir() or (c.tmp / "mine" / "notes.txt").write_text("x") and c.tmp / "mine"], None),
         2, r"mine: folder is not empty and is not an armo model directory"),
+    "fit-gating --device gpu": (lambda c: (["fit-gating", c.pairs, "-r", c.reg, "--device", "gpu", "-o", c.tmp / "g.st"], None),
+                                2, r"--device gpu: expected cpu, cuda, cuda:N or mps"),
     "fit-gating regression is features": (lambda c: (["fit-gating", c.pairs, "-r", c.pairs, "-o", c.tmp / "g.st"], None),
                                           2, r"expected a 'regression' artifact, found 'features'"),
     # --- merge --------------------------------------------------------------------------------------------

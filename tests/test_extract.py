@@ -273,3 +273,35 @@ def test_torchrun_two_cpu_ranks_shard_and_merge(tiny_backbone, tmp_path, bb):
     assert a.ids == b.ids
     assert torch.allclose(a.tensors["response_features"], b.tensors["response_features"], atol=1e-5)
     assert not list(tmp_path.glob("dist.safetensors.shard-*"))
+
+
+def test_a_batch_out_of_memory_is_split_and_retried(bb, tmp_path, monkeypatch):
+    """A batch that raises out-of-memory is halved and retried; the features equal an unconstrained run;
+    a single row that cannot fit fails with armo's error naming it."""
+    import armo_cli.forward as fwd
+
+    trees = trees_for(bb, pair_rows(9, seed=6), tmp_path)
+    want_p, want_r = encode_trees(bb, trees, batch_tokens=100_000)
+    real = fwd.forward_trees
+    sizes = []
+
+    def small_memory(model, batch, *a, **k):
+        sizes.append(len(batch))
+        if len(batch) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(model, batch, *a, **k)
+
+    monkeypatch.setattr(fwd, "forward_trees", small_memory)
+    p, r = encode_trees(bb, trees, batch_tokens=100_000)
+    assert sizes[:2] == [9, 4] and 5 in sizes and sum(s for s in sizes if s <= 2) == 9  # halves until they fit
+    assert torch.allclose(p, want_p, atol=1e-5) and torch.allclose(r, want_r, atol=1e-5)
+
+    def no_memory(model, batch, *a, **k):
+        raise RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 160 GB (out of memory)")
+
+    monkeypatch.setattr(fwd, "forward_trees", no_memory)
+    with pytest.raises(ArmoError, match=r"line \d+: row 'p\d+' \(\d+ tokens\) does not fit in memory on cpu even alone"):
+        encode_trees(bb, trees[:3], batch_tokens=100_000)
+    monkeypatch.setattr(fwd, "forward_trees", lambda *a, **k: (_ for _ in ()).throw(ValueError("not memory")))
+    with pytest.raises(ValueError):  # other errors are not retried
+        encode_trees(bb, trees[:3], batch_tokens=100_000)

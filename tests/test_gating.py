@@ -110,3 +110,25 @@ def test_errors(tmp_path):
     r = CliRunner().invoke(app, ["fit-gating", str(tmp_path / "reg.safetensors"), "-r", str(tmp_path / "reg.safetensors"),
                                  "-o", str(tmp_path / "x.st"), "-q"])
     assert r.exit_code == 2 and "expected a 'features' artifact" in r.output
+
+
+def test_fit_gating_on_cpu_and_on_cuda_give_the_same_gate(tmp_path):
+    """--device cpu reproduces the default run exactly on a CPU machine; where CUDA exists, a CUDA run
+    gives the same gate within float tolerance."""
+    from armo_cli.gating import Gating
+
+    P, R, W = synthetic_types(n=120)
+    write_parts(tmp_path, P, R, W, ["a", "b"])
+    common = dict(features=[str(tmp_path / "pairs.safetensors")], regression=str(tmp_path / "reg.safetensors"),
+                  hidden_dim=8, n_hidden=1, steps=40, quiet=True, dropout=0.0)
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    gates = {}
+    for dev in devices:
+        fit_gating(GatingConfig(output=str(tmp_path / f"g-{dev}.st"), device=dev, **common))
+        gates[dev] = Gating.load(tmp_path / f"g-{dev}.st").gate.state_dict()
+    fit_gating(GatingConfig(output=str(tmp_path / "g-default.st"), **common))
+    default = Gating.load(tmp_path / "g-default.st").gate.state_dict()
+    if not torch.cuda.is_available():
+        assert all(torch.equal(default[k], gates["cpu"][k]) for k in default)
+    for dev in devices[1:]:
+        assert all(torch.allclose(gates[dev][k], gates["cpu"][k], atol=1e-4, rtol=1e-3) for k in default), dev

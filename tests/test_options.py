@@ -49,8 +49,7 @@ def test_cli_defaults_and_help_are_the_config_fields(name):
 
 
 # Config fields that are not (yet) command-line options, each with its reason.
-NOT_ON_THE_CLI = {"fit-gating": {"logit_scale",  # the learnable scale's starting value: an API-only knob
-                                 "device"}}  # training on CUDA is the GPU issue's (#16)
+NOT_ON_THE_CLI = {"fit-gating": {"logit_scale"}}  # the learnable scale's starting value: an API-only knob
 
 
 def test_every_config_field_with_help_is_an_option():
