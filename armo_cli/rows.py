@@ -206,7 +206,7 @@ class Skipped:
 
 def iter_examples(source: Source, on_error: str = "error", skipped: list[Skipped] | None = None) -> Iterator[Example]:
     """Parse a source; with on_error='skip', bad rows are recorded in `skipped` instead of raising."""
-    name = "<stdin>" if source.path == "-" else source.name
+    name = source.name
     seen: set[str] = set()
     for lineno, obj in source.raw():
         where = f"{name}:{lineno}"

@@ -185,24 +185,10 @@ CASES: dict[str, Case] = {
                                              2, r"--preference-folds 1: must be at least 2"),
     "fit-regression --pairs missing": (lambda c: (["fit-regression", "--pairs", c.tmp / "nope.st", "--preference-objective", "p",
                                                    "-o", c.tmp / "r.st"], None), 2, r"nope\.st: no such file"),
-    "fit-decorrelation --min-rows 1": (lambda c: (["fit-decorrelation", c.pairs, "-r", c.reg, "--min-rows", "1", "-o", c.tmp / "d.st"], None),
-                                       2, r"--min-rows 1: must be at least 2"),
-    "fit-decorrelation --method": (lambda c: (["fit-decorrelation", c.pairs, "-r", c.reg, "--method", "kendall", "-o", c.tmp / "d.st"], None),
-                                   2, r"--method kendall: choose from spearman, pearson"),
-    "fit-decorrelation --tolerance 0": (lambda c: (["fit-decorrelation", c.pairs, "-r", c.reg, "--tolerance", "0", "-o", c.tmp / "d.st"], None),
-                                        2, r"--tolerance 0(\.0)?: must be greater than 0"),
-    "fit-gating --dropout 1": (lambda c: (["fit-gating", c.pairs, "-r", c.reg, "--dropout", "1", "-o", c.tmp / "g.st"], None),
-                               2, r"--dropout 1(\.0)?: must be less than 1"),
-    "fit-gating --steps 0": (lambda c: (["fit-gating", c.pairs, "-r", c.reg, "--steps", "0", "-o", c.tmp / "g.st"], None),
-                             2, r"--steps 0: must be at least 1"),
-    "fit-gating --lr 0": (lambda c: (["fit-gating", c.pairs, "-r", c.reg, "--lr", "0", "-o", c.tmp / "g.st"], None),
-                          2, r"--lr 0(\.0)?: must be greater than 0"),
     "fit-gating --model-dir foreign folder": (
         lambda c: (["fit-gating", c.pairs, "-r", c.reg, "--steps", "2", "-o", c.tmp / "g.st",
                     "--model-dir", (c.tmp / "mine").mkdir() or (c.tmp / "mine" / "notes.txt").write_text("x") and c.tmp / "mine"], None),
         2, r"mine: folder is not empty and is not an armo model directory"),
-    "fit-gating --device gpu": (lambda c: (["fit-gating", c.pairs, "-r", c.reg, "--device", "gpu", "-o", c.tmp / "g.st"], None),
-                                2, r"--device gpu: expected cpu, cuda, cuda:N or mps"),
     "fit-gating regression is features": (lambda c: (["fit-gating", c.pairs, "-r", c.pairs, "-o", c.tmp / "g.st"], None),
                                           2, r"expected a 'regression' artifact, found 'features'"),
     # --- merge --------------------------------------------------------------------------------------------
@@ -254,6 +240,25 @@ EXTRACT_OPTIONS = [
     (["--shard-index", "1"], r"--shard-index needs --num-shards"),
 ]
 CASES.update({"extract " + " ".join(opts): (extract_with(*opts), 2, msg) for opts, msg in EXTRACT_OPTIONS})
+
+# the fit stages with a bad option value: (command, options, what the one line must say)
+FIT_OPTIONS = [
+    ("fit-decorrelation", ["--min-rows", "1"], r"--min-rows 1: must be at least 2"),
+    ("fit-decorrelation", ["--method", "kendall"], r"--method kendall: choose from spearman, pearson"),
+    ("fit-decorrelation", ["--tolerance", "0"], r"--tolerance 0(\.0)?: must be greater than 0"),
+    ("fit-gating", ["--dropout", "1"], r"--dropout 1(\.0)?: must be less than 1"),
+    ("fit-gating", ["--steps", "0"], r"--steps 0: must be at least 1"),
+    ("fit-gating", ["--lr", "0"], r"--lr 0(\.0)?: must be greater than 0"),
+    ("fit-gating", ["--device", "gpu"], r"--device gpu: expected cpu, cuda, cuda:N or mps"),
+]
+
+
+def fit_with(command: str, *opts: str):
+    """A case: a fit stage on the tiny model's pairs and regression with these options."""
+    return lambda c: ([command, c.pairs, "-r", c.reg, *opts, "-o", c.tmp / "out.st"], None)
+
+
+CASES.update({f"{cmd} " + " ".join(opts): (fit_with(cmd, *opts), 2, msg) for cmd, opts, msg in FIT_OPTIONS})
 
 
 @pytest.fixture(scope="module")
