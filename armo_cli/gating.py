@@ -28,6 +28,17 @@ from .provenance import FeatureMeaning, require_compatible, require_one_meaning
 from .regression import Regression
 
 
+# A blocked objective's logit: exp(-1e9 / T) is exactly 0 in every float dtype, so its weight is exactly 0. Kept
+# in the last layer's bias (not a mask buffer), so exported ArmoRM-format checkpoints carry it with no new code.
+BLOCKED_LOGIT = -1e9
+
+
+def blocked_objectives(T: torch.Tensor) -> list[int]:
+    """Objectives whose adjusted reward is identically zero (a zero column of T: the length objective after
+    decorrelation). Weight there only shrinks the score, so the gate may not choose them."""
+    return [j for j in range(T.shape[1]) if not bool(T[:, j].any())]
+
+
 class Gate(nn.Module):
     """ArmoRM's GatingNetwork: an MLP ending in a softmax over the objectives, times a learnable scale."""
 
@@ -54,6 +65,14 @@ class Gate(nn.Module):
                     x = F.dropout(x, p=self.dropout, training=self.training)
         # over the objectives (the last axis); the research code took it over chosen/rejected
         return F.softmax(x / self.temperature, dim=-1) * self.logit_scale[0]
+
+    @torch.no_grad()
+    def block(self, objectives: list[int]) -> None:
+        """Give these objectives weight 0 whatever the prompt: zero rows and a pinned bias in the last layer."""
+        if objectives:
+            last = self.layers[-1]
+            last.weight[objectives] = 0.0
+            last.bias[objectives] = BLOCKED_LOGIT
 
 
 def adjusted_rewards(reg: Regression, T: torch.Tensor, response_features: torch.Tensor,
@@ -195,6 +214,8 @@ def fit_gating(cfg: GatingConfig) -> dict:
         raise ArmoError("fit-gating: no training pairs after the validation split")
     k = len(reg.objectives)
     gate = Gate(P.shape[1], k, cfg.hidden_dim, cfg.n_hidden, cfg.temperature, cfg.logit_scale, cfg.dropout)
+    blocked = blocked_objectives(T)
+    gate.block(blocked)
     # the gate and its inputs on one device (checked before any work); the artifact is saved from the CPU
     gate, P, Rf, radj = gate.to(dev), P.to(dev), Rf.to(dev), radj.to(dev)
     tr, va = tr.to(dev), va.to(dev)
@@ -204,8 +225,9 @@ def fit_gating(cfg: GatingConfig) -> dict:
         run = train_bt(gate, lambda idx: pair_scores(gate(Ptr[idx]), Rtr[idx]),
                        (lambda: pair_scores(gate(Pva), Rva)) if Pva.shape[0] else None, Ptr.shape[0], cfg,
                        on_eval=lambda step, vl: pbar.update(task, rate=f"val loss {vl:.4f}"),
-                       on_step=lambda: pbar.update(task, advance=1))
+                       on_step=lambda: (gate.block(blocked), pbar.update(task, advance=1)))
         pbar.update(task, completed=cfg.steps)
+    gate.block(blocked)  # the restored best state too, exactly
     metrics = compare(gate, P, Rf, radj, tr, va, reg, cfg)
     report = {
         "kind": "gating", "armo_version": __version__, "objectives": reg.objectives,
@@ -218,7 +240,7 @@ def fit_gating(cfg: GatingConfig) -> dict:
         "feature_meaning": meaning.to_json(), "gate_rule": meaning.gate_rule,
         "decorrelation": "identity" if dec.meta.identity else dec.meta.reference_hash,
         "transform_hash": transform_hash(T), "logit_scale": gate.logit_scale.item(),
-        "preference_out_of_fold_pairs": out_of_fold,
+        "preference_out_of_fold_pairs": out_of_fold, "blocked_objectives": [reg.objectives[j] for j in blocked],
         "seconds": time.perf_counter() - t0,
     }
     save_artifact(cfg.output, {k_: v.cpu() for k_, v in gate.state_dict().items()}, report)

@@ -132,3 +132,31 @@ def test_fit_gating_on_cpu_and_on_cuda_give_the_same_gate(tmp_path):
         assert all(torch.equal(default[k], gates["cpu"][k]) for k in default)
     for dev in devices[1:]:
         assert all(torch.allclose(gates[dev][k], gates["cpu"][k], atol=1e-4, rtol=1e-3) for k in default), dev
+
+
+def test_a_zeroed_objective_is_out_of_the_gates_choices(tmp_path):
+    """After decorrelation the length objective's column of T is zero: its reward is 0 for every response, so
+    weight on it would only shrink scores. The gate gives it exactly 0 for every prompt, trained or loaded."""
+    from armo_cli.gating import Gating
+
+    n, d = 400, 4
+    P, R = torch.randn(n, d), torch.randn(n, 2, d)
+    R[:, 0, 0] += 1.0
+    W = torch.zeros(2, d)
+    W[0, 0] = W[1, 1] = 1.0
+    T = torch.eye(2)
+    T[1, :] -= torch.tensor([1.0, 1.0])  # column 1 (verbosity) is zero
+    write_parts(tmp_path, P, R, W, ["a", "verbosity"], T=T)
+    rep = fit_gating(GatingConfig(features=[str(tmp_path / "pairs.safetensors")], regression=str(tmp_path / "reg.safetensors"),
+                                  decorrelation=str(tmp_path / "dec.safetensors"), output=str(tmp_path / "g.safetensors"),
+                                  hidden_dim=8, n_hidden=1, steps=60, lr=1e-2, quiet=True))
+    assert rep["blocked_objectives"] == ["verbosity"]
+    gate = Gating.load(tmp_path / "g.safetensors").gate
+    w = gate(torch.randn(1000, d) * 10)
+    assert (w[:, 1] == 0).all()
+    assert torch.allclose(w[:, 0], gate.logit_scale.expand(1000))
+    # without decorrelation nothing is blocked
+    rep0 = fit_gating(GatingConfig(features=[str(tmp_path / "pairs.safetensors")], regression=str(tmp_path / "reg.safetensors"),
+                                   output=str(tmp_path / "g0.safetensors"), hidden_dim=8, n_hidden=1, steps=20, quiet=True))
+    assert rep0["blocked_objectives"] == []
+    assert (Gating.load(tmp_path / "g0.safetensors").gate(torch.randn(50, d))[:, 1] > 0).all()
