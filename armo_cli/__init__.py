@@ -1,3 +1,14 @@
 """armo: interpretable multi-objective reward models (ArmoRM-MoE) from the command line."""
 
 __version__ = "0.1.0"
+
+__all__ = ["RewardModel", "load_model", "__version__"]
+
+
+def __getattr__(name: str):
+    # lazy: `import armo_cli` (and `armo --help`) must not import torch
+    if name in ("RewardModel", "load_model"):
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'armo_cli' has no attribute {name!r}")

@@ -13,7 +13,7 @@ import typer
 from . import __version__
 from .console import console
 from .configs import (AssembleConfig, DecorrelationConfig, EvaluateConfig, ExportConfig, ExtractConfig, GatingConfig,
-                      ImportConfig, MergeConfig, RegressionConfig, SampleConfig, ScoreConfig)
+                      ImportConfig, MergeConfig, RegressionConfig, SampleConfig, ScoreConfig, ServeConfig)
 from .specs import parse_alphas, parse_lambda_range, parse_ranges
 from .errors import (EXIT_BAD_INPUT, EXIT_ENVIRONMENT, EXIT_INTERNAL, EXIT_INTERRUPTED, ArmoError, debug_enabled,
                      environment_message, one_line)
@@ -313,11 +313,28 @@ def import_(**values):
     _run(lambda: import_checkpoint(cfg.source, cfg.output, names, cfg.force))
 
 
+@app.command()
+@config_command(ServeConfig)
+def serve(**values):
+    """Serve the model over HTTP for RLHF trainers, with dynamic batching (needs `pip install 'armo-cli[serve]'`).
+
+    Routes: POST /get_reward (OpenRLHF's remote reward model: `--remote_rm_url http://HOST:PORT/get_reward`),
+    POST /score (armo's rows -> `armo score` records), GET /health, GET /info. Binds 127.0.0.1 by default;
+    set --api-key (or ARMO_API_KEY) before binding any other address.
+
+    Example: `armo serve -m my-model --port 8000`
+    """
+    from .serve import serve as run
+
+    cfg = _config(ServeConfig, values)
+    _run(lambda: run(cfg))
+
+
 # Each command and the config its options come from (tests check defaults and help against it).
 COMMAND_CONFIGS = {"extract": ExtractConfig, "merge": MergeConfig, "fit-regression": RegressionConfig,
                    "fit-decorrelation": DecorrelationConfig, "fit-gating": GatingConfig, "assemble": AssembleConfig,
                    "score": ScoreConfig, "evaluate": EvaluateConfig, "sample": SampleConfig, "export": ExportConfig,
-                   "import": ImportConfig}
+                   "import": ImportConfig, "serve": ServeConfig}
 
 
 @app.command()

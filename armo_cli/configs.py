@@ -190,3 +190,25 @@ class ImportConfig:
     output: str = opt("armorm", "armo model directory to write.")
     objectives: str | None = opt(None, "Comma-separated objective names (default: from the checkpoint).")
     force: bool = opt(False, "Replace a non-empty output folder that armo did not write.")
+
+
+@dataclass
+class ServeConfig:
+    model: str | None = opt(None, "Model directory or exported folder (default: the shipped model).")
+    host: str = opt("127.0.0.1", "Address to bind (set --api-key before binding anything but loopback).")
+    port: int = opt(8000, "Port to listen on (0: a free one, printed at start).", min=0, max=65535)
+    api_key: str | None = opt(None, "Require 'Authorization: Bearer KEY' on every route but /health "
+                                    "(default: the ARMO_API_KEY environment variable, if set).")
+    max_batch: int = opt(64, "Most rows the worker scores in one batch (1: no batching).", min=1)
+    max_wait_ms: float = opt(5.0, "Longest a batch waits for more requests once the worker is free.", min=0.0)
+    max_queue: int = opt(1024, "Requests that may wait; beyond it: HTTP 503 with Retry-After.", min=1)
+    max_rows: int = opt(1024, "Most rows in one request.", min=1)
+    max_body_mb: float = opt(16.0, "Largest request body in MB.", above=0.0)
+    backbone: str | None = opt(None, "Override where the model's backbone is loaded from.")
+    device: str | None = opt(None, "cuda, mps, cpu (default: best available).")
+    dtype: str | None = opt(None, "bf16, fp16, fp32 (default: bf16 on CUDA, else fp32).", choices=DTYPE_NAMES)
+    max_length: int | None = opt(None, "Longest prompt+response in tokens (default: the backbone's maximum positions).", min=1)
+    overflow: str = opt("error", "Over the length limit: error (HTTP 413) | truncate-prompt.", choices=("error", "truncate-prompt"))
+    batch_tokens: int | None = opt(None, "Token budget per forward batch.", min=1)
+    quiet: bool = opt(False, "No access log.")
+

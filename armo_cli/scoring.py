@@ -152,11 +152,7 @@ def iter_scored(model: ArmoModel, bb: Backbone, source: Source, cfg: ModelInputC
     window is tokenised, length-checked, batched by length (order restored) and explained. Yields, per
     window, one group for the single responses and one for the pairs that it holds."""
     renderer = Renderer(bb.tokenizer, model.gate_rule)
-    layer = model.meaning.layer
-    meaning = FeatureMeaning(bb.spec.name, bb.fingerprint, bb.hidden_size,
-                             canonical_layer(layer, int(bb.model.config.num_hidden_layers)), tuple(renderer.gen_suffix),
-                             renderer.template_hash, str(bb.dtype), model.gate_rule)
-    require_compatible(model.meaning, meaning, str(model.path), f"--backbone {bb.spec.name}", prompt=True, warn_dtype=False)
+    check_backbone(model, bb, renderer)
     limit, limit_name = length_limit(cfg.max_length, bb.model.config)
     batch_tokens, max_padding = batch_defaults(bb.device)
     batch_tokens = cfg.batch_tokens or batch_tokens
@@ -173,13 +169,7 @@ def iter_scored(model: ArmoModel, bb: Backbone, source: Source, cfg: ModelInputC
             index += 1
             if t is not None:
                 trees.append(t)
-        groups = []
-        for pair in (False, True):
-            group = [t for t in trees if (len(t.conts) == 2) == pair]
-            if group:
-                P, R = encode_trees(bb, group, batch_tokens, None, max_padding, layer)
-                check_finite_features(group, P, R, source.name, bb.dtype)
-                groups.append(Scored(group, model.explain(P, R, weights), pair))
+        groups = score_trees(model, bb, trees, weights, batch_tokens, max_padding, source.name)
         scored += len(trees)
         if groups:
             yield groups
@@ -187,6 +177,28 @@ def iter_scored(model: ArmoModel, bb: Backbone, source: Source, cfg: ModelInputC
         warn(f"skipped line {sk.line} ({sk.id}): {sk.reason}")
     if not scored:
         raise ArmoError(f"{source.name}: no usable rows")
+
+
+def score_trees(model: ArmoModel, bb: Backbone, trees: list[Tree], weights: torch.Tensor | None, batch_tokens: int,
+                max_padding: float, source_name: str) -> list[Scored]:
+    """Tokenised rows -> one scored group for the single responses and one for the pairs (the batched forward
+    pass sorts by length and restores the order)."""
+    groups = []
+    for pair in (False, True):
+        group = [t for t in trees if (len(t.conts) == 2) == pair]
+        if group:
+            P, R = encode_trees(bb, group, batch_tokens, None, max_padding, model.meaning.layer)
+            check_finite_features(group, P, R, source_name, bb.dtype)
+            groups.append(Scored(group, model.explain(P, R, weights), pair))
+    return groups
+
+
+def check_backbone(model: ArmoModel, bb: Backbone, renderer: Renderer) -> None:
+    """The backbone, as loaded, gives the features the model reads (name, fingerprint, layer, template)."""
+    meaning = FeatureMeaning(bb.spec.name, bb.fingerprint, bb.hidden_size,
+                             canonical_layer(model.meaning.layer, int(bb.model.config.num_hidden_layers)),
+                             tuple(renderer.gen_suffix), renderer.template_hash, str(bb.dtype), model.gate_rule)
+    require_compatible(model.meaning, meaning, str(model.path), f"--backbone {bb.spec.name}", prompt=True, warn_dtype=False)
 
 
 def window_records(model: ArmoModel, groups: list[Scored], top_k: int) -> list[dict]:

@@ -1,0 +1,132 @@
+"""armo from Python: load a reward model once, score rows many times.
+
+    from armo_cli import RewardModel
+    rm = RewardModel()                       # the shipped default; or a model directory, or an exported folder
+    rm.score([{"prompt": "Hi", "response": "Hello!"}])            # the records `armo score` writes
+    rm.rewards(["Hi"], ["Hello!"])                                # one float per response
+
+`armo score`, `armo serve` and the trainer adapters (armo_cli.adapters) all go through `score_trees`, so a row
+gets the same score whichever door it came in by. Rows take any shape `armo score` accepts.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+
+from .backbones import Backbone, cache_root, load_backbone
+from .configs import OVERFLOW
+from .errors import ArmoError
+from .forward import batch_defaults
+from .model import ArmoModel, is_model_dir
+from .options import check_value
+from .rendering import Renderer, Tree, length_limit, sized_tree
+from .rows import Skipped, parse_row
+from .scoring import _weights, check_backbone, score_trees, steered, window_records
+
+
+def load_model(model: str | Path | None = None) -> ArmoModel:
+    """The shipped default (None), an armo model directory, or a folder written by `armo export` (imported once
+    into armo's cache, keyed by the folder's contents)."""
+    if model is None or is_model_dir(Path(model)):
+        return ArmoModel.load(model)
+    from .hf_format import import_checkpoint, is_export_dir
+
+    p = Path(model).expanduser()
+    if p.is_dir() and is_export_dir(p):
+        from .backbones import folder_fingerprint
+
+        key = hashlib.sha256(folder_fingerprint(p.resolve()).encode()).hexdigest()[:16]
+        target = cache_root() / "imported" / key
+        if not is_model_dir(target):
+            import_checkpoint(str(p), target)
+        return ArmoModel.load(target)
+    return ArmoModel.load(model)  # its own one-line error names what is missing
+
+
+class RewardModel:
+    """A model and its backbone, loaded once. Thread-compatible, not thread-safe: one caller at a time (the
+    server has one worker thread)."""
+
+    def __init__(self, model: str | Path | ArmoModel | None = None, *, device: str | None = None, dtype: str | None = None,
+                 backbone: str | Backbone | None = None, max_length: int | None = None, overflow: str = "error",
+                 batch_tokens: int | None = None, top_k: int = 3):
+        check_value("--overflow", overflow, {"choices": OVERFLOW})
+        self.model = model if isinstance(model, ArmoModel) else load_model(model)
+        self.backbone = backbone if isinstance(backbone, Backbone) else load_backbone(
+            backbone or self.model.backbone["name"], device, dtype, fast=True)
+        self.renderer = Renderer(self.backbone.tokenizer, self.model.gate_rule)
+        check_backbone(self.model, self.backbone, self.renderer)
+        self.limit, self.limit_name = length_limit(max_length, self.backbone.model.config)
+        self.overflow = overflow
+        default_tokens, self.max_padding = batch_defaults(self.backbone.device)
+        self.batch_tokens = batch_tokens or default_tokens
+        self.top_k = top_k
+
+    @property
+    def objectives(self) -> list[str]:
+        return self.model.objectives
+
+    def info(self) -> dict:
+        """What the model is: backbone, objectives, gate rule, feature layer, armo version."""
+        from . import __version__
+
+        m = self.model
+        return {"model": str(m.path), "backbone": m.backbone, "objectives": m.objectives, "gate_rule": m.gate_rule,
+                "layer": m.meaning.layer, "verbosity_objective": m.decorrelation.meta.verbosity,
+                "max_length": self.limit, "overflow": self.overflow, "armo_version": __version__}
+
+    def prepare(self, rows: Iterable[Any], source: str = "rows", start: int = 0) -> list[Tree]:
+        """Parse and tokenise rows, applying the length policy. A bad row raises ArmoError naming
+        `source[i]` (i counts from 0) and the field; `skip` is not a policy here: every row gets a score."""
+        trees = []
+        for i, obj in enumerate(rows, start):
+            where = f"{source}[{i}]"
+            ex = parse_row(obj, where)
+            ex.line = i + 1
+            skipped: list[Skipped] = []
+            overflow = "error" if self.overflow == "skip" else self.overflow
+            t = sized_tree(self.renderer, ex, i, where, self.limit, self.limit_name, overflow, skipped)
+            if t is None:
+                raise ArmoError(f"{where}: {skipped[0].reason}")
+            trees.append(t)
+        return trees
+
+    def score_prepared(self, trees: list[Tree], weights: torch.Tensor | None = None, top_k: int | None = None,
+                       model: ArmoModel | None = None) -> list[dict]:
+        """Records of prepared rows, in the order given (whatever their indices)."""
+        if not trees:
+            return []
+        model = model or self.model
+        ordered = [_reindexed(t, i) for i, t in enumerate(trees)]
+        with torch.no_grad():
+            groups = score_trees(model, self.backbone, ordered, weights, self.batch_tokens, self.max_padding, "<rows>")
+        return window_records(model, groups, top_k or self.top_k)
+
+    def score(self, rows: Iterable[Any], *, weights: str | None = None, objective: str | None = None,
+              top_k: int | None = None) -> list[dict]:
+        """The records `armo score` writes for these rows (dicts of any shape it accepts), in order."""
+        w = _weights(weights, objective, self.model.objectives)
+        model = steered(self.model, objective)
+        out: list[dict] = []
+        it = iter(rows)
+        start = 0
+        while chunk := list(itertools.islice(it, 256)):  # one window at a time: memory stays flat
+            out += self.score_prepared(self.prepare(chunk, start=start), w, top_k, model)
+            start += len(chunk)
+        return out
+
+    def rewards(self, prompts: Sequence[Any], responses: Sequence[str]) -> list[float]:
+        """One score per (prompt, response); a prompt is a string (one user turn) or a list of messages."""
+        if len(prompts) != len(responses):
+            raise ArmoError(f"rewards: {len(prompts)} prompts for {len(responses)} responses")
+        return [r["score"] for r in self.score({"prompt": p, "response": y} for p, y in zip(prompts, responses))]
+
+
+def _reindexed(t: Tree, i: int) -> Tree:
+    import dataclasses
+
+    return t if t.index == i else dataclasses.replace(t, index=i)

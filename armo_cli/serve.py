@@ -1,0 +1,266 @@
+"""`armo serve`: the reward model over HTTP for RLHF trainers (OpenRLHF's remote reward model contract).
+
+One worker thread owns the model. Requests are parsed and tokenised in the server's threads, then queued; the
+worker takes whatever is queued (waiting at most --max-wait-ms for more, up to --max-batch rows), scores it in
+one pass (token-budget batches, as `armo score`) and hands every request exactly its own records back. A full
+queue answers 503 with Retry-After. Every error is a JSON `{"error": "..."}` with a 4xx status (5xx only for
+armo's own bugs), one line, no traceback.
+
+Routes: POST /get_reward (OpenRLHF), POST /score (armo's rows -> `armo score` records), GET /health, GET /info.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import queue
+import secrets
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .api import RewardModel
+from .chat_text import split_query
+from .configs import ServeConfig
+from .errors import ArmoError, one_line
+from .options import validate
+from .rendering import Tree
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+@dataclass
+class Job:
+    trees: list[Tree]
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+
+
+class Batcher:
+    """The one worker: forms batches from queued requests and scores them."""
+
+    def __init__(self, rm: RewardModel, max_batch: int, max_wait_s: float, max_queue: int):
+        self.rm, self.max_batch, self.max_wait_s = rm, max_batch, max_wait_s
+        self.q: queue.Queue[Job | None] = queue.Queue(max_queue)
+        self.thread = threading.Thread(target=self._loop, name="armo-worker", daemon=True)
+        self.batches = self.rows = 0
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.q.put(None)
+        self.thread.join(timeout=60)
+
+    def submit(self, trees: list[Tree]) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        try:
+            self.q.put_nowait(Job(trees, fut, loop))
+        except queue.Full:
+            raise HTTPError(503, "the queue is full; retry shortly", {"Retry-After": "1"}) from None
+        return fut
+
+    def _loop(self) -> None:
+        held: Job | None = None
+        while True:
+            job = held or self.q.get()
+            held = None
+            if job is None:
+                return
+            batch, n = [job], len(job.trees)
+            deadline = time.monotonic() + self.max_wait_s
+            stop = False
+            while n < self.max_batch:
+                try:
+                    nxt = self.q.get(timeout=max(deadline - time.monotonic(), 0)) if deadline > time.monotonic() \
+                        else self.q.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                if n + len(nxt.trees) > self.max_batch:
+                    held = nxt  # first in the next batch
+                    break
+                batch.append(nxt)
+                n += len(nxt.trees)
+            self._run(batch)
+            if stop:
+                return
+
+    def _run(self, batch: list[Job]) -> None:
+        trees = [t for j in batch for t in j.trees]
+        try:
+            recs = self.rm.score_prepared(trees)
+        except Exception as e:  # a bug or the machine: every request of the batch gets it, the worker goes on
+            err = e if isinstance(e, ArmoError) else HTTPError(500, f"internal error ({type(e).__name__}: {one_line(e)[:200]})")
+            for j in batch:
+                j.loop.call_soon_threadsafe(_settle, j.future, None, err)
+            return
+        self.batches += 1
+        self.rows += len(trees)
+        i = 0
+        for j in batch:
+            j.loop.call_soon_threadsafe(_settle, j.future, recs[i:i + len(j.trees)], None)
+            i += len(j.trees)
+
+
+def _settle(fut: asyncio.Future, result: Any, error: BaseException | None) -> None:
+    if fut.done():  # the client went away
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(result)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def make_app(rm: RewardModel, cfg: ServeConfig):
+    """The ASGI app (Starlette) around a loaded model."""
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    api_key = cfg.api_key or os.environ.get("ARMO_API_KEY") or None
+    limit = int(cfg.max_body_mb * 1024 * 1024)
+    batcher = Batcher(rm, cfg.max_batch, cfg.max_wait_ms / 1000.0, cfg.max_queue)
+    objectives = rm.objectives
+
+    async def read_json(request: Request) -> Any:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise HTTPError(413, f"request body over --max-body-mb {cfg.max_body_mb:g}")
+        body, n = [], 0
+        async for chunk in request.stream():
+            n += len(chunk)
+            if n > limit:
+                raise HTTPError(413, f"request body over --max-body-mb {cfg.max_body_mb:g}")
+            body.append(chunk)
+        try:
+            return json.loads(b"".join(body), parse_constant=_reject_constant)
+        except (ValueError, RecursionError) as e:
+            raise HTTPError(400, f"malformed JSON ({one_line(e)[:160]})") from None
+
+    def check_rows(n: int) -> None:
+        if n > cfg.max_rows:
+            raise HTTPError(413, f"{n} rows in one request, over --max-rows {cfg.max_rows}")
+
+    async def scored(trees: list[Tree]) -> list[dict]:
+        return await batcher.submit(trees) if trees else []
+
+    async def get_reward(request: Request) -> dict:
+        body = await read_json(request)
+        if not isinstance(body, dict):
+            raise HTTPError(400, "expected a JSON object with 'query' (a list of strings)")
+        queries, prompts = body.get("query"), body.get("prompts")
+        if not isinstance(queries, list) or not all(isinstance(q, str) for q in queries):
+            raise HTTPError(400, "field 'query': expected a list of strings")
+        if prompts is not None and (not isinstance(prompts, list) or len(prompts) != len(queries)
+                                    or not all(isinstance(p, str) for p in prompts)):
+            raise HTTPError(400, "field 'prompts': expected a list of strings, one per query")
+        labels = body.get("labels")
+        if labels is not None and not isinstance(labels, list):
+            raise HTTPError(400, "field 'labels': expected a list")
+        check_rows(len(queries))
+        rows = [split_query(q, prompts[i] if prompts else None, f"query[{i}]") for i, q in enumerate(queries)]
+        recs = await scored(await run_in_threadpool(rm.prepare, rows, "query"))
+        rewards = [r["score"] for r in recs]
+        return {"rewards": rewards, "scores": rewards, "extra_logs": {o: [r["rewards"][o] for r in recs] for o in objectives}}
+
+    async def score(request: Request) -> list:
+        body = await read_json(request)
+        rows = body.get("rows") if isinstance(body, dict) else body
+        if not isinstance(rows, list):
+            raise HTTPError(400, "expected a JSON list of rows (any shape `armo score` reads), or {\"rows\": [...]}")
+        check_rows(len(rows))
+        return await scored(await run_in_threadpool(rm.prepare, rows, "rows"))
+
+    async def health(request: Request) -> dict:
+        return {"status": "ok", "queued": batcher.q.qsize()}
+
+    async def info(request: Request) -> dict:
+        return {**rm.info(), "server": {"max_batch": cfg.max_batch, "max_wait_ms": cfg.max_wait_ms, "max_queue": cfg.max_queue,
+                                        "max_rows": cfg.max_rows, "max_body_mb": cfg.max_body_mb, "auth": api_key is not None,
+                                        "batches": batcher.batches, "rows_scored": batcher.rows}}
+
+    def endpoint(fn, open_route: bool = False):
+        async def handle(request: Request) -> JSONResponse:
+            try:
+                if api_key and not open_route:
+                    got = request.headers.get("authorization", "")
+                    if not secrets.compare_digest(got.encode(), f"Bearer {api_key}".encode()):
+                        raise HTTPError(401, "missing or wrong bearer token (Authorization: Bearer KEY)",
+                                        {"WWW-Authenticate": "Bearer"})
+                return JSONResponse(await fn(request))
+            except HTTPError as e:
+                return JSONResponse({"error": e.message}, e.status, e.headers)
+            except ArmoError as e:
+                return JSONResponse({"error": one_line(e)}, 400)
+            except Exception as e:  # a bug: one line to the client and to the log, never a traceback
+                msg = f"internal error ({type(e).__name__}: {one_line(e)[:200]})"
+                print(f"armo serve: {msg}", file=sys.stderr, flush=True)
+                return JSONResponse({"error": msg}, 500)
+        return handle
+
+    async def not_found(request: Request, exc: Exception) -> JSONResponse:
+        status = getattr(exc, "status_code", 404)
+        return JSONResponse({"error": f"{request.method} {request.url.path}: "
+                                      f"{'no such route' if status == 404 else 'method not allowed'} "
+                                      f"(routes: POST /get_reward, POST /score, GET /health, GET /info)"}, status)
+
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan(app):
+        batcher.start()
+        yield
+        batcher.stop()  # after uvicorn has let in-flight requests finish
+
+    routes = [Route("/get_reward", endpoint(get_reward), methods=["POST"]), Route("/score", endpoint(score), methods=["POST"]),
+              Route("/health", endpoint(health, open_route=True), methods=["GET"]), Route("/info", endpoint(info), methods=["GET"])]
+    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found}, lifespan=lifespan)
+    app.state.batcher = batcher
+    return app
+
+
+def serve(cfg: ServeConfig) -> None:
+    """Run `armo serve` until SIGINT/SIGTERM: in-flight requests finish, new connections are refused."""
+    validate(cfg)
+    try:
+        import uvicorn  # noqa: F401
+        import starlette  # noqa: F401
+    except ImportError:
+        raise ArmoError("armo serve needs the serve extra: pip install 'armo-cli[serve]' (starlette, uvicorn)") from None
+    import uvicorn
+
+    rm = RewardModel(cfg.model, device=cfg.device, dtype=cfg.dtype, backbone=cfg.backbone, max_length=cfg.max_length,
+                     overflow=cfg.overflow, batch_tokens=cfg.batch_tokens)
+    app = make_app(rm, cfg)
+    family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((cfg.host, cfg.port))
+    except OSError as e:
+        raise ArmoError(f"--host {cfg.host} --port {cfg.port}: cannot bind ({e.strerror})") from None
+    port = sock.getsockname()[1]
+    if cfg.host not in ("127.0.0.1", "localhost", "::1") and not (cfg.api_key or os.environ.get("ARMO_API_KEY")):
+        print(f"armo serve: warning: bound to {cfg.host} without --api-key: anyone who reaches it can use it",
+              file=sys.stderr, flush=True)
+    config = uvicorn.Config(app, log_level="warning", access_log=not cfg.quiet, timeout_graceful_shutdown=30)
+    server = uvicorn.Server(config)
+    print(f"armo serve: {rm.model.path} on http://{cfg.host}:{port} (objectives: {', '.join(rm.objectives)})", flush=True)
+    server.run(sockets=[sock])

@@ -1,0 +1,399 @@
+"""`armo serve`, the Python API and the trainer adapters: one code path, the same scores as `armo score`.
+
+The server tests start the real server (uvicorn) in a subprocess on a free port and talk HTTP to it."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from conftest import armo, pair_rows, write_jsonl
+
+pytest.importorskip("uvicorn")
+pytest.importorskip("starlette")
+
+KEY = "test-secret"
+# uvicorn finishes in-flight requests, then re-raises the signal it caught: the exit status says SIGTERM
+STOPPED = (0, -signal.SIGTERM)
+MAX_LENGTH = 96
+
+
+def rows_of(n: int, seed: int = 3) -> list[dict]:
+    """Single-response rows: a prompt (string or messages) and a response."""
+    out = []
+    for r in pair_rows(n, seed=seed):
+        out.append({"id": r["id"], "prompt": r["prompt"], "response": r["chosen"]})
+    return out
+
+
+def messages(prompt) -> list[dict]:
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+
+
+def chatml(msgs: list[dict], response: str | None = None) -> str:
+    s = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in msgs) + "<|im_start|>assistant\n"
+    return s if response is None else s + response + "<|im_end|>\n<|endoftext|>"
+
+
+def llama3(msgs: list[dict], response: str | None = None) -> str:
+    s = "<|begin_of_text|>" + "".join(f"<|start_header_id|>{m['role']}<|end_header_id|>\n\n{m['content']}<|eot_id|>"
+                                      for m in msgs) + "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    return s if response is None else s + response + "<|eot_id|>"
+
+
+def gemma(msgs: list[dict], response: str | None = None) -> str:
+    role = {"user": "user", "assistant": "model"}
+    s = "<bos>" + "".join(f"<start_of_turn>{role[m['role']]}\n{m['content']}<end_of_turn>\n" for m in msgs) + "<start_of_turn>model\n"
+    return s if response is None else s + response + "<end_of_turn>\n"
+
+
+def mistral(msgs: list[dict], response: str | None = None) -> str:
+    s = "<s>"
+    for m in msgs:
+        s += f"[INST] {m['content']} [/INST]" if m["role"] == "user" else f" {m['content']}</s>"
+    return s if response is None else s + " " + response + "</s>"
+
+
+TEMPLATES = {"chatml": chatml, "llama3": llama3, "gemma": gemma, "mistral": mistral}
+
+
+def offline_scores(model: Path, rows: list[dict], tmp_path: Path) -> list[float]:
+    f = write_jsonl(tmp_path / "offline.jsonl", rows)
+    r = armo("score", "-m", str(model), str(f), "--max-length", str(MAX_LENGTH), "--format", "jsonl", "-q")
+    assert r.code == 0, r.stderr
+    return [json.loads(line)["score"] for line in r.stdout.splitlines()]
+
+
+# --- the server in a subprocess ------------------------------------------------------------------
+
+
+class Server:
+    def __init__(self, model: Path, cache: Path, *args: str):
+        env = {**os.environ, "ARMO_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+        env.pop("ARMO_API_KEY", None)
+        self.proc = subprocess.Popen([sys.executable, "-c", "from armo_cli.cli import main; main()", "serve", "-m", str(model),
+                                      "--port", "0", "--max-length", str(MAX_LENGTH), "--device", "cpu", "-q", *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        line, t0 = b"", time.time()
+        while b"http://" not in line:
+            ready, _, _ = select.select([self.proc.stdout], [], [], 1.0)
+            if self.proc.poll() is not None or time.time() - t0 > 120:
+                raise RuntimeError(f"server did not start: {self.proc.stderr.read().decode()[-2000:]}")
+            if ready:
+                line = self.proc.stdout.readline()
+        self.url = line.decode().split(" on ")[1].split()[0]
+
+    def request(self, path: str, body=None, *, key: str | None = KEY, raw: bytes | None = None, method: str | None = None):
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+        req = urllib.request.Request(self.url + path, data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=120) as resp:
+                return resp.status, json.loads(resp.read()), dict(resp.headers)
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read()), dict(e.headers)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=60)
+        finally:
+            self.proc.stdout.close()
+            self.proc.stderr.close()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model, armo_cache):
+    s = Server(tiny_model / "model", armo_cache, "--api-key", KEY, "--max-rows", "40", "--max-body-mb", "0.05")
+    yield s
+    assert s.stop() in STOPPED
+
+
+def test_openrlhf_get_reward_equals_armo_score(server, tiny_model, tmp_path):
+    rows = rows_of(12)
+    expected = offline_scores(tiny_model / "model", rows, tmp_path)
+    objectives = server.request("/info")[1]["objectives"]
+    for name, render in TEMPLATES.items():
+        queries = [render(messages(r["prompt"]), r["response"]) for r in rows]
+        prompts = [render(messages(r["prompt"])) for r in rows]
+        # whole conversations, and (as OpenRLHF sends them) with the prompt part beside
+        for body in ({"query": queries}, {"query": queries, "prompts": prompts, "labels": [""] * len(rows)}):
+            status, out, _ = server.request("/get_reward", body)
+            assert status == 200, (name, out)
+            assert len(out["rewards"]) == len(rows) and out["scores"] == out["rewards"]
+            assert max(abs(a - b) for a, b in zip(out["rewards"], expected)) < 1e-5, name
+            assert sorted(out["extra_logs"]) == sorted(objectives)
+            assert all(len(v) == len(rows) for v in out["extra_logs"].values())
+
+
+def test_plain_text_prompt_and_score_route(server, tiny_model, tmp_path):
+    rows = [r for r in rows_of(8) if isinstance(r["prompt"], str)]
+    expected = offline_scores(tiny_model / "model", rows, tmp_path)
+    status, out, _ = server.request("/get_reward", {"query": [r["prompt"] + r["response"] for r in rows],
+                                                    "prompts": [r["prompt"] for r in rows]})
+    assert status == 200 and max(abs(a - b) for a, b in zip(out["rewards"], expected)) < 1e-5
+    status, recs, _ = server.request("/score", rows)
+    assert status == 200 and [r["id"] for r in recs] == [r["id"] for r in rows]
+    assert max(abs(r["score"] - e) for r, e in zip(recs, expected)) < 1e-5
+    assert {"rewards", "gating", "coefficients", "top_objectives"} <= set(recs[0])
+    # pairs through /score, wrapped in an object
+    pairs = pair_rows(3, seed=9)
+    status, recs, _ = server.request("/score", {"rows": pairs})
+    assert status == 200 and all(r["preferred"] in ("chosen", "rejected", "tie") for r in recs)
+
+
+def test_empty_query_list(server):
+    status, out, _ = server.request("/get_reward", {"query": []})
+    assert status == 200 and out["rewards"] == [] and out["scores"] == []
+    assert out["extra_logs"] and all(v == [] for v in out["extra_logs"].values())
+
+
+def test_health_and_info(server, tiny_model):
+    status, out, _ = server.request("/health", key=None)
+    assert status == 200 and out["status"] == "ok"
+    status, out, _ = server.request("/info")
+    assert status == 200 and out["layer"] == -1 and out["objectives"] and out["armo_version"]
+    assert out["backbone"]["name"] and out["gate_rule"] in ("generation-prompt", "armo-eot")
+
+
+LONG = " ".join(["word"] * 400)
+
+
+@pytest.mark.parametrize("path,body,status,pattern", [
+    ("/get_reward", b"{not json", 400, "malformed JSON"),
+    ("/get_reward", b'{"query": [NaN]}', 400, "malformed JSON"),
+    ("/get_reward", b"[" * 100000 + b"]" * 100000, 413, "max-body-mb"),
+    ("/get_reward", b"[" * 20000 + b"]" * 20000, 400, "malformed JSON"),
+    ("/get_reward", {"query": "not a list"}, 400, "field 'query'"),
+    ("/get_reward", {"prompts": ["x"]}, 400, "field 'query'"),
+    ("/get_reward", {"query": [1, 2]}, 400, "field 'query'"),
+    ("/get_reward", {"query": ["a"], "prompts": ["a", "b"]}, 400, "field 'prompts'"),
+    ("/get_reward", {"query": ["<|im_start|>user\nhi<|im_end|>\n"]}, 400, "accepted: ChatML"),
+    ("/get_reward", {"query": ["no markers here"]}, 400, "cannot tell the response"),
+    ("/get_reward", {"query": ["<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<|im_end|>"]}, 400, "empty response"),
+    ("/get_reward", {"query": [chatml([{"role": "user", "content": "hi"}], LONG)]}, 400, "over --max-length"),
+    ("/get_reward", {"query": ["x"] * 41}, 413, "max-rows"),
+    ("/get_reward", [1, 2], 400, "expected a JSON object"),
+    ("/score", {"rows": [{"prompt": "hi"}]}, 400, r"rows\[0\]: no response"),
+    ("/score", {"rows": "x"}, 400, "expected a JSON list of rows"),
+    ("/score", [{"prompt": "hi", "response": "x", "ratings": {"a": "b"}}], 400, r"rows\[0\]: field 'ratings"),
+    ("/nowhere", {}, 404, "no such route"),
+])
+def test_bad_requests_get_one_line_json_errors(server, path, body, status, pattern):
+    import re
+
+    raw = body if isinstance(body, bytes) else None
+    got, out, _ = server.request(path, None if raw else body, raw=raw)
+    assert got == status, out
+    assert set(out) == {"error"} and "\n" not in out["error"] and "Traceback" not in out["error"]
+    assert re.search(pattern, out["error"]), out["error"]
+    assert server.request("/health", key=None)[0] == 200  # still serving
+
+
+def test_wrong_method_auth_and_server_still_answers(server):
+    got, out, _ = server.request("/get_reward", method="GET")
+    assert got == 405 and "method not allowed" in out["error"]
+    got, out, headers = server.request("/get_reward", {"query": []}, key=None)
+    assert got == 401 and "bearer" in out["error"] and headers.get("www-authenticate", headers.get("WWW-Authenticate")) == "Bearer"
+    assert server.request("/get_reward", {"query": []}, key="wrong")[0] == 401
+    assert server.request("/info", key=None)[0] == 401
+    assert server.request("/get_reward", {"query": []})[0] == 200
+
+
+def test_concurrent_single_sample_requests_get_their_own_rewards(server, tiny_model, tmp_path):
+    rows = rows_of(32, seed=11)
+    expected = offline_scores(tiny_model / "model", rows, tmp_path)
+
+    def one(i):
+        r = rows[i]
+        return i, server.request("/get_reward", {"query": [chatml(messages(r["prompt"]), r["response"])]})
+
+    before = server.request("/info")[1]["server"]["batches"]
+    with ThreadPoolExecutor(32) as ex:
+        results = list(ex.map(one, range(32)))
+    for i, (status, out, _) in results:
+        assert status == 200 and abs(out["rewards"][0] - expected[i]) < 1e-5, i
+    batches = server.request("/info")[1]["server"]["batches"] - before
+    assert batches < 32  # requests shared forward passes
+
+
+def test_sigterm_under_load_loses_no_answered_request(tiny_model, armo_cache, tmp_path):
+    rows = rows_of(16, seed=21)
+    expected = offline_scores(tiny_model / "model", rows, tmp_path)
+    s = Server(tiny_model / "model", armo_cache)
+    answered, failures, stop = [], [], threading.Event()
+
+    def client(i):
+        r = rows[i]
+        body = json.dumps({"query": [chatml(messages(r["prompt"]), r["response"])]}).encode()
+        while not stop.is_set():
+            req = urllib.request.Request(s.url + "/get_reward", data=body, headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=60) as resp:
+                    answered.append((i, resp.status, json.loads(resp.read())["rewards"][0]))
+            except (urllib.error.URLError, ConnectionError, OSError) as e:
+                failures.append(type(e).__name__)  # refused or reset once shutdown began: never a wrong answer
+                return
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    t0 = time.time()
+    while len(answered) < 16 and time.time() - t0 < 120:  # under load: every client has been answered or is waiting
+        time.sleep(0.05)
+    n_before = len(answered)
+    code = s.stop()
+    stop.set()
+    for t in threads:
+        t.join(timeout=60)
+    assert code in STOPPED
+    assert n_before >= 16 and len(answered) >= n_before
+    for i, status, reward in answered:
+        assert status == 200 and abs(reward - expected[i]) < 1e-5
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(s.url + "/health", timeout=5)
+
+
+# --- the worker, in-process -------------------------------------------------------------------------
+
+
+def test_full_queue_answers_503_with_retry_after():
+    from armo_cli.serve import Batcher, HTTPError
+
+    gate = threading.Event()
+
+    class SlowModel:
+        def score_prepared(self, trees):
+            gate.wait(10)
+            return [{"score": float(t)} for t in trees]
+
+    b = Batcher(SlowModel(), max_batch=1, max_wait_s=0.0, max_queue=2)
+    b.start()
+
+    async def go():
+        futs = [b.submit([1])]
+        await asyncio.sleep(0.2)  # the worker holds the first job
+        futs += [b.submit([2]), b.submit([3])]
+        with pytest.raises(HTTPError) as e:
+            b.submit([4])
+        assert e.value.status == 503 and e.value.headers == {"Retry-After": "1"}
+        gate.set()
+        return [await f for f in futs]
+
+    assert asyncio.run(go()) == [[{"score": 1.0}], [{"score": 2.0}], [{"score": 3.0}]]
+    b.stop()
+
+
+def test_batches_keep_each_requests_rows():
+    from armo_cli.serve import Batcher
+
+    seen = []
+
+    class Echo:
+        def score_prepared(self, trees):
+            seen.append(len(trees))
+            return [{"score": float(t)} for t in trees]
+
+    b = Batcher(Echo(), max_batch=8, max_wait_s=0.05, max_queue=100)
+    b.start()
+
+    async def go():
+        futs = [b.submit(list(range(10 * i, 10 * i + (i % 3) + 1))) for i in range(12)]
+        return [await f for f in futs]
+
+    out = asyncio.run(go())
+    b.stop()
+    for i, recs in enumerate(out):
+        assert [r["score"] for r in recs] == [float(x) for x in range(10 * i, 10 * i + (i % 3) + 1)]
+    assert max(seen) <= 8 and len(seen) < 12
+
+
+# --- the Python API and the adapters --------------------------------------------------------------------
+
+
+def test_api_scores_equal_armo_score(tiny_model, tmp_path):
+    from armo_cli import RewardModel
+
+    rows = rows_of(10) + pair_rows(4, seed=5)
+    f = write_jsonl(tmp_path / "rows.jsonl", rows)
+    r = armo("score", "-m", str(tiny_model / "model"), str(f), "--format", "jsonl", "-q")
+    assert r.code == 0
+    cli_recs = [json.loads(line) for line in r.stdout.splitlines()]
+    rm = RewardModel(tiny_model / "model")
+    api_recs = rm.score(rows)
+    assert [x["id"] for x in api_recs] == [x["id"] for x in cli_recs]
+    for a, c in zip(api_recs, cli_recs):
+        key = "margin" if "margin" in c else "score"
+        assert abs(a[key] - c[key]) < 1e-6 and a.get("gating") == pytest.approx(c.get("gating"), abs=1e-6)
+    singles = rows_of(10)
+    assert rm.rewards([x["prompt"] for x in singles], [x["response"] for x in singles]) == pytest.approx(
+        [c["score"] for c in cli_recs[:10]], abs=1e-6)
+    assert rm.score([]) == []
+
+
+def test_api_bad_row_names_its_index(tiny_model):
+    from armo_cli import RewardModel
+    from armo_cli.errors import ArmoError
+
+    rm = RewardModel(tiny_model / "model")
+    with pytest.raises(ArmoError, match=r"rows\[1\]: field 'prompt': missing"):
+        rm.score([{"prompt": "a", "response": "b"}, {"response": "c"}])
+
+
+def test_trl_reward_function_in_process_and_remote(server, tiny_model, tmp_path):
+    from armo_cli.adapters import ArmoRewardFunc
+
+    rows = rows_of(6, seed=13)
+    expected = offline_scores(tiny_model / "model", rows, tmp_path)
+    extra, metrics = {}, {}
+    f = ArmoRewardFunc(str(tiny_model / "model"))
+    # TRL's standard format (strings) and conversational format (message lists)
+    std = f(prompts=[r["prompt"] if isinstance(r["prompt"], str) else r["prompt"] for r in rows],
+            completions=[r["response"] for r in rows], completion_ids=None, trainer_state=None,
+            log_extra=lambda col, vals: extra.__setitem__(col, vals), log_metric=lambda k, v: metrics.__setitem__(k, v))
+    assert std == pytest.approx(expected, abs=1e-5)
+    conv = f(prompts=[messages(r["prompt"]) for r in rows],
+             completions=[[{"role": "assistant", "content": r["response"]}] for r in rows])
+    assert conv == pytest.approx(expected, abs=1e-5)
+    objectives = server.request("/info")[1]["objectives"]
+    assert sorted(extra) == sorted(f"armo/{o}" for o in objectives) and all(len(v) == 6 for v in extra.values())
+    assert sorted(metrics) == sorted(extra)
+    remote = ArmoRewardFunc(url=server.url, api_key=KEY)
+    assert remote(prompts=[messages(r["prompt"]) for r in rows], completions=[r["response"] for r in rows]) == \
+        pytest.approx(expected, abs=1e-5)
+    assert f.__name__ == "armo"
+
+
+def test_verl_compute_score(tiny_model, tmp_path, monkeypatch):
+    from armo_cli.adapters import compute_score
+
+    rows = rows_of(3, seed=17)
+    expected = offline_scores(tiny_model / "model", rows, tmp_path)
+    monkeypatch.setenv("ARMO_MODEL", str(tiny_model / "model"))
+    one = compute_score("hh", rows[0]["response"], None, {"prompt": rows[0]["prompt"]})
+    assert one["score"] == pytest.approx(expected[0], abs=1e-5) and len(one) > 2
+    batch = compute_score(["hh"] * 3, [r["response"] for r in rows], [None] * 3, [{"prompt": r["prompt"]} for r in rows])
+    assert [b["score"] for b in batch] == pytest.approx(expected, abs=1e-5)
+    with pytest.raises(ValueError, match=r"extra_info\['prompt'\]"):
+        compute_score("hh", "an answer", None, {"index": 3})
+
+
+def test_serve_refuses_bad_options_before_loading():
+    r = armo("serve", "--port", "70000")
+    assert r.code == 2 and "--port" in r.stderr
+    r = armo("serve", "--max-batch", "0")
+    assert r.code == 2 and "--max-batch" in r.stderr
