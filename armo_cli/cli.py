@@ -13,7 +13,7 @@ import typer
 from . import __version__
 from .console import console
 from .configs import (AssembleConfig, DecorrelationConfig, EvaluateConfig, ExportConfig, ExtractConfig, GatingConfig,
-                      ImportConfig, MergeConfig, RegressionConfig, SampleConfig, ScoreConfig, ServeConfig)
+                      ImportConfig, MergeConfig, RegressionConfig, ReportConfig, SampleConfig, ScoreConfig, ServeConfig)
 from .specs import parse_alphas, parse_lambda_range, parse_ranges
 from .errors import (EXIT_BAD_INPUT, EXIT_ENVIRONMENT, EXIT_INTERNAL, EXIT_INTERRUPTED, ArmoError, debug_enabled,
                      environment_message, one_line)
@@ -314,6 +314,19 @@ def import_(**values):
 
 
 @app.command()
+@config_command(ReportConfig, argument="report")
+def report(**values):
+    """Redraw the HTML report from saved `armo evaluate` outputs, without recomputing (needs matplotlib).
+
+    Example: `armo report report.json --pairs pair-scores.jsonl -o report.html`
+    """
+    from .report import write_report
+
+    cfg = _config(ReportConfig, values)
+    _run(lambda: write_report(cfg))
+
+
+@app.command()
 @config_command(ServeConfig)
 def serve(**values):
     """Serve the model over HTTP for RLHF trainers, with dynamic batching (needs `pip install 'armo-cli[serve]'`).
@@ -334,7 +347,7 @@ def serve(**values):
 COMMAND_CONFIGS = {"extract": ExtractConfig, "merge": MergeConfig, "fit-regression": RegressionConfig,
                    "fit-decorrelation": DecorrelationConfig, "fit-gating": GatingConfig, "assemble": AssembleConfig,
                    "score": ScoreConfig, "evaluate": EvaluateConfig, "sample": SampleConfig, "export": ExportConfig,
-                   "import": ImportConfig, "serve": ServeConfig}
+                   "import": ImportConfig, "serve": ServeConfig, "report": ReportConfig}
 
 
 @app.command()

@@ -159,9 +159,17 @@ class ScoreConfig(ModelInputConfig):
 class EvaluateConfig(ModelInputConfig):
     ties: str = opt("loss", "loss (RewardBench: chosen must score higher) or half.", choices=TIES)
     output: str | None = opt(None, "Write the report as JSON (report.json).")
-    pairs_output: str | None = opt(None, "Per-pair scores as JSONL.")
+    pairs_output: str | None = opt(None, "Per-pair scores, gate weights, coefficients and rewards as JSONL.")
+    html: str | None = opt(None, "Also write a self-contained HTML report (needs the report extra: matplotlib).")
     bootstrap: int = opt(1000, "Bootstrap resamples for the 95% intervals.", min=1)
     seed: int = opt(0, "Seed of the bootstrap.")
+
+
+@dataclass
+class ReportConfig:
+    report: str = opt("report.json", "An `armo evaluate -o` report.")
+    pairs: str = opt("pairs.jsonl", "Its `--pairs-output` records.")
+    output: str = opt("report.html", "HTML file to write.")
 
 
 @dataclass

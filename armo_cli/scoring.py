@@ -303,6 +303,39 @@ def pair_outcomes(margin: torch.Tensor, ties: str) -> torch.Tensor:
     return out
 
 
+def model_info(model: ArmoModel) -> dict:
+    """What a report says of the model it measured."""
+    return {"path": str(model.path), "backbone": model.backbone.get("name"), "layer": model.meaning.layer,
+            "objectives": model.objectives, "gate_rule": model.gate_rule,
+            "verbosity_objective": model.decorrelation.meta.verbosity,
+            "transform": model.decorrelation.transform.tolist()}
+
+
+def source_name(path: str | None) -> str | None:
+    return "<stdin>" if path == "-" else path
+
+
+def pair_records(model: ArmoModel, ids: list[str], subsets: list[str], ex: dict[str, torch.Tensor],
+                 lengths: torch.Tensor) -> list[dict]:
+    """`--pairs-output`: per pair the scores, the gate's weights and coefficients (shared by both sides), and
+    each side's rewards before (`rewards`) and after (`adjusted`) decorrelation: everything the HTML report draws."""
+    objs = model.objectives
+    adj = ex["rewards"] @ model.decorrelation.transform
+    out = []
+    for i, rid in enumerate(ids):
+        sc = ex["score"][i]
+
+        def per(t: torch.Tensor) -> dict:
+            return {o: float(t[j]) for j, o in enumerate(objs)}
+
+        out.append({"id": rid, "subset": subsets[i], "chosen": float(sc[0]), "rejected": float(sc[1]),
+                    "margin": float(sc[0] - sc[1]), "chosen_length": int(lengths[i, 0]), "rejected_length": int(lengths[i, 1]),
+                    "gating": per(ex["gating"][i]), "coefficients": per(ex["coefficients"][i]),
+                    "rewards": {"chosen": per(ex["rewards"][i, 0]), "rejected": per(ex["rewards"][i, 1])},
+                    "adjusted": {"chosen": per(adj[i, 0]), "rejected": per(adj[i, 1])}})
+    return out
+
+
 def evaluate_scores(scores: torch.Tensor, subsets: list[str], lengths: torch.Tensor, ties: str = "loss",
                     n_boot: int = 1000, seed: int = 0) -> dict:
     """The evaluate report from pair scores [N,2], subset names and response lengths [N,2]."""
@@ -346,7 +379,11 @@ def evaluate_scores(scores: torch.Tensor, subsets: list[str], lengths: torch.Ten
 
 def evaluate(cfg: EvaluateConfig) -> dict:
     """Run `armo evaluate` and return its report."""
-    check_inputs(cfg, {"--output": cfg.output, "--pairs-output": cfg.pairs_output})
+    check_inputs(cfg, {"--output": cfg.output, "--pairs-output": cfg.pairs_output, "--html": cfg.html})
+    if cfg.html:
+        from .report import check_available
+
+        check_available()
     model = ArmoModel.load(cfg.model)
     w = _weights(cfg.weights, cfg.objective, model.objectives)
     model = steered(model, cfg.objective)
@@ -354,7 +391,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         feats = load_features(model, cfg.features)
         if not feats.pair:
             raise ArmoError(f"{cfg.features}: evaluate needs pairs (rows with 'chosen' and 'rejected')")
-        scores = model.explain(feats.tensors["prompt_features"], feats.tensors["response_features"], w)["score"]
+        ex = model.explain(feats.tensors["prompt_features"], feats.tensors["response_features"], w)
         ids, lengths = feats.ids, feats.tensors["response_lengths"]
         subsets = feats.meta.subsets or [None] * len(ids)
     else:
@@ -366,27 +403,28 @@ def evaluate(cfg: EvaluateConfig) -> dict:
                 if not g.pair:
                     raise ArmoError(f"{source.name}:{g.trees[0].example.line}: evaluate needs pairs "
                                     f"(rows with 'chosen' and 'rejected')")
-                rows += [(t.index, t, g.explained["score"][i]) for i, t in enumerate(g.trees)]
+                rows += [(t.index, t, {k: v[i] for k, v in g.explained.items()}) for i, t in enumerate(g.trees)]
         rows.sort(key=lambda r: r[0])
         ids = [t.example.id for _, t, _ in rows]
         subsets = [t.example.subset for _, t, _ in rows]
-        scores = torch.stack([sc for _, _, sc in rows])
+        ex = {k: torch.stack([e[k] for _, _, e in rows]) for k in rows[0][2]} if rows else {}
         lengths = torch.tensor([[len(c) for c in t.conts] for _, t, _ in rows])
+    scores = ex["score"]
     check_finite_scores(scores, ids)
     subsets = [s if s is not None else "all" for s in subsets]
     report = evaluate_scores(scores, subsets, lengths, cfg.ties, cfg.bootstrap, cfg.seed)
-    report = {"model": str(model.path), **report}
+    report = {"model": str(model.path), "model_info": model_info(model), "input": cfg.features or source_name(cfg.input),
+              "weights": cfg.weights, "objective": cfg.objective, **report}
     texts: dict[str, str] = {}
+    records = pair_records(model, ids, subsets, ex, lengths) if (cfg.pairs_output or cfg.html) else []
     if cfg.pairs_output:
-        lines = []
-        for i, rid in enumerate(ids):
-            sc = scores[i]
-            lines.append(dumps({"id": rid, "subset": subsets[i], "chosen": float(sc[0]), "rejected": float(sc[1]),
-                                "margin": float(sc[0] - sc[1]),
-                                "chosen_length": int(lengths[i, 0]), "rejected_length": int(lengths[i, 1])}) + "\n")
-        texts[cfg.pairs_output] = "".join(lines)
+        texts[cfg.pairs_output] = "".join(dumps(r) + "\n" for r in records)
     if cfg.output:
         texts[cfg.output] = dumps(report, indent=2) + "\n"
+    if cfg.html:
+        from .report import render_report
+
+        texts[cfg.html] = render_report(report, records)
     write_texts_atomic(texts)  # the report and the per-pair file succeed or fail together
     rows = [[k, v["n"], v["accuracy"], f"[{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]", v["ties"]] for k, v in report["subsets"].items()]
     show(table(f"evaluate: {report['n']} pairs, ties counted as {cfg.ties}", ["subset", "n", "accuracy", "95% CI", "ties"], rows), cfg.quiet)

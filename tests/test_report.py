@@ -1,0 +1,104 @@
+"""The HTML report: one offline file, every section, figures whose numbers are the records' own."""
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+
+from conftest import armo
+
+pytest.importorskip("matplotlib")
+
+SECTIONS = ("summary", "accuracy", "gate", "single", "length", "correlation")
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_model, tmp_path_factory):
+    d = tmp_path_factory.mktemp("report")
+    m = tiny_model / "model"
+    r = armo("evaluate", "-m", str(m), str(tiny_model / "p.jsonl"), "-o", str(d / "report.json"),
+             "--pairs-output", str(d / "pairs.jsonl"), "--html", str(d / "report.html"), "-q")
+    assert r.code == 0, r.stderr
+    return d
+
+
+def test_one_offline_file_with_every_section(evaluated):
+    html = (evaluated / "report.html").read_text()
+    assert html.startswith("<!DOCTYPE html>") and html.count("<html") == 1
+    for sid in SECTIONS:
+        assert f"<section id='{sid}'>" in html
+    # nothing fetched at view time: src/href only to fragments of the page itself (SVG's <use xlink:href="#id">)
+    # or embedded data (a heatmap's pixels); no script; no URL but the SVG/XML namespace names
+    refs = re.findall(r"\b(?:src|href)\s*=\s*[\"']([^\"']*)", html)
+    assert refs and all(r.startswith(("#", "data:image/png;base64,")) for r in refs), sorted(set(refs))[:5]
+    assert "<script" not in html
+    urls = set(re.findall(r"https?://[^\s\"'<>]+", html))
+    assert urls <= {"http://www.w3.org/2000/svg", "http://www.w3.org/1999/xlink"}, urls
+    assert html.count("<svg") == 7  # accuracy, gate + coefficients, single objectives, length, correlations x2
+    assert html.count("<details>") >= 6
+    assert len(html) < 1_000_000
+
+
+def test_figures_are_the_records_numbers(evaluated):
+    from armo_cli.report import figure_data, report_from_files
+
+    report, records = report_from_files(str(evaluated / "report.json"), str(evaluated / "pairs.jsonl"))
+    data = figure_data(report, records)
+    objectives = report["model_info"]["objectives"]
+    subsets = {r["subset"] for r in records}
+    assert set(data["gate_weights"]) == subsets
+    for s in subsets:
+        rs = [r for r in records if r["subset"] == s]
+        for o in objectives:
+            assert data["gate_weights"][s][o] == pytest.approx(sum(r["gating"][o] for r in rs) / len(rs), abs=1e-12)
+            assert data["coefficients"][s][o] == pytest.approx(sum(r["coefficients"][o] for r in rs) / len(rs), abs=1e-12)
+        # the full model's column is the evaluate report's accuracy
+        assert data["single_objective_accuracy"][s]["full model"] == report["subsets"][s]["accuracy"]
+        o = objectives[0]
+        alone = sum((r["adjusted"]["chosen"][o] > r["adjusted"]["rejected"][o]) for r in rs) / len(rs)
+        assert data["single_objective_accuracy"][s][o] == pytest.approx(alone)
+    # the numbers are in the page's tables too (nothing only in a picture)
+    html = (evaluated / "report.html").read_text()
+    s0 = sorted(subsets)[0]
+    assert f"{data['gate_weights'][s0][objectives[0]]:.3f}" in html
+    # the length objective is zero after decorrelation: no correlation to draw
+    v = report["model_info"]["verbosity_objective"]
+    assert data["correlation_after"][v][objectives[0]] is None
+    assert data["correlation_before"][v][v] == pytest.approx(1.0)
+
+
+def test_armo_report_redraws_the_same_figures(evaluated):
+    from armo_cli.report import dumps_figure_data, report_from_files
+
+    r = armo("report", str(evaluated / "report.json"), "--pairs", str(evaluated / "pairs.jsonl"), "-o",
+             str(evaluated / "again.html"))
+    assert r.code == 0, r.stderr
+    assert (evaluated / "again.html").read_text() == (evaluated / "report.html").read_text()
+    rep, recs = report_from_files(str(evaluated / "report.json"), str(evaluated / "pairs.jsonl"))
+    assert dumps_figure_data(rep, recs) == dumps_figure_data(rep, recs)
+
+
+def test_report_refuses_records_without_explanations(evaluated, tmp_path):
+    bad = tmp_path / "old.jsonl"
+    bad.write_text(json.dumps({"id": "a", "subset": "s", "chosen": 1, "rejected": 0, "margin": 1}) + "\n")
+    r = armo("report", str(evaluated / "report.json"), "--pairs", str(bad), "-o", str(tmp_path / "x.html"))
+    assert r.code == 2 and "old.jsonl:1" in r.stderr and "field 'chosen_length'" in r.stderr
+    assert not (tmp_path / "x.html").exists()
+
+
+def test_evaluate_without_html_does_not_import_matplotlib(tiny_model, tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; from armo_cli.cli import main\n"
+            "try:\n    main(['evaluate', '-m', sys.argv[1], sys.argv[2], '-q', '-o', sys.argv[3]])\n"
+            "except SystemExit: pass\n"
+            "print('matplotlib' in sys.modules)")
+    t0 = time.time()
+    out = subprocess.run([sys.executable, "-c", code, str(tiny_model / "model"), str(tiny_model / "p.jsonl"),
+                          str(tmp_path / "r.json")], capture_output=True, text=True)
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["n"] == 60
+    assert time.time() - t0 < 120
