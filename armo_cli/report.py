@@ -162,8 +162,7 @@ def _accuracy_figure(plt, data: dict) -> str:
     vals = [a["accuracy"] for a in acc]
     lo = [max(a["accuracy"] - a["ci95"][0], 0) if not math.isnan(a["ci95"][0]) else 0 for a in acc]
     hi = [max(a["ci95"][1] - a["accuracy"], 0) if not math.isnan(a["ci95"][1]) else 0 for a in acc]
-    colors = [BLUE if a["section"] is None or i % 2 == 0 else BLUE for i, a in enumerate(acc)]
-    ax.barh(y, vals, xerr=[lo, hi], color=colors, ecolor="black", capsize=2, height=0.6)
+    ax.barh(y, vals, xerr=[lo, hi], color=BLUE, ecolor="black", capsize=2, height=0.6)
     ax.axvline(0.5, color=GREY, linestyle="--", linewidth=1)
     labels = [f"{a['subset']} ({a['section']})" if a["section"] else a["subset"] for a in acc]
     ax.set_yticks(y, [f"{lab}  n={a['n']}" for lab, a in zip(labels, acc)])
@@ -260,8 +259,8 @@ def render_report(report: dict, records: list[dict]) -> str:
                   _heatmap(plt, gm, subsets, objs, "Mean gate weight per objective", "mean gate weight", False, vmin=0.0) +
                   _heatmap(plt, cm, subsets, objs, "Mean coefficient per objective (gate weights through the decorrelation)",
                            "mean coefficient", True),
-                  "Rows are subsets, columns objectives. Top: the gate's mean weight (a row sums to the gate's learned "
-                  "scale); darker means less weight. Bottom: the mean coefficient g·Tᵀ that multiplies each objective's "
+                  "Rows are subsets, columns objectives. Left: the gate's mean weight (a row sums to the gate's learned "
+                  "scale); darker means less weight. Right: the mean coefficient g·Tᵀ that multiplies each objective's "
                   "reward in the score; purple pulls the score up with that reward, orange pushes it down, white is 0." +
                   _table(["subset", *[f"weight: {o}" for o in objs]], [[r, *row] for r, row in zip(subsets, gm)]) +
                   _table(["subset", *[f"coefficient: {o}" for o in objs]], [[r, *row] for r, row in zip(subsets, cm)])))

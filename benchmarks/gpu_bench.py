@@ -1,0 +1,319 @@
+"""armo's GPU path at Llama-3-8B shape: throughput, MFU, memory and feature agreement, against the reference loop.
+
+A randomly initialised LlamaModel is built from a config alone (default: Llama-3-8B's shape, bf16, sdpa; random
+weights cost the same FLOPs as real ones; nothing is downloaded), with the embedded backbone's tokenizer. On the
+same device, in one run, it measures:
+  - `armo extract` (tree-masked pairs: the prompt once, both responses; length-sorted token-budget batches),
+    end to end through armo's own extract() with the model passed in;
+  - the reference loop of the research scripts: one sequence per forward pass, chosen and rejected each with
+    the full prompt, batch size 1;
+  - `armo score` on the same pairs (heads fitted on the extracted features with armo's own fit functions);
+  - agreement: armo's features vs separate full passes in the same dtype (smallest and mean cosine);
+  - which sdpa kernels accept armo's tree mask (a 4D additive mask rules out flash attention) and their speed,
+    with the features of each compared to the default.
+Token counts: "processed" are the tokens each method runs (armo: prompt once; reference: prompt twice);
+"reference-equivalent tokens/s" divides the reference loop's token count by each method's time, so the ratio
+is the wall-time speed-up on the same pairs. FLOPs per forward: 2 x (non-embedding parameters) per token plus
+attention, 4 x layers x d x (attended positions) per token; MFU = achieved / the GPU's dense bf16 peak.
+
+Prepare the data once on a machine that has ../shared/data and armo's embedded backbone (writes an ignored folder
+that travels to the GPU machine):
+    python benchmarks/gpu_bench.py --prepare gpu_bench_data
+On a GPU (bring gpu_bench_data; PYTHONPATH=. if armo is not installed):
+    python benchmarks/gpu_bench.py --data gpu_bench_data --json gpu_bench.json
+On this CPU, a tiny model of the same family (a few minutes, in CI):
+    python benchmarks/gpu_bench.py --tiny
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gzip
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from armo_cli.backbones import Backbone, BackboneSpec  # noqa: E402
+from armo_cli.rendering import Renderer  # noqa: E402
+from armo_cli.rows import parse_row  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "data" / "pairs.jsonl.gz"
+# dense bf16 tensor-core peaks (TFLOP/s) of SXM parts, from NVIDIA's data sheets
+PEAKS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0}
+LLAMA3_8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                 num_key_value_heads=8, max_position_embeddings=8192, rope_theta=500000.0)
+TINY = dict(hidden_size=64, intermediate_size=172, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+            max_position_embeddings=8192)
+
+
+def prepare(out: Path, n: int) -> None:
+    """The tokenizer (from armo's cache of the embedded backbone) and the first N hh_rlhf pairs, into OUT."""
+    from armo_cli.backbones import load_backbone
+
+    bb = load_backbone("smollm2-135m-instruct", "cpu", "fp32", fast=True)
+    folder = Path(bb.model.config._name_or_path) if hasattr(bb.model.config, "_name_or_path") else None
+    src = folder if folder and (folder / "tokenizer.json").exists() else None
+    if src is None:
+        from armo_cli.backbones import find_named_gguf, gguf_cache_dir
+
+        src, _ = gguf_cache_dir(find_named_gguf("smollm2-135m-instruct"))
+    (out / "tokenizer").mkdir(parents=True, exist_ok=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"):
+        if (src / name).exists():
+            shutil.copy(src / name, out / "tokenizer" / name)
+    rows = []
+    with gzip.open(SHARED, "rt") as f:
+        for line in f:
+            r = json.loads(line)
+            if r["source"].startswith("hh_rlhf"):
+                rows.append(r)
+                if len(rows) == n:
+                    break
+    (out / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    print(f"gpu_bench: wrote {out}/tokenizer and {len(rows)} hh_rlhf pairs to {out}/pairs.jsonl")
+
+
+def load_tokenizer(data: Path | None):
+    from transformers import AutoTokenizer
+
+    if data is not None and (data / "tokenizer" / "tokenizer.json").exists():
+        return AutoTokenizer.from_pretrained(str(data / "tokenizer"))
+    from armo_cli.backbones import find_named_gguf, gguf_cache_dir, load_backbone
+
+    load_backbone("smollm2-135m-instruct", "cpu", "fp32", fast=True)  # converts once into armo's cache
+    folder, _ = gguf_cache_dir(find_named_gguf("smollm2-135m-instruct"))
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+def random_backbone(tok, shape: dict, device: torch.device, dtype: torch.dtype) -> Backbone:
+    from transformers import LlamaConfig, LlamaModel
+
+    cfg = LlamaConfig(vocab_size=len(tok), attn_implementation="sdpa", **shape)
+    torch.manual_seed(0)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = LlamaModel(cfg)
+    finally:
+        torch.set_default_dtype(old)
+    model.eval().requires_grad_(False)
+    fp = "random-llama-" + "-".join(f"{k}{v}" for k, v in sorted(shape.items()))
+    return Backbone(BackboneSpec(fp, "folder"), model, tok, device, dtype, fp)
+
+
+def attended(prompt: int, conts: list[int]) -> int:
+    """Sum over tokens of the positions each attends to (itself included), for a prompt shared by `conts`."""
+    s = prompt * (prompt + 1) // 2
+    for c in conts:
+        s += c * prompt + c * (c + 1) // 2
+    return s
+
+
+def flops(model, tokens: int, attended_positions: int) -> float:
+    c = model.config
+    params = sum(p.numel() for n, p in model.named_parameters() if "embed" not in n)
+    return 2.0 * params * tokens + 4.0 * c.num_hidden_layers * c.hidden_size * attended_positions
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_memory(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+
+
+def reset_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+
+def reference_loop(bb: Backbone, trees) -> tuple[float, torch.Tensor]:
+    """One sequence per forward pass, batch size 1, each response with the full prompt."""
+    feats = torch.empty(len(trees), 2, bb.hidden_size)
+    sync(bb.device)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for i, t in enumerate(trees):
+            for k, c in enumerate(t.conts):
+                ids = torch.tensor([t.prompt + c], device=bb.device)
+                feats[i, k] = bb.model(input_ids=ids, use_cache=False).last_hidden_state[0, -1].float().cpu()
+    sync(bb.device)
+    return time.perf_counter() - t0, feats
+
+
+def kernel_study(bb: Backbone, trees, batch_tokens: int, max_padding: float) -> list[dict]:
+    """Which sdpa backends run armo's tree-masked batches, how fast, and whether they give the same features."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from armo_cli.forward import encode_trees
+
+    out, ref = [], None
+    names = ["FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH"]
+    for name in [None, *names]:
+        ctx = sdpa_kernel([getattr(SDPBackend, name)]) if name else contextlib.nullcontext()
+        try:
+            with ctx, torch.no_grad():
+                encode_trees(bb, trees[:4], batch_tokens, None, max_padding)  # warm-up (and the support check)
+                sync(bb.device)
+                t0 = time.perf_counter()
+                _, R = encode_trees(bb, trees, batch_tokens, None, max_padding)
+                sync(bb.device)
+            dt = time.perf_counter() - t0
+            if ref is None:
+                ref = R
+            diff = float((R - ref).abs().max())
+            out.append({"kernel": name or "default (sdpa's choice)", "seconds": dt, "max_abs_diff_vs_default": diff})
+        except RuntimeError as e:
+            out.append({"kernel": name, "error": str(e).splitlines()[0][:120]})
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--prepare", default=None, help="write the tokenizer and pairs into this folder, then stop")
+    ap.add_argument("--data", default=None, help="a folder written by --prepare (default: examples/pairs.jsonl with --tiny)")
+    ap.add_argument("--tiny", action="store_true", help="a tiny model of the same family (CPU, CI)")
+    ap.add_argument("--pairs", type=int, default=512)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--dtype", default=None, help="default: bf16 on CUDA, fp32 on CPU")
+    ap.add_argument("--peak-tflops", type=float, default=None, help="the device's dense peak (default: from its name)")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    if args.prepare:
+        prepare(Path(args.prepare), args.pairs)
+        return
+
+    from armo_cli.backbones import auto_device, auto_dtype
+    from armo_cli.configs import DecorrelationConfig, ExtractConfig, GatingConfig, RegressionConfig, ScoreConfig
+    from armo_cli.decorrelation import fit_decorrelation
+    from armo_cli.extract import extract
+    from armo_cli.features import Features
+    from armo_cli.forward import batch_defaults
+    from armo_cli.gating import fit_gating
+    from armo_cli.model import ArmoModel, assemble
+    from armo_cli.regression import fit_regression
+    from armo_cli.scoring import score
+
+    device = auto_device(args.device)
+    dtype = auto_dtype(device, args.dtype)
+    data = Path(args.data) if args.data else None
+    pairs_file = data / "pairs.jsonl" if data else ROOT / "examples" / "pairs.jsonl"
+    n = args.pairs if not args.tiny else min(args.pairs, 32)
+    tok = load_tokenizer(data)
+    bb = random_backbone(tok, TINY if args.tiny else LLAMA3_8B, device, dtype)
+    work = Path(tempfile.mkdtemp(prefix="gpu_bench-"))
+    rows = [json.loads(line) for line in pairs_file.read_text().splitlines()][:n]
+    (work / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    renderer = Renderer(bb.tokenizer)
+    trees = [renderer.tokenize(parse_row(r, f"pairs:{i}"), i) for i, r in enumerate(rows)]
+    tok_armo = sum(t.length for t in trees)
+    tok_ref = sum(len(t.prompt) * 2 + sum(len(c) for c in t.conts) for t in trees)
+    att_armo = sum(attended(len(t.prompt), [len(c) for c in t.conts]) for t in trees)
+    att_ref = sum(attended(len(t.prompt) + len(c), []) for t in trees for c in t.conts)
+    batch_tokens, max_padding = batch_defaults(device)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    peak = args.peak_tflops or next((v for k, v in PEAKS.items() if k in name), None)
+
+    # armo extract, end to end (a warm-up run on a few pairs first: kernels, allocator)
+    cfg = dict(backbone=bb.spec.name, device=str(device), quiet=True, batch_tokens=batch_tokens)
+    (work / "warm.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:8]))
+    extract(ExtractConfig(input=str(work / "warm.jsonl"), output=str(work / "warm.st"), **cfg), backbone=bb)
+    reset_memory(device)
+    sync(device)
+    t0 = time.perf_counter()
+    extract(ExtractConfig(input=str(work / "pairs.jsonl"), output=str(work / "pairs.st"), **cfg), backbone=bb)
+    sync(device)
+    t_armo = time.perf_counter() - t0
+    mem_armo = peak_memory(device)
+    feats = Features.load(work / "pairs.st")
+
+    reset_memory(device)
+    reference_loop(bb, trees[:2])  # warm-up
+    t_ref, ref_feats = reference_loop(bb, trees)
+    mem_ref = peak_memory(device)
+    cos = torch.nn.functional.cosine_similarity(feats.tensors["response_features"].float(), ref_feats, dim=-1)
+
+    # armo score on the same pairs: heads fitted with armo's own functions on the extracted features
+    fit_regression(RegressionConfig(pairs=[str(work / "pairs.st")], preference_objective="preference",
+                                    length_objective="verbosity", output=str(work / "reg.st"), quiet=True))
+    fit_decorrelation(DecorrelationConfig(features=[str(work / "pairs.st")], regression=str(work / "reg.st"),
+                                          output=str(work / "dec.st"), quiet=True))
+    fit_gating(GatingConfig(features=[str(work / "pairs.st")], regression=str(work / "reg.st"), decorrelation=str(work / "dec.st"),
+                            output=str(work / "gate.st"), steps=50, hidden_dim=64, quiet=True))
+    assemble(work / "model", str(work / "reg.st"), str(work / "gate.st"), str(work / "dec.st"))
+    model = ArmoModel.load(work / "model")
+    sc = ScoreConfig(input=str(work / "pairs.jsonl"), output=str(work / "scores.jsonl"), format="jsonl", quiet=True,
+                     batch_tokens=batch_tokens)
+    score(ScoreConfig(input=str(work / "warm.jsonl"), output=str(work / "w.jsonl"), format="jsonl", quiet=True), model=model, backbone=bb)
+    sync(device)
+    t0 = time.perf_counter()
+    score(sc, model=model, backbone=bb)
+    sync(device)
+    t_score = time.perf_counter() - t0
+
+    kernels = kernel_study(bb, trees[: min(len(trees), 64)], batch_tokens, max_padding)
+
+    f_armo, f_ref = flops(bb.model, tok_armo, att_armo), flops(bb.model, tok_ref, att_ref)
+    res = {
+        "device": name, "dtype": str(dtype).replace("torch.", ""), "shape": "tiny" if args.tiny else "llama-3-8b",
+        "params_non_embedding": sum(p.numel() for k, p in bb.model.named_parameters() if "embed" not in k),
+        "pairs": len(trees), "tokens_armo": tok_armo, "tokens_reference": tok_ref, "batch_tokens": batch_tokens,
+        "armo_extract": {"seconds": t_armo, "pairs_per_s": len(trees) / t_armo, "tokens_per_s": tok_armo / t_armo,
+                         "reference_equivalent_tokens_per_s": tok_ref / t_armo, "tflops": f_armo / t_armo / 1e12,
+                         "peak_memory_gib": mem_armo},
+        "reference_loop": {"seconds": t_ref, "pairs_per_s": len(trees) / t_ref, "tokens_per_s": tok_ref / t_ref,
+                           "tflops": f_ref / t_ref / 1e12, "peak_memory_gib": mem_ref},
+        "speedup_wall_time": t_ref / t_armo,
+        "armo_score": {"seconds": t_score, "pairs_per_s": len(trees) / t_score},
+        "agreement": {"min_cosine": float(cos.min()), "mean_cosine": float(cos.mean())},
+        "peak_tflops": peak, "kernels": kernels,
+    }
+    if peak:
+        res["armo_extract"]["mfu"] = res["armo_extract"]["tflops"] / peak
+        res["reference_loop"]["mfu"] = res["reference_loop"]["tflops"] / peak
+    print_table(res)
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def print_table(r: dict) -> None:
+    a, f = r["armo_extract"], r["reference_loop"]
+
+    def mem(x):
+        return "n/a (CPU)" if x is None else f"{x:.1f} GiB"
+
+    def mfu(x):
+        return f"{100 * x['mfu']:.1f}%" if "mfu" in x else "n/a"
+
+    print(f"gpu_bench: {r['shape']} shape ({r['params_non_embedding'] / 1e9:.2f}B non-embedding parameters), {r['dtype']}, "
+          f"{r['device']}; {r['pairs']} pairs, {r['tokens_armo']} tokens run by armo, {r['tokens_reference']} by the reference")
+    print(f"{'':26s}{'seconds':>9s}{'pairs/s':>10s}{'tokens/s':>11s}{'TFLOP/s':>9s}{'MFU':>7s}{'peak mem':>12s}")
+    print(f"{'armo extract':26s}{a['seconds']:9.2f}{a['pairs_per_s']:10.1f}{a['tokens_per_s']:11.0f}{a['tflops']:9.2f}"
+          f"{mfu(a):>7s}{mem(a['peak_memory_gib']):>12s}")
+    print(f"{'reference loop (bs 1)':26s}{f['seconds']:9.2f}{f['pairs_per_s']:10.1f}{f['tokens_per_s']:11.0f}{f['tflops']:9.2f}"
+          f"{mfu(f):>7s}{mem(f['peak_memory_gib']):>12s}")
+    print(f"armo vs reference: {r['speedup_wall_time']:.2f}x wall time on the same pairs "
+          f"(reference-equivalent tokens/s {a['reference_equivalent_tokens_per_s']:.0f} vs {f['tokens_per_s']:.0f})")
+    print(f"armo score: {r['armo_score']['pairs_per_s']:.1f} pairs/s; features vs separate full passes: "
+          f"min cosine {r['agreement']['min_cosine']:.5f}, mean {r['agreement']['mean_cosine']:.5f}")
+    for k in r["kernels"]:
+        if "error" in k:
+            print(f"  sdpa {k['kernel']:28s} not usable with the tree mask: {k['error']}")
+        else:
+            print(f"  sdpa {k['kernel']:28s} {k['seconds']:8.3f} s  max |diff| vs default {k['max_abs_diff_vs_default']:.2e}")
+
+
+if __name__ == "__main__":
+    main()
