@@ -397,3 +397,18 @@ def test_serve_refuses_bad_options_before_loading():
     assert r.code == 2 and "--port" in r.stderr
     r = armo("serve", "--max-batch", "0")
     assert r.code == 2 and "--max-batch" in r.stderr
+
+
+def test_api_loads_an_exported_folder(tiny_model, tmp_path):
+    """RewardModel takes what `armo export` wrote (imported once into armo's cache) and scores as the model does."""
+    from armo_cli import RewardModel
+
+    from conftest import cli
+
+    cli("export", "-m", tiny_model / "model", tmp_path / "hf")
+    rows = rows_of(5, seed=23)
+    direct = RewardModel(tiny_model / "model").score(rows)
+    exported = RewardModel(tmp_path / "hf").score(rows)
+    assert [r["score"] for r in exported] == pytest.approx([r["score"] for r in direct], abs=1e-4)
+    again = RewardModel(tmp_path / "hf")  # the cached import is reused
+    assert again.model.path == RewardModel(tmp_path / "hf").model.path
