@@ -240,11 +240,10 @@ def serve(cfg: ServeConfig) -> None:
     """Run `armo serve` until SIGINT/SIGTERM: in-flight requests finish, new connections are refused."""
     validate(cfg)
     try:
-        import uvicorn  # noqa: F401
         import starlette  # noqa: F401
+        import uvicorn
     except ImportError:
         raise ArmoError("armo serve needs the serve extra: pip install 'armo-cli[serve]' (starlette, uvicorn)") from None
-    import uvicorn
 
     rm = RewardModel(cfg.model, device=cfg.device, dtype=cfg.dtype, backbone=cfg.backbone, max_length=cfg.max_length,
                      overflow=cfg.overflow, batch_tokens=cfg.batch_tokens)

@@ -1,9 +1,20 @@
-"""Measure the default model's quality and write its model card (run by examples/train_default.sh).
+"""Measure the default model and its ablations on three evaluation sets; write quality.json and the model card.
 
-On dev-eval and on held-out pairs it compares: the full model; uniform weights over the adjusted
-objectives; the best single objective (chosen on the training pairs); the model without
-decorrelation (its own gate, identity transform); and a linear Bradley-Terry head trained on the
-same training pairs. It also reports the length diagnostics with and without decorrelation.
+Run by examples/fit_default.sh after the recipe's models are assembled under WORK/models. Evaluation sets (never
+trained on, never used to choose anything): the held-out permissive pairs (disjoint by prompt), dev-eval, and the
+RMB evaluation slice (out of distribution). Scorers, each on every set:
+  - the full model (preference objective, decorrelation, the gate chosen on the RMB selection slice);
+  - uniform weights over the objectives the gate may choose (same rewards, same transform);
+  - the best single objective, chosen on the training pairs (out-of-fold rewards for the preference objective);
+  - a linear Bradley-Terry head on the response features, trained on the same pairs with the same loop (control);
+  - ablation models built by the recipe with the same commands: without decorrelation, without the preference
+    objective, and pairs-only models (preference + length objectives) at the chosen layer and at the last layer
+    (the last-layer arm only where WORK/last-layer holds its features; see examples/ablate_last_layer.sh).
+Accuracy counts ties as losses, with 95% bootstrap intervals; "vs full" is a paired bootstrap interval of the
+full model's accuracy minus the scorer's. Length: Spearman(score, response length) over all responses, and the
+share of pairs (lengths differing) where the longer response scores higher, beside the labels' share.
+
+    python benchmarks/default_model_quality.py --work runs/default --model armo_cli/default_model.new
 """
 from __future__ import annotations
 
@@ -13,124 +24,268 @@ from pathlib import Path
 
 import torch
 
+from armo_cli.configs import GatingConfig
 from armo_cli.features import Features
-from armo_cli.gating import Gating, GatingConfig, best_single_objective, grouped_split, train_linear_bt
+from armo_cli.gating import adjusted_rewards, best_single_objective, blocked_objectives, grouped_split, train_linear_bt
 from armo_cli.model import ArmoModel
-from armo_cli.scoring import evaluate_scores
+from armo_cli.scoring import evaluate_scores, pair_outcomes
+from armo_cli.stats import bootstrap_ci
+
+SETS = {"held-out pairs": "heldout", "dev-eval": "dev-eval", "RMB (out of distribution)": "rmb-eval"}
+SELECTION = ("RMB selection slice (chose the gate; not a result)", "rmb-select")
+N_BOOT = 1000
+ROOT = Path(__file__).resolve().parent
+
+
+def uniform_weights(model: ArmoModel) -> torch.Tensor:
+    allowed = torch.ones(len(model.objectives))
+    allowed[blocked_objectives(model.decorrelation.transform)] = 0.0
+    return allowed / allowed.sum()
+
+
+def row_groups(work: Path, stem: str, feats: Features) -> list[str]:
+    """Per row: held-out pairs by source, dev-eval by subset, RMB by section (helpfulness by category)."""
+    if feats.meta.subsets and any(s is not None for s in feats.meta.subsets):
+        return [s or "all" for s in feats.meta.subsets]
+    src = {}
+    p = work / f"{stem}.jsonl"
+    if p.exists():
+        for line in p.read_text().splitlines():
+            r = json.loads(line)
+            parts = r.get("source", "?").split("/")
+            src[r["id"]] = ("/".join(parts[1:3]) if parts[1] == "Helpfulness" else parts[1]) if parts[0] == "rmb" else parts[0]
+    return [src.get(i, "?") for i in feats.ids]
+
+
+def measure(scores: torch.Tensor, lengths: torch.Tensor, full_outcome: torch.Tensor | None) -> dict:
+    rep = evaluate_scores(scores, ["all"] * scores.shape[0], lengths, "loss", N_BOOT, 0)
+    out = {"accuracy": rep["accuracy_all"], "n": rep["n"], "ci95": rep["subsets"]["all"]["ci95"], "ties": rep["ties"]["count"],
+           "length_bias": rep["length_bias"]}
+    if full_outcome is not None:
+        diff = full_outcome - pair_outcomes(scores[:, 0] - scores[:, 1], "loss")
+        out["full_minus_this"] = {"mean": float(diff.mean()), "ci95": bootstrap_ci(diff, N_BOOT, 0)}
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", default="runs/default")
     ap.add_argument("--model", default="armo_cli/default_model")
-    ap.add_argument("--produced-by", default="", help="the recipe command and sizes, for the card")
+    ap.add_argument("--produced-by", default="bash examples/train_default.sh", help="the recipe command, for the card")
     args = ap.parse_args()
-    work = Path(args.work)
+    work, models = Path(args.work), Path(args.work) / "models"
     model = ArmoModel.load(args.model)
-    nodecor = Gating.load(work / "gating-nodecor.safetensors")
     train = Features.load(work / "pairs.features.safetensors")
-    k = len(model.objectives)
-    T = model.decorrelation.transform
-    I = torch.eye(k)
-
-    # choices made on training pairs only
-    radj_tr = model.regression.rewards(train.tensors["response_features"]) @ T
-    best_j = best_single_objective(radj_tr)
+    Rtr = train.tensors["response_features"].float()
     groups = train.meta.prompt_hashes or train.ids
+    # choices made on training pairs only
+    radj_tr = adjusted_rewards(model.regression, model.decorrelation.transform, Rtr, groups)
+    best_j = best_single_objective(radj_tr)
     tr = grouped_split(groups, 0.1, 0)
-    cfg = GatingConfig()
-    w_lin = train_linear_bt(train.tensors["response_features"], tr, ~tr, cfg)
+    w_lin = train_linear_bt(Rtr, tr, ~tr, GatingConfig())
+    uniform = uniform_weights(model)
 
-    sets = {"dev-eval": work / "dev-eval.features.safetensors", "held-out pairs": work / "heldout.features.safetensors"}
-    results = {}
-    for name, path in sets.items():
+    arms = {"without decorrelation": (models / "nodecor", work),
+            "without the preference objective": (models / "nopref", work),
+            "pairs only (preference + length), chosen layer": (models / "pairsonly", work),
+            "pairs only (preference + length), last layer": (work / "last-layer" / "models" / "pairsonly", work / "last-layer")}
+    results: dict[str, dict] = {}
+    gate_means: dict[str, dict] = {}
+    for set_name, stem in [*SETS.items(), SELECTION]:
+        path = work / f"{stem}.features.safetensors"
+        if not path.exists():
+            continue
         f = Features.load(path)
         P, R, L = f.tensors["prompt_features"], f.tensors["response_features"], f.tensors["response_lengths"]
-        r = model.regression.rewards(R)
-        scorers = {
-            "full model (gate + decorrelation)": model.explain(P, R)["score"],
-            "uniform weights": (r @ T).mean(-1),
-            f"best single objective ({model.objectives[best_j]})": (r @ T)[:, :, best_j],
-            "without decorrelation (own gate, T = I)": (nodecor.gate(P)[:, None, :] * (r @ I)).sum(-1),
-            "linear Bradley-Terry head (non-MoE)": R @ w_lin,
-        }
-        results[name] = {}
-        for sname, s in scorers.items():
-            rep = evaluate_scores(s.detach(), ["all"] * s.shape[0], L, "loss", 1000, 0)
-            results[name][sname] = {"accuracy": rep["accuracy_all"], "n": rep["n"], "ci95": rep["subsets"]["all"]["ci95"],
-                                    "length_bias": rep["length_bias"]}
-    out = {"results": results, "best_single_objective": model.objectives[best_j]}
+        with torch.no_grad():
+            ex = model.explain(P, R)
+            full = ex["score"]
+            full_outcome = pair_outcomes(full[:, 0] - full[:, 1], "loss")
+            scorers = {
+                "full model": full,
+                "uniform weights": model.explain(P, R, uniform)["score"],
+                f"best single objective ({model.objectives[best_j]})": (model.regression.rewards(R) @ model.decorrelation.transform)[:, :, best_j],
+                "linear Bradley-Terry head (control)": R.float() @ w_lin,
+            }
+            for arm, (mdir, fdir) in arms.items():
+                fp = fdir / f"{stem}.features.safetensors"
+                if mdir.exists() and fp.exists():
+                    fa = f if fp == path else Features.load(fp)
+                    if fa.ids != f.ids:  # an arm with other rows (another layer's length limits) is not paired
+                        keep = {i: k for k, i in enumerate(fa.ids)}
+                        raise SystemExit(f"{fp}: rows differ from {path} ({len(keep)} vs {len(f.ids)})")
+                    scorers[arm] = ArmoModel.load(mdir).explain(fa.tensors["prompt_features"], fa.tensors["response_features"])["score"]
+        results[set_name] = {name: measure(s.detach(), L, None if name == "full model" else full_outcome)
+                             for name, s in scorers.items()}
+        grp = row_groups(work, stem, f)
+        g = ex["gating"] / ex["gating"].sum(-1, keepdim=True)  # shares of the weight (the scale is shared)
+        gate_means[set_name] = {}
+        for name in sorted(set(grp)):
+            idx = torch.tensor([i for i, x in enumerate(grp) if x == name])
+            sel = full_outcome[idx]
+            gate_means[set_name][name] = {"n": int(idx.numel()), "accuracy": float(sel.mean()),
+                                          "weights": {o: float(g[idx, j].mean()) for j, o in enumerate(model.objectives)}}
+    selection = json.loads((work / "gate-selection.json").read_text()) if (work / "gate-selection.json").exists() else None
+    probe = json.loads((ROOT / "results" / "layer_probe.json").read_text())
+    targets = check_targets(results)
+    out = {"results": results, "gate_weights_by_group": gate_means, "best_single_objective": model.objectives[best_j],
+           "gate_selection": selection, "targets": targets}
     (Path(args.model) / "quality.json").write_text(json.dumps(out, indent=2) + "\n")
-    write_card(Path(args.model), model, work, results, args.produced_by)
-    for name, rs in results.items():
-        print(f"\n{name}")
+    write_card(Path(args.model), model, work, out, probe, args.produced_by)
+    for set_name, rs in results.items():
+        print(f"\n{set_name}")
         for sname, v in rs.items():
             lb = v["length_bias"]
+            d = v.get("full_minus_this")
+            dd = f"  full-this {d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" if d else ""
             print(f"  {sname:48s} acc {v['accuracy']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}] n={v['n']}  "
-                  f"spearman(score,len) {lb['spearman_score_length']:+.3f}  longer wins {lb['longer_wins_model']:.3f} "
-                  f"(labels {lb['longer_wins_labels']:.3f})")
+                  f"spearman {lb['spearman_score_length']:+.3f}  longer wins {lb['longer_wins_model']:.3f} "
+                  f"(labels {lb['longer_wins_labels']:.3f}){dd}")
+    print()
+    for t in targets:
+        print(f"{'PASS' if t['pass'] else 'MISS'}  {t['target']}: {t['measured']}")
 
 
-def write_card(model_dir: Path, model: ArmoModel, work: Path, results: dict, produced_by: str = "") -> None:
+def check_targets(results: dict) -> list[dict]:
+    """The issue's targets, each with what was measured (nothing here is hard-coded: all from `results`)."""
+    out = []
+    h = results.get("held-out pairs", {}).get("full model")
+    if h:
+        out.append({"target": "held-out accuracy >= 0.65", "pass": h["accuracy"] >= 0.65, "measured": f"{h['accuracy']:.3f}"})
+    for set_name, rs in results.items():
+        if set_name == SELECTION[0]:
+            continue
+        full = rs["full model"]
+        for sname, v in rs.items():
+            if sname == "full model" or sname.startswith(("without", "pairs only")):
+                continue
+            d = v["full_minus_this"]
+            out.append({"target": f"{set_name}: full model not worse than {sname} (paired 95% CI of full - it reaches 0)",
+                        "pass": d["ci95"][1] >= 0, "measured": f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"})
+        lb = full["length_bias"]
+        out.append({"target": f"{set_name}: |Spearman(score, length)| <= 0.10", "pass": abs(lb["spearman_score_length"]) <= 0.10,
+                    "measured": f"{lb['spearman_score_length']:+.3f}"})
+        out.append({"target": f"{set_name}: longer response wins no more often than the labels say",
+                    "pass": lb["longer_wins_model"] <= lb["longer_wins_labels"],
+                    "measured": f"model {lb['longer_wins_model']:.3f}, labels {lb['longer_wins_labels']:.3f}"})
+    return out
+
+
+def _counts(jsonl: Path) -> str:
+    c: dict[str, int] = {}
+    for line in jsonl.read_text().splitlines():
+        s = json.loads(line).get("source", "?").split("/")[0]
+        c[s] = c.get(s, 0) + 1
+    return ", ".join(f"{k} {v}" for k, v in sorted(c.items()))
+
+
+def write_card(model_dir: Path, model: ArmoModel, work: Path, q: dict, probe: dict, produced_by: str) -> None:
     reg = model.regression.meta.to_json()
     dec = model.decorrelation.meta.to_json()
     gat = model.gating.meta.to_json()
-    feats = {n: Features.load(work / f"{n}.features.safetensors").meta.to_json() for n in ("ratings", "pairs", "heldout", "dev-eval")}
-
-    def src_counts(jsonl: Path) -> dict:
-        c: dict = {}
-        for line in jsonl.read_text().splitlines():
-            s = json.loads(line).get("source", "?").split("/")[0]
-            c[s] = c.get(s, 0) + 1
-        return c
-
-    lines = ["# armo default model: SmolLM2-135M-Instruct + ArmoRM-MoE heads", "",
-             "Trained by `examples/train_default.sh`; every number below was written by "
-             "`benchmarks/default_model_quality.py` from that run.", "",
-             "## How it was produced", "",
-             f"`{produced_by or 'bash examples/train_default.sh'}` on a 2-core CPU (no GPU machine was available), "
-             "using only armo's own commands: sample, extract, fit-regression (with a length-derived `verbosity` "
-             "objective), fit-decorrelation on the training pairs, fit-gating on the same pairs, assemble.", "",
-             "## Backbone", "", f"- `{reg['backbone']['name']}` (fingerprint `{reg['backbone']['fingerprint'][:24]}`), "
-             f"d = {reg['hidden_size']}, gate rule `{model.gate_rule}`", "",
-             "## Training data (permissively licensed sources of ../shared/data only)", ""]
-    for name, fn in (("stage 1 ratings", "ratings.jsonl"), ("gate + decorrelation pairs", "pairs.jsonl"),
-                     ("held-out pairs (evaluation only)", "heldout.jsonl")):
-        p = work / fn
-        if p.exists():
-            lines.append(f"- {name}: " + ", ".join(f"{k} {v}" for k, v in sorted(src_counts(p).items())))
-    lines += [f"- rows used after length limits: ratings {len(feats['ratings']['ids'])} "
-              f"({len(feats['ratings']['report']['skipped'])} skipped, {len(feats['ratings']['report']['truncated'])} prompt-truncated), "
-              f"pairs {len(feats['pairs']['ids'])} ({len(feats['pairs']['report']['skipped'])} skipped), "
-              f"max length {feats['pairs']['max_length']} tokens", "",
-              "Licences: UltraFeedback, HH-RLHF, USR Topical-Chat (MIT); Prometheus, PandaLM (Apache-2.0); XSTest (CC-BY-4.0).", "",
-              "## Objectives and scales", "", "| objective | scale mapped to [0,1] | ridge alpha | val Pearson | n train |",
-              "|---|---|---|---|---|"]
+    feats = {n: Features.load(work / f"{n}.features.safetensors").meta for n in ("ratings", "pairs")}
+    layer = model.meaning.layer
+    L = ["# armo default model: SmolLM2-135M-Instruct + ArmoRM-MoE heads", "",
+         "Trained by `examples/train_default.sh` (features) and `examples/fit_default.sh` (heads); every number below "
+         "was written by `benchmarks/default_model_quality.py` from that run, and by `benchmarks/layer_probe.py` for "
+         "the layer table.", "",
+         "## How it was produced", "",
+         f"`{produced_by}` on a 2-core CPU (no GPU), with armo's own commands: extract (hidden layer {layer}), "
+         "fit-regression (ridge objectives from ratings, a length-derived `verbosity` objective, and a `preference` "
+         "objective fitted from the training pairs by a Bradley-Terry head, cross-fitted by prompt), fit-decorrelation "
+         "against verbosity on the training pairs, fit-gating (gate settings chosen on an RMB selection slice), assemble.", "",
+         "## Backbone and feature layer", "",
+         f"- `{reg['backbone']['name']}` (fingerprint `{reg['backbone']['fingerprint'][:24]}`), d = {reg['hidden_size']}, "
+         f"gate rule `{model.gate_rule}`, features from hidden layer {layer} (counted from the end; -1 is the last "
+         "layer after the final norm; intermediate layers are the residual stream before any norm)", "",
+         f"Layer choice (`benchmarks/layer_probe.py`): a linear Bradley-Terry probe per layer on {probe['train_pairs']} "
+         f"permissive training pairs, scored in distribution (5-fold CV grouped by prompt) and on {probe['ood_pairs']} "
+         "RMB pairs of the *selection* half of RMB's prompts (the evaluation slice below comes from the other half). "
+         "Out of distribution no layer is clearly better than chance (95% intervals about ±0.07), so the rule is: among "
+         "the layers whose selection accuracy is within 0.02 of the best, the one with the best in-distribution accuracy.", "",
+         "<details><summary>probe table (all layers)</summary>", "", "| layer | from end | CV accuracy (in-dist) | RMB selection accuracy |",
+         "|---|---|---|---|"]
+    for r in probe["layers"]:
+        mark = " **(chosen)**" if r["layer_from_end"] == layer else ""
+        L.append(f"| {r['layer']} | {r['layer_from_end']}{mark} | {r['cv_accuracy']:.3f} | {r['ood_accuracy']:.3f} |")
+    L += ["", "</details>", "", "## Training data (permissively licensed sources of ../shared/data only)", ""]
+    for name, fn in (("stage 1 ratings", "ratings.jsonl"), ("preference objective, decorrelation and gate pairs", "pairs.jsonl"),
+                     ("held-out pairs (evaluation only)", "heldout.jsonl"), ("RMB evaluation slice", "rmb-eval.jsonl"),
+                     ("RMB selection slice (chose the gate)", "rmb-select.jsonl")):
+        if (work / fn).exists():
+            L.append(f"- {name}: {_counts(work / fn)}")
+    fr, fp = feats["ratings"], feats["pairs"]
+    L += [f"- rows used after length limits: ratings {len(fr.ids)} ({len(fr.report.get('skipped', []))} skipped, "
+          f"{len(fr.report.get('truncated', []))} prompt-truncated), pairs {len(fp.ids)} ({len(fp.report.get('skipped', []))} skipped), "
+          f"max length {fp.max_length} tokens",
+          "- training rows whose prompt text recurs in an evaluation set were dropped (`benchmarks/recipe_slices.py`).", "",
+          "Licences: UltraFeedback, HH-RLHF, USR Topical-Chat (MIT); Prometheus, PandaLM (Apache-2.0); XSTest (CC-BY-4.0). "
+          "RMB (no licence file) only evaluates and selects; it never trains.", "",
+          "## Objectives and scales", "", "| objective | scale mapped to [0,1] | strength | validation | n train |", "|---|---|---|---|---|"]
     for o in model.objectives:
-        s = reg["scales"][o]
-        m = reg["metrics"][o]
-        scale = f"log1p(tokens) {s['lo']:.2f}..{s['hi']:.2f}" if s["transform"] == "log1p" else f"{s['lo']:g}..{s['hi']:g}"
-        pear = "n/a" if m["pearson"] is None else f"{m['pearson']:.3f}"
-        lines.append(f"| {o} | {scale} | {m['alpha']:g} | {pear} | {m['n_train']} |")
-    lines += ["", "## Decorrelation", "", f"Method {dec.get('method')}, verbosity objective `{dec.get('verbosity')}`, "
-              f"{dec.get('reference_rows')} reference responses.", "", "| objective | lambda | corr before | corr after |", "|---|---|---|---|"]
+        s, m = reg["scales"][o], reg["metrics"][o]
+        scale = f"log1p(tokens) {s['lo']:.2f}..{s['hi']:.2f}" if s["transform"] == "log1p" else f"{s['lo']:.3g}..{s['hi']:.3g}"
+        if m.get("val_accuracy") is not None:
+            val = f"pair accuracy {m['val_accuracy']:.3f}"
+            strength = f"C {m['C']:g}"
+        else:
+            val = "n/a" if m.get("pearson") is None else f"Pearson {m['pearson']:.3f}"
+            strength = f"alpha {m['alpha']:g}"
+        L.append(f"| {o} | {scale} | {strength} | {val} | {m['n_train']} |")
+    pref = reg.get("preference") or {}
+    if pref:
+        L += ["", f"The `{pref['objective']}` objective is cross-fitted: {pref['folds']} prompt-grouped folds, so every pair the "
+              "gate and the decorrelation learn from gets a reward from a head that never saw it; the shipped head is fitted on all pairs."]
+    L += ["", "## Decorrelation", "", f"Method {dec.get('method')}, against `{dec.get('verbosity')}`, "
+          f"{dec.get('reference_rows')} reference responses (the training pairs).", "",
+          "| objective | lambda | corr before | corr after |", "|---|---|---|---|"]
     for o, r in dec.get("objectives_report", {}).items():
-        lines.append(f"| {o} | {r['lambda']:.4f} | {r['before']:+.4f} | {r['after']:+.4f} |")
+        L.append(f"| {o} | {r['lambda']:.4f} | {r['before']:+.4f} | {r['after']:+.4f} |")
     c, t = gat["config"], gat["training"]
-    lines += ["", "## Gate", "", f"MLP {c['n_hidden']} x {c['hidden_dim']}, dropout {c['dropout']}, temperature {c['temperature']}; "
-              f"AdamW lr {t['lr']}, batch {t['batch_size']}, {t['steps']} steps max (ran {t['steps_run']}, best at {t['best_step']}), "
-              f"seed {t['seed']}; {gat['pairs']['train']} train / {gat['pairs']['val']} validation pairs.", "",
-              "## Measured quality", "", "Accuracy = chosen scored strictly higher (ties count as losses); 95% bootstrap intervals.", ""]
-    for name, rs in results.items():
-        lines += [f"### {name}", "", "| scorer | accuracy | 95% CI | Spearman(score, length) | longer wins (model / labels) |",
-                  "|---|---|---|---|---|"]
+    blocked = gat.get("blocked_objectives") or []
+    L += ["", "## Gate", "", f"MLP {c['n_hidden']} x {c['hidden_dim']}, dropout {c['dropout']}, temperature {c['temperature']}; "
+          f"AdamW lr {t['lr']}, weight decay {t['weight_decay']}, batch {t['batch_size']}, at most {t['steps']} steps (ran "
+          f"{t['steps_run']}, best at {t['best_step']}), seed {t['seed']}; {gat['pairs']['train']} train / {gat['pairs']['val']} "
+          "validation pairs (early stopping)."]
+    if blocked:
+        L.append(f"Objectives out of the gate's choices (zero after decorrelation): {', '.join(blocked)}.")
+    sel = q.get("gate_selection")
+    if sel:
+        L += ["", f"Gate settings chosen on the RMB selection slice ({sel['n']} pairs; rule: {sel['rule']}):", "",
+              "| candidate | selection accuracy | 95% CI | in-distribution validation accuracy |", "|---|---|---|---|"]
+        for r in sel["candidates"]:
+            s = r["selection"]
+            v = r["in_distribution_val_accuracy"]
+            L.append(f"| {r['name']}{' **(chosen)**' if r['name'] == sel['chosen'] else ''} | {s['accuracy']:.3f} | "
+                     f"[{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}] | {'' if v is None else f'{v:.3f}'} |")
+        u = sel["uniform_weights"]
+        L.append(f"| uniform weights | {u['accuracy']:.3f} | [{u['ci95'][0]:.3f}, {u['ci95'][1]:.3f}] | |")
+    L += ["", "## Measured quality", "", "Accuracy: chosen scored strictly higher (ties count as losses), 95% bootstrap intervals. "
+          "\"full - this\": paired bootstrap interval of the full model's accuracy minus the scorer's (positive: the full "
+          "model is better). Longer wins: share of pairs with different lengths where the longer response scores higher.", ""]
+    for set_name, rs in q["results"].items():
+        L += [f"### {set_name}", "", "| scorer | accuracy | 95% CI | full - this | Spearman(score, length) | longer wins (model / labels) |",
+              "|---|---|---|---|---|---|"]
         for sname, v in rs.items():
-            lb = v["length_bias"]
-            lines.append(f"| {sname} | {v['accuracy']:.3f} | [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}] | "
-                         f"{lb['spearman_score_length']:+.3f} | {lb['longer_wins_model']:.3f} / {lb['longer_wins_labels']:.3f} |")
-        lines.append("")
-    lines += ["A 135M backbone is weak: these numbers are an honest, reproducible baseline, not a strong reward model.", ""]
-    (model_dir / "MODEL_CARD.md").write_text("\n".join(lines))
+            lb, d = v["length_bias"], v.get("full_minus_this")
+            dd = f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" if d else ""
+            L.append(f"| {sname} | {v['accuracy']:.3f} | [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}] | {dd} | "
+                     f"{lb['spearman_score_length']:+.3f} | {lb['longer_wins_model']:.3f} / {lb['longer_wins_labels']:.3f} |")
+        L.append("")
+    L += ["## What the gate does: mean share of the gate's weight per objective, by source or subset", "",
+          "Shares sum to 1 per row (the gate's learned scale is common to all prompts). Accuracy is the full model's on those pairs.", ""]
+    short = [o for o in model.objectives if o not in blocked]
+    for set_name, groups in q["gate_weights_by_group"].items():
+        L += [f"### {set_name}", "", "| group | n | accuracy | " + " | ".join(short) + " |", "|---|---|---|" + "---|" * len(short)]
+        for name, v in groups.items():
+            L.append(f"| {name} | {v['n']} | {v['accuracy']:.3f} | " + " | ".join(f"{v['weights'][o]:.2f}" for o in short) + " |")
+        L.append("")
+    L += ["## Targets (from the issue), as measured", "", "| target | measured | met |", "|---|---|---|"]
+    for t in q["targets"]:
+        L.append(f"| {t['target']} | {t['measured']} | {'yes' if t['pass'] else '**no**'} |")
+    L += ["", "A 135M general-purpose backbone is weak at judging responses: read these numbers as an honest, reproducible "
+          "baseline, not a strong reward model. Out of distribution (RMB) every scorer is near chance.", ""]
+    (model_dir / "MODEL_CARD.md").write_text("\n".join(L))
 
 
 if __name__ == "__main__":

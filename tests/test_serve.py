@@ -4,7 +4,6 @@ The server tests start the real server (uvicorn) in a subprocess on a free port 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import select
