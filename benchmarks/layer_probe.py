@@ -120,6 +120,16 @@ def probe_layer(Xtr: torch.Tensor, keys: list[str], Xood: torch.Tensor, folds: i
     return {"cv_accuracy": cv, "ood_accuracy": accuracy(w, ood_r[:, 0] - ood_r[:, 1]), "l2": l2}
 
 
+RULE = "among the layers whose OOD accuracy is within 0.02 of the best, the best CV accuracy"
+
+
+def choose(results: list[dict], tolerance: float = 0.02) -> dict:
+    """The layer to use. OOD accuracies at this n differ by less than their interval (about +-0.07), so the
+    OOD maximum alone would pick noise; near it, the in-distribution accuracy breaks the tie."""
+    top = max(r["ood_accuracy"] for r in results)
+    return max((r for r in results if r["ood_accuracy"] >= top - tolerance), key=lambda r: (r["cv_accuracy"], r["layer"]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--train", type=int, default=300)
@@ -166,8 +176,11 @@ def main() -> None:
     print(f"best layer by OOD accuracy: {best['layer']} (--layer {best['layer_from_end']}), "
           f"OOD {best['ood_accuracy']:.3f}, CV {best['cv_accuracy']:.3f}; last layer: OOD {results[-1]['ood_accuracy']:.3f}, "
           f"CV {results[-1]['cv_accuracy']:.3f}")
+    chosen = choose(results)
+    print(f"chosen ({RULE}): layer {chosen['layer']} (--layer {chosen['layer_from_end']}), "
+          f"OOD {chosen['ood_accuracy']:.3f}, CV {chosen['cv_accuracy']:.3f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "layers": results, "best": best,
+        Path(args.json).write_text(json.dumps({"args": vars(args), "layers": results, "best": best, "chosen": chosen, "rule": RULE,
                                                "train_pairs": int(Xtr.shape[0]), "ood_pairs": int(Xood.shape[0])}, indent=2))
 
 
