@@ -255,6 +255,7 @@ def serve(cfg: ServeConfig) -> None:
         sock.bind((cfg.host, cfg.port))
     except OSError as e:
         raise ArmoError(f"--host {cfg.host} --port {cfg.port}: cannot bind ({e.strerror})") from None
+    sock.listen(2048)  # connections queue from now on, so the address printed below already answers
     port = sock.getsockname()[1]
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not (cfg.api_key or os.environ.get("ARMO_API_KEY")):
         print(f"armo serve: warning: bound to {cfg.host} without --api-key: anyone who reaches it can use it",
