@@ -171,6 +171,32 @@ def check_targets(results: dict) -> list[dict]:
     return out
 
 
+def findings(q: dict, model: ArmoModel, blocked: list[str]) -> list[str]:
+    """Plain statements the tables support, written from the numbers (so they change when the numbers do)."""
+    out = []
+    shares = [(set_name, g, v["weights"]) for set_name, groups in q["gate_weights_by_group"].items() for g, v in groups.items()]
+    top = {max(w, key=w.get) for _, _, w in shares}
+    low = min(max(w.values()) for _, _, w in shares)
+    if len(top) == 1:
+        (o,) = top
+        out.append(f"The gate routes every source and subset to one objective, `{o}` (at least {low:.2f} of its weight in "
+                   f"every group): on these training pairs no other objective, after decorrelation, orders pairs better, so the "
+                   f"mixture reduces to that objective. It does not route safety prompts to the XSTest objectives.")
+    else:
+        out.append(f"The gate's favourite objective differs across groups ({', '.join(sorted(top))}).")
+    res = {k: v for k, v in q["results"].items() if k != SELECTION[0]}
+    for set_name, rs in res.items():
+        full, nd = rs["full model"]["length_bias"], rs.get("without decorrelation", {}).get("length_bias")
+        if nd:
+            out.append(f"{set_name}: Spearman(score, length) {full['spearman_score_length']:+.3f} with decorrelation, "
+                       f"{nd['spearman_score_length']:+.3f} without.")
+    out.append("Decorrelation zeroes each objective's correlation with length on its reference set (the training pairs), "
+               "but the preference objective's relation to length changes sign between distributions (negative on the "
+               "HH-RLHF-heavy training pairs, positive on dev-eval and RMB), so a linear correction fitted on one set does "
+               "not carry to the others.")
+    return out
+
+
 def _counts(jsonl: Path) -> str:
     c: dict[str, int] = {}
     for line in jsonl.read_text().splitlines():
@@ -280,6 +306,7 @@ def write_card(model_dir: Path, model: ArmoModel, work: Path, q: dict, probe: di
         for name, v in groups.items():
             L.append(f"| {name} | {v['n']} | {v['accuracy']:.3f} | " + " | ".join(f"{v['weights'][o]:.2f}" for o in short) + " |")
         L.append("")
+    L += ["## Findings (computed from the tables above)", ""] + [f"- {x}" for x in findings(q, model, blocked)] + [""]
     L += ["## Targets (from the issue), as measured", "", "| target | measured | met |", "|---|---|---|"]
     for t in q["targets"]:
         L.append(f"| {t['target']} | {t['measured']} | {'yes' if t['pass'] else '**no**'} |")

@@ -33,8 +33,8 @@ armo fit-decorrelation "$PAIRS" -r "$F/regression-nopref.safetensors" -o "$F/dec
 GATES=(
   "mlp3x256:--n-hidden 3 --hidden-dim 256"
   "mlp1x128:--n-hidden 1 --hidden-dim 128 --weight-decay 0.1"
-  "mlp1x64-strong:--n-hidden 1 --hidden-dim 64 --dropout 0.5 --weight-decay 1.0"
   "linear:--n-hidden 0"
+  "linear-T100:--n-hidden 0 --temperature 100 --weight-decay 1.0"   # held near uniform weights
 )
 CANDIDATES=()
 for g in "${GATES[@]}"; do

@@ -111,19 +111,21 @@ def test_legacy_artifacts_without_a_recorded_meaning_are_read_from_their_loose_f
                              "legacy", prompt=False).gate_rule is None
 
 
-def test_the_shipped_model_refuses_features_read_at_another_gate_position(tmp_path):
-    """The shipped model predates recorded meanings: its manifest's gate rule still guards it."""
+def test_the_shipped_model_refuses_features_read_at_another_gate_position_or_layer(tmp_path):
+    """The shipped model records what its features mean; features read elsewhere are refused, naming both."""
+    import torch
+
     default = ArmoModel.load(None)
     assert default.gate_rule == "generation-prompt"
     bb = default.backbone
-    import torch
-
     d = bb["hidden_size"]
-    make_features(tmp_path / "f.st", torch.zeros(3, 2, d), gate_rule="armo-eot",
-                  feature_meaning={"backbone": bb["name"], "fingerprint": bb["fingerprint"], "hidden_size": d,
-                                   "gate_rule": "armo-eot"})
-    r = armo("evaluate", "--features", tmp_path / "f.st", "-q")
-    assert r.code == 2 and "gate rule armo-eot differs from" in r.stderr
+    for change, message in (({"gate_rule": "armo-eot"}, "gate rule armo-eot differs from"),
+                            ({"layer": -1}, f"feature layer -1 differs from {default.path}'s {default.meaning.layer}")):
+        meaning = {**default.meaning.to_json(), **change}
+        make_features(tmp_path / "f.st", torch.zeros(3, 2, d), gate_rule=meaning["gate_rule"], layer=meaning["layer"],
+                      feature_meaning=meaning, backbone=bb["name"])
+        r = armo("evaluate", "--features", tmp_path / "f.st", "-q")
+        assert r.code == 2 and message in r.stderr, r.stderr
 
 
 def test_written_features_record_their_meaning(tiny_model):
