@@ -259,8 +259,8 @@ def render_report(report: dict, records: list[dict]) -> str:
                   _heatmap(plt, gm, subsets, objs, "Mean gate weight per objective", "mean gate weight", False, vmin=0.0) +
                   _heatmap(plt, cm, subsets, objs, "Mean coefficient per objective (gate weights through the decorrelation)",
                            "mean coefficient", True),
-                  "Rows are subsets, columns objectives. Left: the gate's mean weight (a row sums to the gate's learned "
-                  "scale); darker means less weight. Right: the mean coefficient g·Tᵀ that multiplies each objective's "
+                  "Rows are subsets, columns objectives. First map: the gate's mean weight (a row sums to the gate's "
+                  "learned scale); darker means less weight. Second map: the mean coefficient g·Tᵀ that multiplies each objective's "
                   "reward in the score; purple pulls the score up with that reward, orange pushes it down, white is 0." +
                   _table(["subset", *[f"weight: {o}" for o in objs]], [[r, *row] for r, row in zip(subsets, gm)]) +
                   _table(["subset", *[f"coefficient: {o}" for o in objs]], [[r, *row] for r, row in zip(subsets, cm)])))
