@@ -327,7 +327,7 @@ def test_batches_keep_each_requests_rows():
 def test_api_scores_equal_armo_score(tiny_model, tmp_path):
     from armo_cli import RewardModel
 
-    rows = rows_of(10) + pair_rows(4, seed=5)
+    rows = rows_of(10) + [dict(r, id=f"pair-{r['id']}") for r in pair_rows(4, seed=5)]
     f = write_jsonl(tmp_path / "rows.jsonl", rows)
     r = armo("score", "-m", str(tiny_model / "model"), str(f), "--format", "jsonl", "-q")
     assert r.code == 0
