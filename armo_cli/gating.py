@@ -39,6 +39,13 @@ def blocked_objectives(T: torch.Tensor) -> list[int]:
     return [j for j in range(T.shape[1]) if not bool(T[:, j].any())]
 
 
+def uniform_weights(T: torch.Tensor) -> torch.Tensor:
+    """Equal weights over the objectives a gate may choose (a zeroed objective is left out): the baseline."""
+    allowed = torch.ones(T.shape[1])
+    allowed[blocked_objectives(T)] = 0.0
+    return allowed / allowed.sum()
+
+
 class Gate(nn.Module):
     """ArmoRM's GatingNetwork: an MLP ending in a softmax over the objectives, times a learnable scale."""
 

@@ -26,7 +26,7 @@ import torch
 
 from armo_cli.configs import GatingConfig
 from armo_cli.features import Features
-from armo_cli.gating import adjusted_rewards, best_single_objective, blocked_objectives, grouped_split, train_linear_bt
+from armo_cli.gating import adjusted_rewards, best_single_objective, grouped_split, train_linear_bt, uniform_weights
 from armo_cli.model import ArmoModel
 from armo_cli.scoring import evaluate_scores, pair_outcomes
 from armo_cli.stats import bootstrap_ci
@@ -35,12 +35,6 @@ SETS = {"held-out pairs": "heldout", "dev-eval": "dev-eval", "RMB (out of distri
 SELECTION = ("RMB selection slice (chose the gate; not a result)", "rmb-select")
 N_BOOT = 1000
 ROOT = Path(__file__).resolve().parent
-
-
-def uniform_weights(model: ArmoModel) -> torch.Tensor:
-    allowed = torch.ones(len(model.objectives))
-    allowed[blocked_objectives(model.decorrelation.transform)] = 0.0
-    return allowed / allowed.sum()
 
 
 def row_groups(work: Path, stem: str, feats: Features) -> list[str]:
@@ -83,7 +77,7 @@ def main() -> None:
     best_j = best_single_objective(radj_tr)
     tr = grouped_split(groups, 0.1, 0)
     w_lin = train_linear_bt(Rtr, tr, ~tr, GatingConfig())
-    uniform = uniform_weights(model)
+    uniform = uniform_weights(model.decorrelation.transform)
 
     arms = {"without decorrelation": (models / "nodecor", work),
             "without the preference objective": (models / "nopref", work),

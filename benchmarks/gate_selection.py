@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from armo_cli.features import Features
-from armo_cli.gating import blocked_objectives
+from armo_cli.gating import uniform_weights
 from armo_cli.model import ArmoModel
 from armo_cli.scoring import evaluate_scores
 
@@ -26,14 +26,6 @@ from armo_cli.scoring import evaluate_scores
 def accuracy_report(scores: torch.Tensor, lengths: torch.Tensor) -> dict:
     rep = evaluate_scores(scores, ["all"] * scores.shape[0], lengths, "loss", 1000, 0)
     return {"accuracy": rep["accuracy_all"], "ci95": rep["subsets"]["all"]["ci95"], "n": rep["n"]}
-
-
-def uniform_weights(model: ArmoModel) -> torch.Tensor:
-    """Equal weights over the objectives the gate may choose (a zeroed objective is left out)."""
-    k = len(model.objectives)
-    allowed = torch.ones(k)
-    allowed[blocked_objectives(model.decorrelation.transform)] = 0.0
-    return allowed / allowed.sum()
 
 
 def main() -> None:
@@ -51,7 +43,7 @@ def main() -> None:
         with torch.no_grad():
             rep = accuracy_report(model.explain(P, R)["score"], L)
             if uniform is None:
-                uniform = accuracy_report(model.explain(P, R, uniform_weights(model))["score"], L)
+                uniform = accuracy_report(model.explain(P, R, uniform_weights(model.decorrelation.transform))["score"], L)
         gate_json = Path(path).parent.parent / "heads" / f"gating-{name}.json"
         val = None
         if gate_json.exists():  # the gate's own validation accuracy (training sources)

@@ -151,6 +151,9 @@ def test_a_zeroed_objective_is_out_of_the_gates_choices(tmp_path):
                                   decorrelation=str(tmp_path / "dec.safetensors"), output=str(tmp_path / "g.safetensors"),
                                   hidden_dim=8, n_hidden=1, steps=60, lr=1e-2, quiet=True))
     assert rep["blocked_objectives"] == ["verbosity"]
+    from armo_cli.gating import uniform_weights
+
+    assert uniform_weights(T).tolist() == [1.0, 0.0] and uniform_weights(torch.eye(2)).tolist() == [0.5, 0.5]
     gate = Gating.load(tmp_path / "g.safetensors").gate
     w = gate(torch.randn(1000, d) * 10)
     assert (w[:, 1] == 0).all()
