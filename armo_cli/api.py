@@ -53,7 +53,7 @@ class RewardModel:
 
     def __init__(self, model: str | Path | ArmoModel | None = None, *, device: str | None = None, dtype: str | None = None,
                  backbone: str | Backbone | None = None, max_length: int | None = None, overflow: str = "error",
-                 batch_tokens: int | None = None, top_k: int = 3):
+                 batch_tokens: int | None = None, top_k: int = 3, max_padding: float | None = None):
         check_value("--overflow", overflow, {"choices": OVERFLOW})
         self.model = model if isinstance(model, ArmoModel) else load_model(model)
         self.backbone = backbone if isinstance(backbone, Backbone) else load_backbone(
@@ -62,8 +62,9 @@ class RewardModel:
         check_backbone(self.model, self.backbone, self.renderer)
         self.limit, self.limit_name = length_limit(max_length, self.backbone.model.config)
         self.overflow = overflow
-        default_tokens, self.max_padding = batch_defaults(self.backbone.device)
+        default_tokens, default_padding = batch_defaults(self.backbone.device)
         self.batch_tokens = batch_tokens or default_tokens
+        self.max_padding = default_padding if max_padding is None else max_padding
         self.top_k = top_k
 
     @property

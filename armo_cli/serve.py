@@ -246,7 +246,7 @@ def serve(cfg: ServeConfig) -> None:
         raise ArmoError("armo serve needs the serve extra: pip install 'armo-cli[serve]' (starlette, uvicorn)") from None
 
     rm = RewardModel(cfg.model, device=cfg.device, dtype=cfg.dtype, backbone=cfg.backbone, max_length=cfg.max_length,
-                     overflow=cfg.overflow, batch_tokens=cfg.batch_tokens)
+                     overflow=cfg.overflow, batch_tokens=cfg.batch_tokens, max_padding=cfg.max_padding)
     app = make_app(rm, cfg)
     family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)

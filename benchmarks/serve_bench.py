@@ -91,6 +91,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=256)
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--server-args", default="", help="more `armo serve` options for the batched run, e.g. '--max-padding 0.3'")
     args = ap.parse_args()
     rows = example_rows(args.rows)
 
@@ -103,8 +104,9 @@ def main() -> None:
     offline = {"rows_per_s": len(rows) / (time.perf_counter() - t0)}
     del rm
 
-    out = {"rows": len(rows), "clients": args.clients, "offline": offline, "threads": os.cpu_count()}
-    for name, extra in (("batched", []), ("max-batch 1", ["--max-batch", "1"])):
+    out = {"rows": len(rows), "clients": args.clients, "offline": offline, "threads": os.cpu_count(),
+           "server_args": args.server_args}
+    for name, extra in (("batched", args.server_args.split()), ("max-batch 1", ["--max-batch", "1"])):
         proc, url = start(args.model, *extra)
         try:
             load(url, rows[:16], args.clients)  # warm-up
@@ -117,7 +119,7 @@ def main() -> None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
     print(f"serve_bench: {len(rows)} single-sample requests from {args.clients} concurrent clients (loopback), "
-          f"{os.cpu_count()} CPU threads")
+          f"{os.cpu_count()} CPU threads; batched server options: {args.server_args or '(defaults)'}")
     print(f"  offline RewardModel.score   {offline['rows_per_s']:8.1f} rows/s")
     for name in ("batched", "max-batch 1"):
         r = out[name]
