@@ -184,6 +184,14 @@ def findings(q: dict, model: ArmoModel, blocked: list[str]) -> list[str]:
         if nd:
             out.append(f"{set_name}: Spearman(score, length) {full['spearman_score_length']:+.3f} with decorrelation, "
                        f"{nd['spearman_score_length']:+.3f} without.")
+    chosen_arm, last_arm = "pairs only (preference + length), chosen layer", "pairs only (preference + length), last layer"
+    both = [k for k, rs in res.items() if chosen_arm in rs and last_arm in rs]
+    if both:
+        out.append("Layer, like for like (pairs-only models, same pairs): " + "; ".join(
+            f"{k}: chosen layer {res[k][chosen_arm]['accuracy']:.3f} (Spearman {res[k][chosen_arm]['length_bias']['spearman_score_length']:+.3f}), "
+            f"last layer {res[k][last_arm]['accuracy']:.3f} (Spearman {res[k][last_arm]['length_bias']['spearman_score_length']:+.3f})"
+            for k in both) + ". The last-layer arm was run only on "
+            f"{', '.join(both)} (`examples/ablate_last_layer.sh`: a full-depth pass over the RMB slice did not fit this run).")
     out.append("Decorrelation zeroes each objective's correlation with length on its reference set (the training pairs), "
                "but the preference objective's relation to length changes sign between distributions (negative on the "
                "HH-RLHF-heavy training pairs, positive on dev-eval and RMB), so a linear correction fitted on one set does "
