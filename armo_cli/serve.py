@@ -30,6 +30,9 @@ from .options import validate
 from .rendering import Tree
 
 
+INLINE_ROWS = 8  # requests up to this many rows are tokenised on the event loop
+
+
 class HTTPError(Exception):
     def __init__(self, status: int, message: str, headers: dict | None = None):
         super().__init__(message)
@@ -158,6 +161,14 @@ def make_app(rm: RewardModel, cfg: ServeConfig):
         if n > cfg.max_rows:
             raise HTTPError(413, f"{n} rows in one request, over --max-rows {cfg.max_rows}")
 
+    async def prepared(rows: list, source: str) -> list[Tree]:
+        # a few rows (OpenRLHF sends one) are tokenised right here: a thread hop costs more than the work and
+        # its thread competes with the worker for the cores; a large request goes to a thread, so as not to
+        # hold up the other connections
+        if len(rows) <= INLINE_ROWS:
+            return rm.prepare(rows, source)
+        return await run_in_threadpool(rm.prepare, rows, source)
+
     async def scored(trees: list[Tree]) -> list[dict]:
         return await batcher.submit(trees) if trees else []
 
@@ -176,7 +187,7 @@ def make_app(rm: RewardModel, cfg: ServeConfig):
             raise HTTPError(400, "field 'labels': expected a list")
         check_rows(len(queries))
         rows = [split_query(q, prompts[i] if prompts else None, f"query[{i}]") for i, q in enumerate(queries)]
-        recs = await scored(await run_in_threadpool(rm.prepare, rows, "query"))
+        recs = await scored(await prepared(rows, "query"))
         rewards = [r["score"] for r in recs]
         return {"rewards": rewards, "scores": rewards, "extra_logs": {o: [r["rewards"][o] for r in recs] for o in objectives}}
 
@@ -186,7 +197,7 @@ def make_app(rm: RewardModel, cfg: ServeConfig):
         if not isinstance(rows, list):
             raise HTTPError(400, "expected a JSON list of rows (any shape `armo score` reads), or {\"rows\": [...]}")
         check_rows(len(rows))
-        return await scored(await run_in_threadpool(rm.prepare, rows, "rows"))
+        return await scored(await prepared(rows, "rows"))
 
     async def health(request: Request) -> dict:
         return {"status": "ok", "queued": batcher.q.qsize()}
