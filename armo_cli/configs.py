@@ -208,7 +208,8 @@ class ServeConfig:
     api_key: str | None = opt(None, "Require 'Authorization: Bearer KEY' on every route but /health "
                                     "(default: the ARMO_API_KEY environment variable, if set).")
     max_batch: int = opt(64, "Most rows the worker scores in one batch (1: no batching).", min=1)
-    max_wait_ms: float = opt(5.0, "Longest a batch waits for more requests once the worker is free.", min=0.0)
+    max_wait_ms: float = opt(50.0, "Longest a batch waits for the clients seen during the last batch to come back "
+                             "(a lone client never waits).", min=0.0)
     max_queue: int = opt(1024, "Requests that may wait; beyond it: HTTP 503 with Retry-After.", min=1)
     max_rows: int = opt(1024, "Most rows in one request.", min=1)
     max_body_mb: float = opt(16.0, "Largest request body in MB.", above=0.0)

@@ -2,16 +2,22 @@
 
 OpenRLHF (>= 0.9.1) sends one sample per request, many at once. Here C concurrent clients send single-sample
 /get_reward requests (ChatML-templated queries with `prompts`, as OpenRLHF does) until every row has been
-scored once, against a server with batching on (default settings) and off (--max-batch 1). The same rows are
-scored offline by the same code (`RewardModel.score`, model already loaded). Prints rows/s of each and the
-ratio to offline, p50/p99 latency, errors, and the server's resident memory before and after the load.
-Rows: responses from examples/*.jsonl (committed), repeated to --rows. Stops by itself.
+scored once. Two client styles: a new connection per request (OpenRLHF's `requests.post` without a session) and
+one kept-alive connection per client. The same rows are scored offline by the same code (`RewardModel.score`,
+model already loaded) in the same process; offline and served rounds alternate (--repeats), so that a slow
+spell of the machine hits both, and the ratio is reported per round and as the median. Each round also scores
+the rows in-process in windows of C rows: C clients with one row each can never hand the server more than C
+rows at once, so that figure is the ceiling the server's batching can reach. Then once against a
+server with batching off (--max-batch 1). Also: p50/p99 latency, errors, and the server's resident memory
+after warm-up and after all rounds. Rows: responses from examples/*.jsonl (committed), repeated to --rows.
+Stops by itself.
 
-    python benchmarks/serve_bench.py --rows 256 --clients 16
+    python benchmarks/serve_bench.py --rows 256 --clients 16 --repeats 3
 """
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import select
@@ -19,6 +25,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -63,16 +70,33 @@ def start(model: str | None, *args: str) -> tuple[subprocess.Popen, str]:
     return proc, line.decode().split(" on ")[1].split()[0]
 
 
-def load(url: str, rows: list[dict], clients: int) -> dict:
+def load(url: str, rows: list[dict], clients: int, keep_alive: bool) -> dict:
+    """Every row once, as one single-sample /get_reward request, from `clients` threads. keep_alive: each
+    thread reuses one HTTP/1.1 connection (http.client); otherwise a new connection per request (urllib, like
+    OpenRLHF's `requests.post` without a session)."""
+    host, port = url.split("//")[1].split(":")
+    local = threading.local()
+
+    def post(body: bytes) -> bytes:
+        if not keep_alive:
+            req = urllib.request.Request(url + "/get_reward", data=body, headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=600) as resp:
+                return resp.read() if resp.status == 200 else b"{}"
+        if getattr(local, "conn", None) is None:
+            local.conn = http.client.HTTPConnection(host, int(port), timeout=600)
+        local.conn.request("POST", "/get_reward", body, {"Content-Type": "application/json"})
+        resp = local.conn.getresponse()
+        data = resp.read()
+        return data if resp.status == 200 else b"{}"
+
     def one(r: dict) -> tuple[float, bool]:
         p = chatml_prompt(r["prompt"])
         body = json.dumps({"query": [p + r["response"] + "<|im_end|>"], "prompts": [p]}).encode()
         t0 = time.perf_counter()
         try:
-            req = urllib.request.Request(url + "/get_reward", data=body, headers={"Content-Type": "application/json"})
-            with urllib.request.urlopen(req, timeout=600) as resp:
-                ok = resp.status == 200 and len(json.loads(resp.read())["rewards"]) == 1
+            ok = len(json.loads(post(body)).get("rewards", [])) == 1
         except Exception:
+            local.conn = None
             ok = False
         return time.perf_counter() - t0, ok
 
@@ -90,6 +114,7 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="default: the shipped model")
     ap.add_argument("--rows", type=int, default=256)
     ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=3, help="rounds of offline / new-connection / keep-alive, interleaved")
     ap.add_argument("--json", default=None)
     ap.add_argument("--server-args", default="", help="more `armo serve` options for the batched run, e.g. '--max-padding 0.3'")
     args = ap.parse_args()
@@ -99,33 +124,71 @@ def main() -> None:
 
     rm = RewardModel(args.model)
     rm.score(rows[:8])  # warm-up
-    t0 = time.perf_counter()
-    rm.score(rows)
-    offline = {"rows_per_s": len(rows) / (time.perf_counter() - t0)}
+    out: dict = {"rows": len(rows), "clients": args.clients, "threads": os.cpu_count(), "server_args": args.server_args,
+                 "repeats": []}
+    arms = (("new connection", False), ("keep-alive", True))
+    proc, url = start(args.model, *args.server_args.split())
+    try:
+        load(url, rows[:32], args.clients, True)  # warm-up
+        before = rss_mb(proc.pid)
+        # offline and served measurements alternate, so that a slow spell of the machine hits both
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            rm.score(rows)
+            rep = {"offline_rows_per_s": len(rows) / (time.perf_counter() - t0)}
+            # the ceiling for a server whose batches hold `clients` rows: the same code on windows of that size
+            t0 = time.perf_counter()
+            for i in range(0, len(rows), args.clients):
+                rm.score(rows[i:i + args.clients])
+            rep["windows_rows_per_s"] = len(rows) / (time.perf_counter() - t0)
+            rep["windows_ratio"] = rep["windows_rows_per_s"] / rep["offline_rows_per_s"]
+            for name, ka in arms:
+                r = load(url, rows, args.clients, ka)
+                r["ratio_to_offline"] = r["rows_per_s"] / rep["offline_rows_per_s"]
+                rep[name] = r
+            out["repeats"].append(rep)
+        out["rss_mb_before"], out["rss_mb_after"] = before, rss_mb(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
     del rm
+    proc, url = start(args.model, "--max-batch", "1")  # batching off, once, for comparison
+    try:
+        load(url, rows[:16], args.clients, True)
+        out["max-batch 1 (keep-alive)"] = load(url, rows, args.clients, True)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
 
-    out = {"rows": len(rows), "clients": args.clients, "offline": offline, "threads": os.cpu_count(),
-           "server_args": args.server_args}
-    for name, extra in (("batched", args.server_args.split()), ("max-batch 1", ["--max-batch", "1"])):
-        proc, url = start(args.model, *extra)
-        try:
-            load(url, rows[:16], args.clients)  # warm-up
-            before = rss_mb(proc.pid)
-            r = load(url, rows, args.clients)
-            r["rss_mb_before"], r["rss_mb_after"] = before, rss_mb(proc.pid)
-            r["ratio_to_offline"] = r["rows_per_s"] / offline["rows_per_s"]
-            out[name] = r
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=60)
-    print(f"serve_bench: {len(rows)} single-sample requests from {args.clients} concurrent clients (loopback), "
-          f"{os.cpu_count()} CPU threads; batched server options: {args.server_args or '(defaults)'}")
-    print(f"  offline RewardModel.score   {offline['rows_per_s']:8.1f} rows/s")
-    for name in ("batched", "max-batch 1"):
-        r = out[name]
-        print(f"  serve, {name:20s} {r['rows_per_s']:8.1f} rows/s  ({r['ratio_to_offline']:.2f} of offline)  "
-              f"p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  errors {r['errors']}  "
-              f"RSS {r['rss_mb_before']:.0f} -> {r['rss_mb_after']:.0f} MB")
+    reps = out["repeats"]
+    off = statistics.median(r["offline_rows_per_s"] for r in reps)
+    print(f"serve_bench: {len(rows)} single-sample /get_reward requests from {args.clients} concurrent clients "
+          f"(loopback), {os.cpu_count()} CPU threads, {len(reps)} interleaved rounds; batched server options: "
+          f"{args.server_args or '(defaults)'}")
+    print(f"  offline RewardModel.score    {off:8.1f} rows/s (median; rounds: "
+          + ", ".join(f"{r['offline_rows_per_s']:.1f}" for r in reps) + ")")
+    win = [r["windows_ratio"] for r in reps]
+    out["windows"] = {"median_ratio_to_offline": statistics.median(win), "ratios": win}
+    print(f"  in-process, {args.clients}-row windows {statistics.median(r['windows_rows_per_s'] for r in reps):5.1f} rows/s  "
+          f"ratio to offline {statistics.median(win):.2f} (median; rounds: " + ", ".join(f"{x:.2f}" for x in win)
+          + "): the most a server with batches of one row per client can reach")
+    for name, _ in arms:
+        ratios = [r[name]["ratio_to_offline"] for r in reps]
+        med = statistics.median(ratios)
+        worst = max(reps, key=lambda r: r[name]["p99_ms"])[name]
+        out[name] = {"median_ratio_to_offline": med, "ratios": ratios,
+                     "median_rows_per_s": statistics.median(r[name]["rows_per_s"] for r in reps),
+                     "p50_ms": statistics.median(r[name]["p50_ms"] for r in reps), "worst_p99_ms": worst["p99_ms"],
+                     "errors": sum(r[name]["errors"] for r in reps)}
+        o = out[name]
+        print(f"  serve, {name:21s} {o['median_rows_per_s']:8.1f} rows/s  ratio to offline {med:.2f} (median; rounds: "
+              + ", ".join(f"{x:.2f}" for x in ratios) + f")  p50 {o['p50_ms']:6.0f} ms  p99 {o['worst_p99_ms']:6.0f} ms"
+              f"  errors {o['errors']}")
+    r = out["max-batch 1 (keep-alive)"]
+    print(f"  serve, max-batch 1 (keep-alive) {r['rows_per_s']:5.1f} rows/s  ratio {r['rows_per_s'] / off:.2f}  "
+          f"p50 {r['p50_ms']:6.0f} ms  p99 {r['p99_ms']:6.0f} ms  errors {r['errors']}")
+    print(f"  server RSS {out['rss_mb_before']:.0f} MB after warm-up -> {out['rss_mb_after']:.0f} MB after "
+          f"{len(reps) * len(arms) * len(rows)} requests")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
 

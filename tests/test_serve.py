@@ -230,6 +230,56 @@ def test_concurrent_single_sample_requests_get_their_own_rewards(server, tiny_mo
     assert batches < 32  # requests shared forward passes
 
 
+def test_a_lone_client_never_waits_for_max_wait(tiny_model, armo_cache):
+    """--max-wait-ms is a ceiling, not a delay: a lone client's sequential requests are answered at once
+    (here four of them, far under one 4 s wait)."""
+    rows = rows_of(4, seed=31)
+    s = Server(tiny_model / "model", armo_cache, "--max-wait-ms", "4000")
+    try:
+        t0 = time.perf_counter()
+        for r in rows:
+            assert s.request("/get_reward", {"query": [chatml(messages(r["prompt"]), r["response"])]}, key=None)[0] == 200
+        assert time.perf_counter() - t0 < 4.0
+    finally:
+        assert s.stop() in STOPPED
+
+
+def test_the_worker_waits_for_the_clients_it_has_seen():
+    """8 clients that come straight back (OpenRLHF's pattern) share batches of all 8, not alternating
+    halves; each gets its own result. A worker that never waited would form batches of about 4."""
+    import asyncio
+
+    from armo_cli.serve import Batcher
+
+    class Slow:  # a model that takes 50 ms a batch, whatever its size
+        def score_prepared(self, trees):
+            time.sleep(0.05)
+            return [{"score": t} for t in trees]
+
+    b = Batcher(Slow(), max_batch=64, max_wait_s=4.0, max_queue=100)
+    b.start()
+
+    async def client(i):
+        got = []
+        for k in range(6):
+            b.opened()
+            try:
+                got += await b.submit([(i, k)])
+            finally:
+                b.closed()
+        return got
+
+    async def main():
+        return await asyncio.gather(*(client(i) for i in range(8)))
+
+    t0 = time.perf_counter()
+    results = asyncio.run(main())
+    b.stop()
+    assert results == [[{"score": (i, k)} for k in range(6)] for i in range(8)]
+    assert b.rows == 48 and b.batches <= 7  # 6 full batches, plus at most one while the clients arrive
+    assert time.perf_counter() - t0 < 4.0  # nobody waited the ceiling
+
+
 def test_sigterm_under_load_loses_no_answered_request(tiny_model, armo_cache, tmp_path):
     rows = rows_of(16, seed=21)
     expected = offline_scores(tiny_model / "model", rows, tmp_path)
