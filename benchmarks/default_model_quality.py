@@ -186,12 +186,20 @@ def findings(q: dict, model: ArmoModel, blocked: list[str]) -> list[str]:
                        f"{nd['spearman_score_length']:+.3f} without.")
     chosen_arm, last_arm = "pairs only (preference + length), chosen layer", "pairs only (preference + length), last layer"
     both = [k for k, rs in res.items() if chosen_arm in rs and last_arm in rs]
+
+    def like_for_like(k: str, rs: dict) -> str:
+        return (f"{k}: chosen layer {rs[chosen_arm]['accuracy']:.3f} (Spearman {rs[chosen_arm]['length_bias']['spearman_score_length']:+.3f}), "
+                f"last layer {rs[last_arm]['accuracy']:.3f} (Spearman {rs[last_arm]['length_bias']['spearman_score_length']:+.3f})")
+
     if both:
-        out.append("Layer, like for like (pairs-only models, same pairs): " + "; ".join(
-            f"{k}: chosen layer {res[k][chosen_arm]['accuracy']:.3f} (Spearman {res[k][chosen_arm]['length_bias']['spearman_score_length']:+.3f}), "
-            f"last layer {res[k][last_arm]['accuracy']:.3f} (Spearman {res[k][last_arm]['length_bias']['spearman_score_length']:+.3f})"
-            for k in both) + ". The last-layer arm was run only on "
-            f"{', '.join(both)} (`examples/ablate_last_layer.sh`: a full-depth pass over the RMB slice did not fit this run).")
+        out.append("Layer, like for like (pairs-only models, same pairs): " + "; ".join(like_for_like(k, res[k]) for k in both)
+                   + ". The last-layer arm was run on " + ", ".join(both) + " only (`examples/ablate_last_layer.sh`).")
+    sel = q["results"].get(SELECTION[0], {})
+    if chosen_arm in sel and last_arm in sel:
+        a, b = sel[chosen_arm]["accuracy"], sel[last_arm]["accuracy"]
+        out.append("On the RMB selection slice, where the layer rule is applied (sources the model never trained on): "
+                   + like_for_like("selection slice", sel) + f". By that rule the chosen layer stays "
+                   f"({'ahead' if a > b else 'behind'} by {abs(a - b):.3f}).")
     out.append("Decorrelation zeroes each objective's correlation with length on its reference set (the training pairs), "
                "but the preference objective's relation to length changes sign between distributions (negative on the "
                "HH-RLHF-heavy training pairs, positive on dev-eval and RMB), so a linear correction fitted on one set does "

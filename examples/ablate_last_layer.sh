@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The last-layer arm of the default model's ablation: the same pairs at hidden layer -1 (a full pass, about twice
-# the cost of layer -18), a pairs-only model fitted on them, and the held-out, dev-eval and RMB features at -1.
+# the cost of layer -18), a pairs-only model fitted on them, and the RMB selection, held-out, dev-eval and RMB
+# features at -1.
 # benchmarks/default_model_quality.py compares it with the pairs-only model at the chosen layer (same rows).
 # Run after examples/train_default.sh (it reads the slices in WORK); resumable like every extraction.
 set -euo pipefail
@@ -8,7 +9,7 @@ DATA=${DATA:-../shared/data}
 WORK=${WORK:-runs/default}
 MAXLEN=${MAXLEN:-512}
 EVAL_MAXLEN=${EVAL_MAXLEN:-1024}
-SETS=${SETS:-"heldout dev-eval rmb-eval"}
+SETS=${SETS:-"rmb-select heldout dev-eval rmb-eval"}  # rmb-select first: the layer rule reads it
 A=$WORK/last-layer
 mkdir -p "$A"
 armo extract "$WORK/pairs.jsonl" -o "$A/pairs.features.safetensors" --layer -1 --max-length "$MAXLEN" \
