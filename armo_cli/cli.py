@@ -42,9 +42,10 @@ def _fail(msg: str, code: int) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _run(fn: Callable[[], T]) -> T:
+def _run(fn: Callable[[], T], resumable: bool = False) -> T:
     """armo's error contract (errors.py): bad input is one line and exit 2, the world's failures one line
-    and exit 1, a bug a short request for a report and exit 3; Ctrl-C says how to resume."""
+    and exit 1, a bug a short request for a report and exit 3; Ctrl-C exits 130 and, for a job that can be
+    resumed (extract), says how."""
     try:
         return fn()
     except typer.Exit:
@@ -52,7 +53,8 @@ def _run(fn: Callable[[], T]) -> T:
     except ArmoError as e:
         _fail(one_line(e), EXIT_BAD_INPUT)
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/yellow]: finished chunks are kept; rerun with --resume", highlight=False)
+        console.print("[yellow]interrupted[/yellow]" + (": finished chunks are kept; rerun with --resume" if resumable
+                                                        else ""), highlight=False)
         raise typer.Exit(EXIT_INTERRUPTED)
     except BrokenPipeError:
         # the reader of stdout went away (`armo score ... | head`): stop quietly, as `yes | head` does
@@ -140,7 +142,7 @@ def extract(**values):
     from .extract import extract as run
 
     cfg = _config(ExtractConfig, values)
-    _run(lambda: run(cfg))
+    _run(lambda: run(cfg), resumable=True)
 
 
 @app.command()

@@ -339,5 +339,8 @@ def serve(cfg: ServeConfig) -> None:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if captured and captured[0] == signal.SIGINT:  # Ctrl-C: a normal stop, not a job to resume
+        print("armo serve: stopped (in-flight requests were answered)", file=sys.stderr, flush=True)
+        sys.exit(130)
     if captured:  # exit as the signal asked, as uvicorn does on the main thread
         signal.raise_signal(captured[0])

@@ -112,3 +112,18 @@ def test_the_cli_and_its_configs_import_no_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
     out = subprocess.run([sys.executable, "-m", "armo_cli.cli", "--help"], check=True, capture_output=True, text=True)
     assert "fit-regression" in out.stdout
+
+
+@pytest.mark.parametrize("resumable", [True, False])
+def test_ctrl_c_exits_130_and_advises_resume_only_where_a_job_can_resume(resumable, capsys):
+    from armo_cli import cli
+    from armo_cli.errors import EXIT_INTERRUPTED
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(typer.Exit) as e:
+        cli._run(interrupted, resumable=resumable)
+    assert e.value.exit_code == EXIT_INTERRUPTED == 130
+    err = capsys.readouterr().err
+    assert err.startswith("interrupted") and ("rerun with --resume" in err) == resumable

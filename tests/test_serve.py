@@ -230,6 +230,15 @@ def test_concurrent_single_sample_requests_get_their_own_rewards(server, tiny_mo
     assert batches < 32  # requests shared forward passes
 
 
+def test_ctrl_c_stops_the_server_with_130_and_no_resume_advice(tiny_model, armo_cache):
+    s = Server(tiny_model / "model", armo_cache)
+    s.proc.send_signal(signal.SIGINT)
+    assert s.proc.wait(timeout=60) == 130
+    err = s.proc.stderr.read().decode()
+    assert "armo serve: stopped (in-flight requests were answered)" in err and "--resume" not in err
+    s.stop()
+
+
 def test_a_lone_client_never_waits_for_max_wait(tiny_model, armo_cache):
     """--max-wait-ms is a ceiling, not a delay: a lone client's sequential requests are answered at once
     (here four of them, far under one 4 s wait)."""
