@@ -62,7 +62,7 @@ class RewardModel:
         check_backbone(self.model, self.backbone, self.renderer)
         self.limit, self.limit_name = length_limit(max_length, self.backbone.model.config)
         self.overflow = overflow
-        default_tokens, default_padding = batch_defaults(self.backbone.device)
+        default_tokens, default_padding = batch_defaults(self.backbone.device, self.backbone.model)
         self.batch_tokens = batch_tokens or default_tokens
         self.max_padding = default_padding if max_padding is None else max_padding
         self.top_k = top_k

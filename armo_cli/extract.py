@@ -62,7 +62,7 @@ def _scan(source: Source, renderer: Renderer, cfg: ExtractConfig, skipped: list[
 
 def _chunk_tensors(trees: list[Tree], backbone: Backbone, cfg: ExtractConfig, objectives: list[str],
                    batch_tokens: int, on_batch, source_name: str, layer: int) -> dict[str, torch.Tensor]:
-    max_padding = cfg.max_padding if cfg.max_padding is not None else batch_defaults(backbone.device)[1]
+    max_padding = cfg.max_padding if cfg.max_padding is not None else batch_defaults(backbone.device, backbone.model)[1]
     prompt, resp = encode_trees(backbone, trees, batch_tokens, on_batch, max_padding, layer)
     check_finite_features(trees, prompt, resp, source_name, backbone.dtype)
     pair = len(trees[0].conts) == 2

@@ -54,6 +54,28 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-b, a), dim=-1)
 
 
+@dataclass
+class Flat:
+    """Where the N real tokens of a right-padded [B,L] batch sit: `index` into the flattened B*L positions."""
+    index: torch.Tensor
+    B: int
+    L: int
+
+    @classmethod
+    def from_valid(cls, valid: torch.Tensor) -> "Flat":
+        return cls(valid.reshape(-1).nonzero().squeeze(1), valid.shape[0], valid.shape[1])
+
+    def pad(self, t: torch.Tensor) -> torch.Tensor:
+        """[N,H,hd] -> [B,H,L,hd], zeros at the padding."""
+        out = t.new_zeros(self.B * self.L, *t.shape[1:])
+        out[self.index] = t
+        return out.view(self.B, self.L, *t.shape[1:]).transpose(1, 2)
+
+    def unpad(self, t: torch.Tensor) -> torch.Tensor:
+        """[B,L,...] -> [N,...]."""
+        return t.reshape(self.B * self.L, *t.shape[2:])[self.index]
+
+
 class Attention(nn.Module):
     def __init__(self, c: SimpleNamespace):
         super().__init__()
@@ -64,7 +86,10 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(c.hidden_size, self.kv * self.hd, bias=bias)
         self.o_proj = nn.Linear(self.h * self.hd, c.hidden_size, bias=bias)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
+                flat: Flat | None = None) -> torch.Tensor:
+        if flat is not None:
+            return self._forward_flat(x, cos, sin, mask, flat)
         B, L, _ = x.shape
         q = self.q_proj(x).view(B, L, self.h, self.hd).transpose(1, 2)
         k = self.k_proj(x).view(B, L, self.kv, self.hd).transpose(1, 2)
@@ -74,6 +99,20 @@ class Attention(nn.Module):
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=self.hd ** -0.5)
         return self.o_proj(o.transpose(1, 2).reshape(B, L, self.h * self.hd))
+
+    def _forward_flat(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
+                      flat: Flat) -> torch.Tensor:
+        # x is [N,d], the real tokens only: the projections skip the padding, and only attention, a few
+        # percent of the work at these lengths, sees the padded [B,H,L,hd] layout
+        N = x.shape[0]
+        q = self.q_proj(x).view(N, self.h, self.hd)
+        k = self.k_proj(x).view(N, self.kv, self.hd)
+        v = self.v_proj(x).view(N, self.kv, self.hd)
+        q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+        rep = self.h // self.kv
+        q, k, v = flat.pad(q), flat.pad(k).repeat_interleave(rep, dim=1), flat.pad(v).repeat_interleave(rep, dim=1)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=self.hd ** -0.5)
+        return self.o_proj(flat.unpad(o.transpose(1, 2)).reshape(N, self.h * self.hd))
 
 
 class MLP(nn.Module):
@@ -96,8 +135,8 @@ class Block(nn.Module):
         self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
 
-    def forward(self, x, cos, sin, mask):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
+    def forward(self, x, cos, sin, mask, flat: Flat | None = None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, flat)
         return (x + self.mlp(self.post_attention_layernorm(x)),)  # a tuple, as transformers' blocks return
 
 
@@ -141,6 +180,21 @@ class LlamaBackbone(nn.Module):
         if hidden is not None:
             hidden[-1] = x  # as transformers: the last entry is after the final norm
         return Output(x, tuple(hidden) if hidden is not None else None)
+
+    def forward_flat(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     valid: torch.Tensor, k: int) -> torch.Tensor:
+        """Hidden states [N,d] of the real tokens (`valid` [B,L]) at output_hidden_states index `k`, with the
+        padding left out of every projection and MLP; blocks above `k` are not run. The same values as
+        forward() (tests/test_fastpath.py)."""
+        flat = Flat.from_valid(valid)
+        ids, pos = input_ids.reshape(-1)[flat.index], position_ids.reshape(-1)[flat.index]
+        x = self.embed_tokens(ids)
+        freqs = pos[:, None].float() * self.inv_freq
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos, sin = emb.cos().to(x.dtype)[:, None], emb.sin().to(x.dtype)[:, None]
+        for block in self.layers[:k]:
+            x = block(x, cos, sin, attention_mask, flat)[0]
+        return self.norm(x) if k == len(self.layers) else x
 
 
 def load_model(folder: Path, dtype: torch.dtype, device: torch.device) -> LlamaBackbone:

@@ -154,7 +154,7 @@ def iter_scored(model: ArmoModel, bb: Backbone, source: Source, cfg: ModelInputC
     renderer = Renderer(bb.tokenizer, model.gate_rule)
     check_backbone(model, bb, renderer)
     limit, limit_name = length_limit(cfg.max_length, bb.model.config)
-    batch_tokens, max_padding = batch_defaults(bb.device)
+    batch_tokens, max_padding = batch_defaults(bb.device, bb.model)
     batch_tokens = cfg.batch_tokens or batch_tokens
     skipped: list[Skipped] = []
     rows = iter_examples(source, cfg.on_error, skipped)

@@ -112,3 +112,13 @@ def test_score_with_the_fast_path_never_imports_transformers(tiny_model, tiny_ba
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stderr.strip().splitlines()[-1]) == []
     assert len((tmp_path / "s.jsonl").read_text().splitlines()) == 60
+
+
+def test_batches_may_hold_padding_only_where_the_forward_skips_it(pair_of_backbones):
+    from armo_cli.forward import batch_defaults, skips_padding
+
+    slow, fast = pair_of_backbones
+    assert skips_padding(fast.model, fast.device) and not skips_padding(slow.model, slow.device)
+    assert batch_defaults(fast.device, fast.model) == (2048, 0.5)
+    assert batch_defaults(slow.device, slow.model) == (2048, 0.05)
+    assert batch_defaults(torch.device("cuda"), fast.model) == (32768, 0.25)  # the GPU keeps the dense batch
