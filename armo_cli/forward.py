@@ -34,8 +34,9 @@ def batch_defaults(device: torch.device, model: Any = None) -> tuple[int, float]
     return 32768, 0.25
 
 
-def build_batch(trees: list[Tree], device: torch.device, dtype: torch.dtype):
-    """input_ids, position_ids and a 4D additive mask for a batch of right-padded trees."""
+def tree_layout(trees: list[Tree]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """input_ids, position_ids and segment ids [B,L] of right-padded trees: segment 0 the prompt, j the j-th
+    response, -1 padding. Each response sees the prompt and itself (see build_batch)."""
     L = max(t.length for t in trees)
     B = len(trees)
     ids = torch.zeros(B, L, dtype=torch.long)
@@ -53,6 +54,13 @@ def build_batch(trees: list[Tree], device: torch.device, dtype: torch.dtype):
             pos[b, o:o + n] = torch.arange(p, p + n)
             seg[b, o:o + n] = j + 1
             o += n
+    return ids, pos, seg
+
+
+def build_batch(trees: list[Tree], device: torch.device, dtype: torch.dtype):
+    """input_ids, position_ids and a 4D additive mask for a batch of right-padded trees."""
+    ids, pos, seg = tree_layout(trees)
+    B, L = ids.shape
     q = torch.arange(L)
     causal = q[None, :, None] >= q[None, None, :]
     sq, sk = seg[:, :, None], seg[:, None, :]
@@ -63,7 +71,6 @@ def build_batch(trees: list[Tree], device: torch.device, dtype: torch.dtype):
     return ids.to(device), pos.to(device), mask.to(device)
 
 
-@torch.inference_mode()
 def resolve_layer(layer: int, n_layers: int) -> int:
     """--layer as an index into the backbone's `output_hidden_states`: 0 the embeddings, i the output of
     block i, n the last block after the final norm (what ArmoRM reads); negative counts from the end."""
@@ -107,6 +114,7 @@ def hidden_states(model: Any, layer: int = -1, **inputs: Any) -> torch.Tensor:
     return captured["h"]
 
 
+@torch.inference_mode()
 def forward_trees(model: Any, trees: list[Tree], device: torch.device, dtype: torch.dtype,
                   layer: int | list[int] = -1):
     """Return prompt features [B,d] and response features [B,m,d] (float32) for trees with m responses each,

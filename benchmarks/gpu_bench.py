@@ -10,7 +10,10 @@ same device, in one run, it measures:
   - `armo score` on the same pairs (heads fitted on the extracted features with armo's own fit functions);
   - agreement: armo's features vs separate full passes in the same dtype (smallest and mean cosine);
   - which sdpa kernels accept armo's tree mask (a 4D additive mask rules out flash attention) and their speed,
-    with the features of each compared to the default.
+    with the features of each compared to the default;
+  - FlexAttention with a block mask computed from the trees' segment ids (no dense mask), against sdpa with the
+    dense mask on the same batches: time after a compiling warm-up, and the feature difference (--no-flex skips
+    it, for a rerun short of time).
 Token counts: "processed" are the tokens each method runs (armo: prompt once; reference: prompt twice);
 "reference-equivalent tokens/s" divides the reference loop's token count by each method's time, so the ratio
 is the wall-time speed-up on the same pairs. FLOPs per forward: 2 x (non-embedding parameters) per token plus
@@ -179,6 +182,57 @@ def kernel_study(bb: Backbone, trees, batch_tokens: int, max_padding: float) -> 
     return out
 
 
+def flex_study(bb: Backbone, trees, batch_tokens: int, max_padding: float) -> dict:
+    """FlexAttention with a block mask computed from the trees' segment ids (no dense 4D mask built or copied
+    to the device) against sdpa with the dense mask: time for the same batches, and the largest feature
+    difference. Transformers' flex path compiles the kernel on first use; one warm-up batch per distinct
+    length would be too many, so the warm-up runs the whole set once and the second run is timed."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    import armo_cli.forward as fwd
+
+    dense = fwd.build_batch
+
+    def build(batch, device, dtype):
+        ids, pos, seg = fwd.tree_layout(batch)
+        seg = seg.to(device)
+
+        def mask_mod(b, h, q, kv):
+            sq, sk = seg[b, q], seg[b, kv]
+            return ((q >= kv) & (sk >= 0) & (sq >= 0) & ((sk == 0) | (sk == sq))) | (q == kv)
+
+        B, L = ids.shape
+        return ids.to(device), pos.to(device), create_block_mask(mask_mod, B, None, L, L, device=str(device))
+
+    def run() -> tuple[float, torch.Tensor]:
+        sync(bb.device)
+        t0 = time.perf_counter()
+        _, R = fwd.encode_trees(bb, trees, batch_tokens, None, max_padding)
+        sync(bb.device)
+        return time.perf_counter() - t0, R
+
+    out: dict = {}
+    with torch.no_grad():
+        run()
+        out["sdpa_dense_mask_seconds"], ref = run()
+        impl = bb.model.config._attn_implementation
+        try:
+            fwd.build_batch = build
+            bb.model.set_attn_implementation("flex_attention")
+            t0 = time.perf_counter()
+            run()  # compiles
+            out["flex_first_run_seconds"] = time.perf_counter() - t0
+            out["flex_block_mask_seconds"], R = run()
+            out["max_abs_diff_vs_sdpa"] = float((R - ref).abs().max())
+            out["min_cosine_vs_sdpa"] = float(torch.nn.functional.cosine_similarity(R, ref, dim=-1).min())
+        except Exception as e:  # noqa: BLE001 - the study reports what failed; the rest of the table stands
+            out["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+        finally:
+            fwd.build_batch = dense
+            bb.model.set_attn_implementation(impl)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--prepare", default=None, help="write the tokenizer and pairs into this folder, then stop")
@@ -189,6 +243,7 @@ def main() -> None:
     ap.add_argument("--dtype", default=None, help="default: bf16 on CUDA, fp32 on CPU")
     ap.add_argument("--peak-tflops", type=float, default=None, help="the device's dense peak (default: from its name)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--no-flex", action="store_true", help="skip the FlexAttention study (it compiles a kernel first)")
     args = ap.parse_args()
     if args.prepare:
         prepare(Path(args.prepare), args.pairs)
@@ -263,6 +318,7 @@ def main() -> None:
     t_score = time.perf_counter() - t0
 
     kernels = kernel_study(bb, trees[: min(len(trees), 64)], batch_tokens, max_padding)
+    flex = {"error": "skipped (--no-flex)"} if args.no_flex else flex_study(bb, trees[: min(len(trees), 64)], batch_tokens, max_padding)
 
     f_armo, f_ref = flops(bb.model, tok_armo, att_armo), flops(bb.model, tok_ref, att_ref)
     res = {
@@ -277,7 +333,7 @@ def main() -> None:
         "speedup_wall_time": t_ref / t_armo,
         "armo_score": {"seconds": t_score, "pairs_per_s": len(trees) / t_score},
         "agreement": {"min_cosine": float(cos.min()), "mean_cosine": float(cos.mean())},
-        "peak_tflops": peak, "kernels": kernels,
+        "peak_tflops": peak, "kernels": kernels, "flex_attention": flex,
     }
     if peak:
         res["armo_extract"]["mfu"] = res["armo_extract"]["tflops"] / peak
@@ -313,6 +369,13 @@ def print_table(r: dict) -> None:
             print(f"  sdpa {k['kernel']:28s} not usable with the tree mask: {k['error']}")
         else:
             print(f"  sdpa {k['kernel']:28s} {k['seconds']:8.3f} s  max |diff| vs default {k['max_abs_diff_vs_default']:.2e}")
+    fx = r["flex_attention"]
+    if "error" in fx:
+        print(f"  flex_attention (block mask from segments) failed: {fx['error']}")
+    else:
+        print(f"  flex_attention (block mask from segments) {fx['flex_block_mask_seconds']:8.3f} s vs sdpa with the dense mask "
+              f"{fx['sdpa_dense_mask_seconds']:.3f} s (first run, compiling: {fx['flex_first_run_seconds']:.1f} s); "
+              f"max |diff| {fx['max_abs_diff_vs_sdpa']:.2e}, min cosine {fx['min_cosine_vs_sdpa']:.5f}")
 
 
 if __name__ == "__main__":

@@ -20,3 +20,6 @@ def test_gpu_bench_tiny_runs_and_agrees(tmp_path):
     assert r["agreement"]["min_cosine"] > 0.9999  # fp32: tree-masked features equal separate full passes
     usable = [k for k in r["kernels"] if "error" not in k]
     assert usable and all(k["max_abs_diff_vs_default"] < 1e-4 for k in usable)
+    # FlexAttention with a block mask from the trees' segment ids gives the dense mask's features
+    assert "error" not in r["flex_attention"], r["flex_attention"]
+    assert r["flex_attention"]["max_abs_diff_vs_sdpa"] < 1e-4
