@@ -65,11 +65,15 @@ class Flat:
     def from_valid(cls, valid: torch.Tensor) -> "Flat":
         return cls(valid.reshape(-1).nonzero().squeeze(1), valid.shape[0], valid.shape[1])
 
-    def pad(self, t: torch.Tensor) -> torch.Tensor:
-        """[N,H,hd] -> [B,H,L,hd], zeros at the padding."""
+    def scatter(self, t: torch.Tensor) -> torch.Tensor:
+        """[N,...] -> [B,L,...], zeros at the padding."""
         out = t.new_zeros(self.B * self.L, *t.shape[1:])
         out[self.index] = t
-        return out.view(self.B, self.L, *t.shape[1:]).transpose(1, 2)
+        return out.view(self.B, self.L, *t.shape[1:])
+
+    def pad(self, t: torch.Tensor) -> torch.Tensor:
+        """[N,H,hd] -> [B,H,L,hd], zeros at the padding."""
+        return self.scatter(t).transpose(1, 2)
 
     def unpad(self, t: torch.Tensor) -> torch.Tensor:
         """[B,L,...] -> [N,...]."""
@@ -183,9 +187,9 @@ class LlamaBackbone(nn.Module):
 
     def forward_flat(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
                      valid: torch.Tensor, k: int) -> torch.Tensor:
-        """Hidden states [N,d] of the real tokens (`valid` [B,L]) at output_hidden_states index `k`, with the
-        padding left out of every projection and MLP; blocks above `k` are not run. The same values as
-        forward() (tests/test_fastpath.py)."""
+        """Hidden states [B,L,d] at output_hidden_states index `k` (zeros at the padding), computed on the real
+        tokens (`valid` [B,L]) only: the padding is left out of every projection and MLP, and blocks above `k`
+        are not run. The same values as forward() (tests/test_fastpath.py)."""
         flat = Flat.from_valid(valid)
         ids, pos = input_ids.reshape(-1)[flat.index], position_ids.reshape(-1)[flat.index]
         x = self.embed_tokens(ids)
@@ -194,7 +198,7 @@ class LlamaBackbone(nn.Module):
         cos, sin = emb.cos().to(x.dtype)[:, None], emb.sin().to(x.dtype)[:, None]
         for block in self.layers[:k]:
             x = block(x, cos, sin, attention_mask, flat)[0]
-        return self.norm(x) if k == len(self.layers) else x
+        return flat.scatter(self.norm(x) if k == len(self.layers) else x)
 
 
 def load_model(folder: Path, dtype: torch.dtype, device: torch.device) -> LlamaBackbone:

@@ -123,12 +123,8 @@ def forward_trees(model: Any, trees: list[Tree], device: torch.device, dtype: to
     ids, pos, mask = build_batch(trees, device, dtype)
     inputs = {"input_ids": ids, "position_ids": pos, "attention_mask": mask, "use_cache": False}
     if skips_padding(model, device) and not isinstance(layer, list):
-        B, L = ids.shape
-        valid = torch.arange(L)[None] < torch.tensor([t.length for t in trees])[:, None]
-        h = model.forward_flat(ids, pos, mask, valid, resolve_layer(layer, int(model.config.num_hidden_layers)))
-        hidden = h.new_zeros(B * L, h.shape[-1])
-        hidden[valid.reshape(-1).nonzero().squeeze(1)] = h
-        hidden = hidden.view(B, L, -1)
+        valid = torch.arange(ids.shape[1])[None] < torch.tensor([t.length for t in trees])[:, None]
+        hidden = model.forward_flat(ids, pos, mask, valid, resolve_layer(layer, int(model.config.num_hidden_layers)))
     elif isinstance(layer, list):
         n = int(model.config.num_hidden_layers)
         hs = model(**inputs, output_hidden_states=True).hidden_states
