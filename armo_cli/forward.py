@@ -61,14 +61,16 @@ def build_batch(trees: list[Tree], device: torch.device, dtype: torch.dtype):
     """input_ids, position_ids and a 4D additive mask for a batch of right-padded trees."""
     ids, pos, seg = tree_layout(trees)
     B, L = ids.shape
-    q = torch.arange(L)
+    # the [B,1,L,L] mask is made where it is used: on a GPU, not on the host and then copied
+    seg = seg.to(device)
+    q = torch.arange(L, device=device)
     causal = q[None, :, None] >= q[None, None, :]
     sq, sk = seg[:, :, None], seg[:, None, :]
     allowed = causal & (sk >= 0) & (sq >= 0) & ((sk == 0) | (sk == sq))
-    allowed |= torch.eye(L, dtype=torch.bool)[None]  # padding rows see themselves: no NaN rows
-    mask = torch.zeros(B, 1, L, L, dtype=dtype)
+    allowed |= torch.eye(L, dtype=torch.bool, device=device)[None]  # padding rows see themselves: no NaN rows
+    mask = torch.zeros(B, 1, L, L, dtype=dtype, device=device)
     mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
-    return ids.to(device), pos.to(device), mask.to(device)
+    return ids.to(device), pos.to(device), mask
 
 
 def resolve_layer(layer: int, n_layers: int) -> int:
