@@ -29,7 +29,7 @@ from armo_cli.features import Features
 from armo_cli.gating import adjusted_rewards, best_single_objective, grouped_split, train_linear_bt, uniform_weights
 from armo_cli.model import ArmoModel
 from armo_cli.scoring import evaluate_scores, pair_outcomes
-from armo_cli.stats import bootstrap_ci
+from armo_cli.stats import bootstrap_ci, spearman
 
 SETS = {"held-out pairs": "heldout", "dev-eval": "dev-eval", "RMB (out of distribution)": "rmb-eval"}
 SELECTION = ("RMB selection slice (chose the gate; not a result)", "rmb-select")
@@ -58,6 +58,12 @@ def measure(scores: torch.Tensor, lengths: torch.Tensor, full_outcome: torch.Ten
     if full_outcome is not None:
         diff = full_outcome - pair_outcomes(scores[:, 0] - scores[:, 1], "loss")
         out["full_minus_this"] = {"mean": float(diff.mean()), "ci95": bootstrap_ci(diff, N_BOOT, 0)}
+    else:
+        # where the full model's length bias sits: across prompts (pair means) or inside pairs (differences)
+        s, ll = scores.double(), torch.log1p(lengths.double())
+        out["length_bias_parts"] = {"between_pairs": spearman(s.mean(1), ll.mean(1)),
+                                    "within_pairs": spearman(s[:, 0] - s[:, 1], ll[:, 0] - ll[:, 1]),
+                                    "mean_length": float(lengths.double().mean())}
     return out
 
 
@@ -200,6 +206,12 @@ def findings(q: dict, model: ArmoModel, blocked: list[str]) -> list[str]:
         out.append("On the RMB selection slice, where the layer rule is applied (sources the model never trained on): "
                    + like_for_like("selection slice", sel) + f". By that rule the chosen layer stays "
                    f"({'ahead' if a > b else 'behind'} by {abs(a - b):.3f}).")
+    parts = [(k, rs["full model"]["length_bias_parts"]) for k, rs in q["results"].items() if "length_bias_parts" in rs["full model"]]
+    if parts:
+        out.append("Where the length bias sits (full model; Spearman of pair-mean score with pair-mean log length, and of the "
+                   "score difference with the log-length difference): " + "; ".join(
+                       f"{k}: between pairs {v['between_pairs']:+.3f}, within pairs {v['within_pairs']:+.3f}, mean response "
+                       f"{v['mean_length']:.0f} tokens" for k, v in parts) + ".")
     out.append("Decorrelation zeroes each objective's correlation with length on its reference set (the training pairs), "
                "but the preference objective's relation to length changes sign between distributions (negative on the "
                "HH-RLHF-heavy training pairs, positive on dev-eval and RMB), so a linear correction fitted on one set does "
