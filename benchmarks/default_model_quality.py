@@ -219,6 +219,32 @@ def findings(q: dict, model: ArmoModel, blocked: list[str]) -> list[str]:
     return out
 
 
+def studies(results: Path) -> list[str]:
+    """One line per study script whose results are in benchmarks/results (what was tried for the targets, and why
+    it was not adopted), written from their JSON."""
+    out = []
+    lc = results / "length_correction_study.json"
+    if lc.exists():
+        rows = json.loads(lc.read_text())
+        met = sum(r["meets_targets"] for r in rows[1:])
+        spread = {s: (min(r["sets"][s]["spearman"] for r in rows[1:]), max(r["sets"][s]["spearman"] for r in rows[1:]))
+                  for s in rows[0]["sets"]}
+        out.append(f"`benchmarks/length_correction_study.py`: subtracting a fitted function of length from the preference "
+                   f"reward ({len(rows) - 1} corrections: polynomials in the true log length or in the verbosity reward, "
+                   f"fitted on the training pairs, the rating responses or both) meets both length targets on every set in "
+                   f"{met} of them. Spearman(score, length) ranges per set: " + "; ".join(
+                       f"{s} {a:+.3f} to {b:+.3f}" for s, (a, b) in spread.items()) + ".")
+    se = results / "source_experts_study.json"
+    if se.exists():
+        r = json.loads(se.read_text())
+        gates = "; ".join(f"{g}: held-out {v['held-out']['accuracy']:.3f}, RMB selection {v['RMB selection']['accuracy']:.3f}"
+                          for g, v in r["gates"].items())
+        out.append(f"`benchmarks/source_experts_study.py`: one preference head per training source, each pair scored by its "
+                   f"own source's head (oracle routing), gives {r['oracle']['heldout']:.3f} on held-out pairs (one head on all "
+                   f"pairs: {r['oracle']['heldout_one_head']:.3f}); learned gates over those heads: {gates}.")
+    return out
+
+
 def _counts(jsonl: Path) -> str:
     c: dict[str, int] = {}
     for line in jsonl.read_text().splitlines():
@@ -329,6 +355,9 @@ def write_card(model_dir: Path, model: ArmoModel, work: Path, q: dict, probe: di
             L.append(f"| {name} | {v['n']} | {v['accuracy']:.3f} | " + " | ".join(f"{v['weights'][o]:.2f}" for o in short) + " |")
         L.append("")
     L += ["## Findings (computed from the tables above)", ""] + [f"- {x}" for x in findings(q, model, blocked)] + [""]
+    done = studies(ROOT / "results")
+    if done:
+        L += ["## Studies toward the targets, not adopted", ""] + [f"- {x}" for x in done] + [""]
     L += ["## Targets (from the issue), as measured", "", "| target | measured | met |", "|---|---|---|"]
     for t in q["targets"]:
         L.append(f"| {t['target']} | {t['measured']} | {'yes' if t['pass'] else '**no**'} |")
