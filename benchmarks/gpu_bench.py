@@ -318,7 +318,7 @@ def main() -> None:
     t_score = time.perf_counter() - t0
 
     kernels = kernel_study(bb, trees[: min(len(trees), 64)], batch_tokens, max_padding)
-    flex = {"error": "skipped (--no-flex)"} if args.no_flex else flex_study(bb, trees[: min(len(trees), 64)], batch_tokens, max_padding)
+    flex = {"skipped": "--no-flex"} if args.no_flex else flex_study(bb, trees[: min(len(trees), 64)], batch_tokens, max_padding)
 
     f_armo, f_ref = flops(bb.model, tok_armo, att_armo), flops(bb.model, tok_ref, att_ref)
     res = {
@@ -370,7 +370,9 @@ def print_table(r: dict) -> None:
         else:
             print(f"  sdpa {k['kernel']:28s} {k['seconds']:8.3f} s  max |diff| vs default {k['max_abs_diff_vs_default']:.2e}")
     fx = r["flex_attention"]
-    if "error" in fx:
+    if "skipped" in fx:
+        print(f"  flex_attention (block mask from segments) skipped ({fx['skipped']})")
+    elif "error" in fx:
         print(f"  flex_attention (block mask from segments) failed: {fx['error']}")
     else:
         print(f"  flex_attention (block mask from segments) {fx['flex_block_mask_seconds']:8.3f} s vs sdpa with the dense mask "
