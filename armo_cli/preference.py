@@ -55,6 +55,19 @@ def grouped_folds(groups: list[str], k: int, seed: int) -> dict[str, int]:
     return {g: i % k for i, g in enumerate(uniq)}
 
 
+def out_of_fold(X: torch.Tensor, groups: list[str], fold_weight: torch.Tensor, fold_bias: torch.Tensor,
+                fold_of: dict[str, int], full: torch.Tensor) -> torch.Tensor:
+    """Cross-fitted rewards for rows X [N,...,d] with prompt keys `groups`: `full` [N,...] (the full head's
+    rewards), except that a row whose prompt a head was fitted on gets the fold head that did not see it."""
+    u = full.clone()
+    fold = torch.tensor([fold_of.get(g, -1) for g in groups])
+    for k in range(fold_weight.shape[0]):
+        rows = fold == k
+        if rows.any():
+            u[rows] = X[rows].float() @ fold_weight[k] + fold_bias[k]
+    return u
+
+
 @dataclass
 class PreferenceHead:
     weight: torch.Tensor  # [d]: the [0,1]-scaled row, reward = x.weight + bias

@@ -20,7 +20,7 @@ from .io import check_outputs, dumps, load_artifact, save_artifact, write_text_a
 from .artifacts import RegressionMeta
 from .configs import RegressionConfig
 from .options import validate
-from .preference import fit_preference
+from .preference import fit_preference, out_of_fold
 from .provenance import FeatureMeaning, require_one_meaning
 from .stats import pearson, spearman
 
@@ -336,9 +336,5 @@ class Regression:
         if not p:
             return r
         j = self.objectives.index(p["objective"])
-        fold = torch.tensor([p["fold_of"].get(g, -1) for g in groups])
-        for k in range(self.fold_weight.shape[0]):
-            rows = fold == k
-            if rows.any():
-                r[rows, ..., j] = X[rows].float() @ self.fold_weight[k] + self.fold_bias[k]
+        r[..., j] = out_of_fold(X, groups, self.fold_weight, self.fold_bias, p["fold_of"], r[..., j])
         return r

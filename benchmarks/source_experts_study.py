@@ -24,7 +24,7 @@ import torch
 from armo_cli.configs import GatingConfig
 from armo_cli.features import Features
 from armo_cli.gating import Gate, grouped_split, pair_scores, train_bt
-from armo_cli.preference import PreferenceHead, fit_preference
+from armo_cli.preference import PreferenceHead, fit_preference, out_of_fold
 
 GATES = {"linear gate": {"n_hidden": 0}, "MLP 1x128 gate": {"n_hidden": 1, "hidden_dim": 128}}
 
@@ -41,14 +41,9 @@ def acc(u: torch.Tensor) -> float:
     return float((u[:, 0] > u[:, 1]).double().mean())
 
 
-def out_of_fold(h: PreferenceHead, R: torch.Tensor, groups: list[str]) -> torch.Tensor:
+def cross_fitted(h: PreferenceHead, R: torch.Tensor, groups: list[str]) -> torch.Tensor:
     """[N,2] rewards; pairs the head was fitted on get their fold's head (cross-fitting), others the full head."""
-    u = R @ h.weight + h.bias
-    for i, g in enumerate(groups):
-        if g in h.fold_of:
-            k = h.fold_of[g]
-            u[i] = R[i] @ h.fold_weight[k] + h.fold_bias[k]
-    return u
+    return out_of_fold(R, groups, h.fold_weight, h.fold_bias, h.fold_of, R @ h.weight + h.bias)
 
 
 def main() -> None:
@@ -78,9 +73,9 @@ def main() -> None:
         out["matrix"][n] = row
         print(f"| {n} | " + " | ".join(f"{row[s]:.3f}" for s in [*names, 'all']) + " |")
     oracle_ho = torch.stack([u_ho[s][i] for i, s in enumerate(src_ho)])
-    u_tr = {s: out_of_fold(heads[s], R, groups) for s in names}
+    u_tr = {s: cross_fitted(heads[s], R, groups) for s in names}
     oracle_tr = torch.stack([u_tr[s][i] for i, s in enumerate(src_tr)])
-    glob_tr = out_of_fold(heads["all pairs"], R, groups)
+    glob_tr = cross_fitted(heads["all pairs"], R, groups)
     out["oracle"] = {"heldout": acc(oracle_ho), "heldout_one_head": acc(u_ho["all pairs"]),
                      "train_out_of_fold": acc(oracle_tr), "train_out_of_fold_one_head": acc(glob_tr)}
     print(f"\n2. oracle routing: held-out {acc(oracle_ho):.3f} (one head {acc(u_ho['all pairs']):.3f}); "
