@@ -21,7 +21,7 @@ import torch
 
 from armo_cli.features import Features
 from armo_cli.model import ArmoModel
-from armo_cli.stats import spearman
+from armo_cli.scoring import evaluate_scores
 
 EVAL = ["heldout", "dev-eval", "rmb-eval", "rmb-select"]
 BASES = {
@@ -40,13 +40,11 @@ def basis(kind: str, degree: int, verbosity: torch.Tensor, lengths: torch.Tensor
 
 
 def measure(u: torch.Tensor, lengths: torch.Tensor) -> dict:
-    """u, lengths [N,2] (chosen, rejected)."""
-    differ = lengths[:, 0] != lengths[:, 1]
-    longer_first = lengths[:, 0] > lengths[:, 1]
-    return {"accuracy": float((u[:, 0] > u[:, 1]).double().mean()),
-            "spearman": spearman(u.reshape(-1), lengths.reshape(-1).double()),
-            "longer_wins": float(((u[:, 0] > u[:, 1]) == longer_first)[differ].double().mean()),
-            "labels_longer_wins": float(longer_first[differ].double().mean())}
+    """u, lengths [N,2] (chosen, rejected); the figures `armo evaluate` and the model card report."""
+    rep = evaluate_scores(u, ["all"] * u.shape[0], lengths, "loss", n_boot=1)
+    lb = rep["length_bias"]
+    return {"accuracy": rep["accuracy_all"], "spearman": lb["spearman_score_length"],
+            "longer_wins": lb["longer_wins_model"], "labels_longer_wins": lb["longer_wins_labels"]}
 
 
 def main() -> None:
