@@ -61,8 +61,8 @@ class RegressionConfig:
     output: str = opt("regression.safetensors", "Regression artifact to write.")
     alphas: list[float] = opt(help="Ridge strengths to choose from, per objective: A,B,... (default 1e-4,1e-3,...,1e4).", above=0.0,
                               default_factory=lambda: list(DEFAULT_ALPHAS))
-    val_fraction: float = opt(0.2, "Share of rows held out to choose each strength.", above=0.0, below=1.0)
-    seed: int = opt(0, "Seed of the validation split.")
+    val_fraction: float = opt(0.2, "Share of rating rows held out to choose each ridge strength.", above=0.0, below=1.0)
+    seed: int = opt(0, "Seed of the validation split and of the preference folds.")
     refit: str = opt("all", "all: refit on every labelled row; train: keep the train-only fit (paper).",
                      choices=("all", "train"))
     intercept: bool = opt(False, "Fit an intercept (the published model has none).")
@@ -72,7 +72,8 @@ class RegressionConfig:
     pairs: list[str] = opt(help="Pair features to fit --preference-objective from (repeatable).", default_factory=list)
     preference_objective: str | None = opt(None, "Add an objective fitted from --pairs by a Bradley-Terry head "
                                                  "(cross-fitted: a gate trained on those pairs sees out-of-fold rewards).")
-    preference_folds: int = opt(5, "Cross-fitting folds of the preference head (by prompt).", min=2)
+    preference_folds: int = opt(5, "Folds of the preference head, by prompt: its strength C is chosen by cross-"
+                                   "validation over them, and the gate's pairs get out-of-fold rewards from them.", min=2)
     min_rows: int = opt(20, "Fewest labelled rows for an objective.", min=1)
     strict: bool = opt(False, "Fail instead of skipping objectives with too few rows.")
     device: str | None = opt(None, "cuda, mps, cpu (default: best available).")

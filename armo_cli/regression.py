@@ -248,21 +248,26 @@ def fit_regression(cfg: RegressionConfig) -> dict:
     if cfg.preference_objective:
         R = torch.cat([f.tensors["response_features"] for f in pair_feats])
         groups = [h for f in pair_feats for h in (f.meta.prompt_hashes or f.ids)]
-        head = fit_preference(R, groups, val_fraction=cfg.val_fraction, seed=cfg.seed, folds=cfg.preference_folds)
+        if len(set(groups)) < cfg.preference_folds:
+            raise ArmoError(f"--pairs: {len(set(groups))} distinct prompts, fewer than --preference-folds "
+                            f"{cfg.preference_folds}; the preference head needs a prompt in every fold")
+        head = fit_preference(R, groups, seed=cfg.seed, folds=cfg.preference_folds)
         name = cfg.preference_objective
         weight = torch.cat([weight, head.weight[None]])
         bias = torch.cat([bias, torch.tensor([head.bias], dtype=bias.dtype)])
         objectives = objectives + [name]
         scales[name] = {"lo": head.lo, "hi": head.hi, "transform": "linear", "declared": False, "source": "pairs"}
         hm = head.metrics
-        metrics[name] = {"n_train": hm["n_pairs"] - hm["n_val"], "n_val": hm["n_val"], "alpha": 1.0 / head.C,
+        # cross-validated: every pair trains K-1 fold heads and validates the other one
+        metrics[name] = {"n_train": hm["n_pairs"], "n_val": hm["n_pairs"], "alpha": 1.0 / head.C,
                          "mse": None, "pearson": None, "spearman": None, "C": head.C,
                          "val_accuracy": hm["val_accuracy"], "grid": hm["grid"]}
         alphas = alphas + [1.0 / head.C]
         tensors = {"preference_fold_weight": head.fold_weight, "preference_fold_bias": head.fold_bias}
         preference = {"objective": name, "C": head.C, "folds": cfg.preference_folds, "fold_of": head.fold_of,
                       "pairs": [{"path": f.path, "input_hash": f.meta.input_hash, "rows": len(f.ids)} for f in pair_feats],
-                      "val_accuracy": hm["val_accuracy"], "train_accuracy": hm["train_accuracy"]}
+                      "selection": hm["selection"], "val_accuracy": hm["val_accuracy"],
+                      "train_accuracy": hm["train_accuracy"]}
     solve_s = time.perf_counter() - t1
     report = {
         "kind": "regression", "armo_version": __version__, "objectives": objectives, "scales": scales,
@@ -283,8 +288,8 @@ def fit_regression(cfg: RegressionConfig) -> dict:
                [[o, m["n_train"], m["n_val"], m["alpha"], m["mse"], m["pearson"], m["spearman"]] for o, m in metrics.items()]),
          cfg.quiet)
     if preference:
-        info(f"preference objective {preference['objective']!r}: C {preference['C']:g}, validation accuracy "
-             f"{preference['val_accuracy']:.3f} on held-out prompts, {preference['folds']} cross-fitting folds", cfg.quiet)
+        info(f"preference objective {preference['objective']!r}: C {preference['C']:g}, cross-validated accuracy "
+             f"{preference['val_accuracy']:.3f} ({preference['folds']} folds by prompt, also the cross-fitting folds)", cfg.quiet)
     return report
 
 

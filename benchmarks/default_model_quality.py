@@ -242,6 +242,27 @@ def studies(results: Path) -> list[str]:
         out.append(f"`benchmarks/source_experts_study.py`: one preference head per training source, each pair scored by its "
                    f"own source's head (oracle routing), gives {r['oracle']['heldout']:.3f} on held-out pairs (one head on all "
                    f"pairs: {r['oracle']['heldout_one_head']:.3f}); learned gates over those heads: {gates}.")
+    rp = results / "rating_pairs_study.json"
+    if rp.exists():
+        r = json.loads(rp.read_text())
+        arms = {a["arm"]: a for a in r["arms"]}
+        rule = arms[r["rule"]]
+
+        def cell(a: dict, s: str) -> str:
+            m = a["sets"][s]
+            d = m.get("minus_same_c")
+            return f"{m['accuracy']:.3f}" + (f" ({d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}])" if d else "")
+        sel = "RMB selection"
+        other = max((a for a in r["arms"] if a is not rule), key=lambda a: a["sets"][sel]["accuracy"])
+        out.append(f"`benchmarks/rating_pairs_study.py`: pairs built from the rating rows (within a prompt, the response "
+                   f"rated higher wins: " + ", ".join(f"{s} {n}" for s, n in r["derived"].items()) + ") added to the "
+                   f"preference head's training pairs. The rule (highest RMB selection accuracy) picks `{r['rule']}` "
+                   f"(selection {rule['sets'][sel]['accuracy']:.3f}): held-out {cell(rule, 'held-out')}, RMB evaluation "
+                   f"{cell(rule, 'RMB evaluation')}, dev-eval {cell(rule, 'dev-eval')}. Next on the selection slice: "
+                   f"`{other['arm']}` ({other['sets'][sel]['accuracy']:.3f}): held-out {cell(other, 'held-out')}, RMB "
+                   f"evaluation {cell(other, 'RMB evaluation')}, dev-eval {cell(other, 'dev-eval')} (in brackets: the paired "
+                   f"difference from the training pairs alone refitted at the arm's C, {other['C']:g}). Best held-out over "
+                   f"all arms: {max(a['sets']['held-out']['accuracy'] for a in r['arms']):.3f}.")
     return out
 
 
@@ -300,7 +321,7 @@ def write_card(model_dir: Path, model: ArmoModel, work: Path, q: dict, probe: di
         s, m = reg["scales"][o], reg["metrics"][o]
         scale = f"log1p(tokens) {s['lo']:.2f}..{s['hi']:.2f}" if s["transform"] == "log1p" else f"{s['lo']:.3g}..{s['hi']:.3g}"
         if m.get("val_accuracy") is not None:
-            val = f"pair accuracy {m['val_accuracy']:.3f}"
+            val = f"cross-validated pair accuracy {m['val_accuracy']:.3f}"
             strength = f"C {m['C']:g}"
         else:
             val = "n/a" if m.get("pearson") is None else f"Pearson {m['pearson']:.3f}"
@@ -308,8 +329,9 @@ def write_card(model_dir: Path, model: ArmoModel, work: Path, q: dict, probe: di
         L.append(f"| {o} | {scale} | {strength} | {val} | {m['n_train']} |")
     pref = reg.get("preference") or {}
     if pref:
-        L += ["", f"The `{pref['objective']}` objective is cross-fitted: {pref['folds']} prompt-grouped folds, so every pair the "
-              "gate and the decorrelation learn from gets a reward from a head that never saw it; the shipped head is fitted on all pairs."]
+        L += ["", f"The `{pref['objective']}` objective's strength C is chosen by {pref['folds']}-fold cross-validation grouped "
+              "by prompt, and the same folds cross-fit it: every pair the gate and the decorrelation learn from gets a reward "
+              "from a head that never saw it; the shipped head is fitted on all pairs."]
     L += ["", "## Decorrelation", "", f"Method {dec.get('method')}, against `{dec.get('verbosity')}`, "
           f"{dec.get('reference_rows')} reference responses (the training pairs).", "",
           "| objective | lambda | corr before | corr after |", "|---|---|---|---|"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from armo_cli.preference import DEFAULT_C, bt_loss, fit_bt, fit_preference
+from armo_cli.preference import fit_bt, fit_preference
 from armo_cli.regression import Regression
 
 from conftest import armo, cli, make_features
@@ -37,23 +37,45 @@ def test_the_head_recovers_the_utilitys_direction():
     assert float(r.min()) == pytest.approx(0.0, abs=1e-5) and float(r.max()) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_the_strength_chosen_matches_scikit_learn_on_the_same_grid():
+def test_the_strength_chosen_by_cross_validation_matches_scikit_learn_on_the_same_grid_and_folds():
     from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
 
     R, groups, _ = synthetic_pairs(n=400, d=10, seed=3)
-    D = (R[:, 0] - R[:, 1]).double()
-    va = torch.tensor([int(g[1:]) % 5 == 0 for g in groups])
-    ours, theirs = [], []
-    for C in DEFAULT_C:
-        w = fit_bt(D[~va], C)
-        Dtr = D[~va].numpy()
-        sk = LogisticRegression(C=C, fit_intercept=False, tol=1e-10, max_iter=100_000)
-        sk.fit(np.concatenate([Dtr, -Dtr]), np.concatenate([np.ones(len(Dtr)), np.zeros(len(Dtr))]))
-        ws = torch.from_numpy(sk.coef_[0])
-        assert torch.allclose(w, ws, rtol=1e-3, atol=1e-5 * float(ws.abs().max())), C
-        ours.append(bt_loss(D[va], w))
-        theirs.append(bt_loss(D[va], ws))
-    assert int(np.argmin(ours)) == int(np.argmin(theirs))
+    grid = [1e-3, 1e-2, 1e-1, 1.0]
+    head = fit_preference(R, groups, grid=grid, folds=4, seed=1)
+    D = (R[:, 0] - R[:, 1]).double().numpy()
+    fold = np.array([head.fold_of[g] for g in groups])
+    theirs = []
+    for C in grid:
+        losses = []
+        for k in range(4):
+            tr = D[fold != k]
+            sk = LogisticRegression(C=C, fit_intercept=False, tol=1e-10, max_iter=100_000)
+            sk.fit(np.concatenate([tr, -tr]), np.concatenate([np.ones(len(tr)), np.zeros(len(tr))]))
+            p = sk.predict_proba(D[fold == k])[:, 1]  # P(chosen beats rejected)
+            losses.append(log_loss(np.ones(len(p)), p, labels=[0, 1]) * len(p))
+        theirs.append(sum(losses) / len(D))
+    ours = [m["cv_loss"] for m in head.metrics["grid"]]
+    assert np.allclose(ours, theirs, rtol=1e-4), (ours, theirs)
+    assert head.C == grid[int(np.argmin(theirs))]
+    assert len(set(np.round(theirs, 4))) == len(grid)  # a real choice, not a tie
+    # the cross-fitting heads are the cross-validation heads at the chosen C
+    k0 = fold != 0
+    sk = LogisticRegression(C=head.C, fit_intercept=False, tol=1e-10, max_iter=100_000)
+    sk.fit(np.concatenate([D[k0], -D[k0]]), np.concatenate([np.ones(k0.sum()), np.zeros(k0.sum())]))
+    cos = torch.nn.functional.cosine_similarity(head.fold_weight[0].double(), torch.from_numpy(sk.coef_[0]), dim=0)
+    assert cos > 0.9999, float(cos)
+
+
+def test_the_preference_head_needs_a_prompt_in_every_fold(tmp_path):
+    R, groups, _ = synthetic_pairs(n=8, d=4, seed=0)  # 4 prompts
+    make_features(tmp_path / "pairs.st", R, ids=[f"p{i}" for i in range(8)], prompt_hashes=groups)
+    r = armo("fit-regression", "--pairs", tmp_path / "pairs.st", "--preference-objective", "pref",
+             "-o", tmp_path / "reg.st", "-q")
+    assert r.code == 2 and r.stderr.strip().endswith(
+        "--pairs: 4 distinct prompts, fewer than --preference-folds 5; the preference head needs a prompt in every fold")
+    assert not (tmp_path / "reg.st").exists()
 
 
 def test_cross_fitting_never_gives_a_pair_the_reward_of_a_head_that_saw_it(tmp_path):
