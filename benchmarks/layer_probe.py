@@ -11,6 +11,10 @@ L2 strength chosen by cross-validation) is scored in-distribution (5-fold cross-
 prompt) and out of distribution (fitted on all training pairs, scored on the selection slice).
 
     python benchmarks/layer_probe.py --train 300 --ood 300 --json layer_probe.json
+
+With `--work WORK` it probes a recipe run's own slices instead (examples/train_default.sh): every training pair
+in WORK/pairs.jsonl and every pair of the RMB selection slice WORK/rmb-select.jsonl (at --ood-max-length, the
+recipe's 1024 for evaluation sets). Those rows already train and select; still no held-out or evaluation row.
 """
 from __future__ import annotations
 
@@ -140,24 +144,33 @@ def main() -> None:
     ap.add_argument("--data", default=str(DATA))
     ap.add_argument("--json", default=None)
     ap.add_argument("--cache", default=None, help="save the features here, or reuse them if the file exists")
+    ap.add_argument("--work", default=None, help="probe WORK/pairs.jsonl and WORK/rmb-select.jsonl (a recipe run)")
+    ap.add_argument("--ood-max-length", type=int, default=None, help="max length of the selection pairs (default --max-length)")
     args = ap.parse_args()
+    ood_max = args.ood_max_length or args.max_length
+    key = [args.train, args.ood, args.max_length, args.seed] + ([args.work, ood_max] if args.work else [])
     if not Path(args.data).exists():
         raise SystemExit(f"{args.data} is absent: nothing to probe")
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
     if args.cache and Path(args.cache).exists():  # features of an earlier run with the same arguments
         saved = torch.load(args.cache, weights_only=True)
-        if saved["args"] != [args.train, args.ood, args.max_length, args.seed]:
+        if saved["args"] != key:
             raise SystemExit(f"{args.cache}: features of other arguments ({saved['args']})")
         Xtr, keys, Xood = saved["Xtr"], saved["keys"], saved["Xood"]
     else:
         bb = load_backbone("smollm2-135m-instruct")
-        train_rows, ood_rows = load_slices(Path(args.data), args.train, args.ood, args.seed)
+        if args.work:
+            train_rows, ood_rows = (
+                [json.loads(line) for line in (Path(args.work) / f"{stem}.jsonl").read_text().splitlines()]
+                for stem in ("pairs", "rmb-select"))
+        else:
+            train_rows, ood_rows = load_slices(Path(args.data), args.train, args.ood, args.seed)
         n_layers = int(bb.model.config.num_hidden_layers)
         Xtr, keys = features(bb, train_rows, list(range(n_layers + 1)), args.max_length)
-        Xood, _ = features(bb, ood_rows, list(range(n_layers + 1)), args.max_length)
+        Xood, _ = features(bb, ood_rows, list(range(n_layers + 1)), ood_max)
         if args.cache:
-            torch.save({"args": [args.train, args.ood, args.max_length, args.seed], "Xtr": Xtr, "keys": keys,
+            torch.save({"args": key, "Xtr": Xtr, "keys": keys,
                         "Xood": Xood}, args.cache)
     n = Xtr.shape[2] - 1
     layers = list(range(n + 1))
@@ -167,7 +180,7 @@ def main() -> None:
         r = probe_layer(Xtr[:, :, k], keys, Xood[:, :, k], args.folds, args.seed)
         results.append({"layer": k, "layer_from_end": k - (n + 1), **r})
     best = max(results, key=lambda r: (r["ood_accuracy"], r["layer"]))
-    print(f"layer_probe: {Xtr.shape[0]} training pairs ({', '.join(PERMISSIVE)}), {Xood.shape[0]} RMB selection pairs, "
+    print(f"layer_probe: {Xtr.shape[0]} training pairs ({args.work or ', '.join(PERMISSIVE)}), {Xood.shape[0]} RMB selection pairs, "
           f"max length {args.max_length}; features {t1 - t0:.0f} s (one pass per pair, all {n + 1} layers)")
     print(f"{'layer':>5} {'from end':>8} {'CV acc (in-dist)':>17} {'OOD acc (RMB sel.)':>19} {'L2':>7}")
     for r in results:
