@@ -37,10 +37,10 @@ class ExtractConfig:
     max_length: int | None = opt(None, "Longest prompt+response in tokens (default: the backbone's maximum positions).", min=1)
     overflow: str = opt("error", "Over the length limit: error | skip | truncate-prompt.", choices=OVERFLOW)
     on_error: str = opt("error", ON_ERROR_HELP, choices=ON_ERROR)
-    batch_tokens: int | None = opt(None, "Token budget per batch (default 2048 CPU, 32768 GPU).", min=1)
+    batch_tokens: int | None = opt(None, "Token budget per batch (default 2048 CPU, 65536 CUDA, 32768 MPS).", min=1)
     max_padding: float | None = opt(None, "Largest padded share of a batch (default 0.05 CPU, 0.5 with armo's own Llama "
-                                          "forward, 0.25 GPU).", min=0.0, max=1.0)
-    chunk_size: int = opt(256, "Rows per resumable chunk.", min=1)
+                                          "forward, 0.10 CUDA, 0.25 MPS).", min=0.0, max=1.0)
+    chunk_size: int | None = opt(None, "Rows per resumable chunk (default 256 on CPU, 4096 on an accelerator).", min=1)
     resume: bool = opt(False, "Reuse finished chunks of an interrupted run.")
     num_shards: int | None = opt(None, "Split the work into N disjoint shards.", min=1)
     shard_index: int | None = opt(None, "Which shard this process writes.", min=0)
@@ -222,6 +222,6 @@ class ServeConfig:
     overflow: str = opt("error", "Over the length limit: error (HTTP 413) | truncate-prompt.", choices=("error", "truncate-prompt"))
     batch_tokens: int | None = opt(None, "Token budget per forward batch.", min=1)
     max_padding: float | None = opt(None, "Largest padded share of a forward batch (default: 0.05 on CPU, 0.5 with armo's "
-                                          "own Llama forward, 0.25 on GPU).", min=0.0, max=1.0)
+                                          "own Llama forward, 0.10 on CUDA, 0.25 on MPS).", min=0.0, max=1.0)
     quiet: bool = opt(False, "No access log.")
 

@@ -6,6 +6,7 @@ import dataclasses
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -18,7 +19,7 @@ from .backbones import Backbone, load_backbone
 from .configs import ExtractConfig, MergeConfig
 from .console import info, progress, warn
 from .errors import ArmoError
-from .forward import batch_defaults, canonical_layer, check_finite_features, encode_trees
+from .forward import batch_defaults, canonical_layer, check_finite_features, default_chunk_size, encode_trees
 from .io import (check_input_file, check_output_file, load_artifact, output_lock, save_artifact, save_concatenated,
                  sha256_file, sha256_json, spool_stdin)
 from .options import validate
@@ -38,10 +39,13 @@ class ExtractReport:
     seconds: float = 0.0
 
 
-def _scan(source: Source, renderer: Renderer, cfg: ExtractConfig, skipped: list[Skipped], limit: int, limit_name: str):
+def _scan(source: Source, renderer: Renderer, cfg: ExtractConfig, skipped: list[Skipped], limit: int, limit_name: str,
+          hold: range = range(0)):
     """Validation pass: parse, tokenise and size every row before any compute. Returns
-    (kept (index, content key, truncated) triples, objectives, is_pair)."""
+    (kept (index, content key, truncated) triples, objectives, is_pair, the trees of the kept rows whose
+    positions are in `hold`: the first chunk, so that it is not rendered twice)."""
     kept: list[tuple[int, str, bool]] = []
+    held: list[Tree] = []
     objectives: dict[str, None] = {}
     is_pair: bool | None = None
     for i, ex in enumerate(iter_examples(source, cfg.on_error, skipped)):
@@ -56,8 +60,10 @@ def _scan(source: Source, renderer: Renderer, cfg: ExtractConfig, skipped: list[
         for k in ex.ratings:
             objectives.setdefault(k, None)
         key = sha256_json([ex.id, ex.prompt, ex.responses, ex.ratings, ex.subset, tree.truncated])
+        if len(kept) in hold:
+            held.append(tree)
         kept.append((i, key, tree.truncated))
-    return kept, list(objectives), bool(is_pair)
+    return kept, list(objectives), bool(is_pair), held
 
 
 def _chunk_tensors(trees: list[Tree], backbone: Backbone, cfg: ExtractConfig, objectives: list[str],
@@ -139,7 +145,9 @@ def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, afte
     skipped: list[Skipped] = []
     display = source.name
     limit, limit_name = length_limit(cfg.max_length, backbone.model.config)
-    kept, objectives, is_pair = _scan(source, renderer, cfg, skipped, limit, limit_name)
+    chunk_size = cfg.chunk_size or default_chunk_size(backbone.device)
+    first = range(shard_index * chunk_size, (shard_index + 1) * chunk_size)  # this shard's first chunk
+    kept, objectives, is_pair, held = _scan(source, renderer, cfg, skipped, limit, limit_name, first)
     if not kept:
         raise ArmoError(f"{display}: no usable rows")
     input_hash = sha256_file(source.path) if source.path else sha256_json([source.dataset, source.split])
@@ -152,10 +160,10 @@ def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, afte
     settings_key = sha256_json(settings)
     batch_tokens = cfg.batch_tokens or batch_defaults(backbone.device)[0]
 
-    chunks = [kept[i:i + cfg.chunk_size] for i in range(0, len(kept), cfg.chunk_size)]
+    chunks = [kept[i:i + chunk_size] for i in range(0, len(kept), chunk_size)]
     mine = [c for c in range(len(chunks)) if c % num_shards == shard_index]
     # A shard knows its whole job, so that `armo merge` can refuse missing, repeated or foreign shards.
-    job = {"input_hash": input_hash, "settings_key": settings_key, "chunk_size": cfg.chunk_size,
+    job = {"input_hash": input_hash, "settings_key": settings_key, "chunk_size": chunk_size,
            "num_shards": num_shards, "rows": len(kept), "chunks": len(chunks)}
     job["id"] = sha256_json(job)
     # chunk keys name the input itself too: chunks of another input are never reused, even unlocked
@@ -177,7 +185,7 @@ def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, afte
     parts.mkdir(parents=True, exist_ok=True)
     try:
         files, report = _compute_chunks(cfg, source, backbone, renderer, chunks, mine, chunk_keys, parts, objectives,
-                                        batch_tokens, limit, after_chunk, layer)
+                                        batch_tokens, limit, after_chunk, layer, {shard_index: held} if held else {})
     except BaseException:
         if not any(parts.glob("chunk-*.safetensors")):
             shutil.rmtree(parts, ignore_errors=True)  # nothing finished: nothing to resume, leave nothing behind
@@ -207,8 +215,10 @@ def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, afte
 
 def _compute_chunks(cfg: ExtractConfig, source: Source, backbone: Backbone, renderer: Renderer, chunks: list,
                     mine: list[int], chunk_keys: dict[int, str], parts: Path, objectives: list[str],
-                    batch_tokens: int, limit: int, after_chunk, layer: int) -> tuple[list[Path], ExtractReport]:
-    """Compute (or, with --resume, reuse) this shard's chunk files, in order."""
+                    batch_tokens: int, limit: int, after_chunk, layer: int,
+                    held: dict[int, list[Tree]]) -> tuple[list[Path], ExtractReport]:
+    """Compute (or, with --resume, reuse) this shard's chunk files, in order. `held`: chunks whose trees the
+    validation pass kept (the first), which are not rendered again."""
     report = ExtractReport()
     keep_index = {i for c in mine for (i, _, _) in chunks[c]}
 
@@ -230,37 +240,53 @@ def _compute_chunks(cfg: ExtractConfig, source: Source, backbone: Backbone, rend
             dt = max(time.perf_counter() - rate["t"], 1e-9)
             pbar.update(task, advance=rows, rate=f"{rate['tokens'] / dt:,.0f} tok/s")
 
-        for c in mine:
-            chunk = chunks[c]
-            key = chunk_keys[c]
+        def prepare(c: int) -> tuple[Path, list[Tree] | None]:
+            """Read chunk c and render it (None when --resume finds it done). Run one chunk ahead on a
+            helper thread, so that the host's rendering overlaps the accelerator's forward passes."""
             path = parts / f"chunk-{c:06d}.safetensors"
-            exs = [next(stream, (None, None)) for _ in chunk]  # keep the stream aligned even for reused chunks
+            exs = [next(stream, (None, None)) for _ in chunks[c]]  # keep the stream aligned even for reused chunks
             if cfg.resume and path.exists():
                 try:
-                    if load_artifact(path, "features-chunk", tensors=False)[1].key == key:
-                        report.chunks_reused += 1
-                        pbar.update(task, advance=len(chunk))
-                        files.append(path)
-                        continue
+                    if load_artifact(path, "features-chunk", tensors=False)[1].key == chunk_keys[c]:
+                        return path, None
                 except ArmoError:
                     pass  # a damaged chunk is recomputed
+            kept_trees = held.pop(c, None)
             trees = []
-            for (i, _, truncated), (j, ex) in zip(chunk, exs):
+            for n, ((i, _, truncated), (j, ex)) in enumerate(zip(chunks[c], exs)):
                 if i != j:
                     raise ArmoError(f"{source.name}: the input changed while it was being read; run again")
+                if kept_trees is not None:
+                    trees.append(kept_trees[n])
+                    continue
                 tree = renderer.tokenize(ex, i)
                 if truncated:
                     tree = renderer.truncate_prompt(tree, limit)
                 trees.append(tree)
-            tensors = _chunk_tensors(trees, backbone, cfg, objectives, batch_tokens, on_batch, source.name, layer)
-            save_artifact(path, tensors, ChunkMeta(key=key, ids=[t.example.id for t in trees],
-                                                   subsets=[t.example.subset for t in trees],
-                                                   prompt_hashes=[sha256_json(t.example.prompt)[:16] for t in trees],
-                                                   truncated=[t.example.id for t in trees if t.truncated]))
-            report.chunks_computed += 1
-            files.append(path)
-            if after_chunk:
-                after_chunk(c)
+            return path, trees
+
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="armo-render")
+        try:
+            ahead = pool.submit(prepare, mine[0]) if mine else None
+            for n, c in enumerate(mine):
+                path, trees = ahead.result()
+                ahead = pool.submit(prepare, mine[n + 1]) if n + 1 < len(mine) else None
+                if trees is None:
+                    report.chunks_reused += 1
+                    pbar.update(task, advance=len(chunks[c]))
+                    files.append(path)
+                    continue
+                tensors = _chunk_tensors(trees, backbone, cfg, objectives, batch_tokens, on_batch, source.name, layer)
+                save_artifact(path, tensors, ChunkMeta(key=chunk_keys[c], ids=[t.example.id for t in trees],
+                                                       subsets=[t.example.subset for t in trees],
+                                                       prompt_hashes=[sha256_json(t.example.prompt)[:16] for t in trees],
+                                                       truncated=[t.example.id for t in trees if t.truncated]))
+                report.chunks_computed += 1
+                files.append(path)
+                if after_chunk:
+                    after_chunk(c)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
     return files, report
 
 

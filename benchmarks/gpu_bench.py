@@ -155,16 +155,33 @@ def reference_loop(bb: Backbone, trees) -> tuple[float, torch.Tensor]:
     return time.perf_counter() - t0, feats
 
 
+def timed_forward(bb: Backbone, trees, batch_tokens: int, max_padding: float) -> float:
+    from armo_cli.forward import encode_trees
+
+    sync(bb.device)
+    t0 = time.perf_counter()
+    encode_trees(bb, trees, batch_tokens, None, max_padding)
+    sync(bb.device)
+    return time.perf_counter() - t0
+
+
 def kernel_study(bb: Backbone, trees, batch_tokens: int, max_padding: float) -> list[dict]:
-    """Which sdpa backends run armo's tree-masked batches, how fast, and whether they give the same features."""
+    """Which sdpa backends run armo's tree-masked batches, how fast, and whether they give the same features:
+    armo's own choice (forward.attention_kernels), sdpa's choice with nothing forced, then each backend
+    alone. Each is timed after a warm-up on a few trees; a backend that builds a plan per batch shape
+    (cuDNN) pays for the shapes it has not met yet in whichever row meets them first."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
+    import armo_cli.forward as fwd
     from armo_cli.forward import encode_trees
 
     out, ref = [], None
     names = ["FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH"]
-    for name in [None, *names]:
-        ctx = sdpa_kernel([getattr(SDPBackend, name)]) if name else contextlib.nullcontext()
+    armo_kernels = fwd.attention_kernels
+    for name in ["armo", None, *names]:
+        ctx = sdpa_kernel([getattr(SDPBackend, name)]) if name not in (None, "armo") else contextlib.nullcontext()
+        if name != "armo":  # armo's preference would override the backend forced here
+            fwd.attention_kernels = lambda device: contextlib.nullcontext()
         try:
             with ctx, torch.no_grad():
                 encode_trees(bb, trees[:4], batch_tokens, None, max_padding)  # warm-up (and the support check)
@@ -176,9 +193,12 @@ def kernel_study(bb: Backbone, trees, batch_tokens: int, max_padding: float) -> 
             if ref is None:
                 ref = R
             diff = float((R - ref).abs().max())
-            out.append({"kernel": name or "default (sdpa's choice)", "seconds": dt, "max_abs_diff_vs_default": diff})
+            label = {"armo": "armo's choice", None: "sdpa's choice"}.get(name, name)
+            out.append({"kernel": label, "seconds": dt, "max_abs_diff_vs_armo": diff})
         except RuntimeError as e:
             out.append({"kernel": name, "error": str(e).splitlines()[0][:120]})
+        finally:
+            fwd.attention_kernels = armo_kernels
     return out
 
 
@@ -254,7 +274,7 @@ def main() -> None:
     from armo_cli.decorrelation import fit_decorrelation
     from armo_cli.extract import extract
     from armo_cli.features import Features
-    from armo_cli.forward import batch_defaults
+    from armo_cli.forward import batch_defaults, default_chunk_size, token_batches
     from armo_cli.gating import fit_gating
     from armo_cli.model import ArmoModel, assemble
     from armo_cli.regression import fit_regression
@@ -292,6 +312,10 @@ def main() -> None:
     t_armo = time.perf_counter() - t0
     mem_armo = peak_memory(device)
     feats = Features.load(work / "pairs.st")
+    # the forward passes alone (trees rendered beforehand): extract's time less its host work (reading,
+    # the validation pass, rendering, writing)
+    with torch.no_grad():
+        t_fwd = timed_forward(bb, trees, batch_tokens, max_padding)
 
     reset_memory(device)
     reference_loop(bb, trees[:2])  # warm-up
@@ -325,9 +349,13 @@ def main() -> None:
         "device": name, "dtype": str(dtype).replace("torch.", ""), "shape": "tiny" if args.tiny else "llama-3-8b",
         "params_non_embedding": sum(p.numel() for k, p in bb.model.named_parameters() if "embed" not in k),
         "pairs": len(trees), "tokens_armo": tok_armo, "tokens_reference": tok_ref, "batch_tokens": batch_tokens,
+        "max_padding": max_padding, "chunk_size": default_chunk_size(device),
+        "padded_share": 1 - tok_armo / sum(len(b) * b[0].length for b in token_batches(trees, batch_tokens, max_padding)),
         "armo_extract": {"seconds": t_armo, "pairs_per_s": len(trees) / t_armo, "tokens_per_s": tok_armo / t_armo,
                          "reference_equivalent_tokens_per_s": tok_ref / t_armo, "tflops": f_armo / t_armo / 1e12,
                          "peak_memory_gib": mem_armo},
+        "armo_forward_only": {"seconds": t_fwd, "pairs_per_s": len(trees) / t_fwd, "tokens_per_s": tok_armo / t_fwd,
+                              "tflops": f_armo / t_fwd / 1e12, "peak_memory_gib": None},
         "reference_loop": {"seconds": t_ref, "pairs_per_s": len(trees) / t_ref, "tokens_per_s": tok_ref / t_ref,
                            "tflops": f_ref / t_ref / 1e12, "peak_memory_gib": mem_ref},
         "speedup_wall_time": t_ref / t_armo,
@@ -338,6 +366,7 @@ def main() -> None:
     if peak:
         res["armo_extract"]["mfu"] = res["armo_extract"]["tflops"] / peak
         res["reference_loop"]["mfu"] = res["reference_loop"]["tflops"] / peak
+        res["armo_forward_only"]["mfu"] = res["armo_forward_only"]["tflops"] / peak
     print_table(res)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
@@ -355,9 +384,14 @@ def print_table(r: dict) -> None:
 
     print(f"gpu_bench: {r['shape']} shape ({r['params_non_embedding'] / 1e9:.2f}B non-embedding parameters), {r['dtype']}, "
           f"{r['device']}; {r['pairs']} pairs, {r['tokens_armo']} tokens run by armo, {r['tokens_reference']} by the reference")
+    print(f"armo's batches: {r['batch_tokens']} tokens, at most {r['max_padding']:.0%} padding ({r['padded_share']:.1%} padded), "
+          f"{r['chunk_size']} rows per chunk")
     print(f"{'':26s}{'seconds':>9s}{'pairs/s':>10s}{'tokens/s':>11s}{'TFLOP/s':>9s}{'MFU':>7s}{'peak mem':>12s}")
     print(f"{'armo extract':26s}{a['seconds']:9.2f}{a['pairs_per_s']:10.1f}{a['tokens_per_s']:11.0f}{a['tflops']:9.2f}"
           f"{mfu(a):>7s}{mem(a['peak_memory_gib']):>12s}")
+    o = r["armo_forward_only"]
+    print(f"{'  its forward passes only':26s}{o['seconds']:9.2f}{o['pairs_per_s']:10.1f}{o['tokens_per_s']:11.0f}{o['tflops']:9.2f}"
+          f"{mfu(o):>7s}{'':>12s}")
     print(f"{'reference loop (bs 1)':26s}{f['seconds']:9.2f}{f['pairs_per_s']:10.1f}{f['tokens_per_s']:11.0f}{f['tflops']:9.2f}"
           f"{mfu(f):>7s}{mem(f['peak_memory_gib']):>12s}")
     print(f"armo vs reference: {r['speedup_wall_time']:.2f}x wall time on the same pairs "
@@ -366,9 +400,9 @@ def print_table(r: dict) -> None:
           f"min cosine {r['agreement']['min_cosine']:.5f}, mean {r['agreement']['mean_cosine']:.5f}")
     for k in r["kernels"]:
         if "error" in k:
-            print(f"  sdpa {k['kernel']:28s} not usable with the tree mask: {k['error']}")
+            print(f"  sdpa {k['kernel']:32s} not usable with the tree mask: {k['error']}")
         else:
-            print(f"  sdpa {k['kernel']:28s} {k['seconds']:8.3f} s  max |diff| vs default {k['max_abs_diff_vs_default']:.2e}")
+            print(f"  sdpa {k['kernel']:32s} {k['seconds']:8.3f} s  max |diff| vs armo's {k['max_abs_diff_vs_armo']:.2e}")
     fx = r["flex_attention"]
     if "skipped" in fx:
         print(f"  flex_attention (block mask from segments) skipped ({fx['skipped']})")

@@ -305,3 +305,85 @@ def test_a_batch_out_of_memory_is_split_and_retried(bb, tmp_path, monkeypatch):
     monkeypatch.setattr(fwd, "forward_trees", lambda *a, **k: (_ for _ in ()).throw(ValueError("not memory")))
     with pytest.raises(ValueError):  # other errors are not retried
         encode_trees(bb, trees[:3], batch_tokens=100_000)
+
+
+def test_chunks_are_rendered_on_a_helper_thread_before_their_forward(bb, tmp_path, monkeypatch):
+    """The first chunk reuses the validation pass's trees (no second rendering); later chunks are rendered
+    on a helper thread (which starts on chunk c+1 when chunk c is handed over), each before its forward.
+    The features and their order are those of one chunk, and an input that changes under the reader still
+    fails with one line and leaves no output."""
+    import threading
+
+    import armo_cli.extract as ex_mod
+
+    inp = write_jsonl(tmp_path / "p.jsonl", pair_rows(12))
+    single = tmp_path / "single.safetensors"
+    _extract(bb, inp, single, chunk_size=64)
+    events = []
+    real_tokenize, real_tensors = Renderer.tokenize, ex_mod._chunk_tensors
+
+    def tokenize(self, ex, index=0):
+        events.append(("render", index, threading.current_thread().name))
+        return real_tokenize(self, ex, index)
+
+    def chunk_tensors(trees, *a, **k):
+        events.append(("forward", trees[0].index, threading.current_thread().name))
+        return real_tensors(trees, *a, **k)
+
+    monkeypatch.setattr(Renderer, "tokenize", tokenize)
+    monkeypatch.setattr(ex_mod, "_chunk_tensors", chunk_tensors)
+    out = tmp_path / "chunked.safetensors"
+    rep = _extract(bb, inp, out, chunk_size=4)
+    a, b = Features.load(single), Features.load(out)
+    assert a.ids == b.ids and rep.chunks_computed == 3
+    for k in a.tensors:  # other chunks, other batches: equal up to float rounding
+        assert torch.allclose(a.tensors[k].float(), b.tensors[k].float(), atol=1e-5), k
+    assert [e for e in events if e[0] == "render" and e[2] == "MainThread"] == [("render", i, "MainThread") for i in range(12)]
+    compute = [e for e in events if e[0] == "forward" or e[2].startswith("armo-render")]
+    assert [e for e in compute if e[0] == "forward"] == [("forward", s, "MainThread") for s in (0, 4, 8)]
+    assert not [e for e in compute if e[0] == "render" and e[1] < 4]  # chunk 0: the validation pass's trees
+    for s in (4, 8):
+        fwd = compute.index(("forward", s, "MainThread"))
+        mine = [i for i, e in enumerate(compute) if e[0] == "render" and s <= e[1] < s + 4]
+        assert len(mine) == 4 and max(mine) < fwd
+
+    calls = {"n": 0}
+
+    def tokenize_then_fail(self, ex, index=0):
+        calls["n"] += 1
+        if calls["n"] > 12 + 2:  # after the validation pass, in the second chunk
+            raise ArmoError(f"{inp.name}:{index + 1}: the input changed while it was being read; run again")
+        return real_tokenize(self, ex, index)
+
+    monkeypatch.setattr(Renderer, "tokenize", tokenize_then_fail)
+    failed = tmp_path / "failed.safetensors"
+    with pytest.raises(ArmoError, match="input changed"):
+        _extract(bb, inp, failed, chunk_size=4)
+    assert not failed.exists()
+
+
+def test_device_defaults_and_cuda_attention_kernels():
+    """CUDA's batch, padding and chunk defaults are the ones measured at 8B shape (gpu_mfu_sweep), and its
+    tree-masked forward allows only the memory-efficient and math sdpa kernels (cuDNN builds a plan per
+    batch shape; flash takes no mask). Elsewhere nothing is forced."""
+    from armo_cli.forward import attention_kernels, batch_defaults, default_chunk_size
+
+    cuda, cpu, mps = torch.device("cuda"), torch.device("cpu"), torch.device("mps")
+    assert batch_defaults(cuda) == (65536, 0.10) and batch_defaults(mps) == (32768, 0.25)
+    assert batch_defaults(cpu) == (2048, 0.05)
+    assert default_chunk_size(cpu) == 256 and default_chunk_size(cuda) == 4096
+    be = torch.backends.cuda
+    before = (be.flash_sdp_enabled(), be.mem_efficient_sdp_enabled(), be.cudnn_sdp_enabled(), be.math_sdp_enabled())
+    with attention_kernels(cpu):
+        assert (be.flash_sdp_enabled(), be.mem_efficient_sdp_enabled(), be.cudnn_sdp_enabled(), be.math_sdp_enabled()) == before
+    with attention_kernels(cuda):
+        assert not be.flash_sdp_enabled() and not be.cudnn_sdp_enabled()
+        assert be.mem_efficient_sdp_enabled() and be.math_sdp_enabled()
+    assert (be.flash_sdp_enabled(), be.mem_efficient_sdp_enabled(), be.cudnn_sdp_enabled(), be.math_sdp_enabled()) == before
+
+
+def test_chunk_size_default_is_recorded(bb, tmp_path):
+    inp = write_jsonl(tmp_path / "p.jsonl", pair_rows(5))
+    out = tmp_path / "o.safetensors"
+    _extract(bb, inp, out)
+    assert Features.load(out).meta.job["chunk_size"] == 256

@@ -121,4 +121,4 @@ def test_batches_may_hold_padding_only_where_the_forward_skips_it(pair_of_backbo
     assert skips_padding(fast.model, fast.device) and not skips_padding(slow.model, slow.device)
     assert batch_defaults(fast.device, fast.model) == (2048, 0.5)
     assert batch_defaults(slow.device, slow.model) == (2048, 0.05)
-    assert batch_defaults(torch.device("cuda"), fast.model) == (32768, 0.25)  # the GPU keeps the dense batch
+    assert batch_defaults(torch.device("cuda"), fast.model) == (65536, 0.10)  # the GPU keeps the dense batch
