@@ -48,13 +48,13 @@ def _scan(source: Source, renderer: Renderer, cfg: ExtractConfig, skipped: list[
     held: list[Tree] = []
     objectives: dict[str, None] = {}
     is_pair: bool | None = None
-    for i, ex in enumerate(iter_examples(source, cfg.on_error, skipped)):
+    for i, ex, tree in tokenized(iter_examples(source, cfg.on_error, skipped), renderer):
         where = f"{source.name}:{ex.line}"
         if is_pair is None:
             is_pair = ex.is_pair
         elif is_pair != ex.is_pair:
             raise ArmoError(f"{where}: mixes pairs and single responses in one file")
-        tree = sized_tree(renderer, ex, i, where, limit, limit_name, cfg.overflow, skipped)
+        tree = sized_tree(renderer, ex, i, where, limit, limit_name, cfg.overflow, skipped, tree)
         if tree is None:
             continue
         for k in ex.ratings:
@@ -63,7 +63,33 @@ def _scan(source: Source, renderer: Renderer, cfg: ExtractConfig, skipped: list[
         if len(kept) in hold:
             held.append(tree)
         kept.append((i, key, tree.truncated))
+    skipped.sort(key=lambda sk: sk.line)  # rows read ahead of a group may be skipped before its oversized ones
     return kept, list(objectives), bool(is_pair), held
+
+
+def tokenized(examples: Iterable[Example], renderer: Renderer, group: int = 256) -> Iterator[tuple[int, Example, Tree | ArmoError]]:
+    """(index, example, tree or its rendering error), tokenised `group` rows at a time (Renderer.tokenize_many).
+    An error met while reading a group (a bad line) is raised after the rows read before it have been
+    yielded, so that the first bad row in the file is the one reported."""
+    it = iter(examples)
+    i = 0
+    while True:
+        rows: list[Example] = []
+        failure: ArmoError | None = None
+        try:
+            for ex in it:
+                rows.append(ex)
+                if len(rows) == group:
+                    break
+        except ArmoError as e:
+            failure = e
+        for ex, tree in zip(rows, renderer.tokenize_many(rows, list(range(i, i + len(rows))))):
+            yield i, ex, tree
+            i += 1
+        if failure is not None:
+            raise failure
+        if len(rows) < group:
+            return
 
 
 def _chunk_tensors(trees: list[Tree], backbone: Backbone, cfg: ExtractConfig, objectives: list[str],
@@ -251,18 +277,17 @@ def _compute_chunks(cfg: ExtractConfig, source: Source, backbone: Backbone, rend
                         return path, None
                 except ArmoError:
                     pass  # a damaged chunk is recomputed
+            if any(i != j for (i, _, _), (j, _) in zip(chunks[c], exs)):
+                raise ArmoError(f"{source.name}: the input changed while it was being read; run again")
             kept_trees = held.pop(c, None)
+            if kept_trees is not None:
+                return path, kept_trees
             trees = []
-            for n, ((i, _, truncated), (j, ex)) in enumerate(zip(chunks[c], exs)):
-                if i != j:
-                    raise ArmoError(f"{source.name}: the input changed while it was being read; run again")
-                if kept_trees is not None:
-                    trees.append(kept_trees[n])
-                    continue
-                tree = renderer.tokenize(ex, i)
-                if truncated:
-                    tree = renderer.truncate_prompt(tree, limit)
-                trees.append(tree)
+            for (i, _, truncated), ex, tree in zip(chunks[c], [ex for _, ex in exs],
+                                                   renderer.tokenize_many([ex for _, ex in exs], [j for j, _ in exs])):
+                if isinstance(tree, ArmoError):
+                    raise ArmoError(f"{source.name}:{ex.line}: {tree}")
+                trees.append(renderer.truncate_prompt(tree, limit) if truncated else tree)
             return path, trees
 
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="armo-render")

@@ -220,7 +220,7 @@ def load_model(folder: Path, dtype: torch.dtype, device: torch.device) -> LlamaB
 
 @dataclass
 class Encoding:
-    input_ids: list[int]
+    input_ids: list[int] | list[list[int]]
 
 
 class FastTokenizer:
@@ -244,7 +244,10 @@ class FastTokenizer:
     def _token(v: Any) -> str | None:
         return v.get("content") if isinstance(v, dict) else v
 
-    def __call__(self, text: str, add_special_tokens: bool = True) -> Encoding:
+    def __call__(self, text: str | list[str], add_special_tokens: bool = True) -> Encoding:
+        """Like a transformers tokenizer: a list of texts gives a list of id lists (one batched call)."""
+        if isinstance(text, list):
+            return Encoding([e.ids for e in self.tok.encode_batch(text, add_special_tokens=add_special_tokens)])
         return Encoding(self.tok.encode(text, add_special_tokens=add_special_tokens).ids)
 
     def apply_chat_template(self, messages: list[dict], tokenize: bool = False, add_generation_prompt: bool = False) -> str:

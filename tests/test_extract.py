@@ -320,17 +320,17 @@ def test_chunks_are_rendered_on_a_helper_thread_before_their_forward(bb, tmp_pat
     single = tmp_path / "single.safetensors"
     _extract(bb, inp, single, chunk_size=64)
     events = []
-    real_tokenize, real_tensors = Renderer.tokenize, ex_mod._chunk_tensors
+    real_tokenize, real_tensors = Renderer.tokenize_many, ex_mod._chunk_tensors
 
-    def tokenize(self, ex, index=0):
-        events.append(("render", index, threading.current_thread().name))
-        return real_tokenize(self, ex, index)
+    def tokenize(self, exs, indices):
+        events.extend(("render", i, threading.current_thread().name) for i in indices)
+        return real_tokenize(self, exs, indices)
 
     def chunk_tensors(trees, *a, **k):
         events.append(("forward", trees[0].index, threading.current_thread().name))
         return real_tensors(trees, *a, **k)
 
-    monkeypatch.setattr(Renderer, "tokenize", tokenize)
+    monkeypatch.setattr(Renderer, "tokenize_many", tokenize)
     monkeypatch.setattr(ex_mod, "_chunk_tensors", chunk_tensors)
     out = tmp_path / "chunked.safetensors"
     rep = _extract(bb, inp, out, chunk_size=4)
@@ -349,13 +349,13 @@ def test_chunks_are_rendered_on_a_helper_thread_before_their_forward(bb, tmp_pat
 
     calls = {"n": 0}
 
-    def tokenize_then_fail(self, ex, index=0):
+    def tokenize_then_fail(self, exs, indices):
         calls["n"] += 1
-        if calls["n"] > 12 + 2:  # after the validation pass, in the second chunk
-            raise ArmoError(f"{inp.name}:{index + 1}: the input changed while it was being read; run again")
-        return real_tokenize(self, ex, index)
+        if calls["n"] > 2:  # the validation pass (one group), chunk 1; then chunk 2 fails
+            raise ArmoError(f"{inp.name}:{indices[0] + 1}: the input changed while it was being read; run again")
+        return real_tokenize(self, exs, indices)
 
-    monkeypatch.setattr(Renderer, "tokenize", tokenize_then_fail)
+    monkeypatch.setattr(Renderer, "tokenize_many", tokenize_then_fail)
     failed = tmp_path / "failed.safetensors"
     with pytest.raises(ArmoError, match="input changed"):
         _extract(bb, inp, failed, chunk_size=4)
@@ -387,3 +387,39 @@ def test_chunk_size_default_is_recorded(bb, tmp_path):
     out = tmp_path / "o.safetensors"
     _extract(bb, inp, out)
     assert Features.load(out).meta.job["chunk_size"] == 256
+
+
+@pytest.mark.parametrize("bad_render,bad_json,first", [(3, 5, 3), (4, 2, 2)])
+def test_the_first_bad_row_in_the_file_is_reported_across_a_tokenised_group(bb, tmp_path, monkeypatch,
+                                                                              bad_render, bad_json, first):
+    """The validation pass tokenises rows in groups; a row whose template fails and a malformed line in the
+    same group are still reported in file order (the first one), one line, no output."""
+    rows = [json.dumps(r) for r in pair_rows(6)]
+    rows[bad_json - 1] = '{"prompt": "hi", "chosen": "a", "rejected": "b"'
+    inp = tmp_path / "p.jsonl"
+    inp.write_text("\n".join(rows) + "\n")
+    real = Renderer.texts
+
+    def texts(self, ex):
+        if ex.line == bad_render:
+            raise ArmoError("the chat template does not render the prompt as a prefix of the conversation")
+        return real(self, ex)
+
+    monkeypatch.setattr(Renderer, "texts", texts)
+    out = tmp_path / "o.safetensors"
+    with pytest.raises(ArmoError) as e:
+        _extract(bb, inp, out)
+    expected = {3: "the chat template does not render the prompt", 2: "malformed JSON"}[first]
+    assert str(e.value).startswith(f"{inp}:{first}: {expected}"), str(e.value)
+    assert "\n" not in str(e.value) and not out.exists()
+
+
+def test_tokenized_groups_keep_order_and_indices(bb):
+    from armo_cli.extract import tokenized
+    from armo_cli.rows import parse_row
+
+    r = Renderer(bb.tokenizer)
+    exs = [parse_row(row, f"x:{i}") for i, row in enumerate(pair_rows(7))]
+    for group in (1, 3, 7, 100):
+        got = list(tokenized(iter(exs), r, group))
+        assert [(i, ex.id, t.prompt) for i, ex, t in got] == [(i, ex.id, r.tokenize(ex, i).prompt) for i, ex in enumerate(exs)]

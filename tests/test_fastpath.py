@@ -122,3 +122,50 @@ def test_batches_may_hold_padding_only_where_the_forward_skips_it(pair_of_backbo
     assert batch_defaults(fast.device, fast.model) == (2048, 0.5)
     assert batch_defaults(slow.device, slow.model) == (2048, 0.05)
     assert batch_defaults(torch.device("cuda"), fast.model) == (65536, 0.10)  # the GPU keeps the dense batch
+
+
+def test_tokenize_many_equals_one_row_at_a_time(pair_of_backbones, monkeypatch):
+    """One batched tokenizer call gives the trees of per-row tokenisation (both tokenizers, both templates,
+    pairs and single responses); a row whose template fails gets its error in its place."""
+    from armo_cli.errors import ArmoError
+    from armo_cli.rows import parse_row
+
+    from conftest import pair_rows, rating_rows
+
+    for bb in pair_of_backbones:
+        r = Renderer(bb.tokenizer)
+        exs = [parse_row(row, f"x:{i}") for i, row in enumerate(pair_rows(9) + rating_rows(4))]
+        many = r.tokenize_many(exs, list(range(len(exs))))
+        one = [r.tokenize(ex, i) for i, ex in enumerate(exs)]
+        assert [(t.index, t.prompt, t.conts, t.gate) for t in many] == [(t.index, t.prompt, t.conts, t.gate) for t in one]
+        real = Renderer.texts
+
+        def texts(self, ex):
+            if ex is exs[4]:
+                raise ArmoError("the chat template does not render the prompt as a prefix of the conversation")
+            return real(self, ex)
+
+        monkeypatch.setattr(Renderer, "texts", texts)
+        mixed = r.tokenize_many(exs, list(range(len(exs))))
+        assert isinstance(mixed[4], ArmoError) and all(not isinstance(t, ArmoError) for k, t in enumerate(mixed) if k != 4)
+        assert [t.prompt for k, t in enumerate(mixed) if k != 4] == [t.prompt for k, t in enumerate(one) if k != 4]
+        monkeypatch.undo()
+
+
+def test_batches_use_the_rust_backend_only_where_it_agrees_with_the_wrapper(tiny_backbone, monkeypatch):
+    from armo_cli.backbones import load_backbone
+
+    tok = load_backbone(str(tiny_backbone), device="cpu", dtype="fp32").tokenizer
+    assert Renderer(tok)._backend is not None
+    real = tok.__class__.__call__
+
+    def spaced(self, text, *a, **k):  # a wrapper that changes the text before its backend sees it
+        return real(self, " " + text if isinstance(text, str) else [" " + t for t in text], *a, **k)
+
+    monkeypatch.setattr(tok.__class__, "__call__", spaced)
+    r = Renderer(tok)
+    assert r._backend is None
+    from armo_cli.rows import parse_row
+
+    ex = parse_row({"prompt": "Hello THERE", "chosen": "ABC", "rejected": "Def"}, "x:1")
+    assert r.tokenize_many([ex], [0])[0].prompt == r.encode(r.texts(ex)[0], bos=True)

@@ -38,3 +38,11 @@ def test_gpu_mfu_sweep_tiny_runs(tmp_path):
     assert {x["setting"].split(" budget")[0] for x in ran} >= {"sdpa default", "MATH"}
     assert all(0 <= x["padded_share"] < 1 and x["seconds"] > 0 for x in ran)
     assert r["dense_upper_bound"]["seconds"] > 0 and r["extract"][0]["seconds"] > 0
+
+
+@needs_embedded()
+def test_extract_host_bench_runs_and_agrees():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "extract_host_bench.py"), "--pairs", "40",
+                          "--repeats", "1"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]  # it asserts that grouped tokenising equals one row at a time
+    assert "transformers" in out.stdout and "armo extract with a null forward" in out.stdout
