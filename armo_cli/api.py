@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 
@@ -23,8 +23,8 @@ from .errors import ArmoError
 from .forward import batch_defaults
 from .model import ArmoModel, is_model_dir
 from .options import check_value
-from .rendering import Renderer, Tree, length_limit, sized_tree
-from .rows import Skipped, parse_row
+from .rendering import Renderer, Tree, length_limit, sized_tree, tokenized
+from .rows import Example, Skipped, parse_row
 from .scoring import _weights, check_backbone, score_trees, steered, window_records
 
 
@@ -83,14 +83,19 @@ class RewardModel:
     def prepare(self, rows: Iterable[Any], source: str = "rows", start: int = 0) -> list[Tree]:
         """Parse and tokenise rows, applying the length policy. A bad row raises ArmoError naming
         `source[i]` (i counts from 0) and the field; `skip` is not a policy here: every row gets a score."""
+        def parsed() -> Iterator[Example]:
+            for i, obj in enumerate(rows, start):
+                ex = parse_row(obj, f"{source}[{i}]")
+                ex.line = i + 1
+                yield ex
+
         trees = []
-        for i, obj in enumerate(rows, start):
+        for k, ex, tree in tokenized(parsed(), self.renderer):
+            i = k + start
             where = f"{source}[{i}]"
-            ex = parse_row(obj, where)
-            ex.line = i + 1
             skipped: list[Skipped] = []
             overflow = "error" if self.overflow == "skip" else self.overflow
-            t = sized_tree(self.renderer, ex, i, where, self.limit, self.limit_name, overflow, skipped)
+            t = sized_tree(self.renderer, ex, i, where, self.limit, self.limit_name, overflow, skipped, tree)
             if t is None:
                 raise ArmoError(f"{where}: {skipped[0].reason}")
             trees.append(t)

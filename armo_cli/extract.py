@@ -24,7 +24,7 @@ from .io import (check_input_file, check_output_file, load_artifact, output_lock
                  sha256_file, sha256_json, spool_stdin)
 from .options import validate
 from .provenance import FeatureMeaning
-from .rendering import Renderer, Tree, length_limit, sized_tree
+from .rendering import Renderer, Tree, length_limit, sized_tree, tokenized
 from .rows import Example, Skipped, Source, iter_examples
 
 
@@ -65,31 +65,6 @@ def _scan(source: Source, renderer: Renderer, cfg: ExtractConfig, skipped: list[
         kept.append((i, key, tree.truncated))
     skipped.sort(key=lambda sk: sk.line)  # rows read ahead of a group may be skipped before its oversized ones
     return kept, list(objectives), bool(is_pair), held
-
-
-def tokenized(examples: Iterable[Example], renderer: Renderer, group: int = 256) -> Iterator[tuple[int, Example, Tree | ArmoError]]:
-    """(index, example, tree or its rendering error), tokenised `group` rows at a time (Renderer.tokenize_many).
-    An error met while reading a group (a bad line) is raised after the rows read before it have been
-    yielded, so that the first bad row in the file is the one reported."""
-    it = iter(examples)
-    i = 0
-    while True:
-        rows: list[Example] = []
-        failure: ArmoError | None = None
-        try:
-            for ex in it:
-                rows.append(ex)
-                if len(rows) == group:
-                    break
-        except ArmoError as e:
-            failure = e
-        for ex, tree in zip(rows, renderer.tokenize_many(rows, list(range(i, i + len(rows))))):
-            yield i, ex, tree
-            i += 1
-        if failure is not None:
-            raise failure
-        if len(rows) < group:
-            return
 
 
 def _chunk_tensors(trees: list[Tree], backbone: Backbone, cfg: ExtractConfig, objectives: list[str],

@@ -4,7 +4,7 @@ BOS. Also where f(x) is read (gate rules) and what happens to rows over the leng
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 from .errors import ArmoError
 from .io import sha256_json
@@ -186,3 +186,28 @@ def sized_tree(renderer: Renderer, ex: Example, index: int, where: str, limit: i
         why = "response alone exceeds" if overflow == "truncate-prompt" else "exceeds"
         skipped.append(Skipped(ex.line, ex.id, f"{n} tokens: {why} {limit_name} {limit}"))
     return new
+
+
+def tokenized(examples: Iterable[Example], renderer: Renderer, group: int = 256) -> Iterator[tuple[int, Example, Tree | ArmoError]]:
+    """(index, example, tree or its rendering error), tokenised `group` rows at a time (Renderer.tokenize_many).
+    An error met while reading a group (a bad line) is raised after the rows read before it have been
+    yielded, so that the first bad row in the file is the one reported."""
+    it = iter(examples)
+    i = 0
+    while True:
+        rows: list[Example] = []
+        failure: ArmoError | None = None
+        try:
+            for ex in it:
+                rows.append(ex)
+                if len(rows) == group:
+                    break
+        except ArmoError as e:
+            failure = e
+        for ex, tree in zip(rows, renderer.tokenize_many(rows, list(range(i, i + len(rows))))):
+            yield i, ex, tree
+            i += 1
+        if failure is not None:
+            raise failure
+        if len(rows) < group:
+            return

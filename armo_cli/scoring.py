@@ -14,7 +14,7 @@ from .backbones import Backbone, load_backbone
 from .console import show, table, warn
 from .features import Features
 from .forward import batch_defaults, canonical_layer, check_finite_features, encode_trees
-from .rendering import Renderer, Tree, length_limit, sized_tree
+from .rendering import Renderer, Tree, length_limit, sized_tree, tokenized
 from .errors import ArmoError
 from .io import atomic_path, check_input_file, check_output_file, dumps, write_texts_atomic
 from .model import ArmoModel
@@ -157,23 +157,22 @@ def iter_scored(model: ArmoModel, bb: Backbone, source: Source, cfg: ModelInputC
     batch_tokens, max_padding = batch_defaults(bb.device, bb.model)
     batch_tokens = cfg.batch_tokens or batch_tokens
     skipped: list[Skipped] = []
-    rows = iter_examples(source, cfg.on_error, skipped)
-    index = scored = 0
+    rows = tokenized(iter_examples(source, cfg.on_error, skipped), renderer, min(window, 256))
+    scored = 0
     while True:
-        examples = list(itertools.islice(rows, window))
-        if not examples:
-            break
-        trees = []
-        for ex in examples:
-            t = sized_tree(renderer, ex, index, f"{source.name}:{ex.line}", limit, limit_name, cfg.overflow, skipped)
-            index += 1
+        trees, read = [], 0
+        for index, ex, tree in itertools.islice(rows, window):  # each row as it comes: errors in file order
+            read += 1
+            t = sized_tree(renderer, ex, index, f"{source.name}:{ex.line}", limit, limit_name, cfg.overflow, skipped, tree)
             if t is not None:
                 trees.append(t)
+        if not read:
+            break
         groups = score_trees(model, bb, trees, weights, batch_tokens, max_padding, source.name)
         scored += len(trees)
         if groups:
             yield groups
-    for sk in skipped:
+    for sk in sorted(skipped, key=lambda sk: sk.line):
         warn(f"skipped line {sk.line} ({sk.id}): {sk.reason}")
     if not scored:
         raise ArmoError(f"{source.name}: no usable rows")

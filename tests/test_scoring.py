@@ -271,3 +271,28 @@ def test_sample_by_prompt_never_splits_a_prompt_between_slices(tmp_path):
     invoke("sample", src, "--skip", "20", "--n", "20", "--seed", "1", "-o", tmp_path / "d.jsonl")
     c, d = ({json.loads(x)["prompt"] for x in (tmp_path / f"{n}.jsonl").read_text().splitlines()} for n in "cd")
     assert c & d
+
+
+def test_score_reports_the_first_bad_row_in_the_file(tiny_model, tiny_backbone, tmp_path, monkeypatch):
+    """A row whose template fails (line 3) before a malformed line (line 5) in the same window: `score` names
+    line 3, one line, exit 2, and writes nothing (rows are tokenised in groups, errors kept in file order)."""
+    from armo_cli.errors import ArmoError
+    from armo_cli.rendering import Renderer
+
+    rows = (tiny_model / "r.jsonl").read_text().splitlines()[:6]
+    rows[4] = '{"prompt": "hi", "response": "a"'
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("\n".join(rows) + "\n")
+    real = Renderer.texts
+
+    def texts(self, ex):
+        if ex.line == 3:
+            raise ArmoError("the chat template does not render the prompt as a prefix of the conversation")
+        return real(self, ex)
+
+    monkeypatch.setattr(Renderer, "texts", texts)
+    out = tmp_path / "scores.jsonl"
+    r = runner.invoke(app, ["score", "-m", str(tiny_model / "model"), str(inp), "-o", str(out), "--backbone",
+                            str(tiny_backbone), "--device", "cpu", "-q"])
+    assert r.exit_code == 2, r.output
+    assert f"{inp}:3: the chat template does not render the prompt" in r.output and not out.exists()
