@@ -258,8 +258,8 @@ def _compute_chunks(cfg: ExtractConfig, source: Source, backbone: Backbone, rend
             if kept_trees is not None:
                 return path, kept_trees
             trees = []
-            for (i, _, truncated), ex, tree in zip(chunks[c], [ex for _, ex in exs],
-                                                   renderer.tokenize_many([ex for _, ex in exs], [j for j, _ in exs])):
+            examples = [ex for _, ex in exs]
+            for (_, _, truncated), ex, tree in zip(chunks[c], examples, renderer.tokenize_many(examples, [j for j, _ in exs])):
                 if isinstance(tree, ArmoError):
                     raise ArmoError(f"{source.name}:{ex.line}: {tree}")
                 trees.append(renderer.truncate_prompt(tree, limit) if truncated else tree)

@@ -29,8 +29,9 @@ def batch_defaults(device: torch.device, model: Any = None) -> tuple[int, float]
     On a compute-bound CPU a padded token costs as much as a real one, so padding stays near zero, unless
     the forward skips padding (then only attention, a few percent of the work, sees it, and fewer, fuller
     batches win: a server's 16 mixed-length rows become one pass instead of several). On CUDA, measured at
-    Llama-3-8B shape on an H200 (benchmarks/gpu_mfu_sweep.py): 65536 tokens with at most 10% padding ran
-    the forward passes (memory-efficient attention) at 43% MFU, 32768 tokens with at most 25% at 39.5%; MPS keeps the older, unmeasured default."""
+    Llama-3-8B shape on an H200 (benchmarks/gpu_mfu_sweep.py, memory-efficient attention): 65536 tokens
+    with at most 10% padding ran the forward passes at 43% MFU, 32768 tokens with at most 25% at 39.5%.
+    MPS keeps the older default, unmeasured."""
     if device.type == "cpu":
         return 2048, 0.5 if model is not None and skips_padding(model, device) else 0.05
     if device.type == "cuda":
@@ -148,16 +149,15 @@ def forward_trees(model: Any, trees: list[Tree], device: torch.device, dtype: to
     pass: prompt [B,n,d] and responses [B,m,n,d]."""
     ids, pos, mask = build_batch(trees, device, dtype)
     inputs = {"input_ids": ids, "position_ids": pos, "attention_mask": mask, "use_cache": False}
-    if skips_padding(model, device) and not isinstance(layer, list):
-        valid = torch.arange(ids.shape[1])[None] < torch.tensor([t.length for t in trees])[:, None]
-        hidden = model.forward_flat(ids, pos, mask, valid, resolve_layer(layer, int(model.config.num_hidden_layers)))
-    elif isinstance(layer, list):
-        n = int(model.config.num_hidden_layers)
-        with attention_kernels(device):
+    with attention_kernels(device):
+        if skips_padding(model, device) and not isinstance(layer, list):
+            valid = torch.arange(ids.shape[1])[None] < torch.tensor([t.length for t in trees])[:, None]
+            hidden = model.forward_flat(ids, pos, mask, valid, resolve_layer(layer, int(model.config.num_hidden_layers)))
+        elif isinstance(layer, list):
+            n = int(model.config.num_hidden_layers)
             hs = model(**inputs, output_hidden_states=True).hidden_states
-        hidden = torch.stack([hs[resolve_layer(k, n)] for k in layer], dim=2)  # [B,L,n,d]
-    else:
-        with attention_kernels(device):
+            hidden = torch.stack([hs[resolve_layer(k, n)] for k in layer], dim=2)  # [B,L,n,d]
+        else:
             hidden = hidden_states(model, layer, **inputs)
     b_idx, g_idx, r_idx = [], [], []
     for b, t in enumerate(trees):
