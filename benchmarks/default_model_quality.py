@@ -242,6 +242,23 @@ def studies(results: Path) -> list[str]:
         out.append(f"`benchmarks/source_experts_study.py`: one preference head per training source, each pair scored by its "
                    f"own source's head (oracle routing), gives {r['oracle']['heldout']:.3f} on held-out pairs (one head on all "
                    f"pairs: {r['oracle']['heldout_one_head']:.3f}); learned gates over those heads: {gates}.")
+    ns = results / "length_nullspace_study.json"
+    if ns.exists():
+        r = json.loads(ns.read_text())
+        arms = r["arms"][1:]
+        spread = {s: (min(a["sets"][s]["spearman"] for a in arms), max(a["sets"][s]["spearman"] for a in arms))
+                  for s in arms[0]["sets"]}
+        inlp = [a for a in arms if a["arm"].startswith("INLP") and "+" not in a["arm"]]
+        out.append(f"`benchmarks/length_nullspace_study.py`: length projected out of the features before the preference "
+                   f"head is fitted ({len(arms)} arms: the pooled covariance with log length, per-source covariances, "
+                   f"iterative nullspace projection with {inlp[0]['directions']} to {inlp[-1]['directions']} directions, "
+                   f"and both) meets both length targets on every set in "
+                   f"{sum(all(a['meets_targets'].values()) for a in arms)} of them, and on the RMB selection slice in "
+                   f"{sum(a['meets_targets']['RMB selection'] for a in arms)} (the rule adopts "
+                   f"{'`' + r['rule'] + '`' if r['rule'] else 'none'}). Spearman(score, length) ranges per set: "
+                   + "; ".join(f"{s} {a:+.3f} to {b:+.3f}" for s, (a, b) in spread.items())
+                   + f"; after {inlp[-1]['directions']} rounds a ridge still explains {inlp[-1]['inlp_r2_left']:.2f} of "
+                   f"log length's variance in-sample.")
     rp = results / "rating_pairs_study.json"
     if rp.exists():
         r = json.loads(rp.read_text())
