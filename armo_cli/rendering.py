@@ -65,8 +65,11 @@ class Renderer:
         self.adds_bos = bos is not None and len(with_special) > len(without) and with_special[0] == bos
         self.bos = bos
         probe = [{"role": "user", "content": "x"}]
-        with_gen = self.render(probe, generation_prompt=True)
-        without_gen = self.render(probe, generation_prompt=False)
+        try:
+            with_gen = self.render(probe, generation_prompt=True)
+            without_gen = self.render(probe, generation_prompt=False)
+        except ArmoError as e:
+            raise ArmoError(f"the backbone's chat template cannot render a one-turn conversation ({e})") from None
         if not with_gen.startswith(without_gen):
             raise ArmoError("the backbone's chat template renders the generation prompt in an unsupported way")
         self.gen_suffix_text = with_gen[len(without_gen):]
@@ -79,7 +82,14 @@ class Renderer:
         self.gen_suffix = self.encode(self.gen_suffix_text, bos=False)
 
     def render(self, messages: list[dict], generation_prompt: bool) -> str:
-        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+        try:
+            return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+        except Exception as e:
+            # a template's raise_exception ("System role not supported", "roles must alternate") or an undefined
+            # name: this conversation is bad input for this backbone, not a bug in armo
+            if type(e).__module__.split(".")[0] == "jinja2":
+                raise ArmoError(f"field 'prompt': the backbone's chat template refuses this conversation: {e}") from None
+            raise
 
     def encode(self, text: str, bos: bool) -> list[int]:
         return self._with_bos(self.tok(text, add_special_tokens=False).input_ids, bos)

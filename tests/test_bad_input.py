@@ -16,7 +16,8 @@ import pytest
 import torch
 from armo_cli.io import save_artifact
 
-from conftest import armo, make_features, make_regression, pair_rows, rating_rows, write_jsonl
+from conftest import (CHATML, armo, build_model, make_backbone, make_features, make_regression, make_tokenizer, pair_rows,
+                      rating_rows, write_jsonl)
 
 
 def tree(folder: Path) -> set[str]:
@@ -415,3 +416,55 @@ def test_the_artifact_factory_writes_what_the_loaders_accept(tmp_path):
     make_regression(tmp_path / "r.st", torch.zeros(2, 4), ["a", "b"])
     assert Regression.load(tmp_path / "r.st").objectives == ["a", "b"]
     assert Features.load(make_features(tmp_path / "f.st", torch.zeros(3, 2, 4))).pair
+
+
+# --- a conversation the backbone's chat template refuses ---------------------------------------------------
+# Gemma's and Mistral's templates call raise_exception() on a system turn or on roles that do not alternate.
+# That is bad input for this backbone (exit 2, file and line), not a bug in armo (it was exit 3).
+NO_SYSTEM = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+             + CHATML)
+SYSTEM_PAIR = {"id": "s", "prompt": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}],
+               "chosen": "yes", "rejected": "no"}
+
+
+@pytest.fixture(scope="module")
+def refusing_model(tmp_path_factory) -> dict:
+    d = tmp_path_factory.mktemp("refusing")
+    bb = make_backbone(d / "backbone", template=NO_SYSTEM)
+    build_model(d, write_jsonl(d / "r.jsonl", rating_rows(40)), write_jsonl(d / "p.jsonl", pair_rows(30)), bb, steps=5)
+    return {"backbone": bb, "model": d / "model"}
+
+
+@pytest.mark.parametrize("command", ["extract", "score", "evaluate"])
+def test_a_conversation_the_template_refuses_is_bad_input(refusing_model, tmp_path, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)
+    inp = write_jsonl(tmp_path / "in.jsonl", [PAIR, SYSTEM_PAIR, {**PAIR, "id": "c"}])
+    args = {"extract": ["extract", inp, "-o", tmp_path / "o.st", "-b", refusing_model["backbone"], "--device", "cpu", "-q"],
+            "score": ["score", inp, "-m", refusing_model["model"], "-o", tmp_path / "o.jsonl"],
+            "evaluate": ["evaluate", inp, "-m", refusing_model["model"], "-o", tmp_path / "o.json"]}[command]
+    before = tree(tmp_path)
+    r = armo(*args)
+    assert r.code == 2, (r.code, r.stderr)
+    assert r.stderr.strip() == (f"error: {inp}:2: field 'prompt': the backbone's chat template refuses this "
+                                f"conversation: System role not supported"), r.stderr
+    assert r.stdout == "" and tree(tmp_path) == before
+
+
+def test_the_python_api_raises_armo_error_for_a_refused_conversation(refusing_model):
+    from armo_cli.api import RewardModel
+    from armo_cli.errors import ArmoError
+
+    rm = RewardModel(refusing_model["model"])
+    assert len(rm.score([PAIR])) == 1
+    with pytest.raises(ArmoError, match=r"^rows\[1\]: field 'prompt': the backbone's chat template refuses this "
+                                        r"conversation: System role not supported$"):
+        rm.score([PAIR, SYSTEM_PAIR])
+
+
+def test_a_template_that_renders_nothing_is_refused_at_load():
+    from armo_cli.errors import ArmoError
+    from armo_cli.rendering import Renderer
+
+    tok = make_tokenizer("{{ raise_exception('no chat here') }}", adds_bos=False)
+    with pytest.raises(ArmoError, match=r"cannot render a one-turn conversation .*no chat here"):
+        Renderer(tok)
