@@ -198,6 +198,22 @@ def tiny_model(tiny_backbone, tmp_path_factory):
                        write_jsonl(d / "p.jsonl", pair_rows(60, subsets=["alpacaeval-easy", "hep-go", "mine"])), tiny_backbone)
 
 
+# A template that refuses a system turn, as Gemma's and Mistral's do (raise_exception), and a row that has one.
+NO_SYSTEM = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+             + CHATML)
+SYSTEM_PAIR = {"id": "s", "prompt": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}],
+               "chosen": "yes", "rejected": "no"}
+
+
+@pytest.fixture(scope="session")
+def refusing_model(tmp_path_factory) -> dict:
+    """A model on a tiny backbone whose chat template refuses system turns: {"backbone", "model"}."""
+    d = tmp_path_factory.mktemp("refusing")
+    bb = make_backbone(d / "backbone", template=NO_SYSTEM)
+    build_model(d, write_jsonl(d / "r.jsonl", rating_rows(40)), write_jsonl(d / "p.jsonl", pair_rows(30)), bb, steps=5)
+    return {"backbone": bb, "model": d / "model"}
+
+
 def unit_scales(objectives: list[str]) -> dict:
     """Regression scales that leave rewards as they are (what a fake regression artifact needs)."""
     return {o: {"lo": 0.0, "hi": 1.0, "transform": "linear", "declared": False} for o in objectives}

@@ -16,8 +16,8 @@ import pytest
 import torch
 from armo_cli.io import save_artifact
 
-from conftest import (CHATML, armo, build_model, make_backbone, make_features, make_regression, make_tokenizer, pair_rows,
-                      rating_rows, write_jsonl)
+from conftest import (SYSTEM_PAIR, armo, make_features, make_regression, make_tokenizer, pair_rows, rating_rows,
+                      write_jsonl)
 
 
 def tree(folder: Path) -> set[str]:
@@ -421,18 +421,6 @@ def test_the_artifact_factory_writes_what_the_loaders_accept(tmp_path):
 # --- a conversation the backbone's chat template refuses ---------------------------------------------------
 # Gemma's and Mistral's templates call raise_exception() on a system turn or on roles that do not alternate.
 # That is bad input for this backbone (exit 2, file and line), not a bug in armo (it was exit 3).
-NO_SYSTEM = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
-             + CHATML)
-SYSTEM_PAIR = {"id": "s", "prompt": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}],
-               "chosen": "yes", "rejected": "no"}
-
-
-@pytest.fixture(scope="module")
-def refusing_model(tmp_path_factory) -> dict:
-    d = tmp_path_factory.mktemp("refusing")
-    bb = make_backbone(d / "backbone", template=NO_SYSTEM)
-    build_model(d, write_jsonl(d / "r.jsonl", rating_rows(40)), write_jsonl(d / "p.jsonl", pair_rows(30)), bb, steps=5)
-    return {"backbone": bb, "model": d / "model"}
 
 
 @pytest.mark.parametrize("command", ["extract", "score", "evaluate"])

@@ -203,6 +203,21 @@ def test_bad_requests_get_one_line_json_errors(server, path, body, status, patte
     assert server.request("/health", key=None)[0] == 200  # still serving
 
 
+def test_a_conversation_the_template_refuses_is_a_400(refusing_model, armo_cache):
+    from conftest import SYSTEM_PAIR
+
+    s = Server(refusing_model["model"], armo_cache)
+    try:
+        pair = {"prompt": "hello", "chosen": "yes", "rejected": "no"}
+        got, out, _ = s.request("/score", [pair, SYSTEM_PAIR], key=None)
+        assert (got, out) == (400, {"error": "rows[1]: field 'prompt': the backbone's chat template refuses this "
+                                             "conversation: System role not supported"})
+        got, out, _ = s.request("/score", [pair], key=None)
+        assert got == 200 and len(out) == 1
+    finally:
+        assert s.stop() in STOPPED
+
+
 def test_wrong_method_auth_and_server_still_answers(server):
     got, out, _ = server.request("/get_reward", method="GET")
     assert got == 405 and "method not allowed" in out["error"]
