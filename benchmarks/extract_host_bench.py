@@ -6,7 +6,7 @@ side by side in one run:
   - tokenising the pairs one row at a time (Renderer.tokenize) vs in groups (Renderer.tokenize_many, one
     tokenizer call per group), with transformers' tokenizer (what extract loads) and armo's FastTokenizer;
   - `armo extract` end to end with a forward pass that returns zeros at once (hidden size 4096, as at 8B):
-    reading, the validation pass, rendering, batching, writing.
+    reading, the validation pass, rendering, batching, writing, and a table of where that time goes.
     python benchmarks/extract_host_bench.py [--data gpu_bench_data] [--pairs 512]
 """
 from __future__ import annotations
@@ -105,6 +105,51 @@ def main() -> None:
     run()
     t = best_of(run, args.repeats)
     print(f"armo extract with a null forward (host work only; CUDA's batch and chunk defaults): {t:.3f} s")
+    phases = phase_times(run, args.repeats)
+    print("where it goes (mean of the runs; nested phases are parts of the one above them):")
+    for name, label in PHASES.items():
+        print(f"  {label:64s}{phases.get(name, 0.0):7.3f} s")
+
+
+# (module, function) -> what it is; the rows of the phase table, nested ones indented under their parent
+PHASES = {
+    "_scan": "validation pass (read, render, tokenise, size, key every row)",
+    "Renderer.texts": "  rendering the chat template",
+    "Renderer._encode_batch": "  tokenising",
+    "_chunk_tensors": "the chunk: batches, forward passes, features",
+    "encode_trees": "  batching and the (null) forward passes",
+    "save_artifact": "writing the chunk file",
+    "_join": "writing the output (the chunks joined)",
+}
+
+
+def phase_times(run, repeats: int) -> dict[str, float]:
+    """Mean seconds per run inside each function of PHASES, measured by wrapping them for these runs."""
+    import armo_cli.extract as ex
+    from armo_cli import rendering
+
+    spent: dict[str, float] = {}
+    saved = []
+    for name in PHASES:
+        owner, attr = (rendering.Renderer, name.split(".")[1]) if "." in name else (ex, name)
+        fn = getattr(owner, attr)
+
+        def timed(*a, _fn=fn, _name=name, **k):
+            t0 = time.perf_counter()
+            try:
+                return _fn(*a, **k)
+            finally:
+                spent[_name] = spent.get(_name, 0.0) + time.perf_counter() - t0
+
+        saved.append((owner, attr, fn))
+        setattr(owner, attr, timed)
+    try:
+        for _ in range(repeats):
+            run()
+    finally:
+        for owner, attr, fn in saved:
+            setattr(owner, attr, fn)
+    return {k: v / repeats for k, v in spent.items()}
 
 
 if __name__ == "__main__":
