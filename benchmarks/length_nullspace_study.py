@@ -34,18 +34,10 @@ import torch
 from armo_cli.features import Features
 from armo_cli.preference import fit_preference
 from armo_cli.scoring import evaluate_scores
-from armo_cli.stats import bootstrap_ci
+from source_experts_study import sources  # benchmarks/ is on the path when a script there runs
 
 EVAL = {"held-out": "heldout", "dev-eval": "dev-eval", "RMB evaluation": "rmb-eval", "RMB selection": "rmb-select"}
 INLP = [8, 16, 32, 64]
-
-
-def sources(work: Path, stem: str, ids: list[str]) -> list[str]:
-    src = {}
-    for line in (work / f"{stem}.jsonl").read_text().splitlines():
-        r = json.loads(line)
-        src[r["id"]] = r["source"]
-    return [src[i] for i in ids]
 
 
 def cov(X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
