@@ -31,6 +31,14 @@ GATE_RULE_PATTERN_OFFSET: dict[str, Callable[[int], int]] = {
 
 
 # --- tokenisation -------------------------------------------------------------------------------
+class TemplateRefused(ArmoError):
+    """The chat template raised on a conversation (its raise_exception, or an undefined name)."""
+
+    def __init__(self, reason: str):
+        super().__init__(f"field 'prompt': the backbone's chat template refuses this conversation: {reason}")
+        self.reason = reason
+
+
 @dataclass
 class Tree:
     """Token ids of one example: a prompt and one or two continuations sharing it."""
@@ -68,8 +76,8 @@ class Renderer:
         try:
             with_gen = self.render(probe, generation_prompt=True)
             without_gen = self.render(probe, generation_prompt=False)
-        except ArmoError as e:
-            raise ArmoError(f"the backbone's chat template cannot render a one-turn conversation ({e})") from None
+        except TemplateRefused as e:
+            raise ArmoError(f"the backbone's chat template cannot render a one-turn conversation: {e.reason}") from None
         if not with_gen.startswith(without_gen):
             raise ArmoError("the backbone's chat template renders the generation prompt in an unsupported way")
         self.gen_suffix_text = with_gen[len(without_gen):]
@@ -88,7 +96,7 @@ class Renderer:
             # a template's raise_exception ("System role not supported", "roles must alternate") or an undefined
             # name: this conversation is bad input for this backbone, not a bug in armo
             if type(e).__module__.split(".")[0] == "jinja2":
-                raise ArmoError(f"field 'prompt': the backbone's chat template refuses this conversation: {e}") from None
+                raise TemplateRefused(str(e)) from None
             raise
 
     def encode(self, text: str, bos: bool) -> list[int]:
