@@ -259,6 +259,22 @@ def studies(results: Path) -> list[str]:
                    + "; ".join(f"{s} {a:+.3f} to {b:+.3f}" for s, (a, b) in spread.items())
                    + f"; after {inlp[-1]['directions']} rounds a ridge still explains {inlp[-1]['inlp_r2_left']:.2f} of "
                    f"log length's variance in-sample.")
+    lt = results / "length_tradeoff_study.json"
+    if lt.exists():
+        r = json.loads(lt.read_text())
+        met = [x["a"] for x in r["rows"] if all(m["meets_length_targets"] for m in x["sets"].values())]
+        rule = next((x for x in r["rows"] if x["a"] == r["rule"]), None)
+        text = (f"`benchmarks/length_tradeoff_study.py`: the gate's weights mixed with uniform weights, a * gate + (1 - a) * "
+                f"uniform for a = 1 (shipped) to 0. Both length targets hold on every set for "
+                f"{'a = ' + ', '.join(f'{a:.1f}' for a in met) if met else 'no a'}. ")
+        if rule:
+            cells = "; ".join(f"{n} {m['accuracy']:.3f} (Spearman {m['spearman']:+.3f}, longer wins {m['longer_wins']:.3f} / "
+                              f"{m['labels_longer_wins']:.3f})" for n, m in rule["sets"].items())
+            c = rule["sets"]["held-out"]["minus_control"]
+            text += (f"The largest a that meets them on the RMB selection slice, {rule['a']:.1f}, gives: {cells}; on the "
+                     f"held-out pairs that is {c['mean']:+.3f} [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}] against the "
+                     f"linear control.")
+        out.append(text)
     rp = results / "rating_pairs_study.json"
     if rp.exists():
         r = json.loads(rp.read_text())
