@@ -51,7 +51,8 @@ def show(t: Table, quiet: bool = False) -> None:
 
 
 def warn(msg: str) -> None:
-    console.print(f"[yellow]warning:[/yellow] {msg}", highlight=False)
+    # one line each, however narrow the terminal or log (grep-able, as the errors are)
+    console.print(f"[yellow]warning:[/yellow] {msg}", highlight=False, soft_wrap=True)
 
 
 def info(msg: str, quiet: bool = False) -> None:

@@ -219,7 +219,8 @@ def iter_examples(source: Source, on_error: str = "error", skipped: list[Skipped
                 raise
             if skipped is not None:
                 rid = obj.get("id") if isinstance(obj, dict) else None
-                skipped.append(Skipped(lineno, None if rid is None else str(rid), str(e)))
+                reason = str(e)  # the record names the line already: keep the field and what is wrong
+                skipped.append(Skipped(lineno, None if rid is None else str(rid), reason.removeprefix(f"{where}: ")))
             continue
         seen.add(ex.id)
         ex.line = lineno

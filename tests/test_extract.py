@@ -192,7 +192,20 @@ def test_on_error_skip_lists_rows(bb, tmp_path):
     _extract(bb, inp, out, on_error="skip")
     f = Features.load(out)
     assert f.ids == ["a", "c"]
-    assert f.meta.report["skipped"][0]["line"] == 2 and "empty response" in f.meta.report["skipped"][0]["reason"]
+    assert f.meta.report["skipped"] == [{"line": 2, "id": "b", "reason": "field 'response': empty response"}]
+
+
+def test_skip_warnings_are_one_line_each_and_name_the_line_once(tiny_backbone, tmp_path):
+    """However long the row's id, each skipped row is one warning line (not wrapped at 80 columns), and the
+    reason does not repeat the file and line the warning already names."""
+    from conftest import armo
+
+    long_id = "row-" + "x" * 120
+    inp = tmp_path / "mixed.jsonl"
+    inp.write_text(f'{{"id": "a", "prompt": "hi", "response": "ok"}}\n{{"id": "{long_id}", "prompt": "hi", "response": ""}}\n')
+    r = armo("extract", inp, "-o", tmp_path / "o.st", "-b", tiny_backbone, "--device", "cpu", "--on-error", "skip", "-q")
+    assert r.code == 0, r.stderr
+    assert r.stderr.splitlines() == [f"warning: skipped line 2 ({long_id}): field 'response': empty response"]
 
 
 def test_row_shapes_normalise_to_the_same_example():
