@@ -9,7 +9,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -170,7 +170,9 @@ def gguf_cache_dir(gguf: Path) -> tuple[Path, str]:
 
 @dataclass
 class Backbone:
-    """A loaded, frozen backbone with its tokenizer and identity."""
+    """A frozen backbone with its tokenizer and identity. With deferred weights (`load_backbone(...,
+    defer_weights=True)`), `model` is None until `ensure_model()`: the tokenizer and config are enough to
+    validate a whole input first."""
 
     spec: BackboneSpec
     model: Any
@@ -181,22 +183,38 @@ class Backbone:
     load_seconds: float = 0.0
     from_cache: bool = False
     extra: dict = field(default_factory=dict)
+    config: Any = None  # the model's config (from the model when it is given)
+    loader: Callable[[], Any] | None = None  # loads the deferred weights
+
+    def __post_init__(self) -> None:
+        if self.config is None and self.model is not None:
+            self.config = self.model.config
+
+    def ensure_model(self) -> Any:
+        if self.model is None:
+            assert self.loader is not None, "a backbone without weights needs a loader"
+            t0 = time.perf_counter()
+            self.model, self.loader = self.loader(), None
+            self.load_seconds += time.perf_counter() - t0
+        return self.model
 
     @property
     def hidden_size(self) -> int:
-        return int(self.model.config.hidden_size)
+        return int(self.config.hidden_size)
 
     def info(self) -> dict:
         return {"name": self.spec.name, "kind": self.spec.kind, "fingerprint": self.fingerprint,
-                "hidden_size": self.hidden_size, "model_type": self.model.config.model_type}
+                "hidden_size": self.hidden_size, "model_type": self.config.model_type}
 
 
 def load_backbone(spec: str, device: str | None = None, dtype: str | None = None,
-                  attn_implementation: str = "sdpa", fast: bool = False) -> Backbone:
+                  attn_implementation: str = "sdpa", fast: bool = False, defer_weights: bool = False) -> Backbone:
     """Load a backbone without its LM head (AutoModel), frozen and in eval mode.
 
     fast=True (score, evaluate): a plain Llama folder loads through armo's own forward and tokenizer
-    (fastpath.py: the same hidden states, without importing transformers); anything else as usual."""
+    (fastpath.py: the same hidden states, without importing transformers); anything else as usual.
+    defer_weights=True (extract): the tokenizer and config now, the weights at `ensure_model()`, so that a
+    bad row is reported before an 8B model is read into memory."""
     t0 = time.perf_counter()
     bs = BackboneSpec.resolve(spec)
     dev = auto_device(device)
@@ -235,20 +253,29 @@ def load_backbone(spec: str, device: str | None = None, dtype: str | None = None
             if tok.chat_template is None:
                 raise ArmoError(f"--backbone {spec}: its tokenizer has no chat template")
             return Backbone(bs, model, tok, dev, dt, fingerprint, time.perf_counter() - t0, from_cache, {"fast": True})
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # armo draws its own progress; keep stderr readable
     hf_logging.set_verbosity_error()
-    try:
-        model = AutoModel.from_pretrained(load_from, dtype=dt, attn_implementation=attn_implementation)
-    except Exception as e:
-        raise ArmoError(f"--backbone {spec}: could not load the model ({type(e).__name__}: {e})".splitlines()[0]) from None
+
+    def load_model() -> Any:
+        try:
+            model = AutoModel.from_pretrained(load_from, dtype=dt, attn_implementation=attn_implementation)
+        except Exception as e:
+            raise ArmoError(f"--backbone {spec}: could not load the model ({type(e).__name__}: {e})".splitlines()[0]) from None
+        return model.eval().requires_grad_(False).to(dev)
+
+    model = None if defer_weights else load_model()
     try:
         tok = AutoTokenizer.from_pretrained(load_from)
     except Exception as e:
         raise ArmoError(f"--backbone {spec}: could not load the tokenizer ({type(e).__name__}: {e})".splitlines()[0]) from None
+    try:
+        config = AutoConfig.from_pretrained(load_from) if model is None else None
+    except Exception as e:
+        raise ArmoError(f"--backbone {spec}: could not load the model's config ({type(e).__name__}: {e})".splitlines()[0]) from None
     if getattr(tok, "chat_template", None) is None:
         raise ArmoError(f"--backbone {spec}: its tokenizer has no chat template")
-    model.eval().requires_grad_(False).to(dev)
-    return Backbone(bs, model, tok, dev, dt, fingerprint, time.perf_counter() - t0, from_cache)
+    return Backbone(bs, model, tok, dev, dt, fingerprint, time.perf_counter() - t0, from_cache, config=config,
+                    loader=load_model if model is None else None)

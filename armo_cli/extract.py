@@ -69,6 +69,7 @@ def _scan(source: Source, renderer: Renderer, cfg: ExtractConfig, skipped: list[
 
 def _chunk_tensors(trees: list[Tree], backbone: Backbone, cfg: ExtractConfig, objectives: list[str],
                    batch_tokens: int, on_batch, source_name: str, layer: int) -> dict[str, torch.Tensor]:
+    backbone.ensure_model()  # deferred until a chunk needs computing (load_backbone's defer_weights)
     max_padding = cfg.max_padding if cfg.max_padding is not None else batch_defaults(backbone.device, backbone.model)[1]
     prompt, resp = encode_trees(backbone, trees, batch_tokens, on_batch, max_padding, layer)
     check_finite_features(trees, prompt, resp, source_name, backbone.dtype)
@@ -140,12 +141,14 @@ def extract(cfg: ExtractConfig, backbone: Backbone | None = None,
 
 def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, after_chunk, t0: float) -> ExtractReport:
     out, shard_out, num_shards, shard_index, launched = _shard_output(cfg)
-    backbone = backbone or load_backbone(cfg.backbone, cfg.device, cfg.dtype, cfg.attn_implementation)
+    # the weights are read after the validation pass and the --resume check: a bad row, or a finished job, is
+    # reported without loading the model
+    backbone = backbone or load_backbone(cfg.backbone, cfg.device, cfg.dtype, cfg.attn_implementation, defer_weights=True)
     renderer = Renderer(backbone.tokenizer, cfg.gate_rule)
-    layer = canonical_layer(cfg.layer, int(backbone.model.config.num_hidden_layers))  # checked before any work
+    layer = canonical_layer(cfg.layer, int(backbone.config.num_hidden_layers))  # checked before any work
     skipped: list[Skipped] = []
     display = source.name
-    limit, limit_name = length_limit(cfg.max_length, backbone.model.config)
+    limit, limit_name = length_limit(cfg.max_length, backbone.config)
     chunk_size = cfg.chunk_size or default_chunk_size(backbone.device)
     first = range(shard_index * chunk_size, (shard_index + 1) * chunk_size)  # this shard's first chunk
     kept, objectives, is_pair, held = _scan(source, renderer, cfg, skipped, limit, limit_name, first)

@@ -8,6 +8,9 @@ already dequantised):
   - `armo score` of one pair (examples/pair.jsonl) and of 32 pairs (examples/pairs.jsonl), to a file
 and, inside one process, the steps of scoring: imports, model heads, backbone load, first pair, and the
 per-row cost on 32 pairs. Target (#12): one pair within 1.5 s of the import floor; `armo --help` <= 0.5 s.
+Also `armo extract` of a file whose first row is bad (the time to its one-line error), and, in fresh
+processes, extract's backbone load before its validation pass: tokenizer and config only (the weights
+deferred, as extract does) against the whole model.
 """
 from __future__ import annotations
 
@@ -43,11 +46,20 @@ print(json.dumps({"imports": t1 - t0, "model heads": t2 - t1, "backbone load": t
 """
 
 
-def timed(cmd: list[str], repeats: int) -> float:
+LOAD = r"""
+import sys, time
+t0 = time.perf_counter()
+from armo_cli.backbones import load_backbone
+load_backbone("smollm2-135m-instruct", defer_weights=sys.argv[1] == "deferred")
+print(time.perf_counter() - t0)
+"""
+
+
+def timed(cmd: list[str], repeats: int, ok: bool = True) -> float:
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(cmd, check=ok, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -66,6 +78,12 @@ def main() -> None:
         help_ = timed([*ARMO, "--help"], args.repeats)
         s1 = timed([*ARMO, "score", str(one), "-o", out, "-q"], args.repeats)
         s32 = timed([*ARMO, "score", str(many), "-o", out, "-q"], args.repeats)
+        bad = Path(tmp) / "bad.jsonl"
+        bad.write_text('{"prompt": "hi"}\n' + one.read_text())
+        e_bad = timed([*ARMO, "extract", str(bad), "-o", str(Path(tmp) / "f.st"), "-q"], args.repeats, ok=False)
+        load = {how: statistics.median(float(subprocess.run([sys.executable, "-c", LOAD, how], check=True, cwd=ROOT,
+                                                             capture_output=True, text=True).stdout)
+                                       for _ in range(args.repeats)) for how in ("deferred", "whole")}
         steps = [json.loads(subprocess.run([sys.executable, "-c", STEPS, str(one), str(many), out], check=True, cwd=ROOT,
                                            capture_output=True, text=True).stdout) for _ in range(args.repeats)]
     step = {k: statistics.median(s[k] for s in steps) for k in steps[0]}
@@ -75,6 +93,9 @@ def main() -> None:
     print(f"  armo --help                                    {help_:6.2f} s   (target <= 0.5 s)")
     print(f"  armo score, 1 pair                             {s1:6.2f} s   (floor + {s1 - floor:.2f} s; target <= +1.5 s)")
     print(f"  armo score, 32 pairs                           {s32:6.2f} s   ({(s32 - s1) / 31 * 1000:.0f} ms per extra pair)")
+    print(f"  armo extract, bad first row: to the error      {e_bad:6.2f} s")
+    print(f"  extract's load before validating, fresh process: tokenizer + config {load['deferred']:.2f} s, "
+          f"whole model {load['whole']:.2f} s (the weights are read after the validation pass)")
     print("  in one process:")
     for k, v in step.items():
         print(f"    {k:<20} {v:6.2f} s")

@@ -436,3 +436,58 @@ def test_tokenized_groups_keep_order_and_indices(bb):
     for group in (1, 3, 7, 100):
         got = list(tokenized(iter(exs), r, group))
         assert [(i, ex.id, t.prompt) for i, ex, t in got] == [(i, ex.id, r.tokenize(ex, i).prompt) for i, ex in enumerate(exs)]
+
+
+def test_extract_reads_the_weights_only_when_a_chunk_is_computed(tiny_backbone, tmp_path, monkeypatch):
+    """A bad row is reported, and a finished job found up to date, without the backbone's weights being
+    read (an 8B model takes tens of seconds); a job that computes reads them once, and its features equal
+    those of a backbone loaded whole."""
+    import transformers
+
+    from armo_cli.errors import ArmoError
+
+    real = transformers.AutoModel.from_pretrained.__func__
+    loads = []
+
+    def counting(cls, *a, **k):
+        loads.append(a[0])
+        return real(cls, *a, **k)
+
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", classmethod(counting))
+    rows = pair_rows(6)
+    bad = write_jsonl(tmp_path / "bad.jsonl", [*rows[:4], {"id": "x", "prompt": "hi"}, *rows[4:]])
+    cfg = dict(backbone=str(tiny_backbone), device="cpu", dtype="fp32", quiet=True)
+    with pytest.raises(ArmoError, match=r"bad\.jsonl:5: no response"):
+        extract(ExtractConfig(input=str(bad), output=str(tmp_path / "bad.st"), **cfg))
+    assert loads == [] and not list(tmp_path.glob("bad.st*"))
+
+    good = write_jsonl(tmp_path / "good.jsonl", rows)
+    out = tmp_path / "good.st"
+    extract(ExtractConfig(input=str(good), output=str(out), **cfg))
+    assert len(loads) == 1
+    extract(ExtractConfig(input=str(good), output=str(out), resume=True, **cfg))  # up to date
+    assert len(loads) == 1
+
+    whole = tmp_path / "whole.st"
+    _extract(load_backbone(str(tiny_backbone), device="cpu", dtype="fp32"), good, whole)
+    a, b = Features.load(out), Features.load(whole)
+    for k in ("prompt_features", "response_features"):
+        assert torch.equal(a.tensors[k], b.tensors[k]), k
+
+
+def test_unreadable_weights_are_one_line_after_validation_and_leave_nothing(tiny_backbone, tmp_path):
+    import shutil
+
+    from conftest import armo
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_backbone, broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    work = tmp_path / "work"
+    work.mkdir()
+    inp = write_jsonl(work / "in.jsonl", pair_rows(3))
+    r = armo("extract", inp, "-o", work / "o.st", "-b", broken, "--device", "cpu", "-q")
+    assert r.code == 2, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert r.stderr.startswith(f"error: --backbone {broken}: could not load the model ("), r.stderr
+    assert sorted(p.name for p in work.iterdir()) == ["in.jsonl"]
