@@ -57,4 +57,4 @@ def warn(msg: str) -> None:
 
 def info(msg: str, quiet: bool = False) -> None:
     if not quiet:
-        console.print(msg, highlight=False)
+        console.print(msg, highlight=False, soft_wrap=True)  # one line, like warn

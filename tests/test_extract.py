@@ -206,6 +206,11 @@ def test_skip_warnings_are_one_line_each_and_name_the_line_once(tiny_backbone, t
     r = armo("extract", inp, "-o", tmp_path / "o.st", "-b", tiny_backbone, "--device", "cpu", "--on-error", "skip", "-q")
     assert r.code == 0, r.stderr
     assert r.stderr.splitlines() == [f"warning: skipped line 2 ({long_id}): field 'response': empty response"]
+    # the closing summary, too, is one line however long the output's path
+    out = tmp_path / ("features-" + "y" * 100 + ".st")
+    r = armo("extract", inp, "-o", out, "-b", tiny_backbone, "--device", "cpu", "--on-error", "skip")
+    assert r.code == 0, r.stderr
+    assert f"wrote {out}: 1 rows, 1 skipped, 0 truncated, 1 chunks computed, 0 reused" in r.stderr.splitlines(), r.stderr
 
 
 def test_row_shapes_normalise_to_the_same_example():
