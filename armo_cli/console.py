@@ -40,8 +40,8 @@ def fmt(v: object) -> str:
         return "-"
     if isinstance(v, float):
         if v != v:
-            return "nan"
-        return f"{v:.4g}" if abs(v) < 1e-3 or abs(v) >= 1e4 else f"{v:.4f}"
+            return "-"  # undefined (e.g. a correlation over one pair): null in the JSON, '-' here
+        return f"{v:.4g}" if 0 < abs(v) < 1e-3 or abs(v) >= 1e4 else f"{v:.4f}"
     return str(v)
 
 

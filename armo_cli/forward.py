@@ -61,7 +61,7 @@ def attention_kernels(device: torch.device):
 
 def tree_layout(trees: list[Tree]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """input_ids, position_ids and segment ids [B,L] of right-padded trees: segment 0 the prompt, j the j-th
-    response, -1 padding. Each response sees the prompt and itself (see build_batch)."""
+    distinct response (Tree.branches), -1 padding. Each response sees the prompt and itself (see build_batch)."""
     L = max(t.length for t in trees)
     B = len(trees)
     ids = torch.zeros(B, L, dtype=torch.long)
@@ -73,7 +73,7 @@ def tree_layout(trees: list[Tree]) -> tuple[torch.Tensor, torch.Tensor, torch.Te
         pos[b, :p] = torch.arange(p)
         seg[b, :p] = 0
         o = p
-        for j, c in enumerate(t.conts):
+        for j, c in enumerate(t.branches()[0]):
             n = len(c)
             ids[b, o:o + n] = torch.tensor(c)
             pos[b, o:o + n] = torch.arange(p, p + n)
@@ -165,10 +165,11 @@ def forward_trees(model: Any, trees: list[Tree], device: torch.device, dtype: to
         g_idx.append(t.gate)
         o = len(t.prompt)
         ends = []
-        for c in t.conts:
+        branches, which = t.branches()
+        for c in branches:
             o += len(c)
             ends.append(o - 1)
-        r_idx.append(ends)
+        r_idx.append([ends[j] for j in which])
     bi = torch.tensor(b_idx, device=hidden.device)
     prompt = hidden[bi, torch.tensor(g_idx, device=hidden.device)].float().cpu()
     ri = torch.tensor(r_idx, device=hidden.device)
@@ -200,19 +201,29 @@ def encode_trees(backbone: Backbone, trees: list[Tree], batch_tokens: int,
                  on_batch: Callable[[int, int], None] | None = None,
                  max_padding: float = 1.0, layer: int | list[int] = -1) -> tuple[torch.Tensor, torch.Tensor]:
     """Features for trees in their given order (batches are length-sorted, order restored); with a list of
-    layers, all of them from one pass ([N,n,d] and [N,m,n,d])."""
+    layers, all of them from one pass ([N,n,d] and [N,m,n,d]).
+
+    Trees with the same tokens are computed once and share the result: the same prompt and response get
+    the same reward, bit for bit, wherever they sit in a call (a GRPO group of identical completions has
+    zero spread, not float noise that a group normalisation would blow up)."""
     m = len(trees[0].conts)
     d = (len(layer), backbone.hidden_size) if isinstance(layer, list) else (backbone.hidden_size,)
     prompt = torch.empty(len(trees), *d)
     resp = torch.empty(len(trees), m, *d)
-    where = {id(t): i for i, t in enumerate(trees)}
-    for batch in token_batches(trees, batch_tokens, max_padding):
+    copies: dict[tuple, list[int]] = {}
+    for i, t in enumerate(trees):
+        copies.setdefault((t.gate, tuple(t.prompt), *map(tuple, t.conts)), []).append(i)
+    groups = list(copies.values())
+    unique = [trees[g[0]] for g in groups]
+    where = {id(t): g for t, g in zip(unique, groups)}
+    for batch in token_batches(unique, batch_tokens, max_padding):
         for part, (pf, rf) in forward_splitting(backbone, batch, layer):
-            idx = torch.tensor([where[id(t)] for t in part])
-            prompt[idx] = pf
-            resp[idx] = rf
+            src = [k for k, t in enumerate(part) for _ in where[id(t)]]
+            dst = torch.tensor([i for t in part for i in where[id(t)]])
+            prompt[dst] = pf[src]
+            resp[dst] = rf[src]
         if on_batch:
-            on_batch(len(batch), sum(t.length for t in batch))
+            on_batch(sum(len(where[id(t)]) for t in batch), sum(t.length for t in batch))
     return prompt, resp
 
 

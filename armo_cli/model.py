@@ -187,13 +187,36 @@ class ArmoModel:
     def explain(self, prompt_features: torch.Tensor, response_features: torch.Tensor,
                 weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Everything `score` reports. prompt [N,d], responses [N,m,d] -> rewards [N,m,k] on [0,1],
-        gating [N,k], coefficients [N,k] (= g T^T, so score = coefficients . rewards), score [N,m]."""
-        r = self.regression.rewards(response_features)
+        gating [N,k], coefficients [N,k] (= g T^T, so score = coefficients . rewards), score [N,m].
+
+        Each distinct feature row goes through the heads once: a matmul's result for a row can depend on
+        where the row sits in the batch (the last rows of a block take another kernel), and equal inputs
+        must give bit-equal rewards (identical responses tie exactly)."""
+        N, m, d = response_features.shape
         T = self.decorrelation.transform
+        k = T.shape[0]
+
+        def per_response(x: torch.Tensor) -> torch.Tensor:
+            r = self.regression.rewards(x)
+            return torch.cat([r, r @ T], -1)
+
+        def per_prompt(g: torch.Tensor) -> torch.Tensor:
+            return torch.cat([g, g @ T.T], -1)
+
+        rr = _distinct_rows(response_features.reshape(N * m, d), per_response).reshape(N, m, 2 * k)
         if weights is None:
-            g = self.gating.gate(prompt_features.float())
+            gc = _distinct_rows(prompt_features.float(), lambda p: per_prompt(self.gating.gate(p)))
         else:
-            g = weights.float().expand(prompt_features.shape[0], -1)
-        coef = g @ T.T
-        score = (g[:, None, :] * (r @ T)).sum(-1)
+            gc = per_prompt(weights.float().reshape(1, k)).expand(N, -1)
+        r, rT = rr[..., :k], rr[..., k:]
+        g, coef = gc[:, :k], gc[:, k:]
+        score = (g[:, None, :] * rT).sum(-1)
         return {"rewards": r, "gating": g, "coefficients": coef, "score": score}
+
+
+def _distinct_rows(x: torch.Tensor, f) -> torch.Tensor:
+    """f applied to the distinct rows of x [n,d] only, its rows [n,...] returned in x's order."""
+    if x.shape[0] <= 1:
+        return f(x)
+    u, inverse = torch.unique(x, dim=0, return_inverse=True)
+    return f(u)[inverse]

@@ -52,7 +52,16 @@ class Tree:
 
     @property
     def length(self) -> int:
-        return len(self.prompt) + sum(len(c) for c in self.conts)
+        """Tokens in the forward pass: the prompt and each distinct continuation once."""
+        return len(self.prompt) + sum(len(c) for c in self.branches()[0])
+
+    def branches(self) -> tuple[list[list[int]], list[int]]:
+        """The distinct continuations, and each continuation's branch. A pair whose two responses have the
+        same tokens runs them once, so they get the same feature and score: an exact tie, not a margin of
+        float noise from two positions in the batch."""
+        if len(self.conts) == 2 and self.conts[0] == self.conts[1]:
+            return [self.conts[0]], [0, 0]
+        return self.conts, list(range(len(self.conts)))
 
     def seq_lengths(self) -> list[int]:
         return [len(self.prompt) + len(c) for c in self.conts]

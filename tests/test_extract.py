@@ -72,6 +72,21 @@ def test_tree_features_equal_separate_full_passes(bb, tmp_path):
         assert torch.allclose(prompt[i], hp[-1], atol=1e-4)
 
 
+def test_a_pair_of_identical_responses_runs_once_and_ties_exactly(bb, tmp_path):
+    """Same tokens, same feature: bit for bit, not two positions' float noise (which decided such 'ties' by
+    a margin of ~5e-7 before), and the repeated response is not computed twice."""
+    rows = pair_rows(5)
+    rows[2]["rejected"] = rows[2]["chosen"]
+    trees = trees_for(bb, rows, tmp_path)
+    t = trees[2]
+    assert t.length == len(t.prompt) + len(t.conts[0])
+    prompt, resp = encode_trees(bb, trees, batch_tokens=10_000)
+    assert torch.equal(resp[2, 0], resp[2, 1])
+    h = bb.model(input_ids=torch.tensor([t.prompt + t.conts[0]])).last_hidden_state[0]
+    assert torch.allclose(resp[2, 0], h[-1], atol=1e-4)
+    assert not torch.equal(resp[1, 0], resp[1, 1])
+
+
 def test_batched_padded_equals_one_at_a_time(bb, tmp_path):
     trees = trees_for(bb, pair_rows(9, seed=3), tmp_path)
     p_b, r_b = encode_trees(bb, trees, batch_tokens=100_000)

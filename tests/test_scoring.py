@@ -296,3 +296,19 @@ def test_score_reports_the_first_bad_row_in_the_file(tiny_model, tiny_backbone, 
                             str(tiny_backbone), "--device", "cpu", "-q"])
     assert r.exit_code == 2, r.output
     assert f"{inp}:3: the chat template does not render the prompt" in r.output and not out.exists()
+
+
+def test_identical_responses_score_a_tie_that_evaluate_counts(tiny_model, tiny_backbone, tmp_path):
+    from conftest import write_jsonl
+
+    p = [json.loads(x) for x in (tiny_model / "p.jsonl").read_text().splitlines()][:4]
+    p[1]["rejected"] = p[1]["chosen"]
+    rows = write_jsonl(tmp_path / "p.jsonl", p)
+    b = ["-m", tiny_model / "model", "--backbone", tiny_backbone, "--device", "cpu", "-q"]
+    out = [json.loads(x) for x in invoke("score", rows, *b).stdout.splitlines()]
+    assert out[1]["margin"] == 0.0 and out[1]["preferred"] == "tie"
+    assert out[1]["chosen"]["score"] == out[1]["rejected"]["score"]
+    assert [o["preferred"] for i, o in enumerate(out) if i != 1].count("tie") == 0
+    rep = tmp_path / "rep.json"
+    invoke("evaluate", rows, *b, "-o", rep, "--ties", "half")
+    assert json.loads(rep.read_text())["ties"] == {"rule": "half", "count": 1}

@@ -485,3 +485,37 @@ def test_api_loads_an_exported_folder(tiny_model, tmp_path):
     assert [r["score"] for r in exported] == pytest.approx([r["score"] for r in direct], abs=1e-4)
     again = RewardModel(tmp_path / "hf")  # the cached import is reused
     assert again.model.path == RewardModel(tmp_path / "hf").model.path
+
+
+
+def test_a_group_of_identical_completions_gets_bit_equal_rewards(server, tiny_model, monkeypatch):
+    """GRPO-style groups: OpenRLHF divides by the group's std (+1e-9), so identical completions must not
+    differ by float noise from where they sit in a batch (a matmul's last rows can take another kernel;
+    that noise would become whole advantages). Here every stage adds noise by batch position, as such a
+    kernel would, and identical rows still get one value: each distinct row is computed once."""
+    import torch
+
+    import armo_cli.forward as fw
+    from armo_cli import RewardModel
+    from armo_cli.gating import Gate
+    from armo_cli.regression import Regression
+
+    def by_position(t: torch.Tensor) -> torch.Tensor:
+        return t + 1e-4 * torch.arange(t.numel(), dtype=t.dtype).reshape(t.shape) / t.numel()
+
+    forward, rewards, gate = fw.forward_trees, Regression.rewards, Gate.forward
+    monkeypatch.setattr(fw, "forward_trees", lambda *a, **k: tuple(by_position(x) for x in forward(*a, **k)))
+    monkeypatch.setattr(Regression, "rewards", lambda self, X: by_position(rewards(self, X)))
+    monkeypatch.setattr(Gate, "forward", lambda self, P: by_position(gate(self, P)))
+    rows = rows_of(6)
+    prompts = [r["prompt"] for r in rows[1:]] + [rows[0]["prompt"]] * 11
+    responses = [r["response"] for r in rows[1:]] + [rows[0]["response"]] * 11
+    rm = RewardModel(tiny_model / "model")
+    got = rm.rewards(prompts, responses)
+    assert len(set(got[5:])) == 1 and len(set(got[:5])) == 5
+    recs = rm.score([{"prompt": p, "response": r} for p, r in zip(prompts, responses)])
+    assert len({json.dumps([r["rewards"], r["gating"], r["coefficients"]]) for r in recs[5:]}) == 1
+    # and through the server (no noise added there): one batch, one value for the group
+    queries = [chatml(messages(p), r) for p, r in zip(prompts, responses)]
+    status, out, _ = server.request("/get_reward", {"query": queries})
+    assert status == 200 and len(set(out["rewards"][5:])) == 1
