@@ -77,7 +77,7 @@ class RewardModel:
 
         m = self.model
         return {"model": str(m.path), "backbone": m.backbone, "objectives": m.objectives, "gate_rule": m.gate_rule,
-                "layer": m.meaning.layer, "verbosity_objective": m.decorrelation.meta.verbosity,
+                "layer": m.meaning.layer, "pooling": m.meaning.pooling, "verbosity_objective": m.decorrelation.meta.verbosity,
                 "max_length": self.limit, "overflow": self.overflow, "armo_version": __version__}
 
     def prepare(self, rows: Iterable[Any], source: str = "rows", start: int = 0) -> list[Tree]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .options import opt
+from .provenance import POOLINGS
 
 DEFAULT_BACKBONE = "smollm2-135m-instruct"
 DTYPE_NAMES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16", "auto")
@@ -34,6 +35,8 @@ class ExtractConfig:
     gate_rule: str = opt("generation-prompt", "Where f(x) is read: generation-prompt | armo-eot.", choices=GATE_RULE_NAMES)
     layer: int = opt(-1, "Hidden layer the features are read from: -1 the last (after the final norm, as ArmoRM), "
                          "0 the embeddings, i the output of block i; negative counts from the end.")
+    pooling: str = opt("last", "f(x,y) from the response's tokens: last (its last token, as ArmoRM) | mean (their mean).",
+                       choices=POOLINGS)
     max_length: int | None = opt(None, "Longest prompt+response in tokens (default: the backbone's maximum positions).", min=1)
     overflow: str = opt("error", "Over the length limit: error | skip | truncate-prompt.", choices=OVERFLOW)
     on_error: str = opt("error", ON_ERROR_HELP, choices=ON_ERROR)

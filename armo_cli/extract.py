@@ -71,7 +71,7 @@ def _chunk_tensors(trees: list[Tree], backbone: Backbone, cfg: ExtractConfig, ob
                    batch_tokens: int, on_batch, source_name: str, layer: int) -> dict[str, torch.Tensor]:
     backbone.ensure_model()  # deferred until a chunk needs computing (load_backbone's defer_weights)
     max_padding = cfg.max_padding if cfg.max_padding is not None else batch_defaults(backbone.device, backbone.model)[1]
-    prompt, resp = encode_trees(backbone, trees, batch_tokens, on_batch, max_padding, layer)
+    prompt, resp = encode_trees(backbone, trees, batch_tokens, on_batch, max_padding, layer, cfg.pooling)
     check_finite_features(trees, prompt, resp, source_name, backbone.dtype)
     pair = len(trees[0].conts) == 2
     out = {
@@ -157,10 +157,12 @@ def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, afte
     input_hash = sha256_file(source.path) if source.path else sha256_json([source.dataset, source.split])
     meaning = FeatureMeaning(backbone=backbone.spec.name, fingerprint=backbone.fingerprint, hidden_size=backbone.hidden_size,
                              layer=layer, gen_suffix=tuple(renderer.gen_suffix), template_hash=renderer.template_hash,
-                             dtype=str(backbone.dtype), gate_rule=cfg.gate_rule)
+                             dtype=str(backbone.dtype), gate_rule=cfg.gate_rule, pooling=cfg.pooling)
     settings = {"backbone": backbone.fingerprint, "dtype": str(backbone.dtype), "gate_rule": cfg.gate_rule, "layer": layer,
                 "template": renderer.template_hash, "max_length": cfg.max_length, "overflow": cfg.overflow,
                 "objectives": objectives, "pair": is_pair}
+    if cfg.pooling != "last":  # keyed only when set, so that runs from before pooling existed still resume
+        settings["pooling"] = cfg.pooling
     settings_key = sha256_json(settings)
     batch_tokens = cfg.batch_tokens or batch_defaults(backbone.device)[0]
 

@@ -143,10 +143,11 @@ def hidden_states(model: Any, layer: int = -1, **inputs: Any) -> torch.Tensor:
 
 @torch.inference_mode()
 def forward_trees(model: Any, trees: list[Tree], device: torch.device, dtype: torch.dtype,
-                  layer: int | list[int] = -1):
+                  layer: int | list[int] = -1, pooling: str = "last"):
     """Return prompt features [B,d] and response features [B,m,d] (float32) for trees with m responses each,
     read at `layer` (default: the last, after the final norm). A list of layers reads them all from one
-    pass: prompt [B,n,d] and responses [B,m,n,d]."""
+    pass: prompt [B,n,d] and responses [B,m,n,d]. `pooling`: a response's feature is its last token's
+    hidden state ("last", ArmoRM's) or the mean over its tokens ("mean"); the prompt's is read at the gate."""
     ids, pos, mask = build_batch(trees, device, dtype)
     inputs = {"input_ids": ids, "position_ids": pos, "attention_mask": mask, "use_cache": False}
     with attention_kernels(device):
@@ -159,21 +160,31 @@ def forward_trees(model: Any, trees: list[Tree], device: torch.device, dtype: to
             hidden = torch.stack([hs[resolve_layer(k, n)] for k in layer], dim=2)  # [B,L,n,d]
         else:
             hidden = hidden_states(model, layer, **inputs)
-    b_idx, g_idx, r_idx = [], [], []
-    for b, t in enumerate(trees):
-        b_idx.append(b)
-        g_idx.append(t.gate)
+    m = len(trees[0].conts)
+    spans = []  # per tree, each response's [start, end) in the batch row (identical responses share one)
+    for t in trees:
         o = len(t.prompt)
-        ends = []
+        starts = []
         branches, which = t.branches()
         for c in branches:
+            starts.append((o, o + len(c)))
             o += len(c)
-            ends.append(o - 1)
-        r_idx.append([ends[j] for j in which])
-    bi = torch.tensor(b_idx, device=hidden.device)
-    prompt = hidden[bi, torch.tensor(g_idx, device=hidden.device)].float().cpu()
-    ri = torch.tensor(r_idx, device=hidden.device)
-    resp = hidden[bi[:, None], ri].float().cpu()
+        spans.append([starts[j] for j in which])
+    bi = torch.arange(len(trees), device=hidden.device)
+    prompt = hidden[bi, torch.tensor([t.gate for t in trees], device=hidden.device)].float().cpu()
+    if pooling == "mean":
+        # one batched matmul sums each response's tokens (0/1 weights: exact in any dtype), then / its length
+        w = torch.zeros(len(trees), m, hidden.shape[1])
+        for b, sp in enumerate(spans):
+            for j, (s, e) in enumerate(sp):
+                w[b, j, s:e] = 1.0
+        n = torch.tensor([[e - s for s, e in sp] for sp in spans], dtype=torch.float32)
+        flat = hidden.reshape(hidden.shape[0], hidden.shape[1], -1)
+        total = torch.bmm(w.to(device=hidden.device, dtype=hidden.dtype), flat).float().cpu()
+        resp = (total / n[..., None]).reshape(len(trees), m, *hidden.shape[2:])
+    else:
+        ri = torch.tensor([[e - 1 for _, e in sp] for sp in spans], device=hidden.device)
+        resp = hidden[bi[:, None], ri].float().cpu()
     return prompt, resp
 
 
@@ -199,7 +210,7 @@ def token_batches(trees: list[Tree], batch_tokens: int, max_padding: float = 1.0
 
 def encode_trees(backbone: Backbone, trees: list[Tree], batch_tokens: int,
                  on_batch: Callable[[int, int], None] | None = None,
-                 max_padding: float = 1.0, layer: int | list[int] = -1) -> tuple[torch.Tensor, torch.Tensor]:
+                 max_padding: float = 1.0, layer: int | list[int] = -1, pooling: str = "last") -> tuple[torch.Tensor, torch.Tensor]:
     """Features for trees in their given order (batches are length-sorted, order restored); with a list of
     layers, all of them from one pass ([N,n,d] and [N,m,n,d]).
 
@@ -217,7 +228,7 @@ def encode_trees(backbone: Backbone, trees: list[Tree], batch_tokens: int,
     unique = [trees[g[0]] for g in groups]
     where = {id(t): g for t, g in zip(unique, groups)}
     for batch in token_batches(unique, batch_tokens, max_padding):
-        for part, (pf, rf) in forward_splitting(backbone, batch, layer):
+        for part, (pf, rf) in forward_splitting(backbone, batch, layer, pooling):
             src = [k for k, t in enumerate(part) for _ in where[id(t)]]
             dst = torch.tensor([i for t in part for i in where[id(t)]])
             prompt[dst] = pf[src]
@@ -232,11 +243,11 @@ def is_out_of_memory(e: BaseException) -> bool:
     return type(e).__name__ == "OutOfMemoryError" or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
 
 
-def forward_splitting(backbone: Backbone, batch: list[Tree], layer: int | list[int] = -1):
+def forward_splitting(backbone: Backbone, batch: list[Tree], layer: int | list[int] = -1, pooling: str = "last"):
     """forward_trees on a batch; a batch that runs out of memory is split in two and retried, down to one
     tree, which then fails with an error naming its row and length. Yields (trees, features) parts."""
     try:
-        yield batch, forward_trees(backbone.model, batch, backbone.device, backbone.dtype, layer)
+        yield batch, forward_trees(backbone.model, batch, backbone.device, backbone.dtype, layer, pooling)
         return
     except Exception as e:
         if not is_out_of_memory(e):
@@ -248,8 +259,8 @@ def forward_splitting(backbone: Backbone, batch: list[Tree], layer: int | list[i
             raise ArmoError(f"line {t.example.line}: row {t.example.id!r} ({t.length} tokens) does not fit in memory "
                             f"on {backbone.device} even alone; use --max-length with --overflow truncate-prompt or skip") from None
     half = len(batch) // 2
-    yield from forward_splitting(backbone, batch[:half], layer)
-    yield from forward_splitting(backbone, batch[half:], layer)
+    yield from forward_splitting(backbone, batch[:half], layer, pooling)
+    yield from forward_splitting(backbone, batch[half:], layer, pooling)
 
 
 def check_finite_features(trees: list[Tree], prompt: torch.Tensor, resp: torch.Tensor, source_name: str,

@@ -16,7 +16,7 @@ from .decorrelation import regression_hash, transform_hash
 from .rendering import GATE_RULE_PATTERN_OFFSET, Renderer
 from .errors import ArmoError, one_line
 from .io import atomic_dir, check_finite, check_input_file, check_output_dir, read_json_object, save_artifact
-from .provenance import FeatureMeaning
+from .provenance import POOLINGS, FeatureMeaning
 from .model import PART_FILES, ArmoModel, is_model_dir, write_manifest
 
 MODELING = Path(__file__).parent / "hf_code" / "modeling_armo.py"
@@ -71,6 +71,8 @@ def export_model(model_dir: str | Path | None, out_dir: str | Path, backbone: st
         "gating_token_offset": offset,
         # which hidden state the heads read (an index into output_hidden_states; -1 = last, as ArmoRM)
         "armo_feature_layer": model.meaning.layer,
+        # how the response's hidden states become the feature: "last" (its last token, as ArmoRM) or "mean"
+        "armo_feature_pooling": model.meaning.pooling,
         "regression_bias": bool(model.regression.bias.abs().sum() > 0),
         "objectives": model.objectives,
         "armo": {"version": __version__, "gate_rule": renderer.gate_rule, "scales": model.regression.meta.scales,
@@ -183,8 +185,12 @@ def import_checkpoint(source: str, output: str | Path, objectives: list[str] | N
     layer = cfg.get("armo_feature_layer", kept.get("layer", -1))
     if isinstance(layer, bool) or not isinstance(layer, int) or layer >= 0:
         raise ArmoError(f"{cfg_path}: field 'armo_feature_layer': expected a negative integer (-1 = the last layer)")
+    pooling = cfg.get("armo_feature_pooling", kept.get("pooling", "last"))
+    if pooling not in POOLINGS:
+        raise ArmoError(f"{cfg_path}: field 'armo_feature_pooling': expected one of {', '.join(POOLINGS)}, got {pooling!r}")
     meaning = FeatureMeaning.from_json({**kept, "backbone": name, "fingerprint": fingerprint, "hidden_size": d,
-                                        "gate_rule": rule, "dtype": None, "layer": layer}, str(cfg_path))
+                                        "gate_rule": rule, "dtype": None, "layer": layer, "pooling": pooling},
+                                       str(cfg_path))
     with atomic_dir(output) as out:
         bias = w.get("regression_layer.bias", torch.zeros(k))
         reg_meta = {"kind": "regression", "armo_version": __version__, "objectives": names, "scales": scales,

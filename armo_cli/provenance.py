@@ -1,7 +1,7 @@
 """What a feature means, and the one compatibility check every stage uses.
 
 A feature vector is only comparable with another if both were read from the same backbone (fingerprint,
-hidden size), at the same layer, through the same chat template (its generation suffix and a hash of the
+hidden size), at the same layer with the same pooling of the response's tokens, through the same chat template (its generation suffix and a hash of the
 template text) and, for prompt features, at the same position (the gate rule). dtype is recorded too;
 a dtype difference is allowed with a warning: bf16 and fp32 features of one backbone differ by rounding,
 not in meaning (benchmarks/dtype_agreement.py, embedded backbone, 36 real pairs: cosine >= 0.9991), but
@@ -19,7 +19,9 @@ from typing import Any
 from .errors import ArmoError
 
 # The keys compared for response features; prompt features add the gate rule.
-RESPONSE_KEYS = ("fingerprint", "hidden_size", "layer", "gen_suffix", "template_hash")
+RESPONSE_KEYS = ("fingerprint", "hidden_size", "layer", "pooling", "gen_suffix", "template_hash")
+# How a response's hidden states become f(x,y): its last token (ArmoRM's), or the mean over its tokens.
+POOLINGS = ("last", "mean")
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class FeatureMeaning:
     template_hash: str | None = None
     dtype: str | None = None
     gate_rule: str | None = None  # where f(x) was read; None where prompt features are not used
+    pooling: str = "last"  # f(x,y): the response's last token, or the mean of its tokens (older armo: last)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -47,6 +50,8 @@ class FeatureMeaning:
         known = {f.name for f in fields(cls)}
         try:
             kw = {k: v for k, v in d.items() if k in known}
+            if kw.get("pooling", "last") not in POOLINGS:
+                raise ValueError
             if kw.get("gen_suffix") is not None:
                 kw["gen_suffix"] = tuple(int(x) for x in kw["gen_suffix"])
             m = cls(**kw)
@@ -71,7 +76,8 @@ class FeatureMeaning:
             gs = meta.get("gen_suffix")
             m = cls(backbone=str(bb.get("name")), fingerprint=str(bb["fingerprint"]), hidden_size=int(bb["hidden_size"]),
                     layer=int(meta.get("layer", -1)), gen_suffix=tuple(gs) if gs is not None else None,
-                    template_hash=meta.get("template_hash"), dtype=meta.get("dtype"), gate_rule=meta.get("gate_rule"))
+                    template_hash=meta.get("template_hash"), dtype=meta.get("dtype"), gate_rule=meta.get("gate_rule"),
+                    pooling=meta.get("pooling", "last"))
         return m if prompt else m.without_gate_rule()
 
     def without_gate_rule(self) -> "FeatureMeaning":
@@ -84,7 +90,7 @@ class FeatureMeaning:
         return str(list(v) if isinstance(v, tuple) else v)
 
 
-NAMES = {"fingerprint": "backbone", "hidden_size": "hidden size", "layer": "feature layer", "gen_suffix":
+NAMES = {"fingerprint": "backbone", "hidden_size": "hidden size", "layer": "feature layer", "pooling": "pooling", "gen_suffix":
          "chat template (generation suffix)", "template_hash": "chat template", "gate_rule": "gate rule", "dtype": "dtype"}
 
 

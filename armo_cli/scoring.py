@@ -186,7 +186,7 @@ def score_trees(model: ArmoModel, bb: Backbone, trees: list[Tree], weights: torc
     for pair in (False, True):
         group = [t for t in trees if (len(t.conts) == 2) == pair]
         if group:
-            P, R = encode_trees(bb, group, batch_tokens, None, max_padding, model.meaning.layer)
+            P, R = encode_trees(bb, group, batch_tokens, None, max_padding, model.meaning.layer, model.meaning.pooling)
             check_finite_features(group, P, R, source_name, bb.dtype)
             groups.append(Scored(group, model.explain(P, R, weights), pair))
     return groups
@@ -196,7 +196,8 @@ def check_backbone(model: ArmoModel, bb: Backbone, renderer: Renderer) -> None:
     """The backbone, as loaded, gives the features the model reads (name, fingerprint, layer, template)."""
     meaning = FeatureMeaning(bb.spec.name, bb.fingerprint, bb.hidden_size,
                              canonical_layer(model.meaning.layer, int(bb.model.config.num_hidden_layers)),
-                             tuple(renderer.gen_suffix), renderer.template_hash, str(bb.dtype), model.gate_rule)
+                             tuple(renderer.gen_suffix), renderer.template_hash, str(bb.dtype), model.gate_rule,
+                             model.meaning.pooling)
     require_compatible(model.meaning, meaning, str(model.path), f"--backbone {bb.spec.name}", prompt=True, warn_dtype=False)
 
 
@@ -305,6 +306,7 @@ def pair_outcomes(margin: torch.Tensor, ties: str) -> torch.Tensor:
 def model_info(model: ArmoModel) -> dict:
     """What a report says of the model it measured."""
     return {"path": str(model.path), "backbone": model.backbone.get("name"), "layer": model.meaning.layer,
+            "pooling": model.meaning.pooling,
             "objectives": model.objectives, "gate_rule": model.gate_rule,
             "verbosity_objective": model.decorrelation.meta.verbosity,
             "transform": model.decorrelation.transform.tolist()}

@@ -14,6 +14,7 @@ DATA=${DATA:-../shared/data}
 WORK=${WORK:-runs/default}
 OUT=${OUT:-armo_cli/default_model}
 LAYER=${LAYER:--18}            # layer 13 of 30: see the model card's probe table
+POOLING=${POOLING:-last}       # f(x,y): the response's last token, or the mean of its tokens
 N_HELDOUT=${N_HELDOUT:-600}    # permissive pairs held out by prompt
 N_RMB=${N_RMB:-2000}           # RMB pairs for out-of-distribution evaluation only
 N_SELECT=${N_SELECT:-600}      # RMB pairs (the probe's selection half) on which the gate's settings are chosen
@@ -25,10 +26,10 @@ mkdir -p "$WORK"
 python benchmarks/recipe_slices.py --data "$DATA" --out "$WORK" --heldout "$N_HELDOUT" --rmb "$N_RMB" --select "$N_SELECT"
 
 # rows the data cannot give (an empty response in the ratings, a response alone over the limit) are listed, not fatal
-X=(--layer "$LAYER" --max-length "$MAXLEN" --overflow truncate-prompt --on-error skip --resume)
+X=(--layer "$LAYER" --pooling "$POOLING" --max-length "$MAXLEN" --overflow truncate-prompt --on-error skip --resume)
 armo extract "$WORK/pairs.jsonl" -o "$WORK/pairs.features.safetensors" "${X[@]}"
 armo extract "$WORK/ratings.jsonl" -o "$WORK/ratings.features.safetensors" "${X[@]}"
-E=(--layer "$LAYER" --max-length "$EVAL_MAXLEN" --overflow truncate-prompt --on-error skip --resume)
+E=(--layer "$LAYER" --pooling "$POOLING" --max-length "$EVAL_MAXLEN" --overflow truncate-prompt --on-error skip --resume)
 armo extract "$WORK/heldout.jsonl" -o "$WORK/heldout.features.safetensors" "${E[@]}"
 armo extract "$DATA/dev-eval.jsonl.gz" -o "$WORK/dev-eval.features.safetensors" "${E[@]}"
 armo extract "$WORK/rmb-eval.jsonl" -o "$WORK/rmb-eval.features.safetensors" "${E[@]}"

@@ -72,6 +72,24 @@ def test_tree_features_equal_separate_full_passes(bb, tmp_path):
         assert torch.allclose(prompt[i], hp[-1], atol=1e-4)
 
 
+@pytest.mark.parametrize("layer", [-1, 2])
+def test_mean_pooling_is_the_mean_of_each_responses_hidden_states(bb, tmp_path, layer):
+    """--pooling mean: f(x,y) is the mean of the response's hidden states (its tokens after the prompt) in a
+    separate full pass, at any layer; the prompt feature is still read at the gate."""
+    rows = pair_rows(7)
+    rows[3]["rejected"] = rows[3]["chosen"]
+    trees = trees_for(bb, rows, tmp_path)
+    prompt, resp = encode_trees(bb, trees, batch_tokens=10_000, layer=layer, pooling="mean")
+    for i, t in enumerate(trees):
+        for j in range(2):
+            ids = torch.tensor([t.prompt + t.conts[j]])
+            h = bb.model(input_ids=ids, output_hidden_states=True).hidden_states[layer][0]
+            assert torch.allclose(resp[i, j], h[len(t.prompt):].mean(0), atol=1e-5)
+        hp = bb.model(input_ids=torch.tensor([t.prompt]), output_hidden_states=True).hidden_states[layer][0]
+        assert torch.allclose(prompt[i], hp[t.gate], atol=1e-5)
+    assert torch.equal(resp[3, 0], resp[3, 1])
+
+
 def test_a_pair_of_identical_responses_runs_once_and_ties_exactly(bb, tmp_path):
     """Same tokens, same feature: bit for bit, not two positions' float noise (which decided such 'ties' by
     a margin of ~5e-7 before), and the repeated response is not computed twice."""

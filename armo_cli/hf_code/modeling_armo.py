@@ -4,7 +4,9 @@ Loads with AutoModelForSequenceClassification.from_pretrained(path, trust_remote
 returns ArmoRM's fields: rewards, gating_output, prompt_embedding, score (and logits = score).
 Differences from the research release, on purpose: batches may be left- or right-padded (the
 last token and position ids come from the attention mask), and the gate position follows the
-rule stored in the config (`gating_token_pattern`, `gating_token_offset`).
+rule stored in the config (`gating_token_pattern`, `gating_token_offset`). The features may come from a
+middle layer (`armo_feature_layer`) and, with `armo_feature_pooling: "mean"`, from the mean of the response's
+hidden states (the tokens after the last generation prompt) instead of its last token.
 """
 from dataclasses import dataclass
 from typing import Optional
@@ -86,15 +88,19 @@ class LlamaForRewardModelWithGating(LlamaPreTrainedModel):
         ar = torch.arange(L, device=input_ids.device)
         last = (attention_mask.long() * ar).argmax(-1)  # the last real token, whatever the padding side
         rows = torch.arange(B, device=input_ids.device)
-        hidden_state = hidden[rows, last]
-        rewards = self.regression_layer(hidden_state)
         pattern = list(self.config.gating_token_pattern)
         offset = int(self.config.gating_token_offset)
-        gate_pos = []
+        mean = getattr(self.config, "armo_feature_pooling", "last") == "mean"
+        gate_pos, pooled = [], []
         for b in range(B):
             real = ar[attention_mask[b].bool()]
             ids = input_ids[b, real].tolist()
             gate_pos.append(int(real[find_gate_position(ids, pattern, offset)]))
+            if mean:  # the response: every real token after the last generation prompt
+                start = find_gate_position(ids, pattern, len(pattern))
+                pooled.append(hidden[b, real[start:]].float().mean(0))
+        hidden_state = torch.stack(pooled).to(hidden.dtype) if mean else hidden[rows, last]
+        rewards = self.regression_layer(hidden_state)
         prompt_embedding = hidden[rows, torch.tensor(gate_pos, device=input_ids.device)]
         gating_output = self.gating(prompt_embedding)
         rewards_adjusted = rewards @ self.reward_transform_matrix
