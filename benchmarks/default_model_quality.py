@@ -9,7 +9,8 @@ RMB evaluation slice (out of distribution). Scorers, each on every set:
   - a linear Bradley-Terry head on the response features, trained on the same pairs with the same loop (control);
   - ablation models built by the recipe with the same commands: without decorrelation, without the preference
     objective, and pairs-only models (preference + length objectives) at the chosen layer and at the last layer
-    (the last-layer arm only where WORK/last-layer holds its features; see examples/ablate_last_layer.sh).
+    (the last-layer arm only where WORK/last-layer holds its features; see examples/ablate_last_layer.sh), and the
+    whole recipe on last-token features (where WORK/last-token holds it; see examples/ablate_pooling.sh).
 Accuracy counts ties as losses, with 95% bootstrap intervals; "vs full" is a paired bootstrap interval of the
 full model's accuracy minus the scorer's. Length: Spearman(score, response length) over all responses, and the
 share of pairs (lengths differing) where the longer response scores higher, beside the labels' share.
@@ -34,6 +35,8 @@ from armo_cli.stats import bootstrap_ci, spearman
 SETS = {"held-out pairs": "heldout", "dev-eval": "dev-eval", "RMB (out of distribution)": "rmb-eval"}
 SELECTION = ("RMB selection slice (chose the gate; not a result)", "rmb-select")
 N_BOOT = 1000
+POOLING_ARM = "the recipe on last-token features (full model)"
+POOLING_TEXT = {"last": "the response feature read at its last token", "mean": "the response feature the mean of its tokens' hidden states"}
 ROOT = Path(__file__).resolve().parent
 
 
@@ -88,7 +91,8 @@ def main() -> None:
     arms = {"without decorrelation": (models / "nodecor", work),
             "without the preference objective": (models / "nopref", work),
             "pairs only (preference + length), chosen layer": (models / "pairsonly", work),
-            "pairs only (preference + length), last layer": (work / "last-layer" / "models" / "pairsonly", work / "last-layer")}
+            "pairs only (preference + length), last layer": (work / "last-layer" / "models" / "pairsonly", work / "last-layer"),
+            POOLING_ARM: (work / "last-token" / "models" / "full", work / "last-token")}
     results: dict[str, dict] = {}
     gate_means: dict[str, dict] = {}
     for set_name, stem in [*SETS.items(), SELECTION]:
@@ -157,7 +161,7 @@ def check_targets(results: dict) -> list[dict]:
             continue
         full = rs["full model"]
         for sname, v in rs.items():
-            if sname == "full model" or sname.startswith(("without", "pairs only")):
+            if sname == "full model" or sname.startswith(("without", "pairs only")) or sname == POOLING_ARM:
                 continue
             d = v["full_minus_this"]
             out.append({"target": f"{set_name}: full model not worse than {sname} (paired 95% CI of full - it reaches 0)",
@@ -206,6 +210,15 @@ def findings(q: dict, model: ArmoModel, blocked: list[str]) -> list[str]:
         out.append("On the RMB selection slice, where the layer rule is applied (sources the model never trained on): "
                    + like_for_like("selection slice", sel) + f". By that rule the chosen layer stays "
                    f"({'ahead' if a > b else 'behind'} by {abs(a - b):.3f}).")
+    pooled = [(k, rs) for k, rs in q["results"].items() if POOLING_ARM in rs]
+    if pooled:
+        pooling = model.meaning.pooling
+        out.append(f"Pooling, like for like (the whole recipe on {pooling}-pooled and on last-token features of the same "
+                   f"rows; `examples/ablate_pooling.sh`): " + "; ".join(
+                       f"{k}: {pooling} {rs['full model']['accuracy']:.3f} (Spearman "
+                       f"{rs['full model']['length_bias']['spearman_score_length']:+.3f}), last token "
+                       f"{rs[POOLING_ARM]['accuracy']:.3f} (Spearman {rs[POOLING_ARM]['length_bias']['spearman_score_length']:+.3f})"
+                       for k, rs in pooled) + ". The pooling is chosen on the RMB selection slice.")
     parts = [(k, rs["full model"]["length_bias_parts"]) for k, rs in q["results"].items() if "length_bias_parts" in rs["full model"]]
     if parts:
         out.append("Where the length bias sits (full model; Spearman of pair-mean score with pair-mean log length, and of the "
@@ -350,14 +363,16 @@ def write_card(model_dir: Path, model: ArmoModel, work: Path, q: dict, probe: di
          "was written by `benchmarks/default_model_quality.py` from that run, and by `benchmarks/layer_probe.py` for "
          "the layer table.", "",
          "## How it was produced", "",
-         f"`{produced_by}` on a 2-core CPU (no GPU), with armo's own commands: extract (hidden layer {layer}), "
+         f"`{produced_by}` on a 2-core CPU (no GPU), with armo's own commands: extract (hidden layer {layer}, "
+         f"{POOLING_TEXT[model.meaning.pooling]}), "
          "fit-regression (ridge objectives from ratings, a length-derived `verbosity` objective, and a `preference` "
          "objective fitted from the training pairs by a Bradley-Terry head, cross-fitted by prompt), fit-decorrelation "
          "against verbosity on the training pairs, fit-gating (gate settings chosen on an RMB selection slice), assemble.", "",
          "## Backbone and feature layer", "",
          f"- `{reg['backbone']['name']}` (fingerprint `{reg['backbone']['fingerprint'][:24]}`), d = {reg['hidden_size']}, "
          f"gate rule `{model.gate_rule}`, features from hidden layer {layer} (counted from the end; -1 is the last "
-         "layer after the final norm; intermediate layers are the residual stream before any norm)", "",
+         "layer after the final norm; intermediate layers are the residual stream before any norm), "
+         f"{POOLING_TEXT[model.meaning.pooling]} (`--pooling {model.meaning.pooling}`)", "",
          f"Layer choice (`benchmarks/layer_probe.py`): a linear Bradley-Terry probe per layer on {probe['train_pairs']} "
          f"permissive training pairs, scored in distribution (5-fold CV grouped by prompt) and on {probe['ood_pairs']} "
          "RMB pairs of the *selection* half of RMB's prompts (the evaluation slice below comes from the other half). "
