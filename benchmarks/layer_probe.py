@@ -56,7 +56,7 @@ def load_slices(path: Path, n_train: int, n_ood: int, seed: int) -> tuple[list[d
     return train[:n_train], ood[:n_ood]
 
 
-def features(bb, rows: list[dict], layers: list[int], max_length: int) -> tuple[torch.Tensor, list[str]]:
+def features(bb, rows: list[dict], layers: list[int], max_length: int, pooling: str = "last") -> tuple[torch.Tensor, list[str]]:
     """Response features [N,2,n_layers,d] of the pairs that fit (prompt truncated if needed), their prompts."""
     r = Renderer(bb.tokenizer)
     limit, name = length_limit(max_length, bb.model.config)
@@ -67,7 +67,7 @@ def features(bb, rows: list[dict], layers: list[int], max_length: int) -> tuple[
         if t is not None:
             trees.append(t)
             keys.append(prompt_key(row))
-    _, resp = encode_trees(bb, trees, batch_tokens=2048, max_padding=0.05, layer=layers)
+    _, resp = encode_trees(bb, trees, batch_tokens=2048, max_padding=0.05, layer=layers, pooling=pooling)
     return resp, keys
 
 
@@ -146,9 +146,11 @@ def main() -> None:
     ap.add_argument("--cache", default=None, help="save the features here, or reuse them if the file exists")
     ap.add_argument("--work", default=None, help="probe WORK/pairs.jsonl and WORK/rmb-select.jsonl (a recipe run)")
     ap.add_argument("--ood-max-length", type=int, default=None, help="max length of the selection pairs (default --max-length)")
+    ap.add_argument("--pooling", default="last", choices=("last", "mean"), help="the response feature: last token or mean")
     args = ap.parse_args()
     ood_max = args.ood_max_length or args.max_length
-    key = [args.train, args.ood, args.max_length, args.seed] + ([args.work, ood_max] if args.work else [])
+    key = [args.train, args.ood, args.max_length, args.seed] + ([args.work, ood_max] if args.work else []) + (
+        [args.pooling] if args.pooling != "last" else [])
     if not Path(args.data).exists():
         raise SystemExit(f"{args.data} is absent: nothing to probe")
     torch.manual_seed(args.seed)
@@ -167,8 +169,8 @@ def main() -> None:
         else:
             train_rows, ood_rows = load_slices(Path(args.data), args.train, args.ood, args.seed)
         n_layers = int(bb.model.config.num_hidden_layers)
-        Xtr, keys = features(bb, train_rows, list(range(n_layers + 1)), args.max_length)
-        Xood, _ = features(bb, ood_rows, list(range(n_layers + 1)), ood_max)
+        Xtr, keys = features(bb, train_rows, list(range(n_layers + 1)), args.max_length, args.pooling)
+        Xood, _ = features(bb, ood_rows, list(range(n_layers + 1)), ood_max, args.pooling)
         if args.cache:
             torch.save({"args": key, "Xtr": Xtr, "keys": keys,
                         "Xood": Xood}, args.cache)
@@ -180,7 +182,7 @@ def main() -> None:
         r = probe_layer(Xtr[:, :, k], keys, Xood[:, :, k], args.folds, args.seed)
         results.append({"layer": k, "layer_from_end": k - (n + 1), **r})
     best = max(results, key=lambda r: (r["ood_accuracy"], r["layer"]))
-    print(f"layer_probe: {Xtr.shape[0]} training pairs ({args.work or ', '.join(PERMISSIVE)}), {Xood.shape[0]} RMB selection pairs, "
+    print(f"layer_probe ({args.pooling} pooling): {Xtr.shape[0]} training pairs ({args.work or ', '.join(PERMISSIVE)}), {Xood.shape[0]} RMB selection pairs, "
           f"max length {args.max_length}; features {t1 - t0:.0f} s (one pass per pair, all {n + 1} layers)")
     print(f"{'layer':>5} {'from end':>8} {'CV acc (in-dist)':>17} {'OOD acc (RMB sel.)':>19} {'L2':>7}")
     for r in results:

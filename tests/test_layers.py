@@ -87,7 +87,8 @@ def test_export_and_import_keep_a_non_default_layer(layer1_model, tiny_model, tm
     assert json.loads((tmp_path / "back" / "armo.json").read_text())["feature_meaning"]["layer"] == -2
 
 
-def test_all_layers_from_one_pass_equal_each_layer_alone(bb, tmp_path):
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_all_layers_from_one_pass_equal_each_layer_alone(bb, tmp_path, pooling):
     """What benchmarks/layer_probe.py relies on: one pass with a list of layers gives each layer's features."""
     from armo_cli.forward import encode_trees
     from armo_cli.rendering import Renderer
@@ -95,8 +96,8 @@ def test_all_layers_from_one_pass_equal_each_layer_alone(bb, tmp_path):
 
     r = Renderer(bb.tokenizer)
     trees = [r.tokenize(ex, i) for i, ex in enumerate(iter_examples(Source(str(write_jsonl(tmp_path / "p.jsonl", pair_rows(6))))))]
-    P, R = encode_trees(bb, trees, 10_000, layer=[0, 1, 2, -1])
+    P, R = encode_trees(bb, trees, 10_000, layer=[0, 1, 2, -1], pooling=pooling)
     assert P.shape[1:] == (4, bb.hidden_size) and R.shape[1:] == (2, 4, bb.hidden_size)
     for i, k in enumerate([0, 1, 2, -1]):
-        p, rr = encode_trees(bb, trees, 10_000, layer=k)
+        p, rr = encode_trees(bb, trees, 10_000, layer=k, pooling=pooling)
         assert torch.allclose(P[:, i], p, atol=1e-5) and torch.allclose(R[:, :, i], rr, atol=1e-5)
