@@ -461,12 +461,17 @@ def write_card(model_dir: Path, model: ArmoModel, work: Path, q: dict, probe: di
     L += ["## Findings (computed from the tables above)", ""] + [f"- {x}" for x in findings(q, model, blocked)] + [""]
     done = studies(ROOT / "results")
     if done:
-        L += ["## Studies toward the targets, not adopted", ""] + [f"- {x}" for x in done] + [""]
+        L += ["## Studies toward the targets, not adopted", "",
+              "These studies ran on last-token features at the same layer (the default model before `--pooling mean`).",
+              ""] + [f"- {x}" for x in done] + [""]
     L += ["## Targets (from the issue), as measured", "", "| target | measured | met |", "|---|---|---|"]
     for t in q["targets"]:
         L.append(f"| {t['target']} | {t['measured']} | {'yes' if t['pass'] else '**no**'} |")
+    rmb = q["results"].get("RMB (out of distribution)", {})
+    best = max(rmb.items(), key=lambda kv: kv[1]["accuracy"]) if rmb else None
     L += ["", "A 135M general-purpose backbone is weak at judging responses: read these numbers as an honest, reproducible "
-          "baseline, not a strong reward model. Out of distribution (RMB) every scorer is near chance.", ""]
+          "baseline, not a strong reward model." + (f" Out of distribution (RMB) the best scorer, {best[0]}, reaches "
+                                                    f"{best[1]['accuracy']:.3f}." if best else ""), ""]
     (model_dir / "MODEL_CARD.md").write_text("\n".join(L))
 
 

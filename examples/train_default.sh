@@ -3,7 +3,9 @@
 # every permissively licensed row of ../shared/data with armo's own commands. About 1.5 h on a 2-core CPU from
 # scratch; every extraction is resumable, so re-running after an interruption loses nothing (and re-running
 # after a finished extraction only refits the heads, a few minutes).
-#   - features from hidden layer LAYER (benchmarks/layer_probe.py; the model card shows its table and the rule)
+#   - features from hidden layer LAYER (benchmarks/layer_probe.py; the model card shows its table and the rule),
+#     the response feature the mean of its tokens (POOLING; chosen on the selection slice against last-token
+#     features, examples/ablate_pooling.sh)
 #   - stage 1: ridge objectives from the ratings, a length objective, and a preference objective fitted from
 #     the training pairs by a Bradley-Terry head (cross-fitted by prompt, so the gate never sees in-fold rewards)
 #   - decorrelation against the length objective, then the gate, whose size is chosen on validation pairs
@@ -14,7 +16,7 @@ DATA=${DATA:-../shared/data}
 WORK=${WORK:-runs/default}
 OUT=${OUT:-armo_cli/default_model}
 LAYER=${LAYER:--18}            # layer 13 of 30: see the model card's probe table
-POOLING=${POOLING:-last}       # f(x,y): the response's last token, or the mean of its tokens
+POOLING=${POOLING:-mean}       # f(x,y): the mean of the response's tokens (or last: its last token, as ArmoRM)
 N_HELDOUT=${N_HELDOUT:-600}    # permissive pairs held out by prompt
 N_RMB=${N_RMB:-2000}           # RMB pairs for out-of-distribution evaluation only
 N_SELECT=${N_SELECT:-600}      # RMB pairs (the probe's selection half) on which the gate's settings are chosen
