@@ -303,6 +303,15 @@ def conversations(rows: list[dict]) -> list[list[dict]]:
     return out
 
 
+def check_rows_score_as_features(built: Path, rows_file: Path, backbone: Path, n: int = 60) -> None:
+    """A model built by build_model in `built` scores the rows of `rows_file` (armo's own forward, reading the
+    model's feature settings) as it scores the features extracted from them (transformers), within 1e-5."""
+    by_rows = [json.loads(x) for x in armo("score", "-m", built / "model", rows_file, "--backbone", backbone,
+                                            "--device", "cpu", "-q").stdout.splitlines()]
+    by_feats = [json.loads(x) for x in armo("score", "-m", built / "model", "--features", built / "p.st").stdout.splitlines()]
+    assert len(by_rows) == n and [x["margin"] for x in by_rows] == pytest.approx([x["margin"] for x in by_feats], abs=1e-5)
+
+
 def check_export_round_trip(model: Path, features: Path, rows_file: Path, tmp_path: Path, n: int = 6) -> dict:
     """Export `model`, import it back, and check that the exported model (right and left padding), the
     imported model scoring rows, and armo scoring `features` agree within 1e-4. Returns the export config."""

@@ -11,7 +11,7 @@ from armo_cli.extract import ExtractConfig, extract
 from armo_cli.features import Features
 from armo_cli.forward import canonical_layer, resolve_layer
 
-from conftest import armo, build_model, check_export_round_trip, pair_rows, write_jsonl
+from conftest import armo, build_model, check_export_round_trip, check_rows_score_as_features, pair_rows, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -73,11 +73,7 @@ def test_a_layer_mismatch_between_stages_is_refused(tiny_model, layer1_model, tm
 
 
 def test_score_reads_the_models_layer(layer1_model, tiny_model, tiny_backbone):
-    w = layer1_model
-    by_rows = [json.loads(x) for x in armo("score", "-m", w / "model", tiny_model / "p.jsonl", "--backbone", tiny_backbone,
-                                            "--device", "cpu", "-q").stdout.splitlines()]
-    by_feats = [json.loads(x) for x in armo("score", "-m", w / "model", "--features", w / "p.st").stdout.splitlines()]
-    assert len(by_rows) == 60 and [x["margin"] for x in by_rows] == pytest.approx([x["margin"] for x in by_feats], abs=1e-5)
+    check_rows_score_as_features(layer1_model, tiny_model / "p.jsonl", tiny_backbone)
 
 
 def test_export_and_import_keep_a_non_default_layer(layer1_model, tiny_model, tmp_path):

@@ -6,7 +6,7 @@ import pytest
 
 from armo_cli.provenance import FeatureMeaning
 
-from conftest import armo, build_model, check_export_round_trip
+from conftest import armo, build_model, check_export_round_trip, check_rows_score_as_features
 
 
 @pytest.fixture(scope="module")
@@ -28,12 +28,8 @@ def test_a_pooling_mismatch_between_stages_is_refused(tiny_model, mean_model, tm
 
 def test_score_reads_the_models_pooling(mean_model, tiny_model, tiny_backbone):
     """Scoring rows (armo's own Llama forward) gives what scoring the extracted features (transformers) gives."""
-    w = mean_model
-    by_rows = [json.loads(x) for x in armo("score", "-m", w / "model", tiny_model / "p.jsonl", "--backbone", tiny_backbone,
-                                            "--device", "cpu", "-q").stdout.splitlines()]
-    by_feats = [json.loads(x) for x in armo("score", "-m", w / "model", "--features", w / "p.st").stdout.splitlines()]
-    assert len(by_rows) == 60 and [x["margin"] for x in by_rows] == pytest.approx([x["margin"] for x in by_feats], abs=1e-5)
-    assert json.loads((w / "model" / "armo.json").read_text())["feature_meaning"]["pooling"] == "mean"
+    check_rows_score_as_features(mean_model, tiny_model / "p.jsonl", tiny_backbone)
+    assert json.loads((mean_model / "model" / "armo.json").read_text())["feature_meaning"]["pooling"] == "mean"
 
 
 def test_export_and_import_keep_mean_pooling(mean_model, tiny_model, tmp_path):
