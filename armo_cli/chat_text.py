@@ -116,6 +116,4 @@ def split_query(query: str, prompt: str | None = None, where: str = "query") -> 
     except ArmoError as e:
         msg = str(e) if str(e).startswith(where) else f"{where}: {e}"
         raise ArmoError(f"{msg} (accepted: {FORMS})") from None
-    if not response:
-        raise ArmoError(f"{where}: empty response")
     return {"prompt": msgs, "response": response}

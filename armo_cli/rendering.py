@@ -131,6 +131,10 @@ class Renderer:
             full = self.render(ex.prompt + [{"role": "assistant", "content": resp}], generation_prompt=False)
             if not full.startswith(p_text):
                 raise ArmoError("the chat template does not render the prompt as a prefix of the conversation")
+            if len(full) == len(p_text):
+                # an empty response is scored through its end-of-turn tokens; a template that renders it as
+                # nothing leaves no token to read a feature at
+                raise ArmoError("the backbone's chat template renders this empty response as no tokens: nothing to score")
             conts.append(full[len(p_text):])
         return p_text, conts
 

@@ -82,8 +82,6 @@ def _response(value: Any, where: str, fieldname: str) -> tuple[list[Message], st
         raise RowError(f"{where}: field '{fieldname}': missing")
     else:
         raise RowError(f"{where}: field '{fieldname}': expected a string or a list of messages, got {type(value).__name__}")
-    if not text.strip():
-        raise RowError(f"{where}: field '{fieldname}': empty response")
     return extra, text
 
 
@@ -137,8 +135,6 @@ def parse_row(obj: Any, where: str) -> Example:
         prompt = msgs[:-1]
         if prompt[-1]["role"] != "user":
             raise RowError(f"{where}: field 'messages': the response must follow a user turn")
-        if not msgs[-1]["content"].strip():
-            raise RowError(f"{where}: field 'messages': empty response")
         responses = [msgs[-1]["content"]]
     elif "response" in obj:
         if "prompt" not in obj:

@@ -27,7 +27,7 @@ mkdir -p "$WORK"
 # Licences: MIT (UltraFeedback, HH-RLHF, USR Topical-Chat), Apache-2.0 (Prometheus, PandaLM), CC-BY-4.0 (XSTest).
 python benchmarks/recipe_slices.py --data "$DATA" --out "$WORK" --heldout "$N_HELDOUT" --rmb "$N_RMB" --select "$N_SELECT"
 
-# rows the data cannot give (an empty response in the ratings, a response alone over the limit) are listed, not fatal
+# rows the data cannot give (a response alone over the limit) are listed, not fatal
 X=(--layer "$LAYER" --pooling "$POOLING" --max-length "$MAXLEN" --overflow truncate-prompt --on-error skip --resume)
 armo extract "$WORK/pairs.jsonl" -o "$WORK/pairs.features.safetensors" "${X[@]}"
 armo extract "$WORK/ratings.jsonl" -o "$WORK/ratings.features.safetensors" "${X[@]}"

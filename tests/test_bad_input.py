@@ -80,8 +80,8 @@ CASES: dict[str, Case] = {
                                2, r"in\.jsonl:2: malformed JSON"),
     "extract missing field": (lambda c: (c.extract(c.jsonl("in.jsonl", [{"prompt": "p"}]), "-o", c.tmp / "o.st"), None),
                               2, r"in\.jsonl:1: no response"),
-    "extract empty response": (lambda c: (c.extract(c.jsonl("in.jsonl", [{"prompt": "p", "response": " "}]), "-o", c.tmp / "o.st"), None),
-                               2, r"in\.jsonl:1: field 'response': empty response"),
+    "extract empty prompt": (lambda c: (c.extract(c.jsonl("in.jsonl", [{"prompt": " ", "response": "r"}]), "-o", c.tmp / "o.st"), None),
+                             2, r"in\.jsonl:1: field 'prompt': empty"),
     "extract non-numeric rating": (lambda c: (c.extract(c.jsonl("in.jsonl", [{**GOOD, "ratings": {"x": "high"}}]), "-o", c.tmp / "o.st"), None),
                                    2, r"in\.jsonl:1: field 'ratings\.x': not a number"),
     "extract infinite rating": (lambda c: (c.extract(c.text("in.jsonl", '{"prompt": "p", "response": "r", "ratings": {"x": 1e999}}\n'), "-o", c.tmp / "o.st"), None),
@@ -391,9 +391,9 @@ def test_negative_weights_are_allowed_and_penalise(built):
 
 
 def test_stdin_errors_name_stdin_not_the_spool_file(built):
-    rows = "".join(json.dumps(r) + "\n" for r in rating_rows(3)) + '{"prompt": "p", "response": ""}\n'
+    rows = "".join(json.dumps(r) + "\n" for r in rating_rows(3)) + '{"prompt": "", "response": "r"}\n'
     r = armo("score", "-m", built["model"], "-", "-q", input=rows)
-    assert r.code == 2 and r.stderr.strip() == "error: <stdin>:4: field 'response': empty response"
+    assert r.code == 2 and r.stderr.strip() == "error: <stdin>:4: field 'prompt': empty"
 
 
 def test_evaluate_features_of_pairs_and_rows_round_trip(built, tmp_path):

@@ -60,7 +60,9 @@ def test_llama3_style_template_gets_exactly_one_bos(tiny_llama3, tmp_path):
 
 
 def test_tree_features_equal_separate_full_passes(bb, tmp_path):
-    trees = trees_for(bb, pair_rows(7), tmp_path)
+    rows = pair_rows(7)
+    rows[4]["chosen"] = ""  # an empty response is read at its end-of-turn tokens, like any other
+    trees = trees_for(bb, rows, tmp_path)
     prompt, resp = encode_trees(bb, trees, batch_tokens=10_000)  # several trees per padded batch
     for i, t in enumerate(trees):
         for j in range(2):
@@ -78,6 +80,7 @@ def test_mean_pooling_is_the_mean_of_each_responses_hidden_states(bb, tmp_path, 
     separate full pass, at any layer; the prompt feature is still read at the gate."""
     rows = pair_rows(7)
     rows[3]["rejected"] = rows[3]["chosen"]
+    rows[5]["rejected"] = ""  # the mean of its end-of-turn tokens
     trees = trees_for(bb, rows, tmp_path)
     prompt, resp = encode_trees(bb, trees, batch_tokens=10_000, layer=layer, pooling="mean")
     for i, t in enumerate(trees):
@@ -88,6 +91,27 @@ def test_mean_pooling_is_the_mean_of_each_responses_hidden_states(bb, tmp_path, 
         hp = bb.model(input_ids=torch.tensor([t.prompt]), output_hidden_states=True).hidden_states[layer][0]
         assert torch.allclose(prompt[i], hp[t.gate], atol=1e-5)
     assert torch.equal(resp[3, 0], resp[3, 1])
+
+
+# renders the generation prompt after every user turn, and an assistant turn only when it has content
+SKIPS_EMPTY = ("{% for m in messages %}{% if m['role'] == 'user' %}{{ '<|im_start|>user\\n' + m['content'] + '<|im_end|>\\n"
+               "<|im_start|>assistant\\n' }}{% elif m['content'] %}{{ m['content'] + '<|im_end|>\\n' }}{% endif %}{% endfor %}")
+
+
+def test_an_empty_response_is_scored_and_a_template_that_renders_it_as_nothing_is_refused(tiny_backbone, tmp_path):
+    """Policies emit empty responses, and datasets hold them (a UltraFeedback 'chosen', a dev-eval 'rejected'):
+    they are responses, scored through the template's end-of-turn tokens, not bad rows."""
+    from conftest import make_tokenizer
+
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "hi", "response": ""}, {"messages": [
+        {"role": "user", "content": "hello"}, {"role": "assistant", "content": " "}]}, {"prompt": "hey", "response": [{"role": "assistant", "content": ""}]}])
+    res = runner.invoke(app, ["extract", str(inp), "-o", str(tmp_path / "o.st"), "-b", str(tiny_backbone), "-q", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert Features.load(tmp_path / "o.st").meta.report["skipped"] == []
+    r = Renderer(make_tokenizer(SKIPS_EMPTY, adds_bos=False))
+    assert r.texts(parse_row({"prompt": "hi", "response": "x"}, "f:1"))[1] == ["x<|im_end|>\n"]
+    with pytest.raises(ArmoError, match="^the backbone's chat template renders this empty response as no tokens: nothing to score$"):
+        r.texts(parse_row({"prompt": "hi", "response": ""}, "f:1"))
 
 
 def test_a_pair_of_identical_responses_runs_once_and_ties_exactly(bb, tmp_path):
@@ -199,7 +223,7 @@ def test_overflow_modes(bb, tmp_path):
 @pytest.mark.parametrize("line,needle", [
     ('{"prompt": "hi", "chosen": "a", "rejected": "b"', "malformed JSON"),
     ('{"prompt": "hi", "chosen": "a"}', "field 'rejected': missing"),
-    ('{"prompt": "hi", "response": "   "}', "field 'response': empty response"),
+    ('{"prompt": "  ", "response": "ok"}', "field 'prompt': empty"),
     ('{"prompt": "hi", "response": "ok", "ratings": {"helpfulness": "high"}}', "field 'ratings.helpfulness': not a number"),
     ('{"prompt": 5, "response": "ok"}', "field 'prompt'"),
     ('{"messages": [{"role": "user", "content": "x"}]}', "field 'messages'"),
@@ -219,13 +243,13 @@ def test_bad_input_is_one_line_exit_2_no_output(tiny_backbone, tmp_path, line, n
 
 def test_on_error_skip_lists_rows(bb, tmp_path):
     inp = tmp_path / "mixed.jsonl"
-    inp.write_text('{"id": "a", "prompt": "hi", "response": "ok"}\n{"id": "b", "prompt": "hi", "response": ""}\n'
+    inp.write_text('{"id": "a", "prompt": "hi", "response": "ok"}\n{"id": "b", "prompt": "", "response": "x"}\n'
                    '{"id": "c", "prompt": "yo", "response": "fine"}\n')
     out = tmp_path / "o.safetensors"
     _extract(bb, inp, out, on_error="skip")
     f = Features.load(out)
     assert f.ids == ["a", "c"]
-    assert f.meta.report["skipped"] == [{"line": 2, "id": "b", "reason": "field 'response': empty response"}]
+    assert f.meta.report["skipped"] == [{"line": 2, "id": "b", "reason": "field 'prompt': empty"}]
 
 
 def test_skip_warnings_are_one_line_each_and_name_the_line_once(tiny_backbone, tmp_path):
@@ -235,10 +259,10 @@ def test_skip_warnings_are_one_line_each_and_name_the_line_once(tiny_backbone, t
 
     long_id = "row-" + "x" * 120
     inp = tmp_path / "mixed.jsonl"
-    inp.write_text(f'{{"id": "a", "prompt": "hi", "response": "ok"}}\n{{"id": "{long_id}", "prompt": "hi", "response": ""}}\n')
+    inp.write_text(f'{{"id": "a", "prompt": "hi", "response": "ok"}}\n{{"id": "{long_id}", "prompt": "", "response": "x"}}\n')
     r = armo("extract", inp, "-o", tmp_path / "o.st", "-b", tiny_backbone, "--device", "cpu", "--on-error", "skip", "-q")
     assert r.code == 0, r.stderr
-    assert r.stderr.splitlines() == [f"warning: skipped line 2 ({long_id}): field 'response': empty response"]
+    assert r.stderr.splitlines() == [f"warning: skipped line 2 ({long_id}): field 'prompt': empty"]
     # the closing summary, too, is one line however long the output's path
     out = tmp_path / ("features-" + "y" * 100 + ".st")
     r = armo("extract", inp, "-o", out, "-b", tiny_backbone, "--device", "cpu", "--on-error", "skip")

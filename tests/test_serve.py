@@ -139,6 +139,24 @@ def test_openrlhf_get_reward_equals_armo_score(server, tiny_model, tmp_path):
             assert all(len(v) == len(rows) for v in out["extra_logs"].values())
 
 
+def test_an_empty_completion_is_scored_not_refused(server, tiny_model, tmp_path):
+    """A policy that stops at once (or is cut at zero tokens) sends an empty response: it gets the reward of
+    the empty response through its end-of-turn tokens, as `armo score` gives it, not a 400 that would stop
+    the trainer's whole batch."""
+    rows = [{"prompt": "hi", "response": ""}, {"prompt": "say something", "response": "something"}]
+    expected = offline_scores(tiny_model / "model", rows, tmp_path)
+    for name, render in TEMPLATES.items():
+        queries = [render(messages(r["prompt"]), r["response"]) for r in rows]
+        prompts = [render(messages(r["prompt"])) for r in rows]
+        for body in ({"query": queries}, {"query": queries, "prompts": prompts},
+                     {"query": prompts, "prompts": prompts}):  # cut at zero tokens: no end token either
+            status, out, _ = server.request("/get_reward", body)
+            assert status == 200, (name, out)
+            assert abs(out["rewards"][0] - expected[0]) < 1e-5, (name, body)
+            if body["query"] is queries:
+                assert abs(out["rewards"][1] - expected[1]) < 1e-5, name
+
+
 def test_plain_text_prompt_and_score_route(server, tiny_model, tmp_path):
     rows = [r for r in rows_of(8) if isinstance(r["prompt"], str)]
     expected = offline_scores(tiny_model / "model", rows, tmp_path)
@@ -183,7 +201,6 @@ LONG = " ".join(["word"] * 400)
     ("/get_reward", {"query": ["a"], "prompts": ["a", "b"]}, 400, "field 'prompts'"),
     ("/get_reward", {"query": ["<|im_start|>user\nhi<|im_end|>\n"]}, 400, "accepted: ChatML"),
     ("/get_reward", {"query": ["no markers here"]}, 400, "cannot tell the response"),
-    ("/get_reward", {"query": ["<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<|im_end|>"]}, 400, "empty response"),
     ("/get_reward", {"query": [chatml([{"role": "user", "content": "hi"}], LONG)]}, 400, "over --max-length"),
     ("/get_reward", {"query": ["x"] * 41}, 413, "max-rows"),
     ("/get_reward", [1, 2], 400, "expected a JSON object"),
