@@ -448,6 +448,7 @@ def test_trl_reward_function_in_process_and_remote(server, tiny_model, tmp_path)
     from armo_cli.adapters import ArmoRewardFunc
 
     rows = rows_of(6, seed=13)
+    rows[2]["response"] = ""  # a completion that stopped at once
     expected = offline_scores(tiny_model / "model", rows, tmp_path)
     extra, metrics = {}, {}
     f = ArmoRewardFunc(str(tiny_model / "model"))
