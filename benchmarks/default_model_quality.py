@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -352,6 +353,15 @@ def _counts(jsonl: Path) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(c.items()))
 
 
+def skipped_why(report: dict) -> str:
+    """'N skipped: n1 why1, n2 why2' from an extract report's skipped rows."""
+    skipped = report.get("skipped", [])
+    why = Counter("over the length limit" if "tokens:" in s["reason"] else
+                  "with an empty response (which the armo that extracted them refused)" if s["reason"].endswith("empty response")
+                  else s["reason"] for s in skipped)
+    return f"{len(skipped)} skipped" + (": " + ", ".join(f"{n} {w}" for w, n in why.most_common()) if skipped else "")
+
+
 def write_card(model_dir: Path, model: ArmoModel, work: Path, q: dict, probe: dict, produced_by: str) -> None:
     reg = model.regression.meta.to_json()
     dec = model.decorrelation.meta.to_json()
@@ -392,8 +402,8 @@ def write_card(model_dir: Path, model: ArmoModel, work: Path, q: dict, probe: di
         if (work / fn).exists():
             L.append(f"- {name}: {_counts(work / fn)}")
     fr, fp = feats["ratings"], feats["pairs"]
-    L += [f"- rows used after length limits: ratings {len(fr.ids)} ({len(fr.report.get('skipped', []))} skipped, "
-          f"{len(fr.report.get('truncated', []))} prompt-truncated), pairs {len(fp.ids)} ({len(fp.report.get('skipped', []))} skipped), "
+    L += [f"- rows used: ratings {len(fr.ids)} ({skipped_why(fr.report)}, "
+          f"{len(fr.report.get('truncated', []))} prompt-truncated), pairs {len(fp.ids)} ({skipped_why(fp.report)}), "
           f"max length {fp.max_length} tokens",
           "- training rows whose prompt text recurs in an evaluation set were dropped (`benchmarks/recipe_slices.py`).", "",
           "Licences: UltraFeedback, HH-RLHF, USR Topical-Chat (MIT); Prometheus, PandaLM (Apache-2.0); XSTest (CC-BY-4.0). "
