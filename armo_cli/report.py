@@ -106,6 +106,7 @@ def figure_data(report: dict, records: list[dict]) -> dict:
         return {a: {b: _pearson(cols[a], cols[b]) for b in objectives} for a in objectives}
 
     summary = {"model": info.get("path", report.get("model")), "backbone": info.get("backbone"), "layer": info.get("layer"),
+               "pooling": info.get("pooling", "last"),  # reports from before --pooling: the last token
                "gate_rule": info.get("gate_rule"), "objectives": objectives, "input": report.get("input"),
                "n": report.get("n", len(records)), "ties": ties, "score": report.get("score"),
                "score_kind": report.get("score_kind"), "sections": report.get("sections") or {},
@@ -234,7 +235,8 @@ def render_report(report: dict, records: list[dict]) -> str:
     parts = []
 
     # 1. summary
-    rows = [["model", s["model"]], ["backbone", s["backbone"]], ["feature layer", s["layer"]], ["gate rule", s["gate_rule"]],
+    rows = [["model", s["model"]], ["backbone", s["backbone"]], ["feature layer", s["layer"]],
+            ["response feature", "mean of its tokens" if s["pooling"] == "mean" else "its last token"], ["gate rule", s["gate_rule"]],
             ["objectives", ", ".join(objs)], ["data", s["input"]], ["pairs", s["n"]],
             ["ties count as", "a loss" if s["ties"] == "loss" else "half a win"],
             ["accuracy, all pairs", s["accuracy_all"]], [f"score ({s['score_kind']})", s["score"]]]

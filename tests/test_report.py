@@ -34,6 +34,7 @@ def test_one_offline_file_with_every_section(evaluated):
     refs = re.findall(r"\b(?:src|href)\s*=\s*[\"']([^\"']*)", html)
     assert refs and all(r.startswith(("#", "data:image/png;base64,")) for r in refs), sorted(set(refs))[:5]
     assert "<script" not in html
+    assert "<tr><th>feature layer</th><td>-1</td></tr><tr><th>response feature</th><td>its last token</td></tr>" in html
     urls = set(re.findall(r"https?://[^\s\"'<>]+", html))
     assert urls <= {"http://www.w3.org/2000/svg", "http://www.w3.org/1999/xlink"}, urls
     assert html.count("<svg") == 7  # accuracy, gate + coefficients, single objectives, length, correlations x2
