@@ -315,10 +315,11 @@ def studies(results: Path) -> list[str]:
 
 def probe_on_recipe(path: Path, layer: int) -> list[str]:
     """The layer probe rerun on the recipe's own training pairs and selection slice (`layer_probe.py --work`), if
-    its results are saved: a check of the shipped layer with ten times the pairs."""
+    its results are saved: a check of the shipped layer with ten times the pairs, for the pooling it ran with."""
     if not path.exists():
         return []
     p = json.loads(path.read_text())
+    pooling = p["args"].get("pooling", "last")
     rows = [r for r in p["layers"] if r["layer"] > 0]
     by_end = {r["layer_from_end"]: r for r in rows}
     ch, sh = p["chosen"], by_end[layer]
@@ -328,7 +329,8 @@ def probe_on_recipe(path: Path, layer: int) -> list[str]:
 
     hw_cv, hw_sel = half(ch["cv_accuracy"], p["train_pairs"]), half(ch["ood_accuracy"], p["ood_pairs"])
     inside = (ch["cv_accuracy"] - sh["cv_accuracy"] < hw_cv) and (ch["ood_accuracy"] - sh["ood_accuracy"] < hw_sel)
-    L = [f"Rerun on the recipe's own slices (`layer_probe.py --work`: {p['train_pairs']} training pairs, "
+    L = [f"Rerun on the recipe's own slices, {pooling}-pooled features (`layer_probe.py --work --pooling {pooling}`: "
+         f"{p['train_pairs']} training pairs, "
          f"{p['ood_pairs']} RMB selection pairs): the rule picks layer {ch['layer_from_end']} (CV {ch['cv_accuracy']:.3f}, "
          f"selection {ch['ood_accuracy']:.3f}); the shipped layer {layer} scores CV {sh['cv_accuracy']:.3f}, selection "
          f"{sh['ood_accuracy']:.3f}. The 95% half-widths at these sizes are about ±{hw_cv:.3f} (CV) and ±{hw_sel:.3f} "
@@ -337,7 +339,7 @@ def probe_on_recipe(path: Path, layer: int) -> list[str]:
          + ("Both differences are inside those half-widths, so the shipped layer is kept (moving it means extracting "
             "every set again)." if inside or ch["layer"] == sh["layer"] else
             "The rule's layer is ahead by more than a half-width: the next recipe run should use it."), "",
-         "<details><summary>probe table on the recipe's slices (all layers)</summary>", "",
+         f"<details><summary>probe table on the recipe's slices, {pooling}-pooled (all layers)</summary>", "",
          "| layer | from end | CV accuracy (in-dist) | RMB selection accuracy |", "|---|---|---|---|"]
     for r in rows:
         mark = " **(rule)**" if r["layer"] == ch["layer"] else (" (shipped)" if r["layer_from_end"] == layer else "")
@@ -394,7 +396,8 @@ def write_card(model_dir: Path, model: ArmoModel, work: Path, q: dict, probe: di
         mark = " **(chosen)**" if r["layer_from_end"] == layer else ""
         L.append(f"| {r['layer']} | {r['layer_from_end']}{mark} | {r['cv_accuracy']:.3f} | {r['ood_accuracy']:.3f} |")
     L += ["", "</details>", ""]
-    L += probe_on_recipe(ROOT / "results" / "layer_probe_recipe.json", layer)
+    for name in ("layer_probe_recipe_mean.json", "layer_probe_recipe.json"):  # mean-pooled, then last-token
+        L += probe_on_recipe(ROOT / "results" / name, layer)
     L += ["## Training data (permissively licensed sources of ../shared/data only)", ""]
     for name, fn in (("stage 1 ratings", "ratings.jsonl"), ("preference objective, decorrelation and gate pairs", "pairs.jsonl"),
                      ("held-out pairs (evaluation only)", "heldout.jsonl"), ("RMB evaluation slice", "rmb-eval.jsonl"),
