@@ -200,15 +200,26 @@ class Skipped:
     reason: str
 
 
-def iter_examples(source: Source, on_error: str = "error", skipped: list[Skipped] | None = None) -> Iterator[Example]:
-    """Parse a source; with on_error='skip', bad rows are recorded in `skipped` instead of raising."""
+def iter_examples(source: Source, on_error: str = "error", skipped: list[Skipped] | None = None,
+                  unique_ids: bool = True) -> Iterator[Example]:
+    """Parse a source; with on_error='skip', bad rows are recorded in `skipped` instead of raising.
+
+    A row without an id gets one from its content; the k-th copy of the same content in the source gets that
+    id + '-k', so that repeated rows (a policy's identical samples, a dataset's duplicates) stay rows with ids
+    of their own. With `unique_ids` (ids key a features file and its shards), a repeated explicit id is bad
+    input; without it (score, evaluate, which only echo ids), it is allowed."""
     name = source.name
     seen: set[str] = set()
+    copies: dict[str, int] = {}
     for lineno, obj in source.raw():
         where = f"{name}:{lineno}"
         try:
             ex = parse_row(obj, where)
-            if ex.id in seen:
+            if obj.get("id") is None:  # parse_row accepted it, so obj is a dict
+                k = copies[ex.id] = copies.get(ex.id, 0) + 1
+                if k > 1:
+                    ex.id = f"{ex.id}-{k}"
+            if unique_ids and ex.id in seen:
                 raise RowError(f"{where}: field 'id': duplicate id {ex.id!r}")
         except RowError as e:
             if on_error != "skip":

@@ -157,7 +157,7 @@ def iter_scored(model: ArmoModel, bb: Backbone, source: Source, cfg: ModelInputC
     batch_tokens, max_padding = batch_defaults(bb.device, bb.model)
     batch_tokens = cfg.batch_tokens or batch_tokens
     skipped: list[Skipped] = []
-    rows = tokenized(iter_examples(source, cfg.on_error, skipped), renderer, min(window, 256))
+    rows = tokenized(iter_examples(source, cfg.on_error, skipped, unique_ids=False), renderer, min(window, 256))
     scored = 0
     while True:
         trees, read = [], 0

@@ -202,6 +202,22 @@ def test_shards_merge_to_the_single_run(bb, tmp_path):
         merge_features([shards[0], shards[0]], tmp_path / "dup.safetensors")
 
 
+def test_copies_of_a_row_without_an_id_get_ids_of_their_own_across_shards_too(bb, tmp_path):
+    rows = [{k: v for k, v in r.items() if k != "id"} for r in pair_rows(5)]
+    inp = write_jsonl(tmp_path / "p.jsonl", rows + [rows[1], rows[3], rows[1]])
+    single = tmp_path / "single.st"
+    _extract(bb, inp, single, chunk_size=3)
+    f = Features.load(single)
+    assert f.ids[5:] == [f.ids[1] + "-2", f.ids[3] + "-2", f.ids[1] + "-3"] and len(set(f.ids)) == 8
+    x = f.tensors["response_features"]
+    assert torch.allclose(x[1], x[5], atol=1e-5) and torch.allclose(x[1], x[7], atol=1e-5)
+    shards = [tmp_path / f"s{i}.st" for i in range(2)]
+    for i, s in enumerate(shards):
+        _extract(bb, inp, s, chunk_size=3, num_shards=2, shard_index=i)
+    merge_features(shards, tmp_path / "merged.st")
+    assert Features.load(tmp_path / "merged.st").ids == f.ids
+
+
 def test_overflow_modes(bb, tmp_path):
     rows = pair_rows(6)
     rows[2]["prompt"] = " ".join(["hello world"] * 60)

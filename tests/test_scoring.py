@@ -70,6 +70,27 @@ def test_score_from_jsonl_matches_features_and_table_format(tiny_model, tiny_bac
     assert "|coef|" in t and "preferred" in t
 
 
+def test_repeated_rows_and_ids_are_scored_each_in_its_place(tiny_model, tmp_path):
+    """A policy's identical samples and a dump that keys samples by their prompt's id: score and evaluate
+    echo ids, so they take both (only extract, whose ids key a features file, refuses a repeated explicit id).
+    A copy of a row without an id is told apart by '-k'."""
+    from conftest import pair_rows, write_jsonl
+
+    d = tiny_model
+    plain = {"prompt": "say hi", "response": "hi there"}
+    rows = [plain, {"id": "p7", "prompt": "a", "response": "b"}, plain, {"id": "p7", "prompt": "a", "response": "c"}, plain]
+    out = [json.loads(x) for x in invoke("score", "-m", d / "model", write_jsonl(tmp_path / "s.jsonl", rows), "-q").stdout.splitlines()]
+    h = out[0]["id"]
+    assert [r["id"] for r in out] == [h, "p7", h + "-2", "p7", h + "-3"]
+    assert out[0]["score"] == out[2]["score"] == out[4]["score"] and out[1]["score"] != out[3]["score"]
+    pairs = [{k: v for k, v in r.items() if k != "id"} for r in pair_rows(3)]
+    r = invoke("evaluate", "-m", d / "model", write_jsonl(tmp_path / "p.jsonl", pairs + pairs[:1]), "-q",
+               "--pairs-output", tmp_path / "po.jsonl", "-o", tmp_path / "rep.json")
+    recs = [json.loads(x) for x in (tmp_path / "po.jsonl").read_text().splitlines()]
+    assert [x["id"] for x in recs][3] == recs[0]["id"] + "-2" and recs[3]["margin"] == recs[0]["margin"]
+    assert json.loads((tmp_path / "rep.json").read_text())["n"] == 4
+
+
 def test_the_table_stays_readable_at_80_columns():
     """Objective names stay whole and no line passes 80 columns, with the longest name the shipped model has."""
     from rich.console import Console
