@@ -39,6 +39,7 @@ N_BOOT = 1000
 POOLING_ARM = "the recipe on last-token features (full model)"
 POOLING_TEXT = {"last": "the response feature read at its last token", "mean": "the response feature the mean of its tokens' hidden states"}
 ROOT = Path(__file__).resolve().parent
+HAND = ROOT.parent / "examples" / "pairs.jsonl"
 
 
 def row_groups(work: Path, stem: str, feats: Features) -> list[str]:
@@ -134,7 +135,8 @@ def main() -> None:
     probe = json.loads((ROOT / "results" / "layer_probe.json").read_text())
     targets = check_targets(results)
     out = {"results": results, "gate_weights_by_group": gate_means, "best_single_objective": model.objectives[best_j],
-           "gate_selection": selection, "targets": targets}
+           "gate_selection": selection, "targets": targets,
+           "hand_written": hand_written({"full model": Path(args.model), POOLING_ARM: arms[POOLING_ARM][0]})}
     (Path(args.model) / "quality.json").write_text(json.dumps(out, indent=2) + "\n")
     write_card(Path(args.model), model, work, out, probe, args.produced_by)
     for set_name, rs in results.items():
@@ -173,6 +175,19 @@ def check_targets(results: dict) -> list[dict]:
         out.append({"target": f"{set_name}: longer response wins no more often than the labels say",
                     "pass": lb["longer_wins_model"] <= lb["longer_wins_labels"],
                     "measured": f"model {lb['longer_wins_model']:.3f}, labels {lb['longer_wins_labels']:.3f}"})
+    return out
+
+
+def hand_written(models: dict[str, Path]) -> dict:
+    """How often each model prefers the chosen side of the hand-written pairs of examples/pairs.jsonl (a correct,
+    specific answer against a vague, wrong or unsafe one), scored from the rows."""
+    from armo_cli.api import RewardModel
+
+    rows = [json.loads(line) for line in HAND.read_text().splitlines()]
+    out: dict = {"pairs": len(rows)}
+    for name, d in models.items():
+        if (d / "armo.json").exists():
+            out[name] = sum(r["preferred"] == "chosen" for r in RewardModel(d, overflow="truncate-prompt").score(rows))
     return out
 
 
@@ -220,6 +235,12 @@ def findings(q: dict, model: ArmoModel, blocked: list[str]) -> list[str]:
                        f"{rs['full model']['length_bias']['spearman_score_length']:+.3f}), last token "
                        f"{rs[POOLING_ARM]['accuracy']:.3f} (Spearman {rs[POOLING_ARM]['length_bias']['spearman_score_length']:+.3f})"
                        for k, rs in pooled) + ". The pooling is chosen on the RMB selection slice.")
+    hw = q.get("hand_written", {})
+    if "full model" in hw:
+        out.append(f"The hand-written pairs of `examples/pairs.jsonl` (a correct, specific answer against a vague, wrong or "
+                   f"unsafe one): the model prefers the chosen side in {hw['full model']} of {hw['pairs']}"
+                   + (f"; the recipe on last-token features in {hw[POOLING_ARM]}" if POOLING_ARM in hw else "")
+                   + ". Below half means it prefers the vague or wrong answer more often than not.")
     parts = [(k, rs["full model"]["length_bias_parts"]) for k, rs in q["results"].items() if "length_bias_parts" in rs["full model"]]
     if parts:
         out.append("Where the length bias sits (full model; Spearman of pair-mean score with pair-mean log length, and of the "
