@@ -2,8 +2,10 @@
 regression layer so that decorrelation, the gate, score, export and import need no special case.
 
 The head maximises the Bradley-Terry likelihood of chosen over rejected with an L2 penalty, written as
-scikit-learn's LogisticRegression on the symmetric pairs (D, 1), (-D, 0) with D = f(chosen) - f(rejected)
-and no intercept:  min_w  C * sum_2n logloss + ||w||^2 / 2  =  2C * sum_n softplus(-D.w) + ||w||^2 / 2.
+scikit-learn's LogisticRegression on the symmetric pairs (D, 1), (-D, 0) with D = (f(chosen) - f(rejected)) / s
+(s: each feature dimension's standard deviation over the training responses, see `feature_scale`) and no
+intercept:  min_w  C * sum_2n logloss + ||w||^2 / 2  =  2C * sum_n softplus(-D.w) + ||w||^2 / 2; the stored
+row is w / s.
 C is chosen from a half-decade grid by K-fold cross-validation grouped by prompt (the mean out-of-fold
 Bradley-Terry loss over every pair): on the default model's pairs a single 20% split chose 1e-4 or 1e-3
 depending on its seed; the 5-fold choice is steadier. The head is then refitted on every pair. Its utility
@@ -88,32 +90,46 @@ def _scaled(w: torch.Tensor, X: torch.Tensor) -> tuple[torch.Tensor, float, floa
     return (w / span).float(), -lo / span, lo, hi
 
 
+def feature_scale(X: torch.Tensor) -> torch.Tensor:
+    """Per-dimension standard deviation of the responses X [M,d] (1 where a dimension is constant, as
+    scikit-learn's StandardScaler). A head is fitted on x / scale, so that its L2 penalty weighs every
+    dimension alike: a middle layer's residual stream has a few dimensions ten times the others, which an
+    unscaled penalty all but leaves alone. The head is stored as w / scale, so `score` needs nothing new."""
+    sd = X.double().std(0)
+    return torch.where(sd > 1e-12, sd, torch.ones_like(sd))
+
+
 def fit_preference(R: torch.Tensor, groups: list[str], grid: list[float] | None = None, seed: int = 0,
                    folds: int = 5) -> PreferenceHead:
     """R [N,2,d] pair response features (chosen, rejected), `groups` their prompt keys."""
     grid = list(grid or DEFAULT_C)
+    d = R.shape[-1]
     D = (R[:, 0] - R[:, 1]).double()
     fold_of = grouped_folds(groups, folds, seed)
     fold = torch.tensor([fold_of[g] for g in groups])
+    # each fold head scales by its own training responses: nothing of the held-out fold reaches it
+    scales = [feature_scale(R[fold != k].reshape(-1, d)) for k in range(folds)]
     per_c, fold_heads = [], {}
     ws: list[torch.Tensor | None] = [None] * folds
     for C in sorted(grid):  # each fold's path warm-starts from its head at the previous C
-        ws = [fit_bt(D[fold != k], C, init=ws[k]) for k in range(folds)]
+        ws = [fit_bt(D[fold != k] / scales[k], C, init=ws[k]) for k in range(folds)]
         # every pair scored once, by the head fitted without its fold
-        u = torch.cat([D[fold == k] @ ws[k] for k in range(folds)])
+        u = torch.cat([D[fold == k] @ (ws[k] / scales[k]) for k in range(folds)])
         per_c.append({"C": C, "cv_loss": float(F.softplus(-u).mean()), "cv_accuracy": float((u > 0).double().mean())})
         fold_heads[C] = ws
     best = min(per_c, key=lambda m: m["cv_loss"])  # first (strongest penalty) on a tie
     C = best["C"]
-    X = R.reshape(-1, R.shape[-1])
-    w = fit_bt(D, C)
+    X = R.reshape(-1, d)
+    scale = feature_scale(X)
+    w = fit_bt(D / scale, C) / scale
     row, bias, lo, hi = _scaled(w, X)
     fold_rows, fold_bias = [], []
     for k, wk in enumerate(fold_heads[C]):
-        rk, bk, _, _ = _scaled(wk, R[fold != k].reshape(-1, R.shape[-1]))
+        rk, bk, _, _ = _scaled(wk / scales[k], R[fold != k].reshape(-1, d))
         fold_rows.append(rk)
         fold_bias.append(bk)
     metrics = {"grid": per_c, "C": C, "n_pairs": int(D.shape[0]), "selection": f"{folds}-fold cross-validation by prompt",
-               "train_accuracy": bt_accuracy(D, w), "val_accuracy": best["cv_accuracy"], "folds": folds}
+               "train_accuracy": bt_accuracy(D, w), "val_accuracy": best["cv_accuracy"], "folds": folds,
+               "feature_scale": "per-dimension standard deviation of the training responses (each fold head: its own)"}
     return PreferenceHead(row, bias, lo, hi, C, torch.stack(fold_rows), torch.tensor(fold_bias, dtype=torch.float32),
                           fold_of, metrics)

@@ -37,6 +37,21 @@ def test_the_head_recovers_the_utilitys_direction():
     assert float(r.min()) == pytest.approx(0.0, abs=1e-5) and float(r.max()) == pytest.approx(1.0, abs=1e-5)
 
 
+def test_the_head_does_not_depend_on_the_units_of_a_feature():
+    """A middle layer's residual stream has a few dimensions far larger than the rest. The head is fitted on
+    features in units of their standard deviation, so rescaling a dimension leaves its rewards and its
+    strength as they were (an unscaled L2 penalty would all but exempt the large dimension)."""
+    R, groups, _ = synthetic_pairs(n=300, d=8, seed=7)
+    big = R.clone()
+    big[..., 2] *= 100.0
+    a, b = fit_preference(R, groups, folds=3), fit_preference(big, groups, folds=3)
+    assert a.C == b.C
+    ra = R.reshape(-1, 8) @ a.weight + a.bias
+    rb = big.reshape(-1, 8) @ b.weight + b.bias
+    assert torch.allclose(ra, rb, atol=1e-5)
+    assert torch.allclose(b.weight[2] * 100.0, a.weight[2], rtol=1e-4)
+
+
 def test_the_strength_chosen_by_cross_validation_matches_scikit_learn_on_the_same_grid_and_folds():
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import log_loss
@@ -46,14 +61,16 @@ def test_the_strength_chosen_by_cross_validation_matches_scikit_learn_on_the_sam
     head = fit_preference(R, groups, grid=grid, folds=4, seed=1)
     D = (R[:, 0] - R[:, 1]).double().numpy()
     fold = np.array([head.fold_of[g] for g in groups])
+    # each fold's differences in units of its training responses' standard deviations (ddof 1, as torch)
+    sd = [R.double().numpy()[fold != k].reshape(-1, R.shape[-1]).std(0, ddof=1) for k in range(4)]
     theirs = []
     for C in grid:
         losses = []
         for k in range(4):
-            tr = D[fold != k]
+            tr = D[fold != k] / sd[k]
             sk = LogisticRegression(C=C, fit_intercept=False, tol=1e-10, max_iter=100_000)
             sk.fit(np.concatenate([tr, -tr]), np.concatenate([np.ones(len(tr)), np.zeros(len(tr))]))
-            p = sk.predict_proba(D[fold == k])[:, 1]  # P(chosen beats rejected)
+            p = sk.predict_proba(D[fold == k] / sd[k])[:, 1]  # P(chosen beats rejected)
             losses.append(log_loss(np.ones(len(p)), p, labels=[0, 1]) * len(p))
         theirs.append(sum(losses) / len(D))
     ours = [m["cv_loss"] for m in head.metrics["grid"]]
@@ -63,8 +80,8 @@ def test_the_strength_chosen_by_cross_validation_matches_scikit_learn_on_the_sam
     # the cross-fitting heads are the cross-validation heads at the chosen C
     k0 = fold != 0
     sk = LogisticRegression(C=head.C, fit_intercept=False, tol=1e-10, max_iter=100_000)
-    sk.fit(np.concatenate([D[k0], -D[k0]]), np.concatenate([np.ones(k0.sum()), np.zeros(k0.sum())]))
-    cos = torch.nn.functional.cosine_similarity(head.fold_weight[0].double(), torch.from_numpy(sk.coef_[0]), dim=0)
+    sk.fit(np.concatenate([D[k0], -D[k0]]) / sd[0], np.concatenate([np.ones(k0.sum()), np.zeros(k0.sum())]))
+    cos = torch.nn.functional.cosine_similarity(head.fold_weight[0].double(), torch.from_numpy(sk.coef_[0] / sd[0]), dim=0)
     assert cos > 0.9999, float(cos)
 
 
@@ -94,8 +111,9 @@ def test_cross_fitting_never_gives_a_pair_the_reward_of_a_head_that_saw_it(tmp_p
     fold = torch.tensor([p["fold_of"][g] for g in groups])
     for k in range(4):
         saw = fold != k
-        # the fold's head is exactly the head fitted without fold k's prompts ...
-        w = fit_bt(D[saw], p["C"])
+        # the fold's head is exactly the head fitted without fold k's prompts (on their own scale) ...
+        sd = R[saw].reshape(-1, R.shape[-1]).double().std(0)
+        w = fit_bt(D[saw] / sd, p["C"]) / sd
         u = R[saw].reshape(-1, R.shape[-1]).double() @ w
         row = (w / (u.max() - u.min())).float()
         assert torch.allclose(reg.fold_weight[k], row, atol=1e-5)
