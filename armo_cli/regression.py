@@ -267,7 +267,7 @@ def fit_regression(cfg: RegressionConfig) -> dict:
         preference = {"objective": name, "C": head.C, "folds": cfg.preference_folds, "fold_of": head.fold_of,
                       "pairs": [{"path": f.path, "input_hash": f.meta.input_hash, "rows": len(f.ids)} for f in pair_feats],
                       "selection": hm["selection"], "val_accuracy": hm["val_accuracy"],
-                      "train_accuracy": hm["train_accuracy"]}
+                      "train_accuracy": hm["train_accuracy"], "feature_scale": hm["feature_scale"]}
     solve_s = time.perf_counter() - t1
     report = {
         "kind": "regression", "armo_version": __version__, "objectives": objectives, "scales": scales,

@@ -447,7 +447,10 @@ def write_card(model_dir: Path, model: ArmoModel, work: Path, q: dict, probe: di
     if pref:
         L += ["", f"The `{pref['objective']}` objective's strength C is chosen by {pref['folds']}-fold cross-validation grouped "
               "by prompt, and the same folds cross-fit it: every pair the gate and the decorrelation learn from gets a reward "
-              "from a head that never saw it; the shipped head is fitted on all pairs."]
+              "from a head that never saw it; the shipped head is fitted on all pairs."
+              + (" It is fitted on the features in units of their standard deviation over the training responses (each "
+                 "fold head over its own), so that the L2 penalty weighs every dimension alike, and stored in the "
+                 "features' own units." if pref.get("feature_scale") else "")]
     L += ["", "## Decorrelation", "", f"Method {dec.get('method')}, against `{dec.get('verbosity')}`, "
           f"{dec.get('reference_rows')} reference responses (the training pairs).", "",
           "| objective | lambda | corr before | corr after |", "|---|---|---|---|"]
@@ -455,7 +458,8 @@ def write_card(model_dir: Path, model: ArmoModel, work: Path, q: dict, probe: di
         L.append(f"| {o} | {r['lambda']:.4f} | {r['before']:+.4f} | {r['after']:+.4f} |")
     c, t = gat["config"], gat["training"]
     blocked = gat.get("blocked_objectives") or []
-    L += ["", "## Gate", "", f"MLP {c['n_hidden']} x {c['hidden_dim']}, dropout {c['dropout']}, temperature {c['temperature']}; "
+    L += ["", "## Gate", "", (f"MLP {c['n_hidden']} x {c['hidden_dim']}, dropout {c['dropout']}" if c['n_hidden'] else
+                                    "linear (no hidden layer)") + f", temperature {c['temperature']}; "
           f"AdamW lr {t['lr']}, weight decay {t['weight_decay']}, batch {t['batch_size']}, at most {t['steps']} steps (ran "
           f"{t['steps_run']}, best at {t['best_step']}), seed {t['seed']}; {gat['pairs']['train']} train / {gat['pairs']['val']} "
           "validation pairs (early stopping)."]

@@ -105,6 +105,7 @@ def test_cross_fitting_never_gives_a_pair_the_reward_of_a_head_that_saw_it(tmp_p
     reg = Regression.load(tmp_path / "reg.st")
     p = reg.meta.preference
     assert reg.objectives[-1] == "pref" and p["folds"] == 4 and set(p["fold_of"]) == set(groups)
+    assert "standard deviation" in p["feature_scale"]  # the provenance says how the head was fitted
     j = reg.objectives.index("pref")
     oof = reg.rewards_out_of_fold(R, groups)[..., j]
     D = (R[:, 0] - R[:, 1]).double()
