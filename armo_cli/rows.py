@@ -229,6 +229,7 @@ def iter_examples(source: Source, on_error: str = "error", skipped: list[Skipped
                 reason = str(e)  # the record names the line already: keep the field and what is wrong
                 skipped.append(Skipped(lineno, None if rid is None else str(rid), reason.removeprefix(f"{where}: ")))
             continue
-        seen.add(ex.id)
+        if unique_ids:  # a streaming score of a long file keeps no set of its ids
+            seen.add(ex.id)
         ex.line = lineno
         yield ex
