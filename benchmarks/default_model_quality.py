@@ -500,7 +500,7 @@ def write_card(model_dir: Path, model: ArmoModel, work: Path, q: dict, probe: di
     done = studies(ROOT / "results")
     if done:
         L += ["## Studies toward the targets, not adopted", "",
-              "These studies ran on last-token features at the same layer (the default model before `--pooling mean`).",
+              "These studies ran on last-token features at the same layer (the default model before `--pooling mean`), with the preference head fitted on unscaled features (before its feature scale).",
               ""] + [f"- {x}" for x in done] + [""]
     L += ["## Targets (from the issue), as measured", "", "| target | measured | met |", "|---|---|---|"]
     for t in q["targets"]:
