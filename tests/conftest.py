@@ -315,8 +315,6 @@ def check_rows_score_as_features(built: Path, rows_file: Path, backbone: Path, n
 def check_export_round_trip(model: Path, features: Path, rows_file: Path, tmp_path: Path, n: int = 6) -> dict:
     """Export `model`, import it back, and check that the exported model (right and left padding), the
     imported model scoring rows, and armo scoring `features` agree within 1e-4. Returns the export config."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
     cli("export", "-m", model, tmp_path / "hf")
     cli("import", tmp_path / "hf", "-o", tmp_path / "back")
     rows = [json.loads(x) for x in rows_file.read_text().splitlines()][:n]
@@ -325,11 +323,18 @@ def check_export_round_trip(model: Path, features: Path, rows_file: Path, tmp_pa
                                        "--device", "cpu").stdout.splitlines()]
     expect = [r[s]["score"] for r in ours for s in ("chosen", "rejected")]
     assert [r[s]["score"] for r in back for s in ("chosen", "rejected")] == pytest.approx(expect, abs=1e-4)
-    hf = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "hf"), trust_remote_code=True,
-                                                            dtype=torch.float32).eval()
-    tok = AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    check_exported_scores(tmp_path / "hf", rows, expect)
+    return json.loads((tmp_path / "hf" / "config.json").read_text())
+
+
+def check_exported_scores(hf_dir: Path, rows: list[dict], expect: list[float]) -> None:
+    """The exported folder, loaded with transformers, scores each pair row's chosen and rejected conversations
+    as `expect` (within 1e-4), with right and with left padding."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    hf = AutoModelForSequenceClassification.from_pretrained(str(hf_dir), trust_remote_code=True, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(str(hf_dir))
     for side in ("right", "left"):
         ids, mask = pad_batch(tok, conversations(rows), side)
         with torch.no_grad():
             assert hf(input_ids=ids, attention_mask=mask).score.tolist() == pytest.approx(expect, abs=1e-4), side
-    return json.loads((tmp_path / "hf" / "config.json").read_text())

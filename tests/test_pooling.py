@@ -49,20 +49,10 @@ def test_features_from_before_pooling_existed_mean_the_last_token():
 def test_an_exported_model_scores_an_empty_response_as_armo_does(pooling, tiny_model, mean_model, tmp_path):
     """An empty response through the exported modeling code (its end-of-turn tokens: the last, or their mean),
     with left and right padding, beside a non-empty one."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from conftest import cli, conversations, pad_batch, write_jsonl
+    from conftest import check_exported_scores, cli, write_jsonl
 
     model = (tiny_model if pooling == "last" else mean_model) / "model"
     cli("export", "-m", model, tmp_path / "hf")
     rows = [{"prompt": "say hi", "chosen": "", "rejected": "hi there you"}]
     ours = json.loads(cli("score", "-m", model, write_jsonl(tmp_path / "r.jsonl", rows), "-q", "--device", "cpu").stdout)
-    expect = [ours["chosen"]["score"], ours["rejected"]["score"]]
-    hf = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "hf"), trust_remote_code=True,
-                                                            dtype=torch.float32).eval()
-    tok = AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
-    for side in ("right", "left"):
-        ids, mask = pad_batch(tok, conversations(rows), side)
-        with torch.no_grad():
-            assert hf(input_ids=ids, attention_mask=mask).score.tolist() == pytest.approx(expect, abs=1e-4), side
+    check_exported_scores(tmp_path / "hf", rows, [ours["chosen"]["score"], ours["rejected"]["score"]])
