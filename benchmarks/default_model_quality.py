@@ -254,6 +254,36 @@ def findings(q: dict, model: ArmoModel, blocked: list[str]) -> list[str]:
     return out
 
 
+def current_studies(results: Path) -> list[str]:
+    """Studies run on the shipped recipe's own features, written from their JSON."""
+    out = []
+    ft = results / "feature_transform_study.json"
+    if ft.exists():
+        r = json.loads(ft.read_text())
+        ridge = r["ridge"]
+        up = sum(v["scaled"] > v["raw"] for v in ridge.values())
+        arms = r["preference_arms"]
+        sel, ho = "RMB selection", "held-out"
+        best_ho = max(arms, key=lambda a: a["sets"][ho]["accuracy"])
+        rise = max(ridge.items(), key=lambda kv: kv[1]["scaled"] - kv[1]["raw"])
+        fall = min(ridge.items(), key=lambda kv: kv[1]["scaled"] - kv[1]["raw"])
+        text = (f"`benchmarks/feature_transform_study.py`: the rating ridge on features scaled per dimension raises the "
+                f"validation Pearson of {up} of {len(ridge)} rating objectives and lowers the rest (largest rise "
+                f"{rise[0]} {rise[1]['raw']:.3f} to {rise[1]['scaled']:.3f}, largest fall {fall[0]} {fall[1]['raw']:.3f} "
+                f"to {fall[1]['scaled']:.3f}), so it is not "
+                f"adopted. The preference head alone (before decorrelation) on other linear transforms of the features ("
+                + "; ".join(f"{a['arm']}: CV {a['cv_accuracy']:.3f}, held-out {a['sets'][ho]['accuracy']:.3f}, "
+                            f"selection {a['sets'][sel]['accuracy']:.3f}" for a in arms)
+                + f"): the rule keeps `{r['rule']}`; the best held-out accuracy of any arm is "
+                  f"{best_ho['sets'][ho]['accuracy']:.3f} ({best_ho['arm']}).")
+        if r["layer_bands"]:
+            text += (" The mean of a band of layers instead of one (`--layer-cache`: CV on the cache's own prompt folds, and selection): " + "; ".join(
+                f"layers {b['from_end'][0]} to {b['from_end'][1]}: {b['cv_accuracy']:.3f} / {b['selection_accuracy']:.3f}"
+                for b in r["layer_bands"]) + ".")
+        out.append(text)
+    return out
+
+
 def studies(results: Path) -> list[str]:
     """One line per study script whose results are in benchmarks/results (what was tried for the targets, and why
     it was not adopted), written from their JSON."""
@@ -497,10 +527,13 @@ def write_card(model_dir: Path, model: ArmoModel, work: Path, q: dict, probe: di
             L.append(f"| {name} | {v['n']} | {v['accuracy']:.3f} | " + " | ".join(f"{v['weights'][o]:.2f}" for o in short) + " |")
         L.append("")
     L += ["## Findings (computed from the tables above)", ""] + [f"- {x}" for x in findings(q, model, blocked)] + [""]
-    done = studies(ROOT / "results")
+    done, now = studies(ROOT / "results"), current_studies(ROOT / "results")
+    if done or now:
+        L += ["## Studies toward the targets, not adopted", ""]
+    if now:
+        L += ["On the shipped recipe's features (layer -18, mean pooling):", ""] + [f"- {x}" for x in now] + [""]
     if done:
-        L += ["## Studies toward the targets, not adopted", "",
-              "These studies ran on last-token features at the same layer (the default model before `--pooling mean`), with the preference head fitted on unscaled features (before its feature scale).",
+        L += ["These studies ran on last-token features at the same layer (the default model before `--pooling mean`), with the preference head fitted on unscaled features (before its feature scale).",
               ""] + [f"- {x}" for x in done] + [""]
     L += ["## Targets (from the issue), as measured", "", "| target | measured | met |", "|---|---|---|"]
     for t in q["targets"]:
