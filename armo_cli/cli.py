@@ -45,7 +45,7 @@ def _fail(msg: str, code: int) -> NoReturn:
 def _run(fn: Callable[[], T], resumable: bool = False) -> T:
     """armo's error contract (errors.py): bad input is one line and exit 2, the world's failures one line
     and exit 1, a bug a short request for a report and exit 3; Ctrl-C exits 130 and, for a job that can be
-    resumed (extract), says how."""
+    resumed (extract, score -o FILE), says how."""
     try:
         return fn()
     except typer.Exit:
@@ -53,7 +53,7 @@ def _run(fn: Callable[[], T], resumable: bool = False) -> T:
     except ArmoError as e:
         _fail(one_line(e), EXIT_BAD_INPUT)
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/yellow]" + (": finished chunks are kept; rerun with --resume" if resumable
+        console.print("[yellow]interrupted[/yellow]" + (": finished work is kept; rerun with --resume" if resumable
                                                         else ""), highlight=False)
         raise typer.Exit(EXIT_INTERRUPTED)
     except BrokenPipeError:
@@ -248,11 +248,14 @@ def score(**values):
     `coefficients`, `top_objectives`; for pairs `chosen`, `rejected`, `margin`, `preferred`.
 
     Example: `cat rows.jsonl | armo score -m my-model - | jq .score`
+
+    With `-o FILE`, rows are checked before any is scored, and scored windows are kept in `FILE.parts/` until
+    FILE is complete: after an interruption, the same command with `--resume` goes on where it stopped.
     """
     from .scoring import score as run
 
     cfg = _config(ScoreConfig, values)
-    _run(lambda: run(cfg))
+    _run(lambda: run(cfg), resumable=cfg.output != "-" and not cfg.features and cfg.format != "table")
 
 
 @app.command()
@@ -261,11 +264,14 @@ def evaluate(**values):
     """Accuracy per subset with 95% intervals, RewardBench sections, ties and length bias.
 
     Example: `armo evaluate -m my-model dev-eval.jsonl.gz -o report.json`
+
+    With a file output, rows are checked before any is scored, and scored pairs are kept beside the first output
+    (`report.json.parts/`) until every output is written: after an interruption, add `--resume`.
     """
-    from .scoring import evaluate as run
+    from .scoring import progress_anchor, evaluate as run
 
     cfg = _config(EvaluateConfig, values)
-    _run(lambda: run(cfg))
+    _run(lambda: run(cfg), resumable=progress_anchor(cfg) is not None and not cfg.features)
 
 
 @app.command()

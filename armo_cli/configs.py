@@ -158,6 +158,8 @@ class ScoreConfig(ModelInputConfig):
     output: str = opt("-", "Where to write the scores ('-': stdout).")
     format: str | None = opt(None, "jsonl | table (default: table on a terminal, else jsonl).", choices=("jsonl", "table"))
     top_k: int = opt(3, "Objectives listed in top_objectives.", min=1)
+    resume: bool = opt(False, "With -o FILE: keep the rows an interrupted run (same model, settings and input) "
+                              "already scored.")
 
 
 @dataclass
@@ -168,6 +170,8 @@ class EvaluateConfig(ModelInputConfig):
     html: str | None = opt(None, "Also write a self-contained HTML report (needs the report extra: matplotlib).")
     bootstrap: int = opt(1000, "Bootstrap resamples for the 95% intervals.", min=1)
     seed: int = opt(0, "Seed of the bootstrap.")
+    resume: bool = opt(False, "With a file output: keep the pairs an interrupted run (same model, settings and "
+                              "input) already scored.")
 
 
 @dataclass

@@ -25,7 +25,7 @@ from .io import (check_input_file, check_output_file, load_artifact, output_lock
 from .options import validate
 from .provenance import FeatureMeaning
 from .rendering import Renderer, Tree, length_limit, sized_tree, tokenized
-from .rows import Example, Skipped, Source, iter_examples
+from .rows import DisplaySource, Example, Skipped, Source, iter_examples
 
 
 @dataclass
@@ -129,7 +129,7 @@ def extract(cfg: ExtractConfig, backbone: Backbone | None = None,
         spooled = None
         if cfg.input == "-":
             spooled = spool_stdin()  # read twice: validation pass, then compute
-            source = _DisplaySource(Source(path=str(spooled)), "<stdin>")
+            source = DisplaySource(Source(path=str(spooled)), "<stdin>")
         else:
             source = Source(path=cfg.input, dataset=cfg.dataset, split=cfg.split)
         try:
@@ -293,18 +293,6 @@ def _compute_chunks(cfg: ExtractConfig, source: Source, backbone: Backbone, rend
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
     return files, report
-
-
-class _DisplaySource(Source):
-    """A source whose errors name the file the user gave (e.g. <stdin> for a spooled copy)."""
-
-    def __init__(self, inner: Source, display: str):
-        super().__init__(inner.path, inner.dataset, inner.split)
-        self._display = display
-
-    @property
-    def name(self) -> str:
-        return self._display
 
 
 def _join(files: list[Path], keys: list[str], out: Path, meta: dict, report: ExtractReport) -> None:

@@ -110,7 +110,9 @@ def figure_data(report: dict, records: list[dict]) -> dict:
                "gate_rule": info.get("gate_rule"), "objectives": objectives, "input": report.get("input"),
                "n": report.get("n", len(records)), "ties": ties, "score": report.get("score"),
                "score_kind": report.get("score_kind"), "sections": report.get("sections") or {},
-               "accuracy_all": report.get("accuracy_all"), "weights": report.get("weights"), "objective": report.get("objective")}
+               "accuracy_all": report.get("accuracy_all"), "weights": report.get("weights"), "objective": report.get("objective"),
+               # reports from before these lists existed say nothing: None, shown as "not recorded"
+               "skipped": report.get("skipped"), "truncated": report.get("truncated")}
     return {"summary": summary, "accuracy": accuracy, "gate_weights": gate, "coefficients": coef,
             "single_objective_accuracy": single_acc, "verbosity_objective": verbosity,
             "length": {"points": points, "spearman_score_length": lb.get("spearman_score_length"),
@@ -142,6 +144,14 @@ def _svg(fig) -> str:
     s = buf.getvalue()
     s = re.sub(r"<metadata>.*?</metadata>", "", s, flags=re.S)  # RDF boilerplate
     return s[s.find("<svg"):]  # drop the XML prolog and DOCTYPE (whose URL would be an external reference)
+
+
+def _count(rows: list | None) -> str:
+    """How many rows a list names, and the first few ids; None (an older report) is not zero."""
+    if rows is None:
+        return "not recorded"
+    ids = [(r.get("id") or f"line {r.get('line')}") if isinstance(r, dict) else r for r in rows]
+    return f"{len(ids)}" + (f": {', '.join(map(str, ids[:5]))}" + (" ..." if len(ids) > 5 else "") if ids else "")
 
 
 def _fmt(v, digits: int = 3) -> str:
@@ -238,6 +248,8 @@ def render_report(report: dict, records: list[dict]) -> str:
     rows = [["model", s["model"]], ["backbone", s["backbone"]], ["feature layer", s["layer"]],
             ["response feature", "mean of its tokens" if s["pooling"] == "mean" else "its last token"], ["gate rule", s["gate_rule"]],
             ["objectives", ", ".join(objs)], ["data", s["input"]], ["pairs", s["n"]],
+            ["rows skipped (--on-error, --overflow skip)", _count(s["skipped"])],
+            ["prompts truncated to fit (--overflow truncate-prompt)", _count(s["truncated"])],
             ["ties count as", "a loss" if s["ties"] == "loss" else "half a win"],
             ["accuracy, all pairs", s["accuracy_all"]], [f"score ({s['score_kind']})", s["score"]]]
     rows += [[f"RewardBench section: {k}", v] for k, v in s["sections"].items()]

@@ -193,6 +193,18 @@ class Source:
             yield from iter_jsonl(self.path, self.name)
 
 
+class DisplaySource(Source):
+    """A source whose errors name the file the user gave (e.g. <stdin> for a spooled copy)."""
+
+    def __init__(self, inner: Source, display: str):
+        super().__init__(inner.path, inner.dataset, inner.split)
+        self._display = display
+
+    @property
+    def name(self) -> str:
+        return self._display
+
+
 @dataclass
 class Skipped:
     line: int

@@ -3,20 +3,23 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import sys
-from dataclasses import dataclass
-from typing import Iterable, Iterator, TextIO
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, TextIO
 
 import torch
 from rich.table import Table
 
+from . import __version__
 from .backbones import Backbone, load_backbone
-from .console import show, table, warn
+from .console import info, show, table, warn
 from .features import Features
 from .forward import batch_defaults, canonical_layer, check_finite_features, encode_trees
 from .rendering import Renderer, Tree, length_limit, sized_tree, tokenized
 from .errors import ArmoError
-from .io import atomic_path, check_input_file, check_output_file, dumps, write_texts_atomic
+from .io import (atomic_path, check_input_file, check_output_file, dumps, output_lock, sha256_file, sha256_json,
+                 spool_stdin, write_texts_atomic)
 from .model import ArmoModel
 from .configs import TIES, EvaluateConfig, ModelInputConfig, ScoreConfig
 from . import specs
@@ -24,7 +27,8 @@ from .options import check_value, validate
 from .provenance import FeatureMeaning, require_compatible
 from .regression import unscale
 from .rewardbench import section_scores
-from .rows import Skipped, Source, iter_examples
+from .progress import WindowProgress, discard_progress
+from .rows import DisplaySource, Skipped, Source, iter_examples
 from .stats import bootstrap_ci, spearman
 
 
@@ -146,19 +150,32 @@ class Scored:
 WINDOW_ROWS = 256  # rows read, scored and written at a time: memory holds one window, output starts early
 
 
-def iter_scored(model: ArmoModel, bb: Backbone, source: Source, cfg: ModelInputConfig,
-                weights: torch.Tensor | None = None, window: int = WINDOW_ROWS) -> Iterator[list[Scored]]:
-    """Score rows straight from the batched forward pass, a window at a time (no features file): each
-    window is tokenised, length-checked, batched by length (order restored) and explained. Yields, per
-    window, one group for the single responses and one for the pairs that it holds."""
+@dataclass
+class RowNotes:
+    """What `--on-error skip` and the length policy did to a source's rows (extract's report has the same two
+    lists): listed on stderr, and in evaluate's report."""
+
+    skipped: list[Skipped] = field(default_factory=list)
+    truncated: list[tuple[int, str]] = field(default_factory=list)  # (line, id): the prompt was cut to fit
+
+    def to_json(self) -> dict:
+        return {"skipped": [vars(s) for s in sorted(self.skipped, key=lambda s: s.line)],
+                "truncated": [i for _, i in self.truncated]}
+
+
+def iter_windows(model: ArmoModel, bb: Backbone, source: Source, cfg: ModelInputConfig, window: int | None = None,
+                 report: bool = True, notes: RowNotes | None = None) -> Iterator[list[Tree]]:
+    """The rows of a source, tokenised and length-checked, a window at a time (a window whose rows were all
+    skipped is an empty list). Skipped and prompt-truncated rows are listed at the end (and kept in `notes`);
+    a source with no usable row is an error."""
+    window = window or WINDOW_ROWS
+    notes = notes if notes is not None else RowNotes()
     renderer = Renderer(bb.tokenizer, model.gate_rule)
     check_backbone(model, bb, renderer)
     limit, limit_name = length_limit(cfg.max_length, bb.model.config)
-    batch_tokens, max_padding = batch_defaults(bb.device, bb.model)
-    batch_tokens = cfg.batch_tokens or batch_tokens
-    skipped: list[Skipped] = []
+    skipped = notes.skipped
     rows = tokenized(iter_examples(source, cfg.on_error, skipped, unique_ids=False), renderer, min(window, 256))
-    scored = 0
+    usable = 0
     while True:
         trees, read = [], 0
         for index, ex, tree in itertools.islice(rows, window):  # each row as it comes: errors in file order
@@ -166,16 +183,36 @@ def iter_scored(model: ArmoModel, bb: Backbone, source: Source, cfg: ModelInputC
             t = sized_tree(renderer, ex, index, f"{source.name}:{ex.line}", limit, limit_name, cfg.overflow, skipped, tree)
             if t is not None:
                 trees.append(t)
+                if t.truncated:
+                    notes.truncated.append((ex.line, ex.id))
         if not read:
             break
+        usable += len(trees)
+        yield trees
+    if report:
+        for sk in sorted(skipped, key=lambda sk: sk.line):
+            warn(f"skipped line {sk.line} ({sk.id}): {sk.reason}")
+        if notes.truncated:
+            lines = [str(line) for line, _ in notes.truncated]
+            warn(f"truncated the prompt of {len(lines)} row{'s' * (len(lines) > 1)} to fit {limit_name} {limit} "
+                 f"(--overflow truncate-prompt): line{'s' * (len(lines) > 1)} {', '.join(lines[:10])}"
+                 + (f" and {len(lines) - 10} more" if len(lines) > 10 else ""))
+    if not usable:
+        raise ArmoError(f"{source.name}: no usable rows")
+
+
+def iter_scored(model: ArmoModel, bb: Backbone, source: Source, cfg: ModelInputConfig,
+                weights: torch.Tensor | None = None, window: int | None = None,
+                notes: RowNotes | None = None) -> Iterator[list[Scored]]:
+    """Score rows straight from the batched forward pass, a window at a time (no features file): each
+    window is tokenised, length-checked, batched by length (order restored) and explained. Yields, per
+    window, one group for the single responses and one for the pairs that it holds."""
+    batch_tokens, max_padding = batch_defaults(bb.device, bb.model)
+    batch_tokens = cfg.batch_tokens or batch_tokens
+    for trees in iter_windows(model, bb, source, cfg, window, notes=notes):
         groups = score_trees(model, bb, trees, weights, batch_tokens, max_padding, source.name)
-        scored += len(trees)
         if groups:
             yield groups
-    for sk in sorted(skipped, key=lambda sk: sk.line):
-        warn(f"skipped line {sk.line} ({sk.id}): {sk.reason}")
-    if not scored:
-        raise ArmoError(f"{source.name}: no usable rows")
 
 
 def score_trees(model: ArmoModel, bb: Backbone, trees: list[Tree], weights: torch.Tensor | None, batch_tokens: int,
@@ -247,9 +284,18 @@ def score(cfg: ScoreConfig, model: ArmoModel | None = None, backbone: Backbone |
     """Run `armo score`; returns the number of rows written. `model` and `backbone` may be given loaded.
 
     Rows stream: each window of rows is written as soon as it is scored (stdout is flushed), so memory stays
-    flat and the first results appear before the last rows are read. A file output (-o FILE) appears only
-    when complete; on stdout, the rows before a bad one have already been written when the error stops it."""
+    flat and the first results appear before the last rows are read; on stdout, the rows before a bad one
+    have already been written when the error stops it. A JSONL file output (-o FILE) is a resumable job:
+    see `_score_to_file`."""
     check_inputs(cfg, {"--output": cfg.output})
+    fmt = cfg.format or ("table" if cfg.output == "-" and sys.stdout.isatty() else "jsonl")
+    if cfg.resume:
+        if cfg.output == "-":
+            raise ArmoError("--resume needs --output FILE: the rows already scored are kept beside it")
+        if cfg.features:
+            raise ArmoError("--resume: scoring --features is one quick step, with nothing to resume")
+        if fmt == "table":
+            raise ArmoError("--resume writes JSONL: drop --format table")
     model = model or ArmoModel.load(cfg.model)
     w = _weights(cfg.weights, cfg.objective, model.objectives)
     model = steered(model, cfg.objective)
@@ -258,10 +304,11 @@ def score(cfg: ScoreConfig, model: ArmoModel | None = None, backbone: Backbone |
         windows: Iterable[list[dict]] = [list(score_records(model, feats, w, cfg.top_k))]
     else:
         bb = backbone or load_backbone(cfg.backbone or model.backbone["name"], cfg.device, cfg.dtype, fast=True)
+        if cfg.output != "-" and fmt == "jsonl":
+            return _score_to_file(cfg, model, bb, w)
         source = Source(path=cfg.input)
         windows = (window_records(model, groups, cfg.top_k) for groups in iter_scored(model, bb, source, cfg, w))
     n = 0
-    fmt = cfg.format or ("table" if cfg.output == "-" and sys.stdout.isatty() else "jsonl")
     with _text_output(cfg.output) as fh:
         if fmt == "table":
             from rich.console import Console
@@ -279,6 +326,69 @@ def score(cfg: ScoreConfig, model: ArmoModel | None = None, backbone: Backbone |
                 fh.flush()
                 n += len(recs)
     return n
+
+
+def _score_to_file(cfg: ScoreConfig, model: ArmoModel, bb: Backbone, weights: torch.Tensor | None) -> int:
+    """`score -o FILE` as a resumable job (`windows_job`): FILE appears, whole, at the end."""
+    with job_source(cfg, cfg.output) as source:
+        progress = windows_job(cfg, model, bb, source, weights, cfg.output, {"records": "score", "top_k": cfg.top_k},
+                               lambda groups: window_records(model, groups, cfg.top_k))
+        progress.publish()
+        return progress.rows
+
+
+@contextlib.contextmanager
+def job_source(cfg: ModelInputConfig, anchor: str) -> Iterator[Source]:
+    """The input of a resumable job, readable twice (stdin is spooled), with its output locked for the run."""
+    with output_lock(anchor):
+        spooled = spool_stdin() if cfg.input == "-" else None
+        try:
+            yield DisplaySource(Source(path=str(spooled)), "<stdin>") if spooled else Source(path=cfg.input)
+        finally:
+            if spooled is not None:
+                spooled.unlink(missing_ok=True)
+
+
+def windows_job(cfg: ModelInputConfig, model: ArmoModel, bb: Backbone, source: Source, weights: torch.Tensor | None,
+                anchor: str, settings: dict, records: Callable[[list[Scored]], list[dict]],
+                check: Callable[[Tree], None] | None = None, notes: RowNotes | None = None) -> WindowProgress:
+    """Score a source window by window into ANCHOR.parts/ and return the completed progress (every window's
+    records, in input order, in its data file). Every row is read and checked first (`check` too), so a bad
+    row stops the job before any forward pass, leaving nothing behind. Each finished window is kept, keyed by
+    the model, the settings and the window's token ids, and `--resume` reuses the windows that still match."""
+    for trees in iter_windows(model, bb, source, cfg, report=False):
+        for t in trees:
+            if check:
+                check(t)
+    job = sha256_json({"model": model_key(model), "weights": None if weights is None else weights.tolist(),
+                       "objective": cfg.objective, "max_length": cfg.max_length, "overflow": cfg.overflow,
+                       "on_error": cfg.on_error, "backbone": bb.fingerprint, "dtype": str(bb.dtype),
+                       "armo_version": __version__, **settings})
+    progress = WindowProgress(anchor, job, cfg.resume)
+    batch_tokens, max_padding = batch_defaults(bb.device, bb.model)
+    try:
+        for trees in iter_windows(model, bb, source, cfg, notes=notes):
+            progress.rows += len(trees)
+            key = sha256_json([job, [[t.index, t.example.id, t.example.subset, t.gate, t.truncated, t.prompt, t.conts]
+                                     for t in trees]])
+            if progress.done(key):
+                continue
+            groups = score_trees(model, bb, trees, weights, cfg.batch_tokens or batch_tokens, max_padding, source.name)
+            for g in groups:
+                check_finite_scores(g.explained["score"], [t.example.id for t in g.trees])
+            progress.add(key, "".join(dumps(r) + "\n" for r in records(groups)))
+        progress.complete()
+    except BaseException:
+        progress.abandon()
+        raise
+    if progress.reused:
+        info(f"--resume: {progress.reused} of {progress.pos} windows were already scored", cfg.quiet)
+    return progress
+
+
+def model_key(model: ArmoModel) -> str:
+    """The model's parts, by content: what a resumed job must still be scoring with."""
+    return sha256_json({part: sha256_file(model.path / name) for part, name in sorted(model.manifest.parts.items())})
 
 
 @contextlib.contextmanager
@@ -378,9 +488,50 @@ def evaluate_scores(scores: torch.Tensor, subsets: list[str], lengths: torch.Ten
     }
 
 
+def progress_anchor(cfg: EvaluateConfig) -> str | None:
+    """The file output beside which evaluate keeps its progress (its first)."""
+    return next((p for p in (cfg.output, cfg.pairs_output, cfg.html) if p and p != "-"), None)
+
+
+def _evaluate_rows(cfg: EvaluateConfig, model: ArmoModel, bb: Backbone, weights: torch.Tensor | None) -> tuple[list[dict], dict]:
+    """The pair records of an input's rows, in input order, and what was skipped or truncated. With a file output,
+    a resumable job (`windows_job`, progress beside the first output, kept until every output is written)."""
+    notes = RowNotes()
+
+    def check(t: Tree, name: str) -> None:
+        if len(t.conts) != 2:
+            raise ArmoError(f"{name}:{t.example.line}: evaluate needs pairs (rows with 'chosen' and 'rejected')")
+
+    def window_pairs(groups: list[Scored], name: str) -> list[dict]:
+        out = []
+        for g in groups:
+            for t in g.trees:
+                check(t, name)
+            out += pair_records(model, [t.example.id for t in g.trees], [t.example.subset or "all" for t in g.trees],
+                                g.explained, torch.tensor([[len(c) for c in t.conts] for t in g.trees]))
+        return out  # pairs only: one group per window, in input order
+
+    anchor = progress_anchor(cfg)
+    if anchor is None:
+        source = Source(path=cfg.input)
+        records = [r for groups in iter_scored(model, bb, source, cfg, weights, notes=notes)
+                   for r in window_pairs(groups, source.name)]
+        return records, notes.to_json()
+    with job_source(cfg, anchor) as source:
+        progress = windows_job(cfg, model, bb, source, weights, anchor, {"records": "evaluate pairs"},
+                               lambda groups: window_pairs(groups, source.name), lambda t: check(t, source.name), notes)
+        return [json.loads(line) for line in progress.text().splitlines()], notes.to_json()
+
+
 def evaluate(cfg: EvaluateConfig) -> dict:
     """Run `armo evaluate` and return its report."""
     check_inputs(cfg, {"--output": cfg.output, "--pairs-output": cfg.pairs_output, "--html": cfg.html})
+    if cfg.resume:
+        if progress_anchor(cfg) is None:
+            raise ArmoError("--resume needs a file output (-o, --pairs-output or --html): the pairs already scored "
+                            "are kept beside it")
+        if cfg.features:
+            raise ArmoError("--resume: evaluating --features is one quick step, with nothing to resume")
     if cfg.html:
         from .report import check_available
 
@@ -395,29 +546,23 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         ex = model.explain(feats.tensors["prompt_features"], feats.tensors["response_features"], w)
         ids, lengths = feats.ids, feats.tensors["response_lengths"]
         subsets = feats.meta.subsets or [None] * len(ids)
+        rows_report = {k: feats.meta.report.get(k, []) for k in ("skipped", "truncated")}  # extract's, at extraction
     else:
         bb = load_backbone(cfg.backbone or model.backbone["name"], cfg.device, cfg.dtype, fast=True)
-        source = Source(path=cfg.input)
-        rows: list[tuple[int, Tree, torch.Tensor]] = []
-        for groups in iter_scored(model, bb, source, cfg, w):
-            for g in groups:
-                if not g.pair:
-                    raise ArmoError(f"{source.name}:{g.trees[0].example.line}: evaluate needs pairs "
-                                    f"(rows with 'chosen' and 'rejected')")
-                rows += [(t.index, t, {k: v[i] for k, v in g.explained.items()}) for i, t in enumerate(g.trees)]
-        rows.sort(key=lambda r: r[0])
-        ids = [t.example.id for _, t, _ in rows]
-        subsets = [t.example.subset for _, t, _ in rows]
-        ex = {k: torch.stack([e[k] for _, _, e in rows]) for k in rows[0][2]} if rows else {}
-        lengths = torch.tensor([[len(c) for c in t.conts] for _, t, _ in rows])
+        records, rows_report = _evaluate_rows(cfg, model, bb, w)
+        ids, subsets = [r["id"] for r in records], [r["subset"] for r in records]
+        # the records hold each float32 score exactly: the same margins as the tensors they came from
+        ex = {"score": torch.tensor([[r["chosen"], r["rejected"]] for r in records], dtype=torch.float32)}
+        lengths = torch.tensor([[r["chosen_length"], r["rejected_length"]] for r in records])
     scores = ex["score"]
     check_finite_scores(scores, ids)
     subsets = [s if s is not None else "all" for s in subsets]
     report = evaluate_scores(scores, subsets, lengths, cfg.ties, cfg.bootstrap, cfg.seed)
     report = {"model": str(model.path), "model_info": model_info(model), "input": cfg.features or source_name(cfg.input),
-              "weights": cfg.weights, "objective": cfg.objective, **report}
+              "weights": cfg.weights, "objective": cfg.objective, **report, **rows_report}
     texts: dict[str, str] = {}
-    records = pair_records(model, ids, subsets, ex, lengths) if (cfg.pairs_output or cfg.html) else []
+    if cfg.features:
+        records = pair_records(model, ids, subsets, ex, lengths) if (cfg.pairs_output or cfg.html) else []
     if cfg.pairs_output:
         texts[cfg.pairs_output] = "".join(dumps(r) + "\n" for r in records)
     if cfg.output:
@@ -427,6 +572,8 @@ def evaluate(cfg: EvaluateConfig) -> dict:
 
         texts[cfg.html] = render_report(report, records)
     write_texts_atomic(texts)  # the report and the per-pair file succeed or fail together
+    if texts and not cfg.features:
+        discard_progress(progress_anchor(cfg))  # every output is written: the job's progress has served
     rows = [[k, v["n"], v["accuracy"], f"[{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]", v["ties"]] for k, v in report["subsets"].items()]
     show(table(f"evaluate: {report['n']} pairs, ties counted as {cfg.ties}", ["subset", "n", "accuracy", "95% CI", "ties"], rows), cfg.quiet)
     if report["sections"]:
@@ -439,5 +586,6 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         ["Spearman(score, length)", lb["spearman_score_length"]],
         ["longer response wins (model)", lb["longer_wins_model"]],
         ["longer response wins (labels)", lb["longer_wins_labels"]],
+        ["rows skipped / prompts truncated", f"{len(report['skipped'])} / {len(report['truncated'])}"],
     ]), cfg.quiet)
     return report

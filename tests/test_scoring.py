@@ -333,3 +333,42 @@ def test_identical_responses_score_a_tie_that_evaluate_counts(tiny_model, tiny_b
     rep = tmp_path / "rep.json"
     invoke("evaluate", rows, *b, "-o", rep, "--ties", "half")
     assert json.loads(rep.read_text())["ties"] == {"rule": "half", "count": 1}
+
+
+def test_evaluate_names_the_rows_it_skipped_and_the_prompts_it_truncated(tiny_model, tiny_backbone, tmp_path):
+    """--on-error skip and --overflow truncate-prompt change what is measured: evaluate says which rows, on stderr, in
+    its summary, in report.json and in the HTML report (not only in a count of pairs)."""
+    from conftest import armo
+
+    lines = (tiny_model / "p.jsonl").read_text().splitlines()[:12]
+    rows = [json.loads(x) for x in lines]
+    rows[3]["prompt"] = "long " * 400 + "and then the question"  # over --max-length: its prompt is cut
+    text = [json.dumps(r) for r in rows]
+    text[7] = '{"prompt": "hi", "chosen": "a"}'  # no 'rejected': skipped
+    inp = tmp_path / "p.jsonl"
+    inp.write_text("\n".join(text) + "\n")
+    out = tmp_path / "rep.json"
+    r = armo("evaluate", "-m", str(tiny_model / "model"), str(inp), "--backbone", str(tiny_backbone), "--device", "cpu",
+             "--max-length", "256", "--overflow", "truncate-prompt", "--on-error", "skip", "-o", str(out),
+             "--pairs-output", str(tmp_path / "pairs.jsonl"))
+    assert r.code == 0, r.stderr
+    rep = json.loads(out.read_text())
+    assert rep["n"] == 11 and rep["truncated"] == [rows[3]["id"]]
+    assert [(s["line"], s["id"]) for s in rep["skipped"]] == [(8, None)] and "rejected" in rep["skipped"][0]["reason"]
+    assert ("truncated the prompt of 1 row to fit --max-length 256 (--overflow truncate-prompt): line 4"
+            in r.stderr.replace("\n", " "))
+    assert "skipped line 8" in r.stderr and "1 / 1" in r.stderr
+    # the same rows from their features: extract's lists, carried into the report
+    st = tmp_path / "p.st"
+    assert armo("extract", str(inp), "-o", str(st), "--backbone", str(tiny_backbone), "--device", "cpu", "--max-length",
+                "256", "--overflow", "truncate-prompt", "--on-error", "skip", "-q").code == 0
+    out2 = tmp_path / "rep2.json"
+    assert armo("evaluate", "-m", str(tiny_model / "model"), "--features", str(st), "-o", str(out2), "-q").code == 0
+    rep2 = json.loads(out2.read_text())
+    assert rep2["truncated"] == rep["truncated"] and rep2["skipped"] == rep["skipped"]
+    pytest.importorskip("matplotlib")
+    html = tmp_path / "r.html"
+    assert armo("report", str(out), "--pairs", str(tmp_path / "pairs.jsonl"), "-o", str(html)).code == 0
+    page = html.read_text()
+    assert f"<th>prompts truncated to fit (--overflow truncate-prompt)</th><td>1: {rows[3]['id']}</td>" in page
+    assert "<th>rows skipped (--on-error, --overflow skip)</th><td>1: line 8</td>" in page

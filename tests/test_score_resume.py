@@ -1,0 +1,230 @@
+"""`armo score -o FILE` is a resumable job: rows are checked before any is scored, finished windows are kept in
+FILE.parts/, and `--resume` reuses exactly the windows that still match (model, settings, rows)."""
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+import armo_cli.scoring as scoring
+from armo_cli.cli import app
+from conftest import write_jsonl
+
+runner = CliRunner()
+WINDOW = 16
+
+
+@pytest.fixture
+def rows(tiny_model, tmp_path, monkeypatch):
+    """100 rows (single responses and pairs, mixed) in 7 windows of 16, and a counter of scored windows."""
+    monkeypatch.setattr(scoring, "WINDOW_ROWS", WINDOW)
+    r = [json.loads(x) for x in (tiny_model / "r.jsonl").read_text().splitlines()]
+    p = [json.loads(x) for x in (tiny_model / "p.jsonl").read_text().splitlines()]
+    mixed = [x for pair in zip(r[:50], p[:50]) for x in pair]
+    calls = []
+    real = scoring.score_trees
+
+    def counted(model, bb, trees, *a, **k):
+        calls.append([t.example.id for t in trees])
+        return real(model, bb, trees, *a, **k)
+
+    monkeypatch.setattr(scoring, "score_trees", counted)
+    return {"rows": mixed, "input": write_jsonl(tmp_path / "in.jsonl", mixed), "calls": calls}
+
+
+def score(tiny_model, tiny_backbone, inp, *args):
+    return runner.invoke(app, ["score", "-m", str(tiny_model / "model"), str(inp), "--backbone", str(tiny_backbone),
+                               "--device", "cpu", "-q", *map(str, args)])
+
+
+def interrupt_after(monkeypatch, n):
+    """Ctrl-C while the (n+1)-th window is being scored."""
+    real = scoring.score_trees
+    seen = []
+
+    def stop(*a, **k):
+        seen.append(1)
+        if len(seen) > n:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(scoring, "score_trees", stop)
+
+
+def test_an_interrupted_score_resumes_to_the_same_file_scoring_only_what_was_left(tiny_model, tiny_backbone, rows,
+                                                                                tmp_path, monkeypatch):
+    plain = score(tiny_model, tiny_backbone, rows["input"])  # stdout: the reference
+    assert plain.exit_code == 0, plain.output
+    n_windows = len(rows["calls"])
+    assert n_windows == 7  # 100 rows, 16 per window
+    out = tmp_path / "scores.jsonl"
+    counted = scoring.score_trees
+    interrupt_after(monkeypatch, 3)
+    r = score(tiny_model, tiny_backbone, rows["input"], "-o", out)
+    assert r.exit_code == 130 and "rerun with --resume" in r.output
+    assert not out.exists()  # the output appears only whole
+    parts = tmp_path / "scores.jsonl.parts"
+    index = (parts / "index.jsonl").read_text().splitlines()
+    assert len(index) == 1 + 3  # the job, then the 3 finished windows
+    monkeypatch.setattr(scoring, "score_trees", counted)
+    rows["calls"].clear()
+    r = score(tiny_model, tiny_backbone, rows["input"], "-o", out, "--resume")
+    assert r.exit_code == 0, r.output
+    # windows 4 to 7 only, and the file equals an uninterrupted run's output, byte for byte
+    assert [c[0] for c in rows["calls"]] == [rows["rows"][i * WINDOW]["id"] for i in range(3, 7)]
+    assert out.read_text() == plain.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "scores.jsonl"]  # no parts, no lock
+
+
+def test_without_resume_earlier_progress_is_discarded(tiny_model, tiny_backbone, rows, tmp_path, monkeypatch):
+    out = tmp_path / "scores.jsonl"
+    counted = scoring.score_trees
+    interrupt_after(monkeypatch, 2)
+    assert score(tiny_model, tiny_backbone, rows["input"], "-o", out).exit_code == 130
+    monkeypatch.setattr(scoring, "score_trees", counted)
+    rows["calls"].clear()
+    r = score(tiny_model, tiny_backbone, rows["input"], "-o", out)
+    assert r.exit_code == 0, r.output
+    assert len(rows["calls"]) == 7 and len(out.read_text().splitlines()) == 100
+    assert not (tmp_path / "scores.jsonl.parts").exists()
+
+
+def test_resume_recomputes_from_the_first_window_that_changed(tiny_model, tiny_backbone, rows, tmp_path, monkeypatch):
+    """An edited row (window 3), other settings, or a torn last write: nothing that no longer matches is reused."""
+    out = tmp_path / "scores.jsonl"
+    counted = scoring.score_trees
+    interrupt_after(monkeypatch, 5)
+    assert score(tiny_model, tiny_backbone, rows["input"], "-o", out).exit_code == 130
+    monkeypatch.setattr(scoring, "score_trees", counted)
+    edited = [dict(x) for x in rows["rows"]]
+    row = edited[2 * WINDOW + 3]
+    row["response" if "response" in row else "chosen"] += " (edited)"
+    inp2 = write_jsonl(tmp_path / "in2.jsonl", edited)
+    ref = score(tiny_model, tiny_backbone, inp2)
+    rows["calls"].clear()
+    r = score(tiny_model, tiny_backbone, inp2, "-o", out, "--resume")
+    assert r.exit_code == 0, r.output
+    assert len(rows["calls"]) == 7 - 2 and out.read_text() == ref.stdout
+
+    # other settings (--top-k) share no window with the earlier job
+    out2 = tmp_path / "k.jsonl"
+    interrupt_after(monkeypatch, 4)
+    assert score(tiny_model, tiny_backbone, rows["input"], "-o", out2).exit_code == 130
+    monkeypatch.setattr(scoring, "score_trees", counted)
+    rows["calls"].clear()
+    r = score(tiny_model, tiny_backbone, rows["input"], "-o", out2, "--resume", "--top-k", "2")
+    assert r.exit_code == 0, r.output
+    assert len(rows["calls"]) == 7
+    assert all(len(json.loads(x)["top_objectives" if "score" in json.loads(x) else "chosen"]) for x in
+               out2.read_text().splitlines())
+
+    # a run killed in the middle of writing a window leaves bytes past the last index line: they are cut off
+    out3 = tmp_path / "t.jsonl"
+    interrupt_after(monkeypatch, 2)
+    assert score(tiny_model, tiny_backbone, rows["input"], "-o", out3).exit_code == 130
+    with open(tmp_path / "t.jsonl.parts" / "rows.jsonl", "a") as fh:
+        fh.write('{"id": "torn", "sco')
+    monkeypatch.setattr(scoring, "score_trees", counted)
+    rows["calls"].clear()
+    plain = score(tiny_model, tiny_backbone, rows["input"])
+    rows["calls"].clear()
+    r = score(tiny_model, tiny_backbone, rows["input"], "-o", out3, "--resume")
+    assert r.exit_code == 0, r.output
+    assert len(rows["calls"]) == 5 and out3.read_text() == plain.stdout
+
+
+def test_a_bad_row_stops_the_job_before_any_window_is_scored(tiny_model, tiny_backbone, rows, tmp_path):
+    lines = rows["input"].read_text().splitlines()
+    lines[95] = '{"prompt": "hi", "response": 3}'
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "scores.jsonl"
+    r = score(tiny_model, tiny_backbone, bad, "-o", out)
+    assert r.exit_code == 2 and f"{bad}:96: field 'response'" in r.output
+    assert rows["calls"] == [] and sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "in.jsonl"]
+
+
+def test_score_from_stdin_to_a_file_is_checked_and_resumable_too(tiny_model, tiny_backbone, rows, tmp_path):
+    out = tmp_path / "scores.jsonl"
+    text = rows["input"].read_text()
+    r = runner.invoke(app, ["score", "-m", str(tiny_model / "model"), "-", "-o", str(out), "--backbone",
+                            str(tiny_backbone), "--device", "cpu", "-q"], input=text)
+    assert r.exit_code == 0, r.output
+    assert out.read_text() == score(tiny_model, tiny_backbone, rows["input"]).stdout
+    bad = text.replace('"prompt"', '"prompt_"', 1)
+    r = runner.invoke(app, ["score", "-m", str(tiny_model / "model"), "-", "-o", str(tmp_path / "b.jsonl"),
+                            "--backbone", str(tiny_backbone), "--device", "cpu", "-q"], input=bad)
+    assert r.exit_code == 2 and r.output.startswith("error: <stdin>:1: ")
+    assert not (tmp_path / "b.jsonl").exists() and not (tmp_path / "b.jsonl.parts").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--resume"], "--resume needs --output FILE"),
+    (["--resume", "-o", "{tmp}/s.jsonl", "--format", "table"], "--resume writes JSONL: drop --format table"),
+])
+def test_resume_is_refused_where_there_is_nothing_to_keep(tiny_model, tiny_backbone, rows, tmp_path, args, message):
+    r = score(tiny_model, tiny_backbone, rows["input"], *[a.format(tmp=tmp_path) for a in args])
+    assert r.exit_code == 2 and message in r.output
+    r = runner.invoke(app, ["score", "-m", str(tiny_model / "model"), "--features", str(tiny_model / "r.st"), "--resume",
+                            "-o", str(tmp_path / "f.jsonl")])
+    assert r.exit_code == 2 and "--resume: scoring --features is one quick step" in r.output
+
+
+def test_a_parts_folder_armo_did_not_write_is_left_alone(tiny_model, tiny_backbone, rows, tmp_path):
+    parts = tmp_path / "scores.jsonl.parts"
+    parts.mkdir()
+    (parts / "notes.txt").write_text("mine")
+    r = score(tiny_model, tiny_backbone, rows["input"], "-o", tmp_path / "scores.jsonl")
+    assert r.exit_code == 2 and "not armo's progress folder (it holds notes.txt)" in r.output
+    assert (parts / "notes.txt").read_text() == "mine" and not (tmp_path / "scores.jsonl").exists()
+
+
+def evaluate(tiny_model, tiny_backbone, inp, *args):
+    return runner.invoke(app, ["evaluate", "-m", str(tiny_model / "model"), str(inp), "--backbone", str(tiny_backbone),
+                               "--device", "cpu", "-q", *map(str, args)])
+
+
+def test_an_interrupted_evaluate_resumes_to_the_same_report(tiny_model, tiny_backbone, rows, tmp_path, monkeypatch):
+    """Progress is kept beside the first file output and removed only once every output is written."""
+    pairs = [json.loads(x) for x in (tiny_model / "p.jsonl").read_text().splitlines()]  # 60 pairs: 4 windows
+    inp = write_jsonl(tmp_path / "p.jsonl", pairs)
+    ref = tmp_path / "ref"
+    r = evaluate(tiny_model, tiny_backbone, inp, "-o", ref / "rep.json", "--pairs-output", ref / "pairs.jsonl")
+    assert r.exit_code == 0, r.output
+    counted = scoring.score_trees
+    out = tmp_path / "out"
+    interrupt_after(monkeypatch, 2)
+    r = evaluate(tiny_model, tiny_backbone, inp, "-o", out / "rep.json", "--pairs-output", out / "pairs.jsonl")
+    assert r.exit_code == 130 and "rerun with --resume" in r.output
+    assert sorted(p.name for p in out.iterdir()) == ["rep.json.parts"]
+    monkeypatch.setattr(scoring, "score_trees", counted)
+    rows["calls"].clear()
+    r = evaluate(tiny_model, tiny_backbone, inp, "-o", out / "rep.json", "--pairs-output", out / "pairs.jsonl", "--resume")
+    assert r.exit_code == 0, r.output
+    assert len(rows["calls"]) == 2
+    assert (out / "rep.json").read_text() == (ref / "rep.json").read_text()
+    assert (out / "pairs.jsonl").read_text() == (ref / "pairs.jsonl").read_text()
+    assert sorted(p.name for p in out.iterdir()) == ["pairs.jsonl", "rep.json"]
+    # the same pairs evaluated without any file output (tables only) give the same report
+    from armo_cli.configs import EvaluateConfig
+
+    rep = scoring.evaluate(EvaluateConfig(input=str(inp), model=str(tiny_model / "model"), backbone=str(tiny_backbone),
+                                          device="cpu", quiet=True))
+    assert json.loads(json.dumps(rep, default=str))["subsets"] == json.loads((ref / "rep.json").read_text())["subsets"]
+
+
+def test_evaluate_refuses_a_single_response_before_scoring_anything(tiny_model, tiny_backbone, rows, tmp_path):
+    pairs = (tiny_model / "p.jsonl").read_text().splitlines()
+    single = (tiny_model / "r.jsonl").read_text().splitlines()[0]
+    inp = tmp_path / "p.jsonl"
+    inp.write_text("\n".join(pairs + [single]) + "\n")
+    r = evaluate(tiny_model, tiny_backbone, inp, "-o", tmp_path / "rep.json")
+    assert r.exit_code == 2 and f"{inp}:61: evaluate needs pairs" in r.output
+    assert rows["calls"] == [] and sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "p.jsonl"]
+
+
+def test_evaluate_resume_is_refused_where_there_is_nothing_to_keep(tiny_model, tiny_backbone, rows, tmp_path):
+    r = evaluate(tiny_model, tiny_backbone, rows["input"], "--resume")
+    assert r.exit_code == 2 and "--resume needs a file output (-o, --pairs-output or --html)" in r.output
+    r = runner.invoke(app, ["evaluate", "-m", str(tiny_model / "model"), "--features", str(tiny_model / "p.st"),
+                            "--resume", "-o", str(tmp_path / "r.json")])
+    assert r.exit_code == 2 and "--resume: evaluating --features is one quick step" in r.output
