@@ -248,8 +248,8 @@ def render_report(report: dict, records: list[dict]) -> str:
     rows = [["model", s["model"]], ["backbone", s["backbone"]], ["feature layer", s["layer"]],
             ["response feature", "mean of its tokens" if s["pooling"] == "mean" else "its last token"], ["gate rule", s["gate_rule"]],
             ["objectives", ", ".join(objs)], ["data", s["input"]], ["pairs", s["n"]],
-            ["rows skipped (--on-error, --overflow skip)", _count(s["skipped"])],
-            ["prompts truncated to fit (--overflow truncate-prompt)", _count(s["truncated"])],
+            ["rows skipped", _count(s["skipped"])],
+            ["prompts truncated to fit", _count(s["truncated"])],
             ["ties count as", "a loss" if s["ties"] == "loss" else "half a win"],
             ["accuracy, all pairs", s["accuracy_all"]], [f"score ({s['score_kind']})", s["score"]]]
     rows += [[f"RewardBench section: {k}", v] for k, v in s["sections"].items()]

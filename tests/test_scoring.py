@@ -370,5 +370,5 @@ def test_evaluate_names_the_rows_it_skipped_and_the_prompts_it_truncated(tiny_mo
     html = tmp_path / "r.html"
     assert armo("report", str(out), "--pairs", str(tmp_path / "pairs.jsonl"), "-o", str(html)).code == 0
     page = html.read_text()
-    assert f"<th>prompts truncated to fit (--overflow truncate-prompt)</th><td>1: {rows[3]['id']}</td>" in page
-    assert "<th>rows skipped (--on-error, --overflow skip)</th><td>1: line 8</td>" in page
+    assert f"<th>prompts truncated to fit</th><td>1: {rows[3]['id']}</td>" in page
+    assert "<th>rows skipped</th><td>1: line 8</td>" in page
