@@ -4,7 +4,9 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import os
+import signal
 import sys
+import threading
 import typing
 from typing import Callable, List, NoReturn, Optional, TypeVar
 
@@ -15,8 +17,8 @@ from .console import console
 from .configs import (AssembleConfig, DecorrelationConfig, EvaluateConfig, ExportConfig, ExtractConfig, GatingConfig,
                       ImportConfig, MergeConfig, RegressionConfig, ReportConfig, SampleConfig, ScoreConfig, ServeConfig)
 from .specs import parse_alphas, parse_lambda_range, parse_ranges
-from .errors import (EXIT_BAD_INPUT, EXIT_ENVIRONMENT, EXIT_INTERNAL, EXIT_INTERRUPTED, ArmoError, debug_enabled,
-                     environment_message, one_line)
+from .errors import (EXIT_BAD_INPUT, EXIT_ENVIRONMENT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TERMINATED, ArmoError,
+                     Terminated, debug_enabled, environment_message, one_line)
 
 app = typer.Typer(
     name="armo",
@@ -45,17 +47,21 @@ def _fail(msg: str, code: int) -> NoReturn:
 def _run(fn: Callable[[], T], resumable: bool = False) -> T:
     """armo's error contract (errors.py): bad input is one line and exit 2, the world's failures one line
     and exit 1, a bug a short request for a report and exit 3; Ctrl-C exits 130 and, for a job that can be
-    resumed (extract, score -o FILE), says how."""
+    resumed (extract; score and evaluate with a file output), says how. SIGTERM is handled as Ctrl-C (cleanups run), and exits 143."""
+    previous = None
+    if threading.current_thread() is threading.main_thread():  # signal handlers live on the main thread only
+        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return fn()
     except typer.Exit:
         raise
     except ArmoError as e:
         _fail(one_line(e), EXIT_BAD_INPUT)
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/yellow]" + (": finished work is kept; rerun with --resume" if resumable
-                                                        else ""), highlight=False)
-        raise typer.Exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt as e:
+        term = isinstance(e, Terminated)
+        console.print(("[yellow]terminated[/yellow] (SIGTERM)" if term else "[yellow]interrupted[/yellow]")
+                      + (": finished work is kept; rerun with --resume" if resumable else ""), highlight=False)
+        raise typer.Exit(EXIT_TERMINATED if term else EXIT_INTERRUPTED)
     except BrokenPipeError:
         # the reader of stdout went away (`armo score ... | head`): stop quietly, as `yes | head` does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -69,6 +75,13 @@ def _run(fn: Callable[[], T], resumable: bool = False) -> T:
             _fail(f"out of memory ({one_line(e)[:200]}); try a smaller --batch-tokens or --max-length", EXIT_ENVIRONMENT)
         _fail(f"internal error ({type(e).__name__}: {one_line(e)[:200]}). This is a bug in armo: please report it "
               f"with the command and `armo version`; --debug or ARMO_DEBUG=1 shows the traceback", EXIT_INTERNAL)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum: int, frame: object) -> NoReturn:
+    raise Terminated()
 
 
 # Short flags, the same on every command that has the option.

@@ -14,6 +14,12 @@ EXIT_BAD_INPUT = 2
 EXIT_ENVIRONMENT = 1
 EXIT_INTERNAL = 3
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process that SIGTERM ended
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler preempting the job, `kill`, `timeout`), raised where the program is, so that every
+    `finally` runs as on Ctrl-C: temporary files go, a resumable job keeps exactly its finished work."""
 
 
 class ArmoError(Exception):

@@ -342,5 +342,6 @@ def serve(cfg: ServeConfig) -> None:
     if captured and captured[0] == signal.SIGINT:  # Ctrl-C: a normal stop, not a job to resume
         print("armo serve: stopped (in-flight requests were answered)", file=sys.stderr, flush=True)
         sys.exit(130)
-    if captured:  # exit as the signal asked, as uvicorn does on the main thread
+    if captured:  # exit as the signal asked, as uvicorn does on the main thread (by the default action: the
+        signal.signal(captured[0], signal.SIG_DFL)  # requests are answered, nothing is left to clean up)
         signal.raise_signal(captured[0])

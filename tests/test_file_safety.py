@@ -240,3 +240,32 @@ def test_tests_convert_backbones_into_their_own_cache(armo_cache):
 
     assert cache_root() == armo_cache and str(armo_cache).startswith(tempfile.gettempdir())
     assert armo_cache != Path.home() / ".cache" / "armo"
+
+
+def test_sigterm_stops_a_job_as_ctrl_c_does_and_resume_finishes_it(tiny_backbone, tmp_path):
+    """A scheduler's SIGTERM (preemption, `timeout`) runs the same cleanups as Ctrl-C: exit 143, one line,
+    finished chunks kept, no temporary file left; `--resume` then writes the uninterrupted run's features."""
+    import signal
+    import time
+
+    inp = write_jsonl(tmp_path / "p.jsonl", pair_rows(600))
+    args = [str(inp), "--backbone", str(tiny_backbone), "--device", "cpu", "--chunk-size", "8", "-q"]
+    ref = tmp_path / "ref.st"
+    assert armo("extract", *args, "-o", ref).code == 0
+    out = tmp_path / "f.st"
+    p = subprocess.Popen([sys.executable, "-m", "armo_cli.cli", "extract", *args, "-o", str(out)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    parts = tmp_path / "f.st.parts"
+    deadline = time.time() + 120
+    while len(list(parts.glob("chunk-*.safetensors"))) < 2 and p.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert p.poll() is None, "the job ended before it could be stopped"
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 143, err
+    assert err.strip() == "terminated (SIGTERM): finished work is kept; rerun with --resume"
+    assert not out.exists() and len(list(parts.glob("chunk-*.safetensors"))) >= 2
+    assert [f.name for f in tmp_path.rglob("*") if ".tmp" in f.name or f.name.endswith(".lock")] == []
+    assert armo("extract", *args, "-o", out, "--resume").code == 0
+    a, b = Features.load(ref), Features.load(out)
+    assert a.ids == b.ids and all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
