@@ -43,9 +43,12 @@ class WindowProgress:
         self.rows = 0  # the caller's count of rows in them
         self._data = None
         self._index = None
-        if self.parts.exists():
-            extra = {p.name for p in self.parts.iterdir()} - {DATA, INDEX}
-            if not self.parts.is_dir() or extra:
+        if self.parts.exists() or self.parts.is_symlink():
+            if self.parts.is_symlink() or not self.parts.is_dir():
+                raise ArmoError(f"{self.parts}: not armo's progress folder (not a folder); move it or choose another "
+                                f"output path")
+            extra = {p.name for p in self.parts.iterdir()} - {DATA, INDEX, INDEX + ".tmp"}
+            if extra:
                 raise ArmoError(f"{self.parts}: not armo's progress folder (it holds {', '.join(sorted(extra))}); "
                                 f"move it or choose another output path")
             if resume:

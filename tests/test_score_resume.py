@@ -228,3 +228,26 @@ def test_evaluate_resume_is_refused_where_there_is_nothing_to_keep(tiny_model, t
     r = runner.invoke(app, ["evaluate", "-m", str(tiny_model / "model"), "--features", str(tiny_model / "p.st"),
                             "--resume", "-o", str(tmp_path / "r.json")])
     assert r.exit_code == 2 and "--resume: evaluating --features is one quick step" in r.output
+
+
+def test_a_parts_path_that_is_a_file_or_a_link_is_refused(tiny_model, tiny_backbone, rows, tmp_path):
+    (tmp_path / "a.jsonl.parts").write_text("mine")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "b.jsonl.parts").symlink_to(tmp_path / "elsewhere")
+    for name in ("a", "b"):
+        r = score(tiny_model, tiny_backbone, rows["input"], "-o", tmp_path / f"{name}.jsonl")
+        assert r.exit_code == 2 and "not armo's progress folder (not a folder)" in r.output
+    assert (tmp_path / "a.jsonl.parts").read_text() == "mine" and (tmp_path / "b.jsonl.parts").is_symlink()
+
+
+def test_a_run_killed_while_rewriting_its_index_still_resumes(tiny_model, tiny_backbone, rows, tmp_path, monkeypatch):
+    out = tmp_path / "s.jsonl"
+    counted = scoring.score_trees
+    interrupt_after(monkeypatch, 3)
+    assert score(tiny_model, tiny_backbone, rows["input"], "-o", out).exit_code == 130
+    (tmp_path / "s.jsonl.parts" / "index.jsonl.tmp").write_text('{"job": "half-writ')  # the rewrite never renamed
+    monkeypatch.setattr(scoring, "score_trees", counted)
+    rows["calls"].clear()
+    r = score(tiny_model, tiny_backbone, rows["input"], "-o", out, "--resume")
+    assert r.exit_code == 0, r.output
+    assert len(rows["calls"]) == 4 and sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "s.jsonl"]
