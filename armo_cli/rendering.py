@@ -186,11 +186,26 @@ class Renderer:
         return Tree(tree.index, tree.example, prompt, tree.conts, gate, truncated=True)
 
 
+def _extends_positions(model_config: Any) -> bool:
+    """Whether a config scales its rotary positions beyond max_position_embeddings (YaRN, linear, dynamic, ...);
+    transformers 5 reports the plain case as rope_type 'default'."""
+    for name in ("rope_scaling", "rope_parameters"):
+        rope = getattr(model_config, name, None)
+        if isinstance(rope, dict) and (rope.get("rope_type") or rope.get("type") or "default") != "default":
+            return True
+    return False
+
+
 def length_limit(max_length: int | None, model_config: Any) -> tuple[int, str]:
-    """The longest sequence allowed and how to name it: --max-length, else the backbone's positions."""
-    if max_length is not None:
-        return max_length, "--max-length"
+    """The longest sequence allowed and how to name it: --max-length, else the backbone's positions. A
+    --max-length beyond the positions the backbone was trained on is refused (features past them are silently
+    unreliable), unless its config extends them (`rope_scaling`)."""
     positions = getattr(model_config, "max_position_embeddings", None)
+    if max_length is not None:
+        if positions and max_length > int(positions) and not _extends_positions(model_config):
+            raise ArmoError(f"--max-length {max_length}: above the backbone's maximum positions {int(positions)} "
+                            f"(it was not trained on longer sequences); give at most {int(positions)}")
+        return max_length, "--max-length"
     if positions:
         return int(positions), "the backbone's maximum positions"
     return 1 << 62, "no limit"

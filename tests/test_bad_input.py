@@ -233,6 +233,8 @@ EXTRACT_OPTIONS = [
     (["--overflow", "cut"], r"--overflow cut: choose from error, skip, truncate-prompt"),
     (["--gate-rule", "last"], r"--gate-rule last: choose from generation-prompt, armo-eot"),
     (["--max-length", "0"], r"--max-length 0: must be at least 1"),
+    (["--max-length", "513"], r"--max-length 513: above the backbone's maximum positions 512 \(it was not trained on "
+                              r"longer sequences\); give at most 512"),
     (["--max-padding", "1.5"], r"--max-padding 1.5: must be at most 1"),
     (["--batch-tokens", "0"], r"--batch-tokens 0: must be at least 1"),
     (["--layer", "7"], r"--layer 7: the backbone has 2 layers \(give -3..2\)"),

@@ -372,3 +372,23 @@ def test_evaluate_names_the_rows_it_skipped_and_the_prompts_it_truncated(tiny_mo
     page = html.read_text()
     assert f"<th>prompts truncated to fit</th><td>1: {rows[3]['id']}</td>" in page
     assert "<th>rows skipped</th><td>1: line 8</td>" in page
+
+
+def test_max_length_beyond_the_backbones_positions_is_refused(tiny_model, tiny_backbone, tmp_path):
+    """Past max_position_embeddings the features are silently unreliable: score and the Python API (serve's path)
+    refuse such a --max-length in one line; a config that extends its positions (rope_scaling) may go further."""
+    from types import SimpleNamespace
+
+    from armo_cli import RewardModel
+    from armo_cli.errors import ArmoError
+    from armo_cli.rendering import length_limit
+
+    r = runner.invoke(app, ["score", "-m", str(tiny_model / "model"), str(tiny_model / "r.jsonl"), "--backbone",
+                            str(tiny_backbone), "--device", "cpu", "--max-length", "513", "-o", str(tmp_path / "s.jsonl")])
+    assert r.exit_code == 2 and "--max-length 513: above the backbone's maximum positions 512" in r.output
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ArmoError, match="--max-length 600: above the backbone's maximum positions 512"):
+        RewardModel(tiny_model / "model", backbone=str(tiny_backbone), device="cpu", max_length=600)
+    assert length_limit(512, SimpleNamespace(max_position_embeddings=512)) == (512, "--max-length")
+    extended = SimpleNamespace(max_position_embeddings=512, rope_scaling={"type": "yarn", "factor": 4.0})
+    assert length_limit(2048, extended) == (2048, "--max-length")
