@@ -40,6 +40,8 @@ def parse_ranges(specs: list[str] | None, flag: str = "--range") -> dict[str, tu
             raise _bad(flag, s, "HI must be greater than LO")
         if not name.strip():
             raise _bad(flag, s, "expected NAME=LO:HI")
+        if name.strip() in out:  # a later one silently winning would hide a typo in a long command
+            raise _bad(flag, s, f"{name.strip()}: range given twice")
         out[name.strip()] = (lo, hi)
     return out
 
@@ -77,6 +79,7 @@ def parse_weights(spec: str, objectives: list[str], flag: str = "--weights") -> 
     Weights must be finite; a negative weight penalises its objective; all-zero weights are refused
     (every score would be 0 and every pair a tie)."""
     w = [0.0] * len(objectives)
+    named: set[str] = set()
     for part in spec.split(","):
         if not part.strip():
             continue
@@ -88,6 +91,9 @@ def parse_weights(spec: str, objectives: list[str], flag: str = "--weights") -> 
         x = _number(flag, spec, val)
         if not math.isfinite(x):
             raise _bad(flag, spec, f"{name}: the weight must be finite")
+        if name in named:
+            raise _bad(flag, spec, f"{name}: weight given twice")
+        named.add(name)
         w[objectives.index(name)] = x
     if not any(w):
         raise _bad(flag, spec, "every weight is zero; name at least one objective with a non-zero weight")

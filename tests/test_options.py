@@ -88,6 +88,8 @@ def test_validate_names_the_option():
     (lambda s: parse_weights(s, ["a", "b"]), "c=1", "unknown objective 'c'"),
     (lambda s: parse_weights(s, ["a", "b"]), "a=inf", "the weight must be finite"),
     (lambda s: parse_weights(s, ["a", "b"]), "a=0,b=0", "every weight is zero"),
+    (lambda s: parse_weights(s, ["a", "b"]), "a=1,b=1,a=2", "a: weight given twice"),
+    (lambda s: parse_ranges(["help=1:5", s]), "help=1:10", "help: range given twice"),
     (lambda s: parse_where([s]), "=x", "expected FIELD=PREFIX"),
 ])
 def test_spec_parsers_share_one_error_style(parse, spec, message):
