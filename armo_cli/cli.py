@@ -298,7 +298,8 @@ def sample(**values):
 
     cfg = _config(SampleConfig, values)
     k = _run(lambda: run(cfg))
-    console.print(f"[green]sampled[/green] {k} rows", highlight=False)
+    short = f" (--n {cfg.n}: only {k} were left to take)" if cfg.n is not None and k < cfg.n else ""
+    console.print(f"[green]sampled[/green] {k} rows{short}", highlight=False)
 
 
 @app.command("export")

@@ -294,6 +294,35 @@ def test_sample_by_prompt_never_splits_a_prompt_between_slices(tmp_path):
     assert c & d
 
 
+def test_sample_by_prompt_groups_messages_rows_by_their_own_prompt(tmp_path):
+    """Rows in the 'messages' form have no 'prompt' field: each is grouped by the history before its response,
+    not all into one group (which made --n take every row or none)."""
+    from conftest import armo, write_jsonl
+
+    rows = [{"id": f"m{i}", "messages": [{"role": "user", "content": f"question {i % 10}"},
+                                         {"role": "assistant", "content": f"answer {i}"}]} for i in range(30)]
+    src = write_jsonl(tmp_path / "m.jsonl", rows)
+    r = armo("sample", src, "--by-prompt", "--n", "6", "--seed", "2", "-o", tmp_path / "a.jsonl")
+    assert r.code == 0 and r.stderr.strip() == "sampled 6 rows"
+    a = [json.loads(x) for x in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert len({x["messages"][0]["content"] for x in a}) == 2  # two whole prompts of three rows each
+
+
+def test_sample_refuses_a_row_that_is_not_an_object_and_warns_when_nothing_matches(tmp_path):
+    from conftest import armo
+
+    src = tmp_path / "s.jsonl"
+    src.write_text('{"source": "hh", "prompt": "a"}\n[1, 2]\n')
+    r = armo("sample", src, "-o", tmp_path / "o.jsonl")
+    assert r.code == 2 and r.stderr.strip() == f"error: {src}:2: expected a JSON object, got list"
+    assert not (tmp_path / "o.jsonl").exists()
+    src.write_text('{"source": "hh", "prompt": "a"}\n')
+    r = armo("sample", src, "--where", "src=hh", "--n", "5", "-o", tmp_path / "o.jsonl")
+    assert r.code == 0
+    assert r.stderr.splitlines() == ["warning: no row of 1 matches --where src=hh (the rows' fields: prompt, source)",
+                                     "sampled 0 rows (--n 5: only 0 were left to take)"]
+
+
 def test_score_reports_the_first_bad_row_in_the_file(tiny_model, tiny_backbone, tmp_path, monkeypatch):
     """A row whose template fails (line 3) before a malformed line (line 5) in the same window: `score` names
     line 3, one line, exit 2, and writes nothing (rows are tokenised in groups, errors kept in file order)."""
