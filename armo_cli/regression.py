@@ -190,8 +190,10 @@ def fit_regression(cfg: RegressionConfig) -> dict:
     if cfg.length_objective and cfg.length_objective == cfg.preference_objective:
         raise ArmoError("--length-objective and --preference-objective: give them different names")
     X_parts, Y_parts, L_parts = [], [], []
+    origins: list[tuple[str, str]] = []  # (file, row id) of each response row, to name a bad rating
     for f in feats or pair_feats:  # without ratings, the length objective learns from the pairs' responses
         X = f.responses()
+        origins += [(str(f.path), rid) for rid in f.ids for _ in range(X.shape[0] // max(len(f.ids), 1))]
         lab = f.tensors.get("labels")
         Y = torch.full((X.shape[0], len(objectives)), float("nan"))
         if lab is not None:
@@ -205,9 +207,17 @@ def fit_regression(cfg: RegressionConfig) -> dict:
     X = torch.cat(X_parts)
     Y = torch.cat(Y_parts)
     lengths = torch.cat(L_parts)
-    for o in cfg.ranges:
+    for o, (lo, hi) in cfg.ranges.items():
         if o not in objectives:
             raise ArmoError(f"--range {o}: no such objective (the data has: {', '.join(objectives) or 'none'})")
+        y = Y[:, objectives.index(o)]
+        rated = ~torch.isnan(y)
+        outside = rated & ((y < lo) | (y > hi))
+        if outside.any():  # a declared range the data does not keep is a wrong scale, never mapped silently
+            i = int(outside.nonzero()[0])
+            raise ArmoError(f"{origins[i][0]}: row {origins[i][1]!r}: field 'ratings.{o}' = {float(y[i]):g} is outside "
+                            f"--range {o}={lo:g}:{hi:g} ({int(outside.sum())} of {int(rated.sum())} rated rows are; "
+                            f"the data spans {float(y[rated].min()):g}..{float(y[rated].max()):g})")
     scales = {o: _parse_scale(Y[:, j], o, cfg.ranges.get(o)) for j, o in enumerate(objectives)}
     if cfg.length_objective:
         ll = torch.log1p(lengths)

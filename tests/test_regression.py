@@ -101,3 +101,27 @@ def test_cli_scales_length_objective_report_and_errors(tmp_path):
     assert res.exit_code == 0 and "skipping objective 'd'" in res.output
     res = runner.invoke(app, ["fit-regression", str(k), "-o", str(tmp_path / "k2.reg"), "-q", "--strict"])
     assert res.exit_code == 2 and "objective 'd'" in res.output
+
+
+def test_a_rating_outside_its_declared_range_is_refused_naming_the_row(tmp_path):
+    """--range h=1:10 on data rated 0..100 (a wrong scale) would map most rewards far outside [0,1]; it is bad
+    input, one line, naming the file, the first row, the field and how many rows are outside."""
+    from armo_cli.configs import RegressionConfig
+    from armo_cli.errors import ArmoError
+    from armo_cli.regression import fit_regression
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(40, 8, generator=g)
+    Y = torch.linspace(1, 10, 40)[:, None].clone()
+    Y[7, 0], Y[30, 0] = 100.0, 0.0
+    f = make_features(tmp_path / "r.st", X, Y, ["h"])
+    out = tmp_path / "reg.st"
+    with pytest.raises(ArmoError) as e:
+        fit_regression(RegressionConfig(features=[str(f)], ranges={"h": (1.0, 10.0)}, output=str(out), quiet=True))
+    assert str(e.value) == (f"{f}: row 'i7': field 'ratings.h' = 100 is outside --range h=1:10 (2 of 40 rated rows "
+                            f"are; the data spans 0..100)")
+    assert not out.exists()
+    Y[7, 0], Y[30, 0] = 10.0, 1.0  # the range's own ends are inside it
+    f = make_features(tmp_path / "r2.st", X, Y, ["h"])
+    fit_regression(RegressionConfig(features=[str(f)], ranges={"h": (1.0, 10.0)}, output=str(out), quiet=True))
+    assert out.exists()
