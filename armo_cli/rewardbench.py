@@ -61,9 +61,25 @@ def section_scores(subset_acc: dict[str, float]) -> tuple[dict[str, float], floa
     if prior:
         sections["Prior Sets"] = sum(subset_acc[s] for s in prior) / len(prior)
     core = [sections[s] for s in SECTIONS if s in sections]
-    complete = len(core) == len(SECTIONS)
+    # a section from some of its subsets is not the leaderboard's section: say which are missing
+    missing = {name: [s for s in subsets if s not in subset_acc] for name, subsets in SECTIONS.items()}
+    missing = {name: m for name, m in missing.items() if m}
+    complete = not missing
     if not core and not prior:
-        return sections, None, {"complete": False}
+        return sections, None, {"complete": False, "missing_subsets": missing}
     num = sum(core) + (PRIOR_SETS_WEIGHT * sections["Prior Sets"] if prior else 0.0)
     den = len(core) + (PRIOR_SETS_WEIGHT if prior else 0.0)
-    return sections, num / den, {"complete": complete, "four_section_mean": sum(core) / len(core) if core else None}
+    return sections, num / den, {"complete": complete, "missing_subsets": missing,
+                                 "four_section_mean": sum(core) / len(core) if core else None}
+
+
+def coverage_note(info: dict) -> str | None:
+    """One line when a RewardBench score rests on part of the benchmark (None when every subset is there)."""
+    missing = info.get("missing_subsets") or {}
+    if not missing:
+        return None
+    total = sum(len(v) for v in SECTIONS.values())
+    have = total - sum(len(v) for v in missing.values())
+    return (f"the RewardBench score uses {have} of its {total} section subsets (missing: "
+            + "; ".join(f"{name}: {', '.join(m)}" for name, m in missing.items())
+            + "); it is not comparable with the leaderboard")

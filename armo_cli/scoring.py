@@ -26,7 +26,7 @@ from . import specs
 from .options import check_value, validate
 from .provenance import FeatureMeaning, require_compatible
 from .regression import unscale
-from .rewardbench import section_scores
+from .rewardbench import coverage_note, section_scores
 from .progress import WindowProgress, discard_progress
 from .rows import DisplaySource, Skipped, Source, iter_examples
 from .stats import bootstrap_ci, spearman
@@ -473,7 +473,8 @@ def evaluate_scores(scores: torch.Tensor, subsets: list[str], lengths: torch.Ten
         "subsets": per,
         "sections": sections,
         "score": rb_score if rb_score is not None else macro,
-        "score_kind": "rewardbench" if rb_score is not None else "macro-average",
+        "score_kind": ("macro-average" if rb_score is None else "rewardbench" if info["complete"]
+                       else "rewardbench, partial"),
         "rewardbench": info,
         "macro_average_other": macro,
         "accuracy_all": float(outcome.mean()),
@@ -572,6 +573,8 @@ def evaluate(cfg: EvaluateConfig) -> dict:
 
         texts[cfg.html] = render_report(report, records)
     write_texts_atomic(texts)  # the report and the per-pair file succeed or fail together
+    if report["score_kind"] == "rewardbench, partial":
+        warn(coverage_note(report["rewardbench"]))
     if texts and not cfg.features:
         discard_progress(progress_anchor(cfg))  # every output is written: the job's progress has served
     rows = [[k, v["n"], v["accuracy"], f"[{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]", v["ties"]] for k, v in report["subsets"].items()]

@@ -137,6 +137,15 @@ def test_section_arithmetic_by_hand():
     assert sections["Prior Sets"] == pytest.approx(0.5)
     assert score == pytest.approx((chat + 0.25 + safety + reasoning + 0.5 * 0.5) / 4.5)
     assert EXAMPLE_COUNTS["xstest-should-refuse"] == 154 and EXAMPLE_COUNTS["xstest-should-respond"] == 250
+    # 7 of the 23 section subsets: the score is marked partial and names what is missing
+    from armo_cli.rewardbench import SECTIONS, coverage_note
+
+    assert not info["complete"] and info["missing_subsets"]["Chat Hard"] == SECTIONS["Chat Hard"][1:]
+    assert coverage_note(info).startswith("the RewardBench score uses 7 of its 23 section subsets (missing: Chat: "
+                                          "alpacaeval-length, mt-bench-easy, mt-bench-med; Chat Hard: llmbar-natural")
+    full = {sub: 0.5 for subs in SECTIONS.values() for sub in subs}
+    _, _, info = section_scores(full)
+    assert info["complete"] and info["missing_subsets"] == {} and coverage_note(info) is None
 
 
 def test_ties_rules_and_evaluate_report():
@@ -163,6 +172,10 @@ def test_evaluate_cli_report(tiny_model, tmp_path):
     assert rep["subsets"]["mine"]["n"] == 20 and len(rep["subsets"]["mine"]["ci95"]) == 2
     assert set(rep["sections"]) == {"Chat", "Reasoning"}
     assert len(pairs.read_text().splitlines()) == 60
+    # two of RewardBench's 23 section subsets: the score says it is partial, and a warning names the missing ones
+    assert rep["score_kind"] == "rewardbench, partial" and not rep["rewardbench"]["complete"]
+    r = runner.invoke(app, ["evaluate", "-m", str(d / "model"), "--features", str(d / "p.st"), "-o", str(out)])
+    assert r.exit_code == 0 and "the RewardBench score uses 2 of its 23 section subsets" in " ".join(r.output.split())
 
 
 def test_score_in_a_bash_pipeline(tiny_model):
