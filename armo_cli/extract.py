@@ -20,12 +20,12 @@ from .configs import ExtractConfig, MergeConfig
 from .console import info, progress, warn
 from .errors import ArmoError
 from .forward import batch_defaults, canonical_layer, check_finite_features, default_chunk_size, encode_trees
-from .io import (check_input_file, check_output_file, load_artifact, output_lock, save_artifact, save_concatenated,
-                 sha256_file, sha256_json, spool_stdin)
+from .io import (check_input_file, check_output_file, load_artifact, save_artifact, save_concatenated,
+                 sha256_file, sha256_json)
 from .options import validate
 from .provenance import FeatureMeaning
 from .rendering import Renderer, Tree, length_limit, sized_tree, tokenized
-from .rows import DisplaySource, Example, Skipped, Source, iter_examples
+from .rows import Example, Skipped, Source, iter_examples, locked_source
 
 
 @dataclass
@@ -125,18 +125,8 @@ def extract(cfg: ExtractConfig, backbone: Backbone | None = None,
     check_output_file(cfg.output, "--output", [cfg.input], stdout_ok=False)
     t0 = time.perf_counter()
     _, shard_out, _, _, _ = _shard_output(cfg)
-    with output_lock(shard_out):
-        spooled = None
-        if cfg.input == "-":
-            spooled = spool_stdin()  # read twice: validation pass, then compute
-            source = DisplaySource(Source(path=str(spooled)), "<stdin>")
-        else:
-            source = Source(path=cfg.input, dataset=cfg.dataset, split=cfg.split)
-        try:
-            return _extract(cfg, source, backbone, after_chunk, t0)
-        finally:
-            if spooled is not None:
-                spooled.unlink(missing_ok=True)
+    with locked_source(shard_out, cfg.input, cfg.dataset, cfg.split) as source:  # read twice: check, then compute
+        return _extract(cfg, source, backbone, after_chunk, t0)
 
 
 def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, after_chunk, t0: float) -> ExtractReport:

@@ -79,7 +79,7 @@ class WindowProgress:
         window from it on is dropped and computed again."""
         i = self.pos
         self.pos += 1
-        if i < len(self.entries) and self.entries[i]["key"] == key and self._data is None:
+        if i < len(self.entries) and self.entries[i]["key"] == key:
             self.reused += 1
             return True
         del self.entries[i:]
@@ -123,10 +123,8 @@ class WindowProgress:
         return (self.parts / DATA).read_text(encoding="utf-8")
 
     def publish(self) -> None:
-        """The completed data file becomes the output, and the progress folder goes."""
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.parts / DATA, 0o666 & ~umask)
+        """The completed data file becomes the output (made by open(), it has the user's umask), and the
+        progress folder goes."""
         os.replace(self.parts / DATA, self.target)
         self.remove()
 

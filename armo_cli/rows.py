@@ -1,13 +1,14 @@
 """Input rows: the accepted JSONL shapes, normalised to one `Example`."""
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import ArmoError, one_line
-from .io import iter_jsonl, sha256_json
+from .io import iter_jsonl, output_lock, sha256_json, spool_stdin
 
 Message = dict[str, str]
 ROLES = {"system", "user", "assistant", "tool"}
@@ -203,6 +204,22 @@ class DisplaySource(Source):
     @property
     def name(self) -> str:
         return self._display
+
+
+@contextlib.contextmanager
+def locked_source(output: str | Path, path: str | None, dataset: str | None = None,
+                  split: str = "train") -> Iterator[Source]:
+    """The input of a job that writes `output`: the output locked for the run (a second writer is refused), and
+    the input readable twice (stdin is spooled to a temporary file, named <stdin> in errors), once to check
+    every row and once to compute."""
+    with output_lock(output):
+        spooled = spool_stdin() if path == "-" else None
+        try:
+            yield (DisplaySource(Source(path=str(spooled)), "<stdin>") if spooled
+                   else Source(path=path, dataset=dataset, split=split))
+        finally:
+            if spooled is not None:
+                spooled.unlink(missing_ok=True)
 
 
 @dataclass

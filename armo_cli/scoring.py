@@ -18,8 +18,7 @@ from .features import Features
 from .forward import batch_defaults, canonical_layer, check_finite_features, encode_trees
 from .rendering import Renderer, Tree, length_limit, sized_tree, tokenized
 from .errors import ArmoError
-from .io import (atomic_path, check_input_file, check_output_file, dumps, output_lock, sha256_file, sha256_json,
-                 spool_stdin, write_texts_atomic)
+from .io import atomic_path, check_input_file, check_output_file, dumps, sha256_file, sha256_json, write_texts_atomic
 from .model import ArmoModel
 from .configs import TIES, EvaluateConfig, ModelInputConfig, ScoreConfig
 from . import specs
@@ -28,7 +27,7 @@ from .provenance import FeatureMeaning, require_compatible
 from .regression import unscale
 from .rewardbench import coverage_note, section_scores
 from .progress import WindowProgress, discard_progress
-from .rows import DisplaySource, Skipped, Source, iter_examples
+from .rows import Skipped, Source, iter_examples, locked_source
 from .stats import bootstrap_ci, spearman
 
 
@@ -330,23 +329,11 @@ def score(cfg: ScoreConfig, model: ArmoModel | None = None, backbone: Backbone |
 
 def _score_to_file(cfg: ScoreConfig, model: ArmoModel, bb: Backbone, weights: torch.Tensor | None) -> int:
     """`score -o FILE` as a resumable job (`windows_job`): FILE appears, whole, at the end."""
-    with job_source(cfg, cfg.output) as source:
+    with locked_source(cfg.output, cfg.input) as source:
         progress = windows_job(cfg, model, bb, source, weights, cfg.output, {"records": "score", "top_k": cfg.top_k},
                                lambda groups: window_records(model, groups, cfg.top_k))
         progress.publish()
         return progress.rows
-
-
-@contextlib.contextmanager
-def job_source(cfg: ModelInputConfig, anchor: str) -> Iterator[Source]:
-    """The input of a resumable job, readable twice (stdin is spooled), with its output locked for the run."""
-    with output_lock(anchor):
-        spooled = spool_stdin() if cfg.input == "-" else None
-        try:
-            yield DisplaySource(Source(path=str(spooled)), "<stdin>") if spooled else Source(path=cfg.input)
-        finally:
-            if spooled is not None:
-                spooled.unlink(missing_ok=True)
 
 
 def windows_job(cfg: ModelInputConfig, model: ArmoModel, bb: Backbone, source: Source, weights: torch.Tensor | None,
@@ -518,7 +505,7 @@ def _evaluate_rows(cfg: EvaluateConfig, model: ArmoModel, bb: Backbone, weights:
         records = [r for groups in iter_scored(model, bb, source, cfg, weights, notes=notes)
                    for r in window_pairs(groups, source.name)]
         return records, notes.to_json()
-    with job_source(cfg, anchor) as source:
+    with locked_source(anchor, cfg.input) as source:
         progress = windows_job(cfg, model, bb, source, weights, anchor, {"records": "evaluate pairs"},
                                lambda groups: window_pairs(groups, source.name), lambda t: check(t, source.name), notes)
         return [json.loads(line) for line in progress.text().splitlines()], notes.to_json()

@@ -36,18 +36,23 @@ def score(tiny_model, tiny_backbone, inp, *args):
                                "--device", "cpu", "-q", *map(str, args)])
 
 
-def interrupt_after(monkeypatch, n):
-    """Ctrl-C while the (n+1)-th window is being scored."""
-    real = scoring.score_trees
+def interrupted(monkeypatch, rows, n, run):
+    """run() with a Ctrl-C while its (n+1)-th window is scored; after it, windows are counted afresh."""
+    counted = scoring.score_trees
     seen = []
 
     def stop(*a, **k):
         seen.append(1)
         if len(seen) > n:
             raise KeyboardInterrupt
-        return real(*a, **k)
+        return counted(*a, **k)
 
     monkeypatch.setattr(scoring, "score_trees", stop)
+    try:
+        return run()
+    finally:
+        monkeypatch.setattr(scoring, "score_trees", counted)
+        rows["calls"].clear()
 
 
 def test_an_interrupted_score_resumes_to_the_same_file_scoring_only_what_was_left(tiny_model, tiny_backbone, rows,
@@ -57,16 +62,12 @@ def test_an_interrupted_score_resumes_to_the_same_file_scoring_only_what_was_lef
     n_windows = len(rows["calls"])
     assert n_windows == 7  # 100 rows, 16 per window
     out = tmp_path / "scores.jsonl"
-    counted = scoring.score_trees
-    interrupt_after(monkeypatch, 3)
-    r = score(tiny_model, tiny_backbone, rows["input"], "-o", out)
+    r = interrupted(monkeypatch, rows, 3, lambda: score(tiny_model, tiny_backbone, rows["input"], "-o", out))
     assert r.exit_code == 130 and "rerun with --resume" in r.output
     assert not out.exists()  # the output appears only whole
     parts = tmp_path / "scores.jsonl.parts"
     index = (parts / "index.jsonl").read_text().splitlines()
     assert len(index) == 1 + 3  # the job, then the 3 finished windows
-    monkeypatch.setattr(scoring, "score_trees", counted)
-    rows["calls"].clear()
     r = score(tiny_model, tiny_backbone, rows["input"], "-o", out, "--resume")
     assert r.exit_code == 0, r.output
     # windows 4 to 7 only, and the file equals an uninterrupted run's output, byte for byte
@@ -77,11 +78,8 @@ def test_an_interrupted_score_resumes_to_the_same_file_scoring_only_what_was_lef
 
 def test_without_resume_earlier_progress_is_discarded(tiny_model, tiny_backbone, rows, tmp_path, monkeypatch):
     out = tmp_path / "scores.jsonl"
-    counted = scoring.score_trees
-    interrupt_after(monkeypatch, 2)
-    assert score(tiny_model, tiny_backbone, rows["input"], "-o", out).exit_code == 130
-    monkeypatch.setattr(scoring, "score_trees", counted)
-    rows["calls"].clear()
+    stop = interrupted(monkeypatch, rows, 2, lambda: score(tiny_model, tiny_backbone, rows["input"], "-o", out))
+    assert stop.exit_code == 130
     r = score(tiny_model, tiny_backbone, rows["input"], "-o", out)
     assert r.exit_code == 0, r.output
     assert len(rows["calls"]) == 7 and len(out.read_text().splitlines()) == 100
@@ -91,10 +89,8 @@ def test_without_resume_earlier_progress_is_discarded(tiny_model, tiny_backbone,
 def test_resume_recomputes_from_the_first_window_that_changed(tiny_model, tiny_backbone, rows, tmp_path, monkeypatch):
     """An edited row (window 3), other settings, or a torn last write: nothing that no longer matches is reused."""
     out = tmp_path / "scores.jsonl"
-    counted = scoring.score_trees
-    interrupt_after(monkeypatch, 5)
-    assert score(tiny_model, tiny_backbone, rows["input"], "-o", out).exit_code == 130
-    monkeypatch.setattr(scoring, "score_trees", counted)
+    stop = interrupted(monkeypatch, rows, 5, lambda: score(tiny_model, tiny_backbone, rows["input"], "-o", out))
+    assert stop.exit_code == 130
     edited = [dict(x) for x in rows["rows"]]
     row = edited[2 * WINDOW + 3]
     row["response" if "response" in row else "chosen"] += " (edited)"
@@ -107,10 +103,8 @@ def test_resume_recomputes_from_the_first_window_that_changed(tiny_model, tiny_b
 
     # other settings (--top-k) share no window with the earlier job
     out2 = tmp_path / "k.jsonl"
-    interrupt_after(monkeypatch, 4)
-    assert score(tiny_model, tiny_backbone, rows["input"], "-o", out2).exit_code == 130
-    monkeypatch.setattr(scoring, "score_trees", counted)
-    rows["calls"].clear()
+    stop = interrupted(monkeypatch, rows, 4, lambda: score(tiny_model, tiny_backbone, rows["input"], "-o", out2))
+    assert stop.exit_code == 130
     r = score(tiny_model, tiny_backbone, rows["input"], "-o", out2, "--resume", "--top-k", "2")
     assert r.exit_code == 0, r.output
     assert len(rows["calls"]) == 7
@@ -119,12 +113,10 @@ def test_resume_recomputes_from_the_first_window_that_changed(tiny_model, tiny_b
 
     # a run killed in the middle of writing a window leaves bytes past the last index line: they are cut off
     out3 = tmp_path / "t.jsonl"
-    interrupt_after(monkeypatch, 2)
-    assert score(tiny_model, tiny_backbone, rows["input"], "-o", out3).exit_code == 130
+    stop = interrupted(monkeypatch, rows, 2, lambda: score(tiny_model, tiny_backbone, rows["input"], "-o", out3))
+    assert stop.exit_code == 130
     with open(tmp_path / "t.jsonl.parts" / "rows.jsonl", "a") as fh:
         fh.write('{"id": "torn", "sco')
-    monkeypatch.setattr(scoring, "score_trees", counted)
-    rows["calls"].clear()
     plain = score(tiny_model, tiny_backbone, rows["input"])
     rows["calls"].clear()
     r = score(tiny_model, tiny_backbone, rows["input"], "-o", out3, "--resume")
@@ -190,14 +182,11 @@ def test_an_interrupted_evaluate_resumes_to_the_same_report(tiny_model, tiny_bac
     ref = tmp_path / "ref"
     r = evaluate(tiny_model, tiny_backbone, inp, "-o", ref / "rep.json", "--pairs-output", ref / "pairs.jsonl")
     assert r.exit_code == 0, r.output
-    counted = scoring.score_trees
     out = tmp_path / "out"
-    interrupt_after(monkeypatch, 2)
-    r = evaluate(tiny_model, tiny_backbone, inp, "-o", out / "rep.json", "--pairs-output", out / "pairs.jsonl")
+    r = interrupted(monkeypatch, rows, 2, lambda: evaluate(tiny_model, tiny_backbone, inp, "-o", out / "rep.json",
+                                                           "--pairs-output", out / "pairs.jsonl"))
     assert r.exit_code == 130 and "rerun with --resume" in r.output
     assert sorted(p.name for p in out.iterdir()) == ["rep.json.parts"]
-    monkeypatch.setattr(scoring, "score_trees", counted)
-    rows["calls"].clear()
     r = evaluate(tiny_model, tiny_backbone, inp, "-o", out / "rep.json", "--pairs-output", out / "pairs.jsonl", "--resume")
     assert r.exit_code == 0, r.output
     assert len(rows["calls"]) == 2
@@ -242,12 +231,9 @@ def test_a_parts_path_that_is_a_file_or_a_link_is_refused(tiny_model, tiny_backb
 
 def test_a_run_killed_while_rewriting_its_index_still_resumes(tiny_model, tiny_backbone, rows, tmp_path, monkeypatch):
     out = tmp_path / "s.jsonl"
-    counted = scoring.score_trees
-    interrupt_after(monkeypatch, 3)
-    assert score(tiny_model, tiny_backbone, rows["input"], "-o", out).exit_code == 130
+    stop = interrupted(monkeypatch, rows, 3, lambda: score(tiny_model, tiny_backbone, rows["input"], "-o", out))
+    assert stop.exit_code == 130
     (tmp_path / "s.jsonl.parts" / "index.jsonl.tmp").write_text('{"job": "half-writ')  # the rewrite never renamed
-    monkeypatch.setattr(scoring, "score_trees", counted)
-    rows["calls"].clear()
     r = score(tiny_model, tiny_backbone, rows["input"], "-o", out, "--resume")
     assert r.exit_code == 0, r.output
     assert len(rows["calls"]) == 4 and sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "s.jsonl"]
