@@ -242,8 +242,8 @@ def _compute_chunks(cfg: ExtractConfig, source: Source, backbone: Backbone, rend
             path = parts / f"chunk-{c:06d}.safetensors"
             exs = [next(stream, (None, None)) for _ in chunks[c]]  # keep the stream aligned even for reused chunks
             if cfg.resume and path.exists():
-                try:
-                    if load_artifact(path, "features-chunk", tensors=False)[1].key == chunk_keys[c]:
+                try:  # read in full, so that its checksum is checked too
+                    if load_artifact(path, "features-chunk")[1].key == chunk_keys[c]:
                         return path, None
                 except ArmoError:
                     pass  # a damaged chunk is recomputed

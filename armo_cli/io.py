@@ -22,6 +22,10 @@ from .artifacts import KINDS, Meta
 from .errors import ArmoError, one_line
 
 META_KEY = "armo"
+# The metadata field holding a digest of the artifact's tensors (names, dtypes, shapes, bytes), written with
+# them and checked on every full load: a flipped bit, a half-finished copy or an edited tensor is refused by
+# name instead of changing scores without a word. Files from before it (armo 0.1.0) have none and load as before.
+CHECKSUM_KEY = "tensors_sha256"
 
 
 def display_name(path: str | Path) -> str:
@@ -40,6 +44,22 @@ def check_input_file(path: str | Path) -> Path:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"non-standard JSON constant {name}")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose name repeats keeps only its last value in every parser we know of: refused, since the
+    row's author meant one of the two and we cannot tell which."""
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        seen: set[str] = set()
+        key = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"field '{key}' appears twice in one object; JSON would keep only the last")
+    return d
+
+
+def strict_json(text: str | bytes) -> Any:
+    """json.loads for rows and requests: NaN/Infinity literals and repeated names are refused (ValueError)."""
+    return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
 
 
 @contextlib.contextmanager
@@ -74,7 +94,7 @@ def iter_jsonl(path: str | Path, display: str | None = None) -> Iterator[tuple[i
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line, parse_constant=_reject_constant)
+                obj = strict_json(line)
             except json.JSONDecodeError as e:
                 raise ArmoError(f"{name}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
             except RecursionError:
@@ -196,8 +216,28 @@ def save_artifact(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict
         seen.add(v.untyped_storage().data_ptr())
         out[k] = v
     tensors = out
+    meta = {**meta, CHECKSUM_KEY: tensors_sha256(tensors)}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={META_KEY: dumps(meta)})
+
+
+_ST_SIZES = {"F64": 8, "I64": 8, "F32": 4, "I32": 4, "F16": 2, "BF16": 2, "I16": 2, "U8": 1, "I8": 1, "BOOL": 1}
+_ST_NAMES = {torch.float64: "F64", torch.int64: "I64", torch.float32: "F32", torch.int32: "I32", torch.float16: "F16",
+             torch.bfloat16: "BF16", torch.int16: "I16", torch.uint8: "U8", torch.int8: "I8", torch.bool: "BOOL"}
+
+
+def _tensor_header(name: str, st_dtype: str, shape: Iterable[int]) -> bytes:
+    return json.dumps([name, st_dtype, list(shape)]).encode() + b"\n"
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """The digest of CHECKSUM_KEY: each tensor in name order, as its name, dtype, shape and raw bytes."""
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].detach().contiguous().cpu()
+        h.update(_tensor_header(k, _ST_NAMES[t.dtype], t.shape))
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
 
 
 # The tensors each artifact kind must carry (its metadata fields: artifacts.py). Checked on every load,
@@ -242,6 +282,12 @@ def load_artifact(path: str | Path, kind: str | None = None, tensors: bool = Tru
         raise ArmoError(f"{p}: damaged armo metadata (not JSON)") from None
     if not isinstance(meta, dict):
         raise ArmoError(f"{p}: damaged armo metadata (not a JSON object)")
+    checksum = meta.pop(CHECKSUM_KEY, None)  # never carried into a typed meta, so never copied into a new file
+    if checksum is not None and not isinstance(checksum, str):
+        raise ArmoError(f"{p}: damaged armo metadata ('{CHECKSUM_KEY}' is not a string)")
+    if load and checksum is not None and tensors_sha256(tensors) != checksum:
+        raise ArmoError(f"{p}: damaged: its tensors do not match the checksum written with them "
+                        f"(a changed byte or an unfinished copy); copy it again or re-create it")
     if kind is not None:
         if meta.get("kind") != kind:
             raise ArmoError(f"{p}: expected a '{kind}' artifact, found '{meta.get('kind')}'")
@@ -275,9 +321,6 @@ def sha256_json(o: Any) -> str:
     return hashlib.sha256(json.dumps(o, sort_keys=True, ensure_ascii=False, default=_json_default).encode()).hexdigest()
 
 
-_ST_SIZES = {"F64": 8, "I64": 8, "F32": 4, "I32": 4, "F16": 2, "BF16": 2, "I16": 2, "U8": 1, "I8": 1, "BOOL": 1}
-
-
 def save_concatenated(path: str | Path, files: list[Path], meta: dict[str, Any] | Meta) -> None:
     """Concatenate the same-named tensors of several safetensors files along dim 0 into one file,
     streaming one tensor of one file at a time (memory stays flat however long the job was)."""
@@ -301,17 +344,41 @@ def save_concatenated(path: str | Path, files: list[Path], meta: dict[str, Any] 
             n *= x
         header[k] = {"dtype": dtypes[k], "shape": shapes[k], "data_offsets": [offset, offset + n]}
         offset += n
-    header["__metadata__"] = {META_KEY: dumps(meta.to_json() if isinstance(meta, Meta) else meta)}
+    # The checksum is known only once the data is written: a placeholder of its length goes into the header
+    # and is overwritten in place at the end. Each input's own checksum is checked on the way through.
+    placeholder = "0" * 64
+    header["__metadata__"] = {META_KEY: dumps({**(meta.to_json() if isinstance(meta, Meta) else meta),
+                                               CHECKSUM_KEY: placeholder})}
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
+    at = 8 + raw.index(f'\\"{CHECKSUM_KEY}\\": \\"{placeholder}'.encode()) + len(f'\\"{CHECKSUM_KEY}\\": \\"'.encode())
+    digest = hashlib.sha256()
+    inputs = {f: (hashlib.sha256(), _stored_checksum(f)) for f in files}
     with atomic_path(path) as tmp, open(tmp, "wb") as out:
         out.write(len(raw).to_bytes(8, "little"))
         out.write(raw)
         for k in keys:
+            digest.update(_tensor_header(k, dtypes[k], shapes[k]))
             for f in files:
                 with safe_open(str(f), framework="pt") as sf:
                     t = sf.get_tensor(k).contiguous()
-                out.write(t.view(torch.uint8).numpy().tobytes())
+                data = t.reshape(-1).view(torch.uint8).numpy()
+                inputs[f][0].update(_tensor_header(k, _ST_NAMES[t.dtype], t.shape))
+                inputs[f][0].update(data)
+                digest.update(data)
+                out.write(data.tobytes())
+        for f, (h, stored) in inputs.items():
+            if stored is not None and h.hexdigest() != stored:
+                raise ArmoError(f"{f}: damaged: its tensors do not match the checksum written with them")
+        out.seek(at)
+        out.write(digest.hexdigest().encode())
+
+
+def _stored_checksum(path: Path) -> str | None:
+    with safe_open(str(path), framework="pt") as f:
+        raw = (f.metadata() or {}).get(META_KEY)
+    value = json.loads(raw).get(CHECKSUM_KEY) if raw else None
+    return value if isinstance(value, str) else None
 
 
 @contextlib.contextmanager

@@ -13,7 +13,6 @@ Routes: POST /get_reward (OpenRLHF), POST /score (armo's rows -> `armo score` re
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import queue
 import secrets
@@ -29,6 +28,7 @@ from .api import RewardModel
 from .chat_text import split_query
 from .configs import ServeConfig
 from .errors import ArmoError, one_line
+from .io import strict_json
 from .options import validate
 from .rendering import Tree
 
@@ -160,10 +160,6 @@ def _settle(fut: asyncio.Future, result: Any, error: BaseException | None) -> No
         fut.set_result(result)
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def make_app(rm: RewardModel, cfg: ServeConfig):
     """The ASGI app (Starlette) around a loaded model."""
     from starlette.applications import Starlette
@@ -188,7 +184,7 @@ def make_app(rm: RewardModel, cfg: ServeConfig):
                 raise HTTPError(413, f"request body over --max-body-mb {cfg.max_body_mb:g}")
             body.append(chunk)
         try:
-            return json.loads(b"".join(body), parse_constant=_reject_constant)
+            return strict_json(b"".join(body))
         except (ValueError, RecursionError) as e:
             raise HTTPError(400, f"malformed JSON ({one_line(e)[:160]})") from None
 

@@ -269,3 +269,79 @@ def test_sigterm_stops_a_job_as_ctrl_c_does_and_resume_finishes_it(tiny_backbone
     assert armo("extract", *args, "-o", out, "--resume").code == 0
     a, b = Features.load(ref), Features.load(out)
     assert a.ids == b.ids and all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
+
+
+# --- checksums: a damaged artifact is refused by name, never read as other numbers -----------------------------
+
+def _flip_last_data_byte(path: Path) -> None:
+    b = bytearray(path.read_bytes())
+    b[-3] ^= 0x01  # the last tensor's data: the header and its metadata stay readable
+    path.write_bytes(bytes(b))
+
+
+@pytest.mark.parametrize("part", ["p.st", "reg.st", "dec.st", "gate.st"])
+def test_a_changed_byte_in_any_artifact_is_refused_naming_the_file(tiny_model, tmp_path, part):
+    import shutil
+
+    from armo_cli.io import load_artifact
+
+    bad = tmp_path / part
+    shutil.copy(tiny_model / part, bad)
+    load_artifact(bad)  # intact: loads
+    _flip_last_data_byte(bad)
+    with pytest.raises(ArmoError, match=rf"^{bad}: damaged: its tensors do not match the checksum written with them"):
+        load_artifact(bad)
+    assert load_artifact(bad, tensors=False)[1]["kind"]  # the metadata alone still reads (resume checks, joins)
+
+
+def test_a_damaged_model_part_stops_score_with_one_line(tiny_model, tmp_path):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model / "model", model)
+    _flip_last_data_byte(model / "gating.safetensors")  # no other part records the gate's hash
+    r = armo("score", "-m", model, tiny_model / "p.jsonl", "-q")
+    assert r.code == 2 and r.stdout == ""
+    assert r.stderr == (f"error: {model / 'gating.safetensors'}: damaged: its tensors do not match the checksum "
+                        f"written with them (a changed byte or an unfinished copy); copy it again or re-create it\n")
+
+
+def test_the_streamed_checksum_of_a_joined_file_is_the_in_memory_one(bb, tmp_path):
+    import json
+
+    from safetensors import safe_open
+
+    from armo_cli.io import CHECKSUM_KEY, load_artifact, save_artifact, tensors_sha256
+
+    out = tmp_path / "o.st"
+    _extract(bb, write_jsonl(tmp_path / "a.jsonl", pair_rows(7)), out, chunk_size=3)  # three chunks, joined
+    with safe_open(str(out), framework="pt") as f:
+        stored = json.loads(f.metadata()["armo"])[CHECKSUM_KEY]
+    tensors, meta = load_artifact(out, "features")
+    assert stored == tensors_sha256(tensors)
+    # an artifact from before checksums (armo 0.1.0) loads as before
+    save_artifact(tmp_path / "old.st", tensors, meta)
+    raw = (tmp_path / "old.st").read_bytes()
+    old = raw.replace(f'\\"{CHECKSUM_KEY}\\": \\"{stored}\\", '.encode(), b"")  # not the last field
+    old = old.replace(f', \\"{CHECKSUM_KEY}\\": \\"{stored}\\"'.encode(), b"")
+    assert len(old) < len(raw)
+    n = int.from_bytes(old[:8], "little") - (len(raw) - len(old))
+    (tmp_path / "old.st").write_bytes(n.to_bytes(8, "little") + old[8:])
+    assert torch.equal(load_artifact(tmp_path / "old.st", "features")[0]["response_features"], tensors["response_features"])
+
+
+def test_resume_recomputes_a_chunk_whose_bytes_changed(bb, tmp_path):
+    rows = write_jsonl(tmp_path / "a.jsonl", pair_rows(9, seed=2))
+    out = tmp_path / "o.st"
+
+    def stop(chunk: int) -> None:
+        if chunk == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _extract(bb, rows, out, chunk_size=3, after_chunk=stop)
+    _flip_last_data_byte(tmp_path / "o.st.parts" / "chunk-000000.safetensors")
+    rep = _extract(bb, rows, out, chunk_size=3, resume=True)
+    assert (rep.chunks_reused, rep.chunks_computed) == (1, 2)
+    _extract(bb, rows, tmp_path / "clean.st", chunk_size=3)
+    assert torch.equal(Features.load(out).tensors["response_features"], Features.load(tmp_path / "clean.st").tensors["response_features"])

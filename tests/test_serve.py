@@ -193,6 +193,7 @@ LONG = " ".join(["word"] * 400)
 @pytest.mark.parametrize("path,body,status,pattern", [
     ("/get_reward", b"{not json", 400, "malformed JSON"),
     ("/get_reward", b'{"query": [NaN]}', 400, "malformed JSON"),
+    ("/score", b'{"rows": [{"prompt": "p", "response": "a", "response": "b"}]}', 400, "field 'response' appears twice"),
     ("/get_reward", b"[" * 100000 + b"]" * 100000, 413, "max-body-mb"),
     ("/get_reward", b"[" * 20000 + b"]" * 20000, 400, "malformed JSON"),
     ("/get_reward", {"query": "not a list"}, 400, "field 'query'"),
