@@ -13,7 +13,7 @@ from typing import Callable, List, NoReturn, Optional, TypeVar
 import typer
 
 from . import __version__
-from .console import console
+from .console import console, error, info, warn
 from .configs import (AssembleConfig, DecorrelationConfig, EvaluateConfig, ExportConfig, ExtractConfig, GatingConfig,
                       ImportConfig, MergeConfig, RegressionConfig, ReportConfig, SampleConfig, ScoreConfig, ServeConfig)
 from .specs import parse_alphas, parse_lambda_range, parse_ranges
@@ -40,7 +40,7 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show the traceback 
 
 
 def _fail(msg: str, code: int) -> NoReturn:
-    console.print(f"[red]error:[/red] {msg}", highlight=False, soft_wrap=True)
+    error(msg)
     raise typer.Exit(code)
 
 
@@ -171,11 +171,8 @@ def merge(**values):
 
     cfg = _config(MergeConfig, values)
     rep = _run(lambda: run(cfg))
-    console.print(f"[green]merged[/green] {rep['shards']} of {rep['num_shards']} shards into {cfg.output}: "
-                  f"{rep['rows']} rows", highlight=False)
+    info(f"{rep['shards']} of {rep['num_shards']} shards into {cfg.output}: {rep['rows']} rows", done="merged")
     if rep["missing_shards"]:
-        from .console import warn
-
         warn(f"missing shards: {', '.join(map(str, rep['missing_shards']))} (merged with --allow-partial)")
 
 
@@ -248,8 +245,7 @@ def assemble(**values):
 
     cfg = _config(AssembleConfig, values)
     m = _run(lambda: run(cfg.output, cfg.regression, cfg.gating, cfg.decorrelation, cfg.force))
-    console.print(f"[green]model[/green] {cfg.output}: {len(m.objectives)} objectives on {m.backbone['name']}",
-                  highlight=False)
+    info(f"{cfg.output}: {len(m.objectives)} objectives on {m.backbone['name']}", done="model")
 
 
 @app.command()
@@ -299,7 +295,7 @@ def sample(**values):
     cfg = _config(SampleConfig, values)
     k = _run(lambda: run(cfg))
     short = f" (--n {cfg.n}: only {k} were left to take)" if cfg.n is not None and k < cfg.n else ""
-    console.print(f"[green]sampled[/green] {k} rows{short}", highlight=False)
+    info(f"{k} rows{short}", done="sampled")
 
 
 @app.command("export")
@@ -316,7 +312,7 @@ def export_(**values):
 
     cfg = _config(ExportConfig, values)
     out = _run(lambda: export_model(cfg.model, cfg.output, cfg.backbone, cfg.force))
-    console.print(f"[green]exported[/green] {out}", highlight=False)
+    info(str(out), done="exported")
 
 
 @app.command("import")
@@ -403,11 +399,10 @@ def main(argv: Optional[List[str]] = None) -> None:
             e.show()
             sys.exit(EXIT_BAD_INPUT)
         where = e.ctx.command_path if e.ctx is not None else "armo"
-        console.print(f"[red]error:[/red] {where}: {one_line(e.format_message())} (see {where} --help)",
-                      highlight=False, soft_wrap=True)
+        error(f"{where}: {one_line(e.format_message())} (see {where} --help)")
         sys.exit(EXIT_BAD_INPUT)
     except other as e:
-        console.print(f"[red]error:[/red] {one_line(e.format_message())}", highlight=False, soft_wrap=True)
+        error(one_line(e.format_message()))
         sys.exit(EXIT_BAD_INPUT)
     except (*abort, KeyboardInterrupt):
         console.print("[yellow]interrupted[/yellow]", highlight=False)

@@ -1,9 +1,14 @@
-"""stderr output: one rich console, progress bars and tables."""
+"""stderr output: one rich console, progress bars and tables.
+
+Rich reads `[...]` as markup. Ids, subsets, objective names, paths and values quoted in messages come from the
+user's files, so every such text goes through `escape` here: `[/]` in an id would otherwise crash the output
+and `[bold red]x` would print as a red `x`. Markup lives only in the literals below."""
 from __future__ import annotations
 
 from typing import Iterable
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -26,12 +31,12 @@ def progress(quiet: bool = False) -> Progress:
 
 
 def table(title: str, columns: Iterable[str], rows: Iterable[Iterable[object]]) -> Table:
-    t = Table(title=title, title_justify="left")
+    t = Table(title=escape(title), title_justify="left")
     for i, c in enumerate(columns):
         # fold rather than truncate: objective names must stay readable on narrow terminals
-        t.add_column(c, justify="left" if i == 0 else "right", overflow="fold", min_width=min(len(c), 12))
+        t.add_column(escape(c), justify="left" if i == 0 else "right", overflow="fold", min_width=min(len(c), 12))
     for r in rows:
-        t.add_row(*[fmt(v) for v in r])
+        t.add_row(*[escape(fmt(v)) for v in r])
     return t
 
 
@@ -50,11 +55,17 @@ def show(t: Table, quiet: bool = False) -> None:
         console.print(t)
 
 
+def error(msg: str) -> None:
+    # one line each, however narrow the terminal or log (grep-able)
+    console.print(f"[red]error:[/red] {escape(msg)}", highlight=False, soft_wrap=True)
+
+
 def warn(msg: str) -> None:
-    # one line each, however narrow the terminal or log (grep-able, as the errors are)
-    console.print(f"[yellow]warning:[/yellow] {msg}", highlight=False, soft_wrap=True)
+    console.print(f"[yellow]warning:[/yellow] {escape(msg)}", highlight=False, soft_wrap=True)
 
 
-def info(msg: str, quiet: bool = False) -> None:
+def info(msg: str, quiet: bool = False, done: str | None = None, style: str = "green") -> None:
+    """One line; `done` is a leading word in `style` ("wrote", "merged"): `wrote out.st: 80 rows`."""
     if not quiet:
-        console.print(msg, highlight=False, soft_wrap=True)  # one line, like warn
+        head = f"[{style}]{escape(done)}[/{style}] " if done else ""
+        console.print(head + escape(msg), highlight=False, soft_wrap=True)

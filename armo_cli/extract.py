@@ -171,7 +171,7 @@ def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, afte
         except ArmoError:
             done = None
         if done is not None and done.job_key == job_key:  # the same job finished before: nothing to do
-            info(f"[green]up to date[/green] {shard_out}: {len(done.ids)} rows", cfg.quiet)
+            info(f"{shard_out}: {len(done.ids)} rows", cfg.quiet, done="up to date")
             if launched:
                 _rank_merge(out, shard_index, num_shards, cfg.quiet)
             return ExtractReport(**{**done.report, "chunks_computed": 0, "chunks_reused": len(mine), "tokens_computed": 0})
@@ -201,9 +201,9 @@ def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, afte
     shutil.rmtree(parts, ignore_errors=True)
     if launched:
         _rank_merge(out, shard_index, num_shards, cfg.quiet)
-    info(f"[green]wrote[/green] {shard_out}: {report.rows} rows, {len(report.skipped)} skipped, "
+    info(f"{shard_out}: {report.rows} rows, {len(report.skipped)} skipped, "
          f"{len(report.truncated)} truncated, {report.chunks_computed} chunks computed, "
-         f"{report.chunks_reused} reused", cfg.quiet or not cfg.announce)
+         f"{report.chunks_reused} reused", cfg.quiet or not cfg.announce, done="wrote")
     for s in report.skipped:
         warn(f"skipped line {s['line']} ({s['id']}): {s['reason']}")
     return report
@@ -386,4 +386,4 @@ def _rank_merge(out: Path, rank: int, world: int, quiet: bool, timeout: float = 
     merge_features(shards, out)
     for s in shards:
         s.unlink()
-    info(f"[green]merged[/green] {world} ranks into {out}", quiet)
+    info(f"{world} ranks into {out}", quiet, done="merged")

@@ -206,7 +206,7 @@ def fit_gating(cfg: GatingConfig) -> dict:
     t0 = time.perf_counter()
     reg, dec, feats, meaning = _load_parts(cfg.features, cfg.regression, cfg.decorrelation)
     if dec.meta.identity:
-        info("[yellow]no decorrelation artifact given: using the identity transform[/yellow]", cfg.quiet)
+        info("no decorrelation artifact given: using the identity transform", cfg.quiet, done="note:", style="yellow")
     torch.manual_seed(cfg.seed)
     P = torch.cat([f.tensors["prompt_features"] for f in feats]).float()
     Rf = torch.cat([f.tensors["response_features"] for f in feats]).float()

@@ -214,5 +214,5 @@ def import_checkpoint(source: str, output: str | Path, objectives: list[str] | N
                              "scales": scales, "hidden_size": d, "imported_from": name,
                              "parts": dict(PART_FILES)})
         ArmoModel.load(out)
-    info(f"[green]imported[/green] {name}: {k} objectives, gate rule {rule} -> {output}")
+    info(f"{name}: {k} objectives, gate rule {rule} -> {output}", done="imported")
     return ArmoModel.load(output)

@@ -91,7 +91,7 @@ def fit_into_model_dir(fit: Callable[[], T], output: str, model_dir: str | None,
     result = fit()
     if model_dir:
         register_part(model_dir, part, output)
-        info(f"[green]{part}[/green] registered in {model_dir}")
+        info(f"registered in {model_dir}", done=part)
     return result
 
 

@@ -130,8 +130,9 @@ def _plt():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # subset and objective names are the user's text: `$...$` must not become TeX (or fail to parse as it)
     plt.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "armo", "font.size": 9, "axes.titlesize": 10,
-                         "axes.spines.top": False, "axes.spines.right": False})
+                         "axes.spines.top": False, "axes.spines.right": False, "text.parse_math": False})
     return plt
 
 

@@ -103,3 +103,17 @@ def test_evaluate_without_html_does_not_import_matplotlib(tiny_model, tmp_path):
     assert out.stdout.strip().splitlines()[-1] == "False", out.stderr
     assert json.loads((tmp_path / "r.json").read_text())["n"] == 60
     assert time.time() - t0 < 120
+
+
+def test_names_with_dollar_signs_are_drawn_as_written(tiny_model, tmp_path):
+    """matplotlib reads `$...$` as TeX: a subset `a $\\frac{$ b` stopped the report with an internal error, and
+    `x $\\alpha$` was drawn as `x α`."""
+    from conftest import write_jsonl
+
+    rows = write_jsonl(tmp_path / "d.jsonl", [
+        {"id": "a", "prompt": "hi", "chosen": "a", "rejected": "b", "subset": "a $\\frac{$ b"},
+        {"id": "b", "prompt": "hi", "chosen": "c", "rejected": "d", "subset": "x $\\alpha$"}])
+    r = armo("evaluate", "-m", tiny_model / "model", rows, "-o", tmp_path / "r.json", "--html", tmp_path / "r.html", "-q")
+    assert r.code == 0, r.stderr
+    labels = re.findall(r"<text [^>]*>([^<]*)  n=1</text>", (tmp_path / "r.html").read_text())
+    assert sorted(labels) == ["a $\\frac{$ b", "x $\\alpha$"]

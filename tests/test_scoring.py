@@ -434,3 +434,25 @@ def test_max_length_beyond_the_backbones_positions_is_refused(tiny_model, tiny_b
     assert length_limit(512, SimpleNamespace(max_position_embeddings=512)) == (512, "--max-length")
     extended = SimpleNamespace(max_position_embeddings=512, rope_scaling={"type": "yarn", "factor": 4.0})
     assert length_limit(2048, extended) == (2048, "--max-length")
+
+
+def test_ids_subsets_and_values_print_as_written_never_as_markup(tiny_model, tmp_path):
+    """Rich reads `[...]` as markup: an id `[/]` crashed `--format table` with a traceback, `[bold red]x` printed
+    as a red `x`, and a rating `"[/]"` turned the one-line error into a crash."""
+    from conftest import armo, write_jsonl
+
+    m = tiny_model / "model"
+    rows = write_jsonl(tmp_path / "m.jsonl", [
+        {"id": "[/]", "prompt": "hi", "chosen": "a", "rejected": "b", "subset": "[bold red]s"},
+        {"id": "[bold red]x", "prompt": "hi [/] there", "chosen": "a", "rejected": "b", "subset": "[/]"}])
+    r = armo("score", "-m", m, rows, "--format", "table", "-q")
+    assert r.code == 0, r.stderr
+    titles = [ln.split(":")[0] for ln in r.stdout.splitlines() if "margin" in ln]
+    assert titles == ["[/]", "[bold red]x"]
+    r = armo("evaluate", "-m", m, rows)
+    assert r.code == 0, r.stderr
+    subsets = sorted(ln.split("│")[1].strip() for ln in r.stderr.splitlines() if ln.startswith("│ ["))
+    assert subsets == ["[/]", "[bold red]s"]
+    bad = write_jsonl(tmp_path / "b.jsonl", [{"prompt": "p", "response": "r", "ratings": {"[red]x": "[/]"}}])
+    r = armo("score", "-m", m, bad)
+    assert (r.code, r.stderr) == (2, f"error: {bad}:1: field 'ratings.[red]x': not a number ('[/]')\n")
