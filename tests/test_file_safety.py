@@ -31,6 +31,16 @@ def _extract(bb, inp, out, after_chunk=None, **kw):
                    after_chunk=after_chunk)
 
 
+def _interrupted_after_two_chunks(bb, inp, out):
+    """An extract of chunks of 3 rows, stopped by Ctrl-C once its second chunk is written."""
+    def stop(chunk: int) -> None:
+        if chunk == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _extract(bb, inp, out, chunk_size=3, after_chunk=stop)
+
+
 def _users_folder(path):
     path.mkdir()
     (path / "thesis.txt").write_text("years of work")
@@ -165,13 +175,7 @@ def test_chunks_of_another_input_are_never_reused(bb, tmp_path):
     rows = pair_rows(9, seed=4)
     a = write_jsonl(tmp_path / "a.jsonl", rows)
     out = tmp_path / "o.st"
-
-    def stop(chunk: int) -> None:
-        if chunk == 1:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        _extract(bb, a, out, chunk_size=3, after_chunk=stop)
+    _interrupted_after_two_chunks(bb, a, out)
     assert len(list((tmp_path / "o.st.parts").glob("chunk-*"))) == 2
     # another input whose first rows are the very same: the finished chunks are not its own
     b = write_jsonl(tmp_path / "b.jsonl", rows + [{**rows[0], "id": "extra"}])
@@ -333,13 +337,7 @@ def test_the_streamed_checksum_of_a_joined_file_is_the_in_memory_one(bb, tmp_pat
 def test_resume_recomputes_a_chunk_whose_bytes_changed(bb, tmp_path):
     rows = write_jsonl(tmp_path / "a.jsonl", pair_rows(9, seed=2))
     out = tmp_path / "o.st"
-
-    def stop(chunk: int) -> None:
-        if chunk == 1:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        _extract(bb, rows, out, chunk_size=3, after_chunk=stop)
+    _interrupted_after_two_chunks(bb, rows, out)
     _flip_last_data_byte(tmp_path / "o.st.parts" / "chunk-000000.safetensors")
     rep = _extract(bb, rows, out, chunk_size=3, resume=True)
     assert (rep.chunks_reused, rep.chunks_computed) == (1, 2)
