@@ -2,11 +2,14 @@
 
 A pair is run as one tree [prompt | chosen | rejected] with an attention mask in which each response sees
 the prompt and itself but not the other response, and position ids that restart after the prompt. The
-prompt is therefore computed once, with no cache juggling and no padding.
+prompt is therefore computed once, with no cache juggling and no padding. Rows that share a prompt (best-of-n
+samples, a GRPO group, several pairs on one prompt) are run the same way, as one tree with every distinct
+response of theirs after the one prompt, where that costs less than running them apart (`share_prompts`).
 """
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import torch
@@ -144,7 +147,7 @@ def hidden_states(model: Any, layer: int = -1, **inputs: Any) -> torch.Tensor:
 @torch.inference_mode()
 def forward_trees(model: Any, trees: list[Tree], device: torch.device, dtype: torch.dtype,
                   layer: int | list[int] = -1, pooling: str = "last"):
-    """Return prompt features [B,d] and response features [B,m,d] (float32) for trees with m responses each,
+    """Return prompt features [B,d] and response features [B,m,d] (float32) for trees with up to m responses each,
     read at `layer` (default: the last, after the final norm). A list of layers reads them all from one
     pass: prompt [B,n,d] and responses [B,m,n,d]. `pooling`: a response's feature is its last token's
     hidden state ("last", ArmoRM's) or the mean over its tokens ("mean"); the prompt's is read at the gate."""
@@ -160,7 +163,7 @@ def forward_trees(model: Any, trees: list[Tree], device: torch.device, dtype: to
             hidden = torch.stack([hs[resolve_layer(k, n)] for k in layer], dim=2)  # [B,L,n,d]
         else:
             hidden = hidden_states(model, layer, **inputs)
-    m = len(trees[0].conts)
+    m = max(len(t.conts) for t in trees)  # trees with fewer responses are padded: zeros, never read
     spans = []  # per tree, each response's [start, end) in the batch row (identical responses share one)
     for t in trees:
         o = len(t.prompt)
@@ -169,7 +172,7 @@ def forward_trees(model: Any, trees: list[Tree], device: torch.device, dtype: to
         for c in branches:
             starts.append((o, o + len(c)))
             o += len(c)
-        spans.append([starts[j] for j in which])
+        spans.append([starts[j] for j in which] + [(o - 1, o)] * (m - len(which)))
     bi = torch.arange(len(trees), device=hidden.device)
     prompt = hidden[bi, torch.tensor([t.gate for t in trees], device=hidden.device)].float().cpu()
     if pooling == "mean":
@@ -208,15 +211,90 @@ def token_batches(trees: list[Tree], batch_tokens: int, max_padding: float = 1.0
         yield batch
 
 
+@dataclass
+class Shared:
+    """Trees that share one prompt, run as one tree: the prompt once, then each distinct response of theirs.
+    `slots` are the trees' places in the caller's list; `picks[i]` the tree's responses in `tree.conts`."""
+
+    trees: list[Tree]
+    slots: list[int]
+    tree: Tree
+    picks: list[list[int]]
+
+    @classmethod
+    def of(cls, trees: list[Tree], slots: list[int]) -> "Shared":
+        conts: list[list[int]] = []
+        at: dict[tuple[int, ...], int] = {}  # a response two of the trees share runs once
+        picks = []
+        for t in trees:
+            pick = []
+            for c in t.conts:
+                if tuple(c) not in at:
+                    at[tuple(c)] = len(conts)
+                    conts.append(c)
+                pick.append(at[tuple(c)])
+            picks.append(pick)
+        first = trees[0]
+        return cls(trees, slots, Tree(first.index, first.example, first.prompt, conts, first.gate), picks)
+
+    def halves(self) -> list["Shared"]:
+        h = len(self.trees) // 2
+        return [Shared.of(self.trees[:h], self.slots[:h]), Shared.of(self.trees[h:], self.slots[h:])]
+
+
+def pass_cost(config: Any) -> Callable[[int], float] | None:
+    """FLOPs of one forward pass over a sequence of L tokens under armo's dense tree mask: the projections and
+    MLP grow with L, attention (every query against every key the mask lets through or not) with L^2. None for a
+    config that does not give its shape (then every row runs apart)."""
+    try:
+        d = int(config.hidden_size)
+        heads = int(config.num_attention_heads)
+        n = int(config.num_hidden_layers)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    hd = int(getattr(config, "head_dim", None) or d // heads)
+    kv = int(getattr(config, "num_key_value_heads", None) or heads)
+    ff = int(getattr(config, "intermediate_size", None) or 4 * d)
+    linear = 2 * (2 * d * heads * hd + 2 * d * kv * hd + 3 * d * ff)
+    attention = 4 * heads * hd
+    return lambda L: n * (linear * L + attention * L * L)
+
+
+def share_prompts(trees: list[Tree], cost: Callable[[int], float] | None, budget: int) -> list[Shared]:
+    """Group trees with the same prompt tokens (and gate) into Shared units, in order. A tree joins its prompt's
+    open unit when that costs less than a pass of its own (`cost`; None never joins) and the unit stays within
+    `budget` tokens; otherwise it opens a new one."""
+    units: list[Shared] = []
+    open_unit: dict[tuple, tuple[list[int], int]] = {}  # (gate, prompt) -> (slots, tokens) of the unit being filled
+    groups: list[list[int]] = []
+    for i, t in enumerate(trees):
+        key = (t.gate, tuple(t.prompt))
+        alone = t.length
+        if cost is not None and key in open_unit:
+            slots, tokens = open_unit[key]
+            added = alone - len(t.prompt)
+            if tokens + added <= budget and cost(tokens + added) - cost(tokens) < cost(alone):
+                slots.append(i)
+                open_unit[key] = (slots, tokens + added)
+                continue
+        groups.append([i])
+        open_unit[key] = (groups[-1], alone)
+    for g in groups:
+        units.append(Shared.of([trees[i] for i in g], g))
+    return units
+
+
 def encode_trees(backbone: Backbone, trees: list[Tree], batch_tokens: int,
                  on_batch: Callable[[int, int], None] | None = None,
-                 max_padding: float = 1.0, layer: int | list[int] = -1, pooling: str = "last") -> tuple[torch.Tensor, torch.Tensor]:
+                 max_padding: float = 1.0, layer: int | list[int] = -1, pooling: str = "last",
+                 share: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Features for trees in their given order (batches are length-sorted, order restored); with a list of
     layers, all of them from one pass ([N,n,d] and [N,m,n,d]).
 
     Trees with the same tokens are computed once and share the result: the same prompt and response get
     the same reward, bit for bit, wherever they sit in a call (a GRPO group of identical completions has
-    zero spread, not float noise that a group normalisation would blow up)."""
+    zero spread, not float noise that a group normalisation would blow up). Trees with the same prompt run as
+    one tree where that is cheaper (`share_prompts`; `share=False` runs each apart, for comparison)."""
     m = len(trees[0].conts)
     d = (len(layer), backbone.hidden_size) if isinstance(layer, list) else (backbone.hidden_size,)
     prompt = torch.empty(len(trees), *d)
@@ -226,15 +304,18 @@ def encode_trees(backbone: Backbone, trees: list[Tree], batch_tokens: int,
         copies.setdefault((t.gate, tuple(t.prompt), *map(tuple, t.conts)), []).append(i)
     groups = list(copies.values())
     unique = [trees[g[0]] for g in groups]
-    where = {id(t): g for t, g in zip(unique, groups)}
-    for batch in token_batches(unique, batch_tokens, max_padding):
-        for part, (pf, rf) in forward_splitting(backbone, batch, layer, pooling):
-            src = [k for k, t in enumerate(part) for _ in where[id(t)]]
-            dst = torch.tensor([i for t in part for i in where[id(t)]])
-            prompt[dst] = pf[src]
-            resp[dst] = rf[src]
+    cost = pass_cost(backbone.model.config) if share else None
+    units = share_prompts(unique, cost, batch_tokens)
+    by_tree = {id(u.tree): u for u in units}
+    for batch in token_batches([u.tree for u in units], batch_tokens, max_padding):
+        for part, (pf, rf) in forward_splitting(backbone, [by_tree[id(t)] for t in batch], layer, pooling):
+            for b, u in enumerate(part):
+                for slot, pick in zip(u.slots, u.picks):
+                    dst = torch.tensor(groups[slot])
+                    prompt[dst] = pf[b]
+                    resp[dst] = rf[b, pick]
         if on_batch:
-            on_batch(sum(len(where[id(t)]) for t in batch), sum(t.length for t in batch))
+            on_batch(sum(len(groups[s]) for t in batch for s in by_tree[id(t)].slots), sum(t.length for t in batch))
     return prompt, resp
 
 
@@ -243,24 +324,25 @@ def is_out_of_memory(e: BaseException) -> bool:
     return type(e).__name__ == "OutOfMemoryError" or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
 
 
-def forward_splitting(backbone: Backbone, batch: list[Tree], layer: int | list[int] = -1, pooling: str = "last"):
-    """forward_trees on a batch; a batch that runs out of memory is split in two and retried, down to one
-    tree, which then fails with an error naming its row and length. Yields (trees, features) parts."""
+def forward_splitting(backbone: Backbone, batch: list[Shared], layer: int | list[int] = -1, pooling: str = "last"):
+    """forward_trees on a batch of units; a batch that runs out of memory is split in two and retried, down to
+    one unit, then to one tree, which then fails with an error naming its row and length. Yields (units,
+    features) parts."""
     try:
-        yield batch, forward_trees(backbone.model, batch, backbone.device, backbone.dtype, layer, pooling)
+        yield batch, forward_trees(backbone.model, [u.tree for u in batch], backbone.device, backbone.dtype, layer, pooling)
         return
     except Exception as e:
         if not is_out_of_memory(e):
             raise
         if backbone.device.type == "cuda":
             torch.cuda.empty_cache()
-        if len(batch) == 1:
-            t = batch[0]
+        if len(batch) == 1 and len(batch[0].trees) == 1:
+            t = batch[0].trees[0]
             raise ArmoError(f"line {t.example.line}: row {t.example.id!r} ({t.length} tokens) does not fit in memory "
                             f"on {backbone.device} even alone; use --max-length with --overflow truncate-prompt or skip") from None
-    half = len(batch) // 2
-    yield from forward_splitting(backbone, batch[:half], layer, pooling)
-    yield from forward_splitting(backbone, batch[half:], layer, pooling)
+    parts = batch[0].halves() if len(batch) == 1 else [batch[:len(batch) // 2], batch[len(batch) // 2:]]
+    for part in parts:
+        yield from forward_splitting(backbone, part if isinstance(part, list) else [part], layer, pooling)
 
 
 def check_finite_features(trees: list[Tree], prompt: torch.Tensor, resp: torch.Tensor, source_name: str,

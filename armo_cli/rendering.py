@@ -41,7 +41,8 @@ class TemplateRefused(ArmoError):
 
 @dataclass
 class Tree:
-    """Token ids of one example: a prompt and one or two continuations sharing it."""
+    """Token ids of one example: a prompt and one or two continuations sharing it (or, for rows run together
+    by forward.share_prompts, every distinct continuation of the rows that share the prompt)."""
 
     index: int
     example: Example

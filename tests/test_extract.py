@@ -569,3 +569,92 @@ def test_unreadable_weights_are_one_line_after_validation_and_leave_nothing(tiny
     assert len(r.stderr.strip().splitlines()) == 1
     assert r.stderr.startswith(f"error: --backbone {broken}: could not load the model ("), r.stderr
     assert sorted(p.name for p in work.iterdir()) == ["in.jsonl"]
+
+
+# --- rows that share a prompt run as one tree ----------------------------------------------------------------
+
+def _shared_prompt_rows(pair: bool) -> list[dict]:
+    """Three prompts with several rows each (a policy's samples, several pairs on one prompt), a row whose
+    response another row of its prompt also has, a pair with identical sides, and rows with prompts of their own."""
+    rows = []
+    for p, prompt in enumerate(["say hi", [{"role": "system", "content": "be brief"}, {"role": "user", "content": "why"}],
+                                "write code"]):
+        for j in range(4):
+            resp = f"answer {j} " + "word " * (3 * j + p)
+            row = ({"prompt": prompt, "chosen": resp, "rejected": f"other {j} to {p}"} if pair
+                   else {"prompt": prompt, "response": resp})
+            rows.append({"id": f"r{p}-{j}", **row})
+    rows.append({**rows[1], "id": "same-response-again"})
+    rows[2] = {**rows[2], "chosen": "tie", "rejected": "tie"} if pair else rows[2]
+    rows += [{"id": f"own{i}", **r} for i, r in enumerate(({"prompt": "alone", "chosen": "a", "rejected": "b"},) if pair
+                                                            else ({"prompt": "alone", "response": "a"},))]
+    return rows
+
+
+@pytest.fixture
+def always_share(monkeypatch):
+    """A cost with no attention term: every row joins its prompt's tree (the tiny backbone's real cost, whose
+    attention is dear next to its 32-wide projections, would join few)."""
+    import armo_cli.forward as fwd
+
+    monkeypatch.setattr(fwd, "pass_cost", lambda config: (lambda L: float(L)))
+
+
+@pytest.mark.parametrize("pair", [False, True])
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_rows_sharing_a_prompt_get_the_features_they_get_apart(bb, tmp_path, pair, pooling, always_share):
+    import armo_cli.forward as fwd
+
+    trees = trees_for(bb, _shared_prompt_rows(pair), tmp_path)
+    units = fwd.share_prompts(trees, fwd.pass_cost(bb.model.config), 10_000)
+    assert [len(u.trees) for u in units] == [5, 4, 4, 1]  # one tree per prompt; the repeated response runs once
+    assert units[0].tree.length < sum(t.length for t in units[0].trees)
+    assert units[0].picks[-1] == units[0].picks[1]
+    shared = encode_trees(bb, trees, batch_tokens=10_000, pooling=pooling)
+    apart = encode_trees(bb, trees, batch_tokens=10_000, pooling=pooling, share=False)
+    for s, a in zip(shared, apart):
+        assert torch.allclose(s, a, atol=1e-5), float((s - a).abs().max())
+    if pair:  # identical sides stay one computation: an exact tie
+        assert torch.equal(shared[1][2, 0], shared[1][2, 1])
+
+
+def test_a_row_joins_its_prompts_tree_only_when_that_is_cheaper_and_fits(bb, tmp_path):
+    from armo_cli.forward import pass_cost, share_prompts
+
+    trees = trees_for(bb, _shared_prompt_rows(False), tmp_path)
+    n = len(trees)
+    assert len(share_prompts(trees, None, 10_000)) == n  # no cost model: every row apart
+    from types import SimpleNamespace
+
+    assert pass_cost(SimpleNamespace(hidden_size=8)) is None  # a config without its shape: no cost model
+    cost = pass_cost(bb.model.config)  # FLOPs: the tiny backbone's attention is dear, so some rows join, some not
+    units = share_prompts(trees, cost, 10_000)
+    assert 4 < len(units) < n
+    for u in units:  # each join was cheaper than the row's own pass, so each tree is cheaper than its rows apart
+        assert len(u.trees) == 1 or cost(u.tree.length) < sum(cost(t.length) for t in u.trees)
+    quadratic = lambda L: float(L * L) ** 2  # attention so dear that no row joins  # noqa: E731
+    assert len(share_prompts(trees, quadratic, 10_000)) == n
+    longest = max(t.length for t in trees)
+    units = share_prompts(trees, lambda L: float(L), longest)  # linear cost: join while the budget allows
+    assert all(u.tree.length <= longest or len(u.trees) == 1 for u in units) and len(units) < n
+
+
+def test_a_shared_tree_out_of_memory_is_split_into_its_rows(bb, tmp_path, monkeypatch, always_share):
+    import armo_cli.forward as fwd
+
+    trees = trees_for(bb, _shared_prompt_rows(False), tmp_path)
+    want = encode_trees(bb, trees, batch_tokens=10_000)
+    real = fwd.forward_trees
+    widths = []
+
+    def small_memory(model, batch, *a, **k):
+        widths.append(max(len(t.conts) for t in batch))
+        if len(batch) > 1 or len(batch[0].conts) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return real(model, batch, *a, **k)
+
+    monkeypatch.setattr(fwd, "forward_trees", small_memory)
+    got = encode_trees(bb, trees, batch_tokens=10_000)
+    assert 4 in widths and max(widths[-3:]) <= 2  # the 4-response tree was split into halves that fit
+    for g, w in zip(got, want):
+        assert torch.allclose(g, w, atol=1e-5)
