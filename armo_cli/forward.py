@@ -264,7 +264,6 @@ def share_prompts(trees: list[Tree], cost: Callable[[int], float] | None, budget
     """Group trees with the same prompt tokens (and gate) into Shared units, in order. A tree joins its prompt's
     open unit when that costs less than a pass of its own (`cost`; None never joins) and the unit stays within
     `budget` tokens; otherwise it opens a new one."""
-    units: list[Shared] = []
     open_unit: dict[tuple, tuple[list[int], int]] = {}  # (gate, prompt) -> (slots, tokens) of the unit being filled
     groups: list[list[int]] = []
     for i, t in enumerate(trees):
@@ -279,9 +278,7 @@ def share_prompts(trees: list[Tree], cost: Callable[[int], float] | None, budget
                 continue
         groups.append([i])
         open_unit[key] = (groups[-1], alone)
-    for g in groups:
-        units.append(Shared.of([trees[i] for i in g], g))
-    return units
+    return [Shared.of([trees[i] for i in g], g) for g in groups]
 
 
 def encode_trees(backbone: Backbone, trees: list[Tree], batch_tokens: int,
@@ -340,9 +337,9 @@ def forward_splitting(backbone: Backbone, batch: list[Shared], layer: int | list
             t = batch[0].trees[0]
             raise ArmoError(f"line {t.example.line}: row {t.example.id!r} ({t.length} tokens) does not fit in memory "
                             f"on {backbone.device} even alone; use --max-length with --overflow truncate-prompt or skip") from None
-    parts = batch[0].halves() if len(batch) == 1 else [batch[:len(batch) // 2], batch[len(batch) // 2:]]
-    for part in parts:
-        yield from forward_splitting(backbone, part if isinstance(part, list) else [part], layer, pooling)
+    half = len(batch) // 2
+    for part in ([[u] for u in batch[0].halves()] if len(batch) == 1 else [batch[:half], batch[half:]]):
+        yield from forward_splitting(backbone, part, layer, pooling)
 
 
 def check_finite_features(trees: list[Tree], prompt: torch.Tensor, resp: torch.Tensor, source_name: str,
