@@ -73,6 +73,15 @@ def _binary_lines(path: str | Path) -> Iterator[Iterator[bytes]]:
         yield iter(fh)
 
 
+def text_sha256(path: str | Path) -> str:
+    """SHA-256 of a text file's content, read as iter_jsonl reads it (a .gz file's decompressed bytes)."""
+    h = hashlib.sha256()
+    with _binary_lines(path) as lines:
+        for raw in lines:
+            h.update(raw)
+    return h.hexdigest()
+
+
 def iter_jsonl(path: str | Path, display: str | None = None) -> Iterator[tuple[int, Any]]:
     """Yield (line number, object); blank lines are skipped. Malformed JSON, non-UTF-8 bytes, JSON nested
     too deeply, NaN/Infinity literals and damaged .gz files are armo errors naming file and line."""

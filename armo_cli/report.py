@@ -330,7 +330,9 @@ def render_report(report: dict, records: list[dict]) -> str:
 
 
 def report_from_files(report_path: str, pairs_path: str) -> tuple[dict, list[dict]]:
-    from .io import iter_jsonl, read_json_object
+    """The report and its pairs file, checked to belong together: the report's summary and the figures drawn
+    from the pairs must describe one run (the digest evaluate recorded; for reports without one, the counts)."""
+    from .io import iter_jsonl, read_json_object, text_sha256
 
     report = read_json_object(Path(report_path))
     records = []
@@ -339,6 +341,18 @@ def report_from_files(report_path: str, pairs_path: str) -> tuple[dict, list[dic
             if not isinstance(obj, dict) or key not in obj:
                 raise ArmoError(f"{pairs_path}:{line}: field '{key}': missing (write it with `armo evaluate --pairs-output`)")
         records.append(obj)
+    mismatch = f"{pairs_path}: not the pairs file of {report_path}"
+    if isinstance(report.get("pairs_sha256"), str):
+        if text_sha256(pairs_path) != report["pairs_sha256"]:
+            raise ArmoError(f"{mismatch} (its records differ from those the report was computed from); give the "
+                            f"--pairs-output file of the same `armo evaluate` run")
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r["subset"]] = counts.get(r["subset"], 0) + 1
+    want = {k: v.get("n") for k, v in report.get("subsets", {}).items() if isinstance(v, dict)}
+    if want and counts != want:
+        raise ArmoError(f"{mismatch}: it has {len(records)} pairs in {len(counts)} subsets, the report "
+                        f"{report.get('n')} in {len(want)}")
     return report, records
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import json
 import sys
@@ -554,6 +555,8 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         records = pair_records(model, ids, subsets, ex, lengths) if (cfg.pairs_output or cfg.html) else []
     if cfg.pairs_output:
         texts[cfg.pairs_output] = "".join(dumps(r) + "\n" for r in records)
+        # `armo report` checks that the pairs file it is given is this one, not another run's
+        report["pairs_sha256"] = hashlib.sha256(texts[cfg.pairs_output].encode()).hexdigest()
     if cfg.output:
         texts[cfg.output] = dumps(report, indent=2) + "\n"
     if cfg.html:

@@ -89,6 +89,35 @@ def test_report_refuses_records_without_explanations(evaluated, tmp_path):
     assert not (tmp_path / "x.html").exists()
 
 
+def test_report_refuses_the_pairs_of_another_run(evaluated, tiny_model, tmp_path):
+    """A report redrawn from another run's pairs mixed one run's summary with another's figures, without a word."""
+    import gzip
+
+    report, pairs = evaluated / "report.json", evaluated / "pairs.jsonl"
+    assert json.loads(report.read_text())["pairs_sha256"]
+    gz = tmp_path / "pairs.jsonl.gz"
+    gz.write_bytes(gzip.compress(pairs.read_bytes()))  # the same records, compressed: accepted
+    assert armo("report", report, "--pairs", gz, "-o", tmp_path / "gz.html").code == 0
+    # the same rows scored by the same model with other weights: the same ids and counts, other numbers
+    other = tmp_path / "other.jsonl"
+    r = armo("evaluate", "-m", tiny_model / "model", tiny_model / "p.jsonl", "--weights", "verbosity=1",
+             "--pairs-output", other, "-q")
+    assert r.code == 0, r.stderr
+    r = armo("report", report, "--pairs", other, "-o", tmp_path / "x.html")
+    assert (r.code, r.stderr) == (2, f"error: {other}: not the pairs file of {report} (its records differ from those "
+                                     f"the report was computed from); give the --pairs-output file of the same "
+                                     f"`armo evaluate` run\n")
+    assert not (tmp_path / "x.html").exists()
+    # a report from before the digest: the counts are checked
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({k: v for k, v in json.loads(report.read_text()).items() if k != "pairs_sha256"}))
+    few = tmp_path / "few.jsonl"
+    few.write_text("".join(pairs.read_text().splitlines(keepends=True)[:5]))
+    r = armo("report", old, "--pairs", few, "-o", tmp_path / "x.html")
+    assert r.code == 2 and r.stderr.startswith(f"error: {few}: not the pairs file of {old}: it has 5 pairs in ")
+    assert armo("report", old, "--pairs", pairs, "-o", tmp_path / "y.html").code == 0
+
+
 def test_evaluate_without_html_does_not_import_matplotlib(tiny_model, tmp_path):
     import subprocess
     import sys
