@@ -239,6 +239,11 @@ def _tensor_header(name: str, st_dtype: str, shape: Iterable[int]) -> bytes:
     return json.dumps([name, st_dtype, list(shape)]).encode() + b"\n"
 
 
+def _damaged(path: str | Path) -> ArmoError:
+    return ArmoError(f"{path}: damaged: its tensors do not match the checksum written with them "
+                     f"(a changed byte or an unfinished copy); copy it again or re-create it")
+
+
 def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
     """The digest of CHECKSUM_KEY: each tensor in name order, as its name, dtype, shape and raw bytes."""
     h = hashlib.sha256()
@@ -295,8 +300,7 @@ def load_artifact(path: str | Path, kind: str | None = None, tensors: bool = Tru
     if checksum is not None and not isinstance(checksum, str):
         raise ArmoError(f"{p}: damaged armo metadata ('{CHECKSUM_KEY}' is not a string)")
     if load and checksum is not None and tensors_sha256(tensors) != checksum:
-        raise ArmoError(f"{p}: damaged: its tensors do not match the checksum written with them "
-                        f"(a changed byte or an unfinished copy); copy it again or re-create it")
+        raise _damaged(p)
     if kind is not None:
         if meta.get("kind") != kind:
             raise ArmoError(f"{p}: expected a '{kind}' artifact, found '{meta.get('kind')}'")
@@ -360,7 +364,8 @@ def save_concatenated(path: str | Path, files: list[Path], meta: dict[str, Any] 
                                                CHECKSUM_KEY: placeholder})}
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
-    at = 8 + raw.index(f'\\"{CHECKSUM_KEY}\\": \\"{placeholder}'.encode()) + len(f'\\"{CHECKSUM_KEY}\\": \\"'.encode())
+    marker = f'\\"{CHECKSUM_KEY}\\": \\"'.encode()  # as it stands in the header: JSON inside a JSON string
+    at = 8 + raw.index(marker + placeholder.encode()) + len(marker)
     digest = hashlib.sha256()
     inputs = {f: (hashlib.sha256(), _stored_checksum(f)) for f in files}
     with atomic_path(path) as tmp, open(tmp, "wb") as out:
@@ -378,7 +383,7 @@ def save_concatenated(path: str | Path, files: list[Path], meta: dict[str, Any] 
                 out.write(data.tobytes())
         for f, (h, stored) in inputs.items():
             if stored is not None and h.hexdigest() != stored:
-                raise ArmoError(f"{f}: damaged: its tensors do not match the checksum written with them")
+                raise _damaged(f)
         out.seek(at)
         out.write(digest.hexdigest().encode())
 
