@@ -3,6 +3,8 @@
 Workloads, from ../shared/data on the embedded backbone (SmolLM2-135M, fp32, this CPU):
 - best-of-n: single responses, the rating rows of the first --prompts prompts that have at least --n responses
   (UltraFeedback-style: several completions of one prompt), n of each; what `score` gets from a policy's samples;
+- group: --groups multi-turn hh_rlhf prompts with --group-size responses each, the responses taken from the next
+  hh_rlhf pairs (a GRPO group's shape: a long conversation, short replies; the texts do not matter for speed);
 - pairs: the first --pairs preference pairs as they come in pairs.jsonl.gz (prompts rarely repeat there: the
   check that sharing costs nothing where it finds little to share).
 Each arm runs twice, alternating, after a warm-up; the faster of the two counts. Prints the wall time, tokens
@@ -37,6 +39,21 @@ def best_of_n(prompts: int, n: int) -> list[dict]:
     return [r for g in groups for r in g]
 
 
+def group(groups: int, n: int) -> list[dict]:
+    hh = []
+    with gzip.open(DATA / "pairs.jsonl.gz", "rt") as fh:
+        for line in fh:
+            r = json.loads(line)
+            if r["source"].startswith("hh_rlhf"):
+                hh.append(r)
+                if len(hh) == groups * (1 + n // 2):
+                    break
+    prompts, donors = hh[:groups], hh[groups:]
+    replies = [r[side] for r in donors for side in ("chosen", "rejected")]
+    return [{"prompt": p["prompt"], "response": replies[(i * n + j) % len(replies)]}
+            for i, p in enumerate(prompts) for j in range(n)]
+
+
 def pairs(k: int) -> list[dict]:
     rows = []
     with gzip.open(DATA / "pairs.jsonl.gz", "rt") as fh:
@@ -59,6 +76,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--n", type=int, default=4)
+    ap.add_argument("--groups", type=int, default=8)
+    ap.add_argument("--group-size", type=int, default=8)
     ap.add_argument("--pairs", type=int, default=64)
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args()
@@ -70,7 +89,8 @@ def main() -> None:
     batch_tokens, _ = batch_defaults(bb.device, bb.model)
     cost = pass_cost(bb.model.config)
     results = {}
-    for name, rows in (("best-of-n", best_of_n(args.prompts, args.n)), ("pairs", pairs(args.pairs))):
+    for name, rows in (("best-of-n", best_of_n(args.prompts, args.n)), ("group", group(args.groups, args.group_size)),
+                       ("pairs", pairs(args.pairs))):
         examples = [parse_row(r, f"{name}:{i}") for i, r in enumerate(rows)]
         trees = renderer.tokenize_many(examples, list(range(len(examples))))
         bad = [t for t in trees if not hasattr(t, "prompt")]

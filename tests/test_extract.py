@@ -619,13 +619,13 @@ def test_rows_sharing_a_prompt_get_the_features_they_get_apart(bb, tmp_path, pai
 
 
 def test_a_row_joins_its_prompts_tree_only_when_that_is_cheaper_and_fits(bb, tmp_path):
+    from types import SimpleNamespace
+
     from armo_cli.forward import pass_cost, share_prompts
 
     trees = trees_for(bb, _shared_prompt_rows(False), tmp_path)
     n = len(trees)
     assert len(share_prompts(trees, None, 10_000)) == n  # no cost model: every row apart
-    from types import SimpleNamespace
-
     assert pass_cost(SimpleNamespace(hidden_size=8)) is None  # a config without its shape: no cost model
     cost = pass_cost(bb.model.config)  # FLOPs: the tiny backbone's attention is dear, so some rows join, some not
     units = share_prompts(trees, cost, 10_000)
