@@ -1,10 +1,12 @@
 """stderr output: one rich console, progress bars and tables.
 
 Rich reads `[...]` as markup. Ids, subsets, objective names, paths and values quoted in messages come from the
-user's files, so every such text goes through `escape` here: `[/]` in an id would otherwise crash the output
-and `[bold red]x` would print as a red `x`. Markup lives only in the literals below."""
+user's files, so every such text goes through `plain` here: `[/]` in an id would otherwise crash the output,
+`[bold red]x` would print as a red `x`, an escape sequence would reach the terminal (`\x1b[2J` clears it) and a
+newline would split a one-line error. Markup lives only in the literals below."""
 from __future__ import annotations
 
+import re
 from typing import Iterable
 
 from rich.console import Console
@@ -30,13 +32,21 @@ def progress(quiet: bool = False) -> Progress:
     )
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def plain(text: str) -> str:
+    """User text for the terminal, shown as written: markup escaped, control characters as Python escapes."""
+    return escape(_CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), text))
+
+
 def table(title: str, columns: Iterable[str], rows: Iterable[Iterable[object]]) -> Table:
-    t = Table(title=escape(title), title_justify="left")
+    t = Table(title=plain(title), title_justify="left")
     for i, c in enumerate(columns):
         # fold rather than truncate: objective names must stay readable on narrow terminals
-        t.add_column(escape(c), justify="left" if i == 0 else "right", overflow="fold", min_width=min(len(c), 12))
+        t.add_column(plain(c), justify="left" if i == 0 else "right", overflow="fold", min_width=min(len(c), 12))
     for r in rows:
-        t.add_row(*[escape(fmt(v)) for v in r])
+        t.add_row(*[plain(fmt(v)) for v in r])
     return t
 
 
@@ -57,15 +67,15 @@ def show(t: Table, quiet: bool = False) -> None:
 
 def error(msg: str) -> None:
     # one line each, however narrow the terminal or log (grep-able)
-    console.print(f"[red]error:[/red] {escape(msg)}", highlight=False, soft_wrap=True)
+    console.print(f"[red]error:[/red] {plain(msg)}", highlight=False, soft_wrap=True)
 
 
 def warn(msg: str) -> None:
-    console.print(f"[yellow]warning:[/yellow] {escape(msg)}", highlight=False, soft_wrap=True)
+    console.print(f"[yellow]warning:[/yellow] {plain(msg)}", highlight=False, soft_wrap=True)
 
 
 def info(msg: str, quiet: bool = False, done: str | None = None, style: str = "green") -> None:
     """One line; `done` is a leading word in `style` ("wrote", "merged"): `wrote out.st: 80 rows`."""
     if not quiet:
-        head = f"[{style}]{escape(done)}[/{style}] " if done else ""
-        console.print(head + escape(msg), highlight=False, soft_wrap=True)
+        head = f"[{style}]{plain(done)}[/{style}] " if done else ""
+        console.print(head + plain(msg), highlight=False, soft_wrap=True)

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from . import __version__
 from .backbones import Backbone, load_backbone
-from .console import info, show, table, warn
+from .console import info, plain, show, table, warn
 from .features import Features
 from .forward import batch_defaults, canonical_layer, check_finite_features, encode_trees
 from .rendering import Renderer, Tree, length_limit, sized_tree, tokenized
@@ -261,10 +261,9 @@ def render_table(rec: dict) -> Table:
     decorrelation), a bar of |coefficient| (green +, red -) and the rewards. No vertical rules, so that
     the longest objective names stay whole at 80 columns."""
     from rich import box
-    from rich.markup import escape
 
     sides = ["chosen", "rejected"] if "chosen" in rec else [None]
-    title = f"{escape(rec['id'])}: " + (f"chosen {rec['chosen']['score']:.4f} vs rejected {rec['rejected']['score']:.4f} "
+    title = f"{plain(rec['id'])}: " + (f"chosen {rec['chosen']['score']:.4f} vs rejected {rec['rejected']['score']:.4f} "
                                 f"(margin {rec['margin']:+.4f}, preferred: {rec['preferred']})"
                                 if sides[0] else f"score {rec['score']:.4f}")
     t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
@@ -277,7 +276,7 @@ def render_table(rec: dict) -> Table:
     vmax = max(abs(v) for v in rec["coefficients"].values()) or 1.0
     for o, c in sorted(rec["coefficients"].items(), key=lambda kv: -abs(kv[1])):
         rw = [(rec[s] if s else rec)["rewards"][o] for s in sides]
-        t.add_row(escape(o), f"{rec['gating'][o]:.3f}", f"{c:+.4f}", _bar(c, vmax), *[f"{x:.3f}" for x in rw])
+        t.add_row(plain(o), f"{rec['gating'][o]:.3f}", f"{c:+.4f}", _bar(c, vmax), *[f"{x:.3f}" for x in rw])
     return t
 
 

@@ -456,3 +456,19 @@ def test_ids_subsets_and_values_print_as_written_never_as_markup(tiny_model, tmp
     bad = write_jsonl(tmp_path / "b.jsonl", [{"prompt": "p", "response": "r", "ratings": {"[red]x": "[/]"}}])
     r = armo("score", "-m", m, bad)
     assert (r.code, r.stderr) == (2, f"error: {bad}:1: field 'ratings.[red]x': not a number ('[/]')\n")
+
+
+def test_control_characters_in_user_text_never_reach_the_terminal(tiny_model, tmp_path):
+    """An id or subset holding an escape sequence (`\\x1b[2J` clears the screen) or a newline is printed as its
+    Python escape, so the terminal shows what the file holds and an error stays on one line."""
+    from conftest import armo, write_jsonl
+
+    from armo_cli.console import plain
+
+    assert plain("a\x1b[31mb\nc\td\x7f[/]é") == "a\\x1b[31mb\\nc\\td\\x7f\\[/]é"
+    rows = write_jsonl(tmp_path / "c.jsonl", [{"id": "a\x1b[2J", "prompt": "hi", "chosen": "a", "rejected": "b",
+                                               "subset": "s\x1b[31m"}])
+    r = armo("score", "-m", tiny_model / "model", rows, "--format", "table", "-q")
+    assert r.code == 0 and "\x1b" not in r.stdout and r.stdout.startswith("a\\x1b[2J: chosen")
+    r = armo("evaluate", "-m", tiny_model / "model", rows)
+    assert r.code == 0 and "\x1b" not in r.stderr and "│ s\\x1b[31m │" in r.stderr
