@@ -35,9 +35,14 @@ def progress(quiet: bool = False) -> Progress:
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
+def visible(text: str) -> str:
+    """Control characters as their Python escapes (`\\x1b`, `\\n`): what the text holds, shown, never acted on."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
+
+
 def plain(text: str) -> str:
-    """User text for the terminal, shown as written: markup escaped, control characters as Python escapes."""
-    return escape(_CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), text))
+    """User text for the terminal, shown as written: control characters as Python escapes, markup escaped."""
+    return escape(visible(text))
 
 
 def table(title: str, columns: Iterable[str], rows: Iterable[Iterable[object]]) -> Table:

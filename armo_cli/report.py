@@ -17,6 +17,7 @@ import math
 import re
 from pathlib import Path
 
+from .console import visible
 from .errors import ArmoError
 from .rewardbench import SECTIONS
 
@@ -161,9 +162,14 @@ def _fmt(v, digits: int = 3) -> str:
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
+def _text(v) -> str:
+    """A value as HTML text: control characters in the user's names shown as escapes, as on the terminal."""
+    return html.escape(visible(_fmt(v)))
+
+
 def _table(header: list[str], rows: list[list]) -> str:
-    h = "".join(f"<th>{html.escape(str(c))}</th>" for c in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in r) + "</tr>" for r in rows)
+    h = "".join(f"<th>{_text(c)}</th>" for c in header)
+    body = "".join("<tr>" + "".join(f"<td>{_text(c)}</td>" for c in r) + "</tr>" for r in rows)
     return f"<details><summary>the numbers</summary><table><tr>{h}</tr>{body}</table></details>"
 
 
@@ -177,7 +183,7 @@ def _accuracy_figure(plt, data: dict) -> str:
     ax.barh(y, vals, xerr=[lo, hi], color=BLUE, ecolor="black", capsize=2, height=0.6)
     ax.axvline(0.5, color=GREY, linestyle="--", linewidth=1)
     labels = [f"{a['subset']} ({a['section']})" if a["section"] else a["subset"] for a in acc]
-    ax.set_yticks(y, [f"{lab}  n={a['n']}" for lab, a in zip(labels, acc)])
+    ax.set_yticks(y, [f"{visible(lab)}  n={a['n']}" for lab, a in zip(labels, acc)])
     ax.set_xlim(0, 1)
     ax.set_xlabel("accuracy (share of pairs where chosen scores higher)")
     ax.set_title("Accuracy per subset, with 95% bootstrap intervals")
@@ -199,8 +205,8 @@ def _heatmap(plt, matrix: list[list[float | None]], rows: list[str], cols: list[
     else:
         im = ax.imshow(m, cmap=SEQUENTIAL, vmin=vmin if vmin is not None else (finite.min() if finite.size else 0),
                        vmax=vmax if vmax is not None else (finite.max() if finite.size else 1), aspect="auto")
-    ax.set_xticks(range(len(cols)), cols, rotation=40, ha="right")
-    ax.set_yticks(range(len(rows)), rows)
+    ax.set_xticks(range(len(cols)), [visible(c) for c in cols], rotation=40, ha="right")
+    ax.set_yticks(range(len(rows)), [visible(r) for r in rows])
     if len(rows) * len(cols) <= 400:
         for i in range(len(rows)):
             for j in range(len(cols)):
@@ -256,7 +262,7 @@ def render_report(report: dict, records: list[dict]) -> str:
     rows += [[f"RewardBench section: {k}", v] for k, v in s["sections"].items()]
     if s["weights"] or s["objective"]:
         rows.append(["scored with", f"fixed weights {s['weights']}" if s["weights"] else f"objective {s['objective']}"])
-    summary = "<table class='summary'>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(_fmt(v))}</td></tr>"
+    summary = "<table class='summary'>" + "".join(f"<tr><th>{_text(k)}</th><td>{_text(v)}</td></tr>"
                                                   for k, v in rows) + "</table>"
     parts.append(("summary", "Summary", summary, ""))
 
@@ -325,8 +331,8 @@ def render_report(report: dict, records: list[dict]) -> str:
            "table{border-collapse:collapse;font-size:.85em;margin:.5em 0}td,th{border:1px solid #ddd;padding:2px 6px;"
            "text-align:left}p.caption{font-size:.9em;color:#444}svg{max-width:100%;height:auto}"
            "details{margin:.3em 0}summary{cursor:pointer;color:#0072B2}")
-    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{css}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>\n")
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_text(title)}</title>"
+            f"<style>{css}</style></head><body><h1>{_text(title)}</h1>{body}</body></html>\n")
 
 
 def report_from_files(report_path: str, pairs_path: str) -> tuple[dict, list[dict]]:

@@ -146,3 +146,18 @@ def test_names_with_dollar_signs_are_drawn_as_written(tiny_model, tmp_path):
     assert r.code == 0, r.stderr
     labels = re.findall(r"<text [^>]*>([^<]*)  n=1</text>", (tmp_path / "r.html").read_text())
     assert sorted(labels) == ["a $\\frac{$ b", "x $\\alpha$"]
+
+
+def test_control_characters_in_names_are_shown_not_written_raw(tiny_model, tmp_path):
+    """A subset holding an escape sequence put raw ESC bytes into the page (and matplotlib warned of a missing
+    glyph on stderr); it is drawn and tabled as its Python escape, as the terminal shows it."""
+    from conftest import write_jsonl
+
+    rows = write_jsonl(tmp_path / "c.jsonl", [{"id": "a", "prompt": "hi", "chosen": "a", "rejected": "b",
+                                               "subset": "s\x1b[2Jx"}])
+    r = armo("evaluate", "-m", tiny_model / "model", rows, "--html", tmp_path / "r.html", "-q")
+    assert r.code == 0 and r.stderr == ""
+    page = (tmp_path / "r.html").read_text()
+    assert "\x1b" not in page
+    assert re.findall(r"<text [^>]*>([^<]*)  n=1</text>", page) == ["s\\x1b[2Jx"]
+    assert "<td>s\\x1b[2Jx</td>" in page
