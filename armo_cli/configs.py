@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from .options import opt
 from .provenance import POOLINGS
 
+PACKINGS = ("auto", "rows", "flex")  # extract's --packing (forward.choose_layout)
+
 DEFAULT_BACKBONE = "smollm2-135m-instruct"
 DTYPE_NAMES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16", "auto")
 GATE_RULE_NAMES = ("generation-prompt", "armo-eot")
@@ -44,6 +46,9 @@ class ExtractConfig:
     max_padding: float | None = opt(None, "Largest padded share of a batch (default 0.05 CPU, 0.5 with armo's own Llama "
                                           "forward, 0.10 CUDA, 0.25 MPS).", min=0.0, max=1.0)
     chunk_size: int | None = opt(None, "Rows per resumable chunk (default 256 on CPU, 4096 on an accelerator).", min=1)
+    packing: str = opt("auto", "How a batch's rows are laid out: rows (one per padded row) | flex (all in one row under a "
+                               "FlexAttention block mask: no padding; compiles for ~10 s per process) | auto (flex on "
+                               "CUDA for jobs of 2M tokens or more).", choices=PACKINGS)
     resume: bool = opt(False, "Reuse finished chunks of an interrupted run.")
     num_shards: int | None = opt(None, "Split the work into N disjoint shards.", min=1)
     shard_index: int | None = opt(None, "Which shard this process writes.", min=0)

@@ -19,7 +19,8 @@ from .backbones import Backbone, load_backbone
 from .configs import ExtractConfig, MergeConfig
 from .console import info, progress, warn
 from .errors import ArmoError
-from .forward import batch_defaults, canonical_layer, check_finite_features, default_chunk_size, encode_trees
+from .forward import (batch_defaults, canonical_layer, check_finite_features, choose_layout, default_chunk_size,
+                      encode_trees)
 from .io import (check_input_file, check_output_file, load_artifact, save_artifact, save_concatenated,
                  sha256_file, sha256_json)
 from .options import validate
@@ -37,14 +38,16 @@ class ExtractReport:
     chunks_reused: int = 0
     tokens_computed: int = 0
     seconds: float = 0.0
+    packing: str = ""  # the layout the computed chunks ran in (forward.choose_layout); "" when none was computed
 
 
 def _scan(source: Source, renderer: Renderer, cfg: ExtractConfig, skipped: list[Skipped], limit: int, limit_name: str,
           hold: range = range(0)):
     """Validation pass: parse, tokenise and size every row before any compute. Returns
     (kept (index, content key, truncated) triples, objectives, is_pair, the trees of the kept rows whose
-    positions are in `hold`: the first chunk, so that it is not rendered twice)."""
+    positions are in `hold`: the first chunk, so that it is not rendered twice, and the kept rows' lengths in tokens)."""
     kept: list[tuple[int, str, bool]] = []
+    lengths: list[int] = []
     held: list[Tree] = []
     objectives: dict[str, None] = {}
     is_pair: bool | None = None
@@ -63,15 +66,15 @@ def _scan(source: Source, renderer: Renderer, cfg: ExtractConfig, skipped: list[
         if len(kept) in hold:
             held.append(tree)
         kept.append((i, key, tree.truncated))
+        lengths.append(tree.length)
     skipped.sort(key=lambda sk: sk.line)  # rows read ahead of a group may be skipped before its oversized ones
-    return kept, list(objectives), bool(is_pair), held
+    return kept, list(objectives), bool(is_pair), held, lengths
 
 
 def _chunk_tensors(trees: list[Tree], backbone: Backbone, cfg: ExtractConfig, objectives: list[str],
-                   batch_tokens: int, on_batch, source_name: str, layer: int) -> dict[str, torch.Tensor]:
-    backbone.ensure_model()  # deferred until a chunk needs computing (load_backbone's defer_weights)
+                   batch_tokens: int, on_batch, source_name: str, layer: int, layout: str) -> dict[str, torch.Tensor]:
     max_padding = cfg.max_padding if cfg.max_padding is not None else batch_defaults(backbone.device, backbone.model)[1]
-    prompt, resp = encode_trees(backbone, trees, batch_tokens, on_batch, max_padding, layer, cfg.pooling)
+    prompt, resp = encode_trees(backbone, trees, batch_tokens, on_batch, max_padding, layer, cfg.pooling, layout=layout)
     check_finite_features(trees, prompt, resp, source_name, backbone.dtype)
     pair = len(trees[0].conts) == 2
     out = {
@@ -141,7 +144,7 @@ def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, afte
     limit, limit_name = length_limit(cfg.max_length, backbone.config)
     chunk_size = cfg.chunk_size or default_chunk_size(backbone.device)
     first = range(shard_index * chunk_size, (shard_index + 1) * chunk_size)  # this shard's first chunk
-    kept, objectives, is_pair, held = _scan(source, renderer, cfg, skipped, limit, limit_name, first)
+    kept, objectives, is_pair, held, lengths = _scan(source, renderer, cfg, skipped, limit, limit_name, first)
     if not kept:
         raise ArmoError(f"{display}: no usable rows")
     input_hash = sha256_file(source.path) if source.path else sha256_json([source.dataset, source.split])
@@ -158,6 +161,7 @@ def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, afte
 
     chunks = [kept[i:i + chunk_size] for i in range(0, len(kept), chunk_size)]
     mine = [c for c in range(len(chunks)) if c % num_shards == shard_index]
+    tokens = sum(sum(lengths[c * chunk_size:(c + 1) * chunk_size]) for c in mine)  # this shard's, for --packing auto
     # A shard knows its whole job, so that `armo merge` can refuse missing, repeated or foreign shards.
     job = {"input_hash": input_hash, "settings_key": settings_key, "chunk_size": chunk_size,
            "num_shards": num_shards, "rows": len(kept), "chunks": len(chunks)}
@@ -181,7 +185,7 @@ def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, afte
     parts.mkdir(parents=True, exist_ok=True)
     try:
         files, report = _compute_chunks(cfg, source, backbone, renderer, chunks, mine, chunk_keys, parts, objectives,
-                                        batch_tokens, limit, after_chunk, layer, {shard_index: held} if held else {})
+                                        batch_tokens, limit, after_chunk, layer, {shard_index: held} if held else {}, tokens)
     except BaseException:
         if not any(parts.glob("chunk-*.safetensors")):
             shutil.rmtree(parts, ignore_errors=True)  # nothing finished: nothing to resume, leave nothing behind
@@ -212,9 +216,9 @@ def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, afte
 def _compute_chunks(cfg: ExtractConfig, source: Source, backbone: Backbone, renderer: Renderer, chunks: list,
                     mine: list[int], chunk_keys: dict[int, str], parts: Path, objectives: list[str],
                     batch_tokens: int, limit: int, after_chunk, layer: int,
-                    held: dict[int, list[Tree]]) -> tuple[list[Path], ExtractReport]:
+                    held: dict[int, list[Tree]], tokens: int) -> tuple[list[Path], ExtractReport]:
     """Compute (or, with --resume, reuse) this shard's chunk files, in order. `held`: chunks whose trees the
-    validation pass kept (the first), which are not rendered again."""
+    validation pass kept (the first), which are not rendered again. `tokens`: the shard's, for --packing auto."""
     report = ExtractReport()
     keep_index = {i for c in mine for (i, _, _) in chunks[c]}
 
@@ -271,7 +275,10 @@ def _compute_chunks(cfg: ExtractConfig, source: Source, backbone: Backbone, rend
                     pbar.update(task, advance=len(chunks[c]))
                     files.append(path)
                     continue
-                tensors = _chunk_tensors(trees, backbone, cfg, objectives, batch_tokens, on_batch, source.name, layer)
+                if not report.packing:  # the weights are read when the first chunk needs computing (defer_weights)
+                    report.packing = choose_layout(cfg.packing, backbone.device, backbone.ensure_model(), tokens)
+                tensors = _chunk_tensors(trees, backbone, cfg, objectives, batch_tokens, on_batch, source.name, layer,
+                                         report.packing)
                 save_artifact(path, tensors, ChunkMeta(key=chunk_keys[c], ids=[t.example.id for t in trees],
                                                        subsets=[t.example.subset for t in trees],
                                                        prompt_hashes=[sha256_json(t.example.prompt)[:16] for t in trees],
@@ -365,7 +372,8 @@ def merge_features(inputs: Iterable[str | Path], output: str | Path, allow_parti
               "chunks_computed": sum(r.get("chunks_computed", 0) for r in reps),
               "chunks_reused": sum(r.get("chunks_reused", 0) for r in reps),
               "tokens_computed": sum(r.get("tokens_computed", 0) for r in reps),
-              "seconds": max(r.get("seconds", 0.0) for r in reps)}
+              "seconds": max(r.get("seconds", 0.0) for r in reps),
+              "packing": ",".join(sorted({r.get("packing", "") for r in reps} - {""}))}
     meta = dataclasses.replace(parts[0][1], ids=ids, subsets=subsets if any(s is not None for s in subsets) else None,
                                shard=None if not missing else [sorted(by_index), num], missing_shards=missing,
                                prompt_hashes=prompts, report=report)

@@ -62,43 +62,164 @@ def attention_kernels(device: torch.device):
     return sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
-def tree_layout(trees: list[Tree]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """input_ids, position_ids and segment ids [B,L] of right-padded trees: segment 0 the prompt, j the j-th
-    distinct response (Tree.branches), -1 padding. Each response sees the prompt and itself (see build_batch)."""
-    L = max(t.length for t in trees)
-    B = len(trees)
+# where --packing auto turns to flex (CUDA): measured on an H200 at Llama-3-8B shape (benchmarks/gpu_packing.py),
+# extract ran 4.03 s against 4.62 s on 512 pairs (126K tokens): about 4.7 us less per token, after about 10 s of
+# compiling FlexAttention's kernel in each new process. That pays from about 2M tokens.
+FLEX_MIN_TOKENS = 2_000_000
+
+
+def supports_flex(model: Any) -> bool:
+    """Whether the backbone can run FlexAttention: this torch has it and the model's class declares it."""
+    try:
+        from torch.nn.attention.flex_attention import BlockMask  # noqa: F401
+    except ImportError:
+        return False
+    return bool(getattr(model, "_supports_flex_attn", False)) and hasattr(model, "set_attn_implementation")
+
+
+def choose_layout(packing: str, device: torch.device, model: Any, tokens: int) -> str:
+    """--packing as a layout for a job of `tokens` tokens (see place_trees). auto: flex on CUDA for at least
+    FLEX_MIN_TOKENS where the backbone supports it; rows otherwise."""
+    if packing == "flex" and not supports_flex(model):
+        raise ArmoError(f"--packing flex: {type(model).__name__} does not run FlexAttention with this torch and "
+                        "transformers; use --packing rows")
+    if packing == "auto":
+        return "flex" if device.type == "cuda" and tokens >= FLEX_MIN_TOKENS and supports_flex(model) else "rows"
+    return packing
+
+
+def _flex_width(tokens: int) -> int:
+    return -(-tokens // 128) * 128  # a whole number of FlexAttention's 128-token tiles
+
+
+def place_trees(trees: list[Tree], layout: str = "rows") -> tuple[list[tuple[int, int]], int, int]:
+    """(row, offset) of each tree in a batch, and the batch's rows and width. "rows": one tree per row,
+    right-padded to the longest, under a dense 4D mask. "flex": all the batch's trees one after another in one
+    row, under a FlexAttention block mask that skips the tiles crossing trees: no padding, no dense mask.
+    Both give the same features (tests/test_extract.py)."""
+    if layout == "rows":
+        return [(i, 0) for i in range(len(trees))], len(trees), max(t.length for t in trees)
+    places, o = [], 0
+    for t in trees:
+        places.append((0, o))
+        o += t.length
+    return places, 1, _flex_width(o)
+
+
+def tree_layout(trees: list[Tree], places: list[tuple[int, int]] | None = None, shape: tuple[int, int] | None = None):
+    """input_ids, position_ids, segment ids and owners [B,L] of trees placed at (row, offset) (default: each tree
+    its own row from 0): segment 0 the prompt, j the j-th distinct response (Tree.branches); owner the tree's
+    index in `trees`; -1 both at padding. Each response sees its own tree's prompt and itself (see build_batch)."""
+    if places is None:
+        places = [(i, 0) for i in range(len(trees))]
+        shape = (len(trees), max(t.length for t in trees))
+    B, L = shape
     ids = torch.zeros(B, L, dtype=torch.long)
     pos = torch.zeros(B, L, dtype=torch.long)
     seg = torch.full((B, L), -1, dtype=torch.long)
-    for b, t in enumerate(trees):
+    owner = torch.full((B, L), -1, dtype=torch.long)
+    for i, (t, (b, o)) in enumerate(zip(trees, places)):
         p = len(t.prompt)
-        ids[b, :p] = torch.tensor(t.prompt)
-        pos[b, :p] = torch.arange(p)
-        seg[b, :p] = 0
-        o = p
+        ids[b, o:o + p] = torch.tensor(t.prompt)
+        pos[b, o:o + p] = torch.arange(p)
+        seg[b, o:o + p] = 0
+        owner[b, o:o + t.length] = i
+        o += p
         for j, c in enumerate(t.branches()[0]):
             n = len(c)
             ids[b, o:o + n] = torch.tensor(c)
             pos[b, o:o + n] = torch.arange(p, p + n)
             seg[b, o:o + n] = j + 1
             o += n
-    return ids, pos, seg
+    return ids, pos, seg, owner
 
 
-def build_batch(trees: list[Tree], device: torch.device, dtype: torch.dtype):
-    """input_ids, position_ids and a 4D additive mask for a batch of right-padded trees."""
-    ids, pos, seg = tree_layout(trees)
+def _allowed(q, kv, sq, sk, oq, ok):
+    """Whether query q may attend key kv: causal, within its own tree, the prompt or its own response; and
+    every position itself (padding too: no all-masked row, no NaN)."""
+    return ((q >= kv) & (ok >= 0) & (oq == ok) & ((sk == 0) | (sk == sq))) | (q == kv)
+
+
+def build_batch(trees: list[Tree], device: torch.device, dtype: torch.dtype,
+                places: list[tuple[int, int]] | None = None, shape: tuple[int, int] | None = None):
+    """input_ids, position_ids and a 4D additive mask for a batch of placed trees (default: one per row)."""
+    ids, pos, seg, owner = tree_layout(trees, places, shape)
     B, L = ids.shape
     # the [B,1,L,L] mask is made where it is used: on a GPU, not on the host and then copied
-    seg = seg.to(device)
+    seg, owner = seg.to(device), owner.to(device)
     q = torch.arange(L, device=device)
-    causal = q[None, :, None] >= q[None, None, :]
-    sq, sk = seg[:, :, None], seg[:, None, :]
-    allowed = causal & (sk >= 0) & (sq >= 0) & ((sk == 0) | (sk == sq))
-    allowed |= torch.eye(L, dtype=torch.bool, device=device)[None]  # padding rows see themselves: no NaN rows
+    allowed = _allowed(q[None, :, None], q[None, None, :], seg[:, :, None], seg[:, None, :],
+                       owner[:, :, None], owner[:, None, :])
     mask = torch.zeros(B, 1, L, L, dtype=dtype, device=device)
     mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
     return ids.to(device), pos.to(device), mask
+
+
+def tree_blocks(trees: list[Tree], places: list[tuple[int, int]], shape: tuple[int, int],
+                block: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which block x block tiles of the attention matrix [B,nb,nb] hold some allowed pair (`partial`, the mask
+    then decides each pair) and which hold only allowed pairs (`full`, no mask needed), read off the trees'
+    spans. A tree's prompt and responses are runs of the row; a query run sees the key runs of its own tree
+    that are its prompt or itself, at or before it. A tile is full when it lies wholly in such a pair of runs,
+    keys strictly before queries; `partial` may hold a tile whose pairs turn out all masked (a run crossing it
+    sees nothing there), never one short of an allowed pair (tests/test_extract.py)."""
+    B, L = shape
+    nb = -(-L // block)
+    partial = torch.zeros(B, nb, nb, dtype=torch.bool)
+    full = torch.zeros(B, nb, nb, dtype=torch.bool)
+    for t, (b, o) in zip(trees, places):
+        prompt = (o, o + len(t.prompt))
+        runs, e = [], prompt[1]
+        for c in t.branches()[0]:
+            runs.append((e, e + len(c)))
+            e += len(c)
+        for (qa, qe), (ka, ke) in [(prompt, prompt)] + [x for r in runs for x in ((r, prompt), (r, r))]:
+            partial[b, qa // block:(qe - 1) // block + 1, ka // block:(ke - 1) // block + 1] = True
+            full[b, -(-qa // block):qe // block, -(-ka // block):ke // block] = True  # tiles wholly inside both runs
+    i = torch.arange(nb)
+    partial[:, i, i] = True  # every position sees itself, padding too
+    partial &= i[:, None] >= i[None, :]
+    full &= i[:, None] > i[None, :]
+    return partial & ~full, full
+
+
+def flex_batch(trees: list[Tree], device: torch.device, places: list[tuple[int, int]], shape: tuple[int, int],
+               block: int = 128):
+    """input_ids, position_ids and a FlexAttention BlockMask: build_batch's rule, evaluated only in the tiles
+    that `tree_blocks` finds (tiles that cross trees are skipped, never computed). Built from the spans, not by
+    create_block_mask, whose compile took 37 s in a fresh process on an H200 (benchmarks/gpu_packing.py)."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    ids, pos, seg, owner = tree_layout(trees, places, shape)
+    seg, owner = seg.to(device), owner.to(device)
+
+    def mask_mod(b, h, q, kv):
+        return _allowed(q, kv, seg[b, q], seg[b, kv], owner[b, q], owner[b, kv])
+
+    def blocks(tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # per query tile: how many key tiles, and their indices in ascending order first
+        order = torch.argsort((~tiles).to(torch.int8), dim=-1, stable=True)
+        return tiles.sum(-1).to(torch.int32)[:, None].to(device), order.to(torch.int32)[:, None].to(device)
+
+    partial, full = tree_blocks(trees, places, shape, block)
+    n, idx = blocks(partial)
+    fn, fidx = blocks(full)
+    mask = BlockMask.from_kv_blocks(n, idx, fn, fidx, BLOCK_SIZE=block, mask_mod=mask_mod, seq_lengths=shape[1:] * 2)
+    return ids.to(device), pos.to(device), mask
+
+
+@contextlib.contextmanager
+def _attention(model: Any, kind: str):
+    """The backbone's attention for one layout: FlexAttention for "flex", its own otherwise."""
+    impl = getattr(model.config, "_attn_implementation", None)
+    if kind != "flex" or impl == "flex_attention":
+        yield
+        return
+    model.set_attn_implementation("flex_attention")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(impl)
 
 
 def resolve_layer(layer: int, n_layers: int) -> int:
@@ -146,16 +267,23 @@ def hidden_states(model: Any, layer: int = -1, **inputs: Any) -> torch.Tensor:
 
 @torch.inference_mode()
 def forward_trees(model: Any, trees: list[Tree], device: torch.device, dtype: torch.dtype,
-                  layer: int | list[int] = -1, pooling: str = "last"):
+                  layer: int | list[int] = -1, pooling: str = "last", layout: str = "rows"):
     """Return prompt features [B,d] and response features [B,m,d] (float32) for trees with up to m responses each,
     read at `layer` (default: the last, after the final norm). A list of layers reads them all from one
     pass: prompt [B,n,d] and responses [B,m,n,d]. `pooling`: a response's feature is its last token's
-    hidden state ("last", ArmoRM's) or the mean over its tokens ("mean"); the prompt's is read at the gate."""
-    ids, pos, mask = build_batch(trees, device, dtype)
+    hidden state ("last", ArmoRM's) or the mean over its tokens ("mean"); the prompt's is read at the gate.
+    `layout`: see place_trees."""
+    places, B, L = place_trees(trees, layout)
+    if layout == "flex":
+        ids, pos, mask = flex_batch(trees, device, places, (B, L))
+    else:
+        ids, pos, mask = build_batch(trees, device, dtype, places, (B, L))
     inputs = {"input_ids": ids, "position_ids": pos, "attention_mask": mask, "use_cache": False}
-    with attention_kernels(device):
-        if skips_padding(model, device) and not isinstance(layer, list):
-            valid = torch.arange(ids.shape[1])[None] < torch.tensor([t.length for t in trees])[:, None]
+    with attention_kernels(device), _attention(model, layout):
+        if skips_padding(model, device) and not isinstance(layer, list) and layout == "rows":
+            valid = torch.zeros(B, L, dtype=torch.bool)
+            for t, (b, o) in zip(trees, places):
+                valid[b, o:o + t.length] = True
             hidden = model.forward_flat(ids, pos, mask, valid, resolve_layer(layer, int(model.config.num_hidden_layers)))
         elif isinstance(layer, list):
             n = int(model.config.num_hidden_layers)
@@ -164,45 +292,56 @@ def forward_trees(model: Any, trees: list[Tree], device: torch.device, dtype: to
         else:
             hidden = hidden_states(model, layer, **inputs)
     m = max(len(t.conts) for t in trees)  # trees with fewer responses are padded: zeros, never read
-    spans = []  # per tree, each response's [start, end) in the batch row (identical responses share one)
-    for t in trees:
-        o = len(t.prompt)
+    spans = []  # per tree, each response's [start, end) in its row (identical responses share one)
+    for t, (_, o) in zip(trees, places):
+        o += len(t.prompt)
         starts = []
         branches, which = t.branches()
         for c in branches:
             starts.append((o, o + len(c)))
             o += len(c)
         spans.append([starts[j] for j in which] + [(o - 1, o)] * (m - len(which)))
-    bi = torch.arange(len(trees), device=hidden.device)
-    prompt = hidden[bi, torch.tensor([t.gate for t in trees], device=hidden.device)].float().cpu()
+    rows = torch.tensor([b for b, _ in places], device=hidden.device)
+    gates = torch.tensor([o + t.gate for t, (_, o) in zip(trees, places)], device=hidden.device)
+    prompt = hidden[rows, gates].float().cpu()
     if pooling == "mean":
-        # one batched matmul sums each response's tokens (0/1 weights: exact in any dtype), then / its length
-        w = torch.zeros(len(trees), m, hidden.shape[1])
-        for b, sp in enumerate(spans):
+        # one batched matmul sums each response's tokens (0/1 weights: exact in any dtype), then / its length;
+        # a row's responses take its next slots
+        slot = torch.zeros(len(trees), m, dtype=torch.long)
+        used = [0] * B
+        for i, (b, _) in enumerate(places):
+            slot[i] = torch.arange(used[b], used[b] + m)
+            used[b] += m
+        w = torch.zeros(B, max(used), L)
+        for i, ((b, _), sp) in enumerate(zip(places, spans)):
             for j, (s, e) in enumerate(sp):
-                w[b, j, s:e] = 1.0
+                w[b, slot[i, j], s:e] = 1.0
         n = torch.tensor([[e - s for s, e in sp] for sp in spans], dtype=torch.float32)
-        flat = hidden.reshape(hidden.shape[0], hidden.shape[1], -1)
-        total = torch.bmm(w.to(device=hidden.device, dtype=hidden.dtype), flat).float().cpu()
-        resp = (total / n[..., None]).reshape(len(trees), m, *hidden.shape[2:])
+        flat = hidden.reshape(B, L, -1)
+        total = torch.bmm(w.to(device=hidden.device, dtype=hidden.dtype), flat).float().cpu()  # [B, slots, d']
+        resp = (total[rows.cpu()[:, None], slot] / n[..., None]).reshape(len(trees), m, *hidden.shape[2:])
     else:
         ri = torch.tensor([[e - 1 for _, e in sp] for sp in spans], device=hidden.device)
-        resp = hidden[bi[:, None], ri].float().cpu()
+        resp = hidden[rows[:, None], ri].float().cpu()
     return prompt, resp
 
 
-def token_batches(trees: list[Tree], batch_tokens: int, max_padding: float = 1.0) -> Iterator[list[Tree]]:
-    """Length-sorted batches within the token budget whose padding stays under `max_padding` of the batch.
-
-    On a compute-bound CPU a padded token costs as much as a real one, so the CPU default keeps
-    padding near zero; a GPU trades some padding for larger batches."""
+def token_batches(trees: list[Tree], batch_tokens: int, max_padding: float = 1.0,
+                  layout: str = "rows") -> Iterator[list[Tree]]:
+    """Length-sorted batches within the token budget. One tree per row: padding stays under `max_padding` of
+    the batch (on a compute-bound CPU a padded token costs as much as a real one, so the CPU default keeps it
+    near zero; a GPU trades some for larger batches). "flex": the trees fill the budget, with no padding."""
     order = sorted(trees, key=lambda t: -t.length)
     batch: list[Tree] = []
     real = 0
     for t in order:
         if batch:
-            padded = (len(batch) + 1) * batch[0].length
-            if padded > batch_tokens or 1 - (real + t.length) / padded > max_padding:
+            if layout == "flex":
+                full = _flex_width(real + t.length) > batch_tokens
+            else:
+                padded = (len(batch) + 1) * batch[0].length
+                full = padded > batch_tokens or 1 - (real + t.length) / padded > max_padding
+            if full:
                 yield batch
                 batch, real = [], 0
         batch.append(t)
@@ -284,14 +423,15 @@ def share_prompts(trees: list[Tree], cost: Callable[[int], float] | None, budget
 def encode_trees(backbone: Backbone, trees: list[Tree], batch_tokens: int,
                  on_batch: Callable[[int, int], None] | None = None,
                  max_padding: float = 1.0, layer: int | list[int] = -1, pooling: str = "last",
-                 share: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                 share: bool = True, layout: str = "rows") -> tuple[torch.Tensor, torch.Tensor]:
     """Features for trees in their given order (batches are length-sorted, order restored); with a list of
     layers, all of them from one pass ([N,n,d] and [N,m,n,d]).
 
     Trees with the same tokens are computed once and share the result: the same prompt and response get
     the same reward, bit for bit, wherever they sit in a call (a GRPO group of identical completions has
     zero spread, not float noise that a group normalisation would blow up). Trees with the same prompt run as
-    one tree where that is cheaper (`share_prompts`; `share=False` runs each apart, for comparison)."""
+    one tree where that is cheaper (`share_prompts`; `share=False` runs each apart, for comparison). `layout`:
+    see place_trees."""
     m = len(trees[0].conts)
     d = (len(layer), backbone.hidden_size) if isinstance(layer, list) else (backbone.hidden_size,)
     prompt = torch.empty(len(trees), *d)
@@ -304,8 +444,8 @@ def encode_trees(backbone: Backbone, trees: list[Tree], batch_tokens: int,
     cost = pass_cost(backbone.model.config) if share else None
     units = share_prompts(unique, cost, batch_tokens)
     by_tree = {id(u.tree): u for u in units}
-    for batch in token_batches([u.tree for u in units], batch_tokens, max_padding):
-        for part, (pf, rf) in forward_splitting(backbone, [by_tree[id(t)] for t in batch], layer, pooling):
+    for batch in token_batches([u.tree for u in units], batch_tokens, max_padding, layout):
+        for part, (pf, rf) in forward_splitting(backbone, [by_tree[id(t)] for t in batch], layer, pooling, layout):
             for b, u in enumerate(part):
                 for slot, pick in zip(u.slots, u.picks):
                     dst = torch.tensor(groups[slot])
@@ -321,12 +461,13 @@ def is_out_of_memory(e: BaseException) -> bool:
     return type(e).__name__ == "OutOfMemoryError" or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
 
 
-def forward_splitting(backbone: Backbone, batch: list[Shared], layer: int | list[int] = -1, pooling: str = "last"):
+def forward_splitting(backbone: Backbone, batch: list[Shared], layer: int | list[int] = -1, pooling: str = "last",
+                      layout: str = "rows"):
     """forward_trees on a batch of units; a batch that runs out of memory is split in two and retried, down to
     one unit, then to one tree, which then fails with an error naming its row and length. Yields (units,
     features) parts."""
     try:
-        yield batch, forward_trees(backbone.model, [u.tree for u in batch], backbone.device, backbone.dtype, layer, pooling)
+        yield batch, forward_trees(backbone.model, [u.tree for u in batch], backbone.device, backbone.dtype, layer, pooling, layout)
         return
     except Exception as e:
         if not is_out_of_memory(e):
@@ -339,7 +480,7 @@ def forward_splitting(backbone: Backbone, batch: list[Shared], layer: int | list
                             f"on {backbone.device} even alone; use --max-length with --overflow truncate-prompt or skip") from None
     half = len(batch) // 2
     for part in ([[u] for u in batch[0].halves()] if len(batch) == 1 else [batch[:half], batch[half:]]):
-        yield from forward_splitting(backbone, part, layer, pooling)
+        yield from forward_splitting(backbone, part, layer, pooling, layout)
 
 
 def check_finite_features(trees: list[Tree], prompt: torch.Tensor, resp: torch.Tensor, source_name: str,

@@ -2,6 +2,7 @@
 # The #16 GPU run as one command for a lent GPU machine (no network there, armo not installed).
 # Here, first:   python benchmarks/gpu_bench.py --prepare gpu_bench_data      (tokenizer + 512 hh_rlhf pairs, 4 MB)
 # On the device: run(command="bash benchmarks/gpu_device.sh", carry=["gpu_bench_data"], timeout_s=300)
+#                (add "--packing flex" for extract in the flex layout; auto is rows for these 512 pairs)
 #                (about 2 minutes on an H200 in 2026-11: gpu_bench.py, then extract_host_bench.py)
 #                a rerun short of time: "bash benchmarks/gpu_device.sh --no-flex"
 # The device image already has torch, transformers, accelerate, typer, rich and safetensors; this path imports

@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -658,3 +659,118 @@ def test_a_shared_tree_out_of_memory_is_split_into_its_rows(bb, tmp_path, monkey
     assert 4 in widths and max(widths[-3:]) <= 2  # the 4-response tree was split into halves that fit
     for g, w in zip(got, want):
         assert torch.allclose(g, w, atol=1e-5)
+
+
+@pytest.fixture
+def eager_flex(monkeypatch):
+    """transformers compiles FlexAttention on first use: a minute of C++ builds on a CPU. The eager kernel gives
+    the same values, so the tests check armo's layout and block mask without the compile (the GPU run compiles)."""
+    import transformers.integrations.flex_attention as tf_flex
+    from torch.nn.attention.flex_attention import flex_attention
+
+    def eager(q, k, v, training=False, **kw):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+            return flex_attention(q, k, v, **kw)
+
+    monkeypatch.setattr(tf_flex, "compile_friendly_flex_attention", eager)
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_flex_packed_rows_give_the_features_of_one_tree_per_row(bb, tmp_path, pooling, eager_flex, always_share):
+    """A batch's trees packed into one row under a FlexAttention block mask see only their own tree: the same
+    features as one tree per row, for pairs, shared prompts, a tie, an empty response, and several layers read
+    from one pass. (The eager FlexAttention used here applies the mask everywhere; which tiles the GPU kernel
+    skips is tested against the dense mask below.)"""
+    from armo_cli.forward import place_trees, token_batches
+
+    rows = pair_rows(9, seed=4) + _shared_prompt_rows(True)
+    rows[4]["chosen"] = ""
+    trees = trees_for(bb, rows, tmp_path)
+    assert any(len({b for b, _ in place_trees(batch, "flex")[0]}) < len(batch)  # a row holds several trees
+               for batch in token_batches(trees, 10_000, 1.0, "flex"))
+    for layer in (-1, [1, -1]):
+        want = encode_trees(bb, trees, batch_tokens=10_000, pooling=pooling, layer=layer)
+        got = encode_trees(bb, trees, batch_tokens=10_000, pooling=pooling, layer=layer, layout="flex")
+        for g, w in zip(got, want):
+            assert g.shape == w.shape and torch.allclose(g, w, atol=1e-5), float((g - w).abs().max())
+    ties = encode_trees(bb, trees, batch_tokens=10_000, layout="flex")[1]
+    assert torch.equal(ties[11, 0], ties[11, 1])  # _shared_prompt_rows' identical sides: still one computation
+
+
+@pytest.mark.parametrize("layout", ["rows", "flex"])
+def test_batches_fit_the_budget_and_trees_never_overlap(bb, tmp_path, layout):
+    from armo_cli.forward import place_trees, token_batches
+
+    trees = trees_for(bb, pair_rows(40, seed=5), tmp_path)
+    longest = max(t.length for t in trees)
+    for budget in (longest, 3 * longest, 100_000):
+        batches = list(token_batches(trees, budget, 1.0, layout))
+        assert sorted(t.index for b in batches for t in b) == list(range(len(trees)))
+        for batch in batches:
+            places, B, L = place_trees(batch, layout)
+            assert B * L <= budget or len(batch) == 1
+            taken = torch.zeros(B, L, dtype=torch.int)
+            for t, (b, o) in zip(batch, places):
+                assert o + t.length <= L
+                taken[b, o:o + t.length] += 1
+            assert int(taken.max()) == 1
+        if budget == 100_000:
+            assert len(batches) == 1
+
+
+@pytest.mark.parametrize("block", [4, 8, 16, 128])
+def test_flex_tiles_cover_every_allowed_pair_and_full_tiles_hold_nothing_masked(bb, tmp_path, block):
+    """The FlexAttention tiles armo reads off the trees' spans, against the dense mask's own tiling: no allowed
+    pair outside a listed tile, no masked pair in a tile marked full, and tiles that cross trees skipped."""
+    from armo_cli.forward import build_batch, place_trees, token_batches, tree_blocks
+
+    trees = trees_for(bb, pair_rows(12, seed=7) + _shared_prompt_rows(True), tmp_path)
+    for budget in (10_000, 640):
+        for batch in token_batches(trees, budget, 1.0, "flex"):
+            places, B, L = place_trees(batch, "flex")
+            allowed = build_batch(batch, bb.device, torch.float32, places, (B, L))[2][:, 0] == 0
+            partial, full = tree_blocks(batch, places, (B, L), block)
+            nb = partial.shape[-1]
+            grid = torch.zeros(B, nb * block, nb * block, dtype=torch.bool)
+            grid[:, :L, :L] = allowed
+            any_ = grid.view(B, nb, block, nb, block).any(4).any(2)
+            grid[:, L:, :] = True  # past the row's end: no pair to mask
+            grid[:, :, L:] = True
+            all_ = grid.view(B, nb, block, nb, block).all(4).all(2)
+            assert not (any_ & ~(partial | full)).any()
+            assert not (full & ~all_).any() and not (partial & full).any()
+            if len(batch) > 1 and block < L:
+                assert (partial | full).sum() < (nb * (nb + 1) // 2) * B  # some tiles are skipped
+
+
+def test_packing_auto_is_flex_only_on_cuda_for_long_jobs_and_flex_needs_a_model_that_runs_it(bb):
+    from types import SimpleNamespace
+
+    from armo_cli.forward import FLEX_MIN_TOKENS, choose_layout
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert choose_layout("auto", cuda, bb.model, FLEX_MIN_TOKENS) == "flex"
+    assert choose_layout("auto", cuda, bb.model, FLEX_MIN_TOKENS - 1) == "rows"  # the compile would not pay
+    assert choose_layout("auto", cpu, bb.model, 10 * FLEX_MIN_TOKENS) == "rows"
+    assert choose_layout("rows", cuda, bb.model, 10 * FLEX_MIN_TOKENS) == "rows"
+    assert choose_layout("flex", cpu, bb.model, 1) == "flex"
+    plain = SimpleNamespace()  # armo's own Llama forward declares no FlexAttention
+    assert choose_layout("auto", cuda, plain, 10 * FLEX_MIN_TOKENS) == "rows"
+    with pytest.raises(ArmoError, match=r"^--packing flex: SimpleNamespace does not run FlexAttention .*use --packing rows$"):
+        choose_layout("flex", cpu, plain, 1)
+
+
+def test_extract_packing_flex_gives_the_features_of_rows_and_records_the_layout(tiny_backbone, tmp_path, eager_flex):
+    inp = write_jsonl(tmp_path / "in.jsonl", pair_rows(12, seed=8))
+    got = {}
+    for packing in ("rows", "flex", "auto"):
+        out = tmp_path / f"{packing}.st"
+        res = runner.invoke(app, ["extract", str(inp), "-o", str(out), "-b", str(tiny_backbone), "-q", "--device", "cpu",
+                                  "--packing", packing])
+        assert res.exit_code == 0, res.output
+        got[packing] = Features.load(out)
+    assert [got[k].meta.report["packing"] for k in ("rows", "flex", "auto")] == ["rows", "flex", "rows"]
+    for name in ("prompt_features", "response_features"):
+        assert torch.allclose(got["flex"].tensors[name], got["rows"].tensors[name], atol=1e-5)
+        assert torch.equal(got["auto"].tensors[name], got["rows"].tensors[name])

@@ -46,3 +46,16 @@ def test_extract_host_bench_runs_and_agrees():
                           "--repeats", "1"], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]  # it asserts that grouped tokenising equals one row at a time
     assert "transformers" in out.stdout and "armo extract with a null forward" in out.stdout
+
+
+@needs_embedded()
+def test_gpu_packing_tiny_runs_and_the_layouts_agree(tmp_path):
+    out = subprocess.run([sys.executable, "-W", "ignore::UserWarning", str(ROOT / "benchmarks" / "gpu_packing.py"), "--tiny",
+                          "--json", str(tmp_path / "p.json")], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads((tmp_path / "p.json").read_text())
+    rows, flex = r["forward_only"]
+    assert (rows["kind"], flex["kind"]) == ("rows", "flex") and "error" not in flex, flex
+    assert flex["max_abs_diff_vs_rows"] < 1e-4 and flex["min_cosine_vs_rows"] > 0.9999  # fp32: the same features
+    assert flex["run_tokens"] < rows["run_tokens"] and flex["padded_share"] < 128 * 4 / r["real_tokens"]  # tile rounding only
+    assert [e["layout"] for e in r["extract"]] == [rows["layout"], flex["layout"]]
