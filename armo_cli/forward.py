@@ -281,9 +281,7 @@ def forward_trees(model: Any, trees: list[Tree], device: torch.device, dtype: to
     inputs = {"input_ids": ids, "position_ids": pos, "attention_mask": mask, "use_cache": False}
     with attention_kernels(device), _attention(model, layout):
         if skips_padding(model, device) and not isinstance(layer, list) and layout == "rows":
-            valid = torch.zeros(B, L, dtype=torch.bool)
-            for t, (b, o) in zip(trees, places):
-                valid[b, o:o + t.length] = True
+            valid = torch.arange(L)[None] < torch.tensor([t.length for t in trees])[:, None]
             hidden = model.forward_flat(ids, pos, mask, valid, resolve_layer(layer, int(model.config.num_hidden_layers)))
         elif isinstance(layer, list):
             n = int(model.config.num_hidden_layers)

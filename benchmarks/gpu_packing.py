@@ -37,6 +37,34 @@ from armo_cli.rendering import Renderer  # noqa: E402
 from armo_cli.rows import parse_row  # noqa: E402
 
 
+def seconds(fn, device: torch.device) -> float:
+    """Wall time of fn(), the device's queued work included."""
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def workdir(rows: list[dict], bb, device: torch.device, batch_tokens: int) -> tuple[Path, dict]:
+    """A folder with the pairs (pairs.jsonl) and the first 8 (warm.jsonl), and extract's settings for them."""
+    work = Path(tempfile.mkdtemp(prefix="gpu_packing-"))
+    (work / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (work / "warm.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:8]))
+    return work, dict(backbone=bb.spec.name, device=str(device), quiet=True, batch_tokens=batch_tokens)
+
+
+def record(res: dict, key: str, entry: dict, peak: float | None, json_path: str | None) -> str:
+    """Add the entry's MFU (where the device's peak is known), append it to res[key], write the JSON so far;
+    returns the MFU as printed."""
+    if peak:
+        entry["mfu"] = entry["tflops"] / peak
+    res[key].append(entry)
+    if json_path:
+        Path(json_path).write_text(json.dumps(res, indent=2) + "\n")
+    return f"{100 * entry['mfu']:.1f}%" if peak else "n/a"
+
+
 def run_tokens(trees, batch_tokens: int, max_padding: float, layout: str) -> int:
     """Tokens the forward passes run, padding included."""
     total = 0
@@ -94,19 +122,15 @@ def main() -> None:
     for label, layout in layouts:
         row: dict = {"layout": label, "kind": layout}
         try:
+            got: list = []
+
+            def run(layout: str = layout) -> None:
+                got[:] = encode_trees(bb, trees, batch_tokens, None, max_padding, layout=layout)
+
             with torch.no_grad():
-                sync(device)
-                t0 = time.perf_counter()
-                encode_trees(bb, trees, batch_tokens, None, max_padding, layout=layout)  # warm-up: kernels, plans, compiles
-                sync(device)
-                row["first_run_seconds"] = time.perf_counter() - t0
-                times = []
-                for _ in range(2):
-                    sync(device)
-                    t0 = time.perf_counter()
-                    P, R = encode_trees(bb, trees, batch_tokens, None, max_padding, layout=layout)
-                    sync(device)
-                    times.append(time.perf_counter() - t0)
+                row["first_run_seconds"] = seconds(run, device)  # warm-up: kernels, plans, compiles
+                times = [seconds(run, device) for _ in range(2)]
+            P, R = got
         except Exception as e:  # noqa: BLE001 - the study reports what failed; the other layouts stand
             row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
             print(f"{label:40s} failed: {row['error']}", flush=True)
@@ -119,43 +143,24 @@ def main() -> None:
         row.update(seconds_each_run=times, seconds=min(times), run_tokens=tokens, padded_share=1 - real / tokens,
                    tflops=f_real / min(times) / 1e12, max_abs_diff_vs_rows=float((feats - ref).abs().max()),
                    min_cosine_vs_rows=float(torch.nn.functional.cosine_similarity(feats, ref, dim=-1).min()))
-        if peak:
-            row["mfu"] = row["tflops"] / peak
-        res["forward_only"].append(row)
-        mfu = f"{100 * row['mfu']:.1f}%" if peak else "n/a"
+        mfu = record(res, "forward_only", row, peak, args.json)
         print(f"{label:40s}{row['first_run_seconds']:9.2f}{row['seconds']:8.2f}{tokens:12d}{row['padded_share']:9.1%}"
               f"{row['tflops']:9.2f}{mfu:>7s}{row['max_abs_diff_vs_rows']:11.2e}{row['min_cosine_vs_rows']:9.5f}", flush=True)
-        if args.json:
-            Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
 
-    work = Path(tempfile.mkdtemp(prefix="gpu_packing-"))
-    (work / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (work / "warm.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:8]))
-    cfg = dict(backbone=bb.spec.name, device=str(device), quiet=True, batch_tokens=batch_tokens)
+    work, cfg = workdir(rows, bb, device, batch_tokens)
     print("armo extract, end to end (each twice, after a warm-up on 8 pairs):", flush=True)
     for label, layout in layouts:
         if any(r["kind"] == layout and "error" in r for r in res["forward_only"]):
             continue
         extract(ExtractConfig(input=str(work / "warm.jsonl"), output=str(work / f"warm-{layout}.st"), packing=layout, **cfg),
                 backbone=bb)
-        times = []
-        for k in range(2):
-            sync(device)
-            t0 = time.perf_counter()
-            extract(ExtractConfig(input=str(work / "pairs.jsonl"), output=str(work / f"p-{layout}-{k}.st"), packing=layout, **cfg),
-                    backbone=bb)
-            sync(device)
-            times.append(time.perf_counter() - t0)
+        times = [seconds(lambda k=k: extract(ExtractConfig(input=str(work / "pairs.jsonl"), output=str(work / f"p-{layout}-{k}.st"),
+                                                           packing=layout, **cfg), backbone=bb), device) for k in range(2)]
         e = {"layout": label, "seconds_each_run": times, "seconds": min(times), "pairs_per_s": len(trees) / min(times),
              "tflops": f_real / min(times) / 1e12}
-        if peak:
-            e["mfu"] = e["tflops"] / peak
-        res["extract"].append(e)
-        mfu = f", MFU {100 * e['mfu']:.1f}%" if peak else ""
+        mfu = record(res, "extract", e, peak, args.json)
         print(f"  {label:38s} {', '.join(f'{t:.2f} s' for t in times)}: {e['pairs_per_s']:.1f} pairs/s, "
-              f"{e['tflops']:.1f} TFLOP/s{mfu}", flush=True)
-        if args.json:
-            Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+              f"{e['tflops']:.1f} TFLOP/s, MFU {mfu}", flush=True)
 
 
 def first_use(bb, rows, trees, batch_tokens: int, device: torch.device, json_path: str | None) -> None:
@@ -165,18 +170,11 @@ def first_use(bb, rows, trees, batch_tokens: int, device: torch.device, json_pat
     from armo_cli.configs import ExtractConfig
     from armo_cli.extract import extract
 
-    work = Path(tempfile.mkdtemp(prefix="gpu_packing-"))
-    (work / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (work / "warm.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:8]))
-    cfg = dict(backbone=bb.spec.name, device=str(device), quiet=True, batch_tokens=batch_tokens)
+    work, cfg = workdir(rows, bb, device, batch_tokens)
     out: dict = {}
 
     def timed(key: str, fn) -> None:
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        out[key] = time.perf_counter() - t0
+        out[key] = seconds(fn, device)
         print(f"  {key:44s} {out[key]:7.2f} s", flush=True)
         if json_path:
             Path(json_path).write_text(json.dumps(out, indent=2) + "\n")
