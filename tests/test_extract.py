@@ -696,6 +696,14 @@ def test_flex_packed_rows_give_the_features_of_one_tree_per_row(bb, tmp_path, po
             assert g.shape == w.shape and torch.allclose(g, w, atol=1e-5), float((g - w).abs().max())
     ties = encode_trees(bb, trees, batch_tokens=10_000, layout="flex")[1]
     assert torch.equal(ties[11, 0], ties[11, 1])  # _shared_prompt_rows' identical sides: still one computation
+    # single responses (ratings, a policy's samples), and a gate inside the prompt (armo-eot)
+    for rows, rule in ((rating_rows(9, seed=3) + _shared_prompt_rows(False), "generation-prompt"), (pair_rows(6), "armo-eot")):
+        r = Renderer(bb.tokenizer, rule)
+        trees = [r.tokenize(ex, i) for i, ex in enumerate(iter_examples(Source(str(write_jsonl(tmp_path / "s.jsonl", rows)))))]
+        want = encode_trees(bb, trees, batch_tokens=10_000, pooling=pooling)
+        got = encode_trees(bb, trees, batch_tokens=10_000, pooling=pooling, layout="flex")
+        for g, w in zip(got, want):
+            assert torch.allclose(g, w, atol=1e-5), float((g - w).abs().max())
 
 
 @pytest.mark.parametrize("layout", ["rows", "flex"])
@@ -774,3 +782,23 @@ def test_extract_packing_flex_gives_the_features_of_rows_and_records_the_layout(
     for name in ("prompt_features", "response_features"):
         assert torch.allclose(got["flex"].tensors[name], got["rows"].tensors[name], atol=1e-5)
         assert torch.equal(got["auto"].tensors[name], got["rows"].tensors[name])
+
+
+def test_resume_reuses_chunks_computed_in_the_other_layout(bb, tmp_path, eager_flex):
+    """Both layouts give the same features, so --packing is not part of the resume key: an interrupted run
+    resumed with the other layout reuses what it finished."""
+    inp = write_jsonl(tmp_path / "in.jsonl", pair_rows(10, seed=9))
+    out = tmp_path / "o.st"
+
+    def stop(c):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        extract(ExtractConfig(input=str(inp), output=str(out), backbone="x", quiet=True, chunk_size=4, packing="rows"),
+                backbone=bb, after_chunk=stop)
+    rep = _extract(bb, inp, out, chunk_size=4, packing="flex", resume=True)
+    assert (rep.chunks_reused, rep.chunks_computed, rep.packing) == (1, 2, "flex")
+    whole = _extract(bb, inp, tmp_path / "whole.st", chunk_size=4, packing="rows")
+    assert whole.chunks_computed == 3
+    for name in ("prompt_features", "response_features"):
+        assert torch.allclose(Features.load(out).tensors[name], Features.load(tmp_path / "whole.st").tensors[name], atol=1e-5)
