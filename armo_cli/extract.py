@@ -20,7 +20,7 @@ from .configs import ExtractConfig, MergeConfig
 from .console import info, progress, warn
 from .errors import ArmoError
 from .forward import (batch_defaults, canonical_layer, check_finite_features, choose_layout, default_chunk_size,
-                      encode_trees)
+                      encode_trees, is_out_of_memory)
 from .io import (check_input_file, check_output_file, load_artifact, save_artifact, save_concatenated,
                  sha256_file, sha256_json)
 from .options import validate
@@ -277,8 +277,23 @@ def _compute_chunks(cfg: ExtractConfig, source: Source, backbone: Backbone, rend
                     continue
                 if not report.packing:  # the weights are read when the first chunk needs computing (defer_weights)
                     report.packing = choose_layout(cfg.packing, backbone.device, backbone.ensure_model(), tokens)
-                tensors = _chunk_tensors(trees, backbone, cfg, objectives, batch_tokens, on_batch, source.name, layer,
-                                         report.packing)
+                try:
+                    tensors = _chunk_tensors(trees, backbone, cfg, objectives, batch_tokens, on_batch, source.name, layer,
+                                             report.packing)
+                except Exception as e:
+                    # FlexAttention compiles a kernel on first use, which can fail where its stack is incomplete
+                    # (no C++ compiler, a transformers whose flex path differs): never a traceback, and under auto
+                    # never a job lost that one tree per row would finish
+                    if report.packing != "flex" or report.chunks_computed or isinstance(e, ArmoError) or is_out_of_memory(e):
+                        raise
+                    why = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+                    if cfg.packing == "flex":
+                        raise ArmoError(f"--packing flex: FlexAttention failed on {backbone.device} ({why}); "
+                                        "use --packing rows") from None
+                    warn(f"FlexAttention failed on {backbone.device} ({why}); running one tree per row (--packing rows)")
+                    report.packing, report.tokens_computed = "rows", 0
+                    tensors = _chunk_tensors(trees, backbone, cfg, objectives, batch_tokens, on_batch, source.name, layer,
+                                             report.packing)
                 save_artifact(path, tensors, ChunkMeta(key=chunk_keys[c], ids=[t.example.id for t in trees],
                                                        subsets=[t.example.subset for t in trees],
                                                        prompt_hashes=[sha256_json(t.example.prompt)[:16] for t in trees],

@@ -802,3 +802,30 @@ def test_resume_reuses_chunks_computed_in_the_other_layout(bb, tmp_path, eager_f
     assert whole.chunks_computed == 3
     for name in ("prompt_features", "response_features"):
         assert torch.allclose(Features.load(out).tensors[name], Features.load(tmp_path / "whole.st").tensors[name], atol=1e-5)
+
+
+def test_flex_that_fails_falls_back_to_rows_under_auto_and_is_one_line_when_asked_for(tiny_backbone, tmp_path, monkeypatch):
+    """FlexAttention compiles on first use and can fail where its stack is incomplete: under auto the job runs one
+    tree per row, with a warning; with --packing flex it is one line, exit 2, and no output."""
+    import armo_cli.extract as ex
+    import armo_cli.forward as fwd
+
+    def broken(*a, **k):
+        raise RuntimeError("InductorError: no C++ compiler\nmore lines of a traceback")
+
+    monkeypatch.setattr(fwd, "flex_batch", broken)
+    monkeypatch.setattr(ex, "choose_layout", lambda packing, *a: "rows" if packing == "rows" else "flex")
+    inp = write_jsonl(tmp_path / "in.jsonl", pair_rows(6, seed=2))
+    args = ["extract", str(inp), "-b", str(tiny_backbone), "--device", "cpu", "-q"]
+    res = runner.invoke(app, args + ["-o", str(tmp_path / "auto.st")])
+    assert res.exit_code == 0, res.output
+    assert ("warning: FlexAttention failed on cpu (RuntimeError: InductorError: no C++ compiler); running one tree per "
+            "row (--packing rows)") in res.output
+    assert runner.invoke(app, args + ["-o", str(tmp_path / "rows.st"), "--packing", "rows"]).exit_code == 0
+    auto, rows = Features.load(tmp_path / "auto.st"), Features.load(tmp_path / "rows.st")
+    assert auto.meta.report["packing"] == "rows" and torch.equal(auto.tensors["response_features"], rows.tensors["response_features"])
+    res = runner.invoke(app, args + ["-o", str(tmp_path / "flex.st"), "--packing", "flex"])
+    assert res.exit_code == 2
+    assert res.output.strip().splitlines() == ["error: --packing flex: FlexAttention failed on cpu (RuntimeError: InductorError: "
+                                               "no C++ compiler); use --packing rows"]
+    assert not (tmp_path / "flex.st").exists() and not list(tmp_path.glob("flex.st*"))
