@@ -277,23 +277,8 @@ def _compute_chunks(cfg: ExtractConfig, source: Source, backbone: Backbone, rend
                     continue
                 if not report.packing:  # the weights are read when the first chunk needs computing (defer_weights)
                     report.packing = choose_layout(cfg.packing, backbone.device, backbone.ensure_model(), tokens)
-                try:
-                    tensors = _chunk_tensors(trees, backbone, cfg, objectives, batch_tokens, on_batch, source.name, layer,
-                                             report.packing)
-                except Exception as e:
-                    # FlexAttention compiles a kernel on first use, which can fail where its stack is incomplete
-                    # (no C++ compiler, a transformers whose flex path differs): never a traceback, and under auto
-                    # never a job lost that one tree per row would finish
-                    if report.packing != "flex" or report.chunks_computed or isinstance(e, ArmoError) or is_out_of_memory(e):
-                        raise
-                    why = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
-                    if cfg.packing == "flex":
-                        raise ArmoError(f"--packing flex: FlexAttention failed on {backbone.device} ({why}); "
-                                        "use --packing rows") from None
-                    warn(f"FlexAttention failed on {backbone.device} ({why}); running one tree per row (--packing rows)")
-                    report.packing, report.tokens_computed = "rows", 0
-                    tensors = _chunk_tensors(trees, backbone, cfg, objectives, batch_tokens, on_batch, source.name, layer,
-                                             report.packing)
+                tensors = _tensors_or_rows(report, lambda layout: _chunk_tensors(
+                    trees, backbone, cfg, objectives, batch_tokens, on_batch, source.name, layer, layout), cfg, backbone)
                 save_artifact(path, tensors, ChunkMeta(key=chunk_keys[c], ids=[t.example.id for t in trees],
                                                        subsets=[t.example.subset for t in trees],
                                                        prompt_hashes=[sha256_json(t.example.prompt)[:16] for t in trees],
@@ -305,6 +290,24 @@ def _compute_chunks(cfg: ExtractConfig, source: Source, backbone: Backbone, rend
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
     return files, report
+
+
+def _tensors_or_rows(report: ExtractReport, compute: Callable[[str], dict], cfg: ExtractConfig,
+                     backbone: Backbone) -> dict:
+    """compute(report.packing). FlexAttention compiles a kernel on first use, which can fail where its stack is
+    incomplete (no C++ compiler, a transformers whose flex path differs): a first chunk that fails so is never a
+    traceback, and under auto never a job lost that one tree per row would finish."""
+    try:
+        return compute(report.packing)
+    except Exception as e:
+        if report.packing != "flex" or report.chunks_computed or isinstance(e, ArmoError) or is_out_of_memory(e):
+            raise
+        why = f"{type(e).__name__}: {str(e).strip()}".splitlines()[0]
+        if cfg.packing == "flex":
+            raise ArmoError(f"--packing flex: FlexAttention failed on {backbone.device} ({why}); use --packing rows") from None
+        warn(f"FlexAttention failed on {backbone.device} ({why}); running one tree per row (--packing rows)")
+        report.packing, report.tokens_computed = "rows", 0  # the first chunk's: nothing else was computed
+        return compute(report.packing)
 
 
 def _join(files: list[Path], keys: list[str], out: Path, meta: dict, report: ExtractReport) -> None:
