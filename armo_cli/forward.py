@@ -106,13 +106,22 @@ def place_trees(trees: list[Tree], layout: str = "rows") -> tuple[list[tuple[int
     return places, 1, _flex_width(o)
 
 
+def branch_spans(t: Tree, o: int = 0) -> list[tuple[int, int]]:
+    """[start, end) of each distinct response of a tree (Tree.branches) placed at offset o: after its prompt,
+    one after another."""
+    spans, e = [], o + len(t.prompt)
+    for c in t.branches()[0]:
+        spans.append((e, e + len(c)))
+        e += len(c)
+    return spans
+
+
 def tree_layout(trees: list[Tree], places: list[tuple[int, int]] | None = None, shape: tuple[int, int] | None = None):
     """input_ids, position_ids, segment ids and owners [B,L] of trees placed at (row, offset) (default: each tree
     its own row from 0): segment 0 the prompt, j the j-th distinct response (Tree.branches); owner the tree's
     index in `trees`; -1 both at padding. Each response sees its own tree's prompt and itself (see build_batch)."""
     if places is None:
-        places = [(i, 0) for i in range(len(trees))]
-        shape = (len(trees), max(t.length for t in trees))
+        places, *shape = place_trees(trees)
     B, L = shape
     ids = torch.zeros(B, L, dtype=torch.long)
     pos = torch.zeros(B, L, dtype=torch.long)
@@ -124,13 +133,10 @@ def tree_layout(trees: list[Tree], places: list[tuple[int, int]] | None = None, 
         pos[b, o:o + p] = torch.arange(p)
         seg[b, o:o + p] = 0
         owner[b, o:o + t.length] = i
-        o += p
-        for j, c in enumerate(t.branches()[0]):
-            n = len(c)
-            ids[b, o:o + n] = torch.tensor(c)
-            pos[b, o:o + n] = torch.arange(p, p + n)
-            seg[b, o:o + n] = j + 1
-            o += n
+        for j, (c, (s, e)) in enumerate(zip(t.branches()[0], branch_spans(t, o))):
+            ids[b, s:e] = torch.tensor(c)
+            pos[b, s:e] = torch.arange(p, p + e - s)
+            seg[b, s:e] = j + 1
     return ids, pos, seg, owner
 
 
@@ -169,11 +175,7 @@ def tree_blocks(trees: list[Tree], places: list[tuple[int, int]], shape: tuple[i
     full = torch.zeros(B, nb, nb, dtype=torch.bool)
     for t, (b, o) in zip(trees, places):
         prompt = (o, o + len(t.prompt))
-        runs, e = [], prompt[1]
-        for c in t.branches()[0]:
-            runs.append((e, e + len(c)))
-            e += len(c)
-        for (qa, qe), (ka, ke) in [(prompt, prompt)] + [x for r in runs for x in ((r, prompt), (r, r))]:
+        for (qa, qe), (ka, ke) in [(prompt, prompt)] + [x for r in branch_spans(t, o) for x in ((r, prompt), (r, r))]:
             partial[b, qa // block:(qe - 1) // block + 1, ka // block:(ke - 1) // block + 1] = True
             full[b, -(-qa // block):qe // block, -(-ka // block):ke // block] = True  # tiles wholly inside both runs
     i = torch.arange(nb)
@@ -209,10 +211,10 @@ def flex_batch(trees: list[Tree], device: torch.device, places: list[tuple[int, 
 
 
 @contextlib.contextmanager
-def _attention(model: Any, kind: str):
+def _attention(model: Any, layout: str):
     """The backbone's attention for one layout: FlexAttention for "flex", its own otherwise."""
     impl = getattr(model.config, "_attn_implementation", None)
-    if kind != "flex" or impl == "flex_attention":
+    if layout != "flex" or impl == "flex_attention":
         yield
         return
     model.set_attn_implementation("flex_attention")
@@ -292,13 +294,9 @@ def forward_trees(model: Any, trees: list[Tree], device: torch.device, dtype: to
     m = max(len(t.conts) for t in trees)  # trees with fewer responses are padded: zeros, never read
     spans = []  # per tree, each response's [start, end) in its row (identical responses share one)
     for t, (_, o) in zip(trees, places):
-        o += len(t.prompt)
-        starts = []
-        branches, which = t.branches()
-        for c in branches:
-            starts.append((o, o + len(c)))
-            o += len(c)
-        spans.append([starts[j] for j in which] + [(o - 1, o)] * (m - len(which)))
+        starts, which = branch_spans(t, o), t.branches()[1]
+        end = starts[-1][1]
+        spans.append([starts[j] for j in which] + [(end - 1, end)] * (m - len(which)))
     rows = torch.tensor([b for b, _ in places], device=hidden.device)
     gates = torch.tensor([o + t.gate for t, (_, o) in zip(trees, places)], device=hidden.device)
     prompt = hidden[rows, gates].float().cpu()
