@@ -121,6 +121,17 @@ def attended(prompt: int, conts: list[int]) -> int:
     return s
 
 
+def run_tokens(trees, batch_tokens: int, max_padding: float, layout: str) -> int:
+    """Tokens armo's forward passes run in a layout, padding included."""
+    from armo_cli.forward import place_trees, token_batches
+
+    total = 0
+    for batch in token_batches(trees, batch_tokens, max_padding, layout):
+        _, rows, width = place_trees(batch, layout)
+        total += rows * width
+    return total
+
+
 def flops(model, tokens: int, attended_positions: int) -> float:
     c = model.config
     params = sum(p.numel() for n, p in model.named_parameters() if "embed" not in n)
@@ -255,7 +266,7 @@ def main() -> None:
     from armo_cli.decorrelation import fit_decorrelation
     from armo_cli.extract import extract
     from armo_cli.features import Features
-    from armo_cli.forward import batch_defaults, default_chunk_size, place_trees, token_batches
+    from armo_cli.forward import batch_defaults, default_chunk_size
     from armo_cli.gating import fit_gating
     from armo_cli.model import ArmoModel, assemble
     from armo_cli.regression import fit_regression
@@ -334,8 +345,7 @@ def main() -> None:
         "params_non_embedding": sum(p.numel() for k, p in bb.model.named_parameters() if "embed" not in k),
         "pairs": len(trees), "tokens_armo": tok_armo, "tokens_reference": tok_ref, "batch_tokens": batch_tokens,
         "max_padding": max_padding, "chunk_size": default_chunk_size(device), "packing": layout,
-        "padded_share": 1 - tok_armo / sum(place_trees(b, layout)[1] * place_trees(b, layout)[2]
-                                           for b in token_batches(trees, batch_tokens, max_padding, layout)),
+        "padded_share": 1 - tok_armo / run_tokens(trees, batch_tokens, max_padding, layout),
         "armo_extract": {"seconds": t_armo, "seconds_each_run": armo_runs, "pairs_per_s": len(trees) / t_armo, "tokens_per_s": tok_armo / t_armo,
                          "reference_equivalent_tokens_per_s": tok_ref / t_armo, "tflops": f_armo / t_armo / 1e12,
                          "peak_memory_gib": mem_armo},

@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from gpu_bench import LLAMA3_8B, PEAKS, TINY, attended, flops, load_tokenizer, random_backbone, sync  # noqa: E402
+from gpu_bench import (LLAMA3_8B, PEAKS, TINY, attended, flops, load_tokenizer, random_backbone,  # noqa: E402
+                       run_tokens, sync)
 
 import armo_cli.forward as fwd  # noqa: E402
 from armo_cli.rendering import Renderer  # noqa: E402
@@ -63,15 +64,6 @@ def record(res: dict, key: str, entry: dict, peak: float | None, json_path: str 
     if json_path:
         Path(json_path).write_text(json.dumps(res, indent=2) + "\n")
     return f"{100 * entry['mfu']:.1f}%" if peak else "n/a"
-
-
-def run_tokens(trees, batch_tokens: int, max_padding: float, layout: str) -> int:
-    """Tokens the forward passes run, padding included."""
-    total = 0
-    for batch in fwd.token_batches(trees, batch_tokens, max_padding, layout):
-        _, rows, width = fwd.place_trees(batch, layout)
-        total += rows * width
-    return total
 
 
 def main() -> None:
