@@ -52,12 +52,23 @@ def _by_pattern(text: str, pattern: re.Pattern, marker: str) -> list[dict]:
     if _strip_begin(head).strip():
         raise ArmoError(f"text before the first {marker} marker: not a {marker} conversation")
     msgs = []
+    end = len(head)
     for m in pattern.finditer(text):
+        if strip_end(text[end:m.start()]):
+            # text after a turn's end and outside any turn would be dropped unscored
+            raise ArmoError(f"text outside any turn after {_excerpt(text[:end])}")
+        end = m.end()
         role = _ROLES.get(m.group(1))
         if role is None:
             raise ArmoError(f"unknown role {m.group(1)!r}")
         msgs.append({"role": role, "content": strip_end(m.group(2))})
+    if strip_end(text[end:]):
+        raise ArmoError(f"text outside any turn after {_excerpt(text[:end])}")
     return msgs
+
+
+def _excerpt(text: str) -> str:
+    return repr(text[-40:]) if len(text) > 40 else repr(text)
 
 
 def _mistral(text: str) -> list[dict]:
@@ -98,8 +109,9 @@ def _prompt_messages(msgs: list[dict], where: str) -> list[dict]:
 
 def split_query(query: str, prompt: str | None = None, where: str = "query") -> dict:
     """An armo row {"prompt": messages, "response": text} from a policy's rendered text. With `prompt` (the
-    prompt part as the policy rendered it) and a query that starts with it, the response is the rest;
-    otherwise the query must be a whole templated conversation ending with the assistant's response."""
+    prompt part as the policy rendered it) and a query that starts with it, the response is the rest, whatever
+    markers it spells (armo tokenises it as text); otherwise the query must be a templated conversation with
+    exactly one assistant turn, the last, and no text outside its turns."""
     if not isinstance(query, str):
         raise ArmoError(f"{where}: expected a string")
     try:
@@ -111,6 +123,13 @@ def split_query(query: str, prompt: str | None = None, where: str = "query") -> 
             if len(msgs) < 2 or msgs[-1]["role"] != "assistant":
                 raise ArmoError(f"{where}: cannot tell the response from the prompt: send a templated conversation "
                                 f"that ends with the assistant's turn, or 'prompts' that the query starts with")
+            turns = sum(m["role"] == "assistant" for m in msgs)
+            if turns > 1:
+                # a multi-turn prompt and a response that writes turn markers of its own read the same; scoring
+                # the last turn would let a policy choose the text it is scored on
+                raise ArmoError(f"{where}: {turns} assistant turns: without 'prompts', a multi-turn prompt cannot be "
+                                f"told from a response that writes turns of its own; send 'prompts' (each query's "
+                                f"prompt part), and the rest of the query is scored as the response, as text")
             response = msgs[-1]["content"]
             msgs = _prompt_messages(msgs[:-1], where)
     except ArmoError as e:

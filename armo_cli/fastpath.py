@@ -244,6 +244,14 @@ class FastTokenizer:
     def _token(v: Any) -> str | None:
         return v.get("content") if isinstance(v, dict) else v
 
+    @property
+    def backend_tokenizer(self) -> Any:
+        return self.tok
+
+    @property
+    def added_tokens_decoder(self) -> dict:
+        return self.tok.get_added_tokens_decoder()
+
     def __call__(self, text: str | list[str], add_special_tokens: bool = True) -> Encoding:
         """Like a transformers tokenizer: a list of texts gives a list of id lists (one batched call)."""
         if isinstance(text, list):

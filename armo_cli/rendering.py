@@ -3,6 +3,7 @@ or two continuations, with the prompt's tokens an exact prefix of the whole conv
 BOS. Also where f(x) is read (gate rules) and what happens to rows over the length limit."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
@@ -31,6 +32,31 @@ GATE_RULE_PATTERN_OFFSET: dict[str, Callable[[int], int]] = {
 
 
 # --- tokenisation -------------------------------------------------------------------------------
+# A message's content as the template sees it while armo traces where content lands in the rendered text:
+# private-use characters that no template transforms, numbered by the content's place in the row.
+_SENTINEL = re.compile("\ue000(\\d+)\ue001")
+
+
+def _sentinel(k: int) -> str:
+    return f"\ue000{k}\ue001"
+
+
+def control_tokens(tokenizer: Any) -> dict[str, int]:
+    """The tokenizer's special added tokens (end of turn, role headers, BOS/EOS...), by text: ids that only a
+    chat template may emit. Text from a row or a policy that spells one is data and is tokenised as text."""
+    decoder = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    out = {t.content: int(i) for i, t in decoder.items() if getattr(t, "special", False) and t.content}
+    for text in getattr(tokenizer, "all_special_tokens", None) or []:
+        i = tokenizer.convert_tokens_to_ids(text) if hasattr(tokenizer, "convert_tokens_to_ids") else None
+        if text and isinstance(i, int):
+            out.setdefault(text, i)
+    return out
+
+
+class ForgedMarkerUntraceable(ArmoError):
+    """A row holds a control token's text and the template changes message text in a way armo cannot trace."""
+
+
 class TemplateRefused(ArmoError):
     """The chat template raised on a conversation (its raise_exception, or an undefined name)."""
 
@@ -97,7 +123,23 @@ class Renderer:
         self._backend = backend if backend is not None and [e.ids for e in backend.encode_batch(probes, add_special_tokens=False)] \
             == [tokenizer(t, add_special_tokens=False).input_ids for t in probes] else None
         self.template_hash = sha256_json(getattr(tokenizer, "chat_template", None))[:16]
+        # Only the template emits control tokens: rows whose text spells one are tokenised by _guarded_ids
+        self.control_ids = control_tokens(tokenizer)
+        self._control = re.compile("|".join(re.escape(t) for t in sorted(self.control_ids, key=len, reverse=True))) \
+            if self.control_ids else None
+        self._as_text = self._text_encoder(backend)
         self.gen_suffix = self.encode(self.gen_suffix_text, bos=False)
+
+    def _text_encoder(self, backend: Any) -> Callable[[str], list[int]]:
+        """Tokenise text with special tokens split into ordinary tokens (transformers' split_special_tokens):
+        a copy of the Rust backend with encode_special_tokens set, so the shared one is never toggled."""
+        if backend is not None and self._backend is not None and hasattr(backend, "to_str"):
+            from tokenizers import Tokenizer
+
+            copy = Tokenizer.from_str(backend.to_str())
+            copy.encode_special_tokens = True
+            return lambda text: copy.encode(text, add_special_tokens=False).ids
+        return lambda text: self.tok(text, add_special_tokens=False, split_special_tokens=True).input_ids
 
     def render(self, messages: list[dict], generation_prompt: bool) -> str:
         try:
@@ -150,10 +192,13 @@ class Renderer:
         batch over the cores; one call per text left most of a GPU extract's host time in the tokenizer).
         A row whose template fails gets its error in its place, so callers report rows in file order."""
         texts: list[str] = []
-        spans: list[tuple[int, int] | ArmoError] = []
+        spans: list[tuple[int, int] | list[list[int]] | ArmoError] = []
         for ex in examples:
             try:
                 p_text, conts = self.texts(ex)
+                if self._spells_control(ex):
+                    spans.append(self._guarded_ids(ex, p_text, conts))
+                    continue
             except ArmoError as e:
                 spans.append(e)
                 continue
@@ -165,11 +210,72 @@ class Renderer:
             if isinstance(span, ArmoError):
                 out.append(span)
                 continue
-            start, m = span
-            prompt = self._with_bos(list(ids[start]), True)
+            if isinstance(span, tuple):
+                start, m = span
+                span = [list(i) for i in ids[start:start + 1 + m]]
+            prompt = self._with_bos(span[0], True)
             gate = GATE_RULES[self.gate_rule](len(prompt), len(self.gen_suffix))
-            out.append(Tree(index, ex, prompt, [list(c) for c in ids[start + 1:start + 1 + m]], gate))
+            out.append(Tree(index, ex, prompt, span[1:], gate))
         return out
+
+    # --- user text never becomes a control token ---------------------------------------------------
+    def _spells_control(self, ex: Example) -> bool:
+        return self._control is not None and any(
+            self._control.search(text) for text in [*(m["content"] for m in ex.prompt), *ex.responses])
+
+    def _guarded_ids(self, ex: Example, p_text: str, conts: list[str]) -> list[list[int]]:
+        """Token ids of the prompt and each continuation where control tokens come only from the template's own
+        text: the conversation is rendered again with each content replaced by a sentinel, which shows the
+        template's text; the real rendering is split at that text's control tokens and every run between them
+        (template text and content alike) is tokenised with special tokens as text. For text without control
+        tokens this is exactly how the tokenizer splits a string at its added tokens."""
+        contents = [m["content"] for m in ex.prompt]
+        masked = [{"role": m["role"], "content": _sentinel(k)} for k, m in enumerate(ex.prompt)]
+        out = [self._runs_ids(p_text, self._template_parts(self.render(masked, True), p_text, contents), 0)]
+        for resp, cont in zip(ex.responses, conts):
+            skeleton = self.render(masked + [{"role": "assistant", "content": _sentinel(len(contents))}], False)
+            full = p_text + cont
+            out.append(self._runs_ids(full, self._template_parts(skeleton, full, contents + [resp]), len(p_text)))
+        return out
+
+    @staticmethod
+    def _template_parts(skeleton: str, text: str, contents: list[str]) -> list[tuple[int, int]]:
+        """Where the template's own text lies in `text` (character spans), given the same conversation rendered
+        with sentinels (`skeleton`). A template may trim content, so each content is matched as written or
+        stripped; the match must account for every character of `text`."""
+        pieces = _SENTINEL.split(skeleton)  # template text, content index, template text, ...
+        parts, pos = [], 0
+        for i in range(0, len(pieces), 2):
+            piece = pieces[i]
+            if not text.startswith(piece, pos):
+                break
+            parts.append((pos, pos + len(piece)))
+            pos += len(piece)
+            if i + 1 == len(pieces):
+                if pos == len(text):
+                    return parts
+                break
+            c, after = contents[int(pieces[i + 1])], pieces[i + 2]
+            x = next((x for x in dict.fromkeys((c, c.strip(), c.lstrip(), c.rstrip()))
+                      if text.startswith(x, pos) and text.startswith(after, pos + len(x))), None)
+            if x is None:
+                break
+            pos += len(x)
+        raise ForgedMarkerUntraceable(
+            "a message spells a control token of the backbone's tokenizer, and its chat template changes message "
+            "text in a way armo cannot trace: refused rather than let the text act as a control token")
+
+    def _runs_ids(self, text: str, template_parts: list[tuple[int, int]], start: int) -> list[int]:
+        """Token ids of text[start:]: control tokens where the template's own text spells them, and everything
+        between them tokenised as text."""
+        ids: list[int] = []
+        run = start
+        for a, b in template_parts:
+            for m in self._control.finditer(text, max(a, start), b):
+                ids += self._as_text(text[run:m.start()]) if m.start() > run else []
+                ids.append(self.control_ids[m.group()])
+                run = m.end()
+        return ids + (self._as_text(text[run:]) if run < len(text) else [])
 
     def n_bos(self, prompt: list[int]) -> int:
         return 1 if prompt and self.bos is not None and prompt[0] == self.bos else 0
