@@ -183,7 +183,7 @@ class EvaluateConfig(ModelInputConfig):
 class ReportConfig:
     report: str = opt("report.json", "An `armo evaluate -o` report.")
     pairs: str = opt("pairs.jsonl", "Its `--pairs-output` records.")
-    output: str = opt("report.html", "HTML file to write.")
+    output: str | None = opt(None, "HTML file to write [default: report.html, replaced only if armo wrote it].")
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -21,7 +21,7 @@ from .console import info, progress, warn
 from .errors import ArmoError
 from .forward import (batch_defaults, canonical_layer, check_finite_features, choose_layout, default_chunk_size,
                       encode_trees, is_out_of_memory)
-from .io import (check_input_file, check_output_file, load_artifact, save_artifact, save_concatenated,
+from .io import (check_input_file, check_output_file, claim_parts, load_artifact, make_parts, remove_parts, save_artifact, save_concatenated,
                  sha256_file, sha256_json)
 from .options import validate
 from .provenance import FeatureMeaning
@@ -180,15 +180,14 @@ def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, afte
                 _rank_merge(out, shard_index, num_shards, cfg.quiet)
             return ExtractReport(**{**done.report, "chunks_computed": 0, "chunks_reused": len(mine), "tokens_computed": 0})
     parts = shard_out.with_name(shard_out.name + ".parts")
-    if parts.exists() and not cfg.resume:
-        shutil.rmtree(parts)
-    parts.mkdir(parents=True, exist_ok=True)
+    claim_parts(parts, cfg.resume, _CHUNK_FILE.fullmatch)
+    make_parts(parts)
     try:
         files, report = _compute_chunks(cfg, source, backbone, renderer, chunks, mine, chunk_keys, parts, objectives,
                                         batch_tokens, limit, after_chunk, layer, {shard_index: held} if held else {}, tokens)
     except BaseException:
         if not any(parts.glob("chunk-*.safetensors")):
-            shutil.rmtree(parts, ignore_errors=True)  # nothing finished: nothing to resume, leave nothing behind
+            remove_parts(parts)  # nothing finished: nothing to resume, leave nothing behind
         raise
     meta = {
         "kind": "features", "armo_version": __version__, "backbone": backbone.info(), "dtype": str(backbone.dtype),
@@ -202,7 +201,7 @@ def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, afte
     report.skipped = [vars(s) for s in skipped]
     report.seconds = time.perf_counter() - t0
     _join(files, [chunk_keys[c] for c in mine], shard_out, meta, report)
-    shutil.rmtree(parts, ignore_errors=True)
+    remove_parts(parts)
     if launched:
         _rank_merge(out, shard_index, num_shards, cfg.quiet)
     info(f"{shard_out}: {report.rows} rows, {len(report.skipped)} skipped, "
@@ -211,6 +210,10 @@ def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, afte
     for s in report.skipped:
         warn(f"skipped line {s['line']} ({s['id']}): {s['reason']}")
     return report
+
+
+# what extract keeps in FILE.parts/: finished chunks, and the temporary file of one being written
+_CHUNK_FILE = re.compile(r"chunk-\d{6}\.safetensors|\.chunk-\d{6}\.safetensors\.\w+\.tmp")
 
 
 def _compute_chunks(cfg: ExtractConfig, source: Source, backbone: Backbone, renderer: Renderer, chunks: list,

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import hashlib
 import json
 import math
 import os
 import shutil
+import stat
 import sys
 import tempfile
 import zlib
@@ -24,8 +26,10 @@ from .errors import ArmoError, one_line
 META_KEY = "armo"
 # The metadata field holding a digest of the artifact's tensors (names, dtypes, shapes, bytes), written with
 # them and checked on every full load: a flipped bit, a half-finished copy or an edited tensor is refused by
-# name instead of changing scores without a word. Files from before it (armo 0.1.0) have none and load as before.
+# name instead of changing scores without a word. Files from before it (armo 0.1.0) may have none and load as before;
+# a file from any later armo without one was edited, and is refused.
 CHECKSUM_KEY = "tensors_sha256"
+UNCHECKSUMMED_VERSIONS = {"0.1.0"}
 
 
 def display_name(path: str | Path) -> str:
@@ -133,10 +137,104 @@ def check_output_file(path: str | Path | None, option: str = "--output",
     p = Path(path)
     if p.is_dir():
         raise ArmoError(f"{option} {p}: is a folder, expected a file path")
+    check_writable_kind(p, option)
     if p.exists():
         for i in inputs:
             if i is not None and str(i) != "-" and Path(i).exists() and p.resolve() == Path(i).resolve():
                 raise ArmoError(f"{option} {p}: is also an input; choose another output path")
+
+
+def check_writable_kind(p: Path, option: str = "--output") -> None:
+    """An output path armo can write: a regular file (replaced atomically), a character device or a FIFO (written
+    through), or a new name in an existing folder."""
+    for parent in [p.parent, *p.parent.parents]:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise ArmoError(f"{option} {p}: {parent} is a file, not a folder")
+            break
+    try:
+        mode = os.stat(p).st_mode
+    except OSError:
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISCHR(mode) or stat.S_ISFIFO(mode) or stat.S_ISDIR(mode)):
+        raise ArmoError(f"{option} {p}: is neither a file, a character device nor a FIFO")
+
+
+def writes_through(path: Path) -> bool:
+    """A character device (/dev/null, /dev/stdout) or a FIFO: written into, never renamed over."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
+
+
+def publish_file(src: Path, target: Path) -> None:
+    """A finished output `src` becomes `target`: renamed over a file, copied into a device or a FIFO (renaming
+    would swap the node for a regular file)."""
+    if not writes_through(target):
+        os.replace(src, target)
+        return
+    try:
+        with open(src, "rb") as fin, open(target, "wb") as fout:
+            shutil.copyfileobj(fin, fout)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(target)) from None
+    src.unlink()
+
+
+# --- armo's own progress folders (TARGET.parts/) -----------------------------------------------------
+# A folder is armo's only if it holds this marker, written when armo made it: nothing else is ever removed.
+PARTS_MARK = ".armo-parts"
+
+
+def claim_parts(parts: Path, resume: bool, known: Callable[[str], bool]) -> bool:
+    """Check a job's progress folder before use: armo's own (its marker), holding only regular files that `known`
+    names, no link anywhere. Without --resume an earlier run's folder is removed. Whether it (still) exists."""
+    if not (parts.exists() or parts.is_symlink()):
+        return False
+    where = f"{parts}: not armo's progress folder"
+    if parts.is_symlink() or not parts.is_dir():
+        raise ArmoError(f"{where} (not a folder); move it or choose another output path")
+    for entry in sorted(parts.iterdir()):
+        if entry.is_symlink() or not entry.is_file():
+            raise ArmoError(f"{entry}: a link or not a file in armo's progress folder (armo follows no link there); "
+                            f"move the folder or choose another output path")
+        if entry.name != PARTS_MARK and not known(entry.name):
+            raise ArmoError(f"{where} (it holds {entry.name}); move it or choose another output path")
+    if not (parts / PARTS_MARK).is_file():
+        raise ArmoError(f"{where} (armo's marker {PARTS_MARK} is missing); move it or choose another output path")
+    if not resume:
+        shutil.rmtree(parts)
+        return False
+    return True
+
+
+def make_parts(parts: Path) -> None:
+    """Create a job's progress folder with armo's marker (nothing happens if it exists: claim_parts checked it)."""
+    if not parts.is_dir():
+        parts.mkdir(parents=True)
+        (parts / PARTS_MARK).write_text(json.dumps({"armo_progress": True}) + "\n", encoding="utf-8")
+
+
+def remove_parts(parts: Path) -> None:
+    """Remove a progress folder that armo made (its marker is there); anything else stays."""
+    if parts.is_dir() and not parts.is_symlink() and (parts / PARTS_MARK).is_file():
+        shutil.rmtree(parts, ignore_errors=True)
+
+
+def open_in_parts(path: Path, mode: str):
+    """A file inside a progress folder, opened without following a link (one planted there is refused)."""
+    flags = {"ab": os.O_WRONLY | os.O_APPEND | os.O_CREAT, "a": os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+             "rb": os.O_RDONLY, "r": os.O_RDONLY}[mode]
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW, 0o666)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ArmoError(f"{path}: a link in armo's progress folder (armo follows no link there); move the "
+                            f"folder or choose another output path") from None
+        raise
+    return os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"}))
 
 
 @contextlib.contextmanager
@@ -147,6 +245,7 @@ def atomic_paths(paths: Iterable[str | Path]) -> Iterator[list[Path]]:
     for t in targets:
         if t.is_dir():
             raise ArmoError(f"{t}: is a folder, expected a file path")
+        check_writable_kind(t, "output")
     tmps: list[Path] = []
     try:
         for t in targets:
@@ -161,7 +260,7 @@ def atomic_paths(paths: Iterable[str | Path]) -> Iterator[list[Path]]:
             if tmp.exists():
                 os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is not what users expect of an output
         for tmp, t in zip(tmps, targets):
-            os.replace(tmp, t)
+            publish_file(tmp, t)
     finally:
         for tmp in tmps:
             if tmp.exists():
@@ -299,6 +398,9 @@ def load_artifact(path: str | Path, kind: str | None = None, tensors: bool = Tru
     checksum = meta.pop(CHECKSUM_KEY, None)  # never carried into a typed meta, so never copied into a new file
     if checksum is not None and not isinstance(checksum, str):
         raise ArmoError(f"{p}: damaged armo metadata ('{CHECKSUM_KEY}' is not a string)")
+    if checksum is None and meta.get("armo_version") not in UNCHECKSUMMED_VERSIONS:
+        raise ArmoError(f"{p}: damaged armo metadata: armo {meta.get('armo_version')} writes '{CHECKSUM_KEY}' and it "
+                        f"is missing (an edited file); re-create it")
     if load and checksum is not None and tensors_sha256(tensors) != checksum:
         raise _damaged(p)
     if kind is not None:
@@ -395,24 +497,42 @@ def _stored_checksum(path: Path) -> str | None:
     return value if isinstance(value, str) else None
 
 
+LOCK_MARK = "armo-lock pid "
+
+
+def _lock_is_ours(text: str) -> bool:
+    """A lock armo wrote: its marker and pid, a bare pid (armo 0.1), or nothing yet (created, not yet written)."""
+    text = text.strip()
+    return not text or text.startswith(LOCK_MARK.strip()) or text.isdigit()
+
+
 @contextlib.contextmanager
 def output_lock(target: str | Path) -> Iterator[Path]:
     """Hold an exclusive lock on `target` for the duration of a job: `TARGET.lock`, flock'ed.
 
     A second writer is refused at once, naming the holder's pid. The kernel drops a flock when its
-    process dies, so the lock file of a killed run is stale by construction: the next run takes it over."""
+    process dies, so the lock file of a killed run is stale by construction: the next run takes it over. A file
+    of that name that armo did not write (no marker) or a link is never opened for writing, nor removed."""
     import fcntl
 
     target = Path(target)
     lock = target.with_name(target.name + ".lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise ArmoError(f"{lock}: a link where armo keeps its lock; move it or choose another output path") from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ArmoError(f"{lock}: not a file, where armo keeps its lock; move it or choose another output path")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             try:
-                holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+                holder = os.read(fd, 64).decode(errors="replace").strip().removeprefix(LOCK_MARK.strip()).strip() or "?"
             finally:
                 os.close(fd)
             raise ArmoError(f"{target}: another armo process (pid {holder}) is writing this output; "
@@ -423,11 +543,15 @@ def output_lock(target: str | Path) -> Iterator[Path]:
         except FileNotFoundError:
             same = False
         if same:
+            if not _lock_is_ours(os.pread(fd, 4096, 0).decode(errors="replace")):
+                os.close(fd)
+                raise ArmoError(f"{lock}: exists and armo did not write it (armo keeps its lock under this name); "
+                                f"move it or choose another output path")
             break
         os.close(fd)
     try:
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        os.write(fd, f"{LOCK_MARK}{os.getpid()}\n".encode())
         yield lock
     finally:
         try:

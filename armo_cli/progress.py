@@ -5,17 +5,18 @@ from the first, whose keys still match, and computes the rest. The output appear
 A window's key names the job (model, settings) and the window's rows as the model sees them (their token
 ids), so progress of another model, other settings or an edited input is never reused: from the first window
 that differs, everything is computed again. The data file is appended before the index, so a run killed
-mid-window leaves bytes past the last indexed window, which the next run cuts off."""
+mid-window leaves bytes past the last indexed window, which the next run cuts off. Each index line carries the
+SHA-256 of its window's bytes: a window edited, moved or cut on disk is scored again, never copied. The folder is
+armo's only while it holds armo's marker (io.claim_parts), and no link inside it is followed."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
 
 from . import __version__
-from .errors import ArmoError
-from .io import dumps
+from .io import claim_parts, dumps, make_parts, open_in_parts, publish_file, remove_parts
 
 DATA, INDEX = "rows.jsonl", "index.jsonl"
 
@@ -27,7 +28,7 @@ def parts_dir(target: str | Path) -> Path:
 
 def discard_progress(target: str | Path) -> None:
     """Remove a completed job's progress folder, once every output it fed is written."""
-    shutil.rmtree(parts_dir(target), ignore_errors=True)
+    remove_parts(parts_dir(target))
 
 
 class WindowProgress:
@@ -43,35 +44,31 @@ class WindowProgress:
         self.rows = 0  # the caller's count of rows in them
         self._data = None
         self._index = None
-        if self.parts.exists() or self.parts.is_symlink():
-            if self.parts.is_symlink() or not self.parts.is_dir():
-                raise ArmoError(f"{self.parts}: not armo's progress folder (not a folder); move it or choose another "
-                                f"output path")
-            extra = {p.name for p in self.parts.iterdir()} - {DATA, INDEX, INDEX + ".tmp"}
-            if extra:
-                raise ArmoError(f"{self.parts}: not armo's progress folder (it holds {', '.join(sorted(extra))}); "
-                                f"move it or choose another output path")
-            if resume:
-                self.entries = self._read()
-            else:
-                shutil.rmtree(self.parts)  # an earlier run's progress, not asked for
+        if claim_parts(self.parts, resume, {DATA, INDEX, INDEX + ".tmp"}.__contains__):
+            self.entries = self._read()
 
     def _read(self) -> list[dict]:
         """The indexed windows of the same job whose lines are all on disk ([] when there is nothing usable)."""
         try:
-            lines = (self.parts / INDEX).read_text(encoding="utf-8").splitlines()
+            with open_in_parts(self.parts / INDEX, "r") as fh:
+                lines = fh.read().splitlines()
             head = json.loads(lines[0])
             if head.get("job") != self.job_key:
                 return []  # another model, other settings or another armo: start over
-            size = (self.parts / DATA).stat().st_size
             out = []
-            for line in lines[1:]:
-                e = json.loads(line)
-                if not isinstance(e, dict) or not isinstance(e.get("end"), int) or e["end"] > size:
-                    break
-                out.append({"key": e["key"], "end": e["end"]})
+            with open_in_parts(self.parts / DATA, "rb") as data:
+                start = 0
+                for line in lines[1:]:
+                    e = json.loads(line)
+                    if not isinstance(e, dict) or not isinstance(e.get("end"), int) or e["end"] < start:
+                        break
+                    window = data.read(e["end"] - start)
+                    if len(window) != e["end"] - start or hashlib.sha256(window).hexdigest() != e.get("sha256"):
+                        break  # a changed, moved or missing window: scored again, with every one after it
+                    out.append({"key": e["key"], "end": e["end"], "sha256": e["sha256"]})
+                    start = e["end"]
             return out
-        except (OSError, ValueError, IndexError, KeyError, AttributeError):
+        except (OSError, ValueError, IndexError, KeyError, AttributeError, TypeError):
             return []  # a damaged progress file is progress lost, never an error
 
     def done(self, key: str) -> bool:
@@ -87,25 +84,27 @@ class WindowProgress:
 
     def _open(self) -> None:
         """Cut the files to the windows kept so far and open them for appending."""
-        self.parts.mkdir(parents=True, exist_ok=True)
+        make_parts(self.parts)
         data = self.parts / DATA
-        with open(data, "ab") as fh:  # create it if needed, then cut what no index line vouches for
+        with open_in_parts(data, "ab") as fh:  # create it if needed, then cut what no index line vouches for
             fh.truncate(self.entries[-1]["end"] if self.entries else 0)
         tmp = self.parts / (INDEX + ".tmp")
-        tmp.write_text("".join(dumps(x) + "\n" for x in [{"job": self.job_key, "armo_version": __version__}, *self.entries]),
-                       encoding="utf-8")
+        with open_in_parts(tmp, "a") as fh:
+            fh.truncate(0)
+            fh.write("".join(dumps(x) + "\n" for x in [{"job": self.job_key, "armo_version": __version__}, *self.entries]))
         os.replace(tmp, self.parts / INDEX)
-        self._data = open(data, "ab")
-        self._index = open(self.parts / INDEX, "a", encoding="utf-8")
+        self._data = open_in_parts(data, "ab")
+        self._index = open_in_parts(self.parts / INDEX, "a")
 
     def add(self, key: str, text: str) -> None:
         """Append one finished window's lines, then its index line (each flushed to disk)."""
         if self._data is None:
             self._open()
-        self._data.write(text.encode("utf-8"))
+        raw = text.encode("utf-8")
+        self._data.write(raw)
         self._data.flush()
         os.fsync(self._data.fileno())
-        e = {"key": key, "end": self._data.tell()}
+        e = {"key": key, "end": self._data.tell(), "sha256": hashlib.sha256(raw).hexdigest()}
         self._index.write(dumps(e) + "\n")
         self._index.flush()
         os.fsync(self._index.fileno())
@@ -120,12 +119,13 @@ class WindowProgress:
         self.close()
 
     def text(self) -> str:
-        return (self.parts / DATA).read_text(encoding="utf-8")
+        with open_in_parts(self.parts / DATA, "r") as fh:
+            return fh.read()
 
     def publish(self) -> None:
         """The completed data file becomes the output (made by open(), it has the user's umask), and the
         progress folder goes."""
-        os.replace(self.parts / DATA, self.target)
+        publish_file(self.parts / DATA, self.target)
         self.remove()
 
     def remove(self) -> None:
@@ -139,5 +139,5 @@ class WindowProgress:
     def abandon(self) -> None:
         """The job failed: keep finished windows for --resume, or nothing at all if none finished."""
         self.close()
-        if self.parts.exists() and not self.entries:
-            shutil.rmtree(self.parts, ignore_errors=True)
+        if not self.entries:
+            remove_parts(self.parts)

@@ -331,7 +331,7 @@ def render_report(report: dict, records: list[dict]) -> str:
            "table{border-collapse:collapse;font-size:.85em;margin:.5em 0}td,th{border:1px solid #ddd;padding:2px 6px;"
            "text-align:left}p.caption{font-size:.9em;color:#444}svg{max-width:100%;height:auto}"
            "details{margin:.3em 0}summary{cursor:pointer;color:#0072B2}")
-    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_text(title)}</title>"
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>{GENERATOR}<title>{_text(title)}</title>"
             f"<style>{css}</style></head><body><h1>{_text(title)}</h1>{body}</body></html>\n")
 
 
@@ -362,6 +362,11 @@ def report_from_files(report_path: str, pairs_path: str) -> tuple[dict, list[dic
     return report, records
 
 
+# Marks a page as armo's, so that `armo report` without -o replaces only a report.html that armo wrote.
+GENERATOR = "<meta name='generator' content='armo report'>"
+DEFAULT_OUTPUT = "report.html"
+
+
 def write_report(cfg) -> None:
     """`armo report`: redraw the HTML report from saved evaluate outputs."""
     from .io import check_input_file, check_output_file, write_texts_atomic
@@ -370,6 +375,11 @@ def write_report(cfg) -> None:
     validate(cfg)
     check_input_file(cfg.report)
     check_input_file(cfg.pairs)
+    if cfg.output is None:  # the default name: never a page armo did not write
+        cfg.output = DEFAULT_OUTPUT
+        out = Path(cfg.output)
+        if out.is_file() and GENERATOR.encode() not in out.read_bytes()[:4096]:
+            raise ArmoError(f"{out}: exists and armo did not write it; give -o {out} to replace it, or another path")
     check_output_file(cfg.output, "--output", [cfg.report, cfg.pairs])
     check_available()
     report, records = report_from_files(cfg.report, cfg.pairs)

@@ -323,15 +323,24 @@ def test_the_streamed_checksum_of_a_joined_file_is_the_in_memory_one(bb, tmp_pat
         stored = json.loads(f.metadata()["armo"])[CHECKSUM_KEY]
     tensors, meta = load_artifact(out, "features")
     assert stored == tensors_sha256(tensors)
-    # an artifact from before checksums (armo 0.1.0) loads as before
-    save_artifact(tmp_path / "old.st", tensors, meta)
-    raw = (tmp_path / "old.st").read_bytes()
-    old = raw.replace(f'\\"{CHECKSUM_KEY}\\": \\"{stored}\\", '.encode(), b"")  # not the last field
-    old = old.replace(f', \\"{CHECKSUM_KEY}\\": \\"{stored}\\"'.encode(), b"")
-    assert len(old) < len(raw)
-    n = int.from_bytes(old[:8], "little") - (len(raw) - len(old))
-    (tmp_path / "old.st").write_bytes(n.to_bytes(8, "little") + old[8:])
-    assert torch.equal(load_artifact(tmp_path / "old.st", "features")[0]["response_features"], tensors["response_features"])
+    # an artifact from before checksums (armo 0.1.0) loads as before; one of a later armo without its checksum
+    # was edited, and is refused (negated weights once loaded silently that way)
+    import dataclasses
+
+    for version in ("0.1.0", meta.armo_version):
+        save_artifact(tmp_path / "old.st", tensors, dataclasses.replace(meta, armo_version=version))
+        raw = (tmp_path / "old.st").read_bytes()
+        old = raw.replace(f'\\"{CHECKSUM_KEY}\\": \\"{stored}\\", '.encode(), b"")  # not the last field
+        old = old.replace(f', \\"{CHECKSUM_KEY}\\": \\"{stored}\\"'.encode(), b"")
+        assert len(old) < len(raw)
+        n = int.from_bytes(old[:8], "little") - (len(raw) - len(old))
+        (tmp_path / "old.st").write_bytes(n.to_bytes(8, "little") + old[8:])
+        if version == "0.1.0":
+            assert torch.equal(load_artifact(tmp_path / "old.st", "features")[0]["response_features"],
+                               tensors["response_features"])
+        else:
+            with pytest.raises(ArmoError, match=f"armo {version} writes '{CHECKSUM_KEY}' and it is missing"):
+                load_artifact(tmp_path / "old.st", "features")
 
 
 def test_resume_recomputes_a_chunk_whose_bytes_changed(bb, tmp_path):

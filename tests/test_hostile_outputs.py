@@ -1,0 +1,221 @@
+"""Outputs never replace or follow what is not a regular file, armo removes only what it provably wrote, and what
+--resume reuses is checked, not trusted (#31 §2-3). Every case runs through the real main(): exit code, one line,
+and nothing of the user's lost or changed."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+
+import armo_cli.scoring as scoring
+from conftest import armo, pair_rows, rating_rows, write_jsonl
+from armo_cli.io import PARTS_MARK
+
+
+@pytest.fixture
+def job(tiny_model, tiny_backbone, tmp_path, armo_cache, monkeypatch):
+    """score/evaluate/sample runners on the tiny model, windows of 8 rows."""
+    monkeypatch.setenv("ARMO_CACHE", str(armo_cache))
+    monkeypatch.setattr(scoring, "WINDOW_ROWS", 8)
+    rows = write_jsonl(tmp_path / "rows.jsonl", [{"id": r["id"], "prompt": r["prompt"], "response": r["response"]}
+                                                  for r in rating_rows(30)])
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(24, subsets=["alpacaeval-easy", "mine"]))
+    common = ["-m", tiny_model / "model", "--backbone", tiny_backbone, "--device", "cpu", "-q"]
+
+    def score(*args):
+        return armo("score", *common, rows, *args)
+
+    def evaluate(*args):
+        return armo("evaluate", *common, pairs, *args)
+
+    return {"score": score, "evaluate": evaluate, "rows": rows, "pairs": pairs, "backbone": tiny_backbone}
+
+
+def one_line(r) -> str:
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    return lines[0]
+
+
+# --- devices and FIFOs are written through, never renamed over --------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["score", "evaluate", "sample"])
+def test_dev_null_stays_a_device(job, command):
+    before = os.stat("/dev/null")
+    if command == "sample":
+        r = armo("sample", job["rows"], "--n", "3", "-o", "/dev/null")
+    else:
+        r = job[command]("-o", "/dev/null")
+    assert r.code == 0, r.stderr
+    after = os.stat("/dev/null")
+    assert stat.S_ISCHR(after.st_mode) and after.st_rdev == before.st_rdev and after.st_ino == before.st_ino
+    assert not list(Path("/dev").glob(".null.*"))
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full on this system")
+def test_dev_full_is_a_write_failure_naming_the_path(job):
+    r = job["score"]("-o", "/dev/full")
+    assert r.code == 1 and one_line(r) == "error: /dev/full: No space left on device"
+    assert stat.S_ISCHR(os.stat("/dev/full").st_mode)
+
+
+@pytest.mark.parametrize("command", ["score", "evaluate"])
+def test_a_fifo_gets_the_output_and_stays_a_fifo(job, tmp_path, command):
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    ref = job[command]("-o", tmp_path / "ref.out")
+    assert ref.code == 0, ref.stderr
+    r = job[command]("-o", fifo)
+    reader.join(30)
+    assert r.code == 0, r.stderr
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert got == [(tmp_path / "ref.out").read_bytes()]
+
+
+def test_an_output_under_a_file_says_so(job, tmp_path):
+    (tmp_path / "afile").write_text("mine")
+    r = job["score"]("-o", tmp_path / "afile" / "out.jsonl")
+    assert r.code == 2 and one_line(r).endswith(f"{tmp_path / 'afile'} is a file, not a folder")
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
+# --- only what armo wrote is removed; nothing in .parts/ is followed through a link ----------------------
+
+
+@pytest.mark.parametrize("command", ["score", "evaluate"])
+def test_a_link_planted_in_parts_is_never_written_through(job, tmp_path, command):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("seventeen bytes!\n")
+    out = tmp_path / "out.jsonl"
+    parts = tmp_path / "out.jsonl.parts"
+    parts.mkdir()
+    (parts / PARTS_MARK).write_text("{}\n")
+    (parts / "rows.jsonl").symlink_to(victim)
+    r = job[command]("-o", out, "--resume")
+    assert r.code == 2 and "a link or not a file in armo's progress folder" in one_line(r)
+    assert victim.read_text() == "seventeen bytes!\n" and not out.exists()
+    assert (parts / "rows.jsonl").is_symlink()
+
+
+def test_a_user_folder_named_like_parts_is_not_deleted(job, tmp_path):
+    """The issue's case: `ud.jsonl.parts` holding a file named rows.jsonl, not made by armo (no marker)."""
+    parts = tmp_path / "ud.jsonl.parts"
+    parts.mkdir()
+    (parts / "rows.jsonl").write_text("my rows\n")
+    for resume in ((), ("--resume",)):
+        r = job["score"]("-o", tmp_path / "ud.jsonl", *resume)
+        assert r.code == 2 and "not armo's progress folder (armo's marker .armo-parts is missing)" in one_line(r)
+        assert (parts / "rows.jsonl").read_text() == "my rows\n" and not (tmp_path / "ud.jsonl").exists()
+
+
+def test_a_user_file_named_like_the_lock_is_not_deleted(job, tmp_path):
+    """The issue's case: `extract -o lg.st` beside a user file `lg.st.lock` without a pid."""
+    lock = tmp_path / "lg.st.lock"
+    lock.write_text("my notes\n")
+    r = armo("extract", job["rows"], "--backbone", job["backbone"], "-o", tmp_path / "lg.st", "--device", "cpu", "-q")
+    assert r.code == 2 and one_line(r).endswith("lg.st.lock: exists and armo did not write it (armo keeps its lock "
+                                                "under this name); move it or choose another output path")
+    assert lock.read_text() == "my notes\n" and not (tmp_path / "lg.st").exists()
+    # a link there is refused too, and its target untouched
+    lock.unlink()
+    lock.symlink_to(tmp_path / "elsewhere")
+    r = armo("extract", job["rows"], "--backbone", job["backbone"], "-o", tmp_path / "lg.st", "--device", "cpu", "-q")
+    assert r.code == 2 and "a link where armo keeps its lock" in one_line(r) and not (tmp_path / "elsewhere").exists()
+
+
+def test_a_stale_lock_armo_wrote_is_taken_over(job, tmp_path):
+    (tmp_path / "s.jsonl.lock").write_text("armo-lock pid 999999\n")  # a killed run's
+    r = job["score"]("-o", tmp_path / "s.jsonl")
+    assert r.code == 0, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("s.")) == ["s.jsonl"]
+
+
+def test_report_without_o_keeps_a_page_armo_did_not_write(job, tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    r = job["evaluate"]("-o", tmp_path / "report.json", "--pairs-output", tmp_path / "pairs-out.jsonl")
+    assert r.code == 0, r.stderr
+    monkeypatch.chdir(tmp_path)
+    Path("report.html").write_text("<html>my page</html>")
+    args = ("report", "report.json", "--pairs", "pairs-out.jsonl")
+    r = armo(*args)
+    assert r.code == 2 and one_line(r) == ("error: report.html: exists and armo did not write it; give -o report.html "
+                                           "to replace it, or another path")
+    assert Path("report.html").read_text() == "<html>my page</html>"
+    assert armo(*args, "-o", "report.html").code == 0  # asked for: replaced
+    assert "generator' content='armo report'" in Path("report.html").read_text()
+    Path("report.html").write_text(Path("report.html").read_text().replace("<title>", "<title>old "))
+    assert armo(*args).code == 0  # armo's own page: redrawn without -o
+    assert "<title>old " not in Path("report.html").read_text()
+
+
+# --- what --resume reuses is checked ---------------------------------------------------------------------
+
+
+def _interrupted_after(monkeypatch, n: int, run):
+    real, seen = scoring.score_trees, []
+
+    def stop(*a, **k):
+        seen.append(1)
+        if len(seen) > n:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(scoring, "score_trees", stop)
+    try:
+        return run()
+    finally:
+        monkeypatch.setattr(scoring, "score_trees", real)
+
+
+def _edit_score(text: str) -> str:
+    lines = text.splitlines(keepends=True)
+    rec = json.loads(lines[1])
+    rec["score"] = 99.0
+    lines[1] = json.dumps(rec) + "\n"
+    return "".join(lines)
+
+
+def _swap_sides(text: str) -> str:
+    lines = text.splitlines(keepends=True)
+    rec = json.loads(lines[0])
+    rec["chosen"], rec["rejected"] = rec["rejected"], rec["chosen"]
+    lines[0] = json.dumps(rec) + "\n"
+    return "".join(lines)
+
+
+@pytest.mark.parametrize("command,edit", [("score", "score"), ("score", "offset"), ("score", "id"),
+                                          ("evaluate", "swap")])
+def test_resume_scores_again_a_window_changed_on_disk(job, tmp_path, monkeypatch, command, edit):
+    ref = tmp_path / "ref.json"
+    extra = ("--pairs-output", tmp_path / "ref-pairs.jsonl") if command == "evaluate" else ()
+    assert job[command]("-o", ref, *extra).code == 0
+    out = tmp_path / "out.json"
+    extra = ("--pairs-output", tmp_path / "out-pairs.jsonl") if command == "evaluate" else ()
+    r = _interrupted_after(monkeypatch, 2, lambda: job[command]("-o", out, *extra))
+    assert r.code == 130
+    parts = tmp_path / "out.json.parts"
+    data, index = parts / "rows.jsonl", parts / "index.jsonl"
+    if edit == "score":
+        data.write_text(_edit_score(data.read_text()))
+    elif edit == "id":
+        data.write_text(data.read_text().replace('"id": "r1"', '"id": "r9"', 1))
+    elif edit == "swap":
+        data.write_text(_swap_sides(data.read_text()))
+    else:  # the last finished window's end moved 10 bytes back (its last line would be cut)
+        lines = index.read_text().splitlines()
+        e = json.loads(lines[-1])
+        e["end"] -= 10
+        lines[-1] = json.dumps(e)
+        index.write_text("\n".join(lines) + "\n")
+    assert data.read_text() != "" and job[command]("-o", out, *extra, "--resume").code == 0
+    assert out.read_bytes() == ref.read_bytes()
+    if command == "evaluate":
+        assert (tmp_path / "out-pairs.jsonl").read_bytes() == (tmp_path / "ref-pairs.jsonl").read_bytes()
