@@ -14,7 +14,7 @@ from typing import Any, Callable
 import torch
 
 from .errors import ArmoError
-from .io import sha256_file, sha256_json
+from .io import save_tensors, sha256_file, sha256_json
 
 
 
@@ -139,7 +139,6 @@ def _config_without_quant(config: Any) -> dict:
 
 def convert_gguf(gguf: Path, target: Path) -> None:
     """Dequantise a GGUF file once and store it as safetensors + config + tokenizer."""
-    from safetensors.torch import save_file
     from transformers import AutoModel, AutoTokenizer
 
     model = AutoModel.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
@@ -148,7 +147,7 @@ def convert_gguf(gguf: Path, target: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
         state = {k: v.contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        save_tensors(state, tmp / "model.safetensors", {"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(_config_without_quant(model.config), indent=2))
         tok.save_pretrained(str(tmp))
         (tmp / "armo-source.json").write_text(json.dumps({"gguf": str(gguf)}))

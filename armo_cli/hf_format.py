@@ -7,7 +7,6 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from . import __version__
 from .backbones import folder_fingerprint, load_backbone
@@ -15,7 +14,7 @@ from .console import info
 from .decorrelation import regression_hash, transform_hash
 from .rendering import GATE_RULE_PATTERN_OFFSET, Renderer
 from .errors import ArmoError, one_line
-from .io import atomic_dir, check_finite, check_input_file, check_output_dir, read_json_object, save_artifact
+from .io import atomic_dir, check_finite, check_input_file, check_output_dir, read_json_object, save_artifact, save_tensors
 from .provenance import POOLINGS, FeatureMeaning
 from .model import PART_FILES, ArmoModel, is_model_dir, write_manifest
 
@@ -89,7 +88,7 @@ def export_model(model_dir: str | Path | None, out_dir: str | Path, backbone: st
         tensors[f"gating.{k}"] = v.detach().contiguous().clone()
     out = Path(out_dir)
     with atomic_dir(out) as tmp:
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        save_tensors(tensors, tmp / "model.safetensors", {"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         shutil.copyfile(MODELING, tmp / "modeling_armo.py")
         bb.tokenizer.save_pretrained(str(tmp))

@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import stat
 import sys
@@ -144,13 +145,45 @@ def check_output_file(path: str | Path | None, option: str = "--output",
                 raise ArmoError(f"{option} {p}: is also an input; choose another output path")
 
 
+@contextlib.contextmanager
+def naming(path: str | Path, aliases: dict[str, str] | None = None) -> Iterator[None]:
+    """An OSError in the block names the file it concerns: a write to an open file (a full disk, a file size limit)
+    raises one with no name, and a temporary file's name is not the user's. The world's failure stays an OSError
+    (exit 1), never armo's bug (exit 3)."""
+    try:
+        yield
+    except OSError as e:
+        name = str(e.filename if e.filename is not None else path)
+        for tmp, target in (aliases or {}).items():  # a temporary file or folder, by the name it will have
+            if name == tmp or name.startswith(tmp + os.sep):
+                name = target + name[len(tmp):]
+        if name == e.filename:
+            raise
+        raise OSError(e.errno, e.strerror or str(e), str(name)) from None
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str], name: str | Path | None = None) -> None:
+    """safetensors' save_file, with a failure to write (its SafetensorError carries the OS error's number) raised
+    as the OSError it is, naming `name` (the user's path) or `path`."""
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except Exception as e:
+        code = re.search(r"os error (\d+)", str(e))
+        if type(e).__name__ != "SafetensorError" or code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(name or path)) from None
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)  # safetensors creates 0600; an output follows the user's umask
+
+
 def check_writable_kind(p: Path, option: str = "--output") -> None:
     """An output path armo can write: a regular file (replaced atomically), a character device or a FIFO (written
     through), or a new name in an existing folder."""
     for parent in [p.parent, *p.parent.parents]:
         if parent.exists() or parent.is_symlink():
-            if not parent.is_dir():
-                raise ArmoError(f"{option} {p}: {parent} is a file, not a folder")
+            if not parent.is_dir():  # the world's state, like a missing permission: exit 1
+                raise OSError(errno.ENOTDIR, f"cannot be created: {parent} is a file, not a folder", str(p))
             break
     try:
         mode = os.stat(p).st_mode
@@ -253,7 +286,8 @@ def atomic_paths(paths: Iterable[str | Path]) -> Iterator[list[Path]]:
             fd, tmp = tempfile.mkstemp(prefix=f".{t.name}.", suffix=".tmp", dir=t.parent)
             os.close(fd)
             tmps.append(Path(tmp))
-        yield tmps
+        with naming(", ".join(map(str, targets)), {str(t): str(p) for t, p in zip(tmps, targets)}):
+            yield tmps
         umask = os.umask(0)
         os.umask(umask)
         for tmp in tmps:
@@ -285,8 +319,9 @@ def write_texts_atomic(texts: dict[str, str]) -> None:
         for tmp, text in zip(tmps, files.values()):
             tmp.write_text(text, encoding="utf-8")
     if "-" in texts:
-        sys.stdout.write(texts["-"])
-        sys.stdout.flush()
+        with naming("<stdout>"):
+            sys.stdout.write(texts["-"])
+            sys.stdout.flush()
 
 
 def _json_default(o: Any) -> Any:
@@ -326,7 +361,7 @@ def save_artifact(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict
     tensors = out
     meta = {**meta, CHECKSUM_KEY: tensors_sha256(tensors)}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={META_KEY: dumps(meta)})
+        save_tensors(tensors, tmp, {META_KEY: dumps(meta)}, name=path)
 
 
 _ST_SIZES = {"F64": 8, "I64": 8, "F32": 4, "I32": 4, "F16": 2, "BF16": 2, "I16": 2, "U8": 1, "I8": 1, "BOOL": 1}
@@ -593,7 +628,8 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
     old: Path | None = None
     try:
-        yield tmp
+        with naming(out, {str(tmp): str(out)}):
+            yield tmp
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 is not what users expect of an output folder

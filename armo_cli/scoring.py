@@ -19,7 +19,7 @@ from .features import Features
 from .forward import batch_defaults, canonical_layer, check_finite_features, encode_trees
 from .rendering import Renderer, Tree, length_limit, sized_tree, tokenized
 from .errors import ArmoError
-from .io import atomic_path, check_input_file, check_output_file, dumps, sha256_file, sha256_json, write_texts_atomic
+from .io import atomic_path, check_input_file, check_output_file, dumps, naming, sha256_file, sha256_json, write_texts_atomic
 from .model import ArmoModel
 from .configs import TIES, EvaluateConfig, ModelInputConfig, ScoreConfig
 from . import specs
@@ -383,7 +383,9 @@ def model_key(model: ArmoModel) -> str:
 def _text_output(path: str) -> Iterator[TextIO]:
     """stdout for '-', else a temporary file beside PATH that replaces it only when the block succeeds."""
     if path == "-":
-        yield sys.stdout
+        with naming("<stdout>"):  # a full disk behind a redirect is a failure, named
+            yield sys.stdout
+            sys.stdout.flush()
         return
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         yield fh

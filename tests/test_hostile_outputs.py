@@ -32,7 +32,8 @@ def job(tiny_model, tiny_backbone, tmp_path, armo_cache, monkeypatch):
     def evaluate(*args):
         return armo("evaluate", *common, pairs, *args)
 
-    return {"score": score, "evaluate": evaluate, "rows": rows, "pairs": pairs, "backbone": tiny_backbone}
+    return {"score": score, "evaluate": evaluate, "rows": rows, "pairs": pairs, "backbone": tiny_backbone,
+            "common": common}
 
 
 def one_line(r) -> str:
@@ -83,7 +84,8 @@ def test_a_fifo_gets_the_output_and_stays_a_fifo(job, tmp_path, command):
 def test_an_output_under_a_file_says_so(job, tmp_path):
     (tmp_path / "afile").write_text("mine")
     r = job["score"]("-o", tmp_path / "afile" / "out.jsonl")
-    assert r.code == 2 and one_line(r).endswith(f"{tmp_path / 'afile'} is a file, not a folder")
+    assert r.code == 1 and one_line(r) == (f"error: {tmp_path / 'afile' / 'out.jsonl'}: cannot be created: "
+                                           f"{tmp_path / 'afile'} is a file, not a folder")
     assert (tmp_path / "afile").read_text() == "mine"
 
 
@@ -219,3 +221,49 @@ def test_resume_scores_again_a_window_changed_on_disk(job, tmp_path, monkeypatch
     assert out.read_bytes() == ref.read_bytes()
     if command == "evaluate":
         assert (tmp_path / "out-pairs.jsonl").read_bytes() == (tmp_path / "ref-pairs.jsonl").read_bytes()
+
+
+# --- a failed write is the world's failure (exit 1), naming the path -----------------------------------------
+
+
+def _armo_limited(args: list, env: dict, limit: int | None = None, stdout=None):
+    """`armo ARGS` in a subprocess whose files may not grow past `limit` bytes (a full disk, as the writer sees it)."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    def pre():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing
+        if limit is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return subprocess.run([sys.executable, "-c", "from armo_cli.cli import main; main()", *map(str, args)],
+                          stdout=stdout if stdout is not None else subprocess.PIPE, stderr=subprocess.PIPE,
+                          env={**os.environ, **env}, preexec_fn=pre, text=True, timeout=300)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full on this system")
+@pytest.mark.parametrize("command", ["sample", "score"])
+def test_stdout_on_a_full_disk_is_exit_1(job, command, armo_cache):
+    """`armo sample big.jsonl > full/s.jsonl` used to say "sampled 1 rows" and exit 0."""
+    args = ["sample", job["rows"]] if command == "sample" else ["score", *job["common"], job["rows"]]
+    with open("/dev/full", "w") as full:
+        r = _armo_limited(args, {"ARMO_CACHE": str(armo_cache)}, stdout=full)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.strip().splitlines() == ["error: <stdout>: No space left on device"]
+
+
+def test_extract_and_export_on_a_full_disk_are_exit_1_naming_the_path(job, tiny_model, tmp_path, armo_cache):
+    env = {"ARMO_CACHE": str(armo_cache)}
+    out = tmp_path / "f.st"
+    r = _armo_limited(["extract", job["rows"], "--backbone", job["backbone"], "-o", out, "--device", "cpu", "-q"],
+                      env, limit=2048)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.strip().splitlines() == [f"error: {out}.parts/chunk-000000.safetensors: File too large"], r.stderr
+    assert not out.exists()
+    hf = tmp_path / "hf"
+    r = _armo_limited(["export", "-m", tiny_model / "model", "--backbone", job["backbone"], hf], env, limit=4096)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.strip().splitlines() == [f"error: {hf}/model.safetensors: File too large"], r.stderr
+    assert not hf.exists() and not list(tmp_path.glob(".hf.*"))
