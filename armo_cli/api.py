@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 
@@ -102,14 +102,15 @@ class RewardModel:
         return trees
 
     def score_prepared(self, trees: list[Tree], weights: torch.Tensor | None = None, top_k: int | None = None,
-                       model: ArmoModel | None = None) -> list[dict]:
-        """Records of prepared rows, in the order given (whatever their indices)."""
+                       model: ArmoModel | None = None, on_batch: Callable[[int, int], None] | None = None) -> list[dict]:
+        """Records of prepared rows, in the order given (whatever their indices); `on_batch` as in score_trees."""
         if not trees:
             return []
         model = model or self.model
         ordered = [_reindexed(t, i) for i, t in enumerate(trees)]
         with torch.no_grad():
-            groups = score_trees(model, self.backbone, ordered, weights, self.batch_tokens, self.max_padding, "<rows>")
+            groups = score_trees(model, self.backbone, ordered, weights, self.batch_tokens, self.max_padding, "<rows>",
+                                 on_batch)
         return window_records(model, groups, top_k or self.top_k)
 
     def score(self, rows: Iterable[Any], *, weights: str | None = None, objective: str | None = None,

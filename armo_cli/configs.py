@@ -235,5 +235,7 @@ class ServeConfig:
     batch_tokens: int | None = opt(None, "Token budget per forward batch.", min=1)
     max_padding: float | None = opt(None, "Largest padded share of a forward batch (default: 0.05 on CPU, 0.5 with armo's "
                                           "own Llama forward, 0.10 on CUDA, 0.25 on MPS).", min=0.0, max=1.0)
+    shutdown_timeout: float = opt(30.0, "On SIGTERM or Ctrl-C: seconds in-flight requests may still take; then they are "
+                                        "abandoned (HTTP 503). A second signal exits at once.", min=0.0)
     quiet: bool = opt(False, "No access log.")
 

@@ -53,6 +53,14 @@ def control_tokens(tokenizer: Any) -> dict[str, int]:
     return out
 
 
+class TooLong(ArmoError):
+    """A row over the length limit under --overflow error; `what` without the advice, which depends on the command."""
+
+    def __init__(self, what: str, advice: str):
+        super().__init__(f"{what} ({advice})")
+        self.what = what
+
+
 class ForgedMarkerUntraceable(ArmoError):
     """A row holds a control token's text and the template changes message text in a way armo cannot trace."""
 
@@ -332,8 +340,8 @@ def sized_tree(renderer: Renderer, ex: Example, index: int, where: str, limit: i
     if n <= limit:
         return tree
     if overflow == "error":
-        raise ArmoError(f"{where}: row {ex.id!r} has {n} tokens, over {limit_name} {limit} "
-                        f"(use --overflow truncate-prompt or skip)")
+        raise TooLong(f"{where}: row {ex.id!r} has {n} tokens, over {limit_name} {limit}",
+                      "use --overflow truncate-prompt or skip")
     new = renderer.truncate_prompt(tree, limit) if overflow == "truncate-prompt" else None
     if new is None:
         why = "response alone exceeds" if overflow == "truncate-prompt" else "exceeds"

@@ -216,14 +216,15 @@ def iter_scored(model: ArmoModel, bb: Backbone, source: Source, cfg: ModelInputC
 
 
 def score_trees(model: ArmoModel, bb: Backbone, trees: list[Tree], weights: torch.Tensor | None, batch_tokens: int,
-                max_padding: float, source_name: str) -> list[Scored]:
+                max_padding: float, source_name: str, on_batch: Callable[[int, int], None] | None = None) -> list[Scored]:
     """Tokenised rows -> one scored group for the single responses and one for the pairs (the batched forward
-    pass sorts by length and restores the order)."""
+    pass sorts by length and restores the order). `on_batch(rows, tokens)` after each forward batch (it may raise
+    to stop the work: serve abandons a batch whose clients are gone)."""
     groups = []
     for pair in (False, True):
         group = [t for t in trees if (len(t.conts) == 2) == pair]
         if group:
-            P, R = encode_trees(bb, group, batch_tokens, None, max_padding, model.meaning.layer, model.meaning.pooling)
+            P, R = encode_trees(bb, group, batch_tokens, on_batch, max_padding, model.meaning.layer, model.meaning.pooling)
             check_finite_features(group, P, R, source_name, bb.dtype)
             groups.append(Scored(group, model.explain(P, R, weights), pair))
     return groups

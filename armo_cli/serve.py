@@ -30,10 +30,15 @@ from .configs import ServeConfig
 from .errors import ArmoError, one_line
 from .io import strict_json
 from .options import validate
-from .rendering import Tree
+from .rendering import TooLong, Tree
 
 
 INLINE_ROWS = 8  # requests up to this many rows are tokenised on the event loop
+
+
+class Abandoned(Exception):
+    """Raised between forward batches to stop scoring a batch nobody will read (shutdown past its bound, or every
+    client gone)."""
 
 
 class HTTPError(Exception):
@@ -60,6 +65,16 @@ class Batcher:
         self.batches = self.rows = 0
         self.busy_s = 0.0  # time spent scoring: busy_s / uptime is how loaded the worker is
         self.open = self.peak = 0  # requests open now (event loop only), and the most open since the last batch
+        self.deadline: float | None = None  # set by begin_shutdown: in-flight work past it is abandoned
+        self.abandoned = 0  # requests answered 503 because of it
+        self.scoring = 0  # rows in the batch being scored now
+
+    def begin_shutdown(self, timeout_s: float) -> None:
+        self.deadline = time.monotonic() + timeout_s
+
+    def _abandon(self, batch: list[Job]) -> bool:
+        past = self.deadline is not None and time.monotonic() >= self.deadline
+        return past or all(j.future.done() for j in batch)
 
     def opened(self) -> None:
         self.open += 1
@@ -133,15 +148,33 @@ class Batcher:
                 return
 
     def _run(self, batch: list[Job]) -> None:
+        batch = [j for j in batch if not j.future.done()]  # clients that went away while queued
+        if not batch:
+            return
+
+        def check(rows: int, tokens: int) -> None:
+            if self._abandon(batch):
+                raise Abandoned()
+
         trees = [t for j in batch for t in j.trees]
         t0 = time.perf_counter()
+        self.scoring = len(trees)
         try:
-            recs = self.rm.score_prepared(trees)
+            check(0, 0)
+            recs = self.rm.score_prepared(trees, on_batch=check)
+        except Abandoned:
+            self.abandoned += sum(not j.future.done() for j in batch)  # clients still waiting: answered 503
+            err = HTTPError(503, "the server is shutting down: this request was abandoned after --shutdown-timeout")
+            for j in batch:
+                j.loop.call_soon_threadsafe(_settle, j.future, None, err)
+            return
         except Exception as e:  # a bug or the machine: every request of the batch gets it, the worker goes on
             err = e if isinstance(e, ArmoError) else HTTPError(500, f"internal error ({type(e).__name__}: {one_line(e)[:200]})")
             for j in batch:
                 j.loop.call_soon_threadsafe(_settle, j.future, None, err)
             return
+        finally:
+            self.scoring = 0
         self.batches += 1
         self.rows += len(trees)
         self.busy_s += time.perf_counter() - t0
@@ -164,7 +197,7 @@ def make_app(rm: RewardModel, cfg: ServeConfig):
     """The ASGI app (Starlette) around a loaded model."""
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
-    from starlette.requests import Request
+    from starlette.requests import ClientDisconnect, Request
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
@@ -231,7 +264,7 @@ def make_app(rm: RewardModel, cfg: ServeConfig):
         return await scored(await prepared(rows, "rows"))
 
     async def health(request: Request) -> dict:
-        return {"status": "ok", "queued": batcher.q.qsize()}
+        return {"status": "ok", "queued": batcher.q.qsize(), "scoring": batcher.scoring}
 
     async def info(request: Request) -> dict:
         return {**rm.info(), "server": {"max_batch": cfg.max_batch, "max_wait_ms": cfg.max_wait_ms, "max_queue": cfg.max_queue,
@@ -252,6 +285,13 @@ def make_app(rm: RewardModel, cfg: ServeConfig):
                 return JSONResponse(await fn(request))
             except HTTPError as e:
                 return JSONResponse({"error": e.message}, e.status, e.headers)
+            except ClientDisconnect:  # the client hung up mid-body: nobody to answer
+                print(f"armo serve: {request.method} {request.url.path}: the client hung up before its request "
+                      f"was read", file=sys.stderr, flush=True)
+                return JSONResponse({"error": "client disconnected"}, 400)
+            except TooLong as e:  # serve takes --overflow error | truncate-prompt (no skip: every row gets a score)
+                return JSONResponse({"error": f"{e.what} (this server runs --overflow error; start it with --overflow "
+                                              f"truncate-prompt to drop the oldest prompt tokens)"}, 413)
             except ArmoError as e:
                 return JSONResponse({"error": one_line(e)}, 400)
             except Exception as e:  # a bug: one line to the client and to the log, never a traceback
@@ -286,6 +326,11 @@ def make_app(rm: RewardModel, cfg: ServeConfig):
     return app
 
 
+def _exit_late(sig: int) -> None:
+    print("armo serve: in-flight work did not stop within --shutdown-timeout: exiting", file=sys.stderr, flush=True)
+    os._exit(128 + sig)
+
+
 def serve(cfg: ServeConfig) -> None:
     """Run `armo serve` until SIGINT/SIGTERM: in-flight requests finish, new connections are refused."""
     validate(cfg)
@@ -303,14 +348,21 @@ def serve(cfg: ServeConfig) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((cfg.host, cfg.port))
-    except OSError as e:
-        raise ArmoError(f"--host {cfg.host} --port {cfg.port}: cannot bind ({e.strerror})") from None
+    except OSError as e:  # a port in use is the world's state: exit 1
+        sock.close()
+        raise OSError(e.errno, f"cannot listen there ({e.strerror})", f"{cfg.host}:{cfg.port}") from None
     sock.listen(2048)  # connections queue from now on, so the address printed below already answers
     port = sock.getsockname()[1]
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not (cfg.api_key or os.environ.get("ARMO_API_KEY")):
         print(f"armo serve: warning: bound to {cfg.host} without --api-key: anyone who reaches it can use it",
               file=sys.stderr, flush=True)
-    config = uvicorn.Config(app, log_level="warning", access_log=not cfg.quiet, timeout_graceful_shutdown=30)
+    # uvicorn cancels what is left a little after armo abandons it, so that requests get armo's 503, not a cancel
+    config = uvicorn.Config(app, log_level="warning", access_log=not cfg.quiet,
+                            timeout_graceful_shutdown=int(cfg.shutdown_timeout) + 2)
+    if not cfg.quiet:  # uvicorn logs access at INFO; the rest of its logging stays at WARNING
+        import logging
+
+        logging.getLogger("uvicorn.access").setLevel(logging.INFO)
     server = uvicorn.Server(config)
     batcher = app.state.batcher
     batcher.external = True
@@ -321,7 +373,16 @@ def serve(cfg: ServeConfig) -> None:
 
     def on_signal(sig: int, frame: Any) -> None:
         captured.append(sig)
+        if len(captured) > 1:  # asked twice: no more waiting
+            print(f"armo serve: {signal.Signals(sig).name} again: exiting now, in-flight requests abandoned",
+                  file=sys.stderr, flush=True)
+            os._exit(128 + sig)
+        batcher.begin_shutdown(cfg.shutdown_timeout)
         server.handle_exit(sig, frame)
+        # a forward batch that does not return (a hung device) must not keep the process: a last bound
+        late = threading.Timer(cfg.shutdown_timeout + 10, _exit_late, (sig,))
+        late.daemon = True
+        late.start()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     http = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="armo-http", daemon=True)
@@ -335,8 +396,10 @@ def serve(cfg: ServeConfig) -> None:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    abandoned = f", {batcher.abandoned} abandoned at --shutdown-timeout" if batcher.abandoned else ""
+    print(f"armo serve: stopped ({batcher.rows} rows scored in {batcher.batches} batches; in-flight requests were "
+          f"answered{abandoned})", file=sys.stderr, flush=True)
     if captured and captured[0] == signal.SIGINT:  # Ctrl-C: a normal stop, not a job to resume
-        print("armo serve: stopped (in-flight requests were answered)", file=sys.stderr, flush=True)
         sys.exit(130)
     if captured:  # exit as the signal asked, as uvicorn does on the main thread (by the default action: the
         signal.signal(captured[0], signal.SIG_DFL)  # requests are answered, nothing is left to clean up)

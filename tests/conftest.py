@@ -160,6 +160,8 @@ def armo(*args, input: str | bytes | None = None, env: dict | None = None) -> Ru
 
     from armo_cli.cli import main
 
+    # ARMO_DEBUG as the caller gives it: `--debug` sets it in the process, which must not leak into later runs
+    env = {"ARMO_DEBUG": None, **(env or {})}
     with CliRunner().isolation(input=input, env=env) as (out, err, _):
         try:
             main([str(a) for a in args])

@@ -86,11 +86,12 @@ def offline_scores(model: Path, rows: list[dict], tmp_path: Path) -> list[float]
 
 
 class Server:
-    def __init__(self, model: Path, cache: Path, *args: str):
+    def __init__(self, model: Path, cache: Path, *args: str, quiet: bool = True):
         env = {**os.environ, "ARMO_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
         env.pop("ARMO_API_KEY", None)
         self.proc = subprocess.Popen([sys.executable, "-c", "from armo_cli.cli import main; main()", "serve", "-m", str(model),
-                                      "--port", "0", "--max-length", str(MAX_LENGTH), "--device", "cpu", "-q", *args],
+                                      "--port", "0", "--max-length", str(MAX_LENGTH), "--device", "cpu",
+                                      *(["-q"] if quiet else []), *args],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         line, t0 = b"", time.time()
         while b"http://" not in line:
@@ -112,11 +113,13 @@ class Server:
             return e.code, json.loads(e.read()), dict(e.headers)
 
     def stop(self) -> int:
+        """SIGTERM unless it has exited; its exit status. What it printed is kept in `out` and `err`."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
             return self.proc.wait(timeout=60)
         finally:
+            self.out, self.err = self.proc.stdout.read().decode(), self.proc.stderr.read().decode()
             self.proc.stdout.close()
             self.proc.stderr.close()
 
@@ -246,7 +249,8 @@ LONG = " ".join(["word"] * 400)
     ("/get_reward", {"query": ["a"], "prompts": ["a", "b"]}, 400, "field 'prompts'"),
     ("/get_reward", {"query": ["<|im_start|>user\nhi<|im_end|>\n"]}, 400, "accepted: ChatML"),
     ("/get_reward", {"query": ["no markers here"]}, 400, "cannot tell the response"),
-    ("/get_reward", {"query": [chatml([{"role": "user", "content": "hi"}], LONG)]}, 400, "over --max-length"),
+    ("/get_reward", {"query": [chatml([{"role": "user", "content": "hi"}], LONG)]}, 413,
+     r"over --max-length 96 \(this server runs --overflow error; start it with --overflow truncate-prompt"),
     ("/get_reward", {"query": ["x"] * 41}, 413, "max-rows"),
     ("/get_reward", [1, 2], 400, "expected a JSON object"),
     ("/score", {"rows": [{"prompt": "hi"}]}, 400, r"rows\[0\]: no response"),
@@ -312,7 +316,7 @@ def test_ctrl_c_stops_the_server_with_130_and_no_resume_advice(tiny_model, armo_
     s.proc.send_signal(signal.SIGINT)
     assert s.proc.wait(timeout=60) == 130
     err = s.proc.stderr.read().decode()
-    assert "armo serve: stopped (in-flight requests were answered)" in err and "--resume" not in err
+    assert "armo serve: stopped (" in err and "in-flight requests were answered)" in err and "--resume" not in err
     s.stop()
 
 
@@ -338,7 +342,7 @@ def test_the_worker_waits_for_the_clients_it_has_seen():
     from armo_cli.serve import Batcher
 
     class Slow:  # a model that takes 50 ms a batch, whatever its size
-        def score_prepared(self, trees):
+        def score_prepared(self, trees, on_batch=None):
             time.sleep(0.05)
             return [{"score": t} for t in trees]
 
@@ -412,7 +416,7 @@ def test_full_queue_answers_503_with_retry_after():
     gate = threading.Event()
 
     class SlowModel:
-        def score_prepared(self, trees):
+        def score_prepared(self, trees, on_batch=None):
             gate.wait(10)
             return [{"score": float(t)} for t in trees]
 
@@ -439,7 +443,7 @@ def test_batches_keep_each_requests_rows():
     seen = []
 
     class Echo:
-        def score_prepared(self, trees):
+        def score_prepared(self, trees, on_batch=None):
             seen.append(len(trees))
             return [{"score": float(t)} for t in trees]
 
@@ -582,3 +586,137 @@ def test_a_group_of_identical_completions_gets_bit_equal_rewards(server, tiny_mo
     queries = [chatml(messages(p), r) for p, r in zip(prompts, responses)]
     status, out, _ = server.request("/get_reward", {"query": queries, "prompts": [chatml(messages(p)) for p in prompts]})
     assert status == 200 and len(set(out["rewards"][5:])) == 1
+
+
+# --- shutdown and bad clients (#31 §5) ----------------------------------------------------------------------
+
+
+def long_rows(n: int) -> list[dict]:
+    """Rows that keep the tiny model busy for seconds with --batch-tokens 40 (one row per forward batch)."""
+    return [{"prompt": "hi", "response": " ".join(["word"] * (5 + i % 20)) + f" {i}"} for i in range(n)]
+
+
+LONG_SERVER = ("--max-rows", "4096", "--batch-tokens", "40", "--max-batch", "4096", "--max-body-mb", "50")
+
+
+def request_in_background(server: Server, body: dict) -> tuple[threading.Thread, list]:
+    got: list = []
+
+    def send() -> None:
+        try:
+            got.append((server.request("/score", body), time.monotonic()))
+        except OSError as e:  # the server exited without answering
+            got.append((e, time.monotonic()))
+
+    t = threading.Thread(target=send, daemon=True)
+    t.start()
+    return t, got
+
+
+def wait_until_busy(server: Server, timeout: float = 60.0) -> None:
+    t0 = time.monotonic()
+    while server.request("/health", key=None)[1]["scoring"] == 0:
+        assert time.monotonic() - t0 < timeout
+        time.sleep(0.05)
+
+
+def test_sigterm_abandons_a_long_request_at_the_bound(tiny_model, armo_cache):
+    """SIGTERM during a request that needs far longer than --shutdown-timeout: the client gets a 503 within
+    the bound, the worker stops scoring it, the server exits 143 and says what it abandoned, no traceback."""
+    s = Server(tiny_model / "model", armo_cache, *LONG_SERVER, "--shutdown-timeout", "1")
+    t, got = request_in_background(s, {"rows": long_rows(1200)})
+    wait_until_busy(s)
+    t_sig = time.monotonic()
+    s.proc.send_signal(signal.SIGTERM)
+    code = s.proc.wait(timeout=30)
+    t.join(30)
+    (status, out, _), t_answer = got[0]
+    assert status == 503 and "abandoned after --shutdown-timeout" in out["error"], out
+    assert t_answer - t_sig < 5.0 and time.monotonic() - t_sig < 8.0
+    s.stop()
+    err = s.err
+    assert code in STOPPED and "1 abandoned at --shutdown-timeout" in err, err
+    assert "Traceback" not in err and "CancelledError" not in err, err
+
+
+def test_a_second_signal_exits_at_once(tiny_model, armo_cache):
+    s = Server(tiny_model / "model", armo_cache, *LONG_SERVER)
+    t, got = request_in_background(s, {"rows": long_rows(1200)})
+    wait_until_busy(s)
+    s.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    t_sig = time.monotonic()
+    s.proc.send_signal(signal.SIGINT)
+    code = s.proc.wait(timeout=30)
+    assert time.monotonic() - t_sig < 3.0
+    t.join(30)
+    assert isinstance(got[0][0], OSError)  # no answer: the connection closed with the process
+    s.stop()
+    err = s.err
+    assert code == 128 + signal.SIGINT and "SIGINT again: exiting now" in err, err
+
+
+def test_access_log_a_hung_up_client_and_the_shutdown_line(tiny_model, armo_cache):
+    import socket
+
+    s = Server(tiny_model / "model", armo_cache, quiet=False)
+    assert s.request("/get_reward", openrlhf_body({"prompt": "hi", "response": "ok"}), key=None)[0] == 200
+    host, port = s.url.split("//")[1].rsplit(":", 1)
+    with socket.create_connection((host, int(port))) as c:  # promises 1000 bytes, sends 10, hangs up
+        c.sendall(b"POST /get_reward HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+                  b'{"query": ')
+    time.sleep(1.0)
+    assert s.stop() in STOPPED
+    out, err = s.out, s.err
+    assert '"POST /get_reward HTTP/1.1" 200' in out, out
+    assert "POST /get_reward: the client hung up before its request was read" in err, err
+    assert "internal error" not in err and "ClientDisconnect" not in err, err
+    assert "armo serve: stopped (1 rows scored in 1 batches; in-flight requests were answered)" in err, err
+
+
+def test_a_port_in_use_is_exit_1(tiny_model, armo_cache, monkeypatch):
+    import socket
+
+    monkeypatch.setenv("ARMO_CACHE", str(armo_cache))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        r = armo("serve", "-m", tiny_model / "model", "--port", port, "--device", "cpu", "-q")
+    assert r.code == 1 and r.stderr.strip() == \
+        f"error: 127.0.0.1:{port}: cannot listen there (Address already in use)", r.stderr
+
+
+def test_the_worker_stops_a_batch_whose_clients_are_gone():
+    """A batch is scored forward batch by forward batch; once its clients are gone (or the shutdown bound has
+    passed), the next check stops it: no minutes of work for nobody."""
+    from armo_cli.serve import Batcher
+
+    calls = []
+
+    class SlowModel:
+        def score_prepared(self, trees, on_batch=None):
+            for i in range(200):
+                calls.append(i)
+                time.sleep(0.01)
+                on_batch(1, 1)
+            return [{"score": 0.0}] * len(trees)
+
+    async def main():
+        b = Batcher(SlowModel(), max_batch=64, max_wait_s=0.0, max_queue=8)
+        b.start()
+        fut = b.submit(["tree"])
+        await asyncio.sleep(0.2)
+        fut.cancel()  # the client went away
+        await asyncio.sleep(0.3)
+        n = len(calls)
+        await asyncio.sleep(0.3)
+        assert len(calls) == n < 60  # stopped soon after, not 200 batches later
+        fut2 = b.submit(["tree"])
+        b.begin_shutdown(0.1)
+        with pytest.raises(Exception, match="abandoned after --shutdown-timeout"):
+            await asyncio.wait_for(fut2, 5)
+        b.stop()
+        assert b.abandoned == 1
+
+    asyncio.run(main())
