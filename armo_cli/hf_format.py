@@ -1,9 +1,14 @@
 """The ArmoRM Hugging Face format (LlamaForRewardModelWithGating), both ways, safetensors only."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
 import shutil
+import stat
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import torch
 from safetensors import safe_open
@@ -12,7 +17,7 @@ from . import __version__
 from .backbones import folder_fingerprint, load_backbone
 from .console import info
 from .decorrelation import regression_hash, transform_hash
-from .rendering import GATE_RULE_PATTERN_OFFSET, Renderer
+from .rendering import GATE_RULE_PATTERN_OFFSET, GATE_RULES, Renderer
 from .errors import ArmoError, one_line
 from .io import atomic_dir, check_finite, check_input_file, check_output_dir, read_json_object, save_artifact, save_tensors
 from .provenance import POOLINGS, FeatureMeaning
@@ -95,8 +100,8 @@ def export_model(model_dir: str | Path | None, out_dir: str | Path, backbone: st
     return out
 
 
-def _read_weights(folder: Path, prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    """Read only the head tensors from (possibly sharded) safetensors; never unpickle anything."""
+def _weight_files(folder: Path) -> list[Path]:
+    """The checkpoint's safetensors files (sharded or one), each a regular file (a FIFO would hang the read)."""
     index = folder / "model.safetensors.index.json"
     if index.exists():
         weight_map = read_json_object(index).get("weight_map")
@@ -107,19 +112,106 @@ def _read_weights(folder: Path, prefixes: tuple[str, ...]) -> dict[str, torch.Te
         files = ["model.safetensors"]
     else:
         raise ArmoError(f"{folder}: no safetensors weights (pickle checkpoints are not read)")
-    out = {}
+    out = []
     for fn in files:
-        try:
-            with safe_open(str(check_input_file(folder / fn)), framework="pt") as f:
-                for k in f.keys():
-                    if k.startswith(prefixes):
-                        out[k] = f.get_tensor(k).float()
-        except ArmoError:
-            raise
-        except Exception as e:  # safetensors' own error types
-            raise ArmoError(f"{folder / fn}: not a readable safetensors file ({one_line(e)[:160]})") from None
-    check_finite(folder, out)
+        f = check_input_file(folder / fn)
+        if not stat.S_ISREG(os.stat(f).st_mode):
+            raise ArmoError(f"{f}: not a regular file")
+        out.append(f)
     return out
+
+
+def _head_shapes(files: list[Path], prefixes: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    """The head tensors' shapes, from the safetensors headers alone: checked before anything is read or built."""
+    out = {}
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt") as sf:
+                for k in sf.keys():
+                    if k.startswith(prefixes):
+                        out[k] = tuple(sf.get_slice(k).get_shape())
+        except Exception as e:  # safetensors' own error types
+            raise ArmoError(f"{f}: not a readable safetensors file ({one_line(e)[:160]})") from None
+    return out
+
+
+def _read_weights(files: list[Path], names: Iterable[str]) -> dict[str, torch.Tensor]:
+    """Read only the named head tensors; never unpickle anything."""
+    names, out = set(names), {}
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt") as sf:
+                for k in sf.keys():
+                    if k in names:
+                        out[k] = sf.get_tensor(k).float()
+        except Exception as e:  # safetensors' own error types
+            raise ArmoError(f"{f}: not a readable safetensors file ({one_line(e)[:160]})") from None
+    check_finite(files[0].parent, out)
+    return out
+
+
+def _int_field(cfg: dict, key: str, where: Path, lo: int, default: int | None = None) -> int | None:
+    v = cfg.get(key, default)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise ArmoError(f"{where}: field '{key}': expected an integer >= {lo}, got {json.dumps(v)[:40]}")
+    return v
+
+
+def _sizes(cfg: dict, where: Path) -> tuple[int, int]:
+    """num_objectives and hidden_size: what makes a config an ArmoRM checkpoint's."""
+    k, d = _int_field(cfg, "num_objectives", where, 1), _int_field(cfg, "hidden_size", where, 1)
+    for key, v in (("num_objectives", k), ("hidden_size", d)):
+        if v is None:
+            raise ArmoError(f"{where}: field '{key}': missing (not an ArmoRM-format checkpoint)")
+    return k, d
+
+
+def _check_heads(shapes: dict[str, tuple[int, ...]], cfg: dict, where: Path, folder: Path) -> tuple[int, int, int, int]:
+    """num_objectives, hidden_size, the gate's hidden layers and width, with the config checked against the tensors'
+    shapes (from the headers): a config that disagrees with its own weights is refused before anything is built."""
+    k, d = _sizes(cfg, where)
+    for key in ("regression_layer.weight", "gating.logit_scale"):
+        if key not in shapes:
+            raise ArmoError(f"{folder}: tensor '{key}' missing (not an ArmoRM-format checkpoint)")
+    layers = sorted(int(n.split(".")[2]) for n in shapes if re.fullmatch(r"gating\.layers\.\d+\.weight", n))
+    if not layers or layers != list(range(len(layers))):
+        raise ArmoError(f"{folder}: the gate's layers (gating.layers.N.weight) are missing or not numbered 0..N")
+    found_hidden = len(layers) - 1
+    n_hidden = _int_field(cfg, "gating_n_hidden", where, 0, found_hidden)
+    if n_hidden != found_hidden:
+        raise ArmoError(f"{where}: field 'gating_n_hidden': {n_hidden}, but the weights have {found_hidden} hidden layers")
+    found_width = shapes["gating.layers.0.weight"][0] if n_hidden else k
+    width = _int_field(cfg, "gating_hidden_dim", where, 1, None) or found_width
+    if n_hidden and width != found_width:
+        raise ArmoError(f"{where}: field 'gating_hidden_dim': {width}, but gating.layers.0.weight has {found_width} rows")
+    expected = {"regression_layer.weight": (k, d), "gating.logit_scale": (1,)}
+    for i in range(n_hidden + 1):
+        rows, cols = (k if i == n_hidden else width), (d if i == 0 else width)
+        expected[f"gating.layers.{i}.weight"] = (rows, cols)
+        expected[f"gating.layers.{i}.bias"] = (rows,)
+    for name, shape in [("regression_layer.bias", (k,)), ("reward_transform_matrix", (k, k))]:
+        if name in shapes:
+            expected[name] = shape
+    for name, shape in expected.items():
+        if shapes.get(name) != shape:
+            got = "missing" if name not in shapes else f"shape {shapes[name]}"
+            raise ArmoError(f"{folder}: tensor '{name}': {got}, expected {shape} (from {where.name}: num_objectives "
+                            f"{k}, hidden_size {d}, {n_hidden} hidden gate layers of {width})")
+    extra = sorted(set(shapes) - set(expected))
+    if extra:
+        raise ArmoError(f"{folder}: tensor '{extra[0]}': not part of an ArmoRM gate or head")
+    return k, d, n_hidden, width
+
+
+@contextlib.contextmanager
+def _named_as(tmp: Path, source: str) -> Iterator[None]:
+    """An error while the model is built names the checkpoint it came from, not the temporary build folder."""
+    try:
+        yield
+    except ArmoError as e:
+        raise ArmoError(str(e).replace(str(tmp), f"{source} (as imported)")) from None
 
 
 def import_checkpoint(source: str, output: str | Path, objectives: list[str] | None = None,
@@ -145,35 +237,38 @@ def import_checkpoint(source: str, output: str | Path, objectives: list[str] | N
     if not cfg_path.exists():
         raise ArmoError(f"{folder}: no config.json")
     cfg = read_json_object(cfg_path)
-    for key in ("num_objectives", "hidden_size"):
-        if key not in cfg:
-            raise ArmoError(f"{cfg_path}: field '{key}': missing (not an ArmoRM-format checkpoint)")
-        if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < 1:
-            raise ArmoError(f"{cfg_path}: field '{key}': expected a positive integer")
-    k, d = int(cfg["num_objectives"]), int(cfg["hidden_size"])
-    w = _read_weights(folder, ("regression_layer.", "reward_transform_matrix", "gating."))
-    for key in ("regression_layer.weight", "gating.logit_scale"):
-        if key not in w:
-            raise ArmoError(f"{folder}: tensor '{key}' missing (not an ArmoRM-format checkpoint)")
-    if tuple(w["regression_layer.weight"].shape) != (k, d):
-        raise ArmoError(f"{folder}: regression_layer.weight has shape {tuple(w['regression_layer.weight'].shape)}, expected ({k}, {d})")
+    _sizes(cfg, cfg_path)
+    files = _weight_files(folder)
+    shapes = _head_shapes(files, ("regression_layer.", "reward_transform_matrix", "gating."))
+    k, d, n_hidden, hidden_dim = _check_heads(shapes, cfg, cfg_path, folder)
     if objectives:
         if len(objectives) != k:
             raise ArmoError(f"--objectives: {len(objectives)} names for {k} objectives")
         names = objectives
-    elif "objectives" in cfg and len(cfg["objectives"]) == k:
-        names = list(cfg["objectives"])
+    elif "objectives" in cfg:
+        names = cfg["objectives"]
+        if not isinstance(names, list) or len(names) != k or not all(isinstance(o, str) and o for o in names) \
+                or len(set(names)) != k:
+            raise ArmoError(f"{cfg_path}: field 'objectives': expected a list of {k} distinct names")
     elif k == len(ARMORM_OBJECTIVES):
         names = list(ARMORM_OBJECTIVES)
     else:
         names = [f"objective-{i}" for i in range(k)]
-    T = w.get("reward_transform_matrix", torch.eye(k))
-    n_hidden = int(cfg.get("gating_n_hidden", 3))
-    gate_sd = {key[len("gating."):]: v for key, v in w.items() if key.startswith("gating.")}
-    hidden_dim = int(cfg.get("gating_hidden_dim") or gate_sd["layers.0.weight"].shape[0])
+    temperature = cfg.get("gating_temperature", 10)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < float("inf"):
+        raise ArmoError(f"{cfg_path}: field 'gating_temperature': expected a positive number")
     # the gate rule: armo's own exports say which; the published model reads the end-of-turn token
     armo = cfg.get("armo", {})
+    if not isinstance(armo, dict):
+        raise ArmoError(f"{cfg_path}: field 'armo': expected an object (armo's export record)")
     rule = armo.get("gate_rule", "armo-eot")
+    if rule not in GATE_RULES:
+        raise ArmoError(f"{cfg_path}: field 'armo.gate_rule': expected one of {', '.join(GATE_RULES)}, got {json.dumps(rule)[:40]}")
+    if "scales" in armo and not isinstance(armo["scales"], dict):
+        raise ArmoError(f"{cfg_path}: field 'armo.scales': expected an object")
+    w = _read_weights(files, shapes)
+    T = w.get("reward_transform_matrix", torch.eye(k))
+    gate_sd = {key[len("gating."):]: v for key, v in w.items() if key.startswith("gating.")}
     fingerprint = folder_fingerprint(folder)
     backbone = {"name": name, "kind": "folder" if p.is_dir() else "hub", "fingerprint": fingerprint,
                 "hidden_size": d, "model_type": cfg.get("model_type")}
@@ -190,7 +285,7 @@ def import_checkpoint(source: str, output: str | Path, objectives: list[str] | N
     meaning = FeatureMeaning.from_json({**kept, "backbone": name, "fingerprint": fingerprint, "hidden_size": d,
                                         "gate_rule": rule, "dtype": None, "layer": layer, "pooling": pooling},
                                        str(cfg_path))
-    with atomic_dir(output) as out:
+    with atomic_dir(output) as out, _named_as(out, name):
         bias = w.get("regression_layer.bias", torch.zeros(k))
         reg_meta = {"kind": "regression", "armo_version": __version__, "objectives": names, "scales": scales,
                     "backbone": backbone, "hidden_size": d, "imported_from": name, "metrics": {},
@@ -200,14 +295,14 @@ def import_checkpoint(source: str, output: str | Path, objectives: list[str] | N
 
         rh = regression_hash(Regression.load(out / PART_FILES["regression"]))
         save_artifact(out / PART_FILES["decorrelation"], {"transform": T, "lambdas": torch.zeros(k)},
-                      {"kind": "decorrelation", "objectives": names, "backbone": backbone, "regression_hash": rh,
+                      {"kind": "decorrelation", "armo_version": __version__, "objectives": names, "backbone": backbone, "regression_hash": rh,
                        "imported_from": name, "feature_meaning": meaning.without_gate_rule().to_json()})
         save_artifact(out / PART_FILES["gating"], gate_sd,
-                      {"kind": "gating", "objectives": names, "backbone": backbone, "regression_hash": rh,
+                      {"kind": "gating", "armo_version": __version__, "objectives": names, "backbone": backbone, "regression_hash": rh,
                        "transform_hash": transform_hash(T), "imported_from": name,
                        "feature_meaning": meaning.to_json(), "gate_rule": rule,
                        "config": {"in_features": d, "hidden_dim": hidden_dim, "n_hidden": n_hidden,
-                                  "temperature": float(cfg.get("gating_temperature", 10)), "dropout": 0.0}})
+                                  "temperature": float(temperature), "dropout": 0.0}})
         write_manifest(out, {"armo_version": __version__, "backbone": backbone, "gate_rule": rule,
                              "feature_meaning": meaning.to_json(), "objectives": names,
                              "scales": scales, "hidden_size": d, "imported_from": name,

@@ -187,3 +187,46 @@ def test_an_armo_eot_model_round_trips_through_export_and_import(tiny_model, tin
     cfg = check_export_round_trip(tmp_path / "m", tmp_path / "p-eot.st", d / "p.jsonl", tmp_path, n=5)
     assert cfg["armo"]["gate_rule"] == "armo-eot" and cfg["gating_token_offset"] == -1
     assert json.loads((tmp_path / "back" / "armo.json").read_text())["gate_rule"] == "armo-eot"
+
+
+# A config that disagrees with itself or its weights is refused before anything is built: one line naming the source
+# folder's config.json and the field (never the temporary build folder), exit 2, nothing written (#31 §6).
+BAD_CONFIGS = [
+    ({"objectives": 5}, "field 'objectives': expected a list of 5 distinct names"),
+    ({"objectives": ["a", "a", "b", "c", "d"]}, "field 'objectives': expected a list of 5 distinct names"),
+    ({"gating_n_hidden": "three"}, "field 'gating_n_hidden': expected an integer >= 0, got \"three\""),
+    ({"gating_n_hidden": 2}, "field 'gating_n_hidden': 2, but the weights have 3 hidden layers"),
+    ({"gating_hidden_dim": 10 ** 12}, "field 'gating_hidden_dim': 1000000000000, but gating.layers.0.weight has 16 rows"),
+    ({"gating_hidden_dim": 1e12}, "field 'gating_hidden_dim': expected an integer >= 1, got 1000000000000.0"),
+    ({"gating_temperature": "hot"}, "field 'gating_temperature': expected a positive number"),
+    ({"armo": [1, 2]}, "field 'armo': expected an object"),
+    ({"armo": {"gate_rule": "<script>"}}, "field 'armo.gate_rule': expected one of generation-prompt, armo-eot, got \"<script>\""),
+    ({"armo": {"scales": 3}}, "field 'armo.scales': expected an object"),
+    ({"num_objectives": 6}, "tensor 'regression_layer.weight': shape (5, 32), expected (6, 32)"),
+]
+
+
+@pytest.mark.parametrize("change,message", BAD_CONFIGS)
+def test_import_checks_the_config_before_it_acts(tiny_llama3, tmp_path, change, message):
+    from conftest import armo
+
+    ckpt = make_armorm_checkpoint(tiny_llama3, tmp_path / "c", k=5)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**cfg, **change}))
+    r = armo("import", ckpt, "-o", tmp_path / "m")
+    assert r.code == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert message in r.stderr and (str(ckpt) in r.stderr), r.stderr
+    assert ".new-" not in r.stderr and not (tmp_path / "m").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+
+
+def test_import_refuses_a_fifo_for_weights_without_hanging(tiny_llama3, tmp_path):
+    import os
+
+    from conftest import armo
+
+    ckpt = make_armorm_checkpoint(tiny_llama3, tmp_path / "c", k=5)
+    (ckpt / "model.safetensors").unlink()
+    os.mkfifo(ckpt / "model.safetensors")
+    r = armo("import", ckpt, "-o", tmp_path / "m")
+    assert r.code == 2 and r.stderr.strip() == f"error: {ckpt / 'model.safetensors'}: not a regular file", r.stderr
