@@ -128,7 +128,7 @@ def extract(cfg: ExtractConfig, backbone: Backbone | None = None,
     check_output_file(cfg.output, "--output", [cfg.input], stdout_ok=False)
     t0 = time.perf_counter()
     _, shard_out, _, _, _ = _shard_output(cfg)
-    with locked_source(shard_out, cfg.input, cfg.dataset, cfg.split) as source:  # read twice: check, then compute
+    with locked_source(shard_out, cfg.input, cfg.dataset, cfg.split, cfg.quiet) as source:  # read twice: check, then compute
         return _extract(cfg, source, backbone, after_chunk, t0)
 
 
@@ -368,7 +368,10 @@ def merge_features(inputs: Iterable[str | Path], output: str | Path, allow_parti
         raise ArmoError(f"merge: {len(missing)} of {num} shards missing (indices {', '.join(map(str, missing))}); "
                         f"pass them all, or --allow-partial to merge what is there")
     parts = [load_artifact(p, "features") for p in inputs]
-    tensors = {k: torch.cat([t[k] for t, _ in parts]) for k in parts[0][0]}
+    full = [t for t, m in parts if m.ids]  # a shard that got no rows (fewer chunks than shards) adds none
+    if not full:
+        raise ArmoError(f"merge: the shards hold no rows")
+    tensors = {k: torch.cat([t[k] for t in full]) for k in full[0]}
     ids = [i for _, m in parts for i in m.ids]
     subsets = [s for _, m in parts for s in (m.subsets or [None] * len(m.ids))]
     prompts = [h for _, m in parts for h in (m.prompt_hashes or [""] * len(m.ids))]

@@ -23,6 +23,8 @@ class Features:
     @classmethod
     def load(cls, path: str | Path) -> "Features":
         t, m = load_artifact(path, "features")
+        if not m.ids:
+            raise ArmoError(f"{path}: holds no rows (an extract shard that got none); `armo merge` it with the others")
         n, pair = len(m.ids), m.pair
         P, R = t["prompt_features"], t["response_features"]
         if P.ndim != 2 or R.ndim != (3 if pair else 2) or (pair and R.shape[1] != 2) or R.shape[-1] != P.shape[-1]:

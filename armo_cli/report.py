@@ -357,8 +357,15 @@ def report_from_files(report_path: str, pairs_path: str) -> tuple[dict, list[dic
         counts[r["subset"]] = counts.get(r["subset"], 0) + 1
     want = {k: v.get("n") for k, v in report.get("subsets", {}).items() if isinstance(v, dict)}
     if want and counts != want:
-        raise ArmoError(f"{mismatch}: it has {len(records)} pairs in {len(counts)} subsets, the report "
-                        f"{report.get('n')} in {len(want)}")
+        only_pairs, only_report = sorted(set(counts) - set(want)), sorted(set(want) - set(counts))
+        if only_pairs or only_report:
+            what = "; ".join(x for x in (
+                f"field 'subset': {', '.join(map(repr, only_pairs))} only in the pairs" if only_pairs else "",
+                f"{', '.join(map(repr, only_report))} only in the report" if only_report else "") if x)
+        else:
+            k = next(k for k in sorted(want) if counts[k] != want[k])
+            what = f"subset {k!r}: {counts[k]} pairs, the report {want[k]}"
+        raise ArmoError(f"{mismatch} ({what})")
     return report, records
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import ArmoError, one_line
-from .io import iter_jsonl, output_lock, sha256_json, spool_stdin
+from .io import iter_jsonl, output_lock, sha256_json, spool_stdin, strict_json
 
 Message = dict[str, str]
 ROLES = {"system", "user", "assistant", "tool"}
@@ -168,30 +168,67 @@ class Source:
     path: str | None = None
     dataset: str | None = None
     split: str = "train"
+    quiet: bool = False  # no progress bars from datasets
 
     @property
     def name(self) -> str:
         if self.path == "-":
             return "<stdin>"
-        return self.path if self.path is not None else f"{self.dataset}[{self.split}]"
+        if self.path is not None:
+            return self.path
+        return self.dataset if Path(self.dataset).is_file() else f"{self.dataset}[{self.split}]"
 
     def raw(self) -> Iterator[tuple[int, Any]]:
-        if self.dataset is not None:
-            import datasets
-
-            p = Path(self.dataset)
-            try:
-                if p.is_file():
-                    ds = datasets.load_dataset("json", data_files=str(p), split=self.split)
-                else:
-                    ds = datasets.load_dataset(self.dataset, split=self.split)
-            except Exception as e:  # datasets raises many types: not found, offline, bad split, bad file
-                raise ArmoError(f"--dataset {self.dataset}: could not load split {self.split!r} "
-                                f"({type(e).__name__}: {one_line(e)[:160]})") from None
-            for i, row in enumerate(ds, 1):
-                yield i, row
-        else:
+        if self.dataset is None:
             yield from iter_jsonl(self.path, self.name)
+            return
+        p = Path(self.dataset)
+        if p.is_file():  # a local file: read by armo itself, so that a bad row is one line naming file and row
+            yield from _local_rows(p)
+            return
+        import datasets
+
+        if self.quiet:
+            datasets.disable_progress_bars()
+        try:
+            ds = datasets.load_dataset(self.dataset, split=self.split)
+        except Exception as e:  # datasets raises many types: not found, offline, bad split, bad file
+            raise ArmoError(f"--dataset {self.dataset}: could not load split {self.split!r} "
+                            f"({type(e).__name__}: {one_line(e)[:160]})") from None
+        for i, row in enumerate(ds, 1):
+            yield i, row
+
+
+def _local_rows(p: Path) -> Iterator[tuple[int, Any]]:
+    """Rows of a local --dataset file: parquet (row numbers from 1), a JSON array, or JSON lines (.gz too)."""
+    name = p.name.lower()
+    if name.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        try:
+            f = pq.ParquetFile(str(p))
+            batches = f.iter_batches(batch_size=1024)
+            i = 0
+            for batch in batches:
+                for row in batch.to_pylist():
+                    i += 1
+                    yield i, row
+        except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+            raise ArmoError(f"{p}: not a readable parquet file ({one_line(e)[:160]})") from None
+        return
+    if name.endswith(".json"):
+        with open(p, "rb") as fh:
+            head = fh.read(4096).lstrip()
+        if head.startswith(b"["):
+            try:
+                rows = strict_json(p.read_bytes())
+            except (ValueError, RecursionError) as e:
+                raise ArmoError(f"{p}: malformed JSON ({one_line(e)[:160]})") from None
+            if not isinstance(rows, list):
+                raise ArmoError(f"{p}: expected a JSON array of rows or JSON lines")
+            yield from enumerate(rows, 1)
+            return
+    yield from iter_jsonl(p, str(p))
 
 
 class DisplaySource(Source):
@@ -208,7 +245,7 @@ class DisplaySource(Source):
 
 @contextlib.contextmanager
 def locked_source(output: str | Path, path: str | None, dataset: str | None = None,
-                  split: str = "train") -> Iterator[Source]:
+                  split: str = "train", quiet: bool = False) -> Iterator[Source]:
     """The input of a job that writes `output`: the output locked for the run (a second writer is refused), and
     the input readable twice (stdin is spooled to a temporary file, named <stdin> in errors), once to check
     every row and once to compute."""
@@ -216,7 +253,7 @@ def locked_source(output: str | Path, path: str | None, dataset: str | None = No
         spooled = spool_stdin() if path == "-" else None
         try:
             yield (DisplaySource(Source(path=str(spooled)), "<stdin>") if spooled
-                   else Source(path=path, dataset=dataset, split=split))
+                   else Source(path=path, dataset=dataset, split=split, quiet=quiet))
         finally:
             if spooled is not None:
                 spooled.unlink(missing_ok=True)

@@ -203,6 +203,25 @@ def test_shards_merge_to_the_single_run(bb, tmp_path):
         merge_features([shards[0], shards[0]], tmp_path / "dup.safetensors")
 
 
+def test_an_empty_shard_is_valid_and_merges(bb, tmp_path, armo_cache, monkeypatch):
+    """3 rows in one chunk over 2 shards: shard 1 gets no rows. It is armo's own output and merges (through
+    main(), as a user runs it)."""
+    from conftest import armo
+
+    monkeypatch.setenv("ARMO_CACHE", str(armo_cache))
+    inp = write_jsonl(tmp_path / "r.jsonl", rating_rows(3))
+    single = tmp_path / "single.st"
+    _extract(bb, inp, single)
+    for i in range(2):
+        _extract(bb, inp, tmp_path / f"s{i}.st", num_shards=2, shard_index=i)
+    with pytest.raises(ArmoError, match="holds no rows .* `armo merge` it with the others"):
+        Features.load(tmp_path / "s1.st")
+    r = armo("merge", tmp_path / "s0.st", tmp_path / "s1.st", "-o", tmp_path / "merged.st")
+    assert r.code == 0, r.stderr
+    a, b = Features.load(single), Features.load(tmp_path / "merged.st")
+    assert a.ids == b.ids and torch.equal(a.tensors["response_features"], b.tensors["response_features"])
+
+
 def test_copies_of_a_row_without_an_id_get_ids_of_their_own_across_shards_too(bb, tmp_path):
     rows = [{k: v for k, v in r.items() if k != "id"} for r in pair_rows(5)]
     inp = write_jsonl(tmp_path / "p.jsonl", rows + [rows[1], rows[3], rows[1]])
@@ -829,3 +848,39 @@ def test_flex_that_fails_falls_back_to_rows_under_auto_and_is_one_line_when_aske
     assert res.output.strip().splitlines() == ["error: --packing flex: FlexAttention failed on cpu (RuntimeError: InductorError: "
                                                "no C++ compiler); use --packing rows"]
     assert not (tmp_path / "flex.st").exists() and not list(tmp_path.glob("flex.st*"))
+
+
+def test_dataset_local_files_parquet_json_and_bad_rows(tiny_backbone, tmp_path, armo_cache, monkeypatch):
+    """--dataset with a local file: parquet is read as parquet, JSON lines and a JSON array by armo's own reader,
+    and a bad row is one line naming the file and the row. A local dataset folder loads through `datasets`,
+    whose progress bars -q silences."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from conftest import armo
+
+    monkeypatch.setenv("ARMO_CACHE", str(armo_cache))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    rows = rating_rows(6)
+    for r in rows:
+        r["ratings"] = {"helpfulness": float(r["ratings"].get("helpfulness", 1))}
+    ref = tmp_path / "ref.st"
+    assert armo("extract", write_jsonl(tmp_path / "r.jsonl", rows), "--backbone", tiny_backbone, "-o", ref, "-q").code == 0
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "r.parquet")
+    (tmp_path / "r.json").write_text(json.dumps(rows))
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", rows)
+    for src in (tmp_path / "r.parquet", tmp_path / "r.json", tmp_path / "r.jsonl", folder):
+        out = tmp_path / f"{src.name}.st"
+        r = armo("extract", "--dataset", src, "--backbone", tiny_backbone, "-o", out, "-q")
+        assert r.code == 0 and r.stderr == "", (src, r.stderr)
+        a, b = Features.load(ref), Features.load(out)
+        assert a.ids == b.ids and torch.equal(a.tensors["response_features"], b.tensors["response_features"]), src
+    (tmp_path / "bad.jsonl").write_text(json.dumps(rows[0]) + "\n" + '{"prompt": "p", "response": 3}\n')
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
+    for src, message in ((tmp_path / "bad.jsonl", f"{tmp_path / 'bad.jsonl'}:2: field 'response'"),
+                         (tmp_path / "bad.parquet", f"{tmp_path / 'bad.parquet'}: not a readable parquet file")):
+        r = armo("extract", "--dataset", src, "--backbone", tiny_backbone, "-o", tmp_path / "x.st", "-q")
+        assert r.code == 2 and len(r.stderr.strip().splitlines()) == 1 and message in r.stderr, r.stderr
+        assert not (tmp_path / "x.st").exists()

@@ -114,7 +114,17 @@ def test_report_refuses_the_pairs_of_another_run(evaluated, tiny_model, tmp_path
     few = tmp_path / "few.jsonl"
     few.write_text("".join(pairs.read_text().splitlines(keepends=True)[:5]))
     r = armo("report", old, "--pairs", few, "-o", tmp_path / "x.html")
-    assert r.code == 2 and r.stderr.startswith(f"error: {few}: not the pairs file of {old}: it has 5 pairs in ")
+    want = {k: v["n"] for k, v in json.loads(report.read_text())["subsets"].items()}
+    first = sorted(want)[0]
+    got = sum(json.loads(x)["subset"] == first for x in few.read_text().splitlines())
+    assert (r.code, r.stderr) == (2, f"error: {few}: not the pairs file of {old} (subset {first!r}: {got} pairs, the "
+                                     f"report {want[first]})\n")
+    # the same counts under another subset name: the message names the field and both names
+    renamed = tmp_path / "renamed.jsonl"
+    renamed.write_text(pairs.read_text().replace(f'"subset": "{first}"', '"subset": "renamed"'))
+    r = armo("report", old, "--pairs", renamed, "-o", tmp_path / "x.html")
+    assert (r.code, r.stderr) == (2, f"error: {renamed}: not the pairs file of {old} (field 'subset': 'renamed' only "
+                                     f"in the pairs; {first!r} only in the report)\n")
     assert armo("report", old, "--pairs", pairs, "-o", tmp_path / "y.html").code == 0
 
 
