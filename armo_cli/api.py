@@ -17,34 +17,16 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 
-from .backbones import Backbone, cache_root, load_backbone
+from .backbones import Backbone, load_backbone
 from .configs import OVERFLOW
 from .errors import ArmoError
 from .forward import batch_defaults
-from .model import ArmoModel, is_model_dir
+from .hf_format import load_model
+from .model import ArmoModel
 from .options import check_value
 from .rendering import Renderer, Tree, length_limit, sized_tree, tokenized
 from .rows import Example, Skipped, parse_row
 from .scoring import _weights, check_backbone, score_trees, steered, window_records
-
-
-def load_model(model: str | Path | None = None) -> ArmoModel:
-    """The shipped default (None), an armo model directory, or a folder written by `armo export` (imported once
-    into armo's cache, keyed by the folder's contents)."""
-    if model is None or is_model_dir(Path(model)):
-        return ArmoModel.load(model)
-    from .hf_format import import_checkpoint, is_export_dir
-
-    p = Path(model).expanduser()
-    if p.is_dir() and is_export_dir(p):
-        from .backbones import folder_fingerprint
-
-        key = hashlib.sha256(folder_fingerprint(p.resolve()).encode()).hexdigest()[:16]
-        target = cache_root() / "imported" / key
-        if not is_model_dir(target):
-            import_checkpoint(str(p), target)
-        return ArmoModel.load(target)
-    return ArmoModel.load(model)  # its own one-line error names what is missing
 
 
 class RewardModel:

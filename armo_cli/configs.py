@@ -119,7 +119,8 @@ class GatingConfig:
     lr: float = opt(1e-3, "AdamW learning rate.", above=0.0)
     weight_decay: float = opt(0.01, "AdamW weight decay.", min=0.0)
     batch_size: int = opt(1024, "Pairs per step.", min=1)
-    steps: int = opt(2000, "Most training steps.", min=1)
+    steps: int | None = opt(None, "Most training steps (default: sized to the data: 30 passes over the training pairs, "
+                                   "at least 200, at most 2000).", min=1)
     val_fraction: float = opt(0.1, "Share of prompts held out for validation and early stopping.", min=0.0, below=1.0)
     eval_every: int = opt(50, "Steps between validation evaluations.", min=1)
     patience: int = opt(20, "Evaluations without improvement before stopping.", min=1)
@@ -182,8 +183,9 @@ class EvaluateConfig(ModelInputConfig):
 @dataclass
 class ReportConfig:
     report: str = opt("report.json", "An `armo evaluate -o` report.")
-    pairs: str = opt("pairs.jsonl", "Its `--pairs-output` records.")
+    pairs: str | None = opt(None, "Its `--pairs-output` records (default: the file the report names).")
     output: str | None = opt(None, "HTML file to write [default: report.html, replaced only if armo wrote it].")
+    quiet: bool = opt(False, "Print nothing but errors.")
 
 
 @dataclass

@@ -5,6 +5,9 @@ decorrelation transform are frozen (and the transform is applied in training and
 """
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,6 +122,12 @@ def best_single_objective(radj: torch.Tensor) -> int:
     return max(range(len(acc)), key=lambda j: acc[j])
 
 
+def sized_steps(n_train: int, batch_size: int, passes: int = 30, lo: int = 200, hi: int = 2000) -> int:
+    """Training steps for `passes` passes over the training pairs, within [lo, hi]: 28 example pairs get 200 steps
+    (seconds), a large set today's 2000."""
+    return max(lo, min(hi, math.ceil(passes * n_train / batch_size)))
+
+
 def train_bt(model: nn.Module, train_scores: Callable[[torch.Tensor], torch.Tensor],
              val_scores: Callable[[], torch.Tensor] | None, n_train: int, cfg: GatingConfig,
              on_eval: Callable[[int, float], None] | None = None, on_step: Callable[[], None] | None = None) -> dict:
@@ -219,6 +228,10 @@ def fit_gating(cfg: GatingConfig) -> dict:
     va = ~tr
     if int(tr.sum()) == 0:
         raise ArmoError("fit-gating: no training pairs after the validation split")
+    if cfg.steps is None:  # small data gets a short run, large data today's 2000 steps
+        cfg = dataclasses.replace(cfg, steps=sized_steps(int(tr.sum()), cfg.batch_size))
+        info(f"{cfg.steps} steps at most (30 passes over {int(tr.sum())} training pairs; --steps sets it)", cfg.quiet,
+             done="fit-gating:")
     k = len(reg.objectives)
     gate = Gate(P.shape[1], k, cfg.hidden_dim, cfg.n_hidden, cfg.temperature, cfg.logit_scale, cfg.dropout)
     blocked = blocked_objectives(T)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -14,7 +15,7 @@ import torch
 from safetensors import safe_open
 
 from . import __version__
-from .backbones import folder_fingerprint, load_backbone
+from .backbones import cache_root, folder_fingerprint, load_backbone
 from .console import info
 from .decorrelation import regression_hash, transform_hash
 from .rendering import GATE_RULE_PATTERN_OFFSET, GATE_RULES, Renderer
@@ -51,7 +52,7 @@ def export_model(model_dir: str | Path | None, out_dir: str | Path, backbone: st
 
     The folder is written beside OUT and swapped in when complete; OUT may be new, empty, an earlier
     export (replaced) or, with `force`, any other folder; never the model itself or the current folder."""
-    model = ArmoModel.load(model_dir)
+    model = load_model(model_dir)
     check_output_dir(out_dir, is_export_dir, "an armo export", force, inputs=[model.path])
     bb = load_backbone(backbone or model.backbone["name"], device="cpu", dtype="fp32")
     if bb.fingerprint != model.backbone["fingerprint"]:
@@ -214,8 +215,23 @@ def _named_as(tmp: Path, source: str) -> Iterator[None]:
         raise ArmoError(str(e).replace(str(tmp), f"{source} (as imported)")) from None
 
 
+def load_model(model: str | Path | None = None) -> ArmoModel:
+    """The shipped default (None), an armo model directory, or a folder written by `armo export` (imported once
+    into armo's cache, keyed by the folder's contents): what every command's -m takes."""
+    if model is None or is_model_dir(Path(model)):
+        return ArmoModel.load(model)
+    p = Path(model).expanduser()
+    if p.is_dir() and is_export_dir(p):
+        key = hashlib.sha256(folder_fingerprint(p.resolve()).encode()).hexdigest()[:16]
+        target = cache_root() / "imported" / key
+        if not is_model_dir(target):
+            import_checkpoint(str(p), target, quiet=True)
+        return ArmoModel.load(target)
+    return ArmoModel.load(model)  # its own one-line error names what is missing
+
+
 def import_checkpoint(source: str, output: str | Path, objectives: list[str] | None = None,
-                      force: bool = False) -> ArmoModel:
+                      force: bool = False, quiet: bool = False) -> ArmoModel:
     """An ArmoRM-format checkpoint (folder or hub id) -> an armo model directory; no remote code runs.
 
     The directory is built beside OUTPUT and swapped in once it loads; OUTPUT may be new, empty, an armo
@@ -308,5 +324,5 @@ def import_checkpoint(source: str, output: str | Path, objectives: list[str] | N
                              "scales": scales, "hidden_size": d, "imported_from": name,
                              "parts": dict(PART_FILES)})
         ArmoModel.load(out)
-    info(f"{name}: {k} objectives, gate rule {rule} -> {output}", done="imported")
+    info(f"{name}: {k} objectives, gate rule {rule} -> {output}", quiet, done="imported")
     return ArmoModel.load(output)

@@ -69,6 +69,7 @@ def subset_order(subsets: list[str]) -> list[tuple[str, str | None]]:
 
 def figure_data(report: dict, records: list[dict]) -> dict:
     """Everything the report draws, computed from the evaluate report and its per-pair records."""
+    records = [pair_view(r, f"pair {i + 1}") for i, r in enumerate(records)]
     if not records:
         raise ArmoError("the report needs the per-pair records (--pairs-output): none given")
     info = report.get("model_info") or {}
@@ -335,6 +336,28 @@ def render_report(report: dict, records: list[dict]) -> str:
             f"<style>{css}</style></head><body><h1>{_text(title)}</h1>{body}</body></html>\n")
 
 
+PAIR_FIELDS = ("subset", "margin", "gating", "coefficients", "chosen.score", "chosen.length", "chosen.rewards",
+               "chosen.adjusted", "rejected.score", "rejected.length", "rejected.rewards", "rejected.adjusted")
+
+
+def pair_view(obj: object, where: str) -> dict:
+    """What the report reads of one `--pairs-output` record: its own shape (`armo score`'s pair record, with each
+    side's length and adjusted rewards), or the flat one armo 0.1 wrote."""
+    if isinstance(obj, dict) and isinstance(obj.get("chosen"), (int, float)) and "rewards" in obj:  # armo 0.1
+        obj = {**obj, **{s: {"score": obj[s], "length": obj.get(f"{s}_length"), "rewards": obj["rewards"].get(s),
+                              "adjusted": (obj.get("adjusted") or {}).get(s)} for s in ("chosen", "rejected")}}
+    for key in PAIR_FIELDS:
+        value = obj
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is None:
+            raise ArmoError(f"{where}: field '{key}': missing (write it with `armo evaluate --pairs-output`)")
+    return {"subset": obj["subset"], "margin": obj["margin"], "gating": obj["gating"], "coefficients": obj["coefficients"],
+            "chosen_length": obj["chosen"]["length"], "rejected_length": obj["rejected"]["length"],
+            "rewards": {s: obj[s]["rewards"] for s in ("chosen", "rejected")},
+            "adjusted": {s: obj[s]["adjusted"] for s in ("chosen", "rejected")}}
+
+
 def report_from_files(report_path: str, pairs_path: str) -> tuple[dict, list[dict]]:
     """The report and its pairs file, checked to belong together: the report's summary and the figures drawn
     from the pairs must describe one run (the digest evaluate recorded; for reports without one, the counts)."""
@@ -343,9 +366,7 @@ def report_from_files(report_path: str, pairs_path: str) -> tuple[dict, list[dic
     report = read_json_object(Path(report_path))
     records = []
     for line, obj in iter_jsonl(pairs_path):
-        for key in ("subset", "margin", "chosen_length", "rejected_length", "gating", "coefficients", "rewards", "adjusted"):
-            if not isinstance(obj, dict) or key not in obj:
-                raise ArmoError(f"{pairs_path}:{line}: field '{key}': missing (write it with `armo evaluate --pairs-output`)")
+        pair_view(obj, f"{pairs_path}:{line}")  # checked here, naming the line; read by figure_data
         records.append(obj)
     mismatch = f"{pairs_path}: not the pairs file of {report_path}"
     if isinstance(report.get("pairs_sha256"), str):
@@ -374,6 +395,16 @@ GENERATOR = "<meta name='generator' content='armo report'>"
 DEFAULT_OUTPUT = "report.html"
 
 
+def recorded_pairs(report_path: str) -> str:
+    """The pairs file an evaluate report names (`pairs_output`), as written or beside the report."""
+    from .io import read_json_object
+
+    name = read_json_object(Path(report_path)).get("pairs_output")
+    if not isinstance(name, str):
+        raise ArmoError(f"{report_path}: names no pairs file (written without --pairs-output, or by armo 0.1); give --pairs")
+    return str(Path(report_path).parent / name)  # recorded relative to the report's folder
+
+
 def write_report(cfg) -> None:
     """`armo report`: redraw the HTML report from saved evaluate outputs."""
     from .io import check_input_file, check_output_file, write_texts_atomic
@@ -381,6 +412,8 @@ def write_report(cfg) -> None:
 
     validate(cfg)
     check_input_file(cfg.report)
+    if cfg.pairs is None:
+        cfg.pairs = recorded_pairs(cfg.report)
     check_input_file(cfg.pairs)
     if cfg.output is None:  # the default name: never a page armo did not write
         cfg.output = DEFAULT_OUTPUT
@@ -391,6 +424,9 @@ def write_report(cfg) -> None:
     check_available()
     report, records = report_from_files(cfg.report, cfg.pairs)
     write_texts_atomic({cfg.output: render_report(report, records)})
+    from .console import info
+
+    info(f"{cfg.output} ({report.get('n')} pairs, from {cfg.report} and {cfg.pairs})", cfg.quiet, done="wrote")
 
 
 def dumps_figure_data(report: dict, records: list[dict]) -> str:

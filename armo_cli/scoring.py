@@ -5,8 +5,10 @@ import contextlib
 import hashlib
 import itertools
 import json
+import os
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterable, Iterator, TextIO
 
 import torch
@@ -297,7 +299,7 @@ def score(cfg: ScoreConfig, model: ArmoModel | None = None, backbone: Backbone |
             raise ArmoError("--resume: scoring --features is one quick step, with nothing to resume")
         if fmt == "table":
             raise ArmoError("--resume writes JSONL: drop --format table")
-    model = model or ArmoModel.load(cfg.model)
+    model = model or _load_model(cfg.model)
     w = _weights(cfg.weights, cfg.objective, model.objectives)
     model = steered(model, cfg.objective)
     if cfg.features:
@@ -375,6 +377,12 @@ def windows_job(cfg: ModelInputConfig, model: ArmoModel, bb: Backbone, source: S
     return progress
 
 
+def _load_model(model: str | None) -> ArmoModel:
+    from .hf_format import load_model  # an armo model directory or an `armo export` folder
+
+    return load_model(model)
+
+
 def model_key(model: ArmoModel) -> str:
     """The model's parts, by content: what a resumed job must still be scoring with."""
     return sha256_json({part: sha256_file(model.path / name) for part, name in sorted(model.manifest.parts.items())})
@@ -418,23 +426,17 @@ def source_name(path: str | None) -> str | None:
 
 
 def pair_records(model: ArmoModel, ids: list[str], subsets: list[str], ex: dict[str, torch.Tensor],
-                 lengths: torch.Tensor) -> list[dict]:
-    """`--pairs-output`: per pair the scores, the gate's weights and coefficients (shared by both sides), and
-    each side's rewards before (`rewards`) and after (`adjusted`) decorrelation: everything the HTML report draws."""
-    objs = model.objectives
+                 lengths: torch.Tensor, top_k: int = 3) -> list[dict]:
+    """`--pairs-output`: `armo score`'s record of each pair (one shape for a scored pair everywhere: `.chosen.score`,
+    `.chosen.rewards`, `.margin`, `.gating`, ...), and on each side its length in tokens and its rewards after
+    decorrelation (`adjusted`): everything the HTML report draws."""
     adj = ex["rewards"] @ model.decorrelation.transform
     out = []
-    for i, rid in enumerate(ids):
-        sc = ex["score"][i]
-
-        def per(t: torch.Tensor) -> dict:
-            return {o: float(t[j]) for j, o in enumerate(objs)}
-
-        out.append({"id": rid, "subset": subsets[i], "chosen": float(sc[0]), "rejected": float(sc[1]),
-                    "margin": float(sc[0] - sc[1]), "chosen_length": int(lengths[i, 0]), "rejected_length": int(lengths[i, 1]),
-                    "gating": per(ex["gating"][i]), "coefficients": per(ex["coefficients"][i]),
-                    "rewards": {"chosen": per(ex["rewards"][i, 0]), "rejected": per(ex["rewards"][i, 1])},
-                    "adjusted": {"chosen": per(adj[i, 0]), "rejected": per(adj[i, 1])}})
+    for i, rec in enumerate(_records(model, ids, subsets, ex, True, top_k)):
+        for m, side in enumerate(("chosen", "rejected")):
+            rec[side]["length"] = int(lengths[i, m])
+            rec[side]["adjusted"] = {o: float(adj[i, m, j]) for j, o in enumerate(model.objectives)}
+        out.append(rec)
     return out
 
 
@@ -528,7 +530,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         from .report import check_available
 
         check_available()
-    model = ArmoModel.load(cfg.model)
+    model = _load_model(cfg.model)
     w = _weights(cfg.weights, cfg.objective, model.objectives)
     model = steered(model, cfg.objective)
     if cfg.features:
@@ -544,8 +546,8 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         records, rows_report = _evaluate_rows(cfg, model, bb, w)
         ids, subsets = [r["id"] for r in records], [r["subset"] for r in records]
         # the records hold each float32 score exactly: the same margins as the tensors they came from
-        ex = {"score": torch.tensor([[r["chosen"], r["rejected"]] for r in records], dtype=torch.float32)}
-        lengths = torch.tensor([[r["chosen_length"], r["rejected_length"]] for r in records])
+        ex = {"score": torch.tensor([[r["chosen"]["score"], r["rejected"]["score"]] for r in records], dtype=torch.float32)}
+        lengths = torch.tensor([[r["chosen"]["length"], r["rejected"]["length"]] for r in records])
     scores = ex["score"]
     check_finite_scores(scores, ids)
     subsets = [s if s is not None else "all" for s in subsets]
@@ -557,8 +559,10 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         records = pair_records(model, ids, subsets, ex, lengths) if (cfg.pairs_output or cfg.html) else []
     if cfg.pairs_output:
         texts[cfg.pairs_output] = "".join(dumps(r) + "\n" for r in records)
-        # `armo report` checks that the pairs file it is given is this one, not another run's
+        # `armo report` checks that the pairs file it is given is this one, not another run's, and finds it here
         report["pairs_sha256"] = hashlib.sha256(texts[cfg.pairs_output].encode()).hexdigest()
+        report["pairs_output"] = os.path.relpath(cfg.pairs_output, Path(cfg.output).parent) \
+            if cfg.output and cfg.output != "-" else cfg.pairs_output  # relative to the report: they move together
     if cfg.output:
         texts[cfg.output] = dumps(report, indent=2) + "\n"
     if cfg.html:
@@ -566,6 +570,9 @@ def evaluate(cfg: EvaluateConfig) -> dict:
 
         texts[cfg.html] = render_report(report, records)
     write_texts_atomic(texts)  # the report and the per-pair file succeed or fail together
+    written = [p for p in (cfg.output, cfg.pairs_output, cfg.html) if p and p != "-"]
+    if written:
+        info(f"{', '.join(written)} ({report['n']} pairs)", cfg.quiet, done="wrote")
     if report["score_kind"] == "rewardbench, partial":
         warn(coverage_note(report["rewardbench"]))
     if texts and not cfg.features:

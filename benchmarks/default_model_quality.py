@@ -87,7 +87,7 @@ def main() -> None:
     radj_tr = adjusted_rewards(model.regression, model.decorrelation.transform, Rtr, groups)
     best_j = best_single_objective(radj_tr)
     tr = grouped_split(groups, 0.1, 0)
-    w_lin = train_linear_bt(Rtr, tr, ~tr, GatingConfig())
+    w_lin = train_linear_bt(Rtr, tr, ~tr, GatingConfig(steps=2000))
     uniform = uniform_weights(model.decorrelation.transform)
 
     arms = {"without decorrelation": (models / "nodecor", work),

@@ -45,7 +45,7 @@ def main() -> None:
                        "hidden_size": d, "gate_rule": "generation-prompt"})
         t0 = time.perf_counter()
         rep = fit_gating(GatingConfig(features=[str(tmp / "pairs.st")], regression=str(tmp / "reg.st"),
-                                      output=str(tmp / "gate.st"), quiet=True,
+                                      output=str(tmp / "gate.st"), quiet=True, steps=2000,
                                       patience=10 ** 9 if args.no_early_stop else GatingConfig.patience))
         dt = time.perf_counter() - t0
     tr = rep["training"]

@@ -46,7 +46,7 @@ def main() -> None:
     model = ArmoModel.load(args.model)
     train = Features.load(work / "pairs.features.safetensors")
     tr = grouped_split(train.meta.prompt_hashes or train.ids, 0.1, 0)
-    w_lin = train_linear_bt(train.tensors["response_features"].float(), tr, ~tr, GatingConfig())  # the card's control
+    w_lin = train_linear_bt(train.tensors["response_features"].float(), tr, ~tr, GatingConfig(steps=2000))  # the card's control
     uniform = uniform_weights(model.decorrelation.transform)
     sets = {}
     for name, stem in EVAL.items():

@@ -46,7 +46,7 @@ def main() -> None:
     fit_regression(RegressionConfig(features=[feats["ratings"]], output=str(reg), length_objective="verbosity"))
     fit_decorrelation(DecorrelationConfig(regression=str(reg), features=[feats["pairs"]], output=str(tmp / "dec.st")))
     fit_gating(GatingConfig(features=[feats["pairs"]], regression=str(reg), decorrelation=str(tmp / "dec.st"),
-                            output=str(tmp / "gate.st")))
+                            output=str(tmp / "gate.st"), steps=2000))
 
 
 if __name__ == "__main__":

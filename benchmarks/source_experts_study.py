@@ -90,7 +90,7 @@ def main() -> None:
     out["gates"] = {}
     print("\n3. learned gates over the experts (accuracy; held-out: mean weight share per source)")
     for gname, kw in GATES.items():
-        cfg = GatingConfig(features=[], regression="", output="", **kw)
+        cfg = GatingConfig(features=[], regression="", output="", **{"steps": 2000, **kw})
         torch.manual_seed(cfg.seed)
         gate = Gate(P.shape[1], len(names), cfg.hidden_dim, cfg.n_hidden, cfg.temperature, cfg.logit_scale, cfg.dropout)
         train_bt(gate, lambda idx: pair_scores(gate(Ptr[idx]), Rtr[idx]), lambda: pair_scores(gate(Pva), Rva),

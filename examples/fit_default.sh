@@ -31,10 +31,10 @@ armo fit-decorrelation "$PAIRS" -r "$F/regression-nopref.safetensors" -o "$F/dec
 # Gate candidates: size and regularisation. Each is trained on the training pairs (early stopping on a
 # prompt-grouped validation split of them) and scored on the RMB selection slice; the best there is shipped.
 GATES=(
-  "mlp3x256:--n-hidden 3 --hidden-dim 256"
-  "mlp1x128:--n-hidden 1 --hidden-dim 128 --weight-decay 0.1"
-  "linear:--n-hidden 0"
-  "linear-T100:--n-hidden 0 --temperature 100 --weight-decay 1.0"   # held near uniform weights
+  "mlp3x256:--n-hidden 3 --hidden-dim 256 --steps 2000"
+  "mlp1x128:--n-hidden 1 --hidden-dim 128 --weight-decay 0.1 --steps 2000"
+  "linear:--n-hidden 0 --steps 2000"
+  "linear-T100:--n-hidden 0 --temperature 100 --weight-decay 1.0 --steps 2000"   # held near uniform weights
 )
 CANDIDATES=()
 for g in "${GATES[@]}"; do

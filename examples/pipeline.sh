@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every armo stage end to end on the example files with the embedded backbone (56 s on a 2-core CPU):
+# Every armo stage end to end on the example files with the embedded backbone (time on a 2-core CPU: see README):
 # extract -> fit-regression -> fit-decorrelation -> fit-gating -> score -> evaluate -> export.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -9,7 +9,6 @@ else  # a temporary folder of our own: removed when the script ends, however it 
   W="$(mktemp -d)"
   trap 'rm -rf "$W"' EXIT
 fi
-STEPS="${STEPS:-300}"
 mkdir -p "$W"
 armo extract "$HERE/ratings.jsonl" -o "$W/ratings.features.safetensors" -q
 armo extract "$HERE/pairs.jsonl" -o "$W/pairs.features.safetensors" -q
@@ -18,7 +17,7 @@ armo fit-regression "$W/ratings.features.safetensors" --length-objective verbosi
 armo fit-decorrelation "$W/pairs.features.safetensors" -r "$W/regression.safetensors" \
   -o "$W/decorrelation.safetensors" --model-dir "$W/model"
 armo fit-gating "$W/pairs.features.safetensors" -r "$W/regression.safetensors" -t "$W/decorrelation.safetensors" \
-  --steps "$STEPS" -o "$W/gating.safetensors" --model-dir "$W/model"
+  -o "$W/gating.safetensors" --model-dir "$W/model"
 armo score -m "$W/model" "$HERE/pair.jsonl" --format table -q
 armo score -m "$W/model" "$HERE/score.jsonl" -q -o "$W/scores.jsonl"
 armo evaluate -m "$W/model" "$HERE/eval.jsonl" -o "$W/report.json" -q

@@ -230,3 +230,19 @@ def test_import_refuses_a_fifo_for_weights_without_hanging(tiny_llama3, tmp_path
     os.mkfifo(ckpt / "model.safetensors")
     r = armo("import", ckpt, "-o", tmp_path / "m")
     assert r.code == 2 and r.stderr.strip() == f"error: {ckpt / 'model.safetensors'}: not a regular file", r.stderr
+
+
+def test_every_command_that_takes_a_model_takes_an_export_folder(tiny_model, tmp_path):
+    """`armo score -m EXPORTED` used to fail ("not an armo model directory") while serve and RewardModel took it."""
+    from conftest import armo
+
+    hf = tmp_path / "hf"
+    assert armo("export", "-m", tiny_model / "model", hf).code == 0
+    a = armo("score", "-m", tiny_model / "model", tiny_model / "p.jsonl", "-q")
+    b = armo("score", "-m", hf, tiny_model / "p.jsonl", "-q")
+    assert a.code == 0 and b.code == 0, b.stderr
+    sa = [json.loads(x)["margin"] for x in a.stdout.splitlines()]
+    sb = [json.loads(x)["margin"] for x in b.stdout.splitlines()]
+    assert sb == pytest.approx(sa, abs=1e-5)
+    r = armo("evaluate", "-m", hf, tiny_model / "p.jsonl", "-o", tmp_path / "rep.json", "-q")
+    assert r.code == 0, r.stderr

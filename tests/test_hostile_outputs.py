@@ -196,8 +196,9 @@ def _swap_sides(text: str) -> str:
 @pytest.mark.parametrize("command,edit", [("score", "score"), ("score", "offset"), ("score", "id"),
                                           ("evaluate", "swap")])
 def test_resume_scores_again_a_window_changed_on_disk(job, tmp_path, monkeypatch, command, edit):
-    ref = tmp_path / "ref.json"
-    extra = ("--pairs-output", tmp_path / "ref-pairs.jsonl") if command == "evaluate" else ()
+    (tmp_path / "ref").mkdir()
+    ref = tmp_path / "ref" / "out.json"  # the same names in another folder: the report records its pairs file's
+    extra = ("--pairs-output", tmp_path / "ref" / "out-pairs.jsonl") if command == "evaluate" else ()
     assert job[command]("-o", ref, *extra).code == 0
     out = tmp_path / "out.json"
     extra = ("--pairs-output", tmp_path / "out-pairs.jsonl") if command == "evaluate" else ()
@@ -220,7 +221,7 @@ def test_resume_scores_again_a_window_changed_on_disk(job, tmp_path, monkeypatch
     assert data.read_text() != "" and job[command]("-o", out, *extra, "--resume").code == 0
     assert out.read_bytes() == ref.read_bytes()
     if command == "evaluate":
-        assert (tmp_path / "out-pairs.jsonl").read_bytes() == (tmp_path / "ref-pairs.jsonl").read_bytes()
+        assert (tmp_path / "out-pairs.jsonl").read_bytes() == (tmp_path / "ref" / "out-pairs.jsonl").read_bytes()
 
 
 # --- a failed write is the world's failure (exit 1), naming the path -----------------------------------------

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
+from pathlib import Path
 
 import pytest
 
@@ -58,7 +60,7 @@ def test_figures_are_the_records_numbers(evaluated):
         # the full model's column is the evaluate report's accuracy
         assert data["single_objective_accuracy"][s]["full model"] == report["subsets"][s]["accuracy"]
         o = objectives[0]
-        alone = sum((r["adjusted"]["chosen"][o] > r["adjusted"]["rejected"][o]) for r in rs) / len(rs)
+        alone = sum((r["chosen"]["adjusted"][o] > r["rejected"]["adjusted"][o]) for r in rs) / len(rs)
         assert data["single_objective_accuracy"][s][o] == pytest.approx(alone)
     # the numbers are in the page's tables too (nothing only in a picture)
     html = (evaluated / "report.html").read_text()
@@ -85,8 +87,37 @@ def test_report_refuses_records_without_explanations(evaluated, tmp_path):
     bad = tmp_path / "old.jsonl"
     bad.write_text(json.dumps({"id": "a", "subset": "s", "chosen": 1, "rejected": 0, "margin": 1}) + "\n")
     r = armo("report", str(evaluated / "report.json"), "--pairs", str(bad), "-o", str(tmp_path / "x.html"))
-    assert r.code == 2 and "old.jsonl:1" in r.stderr and "field 'chosen_length'" in r.stderr
+    assert r.code == 2 and "old.jsonl:1" in r.stderr and "field 'gating'" in r.stderr
     assert not (tmp_path / "x.html").exists()
+
+
+def test_one_shape_for_a_scored_pair_and_armo_01_pairs_files_still_draw(evaluated, tiny_model, tmp_path):
+    """evaluate's pairs file is `armo score`'s pair record with each side's length and adjusted rewards: the same
+    paths (.chosen.score, .chosen.rewards, .margin, .gating) in both. A pairs file in armo 0.1's flat shape still
+    draws the same figures."""
+    from armo_cli.report import dumps_figure_data, report_from_files
+
+    pairs = [json.loads(x) for x in (evaluated / "pairs.jsonl").read_text().splitlines()]
+    r = armo("score", "-m", tiny_model / "model", tiny_model / "p.jsonl", "-q")
+    scored = {x["id"]: x for x in map(json.loads, r.stdout.splitlines())}
+    for rec in pairs:
+        mine = scored[rec["id"]]
+        assert set(mine) <= set(rec) and set(mine["chosen"]) <= set(rec["chosen"])
+        assert rec["chosen"]["rewards"] == mine["chosen"]["rewards"] and rec["margin"] == mine["margin"]
+        assert set(rec["chosen"]) - set(mine["chosen"]) == {"length", "adjusted"}
+    old = tmp_path / "old.jsonl"
+    old.write_text("".join(json.dumps({
+        "id": x["id"], "subset": x["subset"], "chosen": x["chosen"]["score"], "rejected": x["rejected"]["score"],
+        "margin": x["margin"], "chosen_length": x["chosen"]["length"], "rejected_length": x["rejected"]["length"],
+        "gating": x["gating"], "coefficients": x["coefficients"],
+        "rewards": {s: x[s]["rewards"] for s in ("chosen", "rejected")},
+        "adjusted": {s: x[s]["adjusted"] for s in ("chosen", "rejected")}}) + "\n" for x in pairs))
+    report = json.loads((evaluated / "report.json").read_text())
+    report.pop("pairs_sha256")
+    (tmp_path / "old-report.json").write_text(json.dumps(report))
+    a = dumps_figure_data(*report_from_files(str(evaluated / "report.json"), str(evaluated / "pairs.jsonl")))
+    b = dumps_figure_data(*report_from_files(str(tmp_path / "old-report.json"), str(old)))
+    assert a == b
 
 
 def test_report_refuses_the_pairs_of_another_run(evaluated, tiny_model, tmp_path):
@@ -171,3 +202,27 @@ def test_control_characters_in_names_are_shown_not_written_raw(tiny_model, tmp_p
     assert "\x1b" not in page
     assert re.findall(r"<text [^>]*>([^<]*)  n=1</text>", page) == ["s\\x1b[2Jx"]
     assert "<td>s\\x1b[2Jx</td>" in page
+
+
+def test_report_finds_its_pairs_file_and_both_commands_say_what_they_wrote(tiny_model, tmp_path, monkeypatch):
+    """The README's names: `armo evaluate ... -o report.json --pairs-output pair-scores.jsonl`, then
+    `armo report report.json` finds pair-scores.jsonl through the report (relative to the report's folder)."""
+    pytest.importorskip("matplotlib")
+    monkeypatch.chdir(tmp_path)
+    r = armo("evaluate", "-m", tiny_model / "model", tiny_model / "p.jsonl", "-o", "out/report.json",
+             "--pairs-output", "out/pair-scores.jsonl", "-q")
+    assert r.code == 0 and r.stdout == "" and "wrote" not in r.stderr, r.stderr
+    r = armo("evaluate", "-m", tiny_model / "model", tiny_model / "p.jsonl", "-o", "out/report.json",
+             "--pairs-output", "out/pair-scores.jsonl")
+    assert r.code == 0 and "wrote out/report.json, out/pair-scores.jsonl (60 pairs)" in " ".join(r.stderr.split())
+    assert json.loads(Path("out/report.json").read_text())["pairs_output"] == "pair-scores.jsonl"
+    r = armo("report", "out/report.json")
+    assert r.code == 0, r.stderr
+    assert "wrote report.html (60 pairs, from out/report.json and out/pair-scores.jsonl)" in " ".join(r.stderr.split())
+    assert Path("report.html").exists()
+    os.rename("out", "moved")  # the report and its pairs file move together
+    assert armo("report", "moved/report.json", "-o", "again.html", "-q").code == 0
+    r = armo("evaluate", "-m", tiny_model / "model", tiny_model / "p.jsonl", "-o", "nopairs.json", "-q")
+    r = armo("report", "nopairs.json", "-o", "x.html")
+    assert r.code == 2 and r.stderr.strip() == ("error: nopairs.json: names no pairs file (written without "
+                                                "--pairs-output, or by armo 0.1); give --pairs")
