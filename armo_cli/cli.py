@@ -33,8 +33,27 @@ app = typer.Typer(
 T = TypeVar("T")
 
 
+def _flags_take_no_value() -> None:
+    """Typer's help prints a flag as `--quiet -q <bool>`, as if it took a value: a flag shows no type."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    TyperOption.display_type_rich = lambda self, ctx: None if self.is_flag else shown(self, ctx)
+
+
+_flags_take_no_value()
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="Show the traceback of an internal error (or set ARMO_DEBUG=1).")):
+def _root(debug: bool = typer.Option(False, "--debug", help="Show the traceback of an internal error (or set ARMO_DEBUG=1)."),
+          version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                       help="Print armo's version and exit.")):
     if debug:
         os.environ["ARMO_DEBUG"] = "1"
 

@@ -7,6 +7,7 @@ newline would split a one-line error. Markup lives only in the literals below.""
 from __future__ import annotations
 
 import re
+import time
 from typing import Iterable
 
 from rich.console import Console
@@ -17,7 +18,49 @@ from rich.table import Table
 console = Console(stderr=True)
 
 
-def progress(quiet: bool = False) -> Progress:
+class LineProgress:
+    """Progress where stderr is a log file or a pipe (nohup, a scheduler): a rich bar draws nothing there until the
+    end, so a plain line is printed at every further tenth of the work and at least every `every_s` seconds."""
+
+    def __init__(self, every_s: float = 30.0, clock=time.monotonic):
+        self.every_s, self.clock = every_s, clock
+        self.tasks: list[dict] = []
+
+    def __enter__(self) -> "LineProgress":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for t in self.tasks:
+            if exc[0] is None and t["printed"] != t["done"]:
+                self._line(t)
+
+    def add_task(self, description: str, total: float | None = None, **fields: object) -> int:
+        now = self.clock()
+        self.tasks.append({"description": description, "total": total, "done": 0, "fields": dict(fields),
+                           "start": now, "last": now, "printed": 0, "tenth": 0})
+        return len(self.tasks) - 1
+
+    def update(self, task: int, advance: float | None = None, completed: float | None = None, **fields: object) -> None:
+        t = self.tasks[task]
+        t["fields"].update(fields)
+        t["done"] = completed if completed is not None else t["done"] + (advance or 0)
+        tenth = int(10 * t["done"] / t["total"]) if t["total"] else 0
+        if tenth > t["tenth"] or self.clock() - t["last"] >= self.every_s:
+            t["tenth"] = tenth
+            self._line(t)
+
+    def _line(self, t: dict) -> None:
+        now = self.clock()
+        t["last"], t["printed"] = now, t["done"]
+        share = f" ({t['done'] / t['total']:.0%})" if t["total"] else ""
+        extra = "".join(f", {v}" for v in t["fields"].values() if v)
+        console.print(plain(f"{t['description']}: {t['done']:g}/{t['total']:g}{share}{extra}, {now - t['start']:.0f} s"),
+                      highlight=False, soft_wrap=True)
+
+
+def progress(quiet: bool = False) -> Progress | LineProgress:
+    if not quiet and not console.is_terminal:
+        return LineProgress()
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -84,3 +127,13 @@ def info(msg: str, quiet: bool = False, done: str | None = None, style: str = "g
     if not quiet:
         head = f"[{style}]{plain(done)}[/{style}] " if done else ""
         console.print(head + plain(msg), highlight=False, soft_wrap=True)
+
+
+def loading(what: str, quiet: bool = False):
+    """A transient "loading ..." line on a terminal while a model loads (seconds, silent otherwise); nothing
+    in a log or with -q."""
+    import contextlib
+
+    if quiet or not console.is_terminal:
+        return contextlib.nullcontext()
+    return console.status(plain(what), spinner="dots")

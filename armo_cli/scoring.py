@@ -16,7 +16,7 @@ from rich.table import Table
 
 from . import __version__
 from .backbones import Backbone, load_backbone
-from .console import info, plain, show, table, warn
+from .console import info, loading, plain, show, table, warn
 from .features import Features
 from .forward import batch_defaults, canonical_layer, check_finite_features, encode_trees
 from .rendering import Renderer, Tree, length_limit, sized_tree, tokenized
@@ -306,7 +306,10 @@ def score(cfg: ScoreConfig, model: ArmoModel | None = None, backbone: Backbone |
         feats = load_features(model, cfg.features)
         windows: Iterable[list[dict]] = [list(score_records(model, feats, w, cfg.top_k))]
     else:
-        bb = backbone or load_backbone(cfg.backbone or model.backbone["name"], cfg.device, cfg.dtype, fast=True)
+        if backbone is None:
+            with loading(f"loading the backbone {model.backbone['name']}", cfg.quiet):
+                backbone = load_backbone(cfg.backbone or model.backbone["name"], cfg.device, cfg.dtype, fast=True)
+        bb = backbone
         if cfg.output != "-" and fmt == "jsonl":
             return _score_to_file(cfg, model, bb, w)
         source = Source(path=cfg.input)

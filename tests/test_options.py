@@ -129,3 +129,63 @@ def test_ctrl_c_exits_130_and_advises_resume_only_where_a_job_can_resume(resumab
     assert e.value.exit_code == EXIT_INTERRUPTED == 130
     err = capsys.readouterr().err
     assert err.startswith("interrupted") and ("rerun with --resume" in err) == resumable
+
+
+def test_version_flag_and_help_shows_no_type_for_flags():
+    """`armo --version` as `armo version`; flags take no value, so the help shows none (it printed `<bool>`)."""
+    from conftest import armo
+    from armo_cli import __version__
+
+    r = armo("--version")
+    assert (r.code, r.stdout) == (0, __version__ + "\n")
+    for cmd in ("score", "extract", "evaluate", "fit-gating", "serve"):
+        r = armo(cmd, "--help")
+        assert r.code == 0 and "<bool>" not in r.stdout, cmd
+        assert "--quiet" in r.stdout and "--help" in r.stdout
+    assert "<str>" in armo("score", "--help").stdout  # options that take a value still show its type
+
+
+def test_progress_off_a_terminal_prints_a_line_every_tenth_and_every_30_s(capsys):
+    """Under nohup or into a log, a rich bar prints nothing until the end (fit-gating was silent for 10 minutes):
+    a plain line at each further tenth of the work, and at least every 30 s when a tenth takes longer."""
+    from armo_cli import console
+
+    now = [0.0]
+    lines = []
+    real = console.console.print
+    console.console.print = lambda text, **k: lines.append(text)
+    try:
+        with console.LineProgress(clock=lambda: now[0]) as p:
+            t = p.add_task("fit-gating", total=200, rate="")
+            for step in range(1, 201):
+                now[0] += 0.5 if step <= 100 else 0.01
+                p.update(t, advance=1, rate="val loss 0.69" if step >= 50 else "")
+            now[0] += 0
+    finally:
+        console.console.print = real
+    assert lines[0] == "fit-gating: 20/200 (10%), 10 s"
+    assert "fit-gating: 60/200 (30%), val loss 0.69, 30 s" in lines
+    assert lines[-1].startswith("fit-gating: 200/200 (100%)") and len(lines) == 10
+    slow = console.LineProgress(clock=lambda: now[0])
+    lines.clear()
+    console.console.print = lambda text, **k: lines.append(text)
+    try:
+        with slow:
+            t = slow.add_task("extract", total=1000)
+            for _ in range(4):
+                now[0] += 31
+                slow.update(t, advance=1)
+    finally:
+        console.console.print = real
+    assert lines == [f"extract: {i}/1000 (0%), {31 * i} s" for i in range(1, 5)]
+
+
+def test_extract_into_a_log_prints_progress_lines(tiny_backbone, tmp_path, armo_cache, monkeypatch):
+    from conftest import armo, rating_rows, write_jsonl
+
+    monkeypatch.setenv("ARMO_CACHE", str(armo_cache))
+    rows = write_jsonl(tmp_path / "r.jsonl", rating_rows(10))
+    r = armo("extract", rows, "--backbone", tiny_backbone, "-o", tmp_path / "f.st")  # stderr: not a terminal
+    assert r.code == 0 and "extract: 10/10 (100%)" in r.stderr, r.stderr
+    r = armo("extract", rows, "--backbone", tiny_backbone, "-o", tmp_path / "g.st", "-q")
+    assert r.code == 0 and "extract:" not in r.stderr
