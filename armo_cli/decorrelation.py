@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .console import show, table
+from .console import show, table, warn
 from .features import Features
 from .errors import ArmoError
 from .io import check_outputs, dumps, load_artifact, save_artifact, sha256_json, write_text_atomic
@@ -85,6 +85,22 @@ def solve_lambda(r: torch.Tensor, v: torch.Tensor, method: str = "spearman", tol
     return lam, c, "ok" if abs(c) <= tolerance else "tolerance-not-reached"
 
 
+STATUS_MEANING = {
+    "tolerance-not-reached": "a rank correlation moves in steps over these rows (ties), so no lambda brings it "
+                             "within --tolerance; the closest one is kept",
+    "bounded": "lambda stopped at --lambda-range",
+    "not-bracketed": "no lambda found changes the correlation's sign; the closest one is kept",
+}
+
+
+def status_note(objective: str, status: str, after: float, tolerance: float) -> str:
+    """What a status other than 'ok' means, and whether it matters."""
+    matters = ("it matters little: what is left of length in this objective is small" if abs(after) < 0.05 else
+               "this objective still tracks length: check the reference rows (how many, how varied in length)")
+    return (f"{objective}: {status}: |corr after| {abs(after):.4f} > --tolerance {tolerance:g}; "
+            f"{STATUS_MEANING.get(status, status)}; {matters}")
+
+
 def transform_matrix(lambdas: torch.Tensor, v: int) -> torch.Tensor:
     k = lambdas.numel()
     lam = lambdas.clone().float()
@@ -149,6 +165,9 @@ def fit_decorrelation(cfg: DecorrelationConfig) -> dict:
     show(table(f"fit-decorrelation ({cfg.method}, {R.shape[0]} reference responses) -> {cfg.output}",
                ["objective", "lambda", "corr before", "corr after", "status"],
                [[o, r["lambda"], r["before"], r["after"], r["status"]] for o, r in rows.items()]), cfg.quiet)
+    for o, r in rows.items():
+        if r["status"] != "ok" and not cfg.quiet:
+            warn(status_note(o, r["status"], r["after"], cfg.tolerance))
     return report
 
 

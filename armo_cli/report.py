@@ -168,10 +168,12 @@ def _text(v) -> str:
     return html.escape(visible(_fmt(v)))
 
 
-def _table(header: list[str], rows: list[list]) -> str:
+def _table(header: list[str], rows: list[list], of: str | None = None) -> str:
+    """A figure's numbers behind a toggle; `of` names them where a section has two figures."""
     h = "".join(f"<th>{_text(c)}</th>" for c in header)
     body = "".join("<tr>" + "".join(f"<td>{_text(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<details><summary>the numbers</summary><table><tr>{h}</tr>{body}</table></details>"
+    summary = "the numbers" + (f": {_text(of)}" if of else "")
+    return f"<details><summary>{summary}</summary><table><tr>{h}</tr>{body}</table></details>"
 
 
 def _accuracy_figure(plt, data: dict) -> str:
@@ -284,8 +286,10 @@ def render_report(report: dict, records: list[dict]) -> str:
                   "Rows are subsets, columns objectives. First map: the gate's mean weight (a row sums to the gate's "
                   "learned scale); darker means less weight. Second map: the mean coefficient g·Tᵀ that multiplies each objective's "
                   "reward in the score; purple pulls the score up with that reward, orange pushes it down, white is 0." +
-                  _table(["subset", *[f"weight: {o}" for o in objs]], [[r, *row] for r, row in zip(subsets, gm)]) +
-                  _table(["subset", *[f"coefficient: {o}" for o in objs]], [[r, *row] for r, row in zip(subsets, cm)])))
+                  _table(["subset", *[f"weight: {o}" for o in objs]], [[r, *row] for r, row in zip(subsets, gm)],
+                         "gate weights") +
+                  _table(["subset", *[f"coefficient: {o}" for o in objs]], [[r, *row] for r, row in zip(subsets, cm)],
+                         "coefficients")))
 
     # 4. each objective alone
     cols = [*objs, "full model"]
@@ -320,8 +324,8 @@ def render_report(report: dict, records: list[dict]) -> str:
                   "Pearson correlation of two objectives' rewards over every evaluated response (chosen and rejected). "
                   "Decorrelation removes each objective's share of the length objective; n/a marks an objective that is "
                   "constant (the length objective after decorrelation)." +
-                  _table(["objective", *objs], [[o, *row] for o, row in zip(objs, before)]) +
-                  _table(["objective (after)", *objs], [[o, *row] for o, row in zip(objs, after)])))
+                  _table(["objective", *objs], [[o, *row] for o, row in zip(objs, before)], "before decorrelation") +
+                  _table(["objective (after)", *objs], [[o, *row] for o, row in zip(objs, after)], "after decorrelation")))
 
     body = "".join(f"<section id='{sid}'><h2>{i}. {html.escape(title)}</h2>{fig}<p class='caption'>{cap}</p></section>"
                    if sid != "summary" else f"<section id='{sid}'><h2>{i}. {html.escape(title)}</h2>{fig}</section>"

@@ -87,3 +87,14 @@ def test_cli_end_to_end_and_errors(tmp_path):
     other = make_features(tmp_path / "other.safetensors", X, backbone="b2")
     res = runner.invoke(app, ["fit-decorrelation", str(other), "-r", str(tmp_path / "reg.safetensors"), "-o", str(tmp_path / "o.st")])
     assert res.exit_code == 2 and "backbone" in res.output
+
+
+def test_a_status_other_than_ok_says_what_it_means():
+    """`tolerance-not-reached` was printed with no hint whether it matters."""
+    from armo_cli.decorrelation import status_note
+
+    assert status_note("helpfulness", "tolerance-not-reached", -0.012, 1e-3) == (
+        "helpfulness: tolerance-not-reached: |corr after| 0.0120 > --tolerance 0.001; a rank correlation moves in steps "
+        "over these rows (ties), so no lambda brings it within --tolerance; the closest one is kept; it matters little: "
+        "what is left of length in this objective is small")
+    assert "still tracks length" in status_note("x", "bounded", 0.2, 1e-3)

@@ -226,3 +226,12 @@ def test_report_finds_its_pairs_file_and_both_commands_say_what_they_wrote(tiny_
     r = armo("report", "nopairs.json", "-o", "x.html")
     assert r.code == 2 and r.stderr.strip() == ("error: nopairs.json: names no pairs file (written without "
                                                 "--pairs-output, or by armo 0.1); give --pairs")
+
+
+def test_each_toggle_names_its_numbers(evaluated):
+    """Sections with two figures had two identical "the numbers" toggles."""
+    html = (evaluated / "report.html").read_text()
+    for section in re.findall(r"<section id='\w+'>.*?</section>", html, re.S):
+        summaries = re.findall(r"<summary>(.*?)</summary>", section)
+        assert len(summaries) == len(set(summaries)), summaries
+    assert "<summary>the numbers: gate weights</summary>" in html and "<summary>the numbers: coefficients</summary>" in html
