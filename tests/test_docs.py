@@ -2,7 +2,7 @@
 import json
 import re
 
-from conftest import ROOT
+from conftest import ROOT, needs_embedded
 
 
 def test_readme_quotes_the_default_models_measured_accuracy():
@@ -21,3 +21,24 @@ def test_readme_quotes_the_default_models_hand_written_pairs():
     m = re.search(r"the rejected side in (\d+) of the (\d+) hand-written pairs", readme)
     assert m, "the README's sentence on the hand-written pairs has moved; update this test"
     assert (int(m[1]), int(m[2])) == (hw["pairs"] - hw["full model"], hw["pairs"])
+
+
+@needs_embedded()
+def test_readme_says_beside_the_commands_where_the_default_fails(tmp_path):
+    """The first table a user sees shows the default model's wrong answer: the README says so beside the two
+    commands, with figures that this test measures again (the quickstart pair's margin, the chat pairs right)."""
+    import subprocess
+    import sys
+
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    head = readme[: readme.index("## A short tour")]
+    m = re.search(r"over \"Canberra\", margin (-?[0-9.]+)\), gets (\d+) of the (\d+) chat pairs of `examples/eval.jsonl`", head)
+    assert m, "the README's sentence on the default model's failures has moved; update this test"
+    armo = [sys.executable, "-c", "from armo_cli.cli import main; main()"]
+    out = subprocess.run([*armo, "score", str(ROOT / "examples/pair.jsonl"), "-q"], capture_output=True, text=True, timeout=600)
+    assert f"{json.loads(out.stdout)['margin']:.3f}" == m[1]
+    out = subprocess.run([*armo, "evaluate", str(ROOT / "examples/eval.jsonl"), "-o", str(tmp_path / "r.json"), "-q"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    chat = json.loads((tmp_path / "r.json").read_text())["subsets"]["chat"]
+    assert (round(chat["accuracy"] * chat["n"]), chat["n"]) == (int(m[2]), int(m[3]))
