@@ -246,3 +246,22 @@ def test_every_command_that_takes_a_model_takes_an_export_folder(tiny_model, tmp
     assert sb == pytest.approx(sa, abs=1e-5)
     r = armo("evaluate", "-m", hf, tiny_model / "p.jsonl", "-o", tmp_path / "rep.json", "-q")
     assert r.code == 0, r.stderr
+
+
+def test_exported_and_extracted_safetensors_follow_the_umask(tiny_model, tiny_backbone, tmp_path, armo_cache, monkeypatch):
+    """safetensors creates its files 0600: an exported model.safetensors was -rw------- beside -rw-r--r-- files."""
+    import os
+    import stat
+
+    from conftest import armo, rating_rows, write_jsonl
+
+    monkeypatch.setenv("ARMO_CACHE", str(armo_cache))
+    old = os.umask(0o022)
+    try:
+        assert armo("export", "-m", tiny_model / "model", tmp_path / "hf").code == 0
+        rows = write_jsonl(tmp_path / "r.jsonl", rating_rows(4))
+        assert armo("extract", rows, "--backbone", tiny_backbone, "-o", tmp_path / "f.st", "-q").code == 0
+    finally:
+        os.umask(old)
+    for f in (tmp_path / "hf" / "model.safetensors", tmp_path / "hf" / "config.json", tmp_path / "f.st"):
+        assert stat.S_IMODE(os.stat(f).st_mode) == 0o644, f
