@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .options import opt
+
+BENCHMARK_NAMES = ("auto", "rewardbench", "rewardbench2", "rm-bench", "best-of-n", "pairs")  # benchmarks.BENCHMARKS
 from .provenance import POOLINGS
 
 PACKINGS = ("auto", "rows", "flex")  # extract's --packing (forward.choose_layout)
@@ -170,7 +172,10 @@ class ScoreConfig(ModelInputConfig):
 
 @dataclass
 class EvaluateConfig(ModelInputConfig):
-    ties: str = opt("loss", "loss (RewardBench: chosen must score higher) or half.", choices=TIES)
+    benchmark: str = opt("auto", "Whose scoring rule: auto (from the rows' shape and subsets) | rewardbench | "
+                                 "rewardbench2 | rm-bench | best-of-n | pairs.", choices=BENCHMARK_NAMES)
+    ties: str = opt("loss", "Pairs: loss (RewardBench: chosen must score higher) or half. Rows with lists of "
+                            "responses follow their benchmark's own rule.", choices=TIES)
     output: str | None = opt(None, "Write the report as JSON (report.json).")
     pairs_output: str | None = opt(None, "Per-pair scores, gate weights, coefficients and rewards as JSONL.")
     html: str | None = opt(None, "Also write a self-contained HTML report (needs the report extra: matplotlib).")

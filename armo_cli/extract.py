@@ -53,6 +53,9 @@ def _scan(source: Source, renderer: Renderer, cfg: ExtractConfig, skipped: list[
     is_pair: bool | None = None
     for i, ex, tree in tokenized(iter_examples(source, cfg.on_error, skipped), renderer):
         where = f"{source.name}:{ex.line}"
+        if ex.is_list:
+            raise ArmoError(f"{where}: a row with lists of 'chosen' and 'rejected' responses: extract does not take them "
+                            f"yet (score and evaluate do)")
         if is_pair is None:
             is_pair = ex.is_pair
         elif is_pair != ex.is_pair:

@@ -16,7 +16,9 @@ ROLES = {"system", "user", "assistant", "tool"}
 
 @dataclass
 class Example:
-    """One conversation prompt with one response (ratings) or two (chosen, rejected)."""
+    """One conversation prompt with one response (ratings), two (chosen, rejected), or lists of chosen and rejected
+    responses (RewardBench 2, RM-Bench, best-of-n: `responses` is the chosen ones, then the rejected ones, and
+    `n_chosen` says where they part)."""
 
     id: str
     prompt: list[Message]
@@ -24,10 +26,15 @@ class Example:
     ratings: dict[str, float] = field(default_factory=dict)
     subset: str | None = None
     line: int = 0
+    n_chosen: int | None = None  # set for a row whose chosen and rejected are lists
 
     @property
     def is_pair(self) -> bool:
-        return len(self.responses) == 2
+        return len(self.responses) == 2 and self.n_chosen is None
+
+    @property
+    def is_list(self) -> bool:
+        return self.n_chosen is not None
 
 
 class RowError(ArmoError):
@@ -107,6 +114,16 @@ def _ratings(value: Any, where: str) -> dict[str, float]:
     return out
 
 
+def _response_list(value: Any, where: str, fieldname: str) -> list[str] | None:
+    """A list of responses (strings), as RewardBench 2, RM-Bench and RMB best-of-n publish them; None for a single
+    response (a string, or a list of messages in TRL's conversational form)."""
+    if not isinstance(value, list) or (value and not all(isinstance(v, str) for v in value)):
+        return None
+    if not value:
+        raise RowError(f"{where}: field '{fieldname}': an empty list of responses")
+    return [_text(v, where, f"{fieldname}[{i}]") for i, v in enumerate(value)]
+
+
 def parse_row(obj: Any, where: str) -> Example:
     """Normalise one JSON row; `where` is 'FILE:LINE' for error messages."""
     if not isinstance(obj, dict):
@@ -116,6 +133,9 @@ def parse_row(obj: Any, where: str) -> Example:
         for k in ("chosen", "rejected"):
             if k not in obj:
                 raise RowError(f"{where}: field '{k}': missing (pairs need both 'chosen' and 'rejected')")
+        lists = [_response_list(obj[k], where, k) for k in ("chosen", "rejected")]
+        if lists != [None, None]:
+            return _list_row(obj, where, ratings, *lists)
         extra_c, chosen = _response(obj["chosen"], where, "chosen")
         extra_r, rejected = _response(obj["rejected"], where, "rejected")
         if extra_c != extra_r:
@@ -146,19 +166,45 @@ def parse_row(obj: Any, where: str) -> Example:
         responses = [text]
     else:
         raise RowError(f"{where}: no response: expected 'response', 'chosen'/'rejected' or 'messages'")
+    return Example(id=_row_id(obj, where, prompt, responses), prompt=prompt, responses=responses, ratings=ratings,
+                   subset=_subset(obj, where))
+
+
+def _row_id(obj: dict, where: str, prompt: list[Message], responses: list[str]) -> str:
     rid = obj.get("id")
     if rid is None:
-        rid = "h" + sha256_json([prompt, responses])[:16]
-    elif isinstance(rid, bool) or not isinstance(rid, (str, int)):
+        return "h" + sha256_json([prompt, responses])[:16]
+    if isinstance(rid, bool) or not isinstance(rid, (str, int)):
         raise RowError(f"{where}: field 'id': expected a string")
-    elif isinstance(rid, str):
+    if isinstance(rid, str):
         _text(rid, where, "id")
-    subset = obj.get("subset")
+    return str(rid)
+
+
+def _subset(obj: dict, where: str, key: str = "subset") -> str | None:
+    subset = obj.get(key)
     if subset is not None and not isinstance(subset, str):
-        raise RowError(f"{where}: field 'subset': expected a string")
+        raise RowError(f"{where}: field '{key}': expected a string")
     if subset is not None:
-        _text(subset, where, "subset")
-    return Example(id=str(rid), prompt=prompt, responses=responses, ratings=ratings, subset=subset)
+        _text(subset, where, key)
+    return subset
+
+
+def _list_row(obj: dict, where: str, ratings: dict, chosen: list[str] | None, rejected: list[str] | None) -> Example:
+    """A row with lists of chosen and rejected responses (RewardBench 2, RM-Bench, RMB best-of-n): all of them
+    continue one prompt. RM-Bench names its grouping `domain`: it is the row's subset unless one is given."""
+    for k, v in (("chosen", chosen), ("rejected", rejected)):
+        if v is None:
+            raise RowError(f"{where}: field '{k}': expected a list of responses (strings), as the other side is")
+    if "prompt" not in obj:
+        raise RowError(f"{where}: field 'prompt': missing")
+    prompt = _prompt(obj["prompt"], where)
+    n = obj.get("num_correct")
+    if n is not None and (isinstance(n, bool) or n != len(chosen)):
+        raise RowError(f"{where}: field 'num_correct': {n!r}, but 'chosen' holds {len(chosen)} responses")
+    responses = chosen + rejected
+    return Example(id=_row_id(obj, where, prompt, responses), prompt=prompt, responses=responses, ratings=ratings,
+                   subset=_subset(obj, where) or _subset(obj, where, "domain"), n_chosen=len(chosen))
 
 
 @dataclass

@@ -98,8 +98,9 @@ def _weights(cfg_weights: str | None, objective: str | None, objectives: list[st
 
 
 def _records(model: ArmoModel, ids: list[str], subsets: list[str | None], ex: dict[str, torch.Tensor], pair: bool,
-             top_k: int) -> Iterator[dict]:
-    """JSON-ready records from `model.explain` output for rows of one shape (pairs or single responses)."""
+             top_k: int, n_chosen: int | None = None) -> Iterator[dict]:
+    """JSON-ready records from `model.explain` output for rows of one shape (single responses, pairs, or lists of
+    `n_chosen` chosen responses and the rest rejected)."""
     objs = model.objectives
     scales = model.regression.meta.scales
     check_finite_scores(ex["score"], ids)
@@ -119,7 +120,10 @@ def _records(model: ArmoModel, ids: list[str], subsets: list[str | None], ex: di
         rec: dict = {"id": rid}
         if subsets[i] is not None:
             rec["subset"] = subsets[i]
-        if pair:
+        if n_chosen is not None:  # each side a list, in the row's order
+            m = ex["score"].shape[1]
+            rec.update(chosen=[side(j) for j in range(n_chosen)], rejected=[side(j) for j in range(n_chosen, m)])
+        elif pair:
             c, r = side(0), side(1)
             margin = c["score"] - r["score"]
             rec.update(chosen=c, rejected=r, margin=margin,
@@ -147,6 +151,7 @@ class Scored:
     trees: list[Tree]
     explained: dict[str, torch.Tensor]  # model.explain output, rows in the order of `trees`
     pair: bool
+    n_chosen: int | None = None  # rows with lists of chosen and rejected responses: how many are chosen
 
 
 WINDOW_ROWS = 256  # rows read, scored and written at a time: memory holds one window, output starts early
@@ -223,12 +228,11 @@ def score_trees(model: ArmoModel, bb: Backbone, trees: list[Tree], weights: torc
     pass sorts by length and restores the order). `on_batch(rows, tokens)` after each forward batch (it may raise
     to stop the work: serve abandons a batch whose clients are gone)."""
     groups = []
-    for pair in (False, True):
-        group = [t for t in trees if (len(t.conts) == 2) == pair]
-        if group:
-            P, R = encode_trees(bb, group, batch_tokens, on_batch, max_padding, model.meaning.layer, model.meaning.pooling)
-            check_finite_features(group, P, R, source_name, bb.dtype)
-            groups.append(Scored(group, model.explain(P, R, weights), pair))
+    for shape in dict.fromkeys((len(t.conts), t.example.n_chosen) for t in trees):  # single, pair, each list shape
+        group = [t for t in trees if (len(t.conts), t.example.n_chosen) == shape]
+        P, R = encode_trees(bb, group, batch_tokens, on_batch, max_padding, model.meaning.layer, model.meaning.pooling)
+        check_finite_features(group, P, R, source_name, bb.dtype)
+        groups.append(Scored(group, model.explain(P, R, weights), shape == (2, None), shape[1]))
     return groups
 
 
@@ -246,7 +250,7 @@ def window_records(model: ArmoModel, groups: list[Scored], top_k: int) -> list[d
     out = []
     for g in groups:
         recs = _records(model, [t.example.id for t in g.trees], [t.example.subset for t in g.trees], g.explained,
-                        g.pair, top_k)
+                        g.pair, top_k, g.n_chosen)
         out += [(t.index, r) for t, r in zip(g.trees, recs)]
     return [r for _, r in sorted(out, key=lambda x: x[0])]
 
@@ -265,20 +269,26 @@ def render_table(rec: dict) -> Table:
     the longest objective names stay whole at 80 columns."""
     from rich import box
 
-    sides = ["chosen", "rejected"] if "chosen" in rec else [None]
-    title = f"{plain(rec['id'])}: " + (f"chosen {rec['chosen']['score']:.4f} vs rejected {rec['rejected']['score']:.4f} "
-                                f"(margin {rec['margin']:+.4f}, preferred: {rec['preferred']})"
-                                if sides[0] else f"score {rec['score']:.4f}")
+    if isinstance(rec.get("chosen"), list):  # a list row: one column per response, chosen ones first
+        cols = {f"{s} {i + 1}": x for s in ("chosen", "rejected") for i, x in enumerate(rec[s])}
+        title = f"{plain(rec['id'])}: " + ", ".join(f"{k} {x['score']:.4f}" for k, x in cols.items())
+    elif "chosen" in rec:
+        cols = {"chosen": rec["chosen"], "rejected": rec["rejected"]}
+        title = (f"{plain(rec['id'])}: chosen {rec['chosen']['score']:.4f} vs rejected {rec['rejected']['score']:.4f} "
+                 f"(margin {rec['margin']:+.4f}, preferred: {rec['preferred']})")
+    else:
+        cols = {"reward": rec}
+        title = f"{plain(rec['id'])}: score {rec['score']:.4f}"
     t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     t.add_column("objective", overflow="fold", min_width=14)
     t.add_column("gate", justify="right")
     t.add_column("coef", justify="right")
     t.add_column("|coef|", justify="left", no_wrap=True, min_width=BAR_WIDTH)
-    for s in sides:
-        t.add_column(s or "reward", justify="right")
+    for name in cols:
+        t.add_column(name, justify="right")
     vmax = max(abs(v) for v in rec["coefficients"].values()) or 1.0
     for o, c in sorted(rec["coefficients"].items(), key=lambda kv: -abs(kv[1])):
-        rw = [(rec[s] if s else rec)["rewards"][o] for s in sides]
+        rw = [side["rewards"][o] for side in cols.values()]
         t.add_row(plain(o), f"{rec['gating'][o]:.3f}", f"{c:+.4f}", _bar(c, vmax), *[f"{x:.3f}" for x in rw])
     return t
 
@@ -520,9 +530,78 @@ def _evaluate_rows(cfg: EvaluateConfig, model: ArmoModel, bb: Backbone, weights:
         return [json.loads(line) for line in progress.text().splitlines()], notes.to_json()
 
 
+def _has_lists(cfg: EvaluateConfig) -> bool:
+    """Whether the input's rows hold lists of responses (RewardBench 2, RM-Bench, best-of-n): from --benchmark, or
+    from the first row of a file (`auto`; stdin is read once, so there --benchmark names it)."""
+    from .benchmarks import LIST_BENCHMARKS
+
+    if cfg.benchmark != "auto":
+        return cfg.benchmark in LIST_BENCHMARKS
+    if cfg.features or cfg.input in (None, "-"):
+        return False
+    first = next(iter_examples(Source(path=cfg.input), "skip", []), None)
+    return first is not None and first.is_list
+
+
+def _evaluate_lists(cfg: EvaluateConfig, model: ArmoModel, w: torch.Tensor | None) -> dict:
+    """evaluate on rows with lists of responses, scored by their benchmark's own rule (benchmarks.py)."""
+    from .benchmarks import RowScores, detect, score_benchmark
+
+    for flag, value in (("--pairs-output", cfg.pairs_output), ("--html", cfg.html), ("--resume", cfg.resume),
+                        ("--features", cfg.features)):
+        if value:
+            raise ArmoError(f"{flag}: not yet for rows with lists of responses (RewardBench 2, RM-Bench, best-of-n); "
+                            f"-o writes the report")
+    bb = load_backbone(cfg.backbone or model.backbone["name"], cfg.device, cfg.dtype, fast=True)
+    notes, rows = RowNotes(), []
+    source = Source(path=cfg.input)
+    for groups in iter_scored(model, bb, source, cfg, w, notes=notes):
+        for g in groups:
+            for t, s in zip(g.trees, g.explained["score"].tolist()):
+                n = t.example.n_chosen if t.example.is_list else 1 if t.example.is_pair else None
+                if n is None or (not t.example.is_list and cfg.benchmark in ("rewardbench2", "rm-bench")):
+                    raise ArmoError(f"{source.name}:{t.example.line}: --benchmark {cfg.benchmark} needs rows with lists of "
+                                    f"'chosen' and 'rejected' responses")
+                rows.append((t.index, RowScores(t.example.id, t.example.subset or "all", s, n)))
+    rows = [r for _, r in sorted(rows, key=lambda x: x[0])]
+    benchmark, why = (cfg.benchmark, "--benchmark") if cfg.benchmark != "auto" else detect(rows, pairs=False)
+    report = {"model": str(model.path), "model_info": model_info(model), "input": source_name(cfg.input),
+              "weights": cfg.weights, "objective": cfg.objective, "benchmark_reason": why,
+              **score_benchmark(rows, benchmark, cfg.bootstrap, cfg.seed), **notes.to_json()}
+    if cfg.output:
+        write_texts_atomic({cfg.output: dumps(report, indent=2) + "\n"})
+        info(f"{cfg.output} ({report['n']} rows)", cfg.quiet, done="wrote")
+    show_benchmark(report, cfg.quiet)
+    return report
+
+
+def show_benchmark(report: dict, quiet: bool) -> None:
+    """The tables of a list benchmark's report."""
+    title = f"evaluate ({report['benchmark']}: {report['benchmark_reason']}): {report['n']} rows"
+    if report["benchmark"] == "rm-bench":
+        show(table(title, ["domain", "n", "hard", "normal", "easy", "average"],
+                   [[d, v["n"], v["hard"], v["normal"], v["easy"], v["average"]] for d, v in report["domains"].items()]
+                   + [["all domains", report["n"], report["hard"], report["normal"], report["easy"], report["average"]]]),
+             quiet)
+        for d, v in report["domains"].items():
+            show(table(f"{d}: chosen style (rows) outscores rejected style (columns)", ["", *report["styles"]],
+                       [[s, *row] for s, row in zip(report["styles"], v["matrix"])]), quiet)
+        return
+    base = report["benchmark"] == "best-of-n"
+    show(table(title, ["subset", "n", "score", "95% CI", "ties", *(["random"] if base else [])],
+               [[k, v["n"], v["score"], f"[{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]", v["ties"],
+                 *([v["random_baseline"]] if base else [])] for k, v in report["subsets"].items()]), quiet)
+    show(table("summary", ["metric", "value"], [[f"score ({report['score_kind']})", report["score"]]]
+               + ([["random baseline", report["random_baseline"]]] if base else [])), quiet)
+
+
 def evaluate(cfg: EvaluateConfig) -> dict:
     """Run `armo evaluate` and return its report."""
     check_inputs(cfg, {"--output": cfg.output, "--pairs-output": cfg.pairs_output, "--html": cfg.html})
+    if _has_lists(cfg):
+        model = _load_model(cfg.model)
+        w = _weights(cfg.weights, cfg.objective, model.objectives)
+        return _evaluate_lists(cfg, steered(model, cfg.objective), w)
     if cfg.resume:
         if progress_anchor(cfg) is None:
             raise ArmoError("--resume needs a file output (-o, --pairs-output or --html): the pairs already scored "
@@ -555,8 +634,13 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     check_finite_scores(scores, ids)
     subsets = [s if s is not None else "all" for s in subsets]
     report = evaluate_scores(scores, subsets, lengths, cfg.ties, cfg.bootstrap, cfg.seed)
+    from .benchmarks import RowScores, detect
+
+    benchmark, why = (cfg.benchmark, "--benchmark") if cfg.benchmark != "auto" else \
+        detect([RowScores("", s, [], 1) for s in dict.fromkeys(subsets)], pairs=True)
     report = {"model": str(model.path), "model_info": model_info(model), "input": cfg.features or source_name(cfg.input),
-              "weights": cfg.weights, "objective": cfg.objective, **report, **rows_report}
+              "weights": cfg.weights, "objective": cfg.objective, "benchmark": benchmark, "benchmark_reason": why,
+              **report, **rows_report}
     texts: dict[str, str] = {}
     if cfg.features:
         records = pair_records(model, ids, subsets, ex, lengths) if (cfg.pairs_output or cfg.html) else []

@@ -4,6 +4,7 @@ where the README's names are the example files (`rows.jsonl` is examples/score.j
 Each line must exit 0, and every file it names as an output must appear."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -20,6 +21,16 @@ pytestmark = needs_embedded()
 NAMES = {"rows.jsonl": "score.jsonl", "pairs.jsonl": "pairs.jsonl", "ratings.jsonl": "ratings.jsonl",
          "eval.jsonl": "eval.jsonl"}
 OUTPUT_FLAGS = ("-o", "--pairs-output", "--html", "--model-dir")
+LIST_FILES = {
+    "rb2.jsonl": [{"id": "a", "subset": "Math", "prompt": "What is 2+2?", "chosen": ["4"], "rejected": ["5", "22", "3"],
+                   "num_correct": 1},
+                  {"id": "ref:1", "subset": "Ties", "prompt": "Name a color.", "chosen": ["Red."], "rejected": ["Seven."]},
+                  {"id": "tied:1", "subset": "Ties", "prompt": "Name a color.", "chosen": ["Red.", "Blue."],
+                   "rejected": ["Seven.", "Dog."], "num_correct": 2}],
+    "rm-bench.jsonl": [{"id": "r", "domain": "chat", "prompt": "Say hi.", "chosen": ["Hi!", "Hi there!", "**Hi there!**"],
+                        "rejected": ["Bye.", "Bye now.", "**Bye now.**"]}],
+    "bon.jsonl": [{"id": "b", "subset": "rmb-bon/x", "prompt": "Say hi.", "chosen": ["Hi!"], "rejected": ["Bye.", "No."]}],
+}
 
 
 def readme_lines(start: str, end: str) -> list[tuple[str, str]]:
@@ -50,6 +61,8 @@ def test_the_tour_and_the_training_section_run_as_written(tmp_path, armo_cache):
     shutil.copytree(ROOT / "examples", tmp_path / "examples")
     for name, example in NAMES.items():
         shutil.copyfile(ROOT / "examples" / example, tmp_path / name)
+    for name, rows in LIST_FILES.items():  # small synthetic rows in each benchmark's schema
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
     env = {**os.environ, "ARMO_CACHE": str(armo_cache), "HF_HUB_OFFLINE": "1",
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     have_jq = shutil.which("jq") is not None

@@ -1,0 +1,196 @@
+"""Benchmarks with several responses per row, scored as their authors score them (pure functions over each row's
+scores; `rewardbench.py` keeps RewardBench v1's pairs):
+
+- RewardBench 2 (allenai/reward-bench-2): a row is one chosen and three rejected responses (the Ties subset: several
+  correct ones). A row's result is 1 / (the number of responses tied at the top score) when its first chosen
+  response is at the top, else 0 (`reroll_and_score_dataset`); Ties has its own score over `ref:N` / `tied:N` rows
+  (`process_single_model`); the overall score is the mean of the six subsets.
+- RM-Bench (THU-KEG/RM-Bench): three chosen and three rejected responses in three styles (concise, detailed plain,
+  detailed markdown). Per domain, a 3x3 matrix of how often chosen response i outscores rejected response j; hard is
+  its upper triangle (the chosen one plainer than the rejected one), normal its diagonal, easy its lower triangle.
+- RMB best-of-n: a row is right when its chosen response outscores every rejected one; the random baseline of a row
+  is 1 / (1 + its rejected responses).
+
+Intervals are bootstrapped over rows (a row is resampled whole, never its pairs).
+"""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Callable
+
+from .errors import ArmoError
+from .rewardbench import EXAMPLE_COUNTS, PRIOR_SETS
+
+from .configs import BENCHMARK_NAMES as BENCHMARKS  # noqa: F401  (one list, where the option is declared)
+
+LIST_BENCHMARKS = ("rewardbench2", "rm-bench", "best-of-n")
+RB2_SUBSETS = ("Factuality", "Precise IF", "Math", "Safety", "Focus", "Ties")
+RM_BENCH_DOMAINS = ("chat", "code", "math", "safety")
+RM_BENCH_STYLES = ("concise", "detailed plain", "detailed markdown")
+
+
+@dataclass
+class RowScores:
+    """One evaluated row: its id, subset and the scores of its chosen responses, then its rejected ones."""
+
+    id: str
+    subset: str
+    scores: list[float]
+    n_chosen: int
+
+    @property
+    def chosen(self) -> list[float]:
+        return self.scores[:self.n_chosen]
+
+    @property
+    def rejected(self) -> list[float]:
+        return self.scores[self.n_chosen:]
+
+
+# --- each benchmark's rule for one row -------------------------------------------------------------------
+
+
+def rb2_result(scores: list[float]) -> float:
+    """RewardBench 2's result of a row (chosen first): its first response at the top, the credit shared by a tie."""
+    top = max(scores)
+    return 1.0 / sum(s == top for s in scores) if scores[0] == top else 0.0
+
+
+def best_of_n_result(row: RowScores) -> float:
+    """RMB's best-of-n: every chosen response above every rejected one (a tie is not above)."""
+    return 1.0 if min(row.chosen) > max(row.rejected) else 0.0
+
+
+def rm_bench_matrix(rows: list[RowScores]) -> list[list[float]]:
+    """The mean over rows of [chosen i > rejected j], styles in RM-Bench's order (a tie counts as a loss)."""
+    m = [[0.0] * 3 for _ in range(3)]
+    for r in rows:
+        for i in range(3):
+            for j in range(3):
+                m[i][j] += r.chosen[i] > r.rejected[j]
+    return [[v / len(rows) for v in row] for row in m]
+
+
+def rm_bench_levels(m: list[list[float]]) -> dict[str, float]:
+    """hard: the upper triangle (chosen plainer than rejected), normal: the diagonal, easy: the lower triangle."""
+    hard = (m[0][1] + m[0][2] + m[1][2]) / 3
+    normal = (m[0][0] + m[1][1] + m[2][2]) / 3
+    easy = (m[1][0] + m[2][0] + m[2][1]) / 3
+    return {"hard": hard, "normal": normal, "easy": easy, "average": (hard + normal + easy) / 3}
+
+
+def rb2_ties_score(rows: list[RowScores]) -> float:
+    """RewardBench 2's Ties score (its process_single_model), over rows whose ids are `ref:N` or `tied:N`: a prompt's
+    accuracy on both versions and how far its correct answers stand above the incorrect ones, against their spread."""
+    stats: dict[str, dict[int, dict]] = {"ref": {}, "tied": {}}
+    for r in rows:
+        kind, _, pid = r.id.partition(":")
+        if kind not in stats or not pid.lstrip("-").isdigit():
+            raise ArmoError(f"row {r.id!r}: a Ties row's id is 'ref:N' or 'tied:N' (RewardBench 2's), as the Ties score "
+                            f"pairs the two versions of a prompt")
+        correct, wrong = r.chosen, r.rejected
+        best_c, worst_c, best_w = max(correct), min(correct), max(wrong)
+        stats[kind][int(pid)] = {"accurate": worst_c > best_w,
+                                 "spread": best_c - worst_c if len(correct) > 1 else None,
+                                 "margin": worst_c - best_w}
+    ref, tied = stats["ref"], stats["tied"]
+
+    def mean(xs: list) -> float:
+        return sum(xs) / len(xs) if xs else 0.0
+
+    acc_ref, acc_tied = mean([s["accurate"] for s in ref.values()]), mean([s["accurate"] for s in tied.values()])
+    common = [p for p in tied if p in ref and tied[p]["spread"] is not None]
+    preferred = mean([tied[p]["margin"] > tied[p]["spread"] for p in common])
+    preferred_hard = mean([min(ref[p]["margin"], tied[p]["margin"]) > tied[p]["spread"] for p in common])
+    ratios = [min(ref[p]["margin"], tied[p]["margin"]) / tied[p]["spread"] for p in common if tied[p]["spread"] > 0]
+    margin_score = mean([math.tanh(x - 1) for x in ratios])
+    return 0.3 * acc_tied + 0.3 * acc_ref + 0.2 * preferred + 0.2 * preferred_hard + 0.01 * margin_score
+
+
+# --- which rule, and the report ----------------------------------------------------------------------------
+
+
+def detect(rows: list[RowScores], pairs: bool) -> tuple[str, str]:
+    """The benchmark whose rule fits these rows, and why: by shape (lists of responses or pairs), then by subset."""
+    subsets = {r.subset for r in rows}
+    if pairs:
+        known = subsets & (set(EXAMPLE_COUNTS) | set(PRIOR_SETS))
+        if known:
+            return "rewardbench", f"pairs whose subsets are RewardBench's ({len(known)} of them)"
+        return "pairs", "pairs without RewardBench subsets"
+    if subsets <= set(RB2_SUBSETS):
+        return "rewardbench2", f"rows with lists of responses in RewardBench 2's subsets ({', '.join(sorted(subsets))})"
+    if all(len(r.chosen) == 3 and len(r.rejected) == 3 for r in rows) and \
+            all(s.split("-")[0] in RM_BENCH_DOMAINS for s in subsets):
+        return "rm-bench", "rows of 3 chosen and 3 rejected responses in RM-Bench's domains"
+    return "best-of-n", "rows with lists of responses outside RewardBench 2's and RM-Bench's subsets"
+
+
+def bootstrap_ci(rows: list, stat: Callable[[list], float], n_boot: int, seed: int) -> list[float]:
+    """95% percentile interval of `stat` over rows resampled with replacement (whole rows)."""
+    if n_boot <= 0 or not rows:
+        return [float("nan"), float("nan")]
+    rng = random.Random(seed)
+    vals = sorted(stat([rows[rng.randrange(len(rows))] for _ in rows]) for _ in range(n_boot))
+    return [vals[int(0.025 * (n_boot - 1))], vals[int(math.ceil(0.975 * (n_boot - 1)))]]
+
+
+def _ties(row: RowScores) -> int:
+    """Responses tied with a score of the other side: what a tie rule decided on."""
+    return sum(c == r for c in row.chosen for r in row.rejected)
+
+
+def score_benchmark(rows: list[RowScores], benchmark: str, n_boot: int = 1000, seed: int = 0) -> dict:
+    """The report of a list benchmark: per subset (or domain) its score and interval, the overall score as the
+    benchmark's authors compute it, and the ties the rule decided."""
+    if not rows:
+        raise ArmoError("no rows to evaluate")
+    by: dict[str, list[RowScores]] = {}
+    for r in rows:
+        by.setdefault(r.subset, []).append(r)
+    out: dict = {"benchmark": benchmark, "n": len(rows), "ties": sum(_ties(r) > 0 for r in rows)}
+    if benchmark == "rm-bench":
+        for r in rows:
+            if len(r.chosen) != 3 or len(r.rejected) != 3:
+                raise ArmoError(f"row {r.id!r}: RM-Bench rows have 3 chosen and 3 rejected responses "
+                                f"({len(r.chosen)} and {len(r.rejected)} here)")
+        domains = {}
+        for name, rs in sorted(by.items()):
+            m = rm_bench_matrix(rs)
+            ci = {k: bootstrap_ci(rs, lambda x, k=k: rm_bench_levels(rm_bench_matrix(x))[k], n_boot, seed)
+                  for k in ("hard", "normal", "easy", "average")}
+            domains[name] = {"n": len(rs), "matrix": m, **rm_bench_levels(m), "ci95": ci}
+        levels = {k: sum(d[k] for d in domains.values()) / len(domains) for k in ("hard", "normal", "easy", "average")}
+        out.update(styles=list(RM_BENCH_STYLES), domains=domains, **levels, score=levels["average"],
+                   score_kind="rm-bench average of hard, normal and easy, over domains")
+        return out
+    rule = rb2_result if benchmark == "rewardbench2" else None
+    subsets = {}
+    for name, rs in sorted(by.items()):
+        if benchmark == "rewardbench2" and name == "Ties":
+            value = rb2_ties_score(rs)
+            ci = bootstrap_ci(rs, rb2_ties_score, n_boot, seed)
+        else:
+            results = [rule(r.scores) if rule else best_of_n_result(r) for r in rs]
+            value = sum(results) / len(results)
+            ci = bootstrap_ci(results, lambda x: sum(x) / len(x), n_boot, seed)
+        entry = {"n": len(rs), "score": value, "ci95": ci, "ties": sum(_ties(r) > 0 for r in rs)}
+        if benchmark == "best-of-n":
+            entry["random_baseline"] = sum(1 / (1 + len(r.rejected)) for r in rs) / len(rs)
+        subsets[name] = entry
+    out["subsets"] = subsets
+    if benchmark == "rewardbench2":
+        present = [s for s in RB2_SUBSETS if s in subsets]
+        out["score"] = sum(subsets[s]["score"] for s in present) / len(present)
+        missing = [s for s in RB2_SUBSETS if s not in subsets]
+        out["score_kind"] = "rewardbench2" if not missing else "rewardbench2, partial"
+        out["missing_subsets"] = missing
+    else:
+        results = [best_of_n_result(r) for r in rows]
+        out["score"] = sum(results) / len(results)
+        out["ci95"] = bootstrap_ci(results, lambda x: sum(x) / len(x), n_boot, seed)
+        out["random_baseline"] = sum(1 / (1 + len(r.rejected)) for r in rows) / len(rows)
+        out["score_kind"] = "best-of-n accuracy over rows"
+    return out

@@ -1,0 +1,177 @@
+"""Rows with lists of responses (RewardBench 2, RM-Bench, RMB best-of-n), scored by each benchmark's own rule.
+
+RewardBench 2's rules are checked against its authors' own functions (`reroll_and_score_dataset`,
+`sample_stats`, `process_single_model`) from the `rewardbench` package on the registry. Importing that package
+loads its model zoo, which needs transformers 4.51; so the test reads the package's installed `utils.py` and runs
+those three functions from it, unchanged. RM-Bench's rule is checked on a fixture whose matrix is worked out by
+hand from its authors' `compute_accuracy` (THU-KEG/RM-Bench)."""
+from __future__ import annotations
+
+import ast
+import json
+import math
+import random
+
+import pytest
+
+from conftest import armo, write_jsonl
+from armo_cli.benchmarks import (RowScores, best_of_n_result, bootstrap_ci, detect, rb2_result, rb2_ties_score,
+                                 rm_bench_levels, rm_bench_matrix, score_benchmark)
+from armo_cli.errors import ArmoError
+
+
+def authors_rewardbench2():
+    """The three scoring functions of the installed rewardbench package, from its source."""
+    import importlib.metadata
+
+    try:
+        dist = importlib.metadata.distribution("rewardbench")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("rewardbench is not installed (.ci/run installs it with --no-deps)")
+    path = next(f for f in dist.files if str(f).endswith("rewardbench/utils.py")).locate()
+    tree = ast.parse(path.read_text())
+    wanted = {"reroll_and_score_dataset", "sample_stats", "process_single_model"}
+    code = ast.Module([n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in wanted], type_ignores=[])
+    import numpy as np
+    import pandas as pd
+    from datasets import Dataset
+
+    ns = {"np": np, "pd": pd, "Dataset": Dataset, "math": math}
+    exec(compile(code, str(path), "exec"), ns)
+    return ns
+
+
+def random_rb2_rows(rng: random.Random, n: int, subset: str) -> list[RowScores]:
+    rows = []
+    for i in range(n):
+        scores = [round(rng.gauss(0, 1), 1) for _ in range(4)]  # rounded: ties at the top happen
+        rows.append(RowScores(f"{subset}-{i}", subset, scores, 1))
+    return rows
+
+
+def test_rewardbench2_rows_score_as_its_authors_code_does():
+    ns = authors_rewardbench2()
+    from datasets import Dataset
+
+    rng = random.Random(0)
+    rows = random_rb2_rows(rng, 200, "Math")
+    flat = Dataset.from_dict({"text": [f"{r.id}/{k}" for r in rows for k in range(4)],
+                              "scores": [s for r in rows for s in r.scores],
+                              "id": [r.id for r in rows for _ in range(4)]})
+    theirs = ns["reroll_and_score_dataset"](flat, [4] * len(rows), cols_to_combine=["text", "scores"])["results"]
+    ours = [rb2_result(r.scores) for r in rows]
+    assert ours == pytest.approx(theirs, abs=0) and any(0 < x < 1 for x in ours)  # ties shared the credit
+    report = score_benchmark(rows, "rewardbench2", n_boot=50)
+    assert report["subsets"]["Math"]["score"] == pytest.approx(sum(theirs) / len(theirs))
+    assert report["score_kind"] == "rewardbench2, partial" and "Ties" in report["missing_subsets"]
+
+
+def test_rewardbench2_ties_score_is_its_authors_process_single_model():
+    ns = authors_rewardbench2()
+    from datasets import Dataset
+
+    rng = random.Random(1)
+    rows = []
+    for pid in range(40):
+        for kind in ("ref", "tied"):
+            n_correct = 1 if kind == "ref" else rng.randint(2, 4)
+            scores = [round(rng.gauss(0.5 if k < n_correct else 0, 1), 2) for k in range(n_correct + rng.randint(1, 3))]
+            rows.append(RowScores(f"{kind}:{pid}", "Ties", scores, n_correct))
+    rows = [r for r in rows if not (r.id.startswith("tied") and r.id.endswith(("7", "3")))]  # prompts with ref only
+    ds = Dataset.from_dict({"id": [r.id for r in rows], "scores": [r.scores for r in rows],
+                            "num_correct": [r.n_chosen for r in rows]})
+    _, theirs = ns["process_single_model"](ds)
+    assert rb2_ties_score(rows) == pytest.approx(theirs, abs=1e-12)
+    with pytest.raises(ArmoError, match="'ref:N' or 'tied:N'"):
+        rb2_ties_score([RowScores("x", "Ties", [1.0, 0.0], 1)])
+
+
+def test_rm_bench_matrix_and_levels_on_a_worked_fixture():
+    """Two rows; row 1: chosen (concise, plain, markdown) = (1, 2, 3), rejected = (0, 1.5, 2.5); row 2: every chosen
+    response 0, every rejected 1 (all lost). Worked from the authors' compute_accuracy: entry (i, j) is the share of
+    rows where chosen i > rejected j (a tie is a loss), hard the upper triangle, normal the diagonal, easy the lower."""
+    rows = [RowScores("a", "chat", [1, 2, 3, 0, 1.5, 2.5], 3), RowScores("b", "chat", [0, 0, 0, 1, 1, 1], 3)]
+    m = rm_bench_matrix(rows)
+    assert m == [[0.5, 0.0, 0.0], [0.5, 0.5, 0.0], [0.5, 0.5, 0.5]]
+    assert rm_bench_levels(m) == {"hard": 0.0, "normal": 0.5, "easy": 0.5, "average": pytest.approx(1 / 3)}
+    rep = score_benchmark(rows + [RowScores("c", "code", [2, 2, 2, 1, 1, 2], 3)], "rm-bench", n_boot=20)
+    assert rep["domains"]["code"]["matrix"] == [[1.0, 1.0, 0.0]] * 3  # 2 > 2 is not a win
+    assert rep["domains"]["code"]["hard"] == pytest.approx(1 / 3)  # (1 + 0 + 0) / 3
+    assert rep["hard"] == pytest.approx((0.0 + 1 / 3) / 2)  # the mean over domains
+    with pytest.raises(ArmoError, match="3 chosen and 3 rejected"):
+        score_benchmark([RowScores("d", "chat", [1, 0], 1)], "rm-bench")
+
+
+def test_best_of_n_ties_baseline_and_row_bootstrap():
+    rows = [RowScores("a", "s", [1.0, 0.5, 0.2], 1), RowScores("b", "s", [1.0, 1.0], 1),
+            RowScores("c", "s", [0.0, 0.5, 0.1, 0.2], 1)]
+    assert [best_of_n_result(r) for r in rows] == [1.0, 0.0, 0.0]  # a tie is not above
+    rep = score_benchmark(rows, "best-of-n", n_boot=200)
+    assert rep["score"] == pytest.approx(1 / 3) and rep["subsets"]["s"]["ties"] == 1
+    assert rep["random_baseline"] == pytest.approx((1 / 3 + 1 / 2 + 1 / 4) / 3)
+    # intervals resample rows: one row resampled is always itself
+    assert bootstrap_ci([0.25], lambda x: sum(x) / len(x), 100, 0) == [0.25, 0.25]
+    lo, hi = rep["ci95"]
+    assert 0.0 <= lo <= rep["score"] <= hi <= 1.0
+
+
+def test_auto_names_the_rule_and_why():
+    rb2 = [RowScores("a", "Math", [1, 0, 0, 0], 1), RowScores("ref:1", "Ties", [1, 0], 1)]
+    assert detect(rb2, pairs=False)[0] == "rewardbench2"
+    rmb = [RowScores("a", "chat", [1, 2, 3, 0, 0, 0], 3), RowScores("b", "safety-refuse", [1] * 6, 3)]
+    assert detect(rmb, pairs=False)[0] == "rm-bench"
+    assert detect([RowScores("a", "rmb-bon/Helpfulness/x", [1, 0, 0], 1)], pairs=False)[0] == "best-of-n"
+    assert detect([RowScores("", "alpacaeval-easy", [], 1)], pairs=True)[0] == "rewardbench"
+    assert detect([RowScores("", "mine", [], 1)], pairs=True) == ("pairs", "pairs without RewardBench subsets")
+
+
+# --- through the commands --------------------------------------------------------------------------------
+
+
+LIST_ROWS = [
+    {"id": "m1", "subset": "Math", "prompt": "what is 2 and 2", "chosen": ["4"], "rejected": ["5", "22", "3"], "num_correct": 1},
+    {"id": "m2", "subset": "Focus", "prompt": "say yes", "chosen": ["yes"], "rejected": ["no", "maybe", "sure"]},
+    {"id": "ref:1", "subset": "Ties", "prompt": "name a color", "chosen": ["red"], "rejected": ["seven"]},
+    {"id": "tied:1", "subset": "Ties", "prompt": "name a color", "chosen": ["red", "blue"], "rejected": ["seven", "dog"],
+     "num_correct": 2},
+]
+
+
+def test_score_writes_a_record_for_every_response_and_shares_the_prompt(tiny_model, tmp_path):
+    """A list row's responses run as one tree over one prompt: each gets the reward it gets scored alone (1e-5)."""
+    f = write_jsonl(tmp_path / "lists.jsonl", LIST_ROWS)
+    r = armo("score", "-m", tiny_model / "model", f, "-q")
+    assert r.code == 0, r.stderr
+    recs = [json.loads(x) for x in r.stdout.splitlines()]
+    assert [(len(x["chosen"]), len(x["rejected"])) for x in recs] == [(1, 3), (1, 3), (1, 1), (2, 2)]
+    assert recs[0]["subset"] == "Math" and set(recs[0]["chosen"][0]) >= {"score", "rewards", "top_objectives"}
+    singles = write_jsonl(tmp_path / "singles.jsonl", [{"prompt": row["prompt"], "response": x}
+                                                       for row in LIST_ROWS for x in row["chosen"] + row["rejected"]])
+    r = armo("score", "-m", tiny_model / "model", singles, "-q")
+    alone = [json.loads(x)["score"] for x in r.stdout.splitlines()]
+    together = [s["score"] for x in recs for s in x["chosen"] + x["rejected"]]
+    assert together == pytest.approx(alone, abs=1e-5)
+
+
+def test_evaluate_detects_rewardbench2_and_writes_its_report(tiny_model, tmp_path):
+    f = write_jsonl(tmp_path / "rb2.jsonl", LIST_ROWS)
+    r = armo("evaluate", "-m", tiny_model / "model", f, "-o", tmp_path / "rep.json", "--bootstrap", "50")
+    assert r.code == 0, r.stderr
+    rep = json.loads((tmp_path / "rep.json").read_text())
+    assert rep["benchmark"] == "rewardbench2" and "RewardBench 2's subsets" in rep["benchmark_reason"]
+    assert sorted(rep["subsets"]) == ["Focus", "Math", "Ties"] and rep["score_kind"] == "rewardbench2, partial"
+    assert "rewardbench2" in r.stderr
+    r = armo("evaluate", "-m", tiny_model / "model", f, "--pairs-output", tmp_path / "p.jsonl")
+    assert r.code == 2 and "--pairs-output: not yet for rows with lists of responses" in r.stderr
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"}])
+    r = armo("evaluate", "-m", tiny_model / "model", pairs, "--benchmark", "rm-bench")
+    assert r.code == 2 and "--benchmark rm-bench needs rows with lists" in r.stderr
+
+
+def test_extract_refuses_list_rows_by_line(tiny_backbone, tmp_path, armo_cache, monkeypatch):
+    monkeypatch.setenv("ARMO_CACHE", str(armo_cache))
+    f = write_jsonl(tmp_path / "l.jsonl", LIST_ROWS)
+    r = armo("extract", f, "--backbone", tiny_backbone, "-o", tmp_path / "f.st", "-q")
+    assert r.code == 2 and r.stderr.strip() == (f"error: {f}:1: a row with lists of 'chosen' and 'rejected' responses: "
+                                                f"extract does not take them yet (score and evaluate do)")
+    assert not (tmp_path / "f.st").exists()
