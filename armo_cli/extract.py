@@ -26,7 +26,7 @@ from .io import (check_input_file, check_output_file, claim_parts, load_artifact
 from .options import validate
 from .provenance import FeatureMeaning
 from .rendering import Renderer, Tree, length_limit, sized_tree, tokenized
-from .rows import Example, Skipped, Source, iter_examples, locked_source
+from .rows import Example, Skipped, Source, as_pairs, iter_examples, locked_source
 
 
 @dataclass
@@ -51,11 +51,8 @@ def _scan(source: Source, renderer: Renderer, cfg: ExtractConfig, skipped: list[
     held: list[Tree] = []
     objectives: dict[str, None] = {}
     is_pair: bool | None = None
-    for i, ex, tree in tokenized(iter_examples(source, cfg.on_error, skipped), renderer):
+    for i, ex, tree in tokenized(as_pairs(iter_examples(source, cfg.on_error, skipped)), renderer):
         where = f"{source.name}:{ex.line}"
-        if ex.is_list:
-            raise ArmoError(f"{where}: a row with lists of 'chosen' and 'rejected' responses: extract does not take them "
-                            f"yet (score and evaluate do)")
         if is_pair is None:
             is_pair = ex.is_pair
         elif is_pair != ex.is_pair:
@@ -229,7 +226,7 @@ def _compute_chunks(cfg: ExtractConfig, source: Source, backbone: Backbone, rend
     keep_index = {i for c in mine for (i, _, _) in chunks[c]}
 
     def wanted() -> Iterator[tuple[int, Example]]:
-        for i, ex in enumerate(iter_examples(source, cfg.on_error, None)):
+        for i, ex in enumerate(as_pairs(iter_examples(source, cfg.on_error, None))):
             if i in keep_index:
                 yield i, ex
 

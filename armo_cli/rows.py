@@ -5,7 +5,7 @@ import contextlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from .errors import ArmoError, one_line
 from .io import iter_jsonl, output_lock, sha256_json, spool_stdin, strict_json
@@ -122,6 +122,21 @@ def _response_list(value: Any, where: str, fieldname: str) -> list[str] | None:
     if not value:
         raise RowError(f"{where}: field '{fieldname}': an empty list of responses")
     return [_text(v, where, f"{fieldname}[{i}]") for i, v in enumerate(value)]
+
+
+def as_pairs(examples: Iterable[Example]) -> Iterator[Example]:
+    """Rows with lists of responses as the pairs they hold, each chosen response against each rejected one (a best-of-n
+    row with n losers is n pairs, an RM-Bench row 9): what a features file and the gate take. Other rows pass as they
+    are. A pair's id is the row's, then `/c{i}-r{j}`."""
+    for ex in examples:
+        if not ex.is_list:
+            yield ex
+            continue
+        chosen, rejected = ex.responses[:ex.n_chosen], ex.responses[ex.n_chosen:]
+        for i, c in enumerate(chosen):
+            for j, r in enumerate(rejected):
+                yield Example(id=f"{ex.id}/c{i}-r{j}", prompt=ex.prompt, responses=[c, r], ratings=ex.ratings,
+                              subset=ex.subset, line=ex.line)
 
 
 def parse_row(obj: Any, where: str) -> Example:

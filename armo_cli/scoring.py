@@ -544,33 +544,59 @@ def _has_lists(cfg: EvaluateConfig) -> bool:
 
 
 def _evaluate_lists(cfg: EvaluateConfig, model: ArmoModel, w: torch.Tensor | None) -> dict:
-    """evaluate on rows with lists of responses, scored by their benchmark's own rule (benchmarks.py)."""
+    """evaluate on rows with lists of responses, scored by their benchmark's own rule (benchmarks.py). The rows'
+    records (`armo score`'s, a list per side) go to --pairs-output; with a file output the scoring is a resumable job,
+    as for pairs."""
     from .benchmarks import RowScores, detect, score_benchmark
 
-    for flag, value in (("--pairs-output", cfg.pairs_output), ("--html", cfg.html), ("--resume", cfg.resume),
-                        ("--features", cfg.features)):
+    for flag, value in (("--html", cfg.html), ("--features", cfg.features)):
         if value:
             raise ArmoError(f"{flag}: not yet for rows with lists of responses (RewardBench 2, RM-Bench, best-of-n); "
-                            f"-o writes the report")
+                            f"-o writes the report, --pairs-output each row's scores")
     bb = load_backbone(cfg.backbone or model.backbone["name"], cfg.device, cfg.dtype, fast=True)
-    notes, rows = RowNotes(), []
-    source = Source(path=cfg.input)
-    for groups in iter_scored(model, bb, source, cfg, w, notes=notes):
+    notes = RowNotes()
+
+    def check(t: Tree, name: str) -> None:
+        if not (t.example.is_list or (t.example.is_pair and cfg.benchmark in ("auto", "best-of-n"))):
+            raise ArmoError(f"{name}:{t.example.line}: --benchmark {cfg.benchmark} needs rows with lists of 'chosen' "
+                            f"and 'rejected' responses")
+
+    def window(groups: list[Scored], name: str) -> list[dict]:
         for g in groups:
-            for t, s in zip(g.trees, g.explained["score"].tolist()):
-                n = t.example.n_chosen if t.example.is_list else 1 if t.example.is_pair else None
-                if n is None or (not t.example.is_list and cfg.benchmark in ("rewardbench2", "rm-bench")):
-                    raise ArmoError(f"{source.name}:{t.example.line}: --benchmark {cfg.benchmark} needs rows with lists of "
-                                    f"'chosen' and 'rejected' responses")
-                rows.append((t.index, RowScores(t.example.id, t.example.subset or "all", s, n)))
-    rows = [r for _, r in sorted(rows, key=lambda x: x[0])]
+            for t in g.trees:
+                check(t, name)
+        return [{**r, "subset": r.get("subset") or "all"} for r in window_records(model, groups, 3)]
+
+    anchor = progress_anchor(cfg)
+    if anchor is None:
+        source = Source(path=cfg.input)
+        records = [r for groups in iter_scored(model, bb, source, cfg, w, notes=notes) for r in window(groups, source.name)]
+    else:
+        with locked_source(anchor, cfg.input) as source:
+            progress = windows_job(cfg, model, bb, source, w, anchor, {"records": "evaluate lists"},
+                                   lambda groups: window(groups, source.name), lambda t: check(t, source.name), notes)
+            records = [json.loads(line) for line in progress.text().splitlines()]
+
+    def side(x: dict | list) -> list[float]:
+        return [y["score"] for y in x] if isinstance(x, list) else [x["score"]]
+
+    rows = [RowScores(r["id"], r["subset"], side(r["chosen"]) + side(r["rejected"]), len(side(r["chosen"])))
+            for r in records]
     benchmark, why = (cfg.benchmark, "--benchmark") if cfg.benchmark != "auto" else detect(rows, pairs=False)
     report = {"model": str(model.path), "model_info": model_info(model), "input": source_name(cfg.input),
               "weights": cfg.weights, "objective": cfg.objective, "benchmark_reason": why,
               **score_benchmark(rows, benchmark, cfg.bootstrap, cfg.seed), **notes.to_json()}
+    texts = {}
+    if cfg.pairs_output:
+        texts[cfg.pairs_output] = "".join(dumps(r) + "\n" for r in records)
     if cfg.output:
-        write_texts_atomic({cfg.output: dumps(report, indent=2) + "\n"})
-        info(f"{cfg.output} ({report['n']} rows)", cfg.quiet, done="wrote")
+        texts[cfg.output] = dumps(report, indent=2) + "\n"
+    write_texts_atomic(texts)
+    if anchor is not None:
+        discard_progress(anchor)
+    written = [p for p in (cfg.output, cfg.pairs_output) if p and p != "-"]
+    if written:
+        info(f"{', '.join(written)} ({report['n']} rows)", cfg.quiet, done="wrote")
     show_benchmark(report, cfg.quiet)
     return report
 

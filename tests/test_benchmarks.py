@@ -161,17 +161,81 @@ def test_evaluate_detects_rewardbench2_and_writes_its_report(tiny_model, tmp_pat
     assert rep["benchmark"] == "rewardbench2" and "RewardBench 2's subsets" in rep["benchmark_reason"]
     assert sorted(rep["subsets"]) == ["Focus", "Math", "Ties"] and rep["score_kind"] == "rewardbench2, partial"
     assert "rewardbench2" in r.stderr
-    r = armo("evaluate", "-m", tiny_model / "model", f, "--pairs-output", tmp_path / "p.jsonl")
-    assert r.code == 2 and "--pairs-output: not yet for rows with lists of responses" in r.stderr
+    r = armo("evaluate", "-m", tiny_model / "model", f, "--pairs-output", tmp_path / "rows.jsonl", "-q")
+    assert r.code == 0, r.stderr
+    rows = [json.loads(x) for x in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    scored = [json.loads(x) for x in armo("score", "-m", tiny_model / "model", f, "-q").stdout.splitlines()]
+    assert [x["chosen"] for x in rows] == [x["chosen"] for x in scored]  # armo score's records, one shape
+    r = armo("evaluate", "-m", tiny_model / "model", f, "--html", tmp_path / "r.html")
+    assert r.code == 2 and "--html: not yet for rows with lists of responses" in r.stderr
     pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"}])
     r = armo("evaluate", "-m", tiny_model / "model", pairs, "--benchmark", "rm-bench")
     assert r.code == 2 and "--benchmark rm-bench needs rows with lists" in r.stderr
 
 
-def test_extract_refuses_list_rows_by_line(tiny_backbone, tmp_path, armo_cache, monkeypatch):
+def test_extract_takes_a_list_row_as_its_pairs(tiny_backbone, tmp_path, armo_cache, monkeypatch):
+    """For a features file and the gate, a list row is each chosen response against each rejected one (a best-of-n
+    row with 3 losers is 3 pairs, a Ties row with 2 and 2 is 4): the same features as those pairs written out."""
+    from armo_cli.features import Features
+
     monkeypatch.setenv("ARMO_CACHE", str(armo_cache))
     f = write_jsonl(tmp_path / "l.jsonl", LIST_ROWS)
-    r = armo("extract", f, "--backbone", tiny_backbone, "-o", tmp_path / "f.st", "-q")
-    assert r.code == 2 and r.stderr.strip() == (f"error: {f}:1: a row with lists of 'chosen' and 'rejected' responses: "
-                                                f"extract does not take them yet (score and evaluate do)")
-    assert not (tmp_path / "f.st").exists()
+    assert armo("extract", f, "--backbone", tiny_backbone, "-o", tmp_path / "l.st", "-q").code == 0
+    flat = [{"id": f"{row['id']}/c{i}-r{j}", "subset": row["subset"], "prompt": row["prompt"], "chosen": c, "rejected": r}
+            for row in LIST_ROWS for i, c in enumerate(row["chosen"]) for j, r in enumerate(row["rejected"])]
+    g = write_jsonl(tmp_path / "p.jsonl", flat)
+    assert armo("extract", g, "--backbone", tiny_backbone, "-o", tmp_path / "p.st", "-q").code == 0
+    a, b = Features.load(tmp_path / "l.st"), Features.load(tmp_path / "p.st")
+    assert a.ids == b.ids == [x["id"] for x in flat] and len(a.ids) == 3 + 3 + 1 + 4
+    assert a.pair and a.tensors["response_features"].allclose(b.tensors["response_features"], atol=1e-5)
+
+
+def test_rewardbench_v1_sections_are_its_authors_calculate_scores_per_section():
+    """armo's v1 section scores against the package's own function and constants, from its installed source."""
+    import importlib.metadata
+
+    from armo_cli.rewardbench import EXAMPLE_COUNTS, SECTIONS, section_scores
+
+    try:
+        dist = importlib.metadata.distribution("rewardbench")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("rewardbench is not installed (.ci/run installs it with --no-deps)")
+    src = {str(f): f.locate().read_text() for f in dist.files if str(f).endswith(("rewardbench/utils.py", "rewardbench/constants.py"))}
+    utils = ast.parse(next(v for k, v in src.items() if k.endswith("utils.py")))
+    ns: dict = {}
+    exec(compile(ast.Module([n for n in utils.body if isinstance(n, ast.FunctionDef)
+                             and n.name == "calculate_scores_per_section"], type_ignores=[]), "utils", "exec"), ns)
+    exec(next(v for k, v in src.items() if k.endswith("constants.py")), ns)
+    assert ns["EXAMPLE_COUNTS"] == {k: v for k, v in EXAMPLE_COUNTS.items() if k in ns["EXAMPLE_COUNTS"]}
+    assert {k: sorted(v) for k, v in ns["SUBSET_MAPPING"].items()} == {k: sorted(v) for k, v in SECTIONS.items()}
+    rng = random.Random(2)
+    acc = {s: rng.random() for subsets in SECTIONS.values() for s in subsets}
+    theirs = ns["calculate_scores_per_section"](ns["EXAMPLE_COUNTS"], ns["SUBSET_MAPPING"], acc)
+    ours, overall, info = section_scores(acc)
+    assert ours == pytest.approx(theirs, abs=1e-12) and info["complete"]
+    assert overall == pytest.approx(sum(theirs.values()) / 4)
+
+
+def test_an_interrupted_list_evaluate_resumes_to_the_same_report(tiny_model, tmp_path, monkeypatch):
+    import armo_cli.scoring as scoring
+
+    monkeypatch.setattr(scoring, "WINDOW_ROWS", 2)
+    f = write_jsonl(tmp_path / "l.jsonl", LIST_ROWS * 3)
+    args = ("evaluate", "-m", tiny_model / "model", f, "--bootstrap", "50", "-q")
+    assert armo(*args, "-o", tmp_path / "ref.json").code == 0
+    real, seen = scoring.score_trees, []
+
+    def stop(*a, **k):
+        seen.append(1)
+        if len(seen) > 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(scoring, "score_trees", stop)
+    (tmp_path / "out").mkdir()
+    assert armo(*args, "-o", tmp_path / "out" / "ref.json").code == 130
+    monkeypatch.setattr(scoring, "score_trees", real)
+    assert (tmp_path / "out" / "ref.json.parts").is_dir()
+    assert armo(*args, "-o", tmp_path / "out" / "ref.json", "--resume").code == 0
+    assert (tmp_path / "out" / "ref.json").read_bytes() == (tmp_path / "ref.json").read_bytes()
+    assert not (tmp_path / "out" / "ref.json.parts").exists()
