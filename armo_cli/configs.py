@@ -149,6 +149,9 @@ class ModelInputConfig:
     input: str | None = opt(None, "JSONL rows (any extract shape) or '-'.")
     model: str | None = opt(None, "Model directory (default: the shipped model).")
     features: str | None = opt(None, "Score extracted features instead of INPUT.")
+    dataset: str | None = opt(None, "Rows from a datasets name (allenai/reward-bench-2, THU-KEG/RM-Bench; needs the hub) "
+                                    "or a local parquet / JSON / JSONL file, instead of INPUT.")
+    split: str = opt("train", "Dataset split (with --dataset; RewardBench 2's is 'test').")
     weights: str | None = opt(None, "NAME=W,... fixed weights instead of the gate (finite; negative penalises).")
     objective: str | None = opt(None, "Use one (decorrelated) objective as the score.")
     backbone: str | None = opt(None, "Override where the model's backbone is loaded from.")

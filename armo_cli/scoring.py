@@ -39,13 +39,18 @@ def parse_weights(spec: str, objectives: list[str]) -> torch.Tensor:
     return torch.tensor(specs.parse_weights(spec, objectives))
 
 
+def _source(cfg: ModelInputConfig) -> Source:
+    return Source(path=cfg.input, dataset=cfg.dataset, split=cfg.split, quiet=cfg.quiet)
+
+
 def check_inputs(cfg: ModelInputConfig, outputs: dict[str, str | None]) -> None:
-    """Before any work: options in range, exactly one of INPUT and --features, outputs writable."""
+    """Before any work: options in range, exactly one of INPUT, --dataset and --features, outputs writable."""
     validate(cfg)
-    if cfg.features and cfg.input is not None:
-        raise ArmoError("give INPUT or --features, not both")
-    if cfg.features is None and cfg.input is None:
-        raise ArmoError("give INPUT (JSONL or -) or --features FILE")
+    given = [name for name, v in (("INPUT", cfg.input), ("--dataset", cfg.dataset), ("--features", cfg.features)) if v]
+    if len(given) > 1:
+        raise ArmoError(f"give one of INPUT, --dataset and --features, not {' and '.join(given)}")
+    if not given:
+        raise ArmoError("give INPUT (JSONL or -), --dataset NAME or --features FILE")
     for src in (cfg.input, cfg.features):
         if src is not None and src != "-":
             check_input_file(src)
@@ -322,7 +327,7 @@ def score(cfg: ScoreConfig, model: ArmoModel | None = None, backbone: Backbone |
         bb = backbone
         if cfg.output != "-" and fmt == "jsonl":
             return _score_to_file(cfg, model, bb, w)
-        source = Source(path=cfg.input)
+        source = _source(cfg)
         windows = (window_records(model, groups, cfg.top_k) for groups in iter_scored(model, bb, source, cfg, w))
     n = 0
     with _text_output(cfg.output) as fh:
@@ -346,7 +351,7 @@ def score(cfg: ScoreConfig, model: ArmoModel | None = None, backbone: Backbone |
 
 def _score_to_file(cfg: ScoreConfig, model: ArmoModel, bb: Backbone, weights: torch.Tensor | None) -> int:
     """`score -o FILE` as a resumable job (`windows_job`): FILE appears, whole, at the end."""
-    with locked_source(cfg.output, cfg.input) as source:
+    with locked_source(cfg.output, cfg.input, cfg.dataset, cfg.split, cfg.quiet) as source:
         progress = windows_job(cfg, model, bb, source, weights, cfg.output, {"records": "score", "top_k": cfg.top_k},
                                lambda groups: window_records(model, groups, cfg.top_k))
         progress.publish()
@@ -434,10 +439,6 @@ def model_info(model: ArmoModel) -> dict:
             "transform": model.decorrelation.transform.tolist()}
 
 
-def source_name(path: str | None) -> str | None:
-    return "<stdin>" if path == "-" else path
-
-
 def pair_records(model: ArmoModel, ids: list[str], subsets: list[str], ex: dict[str, torch.Tensor],
                  lengths: torch.Tensor, top_k: int = 3) -> list[dict]:
     """`--pairs-output`: `armo score`'s record of each pair (one shape for a scored pair everywhere: `.chosen.score`,
@@ -520,11 +521,11 @@ def _evaluate_rows(cfg: EvaluateConfig, model: ArmoModel, bb: Backbone, weights:
 
     anchor = progress_anchor(cfg)
     if anchor is None:
-        source = Source(path=cfg.input)
+        source = _source(cfg)
         records = [r for groups in iter_scored(model, bb, source, cfg, weights, notes=notes)
                    for r in window_pairs(groups, source.name)]
         return records, notes.to_json()
-    with locked_source(anchor, cfg.input) as source:
+    with locked_source(anchor, cfg.input, cfg.dataset, cfg.split, cfg.quiet) as source:
         progress = windows_job(cfg, model, bb, source, weights, anchor, {"records": "evaluate pairs"},
                                lambda groups: window_pairs(groups, source.name), lambda t: check(t, source.name), notes)
         return [json.loads(line) for line in progress.text().splitlines()], notes.to_json()
@@ -537,9 +538,9 @@ def _has_lists(cfg: EvaluateConfig) -> bool:
 
     if cfg.benchmark != "auto":
         return cfg.benchmark in LIST_BENCHMARKS
-    if cfg.features or cfg.input in (None, "-"):
+    if cfg.features or cfg.input == "-":
         return False
-    first = next(iter_examples(Source(path=cfg.input), "skip", []), None)
+    first = next(iter_examples(_source(cfg), "skip", []), None)
     return first is not None and first.is_list
 
 
@@ -569,10 +570,10 @@ def _evaluate_lists(cfg: EvaluateConfig, model: ArmoModel, w: torch.Tensor | Non
 
     anchor = progress_anchor(cfg)
     if anchor is None:
-        source = Source(path=cfg.input)
+        source = _source(cfg)
         records = [r for groups in iter_scored(model, bb, source, cfg, w, notes=notes) for r in window(groups, source.name)]
     else:
-        with locked_source(anchor, cfg.input) as source:
+        with locked_source(anchor, cfg.input, cfg.dataset, cfg.split, cfg.quiet) as source:
             progress = windows_job(cfg, model, bb, source, w, anchor, {"records": "evaluate lists"},
                                    lambda groups: window(groups, source.name), lambda t: check(t, source.name), notes)
             records = [json.loads(line) for line in progress.text().splitlines()]
@@ -583,7 +584,7 @@ def _evaluate_lists(cfg: EvaluateConfig, model: ArmoModel, w: torch.Tensor | Non
     rows = [RowScores(r["id"], r["subset"], side(r["chosen"]) + side(r["rejected"]), len(side(r["chosen"])))
             for r in records]
     benchmark, why = (cfg.benchmark, "--benchmark") if cfg.benchmark != "auto" else detect(rows, pairs=False)
-    report = {"model": str(model.path), "model_info": model_info(model), "input": source_name(cfg.input),
+    report = {"model": str(model.path), "model_info": model_info(model), "input": _source(cfg).name,
               "weights": cfg.weights, "objective": cfg.objective, "benchmark_reason": why,
               **score_benchmark(rows, benchmark, cfg.bootstrap, cfg.seed), **notes.to_json()}
     texts = {}
@@ -664,7 +665,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
 
     benchmark, why = (cfg.benchmark, "--benchmark") if cfg.benchmark != "auto" else \
         detect([RowScores("", s, [], 1) for s in dict.fromkeys(subsets)], pairs=True)
-    report = {"model": str(model.path), "model_info": model_info(model), "input": cfg.features or source_name(cfg.input),
+    report = {"model": str(model.path), "model_info": model_info(model), "input": cfg.features or _source(cfg).name,
               "weights": cfg.weights, "objective": cfg.objective, "benchmark": benchmark, "benchmark_reason": why,
               **report, **rows_report}
     texts: dict[str, str] = {}

@@ -127,7 +127,7 @@ CASES: dict[str, Case] = {
                              2, r"--output .*in\.jsonl: is also an input"),
     # --- score --------------------------------------------------------------------------------------
     "score --features and INPUT": (lambda c: (["score", "-m", c.model, c.jsonl("in.jsonl", [GOOD]), "--features", c.ratings], None),
-                                   2, r"give INPUT or --features, not both"),
+                                   2, r"give one of INPUT, --dataset and --features, not INPUT and --features"),
     "score --weights nan": (lambda c: (["score", "-m", c.model, "--features", c.ratings, "--weights", "verbosity=nan"], None),
                             2, r"--weights 'verbosity=nan': NaN is not a number here"),
     "score --weights inf": (lambda c: (["score", "-m", c.model, "--features", c.ratings, "--weights", "verbosity=inf"], None),
@@ -171,7 +171,7 @@ CASES: dict[str, Case] = {
                                   2, r"evaluate needs pairs"),
     "evaluate -o a folder": (lambda c: (["evaluate", "-m", c.model, "--features", c.pairs, "-o", (c.tmp / "d").mkdir() or c.tmp / "d"], None),
                              2, r"--output .*d: is a folder"),
-    "evaluate no input": (lambda c: (["evaluate", "-m", c.model], None), 2, r"give INPUT \(JSONL or -\) or --features FILE"),
+    "evaluate no input": (lambda c: (["evaluate", "-m", c.model], None), 2, r"give INPUT \(JSONL or -\), --dataset NAME or --features FILE"),
     # --- fit-* ------------------------------------------------------------------------------------------
     "fit-regression --val-fraction 1.5": (lambda c: (["fit-regression", c.ratings, "--val-fraction", "1.5", "-o", c.tmp / "r.st"], None),
                                           2, r"--val-fraction 1.5: must be less than 1"),

@@ -239,3 +239,28 @@ def test_an_interrupted_list_evaluate_resumes_to_the_same_report(tiny_model, tmp
     assert armo(*args, "-o", tmp_path / "out" / "ref.json", "--resume").code == 0
     assert (tmp_path / "out" / "ref.json").read_bytes() == (tmp_path / "ref.json").read_bytes()
     assert not (tmp_path / "out" / "ref.json.parts").exists()
+
+
+def test_dataset_names_load_through_datasets_tested_with_a_local_folder(tiny_model, tmp_path, monkeypatch):
+    """`--dataset allenai/reward-bench-2 --split test` goes to datasets.load_dataset(name, split=...), which also
+    loads a local folder: the same path, offline. A parquet file is read as parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    folder = tmp_path / "reward-bench-2"
+    folder.mkdir()
+    write_jsonl(folder / "test.jsonl", LIST_ROWS)
+    ref = armo("evaluate", "-m", tiny_model / "model", write_jsonl(tmp_path / "l.jsonl", LIST_ROWS), "-o",
+               tmp_path / "ref.json", "--bootstrap", "20", "-q")
+    assert ref.code == 0, ref.stderr
+    want = json.loads((tmp_path / "ref.json").read_text())
+    pq.write_table(pa.Table.from_pylist(LIST_ROWS), tmp_path / "rb2.parquet")
+    for src, split in ((folder, "test"), (tmp_path / "rb2.parquet", "train")):
+        r = armo("evaluate", "-m", tiny_model / "model", "--dataset", src, "--split", split, "-o", tmp_path / "d.json",
+                 "--bootstrap", "20", "-q")
+        assert r.code == 0, r.stderr
+        got = json.loads((tmp_path / "d.json").read_text())
+        assert got["subsets"] == want["subsets"] and got["benchmark"] == "rewardbench2", src
+    r = armo("evaluate", "-m", tiny_model / "model", tmp_path / "l.jsonl", "--dataset", folder)
+    assert r.code == 2 and "give one of INPUT, --dataset and --features, not INPUT and --dataset" in r.stderr
