@@ -330,7 +330,10 @@ def render_report(report: dict, records: list[dict]) -> str:
     body = "".join(f"<section id='{sid}'><h2>{i}. {html.escape(title)}</h2>{fig}<p class='caption'>{cap}</p></section>"
                    if sid != "summary" else f"<section id='{sid}'><h2>{i}. {html.escape(title)}</h2>{fig}</section>"
                    for i, (sid, title, fig, cap) in enumerate(parts, 1))
-    title = f"armo evaluation: {s['input'] or ''}"
+    return _page(f"armo evaluation: {s['input'] or ''}", body)
+
+
+def _page(title: str, body: str) -> str:
     css = ("body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222}"
            "h1{font-size:1.4em}h2{font-size:1.15em;margin-top:2em;border-bottom:1px solid #ddd}"
            "table{border-collapse:collapse;font-size:.85em;margin:.5em 0}td,th{border:1px solid #ddd;padding:2px 6px;"
@@ -338,6 +341,78 @@ def render_report(report: dict, records: list[dict]) -> str:
            "details{margin:.3em 0}summary{cursor:pointer;color:#0072B2}")
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>{GENERATOR}<title>{_text(title)}</title>"
             f"<style>{css}</style></head><body><h1>{_text(title)}</h1>{body}</body></html>\n")
+
+
+def _bench_sections(parts: list) -> str:
+    return "".join(f"<section id='{sid}'><h2>{i}. {html.escape(title)}</h2>{fig}"
+                   + (f"<p class='caption'>{cap}</p>" if cap else "") + "</section>"
+                   for i, (sid, title, fig, cap) in enumerate(parts, 1))
+
+
+def _score_figure(plt, subsets: dict, xlabel: str, baseline: bool) -> str:
+    names = list(subsets)
+    fig, ax = plt.subplots(figsize=(7, 0.32 * len(names) + 1.2))
+    y = list(range(len(names)))[::-1]
+    vals = [subsets[n]["score"] for n in names]
+    ci = [subsets[n]["ci95"] for n in names]
+    lo = [max(v - c[0], 0) if not math.isnan(c[0]) else 0 for v, c in zip(vals, ci)]
+    hi = [max(c[1] - v, 0) if not math.isnan(c[1]) else 0 for v, c in zip(vals, ci)]
+    ax.barh(y, vals, xerr=[lo, hi], color=BLUE, ecolor="black", capsize=2, height=0.6)
+    if baseline:
+        ax.scatter([subsets[n]["random_baseline"] for n in names], y, marker="|", s=200, color=ORANGE, zorder=3,
+                   label="random baseline")
+        ax.legend(loc="lower right", fontsize=8, frameon=False)
+    ax.set_yticks(y, [f"{visible(n)}  n={subsets[n]['n']}" for n in names])
+    ax.set_xlim(0, 1)
+    ax.set_xlabel(xlabel)
+    ax.set_title("Per subset, with 95% intervals (rows resampled)")
+    return _svg(fig)
+
+
+def render_benchmark_report(report: dict) -> str:
+    """The HTML report of a benchmark with lists of responses (RewardBench 2, RM-Bench, best-of-n), from its report
+    alone: what the rule decided, per subset or domain; RM-Bench's style matrices as heatmaps."""
+    check_available()
+    plt = _plt()
+    info = report.get("model_info") or {}
+    bench = report["benchmark"]
+    rows = [["model", report.get("model")], ["backbone", info.get("backbone")], ["data", report.get("input")],
+            ["benchmark", bench], ["why this rule", report.get("benchmark_reason")], ["rows", report["n"]],
+            [f"score ({report['score_kind']})", report["score"]], ["rows with a tie the rule decided", report["ties"]],
+            ["rows skipped", _count(report.get("skipped", []))]]
+    if "random_baseline" in report:
+        rows.append(["random baseline", report["random_baseline"]])
+    parts = [("summary", "Summary", _table(["", ""], rows).replace("<details><summary>the numbers</summary>", "")
+              .replace("</details>", ""), "")]
+    if bench == "rm-bench":
+        styles = report["styles"]
+        for name, d in report["domains"].items():
+            parts.append((f"matrix-{name}", f"{name}: chosen style against rejected style",
+                          _heatmap(plt, d["matrix"], [f"chosen: {s}" for s in styles], [f"rejected: {s}" for s in styles],
+                                   f"{name}: how often the chosen response outscores the rejected one (n={d['n']})",
+                                   "accuracy", False, 0.0, 1.0),
+                          "Each cell is the share of rows where the chosen response in the row's style outscores the "
+                          "rejected one in the column's. Above the diagonal (hard), the chosen answer is plainer than the "
+                          "rejected one: a model that rewards style over substance is weak there." +
+                          _table(["level", "accuracy", "95% low", "95% high"],
+                                 [[k, d[k], d["ci95"][k][0], d["ci95"][k][1]] for k in ("hard", "normal", "easy", "average")])))
+        parts.append(("levels", "Hard, normal and easy, by domain", "",
+                      _table(["domain", "n", "hard", "normal", "easy", "average"],
+                             [[k, d["n"], d["hard"], d["normal"], d["easy"], d["average"]]
+                              for k, d in report["domains"].items()])))
+    else:
+        subsets = report["subsets"]
+        base = bench == "best-of-n"
+        parts.append(("subsets", "Per subset" if not base else "Per category",
+                      _score_figure(plt, subsets, "score (RewardBench 2's rule)" if not base else
+                                    "accuracy (chosen above every rejected response)", base),
+                      ("Bars are scores with 95% intervals from resampled rows" +
+                       ("; the orange mark is the random baseline, 1 / (1 + the row's rejected responses)." if base else
+                        ". RewardBench 2's Ties subset has its own score, from pairs of ref and tied rows.")) +
+                      _table(["subset", "n", "score", "95% low", "95% high", "ties", *(["random"] if base else [])],
+                             [[k, v["n"], v["score"], v["ci95"][0], v["ci95"][1], v["ties"],
+                               *([v["random_baseline"]] if base else [])] for k, v in subsets.items()])))
+    return _page(f"armo evaluation ({bench}): {report.get('input') or ''}", _bench_sections(parts))
 
 
 PAIR_FIELDS = ("subset", "margin", "gating", "coefficients", "chosen.score", "chosen.length", "chosen.rewards",
@@ -409,21 +484,40 @@ def recorded_pairs(report_path: str) -> str:
     return str(Path(report_path).parent / name)  # recorded relative to the report's folder
 
 
-def write_report(cfg) -> None:
-    """`armo report`: redraw the HTML report from saved evaluate outputs."""
-    from .io import check_input_file, check_output_file, write_texts_atomic
-    from .options import validate
-
-    validate(cfg)
-    check_input_file(cfg.report)
-    if cfg.pairs is None:
-        cfg.pairs = recorded_pairs(cfg.report)
-    check_input_file(cfg.pairs)
-    if cfg.output is None:  # the default name: never a page armo did not write
+def _default_output(cfg) -> None:
+    """Without -o, report.html: never a page armo did not write."""
+    if cfg.output is None:
         cfg.output = DEFAULT_OUTPUT
         out = Path(cfg.output)
         if out.is_file() and GENERATOR.encode() not in out.read_bytes()[:4096]:
             raise ArmoError(f"{out}: exists and armo did not write it; give -o {out} to replace it, or another path")
+
+
+def _write_benchmark_report(cfg) -> None:
+    from .console import info
+    from .io import check_output_file, read_json_object, write_texts_atomic
+
+    _default_output(cfg)
+    check_output_file(cfg.output, "--output", [cfg.report])
+    check_available()
+    report = read_json_object(Path(cfg.report))
+    write_texts_atomic({cfg.output: render_benchmark_report(report)})
+    info(f"{cfg.output} ({report.get('n')} rows, from {cfg.report})", cfg.quiet, done="wrote")
+
+
+def write_report(cfg) -> None:
+    """`armo report`: redraw the HTML report from saved evaluate outputs."""
+    from .io import check_input_file, check_output_file, read_json_object, write_texts_atomic
+    from .options import validate
+
+    validate(cfg)
+    check_input_file(cfg.report)
+    if read_json_object(Path(cfg.report)).get("benchmark") in ("rewardbench2", "rm-bench", "best-of-n"):
+        return _write_benchmark_report(cfg)  # drawn from the report alone
+    if cfg.pairs is None:
+        cfg.pairs = recorded_pairs(cfg.report)
+    check_input_file(cfg.pairs)
+    _default_output(cfg)
     check_output_file(cfg.output, "--output", [cfg.report, cfg.pairs])
     check_available()
     report, records = report_from_files(cfg.report, cfg.pairs)

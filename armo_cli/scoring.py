@@ -550,7 +550,11 @@ def _evaluate_lists(cfg: EvaluateConfig, model: ArmoModel, w: torch.Tensor | Non
     as for pairs."""
     from .benchmarks import RowScores, detect, score_benchmark
 
-    for flag, value in (("--html", cfg.html), ("--features", cfg.features)):
+    if cfg.html:
+        from .report import check_available
+
+        check_available()
+    for flag, value in (("--features", cfg.features),):
         if value:
             raise ArmoError(f"{flag}: not yet for rows with lists of responses (RewardBench 2, RM-Bench, best-of-n); "
                             f"-o writes the report, --pairs-output each row's scores")
@@ -592,10 +596,14 @@ def _evaluate_lists(cfg: EvaluateConfig, model: ArmoModel, w: torch.Tensor | Non
         texts[cfg.pairs_output] = "".join(dumps(r) + "\n" for r in records)
     if cfg.output:
         texts[cfg.output] = dumps(report, indent=2) + "\n"
+    if cfg.html:
+        from .report import render_benchmark_report
+
+        texts[cfg.html] = render_benchmark_report(report)
     write_texts_atomic(texts)
     if anchor is not None:
         discard_progress(anchor)
-    written = [p for p in (cfg.output, cfg.pairs_output) if p and p != "-"]
+    written = [p for p in (cfg.output, cfg.pairs_output, cfg.html) if p and p != "-"]
     if written:
         info(f"{', '.join(written)} ({report['n']} rows)", cfg.quiet, done="wrote")
     show_benchmark(report, cfg.quiet)

@@ -166,8 +166,6 @@ def test_evaluate_detects_rewardbench2_and_writes_its_report(tiny_model, tmp_pat
     rows = [json.loads(x) for x in (tmp_path / "rows.jsonl").read_text().splitlines()]
     scored = [json.loads(x) for x in armo("score", "-m", tiny_model / "model", f, "-q").stdout.splitlines()]
     assert [x["chosen"] for x in rows] == [x["chosen"] for x in scored]  # armo score's records, one shape
-    r = armo("evaluate", "-m", tiny_model / "model", f, "--html", tmp_path / "r.html")
-    assert r.code == 2 and "--html: not yet for rows with lists of responses" in r.stderr
     pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"}])
     r = armo("evaluate", "-m", tiny_model / "model", pairs, "--benchmark", "rm-bench")
     assert r.code == 2 and "--benchmark rm-bench needs rows with lists" in r.stderr
@@ -264,3 +262,26 @@ def test_dataset_names_load_through_datasets_tested_with_a_local_folder(tiny_mod
         assert got["subsets"] == want["subsets"] and got["benchmark"] == "rewardbench2", src
     r = armo("evaluate", "-m", tiny_model / "model", tmp_path / "l.jsonl", "--dataset", folder)
     assert r.code == 2 and "give one of INPUT, --dataset and --features, not INPUT and --dataset" in r.stderr
+
+
+def test_html_reports_draw_the_rm_bench_matrix_and_the_subsets(tiny_model, tmp_path):
+    """evaluate --html on list rows: RM-Bench's style matrix per domain as a heatmap, RewardBench 2's subsets and
+    best-of-n's categories with intervals; `armo report` redraws the same page from the report alone."""
+    pytest.importorskip("matplotlib")
+    styles = ("short.", "a longer answer.", "**a longer answer.**")
+    rm_rows = [{"id": f"{d}{i}", "domain": d, "prompt": f"q{i}", "chosen": [f"yes {s}" for s in styles],
+                "rejected": [f"no {s}" for s in styles]} for d in ("chat", "math") for i in range(3)]
+    f = write_jsonl(tmp_path / "rm.jsonl", rm_rows)
+    r = armo("evaluate", "-m", tiny_model / "model", f, "-o", tmp_path / "rm.json", "--html", tmp_path / "rm.html",
+             "--bootstrap", "20", "-q")
+    assert r.code == 0, r.stderr
+    page = (tmp_path / "rm.html").read_text()
+    assert page.count("<svg") == 2 and "chat: chosen style against rejected style" in page
+    assert "rejected: detailed markdown" in page and "<td>hard</td>" in page
+    assert armo("report", tmp_path / "rm.json", "-o", tmp_path / "again.html", "-q").code == 0
+    assert (tmp_path / "again.html").read_text() == page
+    g = write_jsonl(tmp_path / "rb2.jsonl", LIST_ROWS)
+    r = armo("evaluate", "-m", tiny_model / "model", g, "--html", tmp_path / "rb2.html", "--bootstrap", "20", "-q")
+    assert r.code == 0, r.stderr
+    page = (tmp_path / "rb2.html").read_text()
+    assert page.count("<svg") == 1 and "Ties subset has its own score" in page and "<td>Focus</td>" in page
