@@ -168,6 +168,11 @@ def _text(v) -> str:
     return html.escape(visible(_fmt(v)))
 
 
+def _summary(rows: list[list]) -> str:
+    """A report's summary: a name and a value a line, always shown."""
+    return "<table class='summary'>" + "".join(f"<tr><th>{_text(k)}</th><td>{_text(v)}</td></tr>" for k, v in rows) + "</table>"
+
+
 def _table(header: list[str], rows: list[list], of: str | None = None) -> str:
     """A figure's numbers behind a toggle; `of` names them where a section has two figures."""
     h = "".join(f"<th>{_text(c)}</th>" for c in header)
@@ -265,9 +270,7 @@ def render_report(report: dict, records: list[dict]) -> str:
     rows += [[f"RewardBench section: {k}", v] for k, v in s["sections"].items()]
     if s["weights"] or s["objective"]:
         rows.append(["scored with", f"fixed weights {s['weights']}" if s["weights"] else f"objective {s['objective']}"])
-    summary = "<table class='summary'>" + "".join(f"<tr><th>{_text(k)}</th><td>{_text(v)}</td></tr>"
-                                                  for k, v in rows) + "</table>"
-    parts.append(("summary", "Summary", summary, ""))
+    parts.append(("summary", "Summary", _summary(rows), ""))
 
     # 2. accuracy
     parts.append(("accuracy", "Accuracy per subset", _accuracy_figure(plt, data),
@@ -382,8 +385,7 @@ def render_benchmark_report(report: dict) -> str:
             ["rows skipped", _count(report.get("skipped", []))]]
     if "random_baseline" in report:
         rows.append(["random baseline", report["random_baseline"]])
-    parts = [("summary", "Summary", _table(["", ""], rows).replace("<details><summary>the numbers</summary>", "")
-              .replace("</details>", ""), "")]
+    parts = [("summary", "Summary", _summary(rows), "")]
     if bench == "rm-bench":
         styles = report["styles"]
         for name, d in report["domains"].items():
