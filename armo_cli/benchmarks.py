@@ -142,14 +142,32 @@ def _ties(row: RowScores) -> int:
     return sum(c == r for c in row.chosen for r in row.rejected)
 
 
+def _by_subset(rows: list[RowScores]) -> dict[str, list[RowScores]]:
+    by: dict[str, list[RowScores]] = {}
+    for r in rows:
+        by.setdefault(r.subset, []).append(r)
+    return by
+
+
+def _rb2_overall(rows: list[RowScores]) -> float:
+    """RewardBench 2's score: the mean of its subsets' scores (Ties by its own rule), over the subsets present."""
+    scores = [rb2_ties_score(rs) if name == "Ties" else sum(rb2_result(r.scores) for r in rs) / len(rs)
+              for name, rs in _by_subset(rows).items()]
+    return sum(scores) / len(scores)
+
+
+def _rm_bench_overall(rows: list[RowScores]) -> dict[str, float]:
+    """RM-Bench's levels, each the mean over its domains."""
+    per = [rm_bench_levels(rm_bench_matrix(rs)) for rs in _by_subset(rows).values()]
+    return {k: sum(d[k] for d in per) / len(per) for k in ("hard", "normal", "easy", "average")}
+
+
 def score_benchmark(rows: list[RowScores], benchmark: str, n_boot: int = 1000, seed: int = 0) -> dict:
     """The report of a list benchmark: per subset (or domain) its score and interval, the overall score as the
     benchmark's authors compute it, and the ties the rule decided."""
     if not rows:
         raise ArmoError("no rows to evaluate")
-    by: dict[str, list[RowScores]] = {}
-    for r in rows:
-        by.setdefault(r.subset, []).append(r)
+    by = _by_subset(rows)
     out: dict = {"benchmark": benchmark, "n": len(rows), "ties": sum(_ties(r) > 0 for r in rows)}
     if benchmark == "rm-bench":
         for r in rows:
@@ -162,8 +180,9 @@ def score_benchmark(rows: list[RowScores], benchmark: str, n_boot: int = 1000, s
             ci = {k: bootstrap_ci(rs, lambda x, k=k: rm_bench_levels(rm_bench_matrix(x))[k], n_boot, seed)
                   for k in ("hard", "normal", "easy", "average")}
             domains[name] = {"n": len(rs), "matrix": m, **rm_bench_levels(m), "ci95": ci}
-        levels = {k: sum(d[k] for d in domains.values()) / len(domains) for k in ("hard", "normal", "easy", "average")}
-        out.update(styles=list(RM_BENCH_STYLES), domains=domains, **levels, score=levels["average"],
+        levels = _rm_bench_overall(rows)
+        ci = {k: bootstrap_ci(rows, lambda x, k=k: _rm_bench_overall(x)[k], n_boot, seed) for k in levels}
+        out.update(styles=list(RM_BENCH_STYLES), domains=domains, **levels, ci95=ci, score=levels["average"],
                    score_kind="rm-bench average of hard, normal and easy, over domains")
         return out
     rule = rb2_result if benchmark == "rewardbench2" else None
@@ -182,8 +201,8 @@ def score_benchmark(rows: list[RowScores], benchmark: str, n_boot: int = 1000, s
         subsets[name] = entry
     out["subsets"] = subsets
     if benchmark == "rewardbench2":
-        present = [s for s in RB2_SUBSETS if s in subsets]
-        out["score"] = sum(subsets[s]["score"] for s in present) / len(present)
+        out["score"] = _rb2_overall(rows)
+        out["ci95"] = bootstrap_ci(rows, _rb2_overall, n_boot, seed)
         missing = [s for s in RB2_SUBSETS if s not in subsets]
         out["score_kind"] = "rewardbench2" if not missing else "rewardbench2, partial"
         out["missing_subsets"] = missing

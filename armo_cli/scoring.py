@@ -626,7 +626,9 @@ def show_benchmark(report: dict, quiet: bool) -> None:
     show(table(title, ["subset", "n", "score", "95% CI", "ties", *(["random"] if base else [])],
                [[k, v["n"], v["score"], f"[{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]", v["ties"],
                  *([v["random_baseline"]] if base else [])] for k, v in report["subsets"].items()]), quiet)
-    show(table("summary", ["metric", "value"], [[f"score ({report['score_kind']})", report["score"]]]
+    ci = report.get("ci95") or [float("nan")] * 2
+    show(table("summary", ["metric", "value"], [[f"score ({report['score_kind']})", report["score"]],
+                                                ["95% CI (rows resampled)", f"[{ci[0]:.3f}, {ci[1]:.3f}]"]]
                + ([["random baseline", report["random_baseline"]]] if base else [])), quiet)
 
 

@@ -64,6 +64,8 @@ def test_rewardbench2_rows_score_as_its_authors_code_does():
     report = score_benchmark(rows, "rewardbench2", n_boot=50)
     assert report["subsets"]["Math"]["score"] == pytest.approx(sum(theirs) / len(theirs))
     assert report["score_kind"] == "rewardbench2, partial" and "Ties" in report["missing_subsets"]
+    lo, hi = report["ci95"]  # every figure has its interval, rows resampled
+    assert lo <= report["score"] <= hi
 
 
 def test_rewardbench2_ties_score_is_its_authors_process_single_model():
@@ -98,6 +100,7 @@ def test_rm_bench_matrix_and_levels_on_a_worked_fixture():
     assert rep["domains"]["code"]["matrix"] == [[1.0, 1.0, 0.0]] * 3  # 2 > 2 is not a win
     assert rep["domains"]["code"]["hard"] == pytest.approx(1 / 3)  # (1 + 0 + 0) / 3
     assert rep["hard"] == pytest.approx((0.0 + 1 / 3) / 2)  # the mean over domains
+    assert set(rep["ci95"]) == {"hard", "normal", "easy", "average"}
     with pytest.raises(ArmoError, match="3 chosen and 3 rejected"):
         score_benchmark([RowScores("d", "chat", [1, 0], 1)], "rm-bench")
 
