@@ -288,3 +288,23 @@ def test_html_reports_draw_the_rm_bench_matrix_and_the_subsets(tiny_model, tmp_p
     assert r.code == 0, r.stderr
     page = (tmp_path / "rb2.html").read_text()
     assert page.count("<svg") == 1 and "Ties subset has its own score" in page and "<td>Focus</td>" in page
+
+
+def test_a_list_rows_features_equal_separate_passes(tiny_backbone):
+    """One tree for a row's prompt and all its responses gives each response the features of its own full pass."""
+    import torch
+
+    from armo_cli.backbones import load_backbone
+    from armo_cli.forward import encode_trees
+    from armo_cli.rendering import Renderer
+    from armo_cli.rows import parse_row
+
+    bb = load_backbone(str(tiny_backbone), "cpu", "fp32")
+    r = Renderer(bb.tokenizer)
+    row = parse_row(LIST_ROWS[3], "t")  # 2 chosen, 2 rejected
+    P, R = encode_trees(bb, [r.tokenize(row)], batch_tokens=10_000)
+    alone = [r.tokenize(parse_row({"prompt": LIST_ROWS[3]["prompt"], "response": x}, "t"), i)
+             for i, x in enumerate(row.responses)]
+    P1, R1 = encode_trees(bb, alone, batch_tokens=10_000, share=False)
+    assert R.shape == (1, 4, bb.hidden_size)
+    assert torch.allclose(R[0], R1[:, 0], atol=1e-5) and torch.allclose(P[0].expand_as(P1), P1, atol=1e-5)
