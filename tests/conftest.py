@@ -341,3 +341,22 @@ def check_exported_scores(hf_dir: Path, rows: list[dict], expect: list[float]) -
         ids, mask = pad_batch(tok, conversations(rows), side)
         with torch.no_grad():
             assert hf(input_ids=ids, attention_mask=mask).score.tolist() == pytest.approx(expect, abs=1e-4), side
+
+
+def interrupted_after(monkeypatch, n: int, run):
+    """run() with a Ctrl-C while its (n+1)-th window is scored (scoring.score_trees), then the real scoring back."""
+    import armo_cli.scoring as scoring
+
+    real, seen = scoring.score_trees, []
+
+    def stop(*a, **k):
+        seen.append(1)
+        if len(seen) > n:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(scoring, "score_trees", stop)
+    try:
+        return run()
+    finally:
+        monkeypatch.setattr(scoring, "score_trees", real)

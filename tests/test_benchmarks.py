@@ -14,7 +14,7 @@ import random
 
 import pytest
 
-from conftest import armo, write_jsonl
+from conftest import armo, interrupted_after, write_jsonl
 from armo_cli.benchmarks import (RowScores, best_of_n_result, bootstrap_ci, detect, rb2_result, rb2_ties_score,
                                  rm_bench_levels, rm_bench_matrix, score_benchmark)
 from armo_cli.errors import ArmoError
@@ -224,18 +224,8 @@ def test_an_interrupted_list_evaluate_resumes_to_the_same_report(tiny_model, tmp
     f = write_jsonl(tmp_path / "l.jsonl", LIST_ROWS * 3)
     args = ("evaluate", "-m", tiny_model / "model", f, "--bootstrap", "50", "-q")
     assert armo(*args, "-o", tmp_path / "ref.json").code == 0
-    real, seen = scoring.score_trees, []
-
-    def stop(*a, **k):
-        seen.append(1)
-        if len(seen) > 2:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(scoring, "score_trees", stop)
     (tmp_path / "out").mkdir()
-    assert armo(*args, "-o", tmp_path / "out" / "ref.json").code == 130
-    monkeypatch.setattr(scoring, "score_trees", real)
+    assert interrupted_after(monkeypatch, 2, lambda: armo(*args, "-o", tmp_path / "out" / "ref.json")).code == 130
     assert (tmp_path / "out" / "ref.json.parts").is_dir()
     assert armo(*args, "-o", tmp_path / "out" / "ref.json", "--resume").code == 0
     assert (tmp_path / "out" / "ref.json").read_bytes() == (tmp_path / "ref.json").read_bytes()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import armo_cli.scoring as scoring
-from conftest import armo, pair_rows, rating_rows, write_jsonl
+from conftest import armo, interrupted_after, pair_rows, rating_rows, write_jsonl
 from armo_cli.io import PARTS_MARK
 
 
@@ -161,22 +161,6 @@ def test_report_without_o_keeps_a_page_armo_did_not_write(job, tmp_path, monkeyp
 # --- what --resume reuses is checked ---------------------------------------------------------------------
 
 
-def _interrupted_after(monkeypatch, n: int, run):
-    real, seen = scoring.score_trees, []
-
-    def stop(*a, **k):
-        seen.append(1)
-        if len(seen) > n:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(scoring, "score_trees", stop)
-    try:
-        return run()
-    finally:
-        monkeypatch.setattr(scoring, "score_trees", real)
-
-
 def _edit_score(text: str) -> str:
     lines = text.splitlines(keepends=True)
     rec = json.loads(lines[1])
@@ -202,7 +186,7 @@ def test_resume_scores_again_a_window_changed_on_disk(job, tmp_path, monkeypatch
     assert job[command]("-o", ref, *extra).code == 0
     out = tmp_path / "out.json"
     extra = ("--pairs-output", tmp_path / "out-pairs.jsonl") if command == "evaluate" else ()
-    r = _interrupted_after(monkeypatch, 2, lambda: job[command]("-o", out, *extra))
+    r = interrupted_after(monkeypatch, 2, lambda: job[command]("-o", out, *extra))
     assert r.code == 130
     parts = tmp_path / "out.json.parts"
     data, index = parts / "rows.jsonl", parts / "index.jsonl"

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 import armo_cli.scoring as scoring
 from armo_cli.cli import app
-from conftest import write_jsonl
+from conftest import interrupted_after, write_jsonl
 
 runner = CliRunner()
 WINDOW = 16
@@ -38,20 +38,9 @@ def score(tiny_model, tiny_backbone, inp, *args):
 
 def interrupted(monkeypatch, rows, n, run):
     """run() with a Ctrl-C while its (n+1)-th window is scored; after it, windows are counted afresh."""
-    counted = scoring.score_trees
-    seen = []
-
-    def stop(*a, **k):
-        seen.append(1)
-        if len(seen) > n:
-            raise KeyboardInterrupt
-        return counted(*a, **k)
-
-    monkeypatch.setattr(scoring, "score_trees", stop)
     try:
-        return run()
+        return interrupted_after(monkeypatch, n, run)
     finally:
-        monkeypatch.setattr(scoring, "score_trees", counted)
         rows["calls"].clear()
 
 
