@@ -145,6 +145,20 @@ def check_output_file(path: str | Path | None, option: str = "--output",
                 raise ArmoError(f"{option} {p}: is also an input; choose another output path")
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux says it (/proc), since setting it to read it
+    races with threads that create files meanwhile."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 @contextlib.contextmanager
 def naming(path: str | Path, aliases: dict[str, str] | None = None) -> Iterator[None]:
     """An OSError in the block names the file it concerns: a write to an open file (a full disk, a file size limit)
@@ -172,9 +186,7 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: d
         if type(e).__name__ != "SafetensorError" or code is None:
             raise
         raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(name or path)) from None
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)  # safetensors creates 0600; an output follows the user's umask
+    os.chmod(path, 0o666 & ~current_umask())  # safetensors creates 0600; an output follows the user's umask
 
 
 def check_writable_kind(p: Path, option: str = "--output") -> None:
@@ -288,8 +300,7 @@ def atomic_paths(paths: Iterable[str | Path]) -> Iterator[list[Path]]:
             tmps.append(Path(tmp))
         with naming(", ".join(map(str, targets)), {str(t): str(p) for t, p in zip(tmps, targets)}):
             yield tmps
-        umask = os.umask(0)
-        os.umask(umask)
+        umask = current_umask()
         for tmp in tmps:
             if tmp.exists():
                 os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is not what users expect of an output
@@ -631,9 +642,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     try:
         with naming(out, {str(tmp): str(out)}):
             yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 is not what users expect of an output folder
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's 0700 is not what users expect of an output folder
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.rmdir(old)

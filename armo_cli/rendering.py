@@ -135,19 +135,20 @@ class Renderer:
         self.control_ids = control_tokens(tokenizer)
         self._control = re.compile("|".join(re.escape(t) for t in sorted(self.control_ids, key=len, reverse=True))) \
             if self.control_ids else None
-        self._as_text = self._text_encoder(backend)
+        self._text_backend: Any = None  # built on first use: rows that spell a control token are rare
         self.gen_suffix = self.encode(self.gen_suffix_text, bos=False)
 
-    def _text_encoder(self, backend: Any) -> Callable[[str], list[int]]:
-        """Tokenise text with special tokens split into ordinary tokens (transformers' split_special_tokens):
-        a copy of the Rust backend with encode_special_tokens set, so the shared one is never toggled."""
-        if backend is not None and self._backend is not None and hasattr(backend, "to_str"):
+    def _as_text(self, text: str) -> list[int]:
+        """Tokenise text with special tokens split into ordinary tokens (transformers' split_special_tokens): a copy
+        of the Rust backend with encode_special_tokens set, so the shared one is never toggled."""
+        if self._backend is None or not hasattr(self._backend, "to_str"):
+            return self.tok(text, add_special_tokens=False, split_special_tokens=True).input_ids
+        if self._text_backend is None:
             from tokenizers import Tokenizer
 
-            copy = Tokenizer.from_str(backend.to_str())
-            copy.encode_special_tokens = True
-            return lambda text: copy.encode(text, add_special_tokens=False).ids
-        return lambda text: self.tok(text, add_special_tokens=False, split_special_tokens=True).input_ids
+            self._text_backend = Tokenizer.from_str(self._backend.to_str())
+            self._text_backend.encode_special_tokens = True
+        return self._text_backend.encode(text, add_special_tokens=False).ids
 
     def render(self, messages: list[dict], generation_prompt: bool) -> str:
         try:
