@@ -1,6 +1,6 @@
 """armo: interpretable multi-objective reward models (ArmoRM-MoE) from the command line."""
 
-__version__ = "0.2.0.dev0"
+from .version import __version__
 
 __all__ = ["RewardModel", "load_model", "__version__"]
 

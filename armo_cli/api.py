@@ -55,7 +55,7 @@ class RewardModel:
 
     def info(self) -> dict:
         """What the model is: backbone, objectives, gate rule, feature layer, armo version."""
-        from . import __version__
+        from .version import __version__
 
         m = self.model
         return {"model": str(m.path), "backbone": m.backbone, "objectives": m.objectives, "gate_rule": m.gate_rule,

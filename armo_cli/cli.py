@@ -12,7 +12,7 @@ from typing import Callable, List, NoReturn, Optional, TypeVar
 
 import typer
 
-from . import __version__
+from .version import __version__
 from .console import console, error, info, warn
 from .configs import (AssembleConfig, DecorrelationConfig, EvaluateConfig, ExportConfig, ExtractConfig, GatingConfig,
                       ImportConfig, MergeConfig, RegressionConfig, ReportConfig, SampleConfig, ScoreConfig, ServeConfig)

@@ -13,7 +13,7 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
-from . import __version__
+from .version import __version__
 from .artifacts import ChunkMeta, FeaturesMeta
 from .backbones import Backbone, load_backbone
 from .configs import ExtractConfig, MergeConfig

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import __version__
+from .version import __version__
 from .console import progress, show, table, info
 from .decorrelation import Decorrelation, regression_hash, transform_hash
 from .features import Features

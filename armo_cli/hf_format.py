@@ -14,7 +14,7 @@ from typing import Iterable, Iterator
 import torch
 from safetensors import safe_open
 
-from . import __version__
+from .version import __version__
 from .backbones import cache_root, folder_fingerprint, load_backbone
 from .console import info
 from .decorrelation import regression_hash, transform_hash

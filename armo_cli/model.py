@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
+from .version import __version__
 from .artifacts import Manifest
 from .decorrelation import Decorrelation, regression_hash, transform_hash
 from .gating import Gating

@@ -15,7 +15,7 @@ import json
 import os
 from pathlib import Path
 
-from . import __version__
+from .version import __version__
 from .io import claim_parts, dumps, make_parts, open_in_parts, publish_file, remove_parts
 
 DATA, INDEX = "rows.jsonl", "index.jsonl"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
+from .version import __version__
 from .backbones import auto_device
 from .console import info, show, table, warn
 from .features import Features

@@ -14,7 +14,7 @@ from typing import Callable, Iterable, Iterator, TextIO
 import torch
 from rich.table import Table
 
-from . import __version__
+from .version import __version__
 from .backbones import Backbone, load_backbone
 from .console import info, loading, plain, show, table, warn
 from .features import Features
