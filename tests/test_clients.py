@@ -9,8 +9,14 @@ import pytest
 
 from conftest import CHATML, armo, make_tokenizer, write_jsonl
 
-trl = pytest.importorskip("trl", reason="trl is not installed (.ci/run installs it: pip install trl==1.16.0)")
 pytestmark = pytest.mark.clients
+
+
+@pytest.fixture(autouse=True)
+def _needs(request):
+    mod, how = {"openrlhf": ("openrlhf.utils.agent", "pip install --no-deps openrlhf==0.11.2 aiohttp pylatexenc")}.get(
+        request.node.name.split("_")[1], ("trl", "pip install trl==1.16.0"))
+    pytest.importorskip(mod, reason=f"{mod} is not installed (.ci/run installs it: {how})")
 
 PROMPTS = ["how can you help", "write a short answer", "what is a good question", "explain the code",
            "say yes or no", "is this safe"]
@@ -83,3 +89,34 @@ def test_grpo_logs_armos_rewards_from_a_live_server(tiny_model, tmp_path, armo_c
     assert list(logs["rewards"]["armo"]) == pytest.approx(
         armo_scores(tiny_model / "model", prompts, completions, tmp_path), abs=1e-5)
     assert any(k.startswith("armo/") for k in logs["extra"])
+
+
+
+def test_openrlhf_remote_reward_client_against_armo_serve(tiny_model, tmp_path, armo_cache):
+    """OpenRLHF 0.11's own client for --remote_rm_url (SingleTurnAgentExecutor._fetch_rewards_via_http, aiohttp) against
+    a live armo serve: batch and single-sample requests, with its `prompts` and `labels`; the rewards are armo score's,
+    the objectives arrive in extra_logs, and a refused query surfaces as OpenRLHF surfaces it (retries, then a
+    RuntimeError). OpenRLHF sends no Authorization header: serve it on loopback without --api-key."""
+    import asyncio
+
+    from openrlhf.utils.agent import SingleTurnAgentExecutor
+    from test_serve import Server, chatml, messages
+
+    rows = [{"prompt": p, "response": r} for p, r in zip(PROMPTS, ["sure", "ok then", "a good one", "it runs", "yes", "no"])]
+    want = armo_scores(tiny_model / "model", [r["prompt"] for r in rows], [r["response"] for r in rows], tmp_path)
+    queries = [chatml(messages(r["prompt"]), r["response"]) for r in rows]
+    prompts = [chatml(messages(r["prompt"])) for r in rows]
+    s = Server(tiny_model / "model", armo_cache)
+    try:
+        client = SingleTurnAgentExecutor(remote_rm_url=s.url + "/get_reward")
+        (batch,) = asyncio.run(client._fetch_rewards_via_http(queries, prompts, [None] * len(rows)))
+        assert batch["rewards"] == pytest.approx(want, abs=1e-5) and batch["scores"] == batch["rewards"]
+        objectives = json.loads((tiny_model / "model" / "armo.json").read_text())["objectives"]
+        assert sorted(batch["extra_logs"]) == sorted(objectives)
+        for i in range(len(rows)):  # one query a request, as rollouts send them
+            (one,) = asyncio.run(client._fetch_rewards_via_http(queries[i:i + 1], prompts[i:i + 1], ["label"]))
+            assert one["rewards"] == pytest.approx(want[i:i + 1], abs=1e-5)
+        with pytest.raises(RuntimeError, match="Request error for 5 times"):
+            asyncio.run(client._fetch_rewards_via_http(["no markers"], ["not a prefix"], [None]))
+    finally:
+        s.stop()
