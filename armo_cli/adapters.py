@@ -88,11 +88,17 @@ class ArmoRewardFunc:
         return [r["score"] for r in recs]
 
 
-def compute_score(data_source: Any, solution_str: Any, ground_truth: Any = None, extra_info: Any = None,
-                  model: str | None = None, url: str | None = None, api_key: str | None = None, **kwargs: Any) -> Any:
-    """verl's reward function: {"score": float, objective: reward, ...} for one sample, or a list of them when
-    verl's batch reward manager passes lists."""
-    batch = isinstance(solution_str, list)
+def compute_score(data_source: Any = None, solution_str: Any = None, ground_truth: Any = None, extra_info: Any = None,
+                  model: str | None = None, url: str | None = None, api_key: str | None = None,
+                  data_sources: Any = None, solution_strs: Any = None, ground_truths: Any = None, extra_infos: Any = None,
+                  **kwargs: Any) -> Any:
+    """verl's reward function: {"score": float, objective: reward, ...} for one sample (its NaiveRewardManager), or
+    a list of them for lists: verl 0.9's BatchRewardManager passes the plural names (`solution_strs`, `extra_infos`,
+    the latter a numpy array of dicts)."""
+    if solution_strs is not None:
+        solution_str = list(solution_strs)
+        extra_info = list(extra_infos) if extra_infos is not None else None
+    batch = isinstance(solution_str, (list, tuple))
     sols = solution_str if batch else [solution_str]
     infos = extra_info if batch else [extra_info]
     if infos is None:

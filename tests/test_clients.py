@@ -14,7 +14,8 @@ pytestmark = pytest.mark.clients
 
 @pytest.fixture(autouse=True)
 def _needs(request):
-    mod, how = {"openrlhf": ("openrlhf.utils.agent", "pip install --no-deps openrlhf==0.11.2 aiohttp pylatexenc")}.get(
+    mod, how = {"openrlhf": ("openrlhf.utils.agent", "pip install --no-deps openrlhf==0.11.2 aiohttp pylatexenc"),
+                "verl": ("verl.workers.reward_manager", "pip install --no-deps verl==0.9.1 ray tensordict omegaconf")}.get(
         request.node.name.split("_")[1], ("trl", "pip install trl==1.16.0"))
     pytest.importorskip(mod, reason=f"{mod} is not installed (.ci/run installs it: {how})")
 
@@ -118,5 +119,53 @@ def test_openrlhf_remote_reward_client_against_armo_serve(tiny_model, tmp_path, 
             assert one["rewards"] == pytest.approx(want[i:i + 1], abs=1e-5)
         with pytest.raises(RuntimeError, match="Request error for 5 times"):
             asyncio.run(client._fetch_rewards_via_http(["no markers"], ["not a prefix"], [None]))
+    finally:
+        s.stop()
+
+
+def verl_batch(tok, rows):
+    """verl's DataProto for rows, as its rollout leaves it: prompts left-padded, responses right-padded, one
+    attention mask over both; the prompt text in extra_info (verl passes only the response to compute_score)."""
+    import numpy as np
+    import torch
+    from verl import DataProto
+
+    p_ids = [tok(r["prompt"], add_special_tokens=False).input_ids for r in rows]
+    r_ids = [tok(r["response"], add_special_tokens=False).input_ids for r in rows]
+    P, R, pad = max(map(len, p_ids)), max(map(len, r_ids)), tok.pad_token_id
+    prompts = torch.tensor([[pad] * (P - len(x)) + x for x in p_ids])
+    responses = torch.tensor([x + [pad] * (R - len(x)) for x in r_ids])
+    mask = torch.tensor([[0] * (P - len(a)) + [1] * len(a) + [1] * len(b) + [0] * (R - len(b)) for a, b in zip(p_ids, r_ids)])
+    return DataProto.from_dict(
+        tensors={"prompts": prompts, "responses": responses, "attention_mask": mask},
+        non_tensors={"data_source": np.array(["armo"] * len(rows), dtype=object),
+                     "reward_model": np.array([{"ground_truth": None} for _ in rows], dtype=object),
+                     "extra_info": np.array([{"prompt": r["prompt"]} for r in rows], dtype=object)})
+
+
+@pytest.mark.parametrize("manager", ["naive", "batch"])
+def test_verl_reward_managers_call_armos_compute_score(tiny_model, tmp_path, armo_cache, monkeypatch, manager):
+    """verl 0.9's NaiveRewardManager (one sample a call) and BatchRewardManager (lists, with plural argument names)
+    with armo's compute_score, in-process and against a live armo serve (verl's reward_kwargs, here a partial): the
+    reward at each response's last token is armo score's, and the objectives are verl's reward_extra_info."""
+    import functools
+
+    from armo_cli.adapters import compute_score
+    from test_serve import Server
+    from verl.workers.reward_manager import BatchRewardManager, NaiveRewardManager
+
+    monkeypatch.setenv("ARMO_CACHE", str(armo_cache))
+    tok = make_tokenizer(CHATML, adds_bos=False)
+    rows = [{"prompt": p, "response": r} for p, r in zip(PROMPTS, ["sure", "ok then", "a good one", "it runs"])]
+    want = armo_scores(tiny_model / "model", [r["prompt"] for r in rows], [r["response"] for r in rows], tmp_path)
+    s = Server(tiny_model / "model", armo_cache)
+    try:
+        for fn in (functools.partial(compute_score, model=str(tiny_model / "model")), functools.partial(compute_score, url=s.url)):
+            rm = NaiveRewardManager(tok, 0, fn) if manager == "naive" else BatchRewardManager(tok, 0, fn)
+            out = rm(verl_batch(tok, rows), return_dict=True)
+            tensor, extra = out["reward_tensor"], out["reward_extra_info"]
+            got = [float(tensor[i].sum()) for i in range(len(rows))]  # the reward sits at the last response token
+            assert got == pytest.approx(want, abs=1e-5)
+            assert extra["score"] == pytest.approx(want, abs=1e-5) and len(extra) > 2
     finally:
         s.stop()
