@@ -4,19 +4,22 @@ the same prompt and completion texts."""
 from __future__ import annotations
 
 import json
+import re
+import textwrap
 
 import pytest
 
-from conftest import CHATML, armo, make_tokenizer, write_jsonl
+from conftest import CHATML, ROOT, armo, make_tokenizer, needs_embedded, write_jsonl
 
 pytestmark = pytest.mark.clients
 
 
 @pytest.fixture(autouse=True)
 def _needs(request):
-    mod, how = {"openrlhf": ("openrlhf.utils.agent", "pip install --no-deps openrlhf==0.11.2 aiohttp pylatexenc"),
-                "verl": ("verl.workers.reward_manager", "pip install --no-deps verl==0.9.1 ray tensordict omegaconf")}.get(
-        request.node.name.split("_")[1], ("trl", "pip install trl==1.16.0"))
+    needs = {"openrlhf": ("openrlhf.utils.agent", "pip install --no-deps openrlhf==0.11.2 aiohttp pylatexenc"),
+             "verl": ("verl.workers.reward_manager", "pip install --no-deps verl==0.9.1 ray tensordict omegaconf")}
+    words = request.node.name.split("[")[0].split("_")
+    mod, how = next((needs[w] for w in words if w in needs), ("trl", "pip install trl==1.16.0"))
     pytest.importorskip(mod, reason=f"{mod} is not installed (.ci/run installs it: {how})")
 
 PROMPTS = ["how can you help", "write a short answer", "what is a good question", "explain the code",
@@ -169,3 +172,84 @@ def test_verl_reward_managers_call_armos_compute_score(tiny_model, tmp_path, arm
             assert extra["score"] == pytest.approx(want, abs=1e-5) and len(extra) > 2
     finally:
         s.stop()
+
+
+
+def readme_recipe(name: str) -> str:
+    """The README's code block after `<!-- recipe: NAME`, as written (its list indentation removed)."""
+    text = (ROOT / "README.md").read_text()
+    m = re.search(r"<!-- recipe: " + re.escape(name) + r"\b.*?-->\s*\n( *)```\w*\n(.*?)\n\1```", text, re.S)
+    assert m, f"the README's {name} recipe has moved; update this test"
+    return textwrap.dedent(m[2])
+
+
+@needs_embedded()
+def test_the_readme_trl_recipe_runs_as_written(tmp_path, armo_cache, monkeypatch):
+    """The README's TRL block, executed as it stands with a CPU-sized policy: TRL logs the shipped model's rewards."""
+    monkeypatch.chdir(tmp_path)
+    policy, tok = tiny_policy(tmp_path)
+    ns = {"policy": policy, "tokenizer": tok, "prompts": PROMPTS}
+    exec(readme_recipe("trl"), ns)
+    logs = ns["trainer"]._logs
+    rows = [{"prompt": p, "response": c} for p, c in zip(logs["prompt"], logs["completion"])]
+    r = armo("score", write_jsonl(tmp_path / "logged.jsonl", rows), "-q")
+    assert list(logs["rewards"]["armo"]) == pytest.approx([json.loads(x)["score"] for x in r.stdout.splitlines()], abs=1e-5)
+
+
+@needs_embedded()
+def test_the_readme_openrlhf_recipe_serves_openrlhfs_client(tmp_path):
+    """The README's OpenRLHF block: its `armo serve` line run as written (the shipped model) and OpenRLHF's own client
+    sent to its --remote_rm_url."""
+    import asyncio
+    import shlex
+    import socket
+    import subprocess
+    import sys
+
+    from openrlhf.utils.agent import SingleTurnAgentExecutor
+    from test_serve import chatml, messages
+
+    serve_line, train_line = readme_recipe("openrlhf").splitlines()
+    url = re.search(r"--remote_rm_url (\S+)", train_line)[1]
+    args = shlex.split(serve_line.rstrip("& "))
+    assert args[:2] == ["armo", "serve"]
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", int(re.search(r":(\d+)/", url)[1]))) == 0:
+            pytest.skip(f"{url}: its port is taken on this machine")
+    proc = subprocess.Popen([sys.executable, "-c", "from armo_cli.cli import main; main()", *args[1:]],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "http://" in proc.stdout.readline()
+        rows = [{"prompt": "What is 2+2?", "response": "4"}, {"prompt": "Say hi", "response": "Hi!"}]
+        queries = [chatml(messages(r["prompt"]), r["response"]) for r in rows]
+        prompts = [chatml(messages(r["prompt"])) for r in rows]
+        (out,) = asyncio.run(SingleTurnAgentExecutor(remote_rm_url=url)._fetch_rewards_via_http(queries, prompts, [None, None]))
+        r = armo("score", write_jsonl(tmp_path / "rows.jsonl", rows), "-q")
+        assert out["rewards"] == pytest.approx([json.loads(x)["score"] for x in r.stdout.splitlines()], abs=1e-5)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
+def test_the_readme_verl_recipe_loads_through_verls_own_loader(tiny_model, tmp_path, armo_cache, monkeypatch):
+    """The README's verl file, written as it stands and loaded by verl's get_custom_reward_fn from the config keys the
+    README names, scores through verl's NaiveRewardManager."""
+    from omegaconf import OmegaConf
+    from verl.trainer.ppo.reward import get_custom_reward_fn
+    from verl.workers.reward_manager import NaiveRewardManager
+
+    monkeypatch.setenv("ARMO_CACHE", str(armo_cache))
+    code = readme_recipe("verl")
+    (tmp_path / "armo_reward.py").write_text(code)
+    keys = dict(kv.split("=", 1) for kv in re.search(r"verl 0\.9: (.*)", code)[1].split())
+    keys["reward.custom_reward_function.path"] = str(tmp_path / "armo_reward.py")  # the file, where we wrote it
+    keys["reward.custom_reward_function.reward_kwargs"] = {"model": str(tiny_model / "model")}
+    cfg = OmegaConf.create()
+    for k, v in keys.items():
+        OmegaConf.update(cfg, k, v, force_add=True)
+    fn = get_custom_reward_fn(cfg)
+    tok = make_tokenizer(CHATML, adds_bos=False)
+    rows = [{"prompt": p, "response": r} for p, r in zip(PROMPTS, ["sure", "ok then"])]
+    out = NaiveRewardManager(tok, 0, fn)(verl_batch(tok, rows), return_dict=True)
+    want = armo_scores(tiny_model / "model", [r["prompt"] for r in rows], [r["response"] for r in rows], tmp_path)
+    assert [float(out["reward_tensor"][i].sum()) for i in range(len(rows))] == pytest.approx(want, abs=1e-5)
