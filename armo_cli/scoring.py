@@ -519,16 +519,22 @@ def _evaluate_rows(cfg: EvaluateConfig, model: ArmoModel, bb: Backbone, weights:
                                 g.explained, torch.tensor([[len(c) for c in t.conts] for t in g.trees]))
         return out  # pairs only: one group per window, in input order
 
+    return _rows_job(cfg, model, bb, weights, "evaluate pairs", window_pairs, check, notes), notes.to_json()
+
+
+def _rows_job(cfg: EvaluateConfig, model: ArmoModel, bb: Backbone, weights: torch.Tensor | None, kind: str,
+              records: Callable[[list[Scored], str], list[dict]], check: Callable[[Tree, str], None],
+              notes: RowNotes) -> list[dict]:
+    """The records of an input's rows, in input order: streamed, or with a file output a resumable job (`windows_job`,
+    progress beside the first output, kept until every output is written). `kind` keys the job's progress."""
     anchor = progress_anchor(cfg)
     if anchor is None:
         source = _source(cfg)
-        records = [r for groups in iter_scored(model, bb, source, cfg, weights, notes=notes)
-                   for r in window_pairs(groups, source.name)]
-        return records, notes.to_json()
+        return [r for groups in iter_scored(model, bb, source, cfg, weights, notes=notes) for r in records(groups, source.name)]
     with locked_source(anchor, cfg.input, cfg.dataset, cfg.split, cfg.quiet) as source:
-        progress = windows_job(cfg, model, bb, source, weights, anchor, {"records": "evaluate pairs"},
-                               lambda groups: window_pairs(groups, source.name), lambda t: check(t, source.name), notes)
-        return [json.loads(line) for line in progress.text().splitlines()], notes.to_json()
+        progress = windows_job(cfg, model, bb, source, weights, anchor, {"records": kind},
+                               lambda groups: records(groups, source.name), lambda t: check(t, source.name), notes)
+        return [json.loads(line) for line in progress.text().splitlines()]
 
 
 def _has_lists(cfg: EvaluateConfig) -> bool:
@@ -572,15 +578,7 @@ def _evaluate_lists(cfg: EvaluateConfig, model: ArmoModel, w: torch.Tensor | Non
                 check(t, name)
         return [{**r, "subset": r.get("subset") or "all"} for r in window_records(model, groups, 3)]
 
-    anchor = progress_anchor(cfg)
-    if anchor is None:
-        source = _source(cfg)
-        records = [r for groups in iter_scored(model, bb, source, cfg, w, notes=notes) for r in window(groups, source.name)]
-    else:
-        with locked_source(anchor, cfg.input, cfg.dataset, cfg.split, cfg.quiet) as source:
-            progress = windows_job(cfg, model, bb, source, w, anchor, {"records": "evaluate lists"},
-                                   lambda groups: window(groups, source.name), lambda t: check(t, source.name), notes)
-            records = [json.loads(line) for line in progress.text().splitlines()]
+    records = _rows_job(cfg, model, bb, w, "evaluate lists", window, check, notes)
 
     def side(x: dict | list) -> list[float]:
         return [y["score"] for y in x] if isinstance(x, list) else [x["score"]]
@@ -601,8 +599,8 @@ def _evaluate_lists(cfg: EvaluateConfig, model: ArmoModel, w: torch.Tensor | Non
 
         texts[cfg.html] = render_benchmark_report(report)
     write_texts_atomic(texts)
-    if anchor is not None:
-        discard_progress(anchor)
+    if progress_anchor(cfg) is not None:
+        discard_progress(progress_anchor(cfg))  # every output is written: the job's progress has served
     written = [p for p in (cfg.output, cfg.pairs_output, cfg.html) if p and p != "-"]
     if written:
         info(f"{', '.join(written)} ({report['n']} rows)", cfg.quiet, done="wrote")
