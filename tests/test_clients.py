@@ -96,6 +96,7 @@ def test_grpo_logs_armos_rewards_from_a_live_server(tiny_model, tmp_path, armo_c
 
 
 
+@pytest.mark.slow
 def test_openrlhf_remote_reward_client_against_armo_serve(tiny_model, tmp_path, armo_cache):
     """OpenRLHF 0.11's own client for --remote_rm_url (SingleTurnAgentExecutor._fetch_rewards_via_http, aiohttp) against
     a live armo serve: batch and single-sample requests, with its `prompts` and `labels`; the rewards are armo score's,

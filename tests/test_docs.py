@@ -2,6 +2,8 @@
 import json
 import re
 
+import pytest
+
 from conftest import ROOT, needs_embedded
 
 
@@ -24,6 +26,7 @@ def test_readme_quotes_the_default_models_hand_written_pairs():
 
 
 @needs_embedded()
+@pytest.mark.slow
 def test_readme_says_beside_the_commands_where_the_default_fails(tmp_path):
     """The first table a user sees shows the default model's wrong answer: the README says so beside the two
     commands, with figures that this test measures again (the quickstart pair's margin, the chat pairs right)."""

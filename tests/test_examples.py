@@ -12,6 +12,7 @@ from conftest import ROOT, needs_embedded
 pytestmark = needs_embedded()
 
 
+@pytest.mark.slow
 def test_pipeline_example_runs_end_to_end(tmp_path):
     env = dict(os.environ, WORK=str(tmp_path / "w"), STEPS="100", PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     out = subprocess.run(["bash", str(ROOT / "examples" / "pipeline.sh")], capture_output=True, text=True, env=env, timeout=1200)

@@ -367,6 +367,7 @@ def test_help_lists_every_subcommand():
         assert r.exit_code == 0 and "Example" in r.output
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_ranks_shard_and_merge(tiny_backbone, tmp_path, bb):
     torchrun = Path(sys.executable).parent / "torchrun"
     if not torchrun.exists():

@@ -246,6 +246,7 @@ def test_tests_convert_backbones_into_their_own_cache(armo_cache):
     assert armo_cache != Path.home() / ".cache" / "armo"
 
 
+@pytest.mark.slow
 def test_sigterm_stops_a_job_as_ctrl_c_does_and_resume_finishes_it(tiny_backbone, tmp_path):
     """A scheduler's SIGTERM (preemption, `timeout`) runs the same cleanups as Ctrl-C: exit 143, one line,
     finished chunks kept, no temporary file left; `--resume` then writes the uninterrupted run's features."""

@@ -4,12 +4,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import needs_embedded
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @needs_embedded()
+@pytest.mark.slow
 def test_gpu_bench_tiny_runs_and_agrees(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_bench.py"), "--tiny", "--device", "cpu",
                           "--json", str(tmp_path / "g.json")], capture_output=True, text=True, timeout=600)
@@ -28,6 +31,7 @@ def test_gpu_bench_tiny_runs_and_agrees(tmp_path):
 
 
 @needs_embedded()
+@pytest.mark.slow
 def test_gpu_mfu_sweep_tiny_runs(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_mfu_sweep.py"), "--tiny",
                           "--json", str(tmp_path / "s.json")], capture_output=True, text=True, timeout=600)
@@ -49,6 +53,7 @@ def test_extract_host_bench_runs_and_agrees():
 
 
 @needs_embedded()
+@pytest.mark.slow
 def test_gpu_packing_tiny_runs_and_the_layouts_agree(tmp_path):
     out = subprocess.run([sys.executable, "-W", "ignore::UserWarning", str(ROOT / "benchmarks" / "gpu_packing.py"), "--tiny",
                           "--json", str(tmp_path / "p.json")], capture_output=True, text=True, timeout=600)

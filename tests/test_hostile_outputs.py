@@ -239,6 +239,7 @@ def test_stdout_on_a_full_disk_is_exit_1(job, command, armo_cache):
     assert r.stderr.strip().splitlines() == ["error: <stdout>: No space left on device"]
 
 
+@pytest.mark.slow
 def test_extract_and_export_on_a_full_disk_are_exit_1_naming_the_path(job, tiny_model, tmp_path, armo_cache):
     env = {"ARMO_CACHE": str(armo_cache)}
     out = tmp_path / "f.st"

@@ -54,6 +54,7 @@ def outputs(line: str) -> list[str]:
     return [words[i + 1] for i, w in enumerate(words[:-1]) if w in OUTPUT_FLAGS and words[i + 1] != "-"]
 
 
+@pytest.mark.slow
 def test_the_tour_and_the_training_section_run_as_written(tmp_path, armo_cache):
     lines = readme_lines("## A short tour", "### Pipelines")
     training = [x for x in lines if x[0].startswith("### Train your own")]
