@@ -10,7 +10,6 @@ gets the same score whichever door it came in by. Rows take any shape `armo scor
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence

@@ -14,7 +14,8 @@ from typing import Any, Callable
 import torch
 
 from .errors import ArmoError
-from .io import save_tensors, sha256_file, sha256_json
+from .artifact_files import save_tensors
+from .jsonl import sha256_file, sha256_json
 
 
 

@@ -15,7 +15,9 @@ from .version import __version__
 from .console import show, table, warn
 from .features import Features
 from .errors import ArmoError
-from .io import check_outputs, dumps, load_artifact, save_artifact, sha256_json, write_text_atomic
+from .artifact_files import load_artifact, save_artifact
+from .jsonl import dumps, sha256_json
+from .outputs import check_outputs, write_text_atomic
 from .artifacts import DecorrelationMeta
 from .configs import DecorrelationConfig
 from .options import validate

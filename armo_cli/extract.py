@@ -21,8 +21,10 @@ from .console import info, progress, warn
 from .errors import ArmoError
 from .forward import (batch_defaults, canonical_layer, check_finite_features, choose_layout, default_chunk_size,
                       encode_trees, is_out_of_memory)
-from .io import (check_input_file, check_output_file, claim_parts, load_artifact, make_parts, remove_parts, save_artifact, save_concatenated,
-                 sha256_file, sha256_json)
+from .artifact_files import load_artifact, save_artifact, save_concatenated
+from .jobfiles import claim_parts, make_parts, remove_parts
+from .jsonl import check_input_file, sha256_file, sha256_json
+from .outputs import check_output_file
 from .options import validate
 from .provenance import FeatureMeaning
 from .rendering import Renderer, Tree, length_limit, sized_tree, tokenized
@@ -370,7 +372,7 @@ def merge_features(inputs: Iterable[str | Path], output: str | Path, allow_parti
     parts = [load_artifact(p, "features") for p in inputs]
     full = [t for t, m in parts if m.ids]  # a shard that got no rows (fewer chunks than shards) adds none
     if not full:
-        raise ArmoError(f"merge: the shards hold no rows")
+        raise ArmoError("merge: the shards hold no rows")
     tensors = {k: torch.cat([t[k] for t in full]) for k in full[0]}
     ids = [i for _, m in parts for i in m.ids]
     subsets = [s for _, m in parts for s in (m.subsets or [None] * len(m.ids))]

@@ -8,7 +8,7 @@ import torch
 
 from .artifacts import FeaturesMeta
 from .errors import ArmoError
-from .io import load_artifact
+from .artifact_files import load_artifact
 from .provenance import FeatureMeaning
 
 

@@ -22,7 +22,9 @@ from .console import progress, show, table, info
 from .decorrelation import Decorrelation, regression_hash, transform_hash
 from .features import Features
 from .errors import ArmoError, one_line
-from .io import check_outputs, dumps, load_artifact, save_artifact, write_text_atomic
+from .artifact_files import load_artifact, save_artifact
+from .jsonl import dumps
+from .outputs import check_outputs, write_text_atomic
 from .artifacts import GatingMeta
 from .backbones import auto_device
 from .configs import GatingConfig

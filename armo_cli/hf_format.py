@@ -20,7 +20,9 @@ from .console import info
 from .decorrelation import regression_hash, transform_hash
 from .rendering import GATE_RULE_PATTERN_OFFSET, GATE_RULES, Renderer
 from .errors import ArmoError, one_line
-from .io import atomic_dir, check_finite, check_input_file, check_output_dir, read_json_object, save_artifact, save_tensors
+from .artifact_files import check_finite, save_artifact, save_tensors
+from .jsonl import check_input_file, read_json_object
+from .outputs import atomic_dir, check_output_dir
 from .provenance import POOLINGS, FeatureMeaning
 from .model import PART_FILES, ArmoModel, is_model_dir, write_manifest
 

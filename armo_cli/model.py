@@ -15,7 +15,8 @@ from .decorrelation import Decorrelation, regression_hash, transform_hash
 from .gating import Gating
 from .errors import ArmoError
 from .console import info
-from .io import atomic_dir, atomic_path, check_input_file, check_output_dir, read_json_object
+from .jsonl import check_input_file, read_json_object
+from .outputs import atomic_dir, atomic_path, check_output_dir
 from .provenance import FeatureMeaning, require_compatible
 from .regression import Regression
 

@@ -16,7 +16,9 @@ import os
 from pathlib import Path
 
 from .version import __version__
-from .io import claim_parts, dumps, make_parts, open_in_parts, publish_file, remove_parts
+from .jobfiles import claim_parts, make_parts, open_in_parts, remove_parts
+from .jsonl import dumps
+from .outputs import publish_file
 
 DATA, INDEX = "rows.jsonl", "index.jsonl"
 

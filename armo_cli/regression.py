@@ -16,7 +16,9 @@ from .backbones import auto_device
 from .console import info, show, table, warn
 from .features import Features
 from .errors import ArmoError
-from .io import check_outputs, dumps, load_artifact, save_artifact, write_text_atomic
+from .artifact_files import load_artifact, save_artifact
+from .jsonl import dumps
+from .outputs import check_outputs, write_text_atomic
 from .artifacts import RegressionMeta
 from .configs import RegressionConfig
 from .options import validate

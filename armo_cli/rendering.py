@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 from .errors import ArmoError
-from .io import sha256_json
+from .jsonl import sha256_json
 from .rows import Example, Skipped
 
 

@@ -442,7 +442,7 @@ def pair_view(obj: object, where: str) -> dict:
 def report_from_files(report_path: str, pairs_path: str) -> tuple[dict, list[dict]]:
     """The report and its pairs file, checked to belong together: the report's summary and the figures drawn
     from the pairs must describe one run (the digest evaluate recorded; for reports without one, the counts)."""
-    from .io import iter_jsonl, read_json_object, text_sha256
+    from .jsonl import iter_jsonl, read_json_object, text_sha256
 
     report = read_json_object(Path(report_path))
     records = []
@@ -478,7 +478,7 @@ DEFAULT_OUTPUT = "report.html"
 
 def recorded_pairs(report_path: str) -> str:
     """The pairs file an evaluate report names (`pairs_output`), as written or beside the report."""
-    from .io import read_json_object
+    from .jsonl import read_json_object
 
     name = read_json_object(Path(report_path)).get("pairs_output")
     if not isinstance(name, str):
@@ -497,7 +497,8 @@ def _default_output(cfg) -> None:
 
 def _write_benchmark_report(cfg) -> None:
     from .console import info
-    from .io import check_output_file, read_json_object, write_texts_atomic
+    from .jsonl import read_json_object
+    from .outputs import check_output_file, write_texts_atomic
 
     _default_output(cfg)
     check_output_file(cfg.output, "--output", [cfg.report])
@@ -509,7 +510,8 @@ def _write_benchmark_report(cfg) -> None:
 
 def write_report(cfg) -> None:
     """`armo report`: redraw the HTML report from saved evaluate outputs."""
-    from .io import check_input_file, check_output_file, read_json_object, write_texts_atomic
+    from .jsonl import check_input_file, read_json_object
+    from .outputs import check_output_file, write_texts_atomic
     from .options import validate
 
     validate(cfg)

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from .errors import ArmoError, one_line
-from .io import iter_jsonl, output_lock, sha256_json, spool_stdin, strict_json
+from .jobfiles import output_lock
+from .jsonl import iter_jsonl, sha256_json, spool_stdin, strict_json
 
 Message = dict[str, str]
 ROLES = {"system", "user", "assistant", "tool"}

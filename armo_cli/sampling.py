@@ -5,7 +5,8 @@ import random
 
 from .console import warn
 from .errors import ArmoError
-from .io import check_output_file, display_name, dumps, iter_jsonl, sha256_json, write_text_atomic
+from .jsonl import display_name, dumps, iter_jsonl, sha256_json
+from .outputs import check_output_file, write_text_atomic
 from .configs import SampleConfig
 from .options import validate
 from .rows import parse_row

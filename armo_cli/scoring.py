@@ -21,7 +21,8 @@ from .features import Features
 from .forward import batch_defaults, canonical_layer, check_finite_features, encode_trees
 from .rendering import Renderer, Tree, length_limit, sized_tree, tokenized
 from .errors import ArmoError
-from .io import atomic_path, check_input_file, check_output_file, dumps, naming, sha256_file, sha256_json, write_texts_atomic
+from .jsonl import check_input_file, dumps, sha256_file, sha256_json
+from .outputs import atomic_path, check_output_file, naming, write_texts_atomic
 from .model import ArmoModel
 from .configs import TIES, EvaluateConfig, ModelInputConfig, ScoreConfig
 from . import specs

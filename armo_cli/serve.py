@@ -28,7 +28,7 @@ from .api import RewardModel
 from .chat_text import split_query
 from .configs import ServeConfig
 from .errors import ArmoError, one_line
-from .io import strict_json
+from .jsonl import strict_json
 from .options import validate
 from .rendering import TooLong, Tree
 

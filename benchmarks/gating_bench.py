@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from armo_cli.gating import GatingConfig, fit_gating
-from armo_cli.io import save_artifact
+from armo_cli.artifact_files import save_artifact
 
 
 def main() -> None:

@@ -234,7 +234,7 @@ def make_features(path: Path, X: torch.Tensor, Y: torch.Tensor | None = None, ob
     X, or X's chosen side for pairs). `meta` overrides FeaturesMeta fields; `drop` removes one (to test
     that incomplete files are refused)."""
     from armo_cli.artifacts import FeaturesMeta
-    from armo_cli.io import save_artifact
+    from armo_cli.artifact_files import save_artifact
 
     n, pair = X.shape[0], X.ndim == 3
     ids = ids or [f"i{i}" for i in range(n if n_ids is None else n_ids)]
@@ -257,7 +257,7 @@ def make_features(path: Path, X: torch.Tensor, Y: torch.Tensor | None = None, ob
 def make_regression(path: Path, W: torch.Tensor, objectives: list[str], *, backbone: str = "b1",
                     bias: torch.Tensor | None = None, scales: dict | None = None) -> Path:
     from armo_cli.artifacts import RegressionMeta
-    from armo_cli.io import save_artifact
+    from armo_cli.artifact_files import save_artifact
 
     m = RegressionMeta(objectives=objectives, scales=scales or unit_scales(objectives),
                        backbone=fake_backbone(backbone, W.shape[1]), hidden_size=W.shape[1])
@@ -269,7 +269,7 @@ def make_decorrelation(path: Path, T: torch.Tensor, regression: Path, *, backbon
     """A transform T fitted (as far as its metadata says) on the regression artifact at `regression`."""
     from armo_cli.artifacts import DecorrelationMeta
     from armo_cli.decorrelation import regression_hash
-    from armo_cli.io import save_artifact
+    from armo_cli.artifact_files import save_artifact
     from armo_cli.regression import Regression
 
     reg = Regression.load(regression)

@@ -14,7 +14,7 @@ from typing import Callable
 
 import pytest
 import torch
-from armo_cli.io import save_artifact
+from armo_cli.artifact_files import save_artifact
 
 from conftest import (SYSTEM_PAIR, armo, make_features, make_regression, make_tokenizer, pair_rows, rating_rows,
                       write_jsonl)
@@ -308,7 +308,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(name, built, tmp_path, monkeyp
 def test_a_full_disk_is_one_line_exit_1_and_leaves_nothing(built, tmp_path, monkeypatch):
     import errno
 
-    import armo_cli.io as io
+    import armo_cli.artifact_files as io  # where save_file is called
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device", str(a[1]) if len(a) > 1 else None)

@@ -3,7 +3,6 @@
 the template's own text emits control tokens, so a response cannot end its turn and forge the next ones."""
 from __future__ import annotations
 
-import json
 
 import pytest
 from hypothesis import given, settings, strategies as st

@@ -16,7 +16,7 @@ from armo_cli.backbones import load_backbone
 from armo_cli.errors import ArmoError
 from armo_cli.extract import ExtractConfig, extract, merge_features
 from armo_cli.features import Features
-from armo_cli.io import output_lock
+from armo_cli.jobfiles import output_lock
 
 from conftest import armo, pair_rows, write_jsonl
 
@@ -145,7 +145,7 @@ def test_a_concurrent_second_writer_is_refused_and_the_first_output_is_its_own(b
 
 def test_a_lock_held_by_another_process_refuses_at_once(bb, tmp_path):
     out = tmp_path / "o.st"
-    code = ("import sys, time; from armo_cli.io import output_lock\n"
+    code = ("import sys, time; from armo_cli.jobfiles import output_lock\n"
             "with output_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)\n")
     p = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True)
     try:
@@ -288,7 +288,7 @@ def _flip_last_data_byte(path: Path) -> None:
 def test_a_changed_byte_in_any_artifact_is_refused_naming_the_file(tiny_model, tmp_path, part):
     import shutil
 
-    from armo_cli.io import load_artifact
+    from armo_cli.artifact_files import load_artifact
 
     bad = tmp_path / part
     shutil.copy(tiny_model / part, bad)
@@ -316,7 +316,7 @@ def test_the_streamed_checksum_of_a_joined_file_is_the_in_memory_one(bb, tmp_pat
 
     from safetensors import safe_open
 
-    from armo_cli.io import CHECKSUM_KEY, load_artifact, save_artifact, tensors_sha256
+    from armo_cli.artifact_files import CHECKSUM_KEY, load_artifact, save_artifact, tensors_sha256
 
     out = tmp_path / "o.st"
     _extract(bb, write_jsonl(tmp_path / "a.jsonl", pair_rows(7)), out, chunk_size=3)  # three chunks, joined

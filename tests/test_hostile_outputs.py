@@ -13,7 +13,7 @@ import pytest
 
 import armo_cli.scoring as scoring
 from conftest import armo, interrupted_after, pair_rows, rating_rows, write_jsonl
-from armo_cli.io import PARTS_MARK
+from armo_cli.jobfiles import PARTS_MARK
 
 
 @pytest.fixture

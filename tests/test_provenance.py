@@ -7,7 +7,7 @@ import json
 import pytest
 
 from armo_cli.features import Features
-from armo_cli.io import load_artifact, save_artifact
+from armo_cli.artifact_files import load_artifact, save_artifact
 from armo_cli.model import ArmoModel
 from armo_cli.provenance import FeatureMeaning
 
