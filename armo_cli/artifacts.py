@@ -117,6 +117,7 @@ class FeaturesMeta(Meta):
     overflow: str | None = None
     input: str | None = None
     armo_version: str | None = None
+    lm_objectives: list[str] | None = None  # the columns of the `lm_objectives` tensor (lm_objectives.py)
     REQUIRED: ClassVar[tuple[str, ...]] = ("ids", "pair", "backbone", "objectives", "gate_rule", "input_hash",
                                             "settings_key", "report")
 
@@ -146,6 +147,7 @@ class RegressionMeta(Meta):
     alphas: dict | None = None
     preference: dict | None = None  # the preference objective's head: objective, C, folds, fold_of (prompt -> fold)
     armo_version: str | None = None
+    lm_objectives: list[str] | None = None  # LM objectives it reads (the `lm_weight` tensor's columns), in this order
     REQUIRED: ClassVar[tuple[str, ...]] = ("objectives", "scales", "backbone", "hidden_size")
 
 

@@ -185,6 +185,7 @@ class Backbone:
     extra: dict = field(default_factory=dict)
     config: Any = None  # the model's config (from the model when it is given)
     loader: Callable[[], Any] | None = None  # loads the deferred weights
+    folder: Path | None = None  # where its files are (a GGUF's: the dequantised cache), for lm_objectives.lm_head
 
     def __post_init__(self) -> None:
         if self.config is None and self.model is not None:
@@ -252,7 +253,8 @@ def load_backbone(spec: str, device: str | None = None, dtype: str | None = None
                 raise ArmoError(f"--backbone {spec}: could not load ({type(e).__name__}: {e})".splitlines()[0]) from None
             if tok.chat_template is None:
                 raise ArmoError(f"--backbone {spec}: its tokenizer has no chat template")
-            return Backbone(bs, model, tok, dev, dt, fingerprint, time.perf_counter() - t0, from_cache, {"fast": True})
+            return Backbone(bs, model, tok, dev, dt, fingerprint, time.perf_counter() - t0, from_cache, {"fast": True},
+                            folder=Path(load_from))
     from transformers import AutoConfig, AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -278,4 +280,4 @@ def load_backbone(spec: str, device: str | None = None, dtype: str | None = None
     if getattr(tok, "chat_template", None) is None:
         raise ArmoError(f"--backbone {spec}: its tokenizer has no chat template")
     return Backbone(bs, model, tok, dev, dt, fingerprint, time.perf_counter() - t0, from_cache, config=config,
-                    loader=load_model if model is None else None)
+                    loader=load_model if model is None else None, folder=Path(load_from))

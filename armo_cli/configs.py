@@ -24,6 +24,9 @@ METHODS = ("spearman", "pearson")
 TIES = ("loss", "half")
 DEFAULT_ALPHAS = [10.0 ** e for e in range(-4, 5)]
 ON_ERROR_HELP = "Bad rows: error | skip (skipped rows are listed on stderr and in the report)."
+LM_OBJECTIVES_HELP = ("LM objectives from the backbone's own LM head, comma-separated or 'all': lm-mean-logprob (the "
+                      "response's mean token log-probability given the prompt), lm-pmi (the same minus that after an "
+                      "empty prompt).")
 
 
 @dataclass
@@ -41,6 +44,8 @@ class ExtractConfig:
                          "0 the embeddings, i the output of block i; negative counts from the end.")
     pooling: str = opt("last", "f(x,y) from the response's tokens: last (its last token, as ArmoRM) | mean (their mean).",
                        choices=POOLINGS)
+    lm_objectives: str | None = opt(None, LM_OBJECTIVES_HELP + " Read in the same pass, which then runs to the last "
+                                          "layer; lm-pmi adds a second pass over the responses alone.")
     max_length: int | None = opt(None, "Longest prompt+response in tokens (default: the backbone's maximum positions).", min=1)
     overflow: str = opt("error", "Over the length limit: error | skip | truncate-prompt.", choices=OVERFLOW)
     on_error: str = opt("error", ON_ERROR_HELP, choices=ON_ERROR)
@@ -84,6 +89,9 @@ class RegressionConfig:
                                                  "(cross-fitted: a gate trained on those pairs sees out-of-fold rewards).")
     preference_folds: int = opt(5, "Folds of the preference head, by prompt: its strength C is chosen by cross-"
                                    "validation over them, and the gate's pairs get out-of-fold rewards from them.", min=2)
+    lm_objectives: str | None = opt(None, LM_OBJECTIVES_HELP + " Added as objectives, each mapped onto [0,1] by its "
+                                          "range over the training responses (--pairs when given); the features need "
+                                          "them (extract --lm-objectives).")
     min_rows: int = opt(20, "Fewest labelled rows for an objective.", min=1)
     strict: bool = opt(False, "Fail instead of skipping objectives with too few rows.")
     device: str | None = opt(None, "cuda, mps, cpu (default: best available).")

@@ -133,7 +133,8 @@ def fit_decorrelation(cfg: DecorrelationConfig) -> dict:
         require_compatible(reg.meaning, f.meaning(prompt=False), cfg.regression, f.path)
     # out-of-fold rewards for a preference objective fitted on these pairs (its in-sample rewards would be
     # optimistic, and the transform would be fitted to them)
-    R = torch.cat([reg.rewards_out_of_fold(f.responses(), _response_groups(f)) for f in feats])
+    R = torch.cat([reg.rewards_out_of_fold(f.responses(reg.lm_objectives, "the regression"), _response_groups(f))
+                   for f in feats])
     if R.shape[0] < cfg.min_rows:
         raise ArmoError(f"reference set: {R.shape[0]} responses, need at least {cfg.min_rows}")
     v = reg.objectives.index(cfg.verbosity)
@@ -181,6 +182,8 @@ def transform_hash(T: torch.Tensor) -> str:
 def regression_hash(reg: Regression) -> str:
     h = hashlib.sha256(reg.weight.contiguous().numpy().tobytes())
     h.update(reg.bias.contiguous().numpy().tobytes())
+    if reg.lm_weight is not None:
+        h.update(reg.lm_weight.contiguous().numpy().tobytes())
     return h.hexdigest()
 
 

@@ -24,6 +24,7 @@ from .forward import (batch_defaults, canonical_layer, check_finite_features, ch
 from .artifact_files import load_artifact, save_artifact, save_concatenated
 from .jobfiles import claim_parts, make_parts, remove_parts
 from .jsonl import check_input_file, sha256_file, sha256_json
+from .lm_objectives import TENSOR as LM_TENSOR, parse_lm_objectives
 from .outputs import check_output_file
 from .options import validate
 from .provenance import FeatureMeaning
@@ -76,10 +77,17 @@ def _scan(source: Source, renderer: Renderer, cfg: ExtractConfig, skipped: list[
 def _chunk_tensors(trees: list[Tree], backbone: Backbone, cfg: ExtractConfig, objectives: list[str],
                    batch_tokens: int, on_batch, source_name: str, layer: int, layout: str) -> dict[str, torch.Tensor]:
     max_padding = cfg.max_padding if cfg.max_padding is not None else batch_defaults(backbone.device, backbone.model)[1]
-    prompt, resp = encode_trees(backbone, trees, batch_tokens, on_batch, max_padding, layer, cfg.pooling, layout=layout)
+    lm = parse_lm_objectives(cfg.lm_objectives)
+    prompt, resp = encode_trees(backbone, trees, batch_tokens, on_batch, max_padding, layer, cfg.pooling, layout=layout,
+                                lm=lm)
     check_finite_features(trees, prompt, resp, source_name, backbone.dtype)
     pair = len(trees[0].conts) == 2
-    out = {
+    d = backbone.hidden_size
+    out = {}
+    if lm:  # their own tensor, as the features' columns are the hidden state's
+        out[LM_TENSOR] = resp[..., d:] if pair else resp[:, 0, d:]
+        resp = resp[..., :d]
+    out |= {
         "prompt_features": prompt,
         "response_features": resp if pair else resp[:, 0],
         "prompt_lengths": torch.tensor([len(t.prompt) for t in trees]),
@@ -141,6 +149,7 @@ def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, afte
     backbone = backbone or load_backbone(cfg.backbone, cfg.device, cfg.dtype, cfg.attn_implementation, defer_weights=True)
     renderer = Renderer(backbone.tokenizer, cfg.gate_rule)
     layer = canonical_layer(cfg.layer, int(backbone.config.num_hidden_layers))  # checked before any work
+    lm = parse_lm_objectives(cfg.lm_objectives)
     skipped: list[Skipped] = []
     display = source.name
     limit, limit_name = length_limit(cfg.max_length, backbone.config)
@@ -158,6 +167,8 @@ def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, afte
                 "objectives": objectives, "pair": is_pair}
     if cfg.pooling != "last":  # keyed only when set, so that runs from before pooling existed still resume
         settings["pooling"] = cfg.pooling
+    if lm:
+        settings["lm_objectives"] = lm
     settings_key = sha256_json(settings)
     batch_tokens = cfg.batch_tokens or batch_defaults(backbone.device)[0]
 
@@ -198,6 +209,7 @@ def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, afte
         "length_limit": limit if limit < (1 << 62) else None,
         "overflow": cfg.overflow, "input": display, "input_hash": input_hash, "objectives": objectives,
         "pair": is_pair, "shard": [shard_index, num_shards], "job": job, "settings_key": settings_key, "job_key": job_key,
+        "lm_objectives": lm or None,
     }
     report.rows = sum(len(chunks[c]) for c in mine)
     report.skipped = [vars(s) for s in skipped]

@@ -186,19 +186,27 @@ class LlamaBackbone(nn.Module):
         return Output(x, tuple(hidden) if hidden is not None else None)
 
     def forward_flat(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
-                     valid: torch.Tensor, k: int) -> torch.Tensor:
+                     valid: torch.Tensor, k: int, also_last: bool = False):
         """Hidden states [B,L,d] at output_hidden_states index `k` (zeros at the padding), computed on the real
         tokens (`valid` [B,L]) only: the padding is left out of every projection and MLP, and blocks above `k`
-        are not run. The same values as forward() (tests/test_fastpath.py)."""
+        are not run (unless `also_last`: then every block runs, and the result is (hidden at k, the last layer
+        after the final norm)). The same values as forward() (tests/test_fastpath.py)."""
         flat = Flat.from_valid(valid)
         ids, pos = input_ids.reshape(-1)[flat.index], position_ids.reshape(-1)[flat.index]
         x = self.embed_tokens(ids)
         freqs = pos[:, None].float() * self.inv_freq
         emb = torch.cat((freqs, freqs), dim=-1)
         cos, sin = emb.cos().to(x.dtype)[:, None], emb.sin().to(x.dtype)[:, None]
-        for block in self.layers[:k]:
+        n = len(self.layers)
+        at_k = None
+        for i, block in enumerate(self.layers[:n if also_last else k]):
+            if i == k:
+                at_k = x
             x = block(x, cos, sin, attention_mask, flat)[0]
-        return flat.scatter(self.norm(x) if k == len(self.layers) else x)
+        if not also_last:
+            return flat.scatter(self.norm(x) if k == n else x)
+        last = flat.scatter(self.norm(x))
+        return (last if k == n else flat.scatter(at_k if at_k is not None else x)), last
 
 
 def load_model(folder: Path, dtype: torch.dtype, device: torch.device) -> LlamaBackbone:

@@ -9,6 +9,7 @@ import torch
 from .artifacts import FeaturesMeta
 from .errors import ArmoError
 from .artifact_files import load_artifact
+from .lm_objectives import TENSOR as LM_TENSOR
 from .provenance import FeatureMeaning
 
 
@@ -33,6 +34,10 @@ class Features:
         for k, v in t.items():
             if v.shape[0] != n:
                 raise ArmoError(f"{path}: damaged features: tensor '{k}' has {v.shape[0]} rows for {n} ids")
+        lm = t.get(LM_TENSOR)
+        if (lm is None) != (not m.lm_objectives) or (lm is not None and lm.shape != (*R.shape[:-1], len(m.lm_objectives))):
+            raise ArmoError(f"{path}: damaged features: the '{LM_TENSOR}' tensor does not fit the LM objectives "
+                            f"{m.lm_objectives or []} of the metadata")
         if "labels" in t and t["labels"].shape[1:] != (len(m.objectives),):
             raise ArmoError(f"{path}: damaged features: labels {tuple(t['labels'].shape)} for {len(m.objectives)} objectives")
         return cls(str(path), t, m)
@@ -57,9 +62,23 @@ class Features:
     def hidden_size(self) -> int:
         return int(self.tensors["prompt_features"].shape[-1])
 
-    def responses(self) -> torch.Tensor:
-        """All response features as [M,d] (pairs flattened chosen, rejected)."""
+    def inputs(self, lm: list[str] | None = None, what: str = "the model") -> torch.Tensor:
+        """The response features [N,(2,)d] with the LM objectives `lm` as extra columns [N,(2,)d+q] (what
+        Regression.rewards reads). Features without one of them are refused, naming how to extract it."""
         r = self.tensors["response_features"]
+        if not lm:
+            return r
+        have = self.meta.lm_objectives or []
+        missing = [n for n in lm if n not in have]
+        if missing:
+            raise ArmoError(f"{self.path}: {what} needs the LM objective{'s' * (len(missing) > 1)} {', '.join(missing)}, "
+                            f"which these features do not carry (extract them with --lm-objectives {','.join(lm)})")
+        t = self.tensors[LM_TENSOR]
+        return torch.cat([r, t[..., [have.index(n) for n in lm]]], -1)
+
+    def responses(self, lm: list[str] | None = None, what: str = "the model") -> torch.Tensor:
+        """All response inputs (see `inputs`) as [M,d(+q)] (pairs flattened chosen, rejected)."""
+        r = self.inputs(lm, what)
         return r.reshape(-1, r.shape[-1])
 
     def response_lengths(self) -> torch.Tensor:

@@ -242,53 +242,68 @@ class _Stop(Exception):
     """Raised by a hook once the wanted layer is computed: the blocks above it are not run."""
 
 
-def hidden_states(model: Any, layer: int = -1, **inputs: Any) -> torch.Tensor:
+def hidden_states(model: Any, layer: int = -1, also_last: bool = False, **inputs: Any):
     """The hidden states [B,L,d] at `layer` (see resolve_layer). A middle layer is read by a hook on its
-    block, and the forward pass stops there: reading layer 20 of 30 costs two thirds of a full pass."""
+    block, and the forward pass stops there: reading layer 20 of 30 costs two thirds of a full pass.
+    `also_last`: the pass runs to the end and returns (hidden, the last layer after the final norm), for the
+    LM head (lm_objectives)."""
     n = int(model.config.num_hidden_layers)
     k = resolve_layer(layer, n)
     if k == n:
-        return model(**inputs).last_hidden_state
+        h = model(**inputs).last_hidden_state
+        return (h, h) if also_last else h
     if k == 0 or not hasattr(model, "layers"):  # embeddings may be scaled after the embedding module (Gemma)
-        return model(**inputs, output_hidden_states=True).hidden_states[k]
+        out = model(**inputs, output_hidden_states=True)
+        return (out.hidden_states[k], out.last_hidden_state) if also_last else out.hidden_states[k]
     captured: dict[str, torch.Tensor] = {}
 
     def hook(module: Any, args: Any, out: Any) -> None:
         captured["h"] = out[0] if isinstance(out, tuple) else out
-        raise _Stop
+        if not also_last:
+            raise _Stop
 
     handle = model.layers[k - 1].register_forward_hook(hook)
     try:
-        model(**inputs)
+        last = model(**inputs).last_hidden_state
     except _Stop:
         pass
     finally:
         handle.remove()
-    return captured["h"]
+    return (captured["h"], last) if also_last else captured["h"]
 
 
 @torch.inference_mode()
 def forward_trees(model: Any, trees: list[Tree], device: torch.device, dtype: torch.dtype,
-                  layer: int | list[int] = -1, pooling: str = "last", layout: str = "rows"):
+                  layer: int | list[int] = -1, pooling: str = "last", layout: str = "rows",
+                  lm_head: torch.Tensor | None = None):
     """Return prompt features [B,d] and response features [B,m,d] (float32) for trees with up to m responses each,
     read at `layer` (default: the last, after the final norm). A list of layers reads them all from one
     pass: prompt [B,n,d] and responses [B,m,n,d]. `pooling`: a response's feature is its last token's
     hidden state ("last", ArmoRM's) or the mean over its tokens ("mean"); the prompt's is read at the gate.
-    `layout`: see place_trees."""
+    `layout`: see place_trees. `lm_head` [V,d]: the pass runs to the last layer and each response's features
+    gain one column, the mean log-probability of its tokens (lm_objectives.mean_logprobs)."""
+    if lm_head is not None and isinstance(layer, list):
+        raise ArmoError("LM objectives are read with one feature layer, not a list")
     places, B, L = place_trees(trees, layout)
     if layout == "flex":
         ids, pos, mask = flex_batch(trees, device, places, (B, L))
     else:
         ids, pos, mask = build_batch(trees, device, dtype, places, (B, L))
     inputs = {"input_ids": ids, "position_ids": pos, "attention_mask": mask, "use_cache": False}
+    last = None
     with attention_kernels(device), _attention(model, layout):
         if skips_padding(model, device) and not isinstance(layer, list) and layout == "rows":
             valid = torch.arange(L)[None] < torch.tensor([t.length for t in trees])[:, None]
-            hidden = model.forward_flat(ids, pos, mask, valid, resolve_layer(layer, int(model.config.num_hidden_layers)))
+            hidden = model.forward_flat(ids, pos, mask, valid, resolve_layer(layer, int(model.config.num_hidden_layers)),
+                                        also_last=lm_head is not None)
+            if lm_head is not None:
+                hidden, last = hidden
         elif isinstance(layer, list):
             n = int(model.config.num_hidden_layers)
             hs = model(**inputs, output_hidden_states=True).hidden_states
             hidden = torch.stack([hs[resolve_layer(k, n)] for k in layer], dim=2)  # [B,L,n,d]
+        elif lm_head is not None:
+            hidden, last = hidden_states(model, layer, also_last=True, **inputs)
         else:
             hidden = hidden_states(model, layer, **inputs)
     m = max(len(t.conts) for t in trees)  # trees with fewer responses are padded: zeros, never read
@@ -319,6 +334,13 @@ def forward_trees(model: Any, trees: list[Tree], device: torch.device, dtype: to
     else:
         ri = torch.tensor([[e - 1 for _, e in sp] for sp in spans], device=hidden.device)
         resp = hidden[rows[:, None], ri].float().cpu()
+    if lm_head is not None:
+        from .lm_objectives import mean_logprobs
+
+        lm = [(b, o + len(t.prompt) - 1, s, e) for t, (b, o), sp in zip(trees, places, spans) for s, e in sp]
+        softcap = getattr(model.config, "final_logit_softcapping", None)
+        lp = mean_logprobs(last, ids, lm, lm_head, softcap).reshape(len(trees), m, 1)
+        resp = torch.cat([resp, lp], -1)
     return prompt, resp
 
 
@@ -419,19 +441,42 @@ def share_prompts(trees: list[Tree], cost: Callable[[int], float] | None, budget
 def encode_trees(backbone: Backbone, trees: list[Tree], batch_tokens: int,
                  on_batch: Callable[[int, int], None] | None = None,
                  max_padding: float = 1.0, layer: int | list[int] = -1, pooling: str = "last",
-                 share: bool = True, layout: str = "rows") -> tuple[torch.Tensor, torch.Tensor]:
+                 share: bool = True, layout: str = "rows", lm: list[str] | tuple[str, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
     """Features for trees in their given order (batches are length-sorted, order restored); with a list of
-    layers, all of them from one pass ([N,n,d] and [N,m,n,d]).
+    layers, all of them from one pass ([N,n,d] and [N,m,n,d]). `lm`: LM objectives (lm_objectives.py), in that
+    order, as extra columns of the response features ([N,m,d+q]): the first pass runs to the last layer for the
+    LM head, and lm-pmi runs every response a second time after an empty prompt (its tokens count in
+    `on_batch`, its rows do not).
 
     Trees with the same tokens are computed once and share the result: the same prompt and response get
     the same reward, bit for bit, wherever they sit in a call (a GRPO group of identical completions has
     zero spread, not float noise that a group normalisation would blow up). Trees with the same prompt run as
     one tree where that is cheaper (`share_prompts`; `share=False` runs each apart, for comparison). `layout`:
     see place_trees."""
+    if not lm:
+        return _encode(backbone, trees, batch_tokens, on_batch, max_padding, layer, pooling, share, layout)
+    from .lm_objectives import MEAN_LOGPROB, PMI, empty_prompt, lm_head
+
+    head = lm_head(backbone)
+    prompt, resp = _encode(backbone, trees, batch_tokens, on_batch, max_padding, layer, pooling, share, layout, head)
+    cols = {MEAN_LOGPROB: resp[..., -1]}
+    if PMI in lm:
+        e = empty_prompt(backbone)
+        alone = [Tree(t.index, t.example, e, t.conts, len(e) - 1) for t in trees]
+        tokens_only = (lambda rows, tokens: on_batch(0, tokens)) if on_batch else None
+        _, r0 = _encode(backbone, alone, batch_tokens, tokens_only, max_padding, layer, pooling, share, layout, head)
+        cols[PMI] = cols[MEAN_LOGPROB] - r0[..., -1]
+    return prompt, torch.cat([resp[..., :-1], torch.stack([cols[n] for n in lm], -1)], -1)
+
+
+def _encode(backbone: Backbone, trees: list[Tree], batch_tokens: int, on_batch: Callable[[int, int], None] | None,
+            max_padding: float, layer: int | list[int], pooling: str, share: bool, layout: str,
+            head: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     m = len(trees[0].conts)
     d = (len(layer), backbone.hidden_size) if isinstance(layer, list) else (backbone.hidden_size,)
+    r_d = (*d[:-1], d[-1] + 1) if head is not None else d  # + the mean log-probability
     prompt = torch.empty(len(trees), *d)
-    resp = torch.empty(len(trees), m, *d)
+    resp = torch.empty(len(trees), m, *r_d)
     copies: dict[tuple, list[int]] = {}
     for i, t in enumerate(trees):
         copies.setdefault((t.gate, tuple(t.prompt), *map(tuple, t.conts)), []).append(i)
@@ -441,7 +486,7 @@ def encode_trees(backbone: Backbone, trees: list[Tree], batch_tokens: int,
     units = share_prompts(unique, cost, batch_tokens)
     by_tree = {id(u.tree): u for u in units}
     for batch in token_batches([u.tree for u in units], batch_tokens, max_padding, layout):
-        for part, (pf, rf) in forward_splitting(backbone, [by_tree[id(t)] for t in batch], layer, pooling, layout):
+        for part, (pf, rf) in forward_splitting(backbone, [by_tree[id(t)] for t in batch], layer, pooling, layout, head):
             for b, u in enumerate(part):
                 for slot, pick in zip(u.slots, u.picks):
                     dst = torch.tensor(groups[slot])
@@ -458,12 +503,13 @@ def is_out_of_memory(e: BaseException) -> bool:
 
 
 def forward_splitting(backbone: Backbone, batch: list[Shared], layer: int | list[int] = -1, pooling: str = "last",
-                      layout: str = "rows"):
+                      layout: str = "rows", head: torch.Tensor | None = None):
     """forward_trees on a batch of units; a batch that runs out of memory is split in two and retried, down to
     one unit, then to one tree, which then fails with an error naming its row and length. Yields (units,
     features) parts."""
     try:
-        yield batch, forward_trees(backbone.model, [u.tree for u in batch], backbone.device, backbone.dtype, layer, pooling, layout)
+        yield batch, forward_trees(backbone.model, [u.tree for u in batch], backbone.device, backbone.dtype, layer, pooling,
+                                   layout, head)
         return
     except Exception as e:
         if not is_out_of_memory(e):
@@ -476,7 +522,7 @@ def forward_splitting(backbone: Backbone, batch: list[Shared], layer: int | list
                             f"on {backbone.device} even alone; use --max-length with --overflow truncate-prompt or skip") from None
     half = len(batch) // 2
     for part in ([[u] for u in batch[0].halves()] if len(batch) == 1 else [batch[:half], batch[half:]]):
-        yield from forward_splitting(backbone, part, layer, pooling, layout)
+        yield from forward_splitting(backbone, part, layer, pooling, layout, head)
 
 
 def check_finite_features(trees: list[Tree], prompt: torch.Tensor, resp: torch.Tensor, source_name: str,

@@ -220,7 +220,7 @@ def fit_gating(cfg: GatingConfig) -> dict:
         info("no decorrelation artifact given: using the identity transform", cfg.quiet, done="note:", style="yellow")
     torch.manual_seed(cfg.seed)
     P = torch.cat([f.tensors["prompt_features"] for f in feats]).float()
-    Rf = torch.cat([f.tensors["response_features"] for f in feats]).float()
+    Rf = torch.cat([f.inputs(reg.lm_objectives, "the regression") for f in feats]).float()
     groups = [h for f in feats for h in (f.meta.prompt_hashes or f.ids)]
     T = dec.transform
     radj = adjusted_rewards(reg, T, Rf, groups)  # [N,2,k], frozen; out-of-fold for the preference objective

@@ -88,6 +88,17 @@ def export_model(model_dir: str | Path | None, out_dir: str | Path, backbone: st
         "torch_dtype": "float32",
     })
     tensors = {f"model.{k}": v.detach().contiguous().clone() for k, v in bb.model.state_dict().items()}
+    lm = model.regression.lm_objectives
+    if lm:  # the exported forward computes them (modeling_armo.py): the LM head, and lm-pmi's empty prompt
+        from .lm_objectives import PMI, empty_prompt, lm_head
+
+        head = lm_head(bb)
+        cfg["armo_lm_objectives"] = lm
+        if PMI in lm:
+            cfg["armo_lm_empty_prompt"] = empty_prompt(bb)
+        if not cfg.get("tie_word_embeddings", False):
+            tensors["lm_head.weight"] = head.detach().float().contiguous().clone()
+        tensors["lm_regression_layer.weight"] = model.regression.lm_weight.contiguous()
     tensors["regression_layer.weight"] = model.regression.weight.contiguous()
     if cfg["regression_bias"]:
         tensors["regression_layer.bias"] = model.regression.bias.contiguous()
@@ -197,6 +208,18 @@ def _check_heads(shapes: dict[str, tuple[int, ...]], cfg: dict, where: Path, fol
     for name, shape in [("regression_layer.bias", (k,)), ("reward_transform_matrix", (k, k))]:
         if name in shapes:
             expected[name] = shape
+    lm = cfg.get("armo_lm_objectives")
+    if lm is not None:
+        from .lm_objectives import PMI, parse_lm_objectives
+
+        if not isinstance(lm, list) or not all(isinstance(n, str) for n in lm) or not lm:
+            raise ArmoError(f"{where}: field 'armo_lm_objectives': expected a list of LM objective names")
+        parse_lm_objectives(",".join(lm), f"{where}: field 'armo_lm_objectives'")
+        expected["lm_regression_layer.weight"] = (k, len(lm))
+        empty = cfg.get("armo_lm_empty_prompt")
+        if PMI in lm and (not isinstance(empty, list) or not empty or not all(isinstance(i, int) and not isinstance(i, bool)
+                                                                              and i >= 0 for i in empty)):
+            raise ArmoError(f"{where}: field 'armo_lm_empty_prompt': expected the token ids of lm-pmi's empty prompt")
     for name, shape in expected.items():
         if shapes.get(name) != shape:
             got = "missing" if name not in shapes else f"shape {shapes[name]}"
@@ -257,7 +280,7 @@ def import_checkpoint(source: str, output: str | Path, objectives: list[str] | N
     cfg = read_json_object(cfg_path)
     _sizes(cfg, cfg_path)
     files = _weight_files(folder)
-    shapes = _head_shapes(files, ("regression_layer.", "reward_transform_matrix", "gating."))
+    shapes = _head_shapes(files, ("regression_layer.", "reward_transform_matrix", "gating.", "lm_regression_layer."))
     k, d, n_hidden, hidden_dim = _check_heads(shapes, cfg, cfg_path, folder)
     if objectives:
         if len(objectives) != k:
@@ -307,8 +330,12 @@ def import_checkpoint(source: str, output: str | Path, objectives: list[str] | N
         bias = w.get("regression_layer.bias", torch.zeros(k))
         reg_meta = {"kind": "regression", "armo_version": __version__, "objectives": names, "scales": scales,
                     "backbone": backbone, "hidden_size": d, "imported_from": name, "metrics": {},
-                    "feature_meaning": meaning.without_gate_rule().to_json()}
-        save_artifact(out / PART_FILES["regression"], {"weight": w["regression_layer.weight"], "bias": bias}, reg_meta)
+                    "feature_meaning": meaning.without_gate_rule().to_json(),
+                    "lm_objectives": cfg.get("armo_lm_objectives")}
+        reg_tensors = {"weight": w["regression_layer.weight"], "bias": bias}
+        if "lm_regression_layer.weight" in w:
+            reg_tensors["lm_weight"] = w["lm_regression_layer.weight"]
+        save_artifact(out / PART_FILES["regression"], reg_tensors, reg_meta)
         from .regression import Regression
 
         rh = regression_hash(Regression.load(out / PART_FILES["regression"]))

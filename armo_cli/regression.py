@@ -22,6 +22,7 @@ from .outputs import check_outputs, write_text_atomic
 from .artifacts import RegressionMeta
 from .configs import RegressionConfig
 from .options import validate
+from .lm_objectives import parse_lm_objectives
 from .preference import fit_preference, out_of_fold
 from .provenance import FeatureMeaning, require_one_meaning
 from .stats import pearson, spearman
@@ -280,13 +281,19 @@ def fit_regression(cfg: RegressionConfig) -> dict:
                       "pairs": [{"path": f.path, "input_hash": f.meta.input_hash, "rows": len(f.ids)} for f in pair_feats],
                       "selection": hm["selection"], "val_accuracy": hm["val_accuracy"],
                       "train_accuracy": hm["train_accuracy"], "feature_scale": hm["feature_scale"]}
+    lm = parse_lm_objectives(cfg.lm_objectives)
+    if lm:
+        weight, bias, lm_weight = _lm_columns(lm, pair_feats or feats, objectives, scales, metrics, weight, bias)
+        objectives = objectives + lm
+        alphas = alphas + [None] * len(lm)
+        tensors["lm_weight"] = lm_weight
     solve_s = time.perf_counter() - t1
     report = {
         "kind": "regression", "armo_version": __version__, "objectives": objectives, "scales": scales,
         "alphas": dict(zip(objectives, alphas)), "alpha_grid": cfg.alphas, "metrics": metrics,
         "skipped_objectives": skipped, "intercept": cfg.intercept, "refit": cfg.refit,
         "val_fraction": cfg.val_fraction, "seed": cfg.seed, "length_objective": cfg.length_objective,
-        "preference": preference,
+        "preference": preference, "lm_objectives": lm or None,
         "backbone": (feats or pair_feats)[0].backbone, "hidden_size": X.shape[1], "feature_meaning": meaning.to_json(),
         "inputs": [{"path": f.path, "input_hash": f.meta.input_hash, "rows": len(f.ids)} for f in feats],
         "rows": X.shape[0], "solve_seconds": solve_s, "seconds": time.perf_counter() - t0,
@@ -305,15 +312,42 @@ def fit_regression(cfg: RegressionConfig) -> dict:
     return report
 
 
+def _lm_columns(lm: list[str], feats: list[Features], objectives: list[str], scales: dict, metrics: dict,
+                weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The LM objectives as reward columns: each mapped onto [0,1] by its range over the training responses of
+    `feats` (`scales`, `metrics` gain them). Returns the weight and bias with a zero row / the offset for each,
+    and lm_weight [k, q]: 1/(hi - lo) where objective row meets its LM column."""
+    d = weight.shape[1]
+    values = torch.cat([f.responses(lm, "--lm-objectives")[:, d:] for f in feats])
+    k0, q = len(objectives), len(lm)
+    lm_weight = torch.zeros(k0 + q, q)
+    offsets = []
+    for c, name in enumerate(lm):
+        v = values[:, c]
+        lo, hi = float(v.min()), float(v.max())
+        if not hi > lo:
+            raise ArmoError(f"--lm-objectives {name}: constant over the {v.numel()} training responses; nothing to scale to [0,1]")
+        scales[name] = {"lo": lo, "hi": hi, "transform": "linear", "declared": False, "source": "lm"}
+        metrics[name] = {"n_train": v.numel(), "n_val": 0, "alpha": None, "mse": None, "pearson": None, "spearman": None,
+                         "source": "lm"}
+        lm_weight[k0 + c, c] = 1.0 / (hi - lo)
+        offsets.append(-lo / (hi - lo))
+    weight = torch.cat([weight, torch.zeros(q, d, dtype=weight.dtype)])
+    bias = torch.cat([bias, torch.tensor(offsets, dtype=bias.dtype)])
+    return weight, bias, lm_weight
+
+
 @dataclass
 class Regression:
-    """A fitted regression artifact: rewards r = W f(x,y) + b on [0,1] per objective."""
+    """A fitted regression artifact: rewards r = W f(x,y) + b on [0,1] per objective, plus A l(x,y) where it reads LM
+    objectives l (lm_objectives.py): its input is then the features with those as extra columns."""
 
     weight: torch.Tensor
     bias: torch.Tensor
     meta: RegressionMeta
     fold_weight: torch.Tensor | None = None  # the preference objective's cross-fitting heads [K,d], [K]
     fold_bias: torch.Tensor | None = None
+    lm_weight: torch.Tensor | None = None  # [k, q]: the LM objectives' columns (meta.lm_objectives)
 
     @classmethod
     def load(cls, path: str | Path) -> "Regression":
@@ -330,7 +364,15 @@ class Regression:
             if (p.get("objective") not in objs or not isinstance(p.get("fold_of"), dict) or fw is None or fb is None
                     or fw.shape != (int(p.get("folds", -1)), w.shape[1]) or fb.shape != (fw.shape[0],)):
                 raise ArmoError(f"{path}: damaged regression: the preference objective's cross-fitting heads do not fit")
-        return cls(w, b, m, fw, fb)
+        lw = t.get("lm_weight")
+        if (lw is None) != (not m.lm_objectives) or (lw is not None and lw.shape != (len(objs), len(m.lm_objectives))):
+            raise ArmoError(f"{path}: damaged regression: the LM objectives' weights do not fit its metadata")
+        return cls(w, b, m, fw, fb, lw)
+
+    @property
+    def lm_objectives(self) -> list[str]:
+        """The LM objectives its input carries after the features, in order (none for most models)."""
+        return self.meta.lm_objectives or []
 
     @property
     def objectives(self) -> list[str]:
@@ -342,7 +384,14 @@ class Regression:
         return FeatureMeaning.of(self.meta, "regression", prompt=False)
 
     def rewards(self, X: torch.Tensor) -> torch.Tensor:
-        return X.float() @ self.weight.T + self.bias
+        if self.lm_weight is None:
+            return X.float() @ self.weight.T + self.bias
+        d = self.weight.shape[1]
+        if X.shape[-1] != d + self.lm_weight.shape[1]:
+            raise ArmoError(f"the regression reads {d} features and the LM objectives {', '.join(self.lm_objectives)}; "
+                            f"got {X.shape[-1]} columns")
+        X = X.float()
+        return X[..., :d] @ self.weight.T + X[..., d:] @ self.lm_weight.T + self.bias
 
     def rewards_out_of_fold(self, X: torch.Tensor, groups: list[str]) -> torch.Tensor:
         """Rewards for training a later stage on rows X [N,...,d] with prompt keys `groups`: the preference
@@ -353,5 +402,5 @@ class Regression:
         if not p:
             return r
         j = self.objectives.index(p["objective"])
-        r[..., j] = out_of_fold(X, groups, self.fold_weight, self.fold_bias, p["fold_of"], r[..., j])
+        r[..., j] = out_of_fold(X[..., :self.weight.shape[1]], groups, self.fold_weight, self.fold_bias, p["fold_of"], r[..., j])
         return r

@@ -144,7 +144,7 @@ def _records(model: ArmoModel, ids: list[str], subsets: list[str | None], ex: di
 def score_records(model: ArmoModel, feats: Features, weights: torch.Tensor | None = None, top_k: int = 3) -> Iterator[dict]:
     """One JSON-ready record per row of a features file, in input order."""
     P = feats.tensors["prompt_features"]
-    R = feats.tensors["response_features"]
+    R = feats.inputs(model.regression.lm_objectives)
     ex = model.explain(P, R if feats.pair else R[:, None], weights)
     subsets = feats.meta.subsets or [None] * len(feats.ids)
     yield from _records(model, feats.ids, subsets, ex, feats.pair, top_k)
@@ -236,7 +236,8 @@ def score_trees(model: ArmoModel, bb: Backbone, trees: list[Tree], weights: torc
     groups = []
     for shape in dict.fromkeys((len(t.conts), t.example.n_chosen) for t in trees):  # single, pair, each list shape
         group = [t for t in trees if (len(t.conts), t.example.n_chosen) == shape]
-        P, R = encode_trees(bb, group, batch_tokens, on_batch, max_padding, model.meaning.layer, model.meaning.pooling)
+        P, R = encode_trees(bb, group, batch_tokens, on_batch, max_padding, model.meaning.layer, model.meaning.pooling,
+                            lm=model.regression.lm_objectives)
         check_finite_features(group, P, R, source_name, bb.dtype)
         groups.append(Scored(group, model.explain(P, R, weights), shape == (2, None), shape[1]))
     return groups
@@ -655,7 +656,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         feats = load_features(model, cfg.features)
         if not feats.pair:
             raise ArmoError(f"{cfg.features}: evaluate needs pairs (rows with 'chosen' and 'rejected')")
-        ex = model.explain(feats.tensors["prompt_features"], feats.tensors["response_features"], w)
+        ex = model.explain(feats.tensors["prompt_features"], feats.inputs(model.regression.lm_objectives), w)
         ids, lengths = feats.ids, feats.tensors["response_lengths"]
         subsets = feats.meta.subsets or [None] * len(ids)
         rows_report = {k: feats.meta.report.get(k, []) for k in ("skipped", "truncated")}  # extract's, at extraction

@@ -1,0 +1,168 @@
+"""LM objectives (lm_objectives.py): read in the extraction pass, equal to transformers' own log-softmax of the LM
+head, carried through every stage, refused where the features lack them, exported and imported."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from armo_cli.backbones import load_backbone
+from armo_cli.errors import ArmoError
+from armo_cli.features import Features
+from armo_cli.forward import encode_trees
+from armo_cli.lm_objectives import LM_OBJECTIVES, empty_prompt, parse_lm_objectives
+from armo_cli.regression import Regression
+from armo_cli.rendering import Renderer
+from armo_cli.rows import Source, iter_examples
+
+from conftest import CHATML, armo, check_export_round_trip, cli, make_tokenizer, pair_rows, rating_rows, write_jsonl
+
+
+def make_lm_backbone(path: Path, tied: bool, seed: int = 0) -> Path:
+    """A tiny random LlamaForCausalLM with its LM head: tied to the embeddings (as SmolLM2) or its own."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = make_tokenizer(CHATML, False)
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                      tie_word_embeddings=tied)
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():  # a random head gives near-uniform log-probabilities; make them differ by response
+        model.lm_head.weight.mul_(20.0)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module", params=["tied", "untied"])
+def lm_backbone(request, tmp_path_factory) -> Path:
+    return make_lm_backbone(tmp_path_factory.mktemp("lm") / request.param, tied=request.param == "tied")
+
+
+def reference(folder: Path, prompt: list[int], cont: list[int]) -> float:
+    """transformers' own: the mean log-softmax of LlamaForCausalLM's logits at the response's tokens."""
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    ids = torch.tensor([prompt + cont])
+    with torch.no_grad():
+        lp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+    p = len(prompt)
+    return float(torch.stack([lp[p - 1 + j, cont[j]] for j in range(len(cont))]).mean())
+
+
+def trees_of(bb, rows, tmp_path):
+    r = Renderer(bb.tokenizer)
+    p = write_jsonl(tmp_path / "in.jsonl", rows)
+    return [r.tokenize(ex, i) for i, ex in enumerate(iter_examples(Source(str(p))))]
+
+
+ROWS = [
+    {"id": "a", "prompt": "say hi", "chosen": "hello world", "rejected": "no"},
+    {"id": "b", "prompt": "say hi", "chosen": "sure hello", "rejected": "hello world"},  # shares a prompt with a
+    {"id": "c", "prompt": "write code", "chosen": "", "rejected": "python code please"},  # an empty response
+    {"id": "d", "prompt": "why", "chosen": "tie", "rejected": "tie"},
+]
+
+
+@pytest.mark.parametrize("fast", [False, True])
+@pytest.mark.parametrize("layer", [-1, 1])
+def test_lm_objectives_equal_transformers_log_softmax(lm_backbone, tmp_path, fast, layer, monkeypatch):
+    import armo_cli.forward as fwd
+
+    monkeypatch.setattr(fwd, "pass_cost", lambda config: (lambda L: float(L)))  # rows on one prompt share a tree
+    bb = load_backbone(str(lm_backbone), device="cpu", dtype="fp32", fast=fast)
+    assert bb.extra.get("fast", False) == fast
+    trees = trees_of(bb, ROWS, tmp_path)
+    P, R = encode_trees(bb, trees, 10_000, layer=layer, lm=list(LM_OBJECTIVES))
+    P0, R0 = encode_trees(bb, trees, 10_000, layer=layer)
+    assert R.shape == (4, 2, 32 + 2) and torch.equal(P, P0)
+    assert torch.allclose(R[..., :32], R0, atol=1e-6)  # the features are the ones read without the LM head
+    e = empty_prompt(bb)
+    for i, t in enumerate(trees):
+        for j, c in enumerate(t.conts):
+            lp = reference(lm_backbone, t.prompt, c)
+            assert float(R[i, j, 32]) == pytest.approx(lp, abs=1e-4)
+            assert float(R[i, j, 33]) == pytest.approx(lp - reference(lm_backbone, e, c), abs=1e-4)
+    assert float(R[3, 0, 32]) == float(R[3, 1, 32])  # identical sides: one computation, an exact tie
+    assert len({round(float(x), 3) for x in R[..., 32].reshape(-1)}) > 4  # the values do tell responses apart
+    apart = encode_trees(bb, trees, 10_000, layer=layer, lm=[LM_OBJECTIVES[1]], share=False)[1]
+    assert torch.allclose(apart[..., 32], R[..., 33], atol=1e-5)  # shared prompts give what separate passes give
+
+
+def test_parse_and_no_head(tiny_backbone, tmp_path):
+    assert parse_lm_objectives("all") == list(LM_OBJECTIVES)
+    assert parse_lm_objectives("lm-pmi") == ["lm-pmi"]
+    for bad, msg in (("lm-foo", "unknown LM objective 'lm-foo'"), ("lm-pmi,lm-pmi", "named twice")):
+        with pytest.raises(ArmoError, match=msg):
+            parse_lm_objectives(bad)
+    bb = load_backbone(str(tiny_backbone), device="cpu", dtype="fp32")  # a LlamaModel: no head, embeddings untied
+    with pytest.raises(ArmoError, match="no LM head"):
+        encode_trees(bb, trees_of(bb, ROWS[:1], tmp_path), 10_000, lm=["lm-mean-logprob"])
+
+
+def build_lm_model(d: Path, backbone: Path) -> Path:
+    """A whole model whose reward vector holds both LM objectives (the ratings' features carry none: only the pairs
+    that fit the preference head, the LM columns' ranges, the decorrelation and the gate need them)."""
+    b = ["-b", backbone, "--device", "cpu", "-q"]
+    cli("extract", write_jsonl(d / "r.jsonl", rating_rows(80)), "-o", d / "r.st", *b)
+    cli("extract", write_jsonl(d / "p.jsonl", pair_rows(60)), "-o", d / "p.st", "--lm-objectives", "all", *b)
+    m = d / "model"
+    cli("fit-regression", d / "r.st", "--length-objective", "verbosity", "--pairs", d / "p.st", "--preference-objective",
+        "preference", "--preference-folds", "3", "--lm-objectives", "lm-pmi,lm-mean-logprob", "-o", d / "reg.st",
+        "--model-dir", m, "-q")
+    cli("fit-decorrelation", d / "p.st", "-r", d / "reg.st", "-o", d / "dec.st", "--model-dir", m, "-q")
+    cli("fit-gating", d / "p.st", "-r", d / "reg.st", "-t", d / "dec.st", "-o", d / "gate.st", "--model-dir", m,
+        "--hidden-dim", "8", "--steps", "30", "-q")
+    return m
+
+
+@pytest.fixture(scope="module")
+def lm_model(lm_backbone, tmp_path_factory) -> Path:
+    return build_lm_model(tmp_path_factory.mktemp("lm-model"), lm_backbone)
+
+
+def test_lm_objectives_are_objectives_of_every_stage(lm_model, lm_backbone, tmp_path):
+    d = lm_model.parent
+    reg = Regression.load(d / "reg.st")
+    assert reg.objectives == ["helpfulness", "safety", "verbosity", "preference", "lm-pmi", "lm-mean-logprob"]
+    assert reg.lm_objectives == ["lm-pmi", "lm-mean-logprob"]
+    feats = Features.load(d / "p.st")
+    assert feats.meta.lm_objectives == list(LM_OBJECTIVES) and feats.tensors["lm_objectives"].shape == (60, 2, 2)
+    r = reg.rewards(feats.inputs(reg.lm_objectives))  # mapped onto [0,1] by their range over the training responses
+    for j in (4, 5):
+        assert float(r[..., j].min()) == pytest.approx(0.0, abs=1e-6) and float(r[..., j].max()) == pytest.approx(1.0, abs=1e-6)
+    # rows scored with armo's forward (read in the pass) equal the extracted features' scores
+    by_rows = [json.loads(x) for x in armo("score", "-m", lm_model, d / "p.jsonl", "--backbone", lm_backbone,
+                                            "--device", "cpu", "-q").stdout.splitlines()]
+    by_feats = [json.loads(x) for x in armo("score", "-m", lm_model, "--features", d / "p.st").stdout.splitlines()]
+    assert [x["margin"] for x in by_rows] == pytest.approx([x["margin"] for x in by_feats], abs=1e-5)
+    side = by_rows[0]["chosen"]
+    lm = feats.tensors["lm_objectives"][0, 0]  # score explains them: on [0,1] and in their own units (nats)
+    assert side["rewards_original"]["lm-mean-logprob"] == pytest.approx(float(lm[0]), abs=1e-4)
+    assert side["rewards_original"]["lm-pmi"] == pytest.approx(float(lm[1]), abs=1e-4)
+    one = json.loads(armo("score", "-m", lm_model, "--features", d / "p.st", "--objective", "lm-pmi").stdout.splitlines()[0])
+    assert one["gating"]["lm-pmi"] == 1.0 and sum(v != 0 for v in one["gating"].values()) == 1  # --objective takes them
+    assert one["chosen"]["score"] == pytest.approx(sum(c * one["chosen"]["rewards"][o] for o, c in one["coefficients"].items()),
+                                                   abs=1e-6)
+    check_export_round_trip(lm_model, d / "p.st", d / "p.jsonl", tmp_path)
+
+
+def test_stages_refuse_features_without_the_lm_objectives_they_need(lm_model, lm_backbone, tmp_path):
+    d = lm_model.parent
+    cli("extract", d / "p.jsonl", "-o", tmp_path / "plain.st", "-b", lm_backbone, "--device", "cpu", "-q")
+    need = "needs the LM objectives lm-pmi, lm-mean-logprob, which these features do not carry"
+    for args in (("score", "-m", lm_model, "--features", tmp_path / "plain.st"),
+                 ("evaluate", "-m", lm_model, "--features", tmp_path / "plain.st"),
+                 ("fit-decorrelation", tmp_path / "plain.st", "-r", d / "reg.st", "-o", tmp_path / "x.st"),
+                 ("fit-gating", tmp_path / "plain.st", "-r", d / "reg.st", "-t", d / "dec.st", "-o", tmp_path / "x.st"),
+                 ("fit-regression", d / "r.st", "--lm-objectives", "lm-pmi", "-o", tmp_path / "x.st")):
+        run = armo(*args)
+        assert run.code == 2 and len(run.stderr.splitlines()) == 1, run.stderr
+        assert ("plain.st" if args[0] != "fit-regression" else "r.st") in run.stderr
+        assert "which these features do not carry (extract them with --lm-objectives" in run.stderr
+        assert not (tmp_path / "x.st").exists()
+    assert need in armo("score", "-m", lm_model, "--features", tmp_path / "plain.st").stderr
