@@ -115,6 +115,10 @@ class BackboneSpec:
         if p.is_file() and p.suffix == ".gguf":
             return cls(spec, "gguf", gguf=p)
         if p.is_dir():
+            from .lora import is_adapter_dir
+
+            if is_adapter_dir(p):
+                return cls(spec, "adapter", path=p)
             if not (p / "config.json").exists():
                 raise ArmoError(f"--backbone {spec}: folder has no config.json")
             return cls(spec, "folder", path=p)
@@ -218,6 +222,8 @@ def load_backbone(spec: str, device: str | None = None, dtype: str | None = None
     bad row is reported before an 8B model is read into memory."""
     t0 = time.perf_counter()
     bs = BackboneSpec.resolve(spec)
+    if bs.kind == "adapter":
+        return _load_adapter(bs, device, dtype, attn_implementation, fast, defer_weights)
     dev = auto_device(device)
     dt = auto_dtype(dev, dtype)
     from_cache = False
@@ -281,3 +287,23 @@ def load_backbone(spec: str, device: str | None = None, dtype: str | None = None
         raise ArmoError(f"--backbone {spec}: its tokenizer has no chat template")
     return Backbone(bs, model, tok, dev, dt, fingerprint, time.perf_counter() - t0, from_cache, config=config,
                     loader=load_model if model is None else None, folder=Path(load_from))
+
+
+def _load_adapter(bs: BackboneSpec, device: str | None, dtype: str | None, attn_implementation: str, fast: bool,
+                  defer_weights: bool) -> Backbone:
+    """A LoRA adapter folder: its base backbone (named in its config), loaded as usual, with the adapter merged into
+    its weights (lora.py). Its fingerprint is the base's and the adapter's; the LM head stays the base's."""
+    import dataclasses
+
+    from . import lora
+
+    assert bs.path is not None
+    cfg = lora.read_config(bs.path)
+    base = load_backbone(lora.base_path(bs.path, cfg), device, dtype, attn_implementation, fast, defer_weights)
+    merged = lora.merge_into(base.model, bs.path, cfg) if base.model is not None else None
+    loader = None
+    if base.loader is not None:
+        base_loader = base.loader
+        loader = lambda: lora.merge_into(base_loader(), bs.path, cfg)  # noqa: E731
+    return dataclasses.replace(base, spec=bs, model=merged, loader=loader, fingerprint=lora.fingerprint(bs.path, base.fingerprint),
+                               extra={**base.extra, "base": base.spec.name})

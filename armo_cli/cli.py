@@ -15,7 +15,8 @@ import typer
 from .version import __version__
 from .console import console, error, info, warn
 from .configs import (AssembleConfig, DecorrelationConfig, EvaluateConfig, ExportConfig, ExtractConfig, GatingConfig,
-                      ImportConfig, MergeConfig, RegressionConfig, ReportConfig, SampleConfig, ScoreConfig, ServeConfig)
+                      ImportConfig, MergeConfig, RegressionConfig, ReportConfig, SampleConfig, ScoreConfig, ServeConfig,
+                      TuneConfig)
 from .specs import parse_alphas, parse_lambda_range, parse_ranges
 from .errors import (EXIT_BAD_INPUT, EXIT_ENVIRONMENT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TERMINATED, ArmoError,
                      Terminated, debug_enabled, environment_message, one_line)
@@ -174,6 +175,22 @@ def extract(**values):
     from .extract import extract as run
 
     cfg = _config(ExtractConfig, values)
+    _run(lambda: run(cfg), resumable=True)
+
+
+@app.command("tune-backbone")
+@config_command(TuneConfig, argument="input", required=("output",), short={"backbone": "-b"})
+def tune_backbone(**values):
+    """Stage 0: tune the backbone for preference (LoRA on its blocks, a Bradley-Terry loss on pairs).
+
+    Writes a PEFT adapter folder whose config names the base; every command's --backbone takes it (the adapter is
+    merged into the base's weights on load), and `armo export` writes the merged weights. Needs `pip install peft`.
+
+    Example: `armo tune-backbone pairs.jsonl -o tuned --epochs 1 --resume`, then `armo extract ... --backbone tuned`
+    """
+    from .stage0 import tune_backbone as run
+
+    cfg = _config(TuneConfig, values)
     _run(lambda: run(cfg), resumable=True)
 
 

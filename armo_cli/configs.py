@@ -64,6 +64,31 @@ class ExtractConfig:
 
 
 @dataclass
+class TuneConfig:
+    input: str | None = opt(None, "Pair rows (JSONL, .gz ok: 'chosen' and 'rejected' responses) to tune on.")
+    output: str = opt("adapter", "Adapter folder to write (PEFT's format; --backbone takes it).")
+    backbone: str = opt(DEFAULT_BACKBONE, "The base: named backbone, GGUF file, local folder or HF hub id.")
+    device: str | None = opt(None, "cuda, mps, cpu (default: best available).")
+    rank: int = opt(8, "LoRA rank.", min=1)
+    alpha: float = opt(16.0, "LoRA alpha (the update is scaled by alpha / rank).", above=0.0)
+    target_modules: str = opt("q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+                              "The blocks' linear layers that get an adapter, comma-separated.")
+    pooling: str = opt("last", "The Bradley-Terry head reads the last layer at: last (the response's last token) | mean.",
+                       choices=POOLINGS)
+    lr: float = opt(1e-4, "AdamW learning rate (adapter and head).", above=0.0)
+    weight_decay: float = opt(0.0, "AdamW weight decay.", min=0.0)
+    epochs: int = opt(1, "Passes over the pairs.", min=1)
+    batch_pairs: int = opt(8, "Pairs per step.", min=1)
+    max_length: int | None = opt(512, "Longest prompt+response in tokens.", min=1)
+    overflow: str = opt("truncate-prompt", "Over the length limit: error | skip | truncate-prompt.", choices=OVERFLOW)
+    on_error: str = opt("error", ON_ERROR_HELP, choices=ON_ERROR)
+    save_every: int = opt(25, "Steps between checkpoints that --resume continues from.", min=1)
+    seed: int = opt(0, "Seed of the adapter's initialisation and the pairs' order.")
+    resume: bool = opt(False, "Continue an interrupted run from its last checkpoint (same pairs and settings).")
+    quiet: bool = opt(False, "No progress bar or tables.")
+
+
+@dataclass
 class MergeConfig:
     shards: list[str] = opt(help="Shard files written with --num-shards/--shard-index.", default_factory=list)
     output: str = opt("features.safetensors", "Features file to write.")

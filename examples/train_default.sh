@@ -22,19 +22,24 @@ N_RMB=${N_RMB:-2000}           # RMB pairs for out-of-distribution evaluation on
 N_SELECT=${N_SELECT:-600}      # RMB pairs (the probe's selection half) on which the gate's settings are chosen
 MAXLEN=${MAXLEN:-512}          # training rows (prompts truncated from the left beyond it)
 EVAL_MAXLEN=${EVAL_MAXLEN:-1024}
+LM=${LM:-all}                  # LM objectives read with the pairs' and evaluation sets' features (#33; none: LM=)
 mkdir -p "$WORK"
 
 # Licences: MIT (UltraFeedback, HH-RLHF, USR Topical-Chat), Apache-2.0 (Prometheus, PandaLM), CC-BY-4.0 (XSTest).
 python benchmarks/recipe_slices.py --data "$DATA" --out "$WORK" --heldout "$N_HELDOUT" --rmb "$N_RMB" --select "$N_SELECT"
 
 # rows the data cannot give (a response alone over the limit) are listed, not fatal
+# the LM objectives (their own tensor beside the features, which stay the same) are read where the gate, the
+# decorrelation and the evaluation use them: the pairs and the evaluation sets, not the ratings
+L=(${LM:+--lm-objectives "$LM"})
 X=(--layer "$LAYER" --pooling "$POOLING" --max-length "$MAXLEN" --overflow truncate-prompt --on-error skip --resume)
-armo extract "$WORK/pairs.jsonl" -o "$WORK/pairs.features.safetensors" "${X[@]}"
+armo extract "$WORK/pairs.jsonl" -o "$WORK/pairs.features.safetensors" "${X[@]}" "${L[@]}"
 armo extract "$WORK/ratings.jsonl" -o "$WORK/ratings.features.safetensors" "${X[@]}"
-E=(--layer "$LAYER" --pooling "$POOLING" --max-length "$EVAL_MAXLEN" --overflow truncate-prompt --on-error skip --resume)
+E=(--layer "$LAYER" --pooling "$POOLING" --max-length "$EVAL_MAXLEN" --overflow truncate-prompt --on-error skip --resume "${L[@]}")
 armo extract "$WORK/heldout.jsonl" -o "$WORK/heldout.features.safetensors" "${E[@]}"
 armo extract "$DATA/dev-eval.jsonl.gz" -o "$WORK/dev-eval.features.safetensors" "${E[@]}"
 armo extract "$WORK/rmb-eval.jsonl" -o "$WORK/rmb-eval.features.safetensors" "${E[@]}"
 armo extract "$WORK/rmb-select.jsonl" -o "$WORK/rmb-select.features.safetensors" "${E[@]}"
 
+[[ ${FIT:-1} == 1 ]] || { echo "features extracted in $WORK (FIT=0: heads not fitted)"; exit 0; }
 bash examples/fit_default.sh

@@ -1,0 +1,226 @@
+"""`armo tune-backbone`, stage 0: a backbone tuned for preference, as ArmoRM's own backbone was a Bradley-Terry reward
+model (FsfairX-LLaMA3-RM) before its heads were fitted. LoRA on the backbone's blocks and a linear head on its last
+layer learn together, with the Bradley-Terry loss -log sigmoid(r(chosen) - r(rejected)), on CPU or GPU, resumable.
+
+PEFT makes the LoRA modules and writes the adapter in its own format. The loop is armo's, not TRL's RewardTrainer,
+because the pairs must be the tokens their features will be read from: rendered by armo's renderer (a chat marker
+in user text stays text, which TRL's own tokenisation would not guarantee) and run as armo's trees (each pair's
+prompt computed once: fewer tokens than TRL's two sequences per pair). The loop itself is thirty lines.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from .backbones import load_backbone
+from .configs import TuneConfig
+from .console import info, progress, warn
+from .errors import ArmoError
+from .forward import branch_spans, build_batch
+from .jobfiles import claim_parts, make_parts, remove_parts
+from .jsonl import check_input_file, sha256_file, sha256_json
+from .lora import CONFIG, is_adapter_dir
+from .options import validate
+from .outputs import atomic_dir, atomic_path, check_output_dir
+from .rendering import Renderer, Tree, length_limit, sized_tree, tokenized
+from .rows import Skipped, Source, as_pairs, iter_examples, locked_source
+from .version import __version__
+
+CHECKPOINT = "checkpoint.safetensors"
+_PART_FILE = re.compile(r"checkpoint\.safetensors|\.checkpoint\.safetensors\.\w+\.tmp")
+
+
+def _pairs(source: Source, renderer: Renderer, cfg: TuneConfig, limit: int, limit_name: str,
+           skipped: list[Skipped]) -> list[Tree]:
+    trees = []
+    for i, ex, tree in tokenized(as_pairs(iter_examples(source, cfg.on_error, skipped)), renderer):
+        where = f"{source.name}:{ex.line}"
+        if not ex.is_pair:
+            raise ArmoError(f"{where}: tune-backbone needs pairs (fields 'chosen' and 'rejected')")
+        t = sized_tree(renderer, ex, i, where, limit, limit_name, cfg.overflow, skipped, tree)
+        if t is not None:
+            trees.append(t)
+    if len(trees) < 2:
+        raise ArmoError(f"{source.name}: {len(trees)} usable pairs; tune-backbone needs at least 2")
+    return trees
+
+
+def pair_rewards(model, head: torch.nn.Linear, trees: list[Tree], device: torch.device, dtype: torch.dtype,
+                 pooling: str) -> torch.Tensor:
+    """The head's rewards [B,2] of the pairs' responses, read at the last layer of one tree-masked pass (with grad)."""
+    ids, pos, mask = build_batch(trees, device, dtype)
+    hidden = model(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=False).last_hidden_state
+    feats = []
+    for b, t in enumerate(trees):
+        spans, which = branch_spans(t), t.branches()[1]
+        for j in which:
+            s, e = spans[j]
+            feats.append(hidden[b, s:e].mean(0) if pooling == "mean" else hidden[b, e - 1])
+    return head(torch.stack(feats).float()).reshape(len(trees), 2)
+
+
+def bt_loss(rewards: torch.Tensor) -> torch.Tensor:
+    return -torch.nn.functional.logsigmoid(rewards[:, 0] - rewards[:, 1]).mean()
+
+
+@torch.no_grad()
+def mean_loss(model, head, trees: list[Tree], device, dtype, pooling: str, batch: int) -> tuple[float, float]:
+    """(mean Bradley-Terry loss, accuracy) over pairs, without grad."""
+    losses, right = [], 0
+    for i in range(0, len(trees), batch):
+        r = pair_rewards(model, head, trees[i:i + batch], device, dtype, pooling)
+        losses.append(float(bt_loss(r)) * r.shape[0])
+        right += int((r[:, 0] > r[:, 1]).sum())
+    return sum(losses) / len(trees), right / len(trees)
+
+
+def _trainable(model, head) -> list[tuple[str, torch.nn.Parameter]]:
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad] + [(f"head.{n}", p) for n, p in head.named_parameters()]
+
+
+def _save_checkpoint(path: Path, params, opt: torch.optim.Optimizer, meta: dict) -> None:
+    from .artifact_files import save_tensors
+
+    tensors = {}
+    for i, (name, p) in enumerate(params):
+        tensors[f"param.{i}"] = p.detach().clone().contiguous()
+        for k, v in opt.state.get(p, {}).items():
+            tensors[f"opt.{i}.{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).detach().clone().contiguous()
+    with atomic_path(path) as tmp:
+        save_tensors(tensors, tmp, {"armo": json.dumps(meta)}, path)
+
+
+def _load_checkpoint(path: Path, params, opt: torch.optim.Optimizer, key: str) -> dict | None:
+    """The checkpoint's record, its tensors put into the parameters and the optimiser; None if it is another job's
+    or unreadable (then the run starts over)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads(f.metadata().get("armo", "{}"))
+            if meta.get("key") != key:
+                return None
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception:
+        return None
+    with torch.no_grad():
+        for i, (name, p) in enumerate(params):
+            if tensors[f"param.{i}"].shape != p.shape:
+                return None
+            p.copy_(tensors[f"param.{i}"])
+            state = {k.split(".", 2)[2]: v for k, v in tensors.items() if k.startswith(f"opt.{i}.")}
+            if state:
+                opt.state[p] = state
+    return meta
+
+
+def tune_backbone(cfg: TuneConfig) -> dict:
+    """Run `armo tune-backbone` and return its report (losses before and after, steps, tokens/s)."""
+    validate(cfg)
+    if cfg.input is None:
+        raise ArmoError("tune-backbone: give the pair rows (INPUT)")
+    if cfg.input != "-":
+        check_input_file(cfg.input)
+    check_output_dir(cfg.output, is_adapter_dir, "an adapter folder", inputs=[cfg.input])
+    targets = [m.strip() for m in cfg.target_modules.split(",") if m.strip()]
+    if not targets or any(m in ("embed_tokens", "lm_head") for m in targets):
+        raise ArmoError(f"--target-modules {cfg.target_modules!r}: name the blocks' linear layers (not the embeddings "
+                        "or the LM head)")
+    t0 = time.perf_counter()
+    with locked_source(Path(cfg.output), cfg.input, None, "train", cfg.quiet) as source:  # one writer per output
+        return _tune(cfg, source, targets, t0)
+
+
+def _tune(cfg: TuneConfig, source: Source, targets: list[str], t0: float) -> dict:
+    bb = load_backbone(cfg.backbone, cfg.device, "fp32")  # fp32: the adapter trains in full precision
+    if bb.spec.kind == "adapter":
+        raise ArmoError(f"--backbone {cfg.backbone}: already an adapter; tune its base, or merge it first")
+    renderer = Renderer(bb.tokenizer)
+    limit, limit_name = length_limit(cfg.max_length, bb.config)
+    skipped: list[Skipped] = []
+    trees = _pairs(source, renderer, cfg, limit, limit_name, skipped)
+    input_hash = sha256_file(source.path) if source.path else sha256_json([t.prompt + t.conts[0] + t.conts[1] for t in trees])
+    settings = {k: getattr(cfg, k) for k in ("rank", "alpha", "target_modules", "pooling", "lr", "weight_decay", "epochs",
+                                              "batch_pairs", "max_length", "overflow", "seed")}
+    key = sha256_json([bb.fingerprint, input_hash, settings, len(trees), __version__])
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise ArmoError("tune-backbone needs PEFT: pip install peft (or pip install 'armo-cli[tune]')") from None
+    torch.manual_seed(cfg.seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # PEFT calls a transformers method that transformers deprecates
+        model = get_peft_model(bb.model, LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, target_modules=targets,
+                                                    lora_dropout=0.0, bias="none"))
+    unknown = [m for m in targets if not any(n.endswith(m) for n, _ in bb.model.named_modules())]
+    if unknown:
+        raise ArmoError(f"--target-modules: {', '.join(unknown)} not in the backbone's blocks")
+    head = torch.nn.Linear(bb.hidden_size, 1).to(bb.device)
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
+    params = _trainable(model, head)
+    opt = torch.optim.AdamW([p for _, p in params], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    per_epoch = math.ceil(len(trees) / cfg.batch_pairs)
+    total = per_epoch * cfg.epochs
+    parts = Path(cfg.output + ".parts")
+    claim_parts(parts, cfg.resume, _PART_FILE.fullmatch)
+    record = _load_checkpoint(parts / CHECKPOINT, params, opt, key) if cfg.resume and (parts / CHECKPOINT).exists() else None
+    if record is None:
+        before = mean_loss(model, head, trees, bb.device, bb.dtype, cfg.pooling, cfg.batch_pairs)
+        record = {"key": key, "step": 0, "losses": [], "before": before, "tokens": 0, "seconds": 0.0}
+    elif not cfg.quiet:
+        info(f"{parts / CHECKPOINT}: step {record['step']} of {total}", done="resuming at")
+    make_parts(parts)
+    start, t_train = record["step"], time.perf_counter()
+    pbar = progress(cfg.quiet)
+    with pbar:
+        task = pbar.add_task("tune", total=total, completed=start, rate="")
+        for step in range(start, total):
+            epoch, i = divmod(step, per_epoch)
+            order = torch.randperm(len(trees), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+            batch = [trees[j] for j in order[i * cfg.batch_pairs:(i + 1) * cfg.batch_pairs].tolist()]
+            loss = bt_loss(pair_rewards(model, head, batch, bb.device, bb.dtype, cfg.pooling))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            record["losses"].append(loss.item())
+            record["tokens"] += sum(t.length for t in batch)
+            record["step"] = step + 1
+            if record["step"] % cfg.save_every == 0 or record["step"] == total:
+                record["seconds"] += time.perf_counter() - t_train
+                t_train = time.perf_counter()
+                _save_checkpoint(parts / CHECKPOINT, params, opt, record)
+            rate = record["tokens"] / max(record["seconds"] + time.perf_counter() - t_train, 1e-9)
+            pbar.update(task, advance=1, rate=f"loss {record['losses'][-1]:.3f}, {rate:,.0f} tok/s")
+    after = mean_loss(model, head, trees, bb.device, bb.dtype, cfg.pooling, cfg.batch_pairs)
+    report = {"kind": "stage0", "armo_version": __version__, "base": bb.spec.name, "base_fingerprint": bb.fingerprint,
+              "input": source.name, "input_hash": input_hash, "pairs": len(trees), "steps": total, "settings": settings,
+              "loss_before": record["before"][0], "accuracy_before": record["before"][1],
+              "loss_after": after[0], "accuracy_after": after[1], "train_losses": record["losses"],
+              "train_tokens": record["tokens"], "train_seconds": record["seconds"],
+              "train_tokens_per_second": record["tokens"] / max(record["seconds"], 1e-9),
+              "skipped": [vars(s) for s in skipped], "seconds": time.perf_counter() - t0}
+    base = cfg.backbone if bb.spec.kind in ("named-gguf", "hub") else str(Path(cfg.backbone).expanduser().resolve())
+    with atomic_dir(cfg.output) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # PEFT calls a transformers method that transformers deprecates
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        conf = json.loads((tmp / CONFIG).read_text())
+        conf["base_model_name_or_path"] = base  # armo's name for it: the embedded backbone is a name, not a hub id
+        (tmp / CONFIG).write_text(json.dumps(conf, indent=2) + "\n")
+        from .artifact_files import save_tensors
+
+        save_tensors({"weight": head.weight.detach().cpu().contiguous(), "bias": head.bias.detach().cpu().contiguous()},
+                     tmp / "reward_head.safetensors", {"format": "pt"})
+        (tmp / "armo-stage0.json").write_text(json.dumps(report, indent=2) + "\n")
+    remove_parts(parts)
+    info(f"{cfg.output}: {len(trees)} pairs, {total} steps, Bradley-Terry loss {record['before'][0]:.4f} -> {after[0]:.4f}, "
+         f"pair accuracy {record['before'][1]:.3f} -> {after[1]:.3f}", cfg.quiet, done="wrote")
+    for s in skipped:
+        warn(f"skipped line {s.line} ({s.id}): {s.reason}")
+    return report

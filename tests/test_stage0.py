@@ -1,0 +1,126 @@
+"""Stage 0 (stage0.py, lora.py): a LoRA adapter tuned with a Bradley-Terry loss lowers that loss, resumes to the same
+weights, loads as a backbone with its own fingerprint, equals PEFT's own forward, and exports merged weights."""
+import dataclasses
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from armo_cli.backbones import load_backbone
+from armo_cli.configs import TuneConfig
+from armo_cli.errors import ArmoError
+from armo_cli.forward import encode_trees
+from armo_cli.rendering import Renderer
+from armo_cli.rows import Source, as_pairs, iter_examples
+from armo_cli.stage0 import tune_backbone
+
+from conftest import armo, build_model, check_export_round_trip, pair_rows, rating_rows, write_jsonl
+
+peft = pytest.importorskip("peft", reason="stage 0 needs peft (pip install peft)")
+
+
+def tune(tmp_path, backbone, out="tuned", **kw):
+    rows = tmp_path / "pairs.jsonl"
+    if not rows.exists():
+        write_jsonl(rows, pair_rows(40))
+    cfg = TuneConfig(input=str(rows), output=str(tmp_path / out), backbone=str(backbone), device="cpu", quiet=True,
+                     **{"batch_pairs": 8, "epochs": 4, "lr": 3e-3, "save_every": 3, **kw})
+    return tune_backbone(cfg)
+
+
+@pytest.fixture(scope="module")
+def tuned(tiny_backbone, tmp_path_factory):
+    d = tmp_path_factory.mktemp("stage0")
+    return d, tune(d, tiny_backbone)
+
+
+def test_a_tiny_run_lowers_the_bradley_terry_loss_on_its_pairs(tuned):
+    d, rep = tuned
+    assert rep["pairs"] == 40 and rep["steps"] == 20 and len(rep["train_losses"]) == 20
+    assert rep["loss_before"] == pytest.approx(0.6931, abs=1e-4)  # the head starts at zero: every pair a tie
+    assert rep["loss_after"] < rep["loss_before"] - 0.02 and rep["accuracy_after"] > 0.6
+    assert rep["train_tokens_per_second"] > 0
+    conf = json.loads((d / "tuned" / "adapter_config.json").read_text())
+    assert conf["peft_type"] == "LORA" and conf["r"] == 8 and conf["base_model_name_or_path"].endswith("tiny-llama")
+    assert not (d / "tuned.parts").exists()
+
+
+def test_an_interrupted_run_resumes_to_the_same_adapter(tuned, tiny_backbone, tmp_path, monkeypatch):
+    import armo_cli.stage0 as stage0
+
+    real, saves = stage0._save_checkpoint, []
+
+    def stop(*a, **k):
+        real(*a, **k)
+        saves.append(1)
+        if len(saves) == 2:  # after step 6's checkpoint
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(stage0, "_save_checkpoint", stop)
+    (tmp_path / "pairs.jsonl").write_text((tuned[0] / "pairs.jsonl").read_text())
+    with pytest.raises(KeyboardInterrupt):
+        tune(tmp_path, tiny_backbone)
+    assert (tmp_path / "tuned.parts" / "checkpoint.safetensors").exists() and not (tmp_path / "tuned").exists()
+    monkeypatch.setattr(stage0, "_save_checkpoint", real)
+    rep = tune(tmp_path, tiny_backbone, resume=True)
+    want = load_file(str(tuned[0] / "tuned" / "adapter_model.safetensors"))
+    got = load_file(str(tmp_path / "tuned" / "adapter_model.safetensors"))
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    assert rep["train_losses"] == tuned[1]["train_losses"] and rep["loss_after"] == tuned[1]["loss_after"]
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_an_adapter_is_a_backbone_equal_to_peft_s_own_forward(tuned, tiny_backbone, fast):
+    from peft import PeftModel
+    from transformers import AutoModel
+
+    folder = tuned[0] / "tuned"
+    base = load_backbone(str(tiny_backbone), device="cpu", dtype="fp32")
+    bb = load_backbone(str(folder), device="cpu", dtype="fp32", fast=fast)
+    assert bb.spec.kind == "adapter" and bb.fingerprint.startswith("lora-") and bb.fingerprint != base.fingerprint
+    assert bb.info()["fingerprint"] == bb.fingerprint
+    r = Renderer(base.tokenizer)
+    trees = [r.tokenize(ex, i) for i, ex in enumerate(as_pairs(iter_examples(Source(str(tuned[0] / "pairs.jsonl")))))]
+    own = PeftModel.from_pretrained(AutoModel.from_pretrained(str(tiny_backbone), dtype=torch.float32), str(folder)).eval()
+    want = encode_trees(dataclasses.replace(base, model=own), trees, 10_000, layer=-1)[1]
+    got = encode_trees(bb, trees, 10_000, layer=-1)[1]
+    assert torch.allclose(got, want, atol=1e-4), float((got - want).abs().max())
+    assert float((got - encode_trees(base, trees, 10_000, layer=-1)[1]).abs().max()) > 1e-2  # it did change them
+
+
+def test_a_model_on_an_adapter_exports_merged_weights(tuned, tmp_path):
+    folder = tuned[0] / "tuned"
+    d = build_model(tmp_path, write_jsonl(tmp_path / "r.jsonl", rating_rows(60)), write_jsonl(tmp_path / "p.jsonl", pair_rows(30)),
+                    folder)
+    cfg = check_export_round_trip(d / "model", d / "p.st", d / "p.jsonl", tmp_path)  # armo's scores, exported: 1e-4
+    assert cfg["armo"]["backbone"]["fingerprint"].startswith("lora-")
+    hf = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    base = load_file(str(json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] + "/model.safetensors"))
+    q = "layers.0.self_attn.q_proj.weight"
+    assert not torch.allclose(hf[f"model.{q}"], base[q])  # the merged weights, not the base's
+
+
+def test_adapters_armo_cannot_merge_are_refused_by_name(tuned, tmp_path, tiny_backbone):
+    import shutil
+
+    src = tuned[0] / "tuned"
+    cases = {"use_dora": (True, "DoRA is not supported"), "peft_type": ("IA3", "armo reads LORA adapters"),
+             "modules_to_save": (["score"], "fully trained modules"), "base_model_name_or_path": ("", "base backbone")}
+    for key, (value, message) in cases.items():
+        d = tmp_path / key
+        shutil.copytree(src, d)
+        conf = json.loads((d / "adapter_config.json").read_text())
+        (d / "adapter_config.json").write_text(json.dumps({**conf, key: value}))
+        with pytest.raises(ArmoError, match=message):
+            load_backbone(str(d), device="cpu", dtype="fp32")
+    d = tmp_path / "embed"
+    shutil.copytree(src, d)
+    w = load_file(str(d / "adapter_model.safetensors"))
+    w["base_model.model.embed_tokens.lora_A.weight"] = torch.zeros(8, 400)
+    w["base_model.model.embed_tokens.lora_B.weight"] = torch.zeros(32, 8)
+    save_file(w, str(d / "adapter_model.safetensors"))
+    with pytest.raises(ArmoError, match="adapter on 'embed_tokens' is not supported"):
+        load_backbone(str(d), device="cpu", dtype="fp32")
+    with pytest.raises(ArmoError, match="--target-modules"):
+        tune(tmp_path, tiny_backbone, out="bad", target_modules="embed_tokens")
