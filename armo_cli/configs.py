@@ -83,6 +83,8 @@ class TuneConfig:
     overflow: str = opt("truncate-prompt", "Over the length limit: error | skip | truncate-prompt.", choices=OVERFLOW)
     on_error: str = opt("error", ON_ERROR_HELP, choices=ON_ERROR)
     save_every: int = opt(25, "Steps between checkpoints that --resume continues from.", min=1)
+    eval_pairs: int = opt(256, "Training pairs (a seeded sample) whose Bradley-Terry loss and accuracy are measured "
+                               "before and after, for the report; 0 skips it (each costs a forward pass).", min=0)
     seed: int = opt(0, "Seed of the adapter's initialisation and the pairs' order.")
     resume: bool = opt(False, "Continue an interrupted run from its last checkpoint (same pairs and settings).")
     quiet: bool = opt(False, "No progress bar or tables.")

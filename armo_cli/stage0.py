@@ -171,8 +171,14 @@ def _tune(cfg: TuneConfig, source: Source, targets: list[str], t0: float) -> dic
     parts = Path(cfg.output + ".parts")
     claim_parts(parts, cfg.resume, _PART_FILE.fullmatch)
     record = _load_checkpoint(parts / CHECKPOINT, params, opt, key) if cfg.resume and (parts / CHECKPOINT).exists() else None
+    sample = torch.randperm(len(trees), generator=torch.Generator().manual_seed(cfg.seed))[:cfg.eval_pairs].tolist()
+    probe = [trees[j] for j in sorted(sample)]
+
+    def measured() -> tuple[float | None, float | None]:
+        return mean_loss(model, head, probe, bb.device, bb.dtype, cfg.pooling, cfg.batch_pairs) if probe else (None, None)
+
     if record is None:
-        before = mean_loss(model, head, trees, bb.device, bb.dtype, cfg.pooling, cfg.batch_pairs)
+        before = measured()
         record = {"key": key, "step": 0, "losses": [], "before": before, "tokens": 0, "seconds": 0.0}
     elif not cfg.quiet:
         info(f"{parts / CHECKPOINT}: step {record['step']} of {total}", done="resuming at")
@@ -198,10 +204,10 @@ def _tune(cfg: TuneConfig, source: Source, targets: list[str], t0: float) -> dic
                 _save_checkpoint(parts / CHECKPOINT, params, opt, record)
             rate = record["tokens"] / max(record["seconds"] + time.perf_counter() - t_train, 1e-9)
             pbar.update(task, advance=1, rate=f"loss {record['losses'][-1]:.3f}, {rate:,.0f} tok/s")
-    after = mean_loss(model, head, trees, bb.device, bb.dtype, cfg.pooling, cfg.batch_pairs)
+    after = measured()
     report = {"kind": "stage0", "armo_version": __version__, "base": bb.spec.name, "base_fingerprint": bb.fingerprint,
               "input": source.name, "input_hash": input_hash, "pairs": len(trees), "steps": total, "settings": settings,
-              "loss_before": record["before"][0], "accuracy_before": record["before"][1],
+              "eval_pairs": len(probe), "loss_before": record["before"][0], "accuracy_before": record["before"][1],
               "loss_after": after[0], "accuracy_after": after[1], "train_losses": record["losses"],
               "train_tokens": record["tokens"], "train_seconds": record["seconds"],
               "train_tokens_per_second": record["tokens"] / max(record["seconds"], 1e-9),
@@ -219,8 +225,9 @@ def _tune(cfg: TuneConfig, source: Source, targets: list[str], t0: float) -> dic
                      tmp / "reward_head.safetensors", {"format": "pt"})
         (tmp / "armo-stage0.json").write_text(json.dumps(report, indent=2) + "\n")
     remove_parts(parts)
-    info(f"{cfg.output}: {len(trees)} pairs, {total} steps, Bradley-Terry loss {record['before'][0]:.4f} -> {after[0]:.4f}, "
-         f"pair accuracy {record['before'][1]:.3f} -> {after[1]:.3f}", cfg.quiet, done="wrote")
+    measured_text = (f", on {len(probe)} of its pairs: Bradley-Terry loss {record['before'][0]:.4f} -> {after[0]:.4f}, "
+                     f"accuracy {record['before'][1]:.3f} -> {after[1]:.3f}") if probe else ""
+    info(f"{cfg.output}: {len(trees)} pairs, {total} steps{measured_text}", cfg.quiet, done="wrote")
     for s in skipped:
         warn(f"skipped line {s.line} ({s.id}): {s.reason}")
     return report

@@ -81,10 +81,11 @@ def main() -> None:
     work, models = Path(args.work), Path(args.work) / "models"
     model = ArmoModel.load(args.model)
     train = Features.load(work / "pairs.features.safetensors")
+    lm = model.regression.lm_objectives  # the model's input: the features and the LM objectives it reads, if any
     Rtr = train.tensors["response_features"].float()
     groups = train.meta.prompt_hashes or train.ids
     # choices made on training pairs only
-    radj_tr = adjusted_rewards(model.regression, model.decorrelation.transform, Rtr, groups)
+    radj_tr = adjusted_rewards(model.regression, model.decorrelation.transform, train.inputs(lm).float(), groups)
     best_j = best_single_objective(radj_tr)
     tr = grouped_split(groups, 0.1, 0)
     w_lin = train_linear_bt(Rtr, tr, ~tr, GatingConfig(steps=2000))
@@ -103,14 +104,15 @@ def main() -> None:
             continue
         f = Features.load(path)
         P, R, L = f.tensors["prompt_features"], f.tensors["response_features"], f.tensors["response_lengths"]
+        RL = f.inputs(lm)
         with torch.no_grad():
-            ex = model.explain(P, R)
+            ex = model.explain(P, RL)
             full = ex["score"]
             full_outcome = pair_outcomes(full[:, 0] - full[:, 1], "loss")
             scorers = {
                 "full model": full,
-                "uniform weights": model.explain(P, R, uniform)["score"],
-                f"best single objective ({model.objectives[best_j]})": (model.regression.rewards(R) @ model.decorrelation.transform)[:, :, best_j],
+                "uniform weights": model.explain(P, RL, uniform)["score"],
+                f"best single objective ({model.objectives[best_j]})": (model.regression.rewards(RL) @ model.decorrelation.transform)[:, :, best_j],
                 "linear Bradley-Terry head (control)": R.float() @ w_lin,
             }
             for arm, (mdir, fdir) in arms.items():
@@ -120,7 +122,8 @@ def main() -> None:
                     if fa.ids != f.ids:  # an arm with other rows (another layer's length limits) is not paired
                         keep = {i: k for k, i in enumerate(fa.ids)}
                         raise SystemExit(f"{fp}: rows differ from {path} ({len(keep)} vs {len(f.ids)})")
-                    scorers[arm] = ArmoModel.load(mdir).explain(fa.tensors["prompt_features"], fa.tensors["response_features"])["score"]
+                    am = ArmoModel.load(mdir)
+                    scorers[arm] = am.explain(fa.tensors["prompt_features"], fa.inputs(am.regression.lm_objectives))["score"]
         results[set_name] = {name: measure(s.detach(), L, None if name == "full model" else full_outcome)
                              for name, s in scorers.items()}
         grp = row_groups(work, stem, f)

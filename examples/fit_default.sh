@@ -62,8 +62,50 @@ armo assemble "$M/nopref" -r "$F/regression-nopref.safetensors" -t "$F/decorrela
 # A pairs-only model (preference + length objectives, no ratings), as a user with only pairs would build it.
 bash examples/fit_pairs_only.sh "$PAIRS" "$F" "$M/pairsonly" "${flags[@]}"
 
+# #33's candidates: today's recipe; + the LM objectives (where the features carry them: train_default.sh's LM=); the
+# same two on a stage-0 adapter's features (where examples/train_stage0.sh extracted them into S0). Each is fitted
+# with the same commands and the chosen gate settings; benchmarks/default_model_candidates.py applies the rule (on
+# the RMB selection slice, checked on the evaluation sets) and writes WORK/candidates.json.
+S0=${S0:-runs/default-stage0}
+candidate() {  # NAME FEATURES_DIR [fit-regression flags...]: heads in FEATURES_DIR/heads, the model in M/NAME
+  local name=$1 dir=$2; shift 2
+  local h=$dir/heads
+  mkdir -p "$h"
+  armo fit-regression "$dir/ratings.features.safetensors" --length-objective verbosity "${RANGES[@]}" \
+    --pairs "$dir/pairs.features.safetensors" --preference-objective preference "$@" -o "$h/regression-$name.safetensors" -q
+  armo fit-decorrelation "$dir/pairs.features.safetensors" -r "$h/regression-$name.safetensors" \
+    -o "$h/decorrelation-$name.safetensors" -q
+  armo fit-gating "$dir/pairs.features.safetensors" -r "$h/regression-$name.safetensors" \
+    -t "$h/decorrelation-$name.safetensors" "${flags[@]}" -o "$h/gating-$name.safetensors" -q
+  armo assemble "$M/$name" -r "$h/regression-$name.safetensors" -t "$h/decorrelation-$name.safetensors" \
+    -g "$h/gating-$name.safetensors"
+}
+has_lm() { python -c "import sys; from armo_cli.features import Features; sys.exit(0 if Features.load(sys.argv[1]).meta.lm_objectives else 1)" "$1"; }
+CANDS=("today=$M/$CHOSEN")
+PICK=(-r "$F/regression.safetensors" -t "$F/decorrelation.safetensors" -g "$F/gating-$CHOSEN.safetensors")
+if has_lm "$PAIRS"; then
+  candidate lm "$WORK" --lm-objectives all
+  CANDS+=("lm=$M/lm")
+fi
+if [[ -f $S0/pairs.features.safetensors && -f $S0/ratings.features.safetensors ]]; then
+  candidate adapter "$S0"
+  CANDS+=("adapter=$M/adapter@$S0")
+  if has_lm "$S0/pairs.features.safetensors"; then
+    candidate adapter-lm "$S0" --lm-objectives all
+    CANDS+=("adapter-lm=$M/adapter-lm@$S0")
+  fi
+fi
+if (( ${#CANDS[@]} > 1 )); then
+  WINNER=$(python benchmarks/default_model_candidates.py --work "$WORK" --json "$WORK/candidates.json" "${CANDS[@]}" | tail -1)
+  if [[ $WINNER != today ]]; then  # a stage-0 winner also needs its adapter shipped: see the model card
+    h=$([[ $WINNER == adapter* ]] && echo "$S0/heads" || echo "$WORK/heads")
+    PICK=(-r "$h/regression-$WINNER.safetensors" -t "$h/decorrelation-$WINNER.safetensors" -g "$h/gating-$WINNER.safetensors")
+  fi
+  echo "candidates: $WINNER chosen (WORK/candidates.json)"
+fi
+
 rm -rf "$OUT.new"
-armo assemble "$OUT.new" -r "$F/regression.safetensors" -t "$F/decorrelation.safetensors" -g "$F/gating-$CHOSEN.safetensors"
+armo assemble "$OUT.new" "${PICK[@]}"
 python benchmarks/default_model_quality.py --work "$WORK" --model "$OUT.new" --produced-by "$PRODUCED_BY"
 rm -rf "$OUT" && mv "$OUT.new" "$OUT"
 echo "default model written to $OUT (gate: $CHOSEN)"

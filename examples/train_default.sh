@@ -22,7 +22,8 @@ N_RMB=${N_RMB:-2000}           # RMB pairs for out-of-distribution evaluation on
 N_SELECT=${N_SELECT:-600}      # RMB pairs (the probe's selection half) on which the gate's settings are chosen
 MAXLEN=${MAXLEN:-512}          # training rows (prompts truncated from the left beyond it)
 EVAL_MAXLEN=${EVAL_MAXLEN:-1024}
-LM=${LM:-all}                  # LM objectives read with the pairs' and evaluation sets' features (#33; none: LM=)
+LM=${LM-all}                   # LM objectives read with the pairs' and evaluation sets' features (#33; none: LM=)
+BACKBONE=${BACKBONE:-}         # another backbone (examples/train_stage0.sh: the stage-0 adapter); default the embedded one
 mkdir -p "$WORK"
 
 # Licences: MIT (UltraFeedback, HH-RLHF, USR Topical-Chat), Apache-2.0 (Prometheus, PandaLM), CC-BY-4.0 (XSTest).
@@ -32,10 +33,11 @@ python benchmarks/recipe_slices.py --data "$DATA" --out "$WORK" --heldout "$N_HE
 # the LM objectives (their own tensor beside the features, which stay the same) are read where the gate, the
 # decorrelation and the evaluation use them: the pairs and the evaluation sets, not the ratings
 L=(${LM:+--lm-objectives "$LM"})
-X=(--layer "$LAYER" --pooling "$POOLING" --max-length "$MAXLEN" --overflow truncate-prompt --on-error skip --resume)
+B=(${BACKBONE:+--backbone "$BACKBONE"})
+X=(--layer "$LAYER" --pooling "$POOLING" --max-length "$MAXLEN" --overflow truncate-prompt --on-error skip --resume "${B[@]}")
 armo extract "$WORK/pairs.jsonl" -o "$WORK/pairs.features.safetensors" "${X[@]}" "${L[@]}"
 armo extract "$WORK/ratings.jsonl" -o "$WORK/ratings.features.safetensors" "${X[@]}"
-E=(--layer "$LAYER" --pooling "$POOLING" --max-length "$EVAL_MAXLEN" --overflow truncate-prompt --on-error skip --resume "${L[@]}")
+E=(--layer "$LAYER" --pooling "$POOLING" --max-length "$EVAL_MAXLEN" --overflow truncate-prompt --on-error skip --resume "${L[@]}" "${B[@]}")
 armo extract "$WORK/heldout.jsonl" -o "$WORK/heldout.features.safetensors" "${E[@]}"
 armo extract "$DATA/dev-eval.jsonl.gz" -o "$WORK/dev-eval.features.safetensors" "${E[@]}"
 armo extract "$WORK/rmb-eval.jsonl" -o "$WORK/rmb-eval.features.safetensors" "${E[@]}"

@@ -15,7 +15,7 @@ from armo_cli.regression import Regression
 from armo_cli.rendering import Renderer
 from armo_cli.rows import Source, iter_examples
 
-from conftest import CHATML, armo, check_export_round_trip, cli, make_tokenizer, pair_rows, rating_rows, write_jsonl
+from conftest import CHATML, ROOT, armo, check_export_round_trip, cli, make_tokenizer, pair_rows, rating_rows, write_jsonl
 
 
 def make_lm_backbone(path: Path, tied: bool, seed: int = 0) -> Path:
@@ -166,3 +166,49 @@ def test_stages_refuse_features_without_the_lm_objectives_they_need(lm_model, lm
         assert "which these features do not carry (extract them with --lm-objectives" in run.stderr
         assert not (tmp_path / "x.st").exists()
     assert need in armo("score", "-m", lm_model, "--features", tmp_path / "plain.st").stderr
+
+
+def test_the_candidates_table_and_its_rule(lm_model, tmp_path):
+    """benchmarks/default_model_candidates.py on two models over the same features (today's reads no LM objective)."""
+    import shutil
+    import subprocess
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from default_model_candidates import choose
+
+    d = lm_model.parent
+    today = tmp_path / "today"
+    cli("fit-regression", d / "r.st", "--length-objective", "verbosity", "--pairs", d / "p.st", "--preference-objective",
+        "preference", "--preference-folds", "3", "-o", tmp_path / "reg.st", "--model-dir", today, "-q")
+    cli("fit-decorrelation", d / "p.st", "-r", tmp_path / "reg.st", "-o", tmp_path / "dec.st", "--model-dir", today, "-q")
+    cli("fit-gating", d / "p.st", "-r", tmp_path / "reg.st", "-t", tmp_path / "dec.st", "-o", tmp_path / "g.st",
+        "--model-dir", today, "--hidden-dim", "8", "--steps", "30", "-q")
+    work = tmp_path / "work"
+    work.mkdir()
+    for stem in ("pairs", "rmb-select", "heldout", "dev-eval", "rmb-eval"):
+        shutil.copyfile(d / "p.st", work / f"{stem}.features.safetensors")
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "default_model_candidates.py"), "--work", str(work),
+                          "--json", str(tmp_path / "c.json"), f"today={today}", f"lm={lm_model}"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    out = json.loads((tmp_path / "c.json").read_text())
+    assert run.stdout.splitlines()[-1] == out["chosen"] and out["chosen"] in ("today", "lm")
+    assert set(out["results"]) == {"RMB selection slice (chose the gate; not a result)", "held-out pairs", "dev-eval",
+                                   "RMB (out of distribution)"}
+    sel = out["results"]["RMB selection slice (chose the gate; not a result)"]
+    assert set(sel) == {"today", "lm", "control: uniform weights", "control: linear Bradley-Terry head"}
+    assert sel["today"]["vs_today"] == {"mean": 0.0, "ci95": [0.0, 0.0]} and sel["lm"]["n"] == 60
+    # the rule on numbers made to test it
+    def res(sel_ci, eval_ci, acc=0.6):
+        return {"vs_today": {"mean": 0, "ci95": sel_ci}, "accuracy": acc}, {"vs_today": {"mean": 0, "ci95": eval_ci}}
+
+    a_sel, a_ev = res([0.01, 0.05], [-0.02, 0.03], 0.62)
+    b_sel, b_ev = res([0.02, 0.08], [-0.04, -0.001], 0.65)  # better on the selection slice, worse on an evaluation set
+    c_sel, c_ev = res([-0.01, 0.08], [0.0, 0.1], 0.66)  # not beyond noise on the selection slice
+    results = {"sel": {"today": {"accuracy": 0.6}, "a": a_sel, "b": b_sel, "c": c_sel},
+               "ev": {"a": a_ev, "b": b_ev, "c": c_ev}}
+    chosen, why = choose(results, "today", "sel", ["ev"])
+    assert chosen == "a" and why["a"] == "adopted" and "worse than today's model" in why["b"] and "does not lie above 0" in why["c"]
+    results["sel"].pop("a")
+    assert choose(results, "today", "sel", ["ev"])[0] == "today"

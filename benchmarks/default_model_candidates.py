@@ -1,0 +1,164 @@
+"""The default model's candidates side by side (#33), and the rule that picks one: chosen on the RMB selection slice,
+checked on the evaluation sets it never saw.
+
+Candidates are model directories, each with the recipe's features it reads (today's recipe; + LM objectives; + a
+stage-0 adapter, whose features come from its own extraction; both). Per set (the selection slice, then held-out,
+dev-eval, RMB evaluation): accuracy with a 95% bootstrap interval; paired 95% intervals of the candidate's accuracy
+minus today's model's, minus uniform weights' and minus the linear Bradley-Terry control's (both on today's
+features); Spearman(score, length); the longer response's share of wins against the labels' share; extraction cost
+(tokens/s, from the features' own report). Rows are paired by id (every candidate's features hold the same rows).
+
+The rule: a candidate is adopted only if its paired interval against today's model on the selection slice lies
+above 0 and, on every evaluation set, its interval against today's model reaches 0 or above (not worse beyond
+noise); among those, the highest selection accuracy. Otherwise today's model stays.
+
+    python benchmarks/default_model_candidates.py --work runs/default --json runs/default/candidates.json \\
+        today=runs/default/models/cand-today lm=runs/default/models/cand-lm \\
+        adapter=runs/default-stage0/models/cand-today@runs/default-stage0 both=runs/default-stage0/models/cand-lm@runs/default-stage0
+The last line printed is the chosen candidate's name (examples/fit_default.sh reads it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from default_model_quality import N_BOOT, SELECTION, SETS  # noqa: E402
+
+from armo_cli.configs import GatingConfig  # noqa: E402
+from armo_cli.features import Features  # noqa: E402
+from armo_cli.gating import grouped_split, train_linear_bt, uniform_weights  # noqa: E402
+from armo_cli.model import ArmoModel  # noqa: E402
+from armo_cli.scoring import evaluate_scores, pair_outcomes  # noqa: E402
+from armo_cli.stats import bootstrap_ci  # noqa: E402
+
+LENGTH_SLACK = 0.02  # the issue's target: longer wins no more than the labels' share + 0.02
+
+
+def paired(a: torch.Tensor, b: torch.Tensor) -> dict:
+    d = a - b
+    return {"mean": float(d.mean()), "ci95": bootstrap_ci(d, N_BOOT, 0)}
+
+
+def scored(model: ArmoModel, f: Features, ids: list[str]) -> torch.Tensor:
+    """The model's scores [n,2] of the rows `ids` (in that order) of its features."""
+    at = {i: k for k, i in enumerate(f.ids)}
+    idx = torch.tensor([at[i] for i in ids])
+    with torch.no_grad():
+        return model.explain(f.tensors["prompt_features"][idx], f.inputs(model.regression.lm_objectives)[idx])["score"]
+
+
+def measure_set(scores: torch.Tensor, lengths: torch.Tensor) -> dict:
+    rep = evaluate_scores(scores, ["all"] * scores.shape[0], lengths, "loss", N_BOOT, 0)
+    lb = rep["length_bias"]
+    return {"n": rep["n"], "accuracy": rep["accuracy_all"], "ci95": rep["subsets"]["all"]["ci95"],
+            "spearman": lb["spearman_score_length"], "longer_wins_model": lb["longer_wins_model"],
+            "longer_wins_labels": lb["longer_wins_labels"],
+            "length_ok": lb["longer_wins_model"] <= lb["longer_wins_labels"] + LENGTH_SLACK}
+
+
+def choose(results: dict, baseline: str, selection: str, evaluation: list[str]) -> tuple[str, dict]:
+    """The rule (module docstring) on `results[set][candidate]` (with 'vs_today' intervals): the chosen name and why."""
+    why = {}
+    ok = []
+    for name in results[selection]:
+        if name == baseline or name.startswith("control:"):
+            continue
+        sel = results[selection][name]["vs_today"]["ci95"]
+        worse = [s for s in evaluation if s in results and results[s][name]["vs_today"]["ci95"][1] < 0]
+        passed = sel[0] > 0 and not worse
+        why[name] = ("adopted" if passed else
+                     f"selection interval [{sel[0]:+.3f}, {sel[1]:+.3f}] does not lie above 0" if sel[0] <= 0 else
+                     f"worse than today's model beyond noise on {', '.join(worse)}")
+        if passed:
+            ok.append(name)
+    if not ok:
+        return baseline, why
+    best = max(ok, key=lambda n: results[selection][n]["accuracy"])
+    for n in ok:
+        if n != best:
+            why[n] = f"passes, but {best} is higher on the selection slice"
+    return best, why
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("candidates", nargs="+", help="NAME=MODEL_DIR[@WORK]; the first is today's model")
+    ap.add_argument("--work", default="runs/default", help="the recipe's features (WORK of examples/train_default.sh)")
+    ap.add_argument("--json", help="write the table and the decision here")
+    args = ap.parse_args()
+    work = Path(args.work)
+    cands: dict[str, tuple[ArmoModel, Path]] = {}
+    for spec in args.candidates:
+        name, _, rest = spec.partition("=")
+        mdir, _, wdir = rest.partition("@")
+        cands[name] = (ArmoModel.load(mdir), Path(wdir) if wdir else work)
+    baseline = next(iter(cands))
+    today, today_work = cands[baseline]
+    train = Features.load(today_work / "pairs.features.safetensors")
+    groups = train.meta.prompt_hashes or train.ids
+    tr = grouped_split(groups, 0.1, 0)
+    w_lin = train_linear_bt(train.tensors["response_features"].float(), tr, ~tr, GatingConfig(steps=2000))
+    uniform = uniform_weights(today.decorrelation.transform)
+    sets = [SELECTION, *SETS.items()]
+    results: dict[str, dict] = {}
+    cost: dict[str, float | None] = {}
+    for set_name, stem in sets:
+        feats = {n: Features.load(w / f"{stem}.features.safetensors") for n, (_, w) in cands.items()
+                 if (w / f"{stem}.features.safetensors").exists()}
+        if baseline not in feats:
+            continue
+        ids = [i for i in feats[baseline].ids if all(i in set(f.ids) for f in feats.values())]
+        f0 = feats[baseline]
+        at = {i: k for k, i in enumerate(f0.ids)}
+        idx = torch.tensor([at[i] for i in ids])
+        lengths = f0.tensors["response_lengths"][idx]
+        base = scored(today, f0, ids)
+        with torch.no_grad():
+            controls = {"control: uniform weights": today.explain(f0.tensors["prompt_features"][idx],
+                                                                  f0.inputs(today.regression.lm_objectives)[idx], uniform)["score"],
+                        "control: linear Bradley-Terry head": f0.tensors["response_features"][idx].float() @ w_lin}
+        outcome = {n: pair_outcomes(s[:, 0] - s[:, 1], "loss") for n, s in controls.items()}
+        outcome[baseline] = pair_outcomes(base[:, 0] - base[:, 1], "loss")
+        results[set_name] = {}
+        for name, (model, _) in cands.items():
+            if name not in feats:
+                continue
+            s = base if name == baseline else scored(model, feats[name], ids)
+            o = pair_outcomes(s[:, 0] - s[:, 1], "loss")
+            rep = measure_set(s, lengths)
+            rep["vs_today"] = paired(o, outcome[baseline])
+            for c in controls:
+                rep[f"vs_{c.split(': ')[1]}"] = paired(o, outcome[c])
+            results[set_name][name] = rep
+            r = feats[name].meta.report
+            cost.setdefault(name, r.get("tokens_computed", 0) / r["seconds"] if r.get("seconds") else None)
+        for c, s in controls.items():
+            results[set_name][c] = {**measure_set(s, lengths), "vs_today": paired(outcome[c], outcome[baseline])}
+    chosen, why = choose(results, baseline, SELECTION[0], list(SETS))
+    out = {"baseline": baseline, "chosen": chosen, "why": why, "results": results, "extract_tokens_per_second": cost,
+           "rule": __doc__.split("The rule: ")[1].split("\n\n")[0].replace("\n", " ")}
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    for set_name, rs in results.items():
+        print(f"\n{set_name}")
+        print(f"  {'candidate':36s} {'accuracy':>22s} {'- today':>24s} {'- uniform':>24s} {'- linear BT':>24s} "
+              f"{'Spearman':>8s} {'longer wins (model/labels)':>27s}")
+        for name, v in rs.items():
+            cols = [f"{v[k]['mean']:+.3f} [{v[k]['ci95'][0]:+.3f}, {v[k]['ci95'][1]:+.3f}]" if k in v else ""
+                    for k in ("vs_today", "vs_uniform weights", "vs_linear Bradley-Terry head")]
+            print(f"  {name:36s} {v['accuracy']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}] n={v['n']:<5d} "
+                  f"{cols[0]:>24s} {cols[1]:>24s} {cols[2]:>24s} {v['spearman']:+8.3f} "
+                  f"{v['longer_wins_model']:.3f} / {v['longer_wins_labels']:.3f}{'' if v['length_ok'] else ' (over)'}")
+    print("\nextraction tokens/s: " + ", ".join(f"{n} {c:,.0f}" if c else f"{n} -" for n, c in cost.items()))
+    for name, w in why.items():
+        print(f"{name}: {w}")
+    print(chosen)
+
+
+if __name__ == "__main__":
+    main()
