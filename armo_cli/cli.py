@@ -129,9 +129,12 @@ def config_command(cls: type, argument: str | None = None, argument_required: bo
     hints = typing.get_type_hints(cls)
     shorts = {**SHORT, **(short or {})}
 
+    def depth(f) -> int:  # a command's own options first, then those of the groups it shares (configs' base classes)
+        return next(i for i, c in enumerate(cls.__mro__) if f.name in c.__dict__.get("__annotations__", {}))
+
     def deco(fn):
         params = []
-        for f in dataclasses.fields(cls):
+        for f in sorted(dataclasses.fields(cls), key=depth):
             if not f.metadata.get("help") or f.name in skip:
                 continue
             default = f.default if f.default is not dataclasses.MISSING else (

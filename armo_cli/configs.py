@@ -1,8 +1,9 @@
 """Every command's typed config: the one home of each option's default, help and constraints.
 
 Commands are thin functions over these (TRL's style): the CLI reads defaults and help from the fields
-(`cli.O`), the library validates a config before any work (`options.validate`). No torch here, so that
-`armo --help` stays fast.
+(`cli.config_command`), the library validates a config before any work (`options.validate`). Options that several
+commands share are written once: groups as base classes (`FitOutputOptions`, `RunBackboneOptions`), single options
+through the `*_HELP` wordings below. No torch here, so that `armo --help` stays fast.
 """
 from __future__ import annotations
 
@@ -24,6 +25,14 @@ METHODS = ("spearman", "pearson")
 TIES = ("loss", "half")
 DEFAULT_ALPHAS = [10.0 ** e for e in range(-4, 5)]
 ON_ERROR_HELP = "Bad rows: error | skip (skipped rows are listed on stderr and in the report)."
+BACKBONE_HELP = "Named backbone, GGUF file, local folder, PEFT LoRA adapter folder or HF hub id."
+BACKBONE_OVERRIDE_HELP = "Override where the model's backbone is loaded from."
+DEVICE_HELP = "cuda, mps, cpu (default: best available)."
+DTYPE_HELP = "bf16, fp16, fp32 (default: bf16 on CUDA, else fp32)."
+MAX_LENGTH_HELP = "Longest prompt+response in tokens (default: the backbone's maximum positions)."
+OVERFLOW_HELP = "Over the length limit: error | skip | truncate-prompt."
+BATCH_TOKENS_HELP = "Token budget per forward batch (default 2048 on CPU, 65536 on CUDA, 32768 on MPS)."
+QUIET_HELP = "No progress bar or tables."
 LM_OBJECTIVES_HELP = ("LM objectives from the backbone's own LM head, comma-separated or 'all': lm-mean-logprob (the "
                       "response's mean token log-probability given the prompt), lm-pmi (the same minus that after an "
                       "empty prompt).")
@@ -35,9 +44,9 @@ class ExtractConfig:
     output: str = opt("features.safetensors", "Features file to write (.safetensors).")
     dataset: str | None = opt(None, "datasets.load_dataset name or local file, instead of INPUT.")
     split: str = opt("train", "Dataset split (with --dataset).")
-    backbone: str = opt(DEFAULT_BACKBONE, "Named backbone, GGUF file, local folder or HF hub id.")
-    device: str | None = opt(None, "cuda, mps, cpu (default: best available).")
-    dtype: str | None = opt(None, "bf16, fp16, fp32 (default: bf16 on CUDA, else fp32).", choices=DTYPE_NAMES)
+    backbone: str = opt(DEFAULT_BACKBONE, BACKBONE_HELP)
+    device: str | None = opt(None, DEVICE_HELP)
+    dtype: str | None = opt(None, DTYPE_HELP, choices=DTYPE_NAMES)
     attn_implementation: str = opt("sdpa", "Attention kernel: sdpa or eager.", choices=("sdpa", "eager"))
     gate_rule: str = opt("generation-prompt", "Where f(x) is read: generation-prompt | armo-eot.", choices=GATE_RULE_NAMES)
     layer: int = opt(-1, "Hidden layer the features are read from: -1 the last (after the final norm, as ArmoRM), "
@@ -46,10 +55,10 @@ class ExtractConfig:
                        choices=POOLINGS)
     lm_objectives: str | None = opt(None, LM_OBJECTIVES_HELP + " Read in the same pass, which then runs to the last "
                                           "layer; lm-pmi adds a second pass over the responses alone.")
-    max_length: int | None = opt(None, "Longest prompt+response in tokens (default: the backbone's maximum positions).", min=1)
-    overflow: str = opt("error", "Over the length limit: error | skip | truncate-prompt.", choices=OVERFLOW)
+    max_length: int | None = opt(None, MAX_LENGTH_HELP, min=1)
+    overflow: str = opt("error", OVERFLOW_HELP, choices=OVERFLOW)
     on_error: str = opt("error", ON_ERROR_HELP, choices=ON_ERROR)
-    batch_tokens: int | None = opt(None, "Token budget per batch (default 2048 CPU, 65536 CUDA, 32768 MPS).", min=1)
+    batch_tokens: int | None = opt(None, BATCH_TOKENS_HELP, min=1)
     max_padding: float | None = opt(None, "Largest padded share of a batch (default 0.05 CPU, 0.5 with armo's own Llama "
                                           "forward, 0.10 CUDA, 0.25 MPS).", min=0.0, max=1.0)
     chunk_size: int | None = opt(None, "Rows per resumable chunk (default 256 on CPU, 4096 on an accelerator).", min=1)
@@ -59,7 +68,7 @@ class ExtractConfig:
     resume: bool = opt(False, "Reuse finished chunks of an interrupted run.")
     num_shards: int | None = opt(None, "Split the work into N disjoint shards.", min=1)
     shard_index: int | None = opt(None, "Which shard this process writes.", min=0)
-    quiet: bool = opt(False, "No progress bar or tables.")
+    quiet: bool = opt(False, QUIET_HELP)
     announce: bool = True  # say where the output went (off when score/evaluate extract to a temp file)
 
 
@@ -68,7 +77,7 @@ class TuneConfig:
     input: str | None = opt(None, "Pair rows (JSONL, .gz ok: 'chosen' and 'rejected' responses) to tune on.")
     output: str = opt("adapter", "Adapter folder to write (PEFT's format; --backbone takes it).")
     backbone: str = opt(DEFAULT_BACKBONE, "The base: named backbone, GGUF file, local folder or HF hub id.")
-    device: str | None = opt(None, "cuda, mps, cpu (default: best available).")
+    device: str | None = opt(None, DEVICE_HELP)
     rank: int = opt(8, "LoRA rank.", min=1)
     alpha: float = opt(16.0, "LoRA alpha (the update is scaled by alpha / rank).", above=0.0)
     target_modules: str = opt("q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
@@ -80,14 +89,14 @@ class TuneConfig:
     epochs: int = opt(1, "Passes over the pairs.", min=1)
     batch_pairs: int = opt(8, "Pairs per step.", min=1)
     max_length: int | None = opt(512, "Longest prompt+response in tokens.", min=1)
-    overflow: str = opt("truncate-prompt", "Over the length limit: error | skip | truncate-prompt.", choices=OVERFLOW)
+    overflow: str = opt("truncate-prompt", OVERFLOW_HELP, choices=OVERFLOW)
     on_error: str = opt("error", ON_ERROR_HELP, choices=ON_ERROR)
     save_every: int = opt(25, "Steps between checkpoints that --resume continues from.", min=1)
     eval_pairs: int = opt(256, "Training pairs (a seeded sample) whose Bradley-Terry loss and accuracy are measured "
                                "before and after, for the report; 0 skips it (each costs a forward pass).", min=0)
     seed: int = opt(0, "Seed of the adapter's initialisation and the pairs' order.")
     resume: bool = opt(False, "Continue an interrupted run from its last checkpoint (same pairs and settings).")
-    quiet: bool = opt(False, "No progress bar or tables.")
+    quiet: bool = opt(False, QUIET_HELP)
 
 
 @dataclass
@@ -98,7 +107,16 @@ class MergeConfig:
 
 
 @dataclass
-class RegressionConfig:
+class FitOutputOptions:
+    """What every fit stage writes beside its artifact, and how loudly."""
+
+    json: str | None = opt(None, "Write the report as JSON.")
+    model_dir: str | None = opt(None, "Also register the artifact in this model directory.")
+    quiet: bool = opt(False, QUIET_HELP)
+
+
+@dataclass
+class RegressionConfig(FitOutputOptions):
     features: list[str] = opt(help="Extract outputs with ratings.", default_factory=list)
     output: str = opt("regression.safetensors", "Regression artifact to write.")
     alphas: list[float] = opt(help="Ridge strengths to choose from, per objective: A,B,... (default 1e-4,1e-3,...,1e4).", above=0.0,
@@ -121,14 +139,11 @@ class RegressionConfig:
                                           "them (extract --lm-objectives).")
     min_rows: int = opt(20, "Fewest labelled rows for an objective.", min=1)
     strict: bool = opt(False, "Fail instead of skipping objectives with too few rows.")
-    device: str | None = opt(None, "cuda, mps, cpu (default: best available).")
-    json: str | None = opt(None, "Write the report as JSON.")
-    model_dir: str | None = opt(None, "Also register the artifact in this model directory.")
-    quiet: bool = opt(False, "No progress bar or tables.")
+    device: str | None = opt(None, DEVICE_HELP)
 
 
 @dataclass
-class DecorrelationConfig:
+class DecorrelationConfig(FitOutputOptions):
     regression: str = opt("regression.safetensors", "Regression artifact.")
     features: list[str] = opt(help="Reference features (pairs or single responses).", default_factory=list)
     output: str = opt("decorrelation.safetensors", "Decorrelation artifact to write.")
@@ -137,13 +152,10 @@ class DecorrelationConfig:
     tolerance: float = opt(1e-3, "Largest |correlation| left after decorrelation.", above=0.0)
     lambda_range: tuple[float, float] | None = opt(None, "LO:HI bounds on lambda (either side may be empty).")
     min_rows: int = opt(10, "Fewest reference responses.", min=2)
-    json: str | None = opt(None, "Write the report as JSON.")
-    model_dir: str | None = opt(None, "Also register the artifact in this model directory.")
-    quiet: bool = opt(False, "No progress bar or tables.")
 
 
 @dataclass
-class GatingConfig:
+class GatingConfig(FitOutputOptions):
     features: list[str] = opt(help="Pair features (extract output of chosen/rejected rows).", default_factory=list)
     regression: str = opt("regression.safetensors", "Regression artifact.")
     decorrelation: str | None = opt(None, "Transform (identity if omitted).")
@@ -162,10 +174,7 @@ class GatingConfig:
     eval_every: int = opt(50, "Steps between validation evaluations.", min=1)
     patience: int = opt(20, "Evaluations without improvement before stopping.", min=1)
     seed: int = opt(0, "Seed of the split, the initialisation and the batches.")
-    device: str | None = opt(None, "cuda, mps, cpu (default: best available).")
-    json: str | None = opt(None, "Write the report as JSON.")
-    model_dir: str | None = opt(None, "Also register the artifact in this model directory.")
-    quiet: bool = opt(False, "No progress bar or tables.")
+    device: str | None = opt(None, DEVICE_HELP)
 
 
 @dataclass
@@ -178,7 +187,18 @@ class AssembleConfig:
 
 
 @dataclass
-class ModelInputConfig:
+class RunBackboneOptions:
+    """How a trained model's backbone is run (score, evaluate, serve)."""
+
+    backbone: str | None = opt(None, BACKBONE_OVERRIDE_HELP)
+    device: str | None = opt(None, DEVICE_HELP)
+    dtype: str | None = opt(None, DTYPE_HELP, choices=DTYPE_NAMES)
+    max_length: int | None = opt(None, MAX_LENGTH_HELP, min=1)
+    batch_tokens: int | None = opt(None, BATCH_TOKENS_HELP, min=1)
+
+
+@dataclass
+class ModelInputConfig(RunBackboneOptions):
     """What `score` and `evaluate` share: a model, rows or features, and how to run the backbone."""
 
     input: str | None = opt(None, "JSONL rows (any extract shape) or '-'.")
@@ -189,14 +209,9 @@ class ModelInputConfig:
     split: str = opt("train", "Dataset split (with --dataset; RewardBench 2's is 'test').")
     weights: str | None = opt(None, "NAME=W,... fixed weights instead of the gate (finite; negative penalises).")
     objective: str | None = opt(None, "Use one (decorrelated) objective as the score.")
-    backbone: str | None = opt(None, "Override where the model's backbone is loaded from.")
-    device: str | None = opt(None, "cuda, mps, cpu (default: best available).")
-    dtype: str | None = opt(None, "bf16, fp16, fp32 (default: bf16 on CUDA, else fp32).", choices=DTYPE_NAMES)
-    max_length: int | None = opt(None, "Longest prompt+response in tokens (default: the backbone's maximum positions).", min=1)
-    overflow: str = opt("error", "Over the length limit: error | skip | truncate-prompt.", choices=OVERFLOW)
+    overflow: str = opt("error", OVERFLOW_HELP, choices=OVERFLOW)
     on_error: str = opt("error", ON_ERROR_HELP, choices=ON_ERROR)
-    batch_tokens: int | None = opt(None, "Token budget per batch.", min=1)
-    quiet: bool = opt(False, "No progress bar or tables.")
+    quiet: bool = opt(False, QUIET_HELP)
 
 
 @dataclass
@@ -247,7 +262,7 @@ class SampleConfig:
 class ExportConfig:
     output: str = opt("model-hf", "Hugging Face folder to write.")
     model: str | None = opt(None, "Model directory (default: the shipped model).")
-    backbone: str | None = opt(None, "Override where the model's backbone is loaded from.")
+    backbone: str | None = opt(None, BACKBONE_OVERRIDE_HELP)
     force: bool = opt(False, "Replace a non-empty output folder that armo did not write.")
 
 
@@ -260,7 +275,7 @@ class ImportConfig:
 
 
 @dataclass
-class ServeConfig:
+class ServeConfig(RunBackboneOptions):
     model: str | None = opt(None, "Model directory or exported folder (default: the shipped model).")
     host: str = opt("127.0.0.1", "Address to bind (set --api-key before binding anything but loopback).")
     port: int = opt(8000, "Port to listen on (0: a free one, printed at start).", min=0, max=65535)
@@ -272,12 +287,7 @@ class ServeConfig:
     max_queue: int = opt(1024, "Requests that may wait; beyond it: HTTP 503 with Retry-After.", min=1)
     max_rows: int = opt(1024, "Most rows in one request.", min=1)
     max_body_mb: float = opt(16.0, "Largest request body in MB.", above=0.0)
-    backbone: str | None = opt(None, "Override where the model's backbone is loaded from.")
-    device: str | None = opt(None, "cuda, mps, cpu (default: best available).")
-    dtype: str | None = opt(None, "bf16, fp16, fp32 (default: bf16 on CUDA, else fp32).", choices=DTYPE_NAMES)
-    max_length: int | None = opt(None, "Longest prompt+response in tokens (default: the backbone's maximum positions).", min=1)
     overflow: str = opt("error", "Over the length limit: error (HTTP 413) | truncate-prompt.", choices=("error", "truncate-prompt"))
-    batch_tokens: int | None = opt(None, "Token budget per forward batch.", min=1)
     max_padding: float | None = opt(None, "Largest padded share of a forward batch (default: 0.05 on CPU, 0.5 with armo's "
                                           "own Llama forward, 0.10 on CUDA, 0.25 on MPS).", min=0.0, max=1.0)
     shutdown_timeout: float = opt(30.0, "On SIGTERM or Ctrl-C: seconds in-flight requests may still take; then they are "
