@@ -19,7 +19,7 @@ import torch
 from .backbones import Backbone, load_backbone
 from .configs import OVERFLOW
 from .errors import ArmoError
-from .forward import batch_defaults
+from .devices import batch_defaults
 from .hf_format import load_model
 from .model import ArmoModel
 from .options import check_value

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import torch
 
+from .devices import auto_device, auto_dtype
 from .errors import ArmoError
 from .artifact_files import save_tensors
 from .jsonl import sha256_file, sha256_json
@@ -60,42 +61,6 @@ def cache_root() -> Path:
         return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "armo"
-
-
-def auto_device(device: str | None = None) -> torch.device:
-    if device and device != "auto":
-        try:
-            dev = torch.device(device)
-        except (RuntimeError, ValueError):
-            raise ArmoError(f"--device {device}: expected cpu, cuda, cuda:N or mps") from None
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ArmoError(f"--device {device}: CUDA is not available on this machine")
-        if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ArmoError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA devices")
-        if dev.type == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
-            raise ArmoError(f"--device {device}: MPS is not available on this machine")
-        if dev.type not in ("cpu", "cuda", "mps"):
-            raise ArmoError(f"--device {device}: expected cpu, cuda, cuda:N or mps")
-        return dev
-    if torch.cuda.is_available():
-        if "LOCAL_RANK" in os.environ:
-            return torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
-
-
-def auto_dtype(device: torch.device, dtype: str | None = None) -> torch.dtype:
-    if dtype and dtype != "auto":
-        if dtype not in DTYPES:
-            raise ArmoError(f"--dtype: unknown dtype {dtype!r} (choose from {', '.join(DTYPES)})")
-        return DTYPES[dtype]
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
 @dataclass

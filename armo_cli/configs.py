@@ -14,7 +14,7 @@ from .options import opt
 BENCHMARK_NAMES = ("auto", "rewardbench", "rewardbench2", "rm-bench", "best-of-n", "pairs")  # benchmarks.BENCHMARKS
 from .provenance import POOLINGS
 
-PACKINGS = ("auto", "rows", "flex")  # extract's --packing (forward.choose_layout)
+PACKINGS = ("auto", "rows", "flex")  # extract's --packing (devices.choose_layout)
 
 DEFAULT_BACKBONE = "smollm2-135m-instruct"
 DTYPE_NAMES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16", "auto")

@@ -19,8 +19,8 @@ from .backbones import Backbone, load_backbone
 from .configs import ExtractConfig, MergeConfig
 from .console import info, progress, warn
 from .errors import ArmoError
-from .forward import (batch_defaults, canonical_layer, check_finite_features, choose_layout, default_chunk_size,
-                      encode_trees, is_out_of_memory)
+from .devices import batch_defaults, choose_layout, default_chunk_size
+from .forward import canonical_layer, check_finite_features, encode_trees, is_out_of_memory
 from .artifact_files import load_artifact, save_artifact, save_concatenated
 from .jobfiles import claim_parts, make_parts, remove_parts
 from .jsonl import check_input_file, sha256_file, sha256_json
@@ -41,7 +41,7 @@ class ExtractReport:
     chunks_reused: int = 0
     tokens_computed: int = 0
     seconds: float = 0.0
-    packing: str = ""  # the layout the computed chunks ran in (forward.choose_layout); "" when none was computed
+    packing: str = ""  # the layout the computed chunks ran in (devices.choose_layout); "" when none was computed
 
 
 def _scan(source: Source, renderer: Renderer, cfg: ExtractConfig, skipped: list[Skipped], limit: int, limit_name: str,

@@ -26,7 +26,7 @@ from .artifact_files import load_artifact, save_artifact
 from .jsonl import dumps
 from .outputs import check_outputs, write_text_atomic
 from .artifacts import GatingMeta
-from .backbones import auto_device
+from .devices import auto_device
 from .configs import GatingConfig
 from .options import validate
 from .provenance import FeatureMeaning, require_compatible, require_one_meaning

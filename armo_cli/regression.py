@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from .version import __version__
-from .backbones import auto_device
+from .devices import auto_device
 from .console import info, show, table, warn
 from .features import Features
 from .errors import ArmoError

@@ -18,7 +18,8 @@ from .version import __version__
 from .backbones import Backbone, load_backbone
 from .console import info, loading, plain, show, table, warn
 from .features import Features
-from .forward import batch_defaults, canonical_layer, check_finite_features, encode_trees
+from .devices import batch_defaults
+from .forward import canonical_layer, check_finite_features, encode_trees
 from .rendering import Renderer, Tree, length_limit, sized_tree, tokenized
 from .errors import ArmoError
 from .jsonl import check_input_file, dumps, sha256_file, sha256_json

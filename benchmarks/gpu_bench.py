@@ -178,7 +178,7 @@ def timed_forward(bb: Backbone, trees, batch_tokens: int, max_padding: float, la
 
 def kernel_study(bb: Backbone, trees, batch_tokens: int, max_padding: float) -> list[dict]:
     """Which sdpa backends run armo's tree-masked batches, how fast, and whether they give the same features:
-    armo's own choice (forward.attention_kernels), sdpa's choice with nothing forced, then each backend
+    armo's own choice (devices.attention_kernels), sdpa's choice with nothing forced, then each backend
     alone. Each is timed after a warm-up on a few trees; a backend that builds a plan per batch shape
     (cuDNN) pays for the shapes it has not met yet in whichever row meets them first."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -261,12 +261,12 @@ def main() -> None:
         prepare(Path(args.prepare), args.pairs)
         return
 
-    from armo_cli.backbones import auto_device, auto_dtype
+    from armo_cli.devices import auto_device, auto_dtype
     from armo_cli.configs import DecorrelationConfig, ExtractConfig, GatingConfig, RegressionConfig, ScoreConfig
     from armo_cli.decorrelation import fit_decorrelation
     from armo_cli.extract import extract
     from armo_cli.features import Features
-    from armo_cli.forward import batch_defaults, default_chunk_size
+    from armo_cli.devices import batch_defaults, default_chunk_size
     from armo_cli.gating import fit_gating
     from armo_cli.model import ArmoModel, assemble
     from armo_cli.regression import fit_regression

@@ -58,7 +58,7 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
-    from armo_cli.backbones import auto_device, auto_dtype
+    from armo_cli.devices import auto_device, auto_dtype
     from armo_cli.configs import ExtractConfig
     from armo_cli.extract import extract
 

@@ -78,10 +78,11 @@ def main() -> None:
                          "torch's compile cache on disk)")
     args = ap.parse_args()
 
-    from armo_cli.backbones import auto_device, auto_dtype
+    from armo_cli.devices import auto_device, auto_dtype
     from armo_cli.configs import ExtractConfig
     from armo_cli.extract import extract
-    from armo_cli.forward import batch_defaults, encode_trees
+    from armo_cli.devices import batch_defaults
+    from armo_cli.forward import encode_trees
 
     device = auto_device(None)
     dtype = auto_dtype(device, None)

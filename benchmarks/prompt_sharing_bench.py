@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from armo_cli.backbones import load_backbone
-from armo_cli.forward import batch_defaults, encode_trees, pass_cost, share_prompts
+from armo_cli.devices import batch_defaults
+from armo_cli.forward import encode_trees, pass_cost, share_prompts
 from armo_cli.rendering import Renderer
 from armo_cli.rows import parse_row
 

@@ -478,7 +478,7 @@ def test_device_defaults_and_cuda_attention_kernels():
     """CUDA's batch, padding and chunk defaults are the ones measured at 8B shape (gpu_mfu_sweep), and its
     tree-masked forward allows only the memory-efficient and math sdpa kernels (cuDNN builds a plan per
     batch shape; flash takes no mask). Elsewhere nothing is forced."""
-    from armo_cli.forward import attention_kernels, batch_defaults, default_chunk_size
+    from armo_cli.devices import attention_kernels, batch_defaults, default_chunk_size
 
     cuda, cpu, mps = torch.device("cuda"), torch.device("cpu"), torch.device("mps")
     assert batch_defaults(cuda) == (65536, 0.10) and batch_defaults(mps) == (32768, 0.25)
@@ -775,7 +775,7 @@ def test_flex_tiles_cover_every_allowed_pair_and_full_tiles_hold_nothing_masked(
 def test_packing_auto_is_flex_only_on_cuda_for_long_jobs_and_flex_needs_a_model_that_runs_it(bb):
     from types import SimpleNamespace
 
-    from armo_cli.forward import FLEX_MIN_TOKENS, choose_layout
+    from armo_cli.devices import FLEX_MIN_TOKENS, choose_layout
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     assert choose_layout("auto", cuda, bb.model, FLEX_MIN_TOKENS) == "flex"

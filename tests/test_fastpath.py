@@ -115,7 +115,7 @@ def test_score_with_the_fast_path_never_imports_transformers(tiny_model, tiny_ba
 
 
 def test_batches_may_hold_padding_only_where_the_forward_skips_it(pair_of_backbones):
-    from armo_cli.forward import batch_defaults, skips_padding
+    from armo_cli.devices import batch_defaults, skips_padding
 
     slow, fast = pair_of_backbones
     assert skips_padding(fast.model, fast.device) and not skips_padding(slow.model, slow.device)

@@ -61,7 +61,7 @@ def test_every_config_field_with_help_is_an_option():
 
 
 def test_named_choices_match_the_registries():
-    from armo_cli.backbones import DTYPES
+    from armo_cli.devices import DTYPES
     from armo_cli.rendering import GATE_RULES
 
     assert configs.GATE_RULE_NAMES == tuple(GATE_RULES)
