@@ -16,7 +16,7 @@ import pytest
 import torch
 from armo_cli.artifact_files import save_artifact
 
-from conftest import (SYSTEM_PAIR, armo, make_features, make_regression, make_tokenizer, pair_rows, rating_rows,
+from tests.helpers import (SYSTEM_PAIR, armo, make_features, make_regression, make_tokenizer, pair_rows, rating_rows,
                       write_jsonl)
 
 

@@ -14,7 +14,7 @@ import random
 
 import pytest
 
-from conftest import armo, interrupted_after, write_jsonl
+from tests.helpers import armo, interrupted_after, write_jsonl
 from armo_cli.benchmarks import (RowScores, best_of_n_result, bootstrap_ci, detect, rb2_result, rb2_ties_score,
                                  rm_bench_levels, rm_bench_matrix, score_benchmark)
 from armo_cli.errors import ArmoError

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from conftest import CHATML, armo, make_tokenizer, write_jsonl
+from tests.helpers import CHATML, armo, make_tokenizer, write_jsonl
 from armo_cli.errors import ArmoError
 from armo_cli.rendering import Renderer
 from armo_cli.rows import parse_row

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from conftest import CHATML, ROOT, armo, make_tokenizer, needs_embedded, write_jsonl
+from tests.helpers import CHATML, ROOT, armo, make_tokenizer, needs_embedded, write_jsonl
 
 pytestmark = pytest.mark.clients
 
@@ -81,7 +81,7 @@ def test_grpo_logs_armos_rewards_in_process(tiny_model, tmp_path, armo_cache, mo
 
 def test_grpo_logs_armos_rewards_from_a_live_server(tiny_model, tmp_path, armo_cache):
     from armo_cli.adapters import ArmoRewardFunc
-    from test_serve import KEY, Server
+    from tests.serving import KEY, Server
 
     s = Server(tiny_model / "model", armo_cache, "--api-key", KEY)
     try:
@@ -105,7 +105,7 @@ def test_openrlhf_remote_reward_client_against_armo_serve(tiny_model, tmp_path, 
     import asyncio
 
     from openrlhf.utils.agent import SingleTurnAgentExecutor
-    from test_serve import Server, chatml, messages
+    from tests.serving import Server, chatml, messages
 
     rows = [{"prompt": p, "response": r} for p, r in zip(PROMPTS, ["sure", "ok then", "a good one", "it runs", "yes", "no"])]
     want = armo_scores(tiny_model / "model", [r["prompt"] for r in rows], [r["response"] for r in rows], tmp_path)
@@ -155,7 +155,7 @@ def test_verl_reward_managers_call_armos_compute_score(tiny_model, tmp_path, arm
     import functools
 
     from armo_cli.adapters import compute_score
-    from test_serve import Server
+    from tests.serving import Server
     from verl.workers.reward_manager import BatchRewardManager, NaiveRewardManager
 
     monkeypatch.setenv("ARMO_CACHE", str(armo_cache))
@@ -208,7 +208,7 @@ def test_the_readme_openrlhf_recipe_serves_openrlhfs_client(tmp_path):
     import sys
 
     from openrlhf.utils.agent import SingleTurnAgentExecutor
-    from test_serve import chatml, messages
+    from tests.serving import chatml, messages
 
     serve_line, train_line = readme_recipe("openrlhf").splitlines()
     url = re.search(r"--remote_rm_url (\S+)", train_line)[1]

@@ -2,15 +2,11 @@ import pytest
 import torch
 from scipy.optimize import brentq
 from scipy.stats import spearmanr
-from typer.testing import CliRunner
-
-from armo_cli.cli import app
 from armo_cli.decorrelation import Decorrelation, solve_lambda, transform_matrix
 from armo_cli.stats import pearson, rankdata, spearman
 
-from conftest import make_features, make_regression
+from tests.helpers import armo, make_features, make_regression
 
-runner = CliRunner()
 
 
 def rewards(n=2000, k=5, seed=0):
@@ -72,21 +68,20 @@ def test_cli_end_to_end_and_errors(tmp_path):
     make_regression(tmp_path / "reg.safetensors", W, ["help", "safe", "verbosity"])
     f = make_features(tmp_path / "ref.safetensors", X)
     out = tmp_path / "dec.safetensors"
-    res = runner.invoke(app, ["fit-decorrelation", str(f), "-r", str(tmp_path / "reg.safetensors"), "-o", str(out), "-q"])
-    assert res.exit_code == 0, res.output
+    res = armo("fit-decorrelation", str(f), "-r", str(tmp_path / "reg.safetensors"), "-o", str(out), "-q")
+    assert res.code == 0, res.output
     dec = Decorrelation.load(out)
     rep = dec.meta.extra["objectives_report"]
     assert all(abs(r["after"]) <= 1e-3 for r in rep.values())
     assert dec.meta.method == "spearman" and dec.meta.reference_hash
-    res = runner.invoke(app, ["fit-decorrelation", str(f), "-r", str(tmp_path / "reg.safetensors"), "-o", str(out),
-                              "--verbosity", "length"])
-    assert res.exit_code == 2 and "--verbosity length: not an objective" in res.output
+    res = armo("fit-decorrelation", str(f), "-r", str(tmp_path / "reg.safetensors"), "-o", str(out), "--verbosity", "length")
+    assert res.code == 2 and "--verbosity length: not an objective" in res.output
     small = make_features(tmp_path / "small.safetensors", X[:4])
-    res = runner.invoke(app, ["fit-decorrelation", str(small), "-r", str(tmp_path / "reg.safetensors"), "-o", str(tmp_path / "s.st")])
-    assert res.exit_code == 2 and "need at least" in res.output
+    res = armo("fit-decorrelation", str(small), "-r", str(tmp_path / "reg.safetensors"), "-o", str(tmp_path / "s.st"))
+    assert res.code == 2 and "need at least" in res.output
     other = make_features(tmp_path / "other.safetensors", X, backbone="b2")
-    res = runner.invoke(app, ["fit-decorrelation", str(other), "-r", str(tmp_path / "reg.safetensors"), "-o", str(tmp_path / "o.st")])
-    assert res.exit_code == 2 and "backbone" in res.output
+    res = armo("fit-decorrelation", str(other), "-r", str(tmp_path / "reg.safetensors"), "-o", str(tmp_path / "o.st"))
+    assert res.code == 2 and "backbone" in res.output
 
 
 def test_a_status_other_than_ok_says_what_it_means():

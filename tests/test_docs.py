@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from conftest import ROOT, needs_embedded
+from tests.helpers import ROOT, needs_embedded
 
 
 def test_readme_quotes_the_default_models_measured_accuracy():

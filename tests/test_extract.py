@@ -7,10 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from armo_cli.backbones import load_backbone
-from armo_cli.cli import app
 from armo_cli.extract import ExtractConfig, extract, merge_features
 from armo_cli.features import Features
 from armo_cli.forward import encode_trees, forward_trees
@@ -18,9 +16,8 @@ from armo_cli.rendering import Renderer
 from armo_cli.errors import ArmoError
 from armo_cli.rows import Source, iter_examples, parse_row
 
-from conftest import pair_rows, rating_rows, write_jsonl
+from tests.helpers import armo, pair_rows, rating_rows, write_jsonl
 
-runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
@@ -102,12 +99,12 @@ SKIPS_EMPTY = ("{% for m in messages %}{% if m['role'] == 'user' %}{{ '<|im_star
 def test_an_empty_response_is_scored_and_a_template_that_renders_it_as_nothing_is_refused(tiny_backbone, tmp_path):
     """Policies emit empty responses, and datasets hold them (a UltraFeedback 'chosen', a dev-eval 'rejected'):
     they are responses, scored through the template's end-of-turn tokens, not bad rows."""
-    from conftest import make_tokenizer
+    from tests.helpers import make_tokenizer
 
     inp = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "hi", "response": ""}, {"messages": [
         {"role": "user", "content": "hello"}, {"role": "assistant", "content": " "}]}, {"prompt": "hey", "response": [{"role": "assistant", "content": ""}]}])
-    res = runner.invoke(app, ["extract", str(inp), "-o", str(tmp_path / "o.st"), "-b", str(tiny_backbone), "-q", "--device", "cpu"])
-    assert res.exit_code == 0, res.output
+    res = armo("extract", str(inp), "-o", str(tmp_path / "o.st"), "-b", str(tiny_backbone), "-q", "--device", "cpu")
+    assert res.code == 0, res.output
     assert Features.load(tmp_path / "o.st").meta.report["skipped"] == []
     r = Renderer(make_tokenizer(SKIPS_EMPTY, adds_bos=False))
     assert r.texts(parse_row({"prompt": "hi", "response": "x"}, "f:1"))[1] == ["x<|im_end|>\n"]
@@ -206,7 +203,6 @@ def test_shards_merge_to_the_single_run(bb, tmp_path):
 def test_an_empty_shard_is_valid_and_merges(bb, tmp_path, armo_cache, monkeypatch):
     """3 rows in one chunk over 2 shards: shard 1 gets no rows. It is armo's own output and merges (through
     main(), as a user runs it)."""
-    from conftest import armo
 
     monkeypatch.setenv("ARMO_CACHE", str(armo_cache))
     inp = write_jsonl(tmp_path / "r.jsonl", rating_rows(3))
@@ -269,8 +265,8 @@ def test_bad_input_is_one_line_exit_2_no_output(tiny_backbone, tmp_path, line, n
     inp = tmp_path / "bad.jsonl"
     inp.write_text(good + "\n" + line + "\n")
     out = tmp_path / "o.safetensors"
-    res = runner.invoke(app, ["extract", str(inp), "-o", str(out), "-b", str(tiny_backbone), "-q", "--device", "cpu"])
-    assert res.exit_code == 2
+    res = armo("extract", str(inp), "-o", str(out), "-b", str(tiny_backbone), "-q", "--device", "cpu")
+    assert res.code == 2
     msg = res.output.strip().splitlines()
     assert any("bad.jsonl:2:" in m and needle in m for m in msg), res.output
     assert not out.exists()
@@ -291,7 +287,6 @@ def test_on_error_skip_lists_rows(bb, tmp_path):
 def test_skip_warnings_are_one_line_each_and_name_the_line_once(tiny_backbone, tmp_path):
     """However long the row's id, each skipped row is one warning line (not wrapped at 80 columns), and the
     reason does not repeat the file and line the warning already names."""
-    from conftest import armo
 
     long_id = "row-" + "x" * 120
     inp = tmp_path / "mixed.jsonl"
@@ -325,9 +320,8 @@ def test_stdin_and_dataset_inputs_match_file(tiny_backbone, tmp_path, bb):
     a = tmp_path / "a.safetensors"
     _extract(bb, inp, a)
     b = tmp_path / "b.safetensors"
-    res = runner.invoke(app, ["extract", "-", "-o", str(b), "-b", str(tiny_backbone), "-q", "--device", "cpu"],
-                        input=inp.read_text())
-    assert res.exit_code == 0, res.output
+    res = armo("extract", "-", "-o", str(b), "-b", str(tiny_backbone), "-q", "--device", "cpu", input=inp.read_text())
+    assert res.code == 0, res.output
     c = tmp_path / "c.safetensors"
     extract(ExtractConfig(dataset=str(inp), split="train", output=str(c), quiet=True), backbone=bb)
     fa, fb, fc = Features.load(a), Features.load(b), Features.load(c)
@@ -358,13 +352,13 @@ def test_hub_id_code_path_with_a_local_hub_cache(tiny_backbone, tmp_path, monkey
 
 
 def test_help_lists_every_subcommand():
-    res = runner.invoke(app, ["--help"])
+    res = armo("--help")
     for cmd in ["extract", "merge", "fit-regression", "fit-decorrelation", "fit-gating", "assemble", "score", "evaluate",
                 "export", "import", "sample"]:
         assert cmd in res.output, cmd
     for cmd in ["extract", "fit-regression", "score", "evaluate"]:
-        r = runner.invoke(app, [cmd, "--help"])
-        assert r.exit_code == 0 and "Example" in r.output
+        r = armo(cmd, "--help")
+        assert r.code == 0 and "Example" in r.output
 
 
 @pytest.mark.slow
@@ -577,7 +571,6 @@ def test_extract_reads_the_weights_only_when_a_chunk_is_computed(tiny_backbone, 
 def test_unreadable_weights_are_one_line_after_validation_and_leave_nothing(tiny_backbone, tmp_path):
     import shutil
 
-    from conftest import armo
 
     broken = tmp_path / "broken"
     shutil.copytree(tiny_backbone, broken)
@@ -794,9 +787,8 @@ def test_extract_packing_flex_gives_the_features_of_rows_and_records_the_layout(
     got = {}
     for packing in ("rows", "flex", "auto"):
         out = tmp_path / f"{packing}.st"
-        res = runner.invoke(app, ["extract", str(inp), "-o", str(out), "-b", str(tiny_backbone), "-q", "--device", "cpu",
-                                  "--packing", packing])
-        assert res.exit_code == 0, res.output
+        res = armo("extract", str(inp), "-o", str(out), "-b", str(tiny_backbone), "-q", "--device", "cpu", "--packing", packing)
+        assert res.code == 0, res.output
         got[packing] = Features.load(out)
     assert [got[k].meta.report["packing"] for k in ("rows", "flex", "auto")] == ["rows", "flex", "rows"]
     for name in ("prompt_features", "response_features"):
@@ -837,15 +829,15 @@ def test_flex_that_fails_falls_back_to_rows_under_auto_and_is_one_line_when_aske
     monkeypatch.setattr(ex, "choose_layout", lambda packing, *a: "rows" if packing == "rows" else "flex")
     inp = write_jsonl(tmp_path / "in.jsonl", pair_rows(6, seed=2))
     args = ["extract", str(inp), "-b", str(tiny_backbone), "--device", "cpu", "-q"]
-    res = runner.invoke(app, args + ["-o", str(tmp_path / "auto.st")])
-    assert res.exit_code == 0, res.output
+    res = armo(*(args + ["-o", str(tmp_path / "auto.st")]))
+    assert res.code == 0, res.output
     assert ("warning: FlexAttention failed on cpu (RuntimeError: InductorError: no C++ compiler); running one tree per "
             "row (--packing rows)") in res.output
-    assert runner.invoke(app, args + ["-o", str(tmp_path / "rows.st"), "--packing", "rows"]).exit_code == 0
+    assert armo(*(args + ["-o", str(tmp_path / "rows.st"), "--packing", "rows"])).code == 0
     auto, rows = Features.load(tmp_path / "auto.st"), Features.load(tmp_path / "rows.st")
     assert auto.meta.report["packing"] == "rows" and torch.equal(auto.tensors["response_features"], rows.tensors["response_features"])
-    res = runner.invoke(app, args + ["-o", str(tmp_path / "flex.st"), "--packing", "flex"])
-    assert res.exit_code == 2
+    res = armo(*(args + ["-o", str(tmp_path / "flex.st"), "--packing", "flex"]))
+    assert res.code == 2
     assert res.output.strip().splitlines() == ["error: --packing flex: FlexAttention failed on cpu (RuntimeError: InductorError: "
                                                "no C++ compiler); use --packing rows"]
     assert not (tmp_path / "flex.st").exists() and not list(tmp_path.glob("flex.st*"))
@@ -858,7 +850,6 @@ def test_dataset_local_files_parquet_json_and_bad_rows(tiny_backbone, tmp_path, 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from conftest import armo
 
     monkeypatch.setenv("ARMO_CACHE", str(armo_cache))
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))

@@ -11,7 +11,7 @@ from armo_cli.forward import encode_trees
 from armo_cli.rendering import Renderer
 from armo_cli.rows import Source, iter_examples
 
-from conftest import needs_embedded, pair_rows, rating_rows, write_jsonl
+from tests.helpers import needs_embedded, pair_rows, rating_rows, write_jsonl
 
 CONVERSATIONS = [
     [{"role": "user", "content": "hello there"}],
@@ -130,7 +130,6 @@ def test_tokenize_many_equals_one_row_at_a_time(pair_of_backbones, monkeypatch):
     from armo_cli.errors import ArmoError
     from armo_cli.rows import parse_row
 
-    from conftest import pair_rows, rating_rows
 
     for bb in pair_of_backbones:
         r = Renderer(bb.tokenizer)

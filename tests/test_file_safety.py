@@ -18,7 +18,7 @@ from armo_cli.extract import ExtractConfig, extract, merge_features
 from armo_cli.features import Features
 from armo_cli.jobfiles import output_lock
 
-from conftest import armo, pair_rows, write_jsonl
+from tests.helpers import armo, pair_rows, write_jsonl
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ import pytest
 
 from armo_cli.gating import Gate, GatingConfig, fit_gating
 
-from conftest import make_decorrelation, make_features, make_regression
+from tests.helpers import armo, make_decorrelation, make_features, make_regression
 
 
 def write_parts(tmp_path, P, R, W, objectives, T=None, ids=None):
@@ -97,19 +97,15 @@ def test_transform_is_applied_in_training_and_evaluation(tmp_path):
 
 
 def test_errors(tmp_path):
-    from typer.testing import CliRunner
-    from armo_cli.cli import app
 
     P, R, W = synthetic_types(n=50)
     write_parts(tmp_path, P, R, W, ["a", "b"], T=torch.eye(2))
     make_regression(tmp_path / "reg3.safetensors", torch.randn(3, P.shape[1]), ["a", "b", "c"])
     make_decorrelation(tmp_path / "dec3.safetensors", torch.eye(3), tmp_path / "reg3.safetensors")
-    r = CliRunner().invoke(app, ["fit-gating", str(tmp_path / "pairs.safetensors"), "-r", str(tmp_path / "reg.safetensors"),
-                                 "-t", str(tmp_path / "dec3.safetensors"), "-o", str(tmp_path / "x.st"), "-q"])
-    assert r.exit_code == 2 and "objectives" in r.output and not (tmp_path / "x.st").exists()
-    r = CliRunner().invoke(app, ["fit-gating", str(tmp_path / "reg.safetensors"), "-r", str(tmp_path / "reg.safetensors"),
-                                 "-o", str(tmp_path / "x.st"), "-q"])
-    assert r.exit_code == 2 and "expected a 'features' artifact" in r.output
+    r = armo("fit-gating", str(tmp_path / "pairs.safetensors"), "-r", str(tmp_path / "reg.safetensors"), "-t", str(tmp_path / "dec3.safetensors"), "-o", str(tmp_path / "x.st"), "-q")
+    assert r.code == 2 and "objectives" in r.output and not (tmp_path / "x.st").exists()
+    r = armo("fit-gating", str(tmp_path / "reg.safetensors"), "-r", str(tmp_path / "reg.safetensors"), "-o", str(tmp_path / "x.st"), "-q")
+    assert r.code == 2 and "expected a 'features' artifact" in r.output
 
 
 def test_fit_gating_on_cpu_and_on_cuda_give_the_same_gate(tmp_path):

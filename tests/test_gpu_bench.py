@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import needs_embedded
+from tests.helpers import needs_embedded
 
 ROOT = Path(__file__).resolve().parents[1]
 

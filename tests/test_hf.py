@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from conftest import check_export_round_trip, cli, pad_batch as _batch, pair_rows, write_jsonl
+from tests.helpers import armo, check_export_round_trip, cli, pad_batch as _batch, pair_rows, write_jsonl
 
 
 @pytest.fixture
@@ -139,8 +139,6 @@ def test_import_matches_the_checkpoints_own_forward(tiny_llama3, tmp_path, no_pi
 
 
 def test_import_generic_names_and_errors(tiny_llama3, tmp_path):
-    from typer.testing import CliRunner
-    from armo_cli.cli import app
 
     ckpt = make_armorm_checkpoint(tiny_llama3, tmp_path / "c5", k=5)
     cli("import", ckpt, "-o", tmp_path / "m5")
@@ -149,8 +147,8 @@ def test_import_generic_names_and_errors(tiny_llama3, tmp_path):
     assert json.loads((tmp_path / "m5b" / "armo.json").read_text())["objectives"] == list("abcde")
     (tmp_path / "plain").mkdir()
     shutil.copyfile(tiny_llama3 / "config.json", tmp_path / "plain" / "config.json")
-    r = CliRunner().invoke(app, ["import", str(tmp_path / "plain"), "-o", str(tmp_path / "x")])
-    assert r.exit_code == 2 and "num_objectives" in r.output
+    r = armo("import", str(tmp_path / "plain"), "-o", str(tmp_path / "x"))
+    assert r.code == 2 and "num_objectives" in r.output
 
 
 def test_import_reads_a_sharded_checkpoint(tiny_llama3, tmp_path, no_pickle):
@@ -208,7 +206,6 @@ BAD_CONFIGS = [
 
 @pytest.mark.parametrize("change,message", BAD_CONFIGS)
 def test_import_checks_the_config_before_it_acts(tiny_llama3, tmp_path, change, message):
-    from conftest import armo
 
     ckpt = make_armorm_checkpoint(tiny_llama3, tmp_path / "c", k=5)
     cfg = json.loads((ckpt / "config.json").read_text())
@@ -223,7 +220,6 @@ def test_import_checks_the_config_before_it_acts(tiny_llama3, tmp_path, change, 
 def test_import_refuses_a_fifo_for_weights_without_hanging(tiny_llama3, tmp_path):
     import os
 
-    from conftest import armo
 
     ckpt = make_armorm_checkpoint(tiny_llama3, tmp_path / "c", k=5)
     (ckpt / "model.safetensors").unlink()
@@ -234,7 +230,6 @@ def test_import_refuses_a_fifo_for_weights_without_hanging(tiny_llama3, tmp_path
 
 def test_every_command_that_takes_a_model_takes_an_export_folder(tiny_model, tmp_path):
     """`armo score -m EXPORTED` used to fail ("not an armo model directory") while serve and RewardModel took it."""
-    from conftest import armo
 
     hf = tmp_path / "hf"
     assert armo("export", "-m", tiny_model / "model", hf).code == 0
@@ -253,7 +248,7 @@ def test_exported_and_extracted_safetensors_follow_the_umask(tiny_model, tiny_ba
     import os
     import stat
 
-    from conftest import armo, rating_rows, write_jsonl
+    from tests.helpers import rating_rows
 
     monkeypatch.setenv("ARMO_CACHE", str(armo_cache))
     old = os.umask(0o022)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import armo_cli.scoring as scoring
-from conftest import armo, interrupted_after, pair_rows, rating_rows, write_jsonl
+from tests.helpers import armo, interrupted_after, pair_rows, rating_rows, write_jsonl
 from armo_cli.jobfiles import PARTS_MARK
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from armo_cli.features import Features
-from conftest import SHARED, cli, needs_embedded, needs_shared
+from tests.helpers import SHARED, cli, needs_embedded, needs_shared
 
 pytestmark = [needs_embedded(), needs_shared()]
 

@@ -11,7 +11,7 @@ from armo_cli.extract import ExtractConfig, extract
 from armo_cli.features import Features
 from armo_cli.forward import canonical_layer, resolve_layer
 
-from conftest import armo, build_model, check_export_round_trip, check_rows_score_as_features, pair_rows, write_jsonl
+from tests.helpers import armo, build_model, check_export_round_trip, check_rows_score_as_features, pair_rows, write_jsonl
 
 
 @pytest.fixture(scope="module")

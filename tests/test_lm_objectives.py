@@ -15,7 +15,7 @@ from armo_cli.regression import Regression
 from armo_cli.rendering import Renderer
 from armo_cli.rows import Source, iter_examples
 
-from conftest import CHATML, ROOT, armo, check_export_round_trip, cli, make_tokenizer, pair_rows, rating_rows, write_jsonl
+from tests.helpers import CHATML, ROOT, armo, check_export_round_trip, cli, make_tokenizer, pair_rows, rating_rows, write_jsonl
 
 
 def make_lm_backbone(path: Path, tied: bool, seed: int = 0) -> Path:

@@ -133,7 +133,7 @@ def test_ctrl_c_exits_130_and_advises_resume_only_where_a_job_can_resume(resumab
 
 def test_version_flag_and_help_shows_no_type_for_flags():
     """`armo --version` as `armo version`; flags take no value, so the help shows none (it printed `<bool>`)."""
-    from conftest import armo
+    from tests.helpers import armo
     from armo_cli import __version__
 
     r = armo("--version")
@@ -181,7 +181,7 @@ def test_progress_off_a_terminal_prints_a_line_every_tenth_and_every_30_s(capsys
 
 
 def test_extract_into_a_log_prints_progress_lines(tiny_backbone, tmp_path, armo_cache, monkeypatch):
-    from conftest import armo, rating_rows, write_jsonl
+    from tests.helpers import armo, rating_rows, write_jsonl
 
     monkeypatch.setenv("ARMO_CACHE", str(armo_cache))
     rows = write_jsonl(tmp_path / "r.jsonl", rating_rows(10))

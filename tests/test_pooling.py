@@ -6,7 +6,7 @@ import pytest
 
 from armo_cli.provenance import FeatureMeaning
 
-from conftest import armo, build_model, check_export_round_trip, check_rows_score_as_features
+from tests.helpers import armo, build_model, check_export_round_trip, check_rows_score_as_features
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_features_from_before_pooling_existed_mean_the_last_token():
 def test_an_exported_model_scores_an_empty_response_as_armo_does(pooling, tiny_model, mean_model, tmp_path):
     """An empty response through the exported modeling code (its end-of-turn tokens: the last, or their mean),
     with left and right padding, beside a non-empty one."""
-    from conftest import check_exported_scores, cli, write_jsonl
+    from tests.helpers import check_exported_scores, cli, write_jsonl
 
     model = (tiny_model if pooling == "last" else mean_model) / "model"
     cli("export", "-m", model, tmp_path / "hf")

@@ -11,7 +11,7 @@ import torch
 from armo_cli.preference import fit_bt, fit_preference
 from armo_cli.regression import Regression
 
-from conftest import armo, cli, make_features
+from tests.helpers import armo, cli, make_features
 
 
 def synthetic_pairs(n=600, d=12, seed=0):

@@ -11,7 +11,7 @@ from armo_cli.artifact_files import load_artifact, save_artifact
 from armo_cli.model import ArmoModel
 from armo_cli.provenance import FeatureMeaning
 
-from conftest import armo, make_features
+from tests.helpers import armo, make_features
 
 
 def _b(tiny_backbone):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, needs_embedded
+from tests.helpers import ROOT, needs_embedded
 
 pytestmark = needs_embedded()
 

@@ -3,15 +3,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
-
-from armo_cli.cli import app
 from armo_cli.configs import DEFAULT_ALPHAS
 from armo_cli.regression import Regression, ridge_path, split_mask
 
-from conftest import make_features
+from tests.helpers import armo, make_features
 
-runner = CliRunner()
 
 
 def synthetic(n=800, d=30, k=4, seed=0):
@@ -75,9 +71,8 @@ def test_cli_scales_length_objective_report_and_errors(tmp_path):
     Y[:, 0] = Y[:, 0].clamp(-5, 5)
     f = fake_features(tmp_path / "f.safetensors", X, Y, ["a", "b", "c", "d"])
     out = tmp_path / "reg.safetensors"
-    res = runner.invoke(app, ["fit-regression", str(f), "-o", str(out), "--range", "a=-10:10", "--length-objective",
-                              "verbosity", "--json", str(tmp_path / "rep.json"), "-q"])
-    assert res.exit_code == 0, res.output
+    res = armo("fit-regression", str(f), "-o", str(out), "--range", "a=-10:10", "--length-objective", "verbosity", "--json", str(tmp_path / "rep.json"), "-q")
+    assert res.code == 0, res.output
     reg = Regression.load(out)
     assert reg.objectives == ["a", "b", "c", "d", "verbosity"]
     assert reg.meta.scales["a"] == {"lo": -10.0, "hi": 10.0, "transform": "linear", "declared": True}
@@ -87,20 +82,20 @@ def test_cli_scales_length_objective_report_and_errors(tmp_path):
     assert rep["metrics"]["verbosity"]["n_train"] + rep["metrics"]["verbosity"]["n_val"] == X.shape[0]
     # mismatched backbones are refused
     g = fake_features(tmp_path / "g.safetensors", X, Y, ["a", "b", "c", "d"], backbone="other")
-    res = runner.invoke(app, ["fit-regression", str(f), str(g), "-o", str(tmp_path / "x.safetensors"), "-q"])
-    assert res.exit_code == 2 and "backbone" in res.output and not (tmp_path / "x.safetensors").exists()
+    res = armo("fit-regression", str(f), str(g), "-o", str(tmp_path / "x.safetensors"), "-q")
+    assert res.code == 2 and "backbone" in res.output and not (tmp_path / "x.safetensors").exists()
     # no labels at all
     h = fake_features(tmp_path / "h.safetensors", X, None, [])
-    res = runner.invoke(app, ["fit-regression", str(h), "-o", str(tmp_path / "x.safetensors"), "-q"])
-    assert res.exit_code == 2 and "no labels" in res.output
+    res = armo("fit-regression", str(h), "-o", str(tmp_path / "x.safetensors"), "-q")
+    assert res.code == 2 and "no labels" in res.output
     # too few rows: skipped with a warning, or an error with --strict
     Y2 = Y.clone()
     Y2[5:, 3] = float("nan")
     k = fake_features(tmp_path / "k.safetensors", X, Y2, ["a", "b", "c", "d"])
-    res = runner.invoke(app, ["fit-regression", str(k), "-o", str(tmp_path / "k.reg"), "-q"])
-    assert res.exit_code == 0 and "skipping objective 'd'" in res.output
-    res = runner.invoke(app, ["fit-regression", str(k), "-o", str(tmp_path / "k2.reg"), "-q", "--strict"])
-    assert res.exit_code == 2 and "objective 'd'" in res.output
+    res = armo("fit-regression", str(k), "-o", str(tmp_path / "k.reg"), "-q")
+    assert res.code == 0 and "skipping objective 'd'" in res.output
+    res = armo("fit-regression", str(k), "-o", str(tmp_path / "k2.reg"), "-q", "--strict")
+    assert res.code == 2 and "objective 'd'" in res.output
 
 
 def test_a_rating_outside_its_declared_range_is_refused_naming_the_row(tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import armo
+from tests.helpers import armo
 
 pytest.importorskip("matplotlib")
 
@@ -178,7 +178,7 @@ def test_evaluate_without_html_does_not_import_matplotlib(tiny_model, tmp_path):
 def test_names_with_dollar_signs_are_drawn_as_written(tiny_model, tmp_path):
     """matplotlib reads `$...$` as TeX: a subset `a $\\frac{$ b` stopped the report with an internal error, and
     `x $\\alpha$` was drawn as `x α`."""
-    from conftest import write_jsonl
+    from tests.helpers import write_jsonl
 
     rows = write_jsonl(tmp_path / "d.jsonl", [
         {"id": "a", "prompt": "hi", "chosen": "a", "rejected": "b", "subset": "a $\\frac{$ b"},
@@ -192,7 +192,7 @@ def test_names_with_dollar_signs_are_drawn_as_written(tiny_model, tmp_path):
 def test_control_characters_in_names_are_shown_not_written_raw(tiny_model, tmp_path):
     """A subset holding an escape sequence put raw ESC bytes into the page (and matplotlib warned of a missing
     glyph on stderr); it is drawn and tabled as its Python escape, as the terminal shows it."""
-    from conftest import write_jsonl
+    from tests.helpers import write_jsonl
 
     rows = write_jsonl(tmp_path / "c.jsonl", [{"id": "a", "prompt": "hi", "chosen": "a", "rejected": "b",
                                                "subset": "s\x1b[2Jx"}])

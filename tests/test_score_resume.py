@@ -3,13 +3,10 @@ FILE.parts/, and `--resume` reuses exactly the windows that still match (model, 
 import json
 
 import pytest
-from typer.testing import CliRunner
 
 import armo_cli.scoring as scoring
-from armo_cli.cli import app
-from conftest import interrupted_after, write_jsonl
+from tests.helpers import armo, interrupted_after, write_jsonl
 
-runner = CliRunner()
 WINDOW = 16
 
 
@@ -32,8 +29,7 @@ def rows(tiny_model, tmp_path, monkeypatch):
 
 
 def score(tiny_model, tiny_backbone, inp, *args):
-    return runner.invoke(app, ["score", "-m", str(tiny_model / "model"), str(inp), "--backbone", str(tiny_backbone),
-                               "--device", "cpu", "-q", *map(str, args)])
+    return armo("score", "-m", str(tiny_model / "model"), str(inp), "--backbone", str(tiny_backbone), "--device", "cpu", "-q", *map(str, args))
 
 
 def interrupted(monkeypatch, rows, n, run):
@@ -47,18 +43,18 @@ def interrupted(monkeypatch, rows, n, run):
 def test_an_interrupted_score_resumes_to_the_same_file_scoring_only_what_was_left(tiny_model, tiny_backbone, rows,
                                                                                 tmp_path, monkeypatch):
     plain = score(tiny_model, tiny_backbone, rows["input"])  # stdout: the reference
-    assert plain.exit_code == 0, plain.output
+    assert plain.code == 0, plain.output
     n_windows = len(rows["calls"])
     assert n_windows == 7  # 100 rows, 16 per window
     out = tmp_path / "scores.jsonl"
     r = interrupted(monkeypatch, rows, 3, lambda: score(tiny_model, tiny_backbone, rows["input"], "-o", out))
-    assert r.exit_code == 130 and "rerun with --resume" in r.output
+    assert r.code == 130 and "rerun with --resume" in r.output
     assert not out.exists()  # the output appears only whole
     parts = tmp_path / "scores.jsonl.parts"
     index = (parts / "index.jsonl").read_text().splitlines()
     assert len(index) == 1 + 3  # the job, then the 3 finished windows
     r = score(tiny_model, tiny_backbone, rows["input"], "-o", out, "--resume")
-    assert r.exit_code == 0, r.output
+    assert r.code == 0, r.output
     # windows 4 to 7 only, and the file equals an uninterrupted run's output, byte for byte
     assert [c[0] for c in rows["calls"]] == [rows["rows"][i * WINDOW]["id"] for i in range(3, 7)]
     assert out.read_text() == plain.stdout
@@ -68,9 +64,9 @@ def test_an_interrupted_score_resumes_to_the_same_file_scoring_only_what_was_lef
 def test_without_resume_earlier_progress_is_discarded(tiny_model, tiny_backbone, rows, tmp_path, monkeypatch):
     out = tmp_path / "scores.jsonl"
     stop = interrupted(monkeypatch, rows, 2, lambda: score(tiny_model, tiny_backbone, rows["input"], "-o", out))
-    assert stop.exit_code == 130
+    assert stop.code == 130
     r = score(tiny_model, tiny_backbone, rows["input"], "-o", out)
-    assert r.exit_code == 0, r.output
+    assert r.code == 0, r.output
     assert len(rows["calls"]) == 7 and len(out.read_text().splitlines()) == 100
     assert not (tmp_path / "scores.jsonl.parts").exists()
 
@@ -79,7 +75,7 @@ def test_resume_recomputes_from_the_first_window_that_changed(tiny_model, tiny_b
     """An edited row (window 3), other settings, or a torn last write: nothing that no longer matches is reused."""
     out = tmp_path / "scores.jsonl"
     stop = interrupted(monkeypatch, rows, 5, lambda: score(tiny_model, tiny_backbone, rows["input"], "-o", out))
-    assert stop.exit_code == 130
+    assert stop.code == 130
     edited = [dict(x) for x in rows["rows"]]
     row = edited[2 * WINDOW + 3]
     row["response" if "response" in row else "chosen"] += " (edited)"
@@ -87,15 +83,15 @@ def test_resume_recomputes_from_the_first_window_that_changed(tiny_model, tiny_b
     ref = score(tiny_model, tiny_backbone, inp2)
     rows["calls"].clear()
     r = score(tiny_model, tiny_backbone, inp2, "-o", out, "--resume")
-    assert r.exit_code == 0, r.output
+    assert r.code == 0, r.output
     assert len(rows["calls"]) == 7 - 2 and out.read_text() == ref.stdout
 
     # other settings (--top-k) share no window with the earlier job
     out2 = tmp_path / "k.jsonl"
     stop = interrupted(monkeypatch, rows, 4, lambda: score(tiny_model, tiny_backbone, rows["input"], "-o", out2))
-    assert stop.exit_code == 130
+    assert stop.code == 130
     r = score(tiny_model, tiny_backbone, rows["input"], "-o", out2, "--resume", "--top-k", "2")
-    assert r.exit_code == 0, r.output
+    assert r.code == 0, r.output
     assert len(rows["calls"]) == 7
     assert all(len(json.loads(x)["top_objectives" if "score" in json.loads(x) else "chosen"]) for x in
                out2.read_text().splitlines())
@@ -103,13 +99,13 @@ def test_resume_recomputes_from_the_first_window_that_changed(tiny_model, tiny_b
     # a run killed in the middle of writing a window leaves bytes past the last index line: they are cut off
     out3 = tmp_path / "t.jsonl"
     stop = interrupted(monkeypatch, rows, 2, lambda: score(tiny_model, tiny_backbone, rows["input"], "-o", out3))
-    assert stop.exit_code == 130
+    assert stop.code == 130
     with open(tmp_path / "t.jsonl.parts" / "rows.jsonl", "a") as fh:
         fh.write('{"id": "torn", "sco')
     plain = score(tiny_model, tiny_backbone, rows["input"])
     rows["calls"].clear()
     r = score(tiny_model, tiny_backbone, rows["input"], "-o", out3, "--resume")
-    assert r.exit_code == 0, r.output
+    assert r.code == 0, r.output
     assert len(rows["calls"]) == 5 and out3.read_text() == plain.stdout
 
 
@@ -120,21 +116,19 @@ def test_a_bad_row_stops_the_job_before_any_window_is_scored(tiny_model, tiny_ba
     bad.write_text("\n".join(lines) + "\n")
     out = tmp_path / "scores.jsonl"
     r = score(tiny_model, tiny_backbone, bad, "-o", out)
-    assert r.exit_code == 2 and f"{bad}:96: field 'response'" in r.output
+    assert r.code == 2 and f"{bad}:96: field 'response'" in r.output
     assert rows["calls"] == [] and sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "in.jsonl"]
 
 
 def test_score_from_stdin_to_a_file_is_checked_and_resumable_too(tiny_model, tiny_backbone, rows, tmp_path):
     out = tmp_path / "scores.jsonl"
     text = rows["input"].read_text()
-    r = runner.invoke(app, ["score", "-m", str(tiny_model / "model"), "-", "-o", str(out), "--backbone",
-                            str(tiny_backbone), "--device", "cpu", "-q"], input=text)
-    assert r.exit_code == 0, r.output
+    r = armo("score", "-m", str(tiny_model / "model"), "-", "-o", str(out), "--backbone", str(tiny_backbone), "--device", "cpu", "-q", input=text)
+    assert r.code == 0, r.output
     assert out.read_text() == score(tiny_model, tiny_backbone, rows["input"]).stdout
     bad = text.replace('"prompt"', '"prompt_"', 1)
-    r = runner.invoke(app, ["score", "-m", str(tiny_model / "model"), "-", "-o", str(tmp_path / "b.jsonl"),
-                            "--backbone", str(tiny_backbone), "--device", "cpu", "-q"], input=bad)
-    assert r.exit_code == 2 and r.output.startswith("error: <stdin>:1: ")
+    r = armo("score", "-m", str(tiny_model / "model"), "-", "-o", str(tmp_path / "b.jsonl"), "--backbone", str(tiny_backbone), "--device", "cpu", "-q", input=bad)
+    assert r.code == 2 and r.output.startswith("error: <stdin>:1: ")
     assert not (tmp_path / "b.jsonl").exists() and not (tmp_path / "b.jsonl.parts").exists()
 
 
@@ -144,10 +138,9 @@ def test_score_from_stdin_to_a_file_is_checked_and_resumable_too(tiny_model, tin
 ])
 def test_resume_is_refused_where_there_is_nothing_to_keep(tiny_model, tiny_backbone, rows, tmp_path, args, message):
     r = score(tiny_model, tiny_backbone, rows["input"], *[a.format(tmp=tmp_path) for a in args])
-    assert r.exit_code == 2 and message in r.output
-    r = runner.invoke(app, ["score", "-m", str(tiny_model / "model"), "--features", str(tiny_model / "r.st"), "--resume",
-                            "-o", str(tmp_path / "f.jsonl")])
-    assert r.exit_code == 2 and "--resume: scoring --features is one quick step" in r.output
+    assert r.code == 2 and message in r.output
+    r = armo("score", "-m", str(tiny_model / "model"), "--features", str(tiny_model / "r.st"), "--resume", "-o", str(tmp_path / "f.jsonl"))
+    assert r.code == 2 and "--resume: scoring --features is one quick step" in r.output
 
 
 def test_a_parts_folder_armo_did_not_write_is_left_alone(tiny_model, tiny_backbone, rows, tmp_path):
@@ -155,13 +148,12 @@ def test_a_parts_folder_armo_did_not_write_is_left_alone(tiny_model, tiny_backbo
     parts.mkdir()
     (parts / "notes.txt").write_text("mine")
     r = score(tiny_model, tiny_backbone, rows["input"], "-o", tmp_path / "scores.jsonl")
-    assert r.exit_code == 2 and "not armo's progress folder (it holds notes.txt)" in r.output
+    assert r.code == 2 and "not armo's progress folder (it holds notes.txt)" in r.output
     assert (parts / "notes.txt").read_text() == "mine" and not (tmp_path / "scores.jsonl").exists()
 
 
 def evaluate(tiny_model, tiny_backbone, inp, *args):
-    return runner.invoke(app, ["evaluate", "-m", str(tiny_model / "model"), str(inp), "--backbone", str(tiny_backbone),
-                               "--device", "cpu", "-q", *map(str, args)])
+    return armo("evaluate", "-m", str(tiny_model / "model"), str(inp), "--backbone", str(tiny_backbone), "--device", "cpu", "-q", *map(str, args))
 
 
 def test_an_interrupted_evaluate_resumes_to_the_same_report(tiny_model, tiny_backbone, rows, tmp_path, monkeypatch):
@@ -170,14 +162,14 @@ def test_an_interrupted_evaluate_resumes_to_the_same_report(tiny_model, tiny_bac
     inp = write_jsonl(tmp_path / "p.jsonl", pairs)
     ref = tmp_path / "ref"
     r = evaluate(tiny_model, tiny_backbone, inp, "-o", ref / "rep.json", "--pairs-output", ref / "pairs.jsonl")
-    assert r.exit_code == 0, r.output
+    assert r.code == 0, r.output
     out = tmp_path / "out"
     r = interrupted(monkeypatch, rows, 2, lambda: evaluate(tiny_model, tiny_backbone, inp, "-o", out / "rep.json",
                                                            "--pairs-output", out / "pairs.jsonl"))
-    assert r.exit_code == 130 and "rerun with --resume" in r.output
+    assert r.code == 130 and "rerun with --resume" in r.output
     assert sorted(p.name for p in out.iterdir()) == ["rep.json.parts"]
     r = evaluate(tiny_model, tiny_backbone, inp, "-o", out / "rep.json", "--pairs-output", out / "pairs.jsonl", "--resume")
-    assert r.exit_code == 0, r.output
+    assert r.code == 0, r.output
     assert len(rows["calls"]) == 2
     assert (out / "rep.json").read_text() == (ref / "rep.json").read_text()
     assert (out / "pairs.jsonl").read_text() == (ref / "pairs.jsonl").read_text()
@@ -196,16 +188,15 @@ def test_evaluate_refuses_a_single_response_before_scoring_anything(tiny_model, 
     inp = tmp_path / "p.jsonl"
     inp.write_text("\n".join(pairs + [single]) + "\n")
     r = evaluate(tiny_model, tiny_backbone, inp, "-o", tmp_path / "rep.json")
-    assert r.exit_code == 2 and f"{inp}:61: evaluate needs pairs" in r.output
+    assert r.code == 2 and f"{inp}:61: evaluate needs pairs" in r.output
     assert rows["calls"] == [] and sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "p.jsonl"]
 
 
 def test_evaluate_resume_is_refused_where_there_is_nothing_to_keep(tiny_model, tiny_backbone, rows, tmp_path):
     r = evaluate(tiny_model, tiny_backbone, rows["input"], "--resume")
-    assert r.exit_code == 2 and "--resume needs a file output (-o, --pairs-output or --html)" in r.output
-    r = runner.invoke(app, ["evaluate", "-m", str(tiny_model / "model"), "--features", str(tiny_model / "p.st"),
-                            "--resume", "-o", str(tmp_path / "r.json")])
-    assert r.exit_code == 2 and "--resume: evaluating --features is one quick step" in r.output
+    assert r.code == 2 and "--resume needs a file output (-o, --pairs-output or --html)" in r.output
+    r = armo("evaluate", "-m", str(tiny_model / "model"), "--features", str(tiny_model / "p.st"), "--resume", "-o", str(tmp_path / "r.json"))
+    assert r.code == 2 and "--resume: evaluating --features is one quick step" in r.output
 
 
 def test_a_parts_path_that_is_a_file_or_a_link_is_refused(tiny_model, tiny_backbone, rows, tmp_path):
@@ -214,15 +205,15 @@ def test_a_parts_path_that_is_a_file_or_a_link_is_refused(tiny_model, tiny_backb
     (tmp_path / "b.jsonl.parts").symlink_to(tmp_path / "elsewhere")
     for name in ("a", "b"):
         r = score(tiny_model, tiny_backbone, rows["input"], "-o", tmp_path / f"{name}.jsonl")
-        assert r.exit_code == 2 and "not armo's progress folder (not a folder)" in r.output
+        assert r.code == 2 and "not armo's progress folder (not a folder)" in r.output
     assert (tmp_path / "a.jsonl.parts").read_text() == "mine" and (tmp_path / "b.jsonl.parts").is_symlink()
 
 
 def test_a_run_killed_while_rewriting_its_index_still_resumes(tiny_model, tiny_backbone, rows, tmp_path, monkeypatch):
     out = tmp_path / "s.jsonl"
     stop = interrupted(monkeypatch, rows, 3, lambda: score(tiny_model, tiny_backbone, rows["input"], "-o", out))
-    assert stop.exit_code == 130
+    assert stop.code == 130
     (tmp_path / "s.jsonl.parts" / "index.jsonl.tmp").write_text('{"job": "half-writ')  # the rewrite never renamed
     r = score(tiny_model, tiny_backbone, rows["input"], "-o", out, "--resume")
-    assert r.exit_code == 0, r.output
+    assert r.code == 0, r.output
     assert len(rows["calls"]) == 4 and sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "s.jsonl"]

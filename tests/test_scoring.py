@@ -6,26 +6,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
-
-from armo_cli.cli import app
 from armo_cli.model import ArmoModel
 from armo_cli.rewardbench import EXAMPLE_COUNTS, section_scores
 from armo_cli.scoring import evaluate_scores, pair_outcomes
 
-
-runner = CliRunner()
-
-
-def invoke(*args, input=None):
-    r = runner.invoke(app, [str(a) for a in args], input=input)
-    assert r.exit_code == 0, r.output
-    return r
+from tests.helpers import armo, cli
 
 
 def test_score_fields_and_coefficients_reproduce_the_score(tiny_model):
     d = tiny_model
-    r = invoke("score", "-m", d / "model", "--features", d / "r.st", "--top-k", "2")
+    r = cli("score", "-m", d / "model", "--features", d / "r.st", "--top-k", "2")
     recs = [json.loads(x) for x in r.stdout.splitlines()]
     assert [x["id"] for x in recs] == [f"r{i}" for i in range(80)]
     model = ArmoModel.load(d / "model")
@@ -38,7 +28,7 @@ def test_score_fields_and_coefficients_reproduce_the_score(tiny_model):
         assert abs(sum(x["gating"].values()) - scale) < 1e-4  # weights sum to the learned scale
         # the length objective reports tokens on its original scale
         assert x["rewards_original"]["verbosity"] > 0
-    pairs = [json.loads(x) for x in invoke("score", "-m", d / "model", "--features", d / "p.st").stdout.splitlines()]
+    pairs = [json.loads(x) for x in cli("score", "-m", d / "model", "--features", d / "p.st").stdout.splitlines()]
     for x in pairs:
         assert abs(x["margin"] - (x["chosen"]["score"] - x["rejected"]["score"])) < 1e-6
         assert x["preferred"] == ("chosen" if x["margin"] > 0 else "rejected" if x["margin"] < 0 else "tie")
@@ -48,25 +38,25 @@ def test_fixed_weights_and_single_objective_override_the_gate(tiny_model):
     d = tiny_model
     m = ArmoModel.load(d / "model")
     a, b = m.objectives[0], m.objectives[1]
-    x = json.loads(invoke("score", "-m", d / "model", "--features", d / "r.st", "--weights", f"{a}=0.7,{b}=0.3").stdout.splitlines()[0])
+    x = json.loads(cli("score", "-m", d / "model", "--features", d / "r.st", "--weights", f"{a}=0.7,{b}=0.3").stdout.splitlines()[0])
     assert x["gating"][a] == pytest.approx(0.7) and x["gating"][b] == pytest.approx(0.3)
     T = m.decorrelation.transform
     r = torch.tensor([x["rewards"][o] for o in m.objectives])
     w = torch.zeros(len(m.objectives))
     w[0], w[1] = 0.7, 0.3
     assert x["score"] == pytest.approx(float(w @ (r @ T)), abs=1e-5)
-    y = json.loads(invoke("score", "-m", d / "model", "--features", d / "r.st", "--objective", a).stdout.splitlines()[0])
+    y = json.loads(cli("score", "-m", d / "model", "--features", d / "r.st", "--objective", a).stdout.splitlines()[0])
     assert y["score"] == pytest.approx(float((r @ T)[0]), abs=1e-5)
-    bad = runner.invoke(app, ["score", "-m", str(d / "model"), "--features", str(d / "r.st"), "--weights", "nope=1"])
-    assert bad.exit_code == 2 and "unknown objective 'nope'" in bad.output
+    bad = armo("score", "-m", str(d / "model"), "--features", str(d / "r.st"), "--weights", "nope=1")
+    assert bad.code == 2 and "unknown objective 'nope'" in bad.output
 
 
 def test_score_from_jsonl_matches_features_and_table_format(tiny_model, tiny_backbone):
     d = tiny_model
-    a = [json.loads(x) for x in invoke("score", "-m", d / "model", d / "r.jsonl", "-q").stdout.splitlines()]
-    b = [json.loads(x) for x in invoke("score", "-m", d / "model", "--features", d / "r.st").stdout.splitlines()]
+    a = [json.loads(x) for x in cli("score", "-m", d / "model", d / "r.jsonl", "-q").stdout.splitlines()]
+    b = [json.loads(x) for x in cli("score", "-m", d / "model", "--features", d / "r.st").stdout.splitlines()]
     assert [x["score"] for x in a] == pytest.approx([x["score"] for x in b], abs=1e-5)
-    t = invoke("score", "-m", d / "model", "--features", d / "p.st", "--format", "table").stdout
+    t = cli("score", "-m", d / "model", "--features", d / "p.st", "--format", "table").stdout
     assert "|coef|" in t and "preferred" in t
 
 
@@ -74,17 +64,17 @@ def test_repeated_rows_and_ids_are_scored_each_in_its_place(tiny_model, tmp_path
     """A policy's identical samples and a dump that keys samples by their prompt's id: score and evaluate
     echo ids, so they take both (only extract, whose ids key a features file, refuses a repeated explicit id).
     A copy of a row without an id is told apart by '-k'."""
-    from conftest import pair_rows, write_jsonl
+    from tests.helpers import pair_rows, write_jsonl
 
     d = tiny_model
     plain = {"prompt": "say hi", "response": "hi there"}
     rows = [plain, {"id": "p7", "prompt": "a", "response": "b"}, plain, {"id": "p7", "prompt": "a", "response": "c"}, plain]
-    out = [json.loads(x) for x in invoke("score", "-m", d / "model", write_jsonl(tmp_path / "s.jsonl", rows), "-q").stdout.splitlines()]
+    out = [json.loads(x) for x in cli("score", "-m", d / "model", write_jsonl(tmp_path / "s.jsonl", rows), "-q").stdout.splitlines()]
     h = out[0]["id"]
     assert [r["id"] for r in out] == [h, "p7", h + "-2", "p7", h + "-3"]
     assert out[0]["score"] == out[2]["score"] == out[4]["score"] and out[1]["score"] != out[3]["score"]
     pairs = [{k: v for k, v in r.items() if k != "id"} for r in pair_rows(3)]
-    r = invoke("evaluate", "-m", d / "model", write_jsonl(tmp_path / "p.jsonl", pairs + pairs[:1]), "-q",
+    r = cli("evaluate", "-m", d / "model", write_jsonl(tmp_path / "p.jsonl", pairs + pairs[:1]), "-q",
                "--pairs-output", tmp_path / "po.jsonl", "-o", tmp_path / "rep.json")
     recs = [json.loads(x) for x in (tmp_path / "po.jsonl").read_text().splitlines()]
     assert [x["id"] for x in recs][3] == recs[0]["id"] + "-2" and recs[3]["margin"] == recs[0]["margin"]
@@ -112,15 +102,15 @@ def test_model_directory_with_missing_or_mismatched_part(tiny_model, tmp_path):
     m = tmp_path / "m"
     shutil.copytree(tiny_model / "model", m)
     (m / "gating.safetensors").unlink()
-    r = runner.invoke(app, ["score", "-m", str(m), "--features", str(tiny_model / "r.st")])
-    assert r.exit_code == 2 and "gating part" in r.output
+    r = armo("score", "-m", str(m), "--features", str(tiny_model / "r.st"))
+    assert r.code == 2 and "gating part" in r.output
     shutil.rmtree(m)
     shutil.copytree(tiny_model / "model", m)
     shutil.copyfile(tiny_model / "reg.st", m / "regression.safetensors")
     # a regression refit with another strength no longer matches the gate
-    invoke("fit-regression", tiny_model / "r.st", "--length-objective", "verbosity", "--alphas", "1000", "-o", m / "regression.safetensors", "-q")
-    r = runner.invoke(app, ["score", "-m", str(m), "--features", str(tiny_model / "r.st")])
-    assert r.exit_code == 2 and "part" in r.output and "another regression" in r.output
+    cli("fit-regression", tiny_model / "r.st", "--length-objective", "verbosity", "--alphas", "1000", "-o", m / "regression.safetensors", "-q")
+    r = armo("score", "-m", str(m), "--features", str(tiny_model / "r.st"))
+    assert r.code == 2 and "part" in r.output and "another regression" in r.output
 
 
 def test_section_arithmetic_by_hand():
@@ -166,7 +156,7 @@ def test_ties_rules_and_evaluate_report():
 def test_evaluate_cli_report(tiny_model, tmp_path):
     d = tiny_model
     out, pairs = tmp_path / "rep.json", tmp_path / "pairs.jsonl"
-    invoke("evaluate", "-m", d / "model", "--features", d / "p.st", "-o", out, "--pairs-output", pairs, "-q")
+    cli("evaluate", "-m", d / "model", "--features", d / "p.st", "-o", out, "--pairs-output", pairs, "-q")
     rep = json.loads(out.read_text())
     assert set(rep) >= {"model", "subsets", "sections", "score", "ties", "length_bias"}
     assert rep["subsets"]["mine"]["n"] == 20 and len(rep["subsets"]["mine"]["ci95"]) == 2
@@ -174,8 +164,8 @@ def test_evaluate_cli_report(tiny_model, tmp_path):
     assert len(pairs.read_text().splitlines()) == 60
     # two of RewardBench's 23 section subsets: the score says it is partial, and a warning names the missing ones
     assert rep["score_kind"] == "rewardbench, partial" and not rep["rewardbench"]["complete"]
-    r = runner.invoke(app, ["evaluate", "-m", str(d / "model"), "--features", str(d / "p.st"), "-o", str(out)])
-    assert r.exit_code == 0 and "the RewardBench score uses 2 of its 23 section subsets" in " ".join(r.output.split())
+    r = armo("evaluate", "-m", str(d / "model"), "--features", str(d / "p.st"), "-o", str(out))
+    assert r.code == 0 and "the RewardBench score uses 2 of its 23 section subsets" in " ".join(r.output.split())
 
 
 def test_score_in_a_bash_pipeline(tiny_model):
@@ -221,9 +211,9 @@ def test_score_streams_its_first_results_before_the_last_rows_are_read(tiny_mode
 def test_rows_and_features_give_the_same_records(tiny_model, tiny_backbone):
     """The in-memory path (rows straight through the batched forward) equals scoring extracted features."""
     d = tiny_model
-    by_rows = [json.loads(x) for x in invoke("score", "-m", d / "model", d / "r.jsonl", "--backbone", tiny_backbone,
+    by_rows = [json.loads(x) for x in cli("score", "-m", d / "model", d / "r.jsonl", "--backbone", tiny_backbone,
                                              "--device", "cpu", "-q").stdout.splitlines()]
-    by_feats = [json.loads(x) for x in invoke("score", "-m", d / "model", "--features", d / "r.st").stdout.splitlines()]
+    by_feats = [json.loads(x) for x in cli("score", "-m", d / "model", "--features", d / "r.st").stdout.splitlines()]
     assert [x["id"] for x in by_rows] == [x["id"] for x in by_feats]
     for a, b in zip(by_rows, by_feats):
         assert a["score"] == pytest.approx(b["score"], abs=1e-5)
@@ -232,12 +222,12 @@ def test_rows_and_features_give_the_same_records(tiny_model, tiny_backbone):
 
 
 def test_mixed_pairs_and_single_responses_keep_their_order(tiny_model, tiny_backbone, tmp_path):
-    from conftest import write_jsonl
+    from tests.helpers import write_jsonl
 
     r = [json.loads(x) for x in (tiny_model / "r.jsonl").read_text().splitlines()][:3]
     p = [json.loads(x) for x in (tiny_model / "p.jsonl").read_text().splitlines()][:3]
     mixed = write_jsonl(tmp_path / "m.jsonl", [r[0], p[0], r[1], p[1], p[2], r[2]])
-    out = [json.loads(x) for x in invoke("score", "-m", tiny_model / "model", mixed, "--backbone", tiny_backbone,
+    out = [json.loads(x) for x in cli("score", "-m", tiny_model / "model", mixed, "--backbone", tiny_backbone,
                                          "--device", "cpu", "-q").stdout.splitlines()]
     assert [x["id"] for x in out] == [r[0]["id"], p[0]["id"], r[1]["id"], p[1]["id"], p[2]["id"], r[2]["id"]]
     assert ["margin" in x for x in out] == [False, True, False, True, True, False]
@@ -245,28 +235,10 @@ def test_mixed_pairs_and_single_responses_keep_their_order(tiny_model, tiny_back
 
 def test_score_table_to_a_file(tiny_model, tmp_path):
     out = tmp_path / "t.txt"
-    invoke("score", "-m", tiny_model / "model", "--features", tiny_model / "p.st", "--format", "table", "-o", out)
+    cli("score", "-m", tiny_model / "model", "--features", tiny_model / "p.st", "--format", "table", "-o", out)
     text = out.read_text()
     assert text.count("preferred:") == 60 and "objective" in text and "|coef|" in text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.txt"]
-
-
-def test_sample_skip_gives_disjoint_slices_of_one_shuffle(tmp_path):
-    """The default-model recipe takes its held-out pairs with --skip: slices with one seed never overlap."""
-    from conftest import write_jsonl
-
-    rows = [{"id": f"r{i}", "source": "a" if i % 3 else "b"} for i in range(50)]
-    src = write_jsonl(tmp_path / "all.jsonl", rows)
-    invoke("sample", src, "--n", "20", "--seed", "3", "-o", tmp_path / "train.jsonl")
-    invoke("sample", src, "--n", "20", "--skip", "20", "--seed", "3", "-o", tmp_path / "held.jsonl")
-    invoke("sample", src, "--skip", "40", "--seed", "3", "-o", tmp_path / "rest.jsonl")
-    ids = [[json.loads(x)["id"] for x in (tmp_path / f"{n}.jsonl").read_text().splitlines()] for n in ("train", "held", "rest")]
-    assert [len(x) for x in ids] == [20, 20, 10]
-    assert sorted(ids[0] + ids[1] + ids[2]) == sorted(r["id"] for r in rows)  # disjoint and complete
-    again = [json.loads(x)["id"] for x in invoke("sample", src, "--n", "20", "--seed", "3").stdout.splitlines()]
-    assert again == ids[0]  # seeded: the same slice every time
-    only_b = [json.loads(x) for x in invoke("sample", src, "--where", "source=b", "--seed", "3").stdout.splitlines()]
-    assert len(only_b) == 17 and all(r["source"] == "b" for r in only_b)
 
 
 def test_objective_verbosity_scores_the_raw_length_reward_not_zero(tiny_model):
@@ -277,63 +249,14 @@ def test_objective_verbosity_scores_the_raw_length_reward_not_zero(tiny_model):
     v = m.objectives.index("verbosity")
     T = m.decorrelation.transform
     assert torch.allclose(T[:, v], torch.zeros(T.shape[0]))  # what decorrelation does to verbosity itself
-    recs = [json.loads(x) for x in invoke("score", "-m", d / "model", "--features", d / "p.st", "--objective", "verbosity").stdout.splitlines()]
+    recs = [json.loads(x) for x in cli("score", "-m", d / "model", "--features", d / "p.st", "--objective", "verbosity").stdout.splitlines()]
     assert all(r["chosen"]["score"] == pytest.approx(r["chosen"]["rewards"]["verbosity"], abs=1e-6) for r in recs)
     assert sum(r["preferred"] == "tie" for r in recs) == 0
     # any other objective is still the decorrelated one
     o = m.objectives[0]
-    other = json.loads(invoke("score", "-m", d / "model", "--features", d / "p.st", "--objective", o).stdout.splitlines()[0])
+    other = json.loads(cli("score", "-m", d / "model", "--features", d / "p.st", "--objective", o).stdout.splitlines()[0])
     r = torch.tensor([other["chosen"]["rewards"][x] for x in m.objectives])
     assert other["chosen"]["score"] == pytest.approx(float((r @ T)[0]), abs=1e-5)
-
-
-def test_sample_by_prompt_never_splits_a_prompt_between_slices(tmp_path):
-    """Held-out slices disjoint by prompt (several pairs share a prompt): --by-prompt cuts between prompts."""
-    from conftest import write_jsonl
-
-    rows = [{"id": f"r{i}", "prompt": f"prompt {i % 13}", "chosen": "a", "rejected": "b"} for i in range(60)]
-    src = write_jsonl(tmp_path / "all.jsonl", rows)
-    invoke("sample", src, "--by-prompt", "--n", "20", "--seed", "1", "-o", tmp_path / "a.jsonl")
-    invoke("sample", src, "--by-prompt", "--skip", "20", "--n", "20", "--seed", "1", "-o", tmp_path / "b.jsonl")
-    a, b = ([json.loads(x) for x in (tmp_path / f"{n}.jsonl").read_text().splitlines()] for n in "ab")
-    pa, pb = {r["prompt"] for r in a}, {r["prompt"] for r in b}
-    assert not pa & pb and len(a) >= 20 and len(b) >= 20
-    for p in pa | pb:  # every row of a prompt lands in the slice that holds the prompt
-        assert sum(r["prompt"] == p for r in a + b) == sum(r["prompt"] == p for r in rows)
-    # without --by-prompt, the same row counts split prompts between the slices
-    invoke("sample", src, "--n", "20", "--seed", "1", "-o", tmp_path / "c.jsonl")
-    invoke("sample", src, "--skip", "20", "--n", "20", "--seed", "1", "-o", tmp_path / "d.jsonl")
-    c, d = ({json.loads(x)["prompt"] for x in (tmp_path / f"{n}.jsonl").read_text().splitlines()} for n in "cd")
-    assert c & d
-
-
-def test_sample_by_prompt_groups_messages_rows_by_their_own_prompt(tmp_path):
-    """Rows in the 'messages' form have no 'prompt' field: each is grouped by the history before its response,
-    not all into one group (which made --n take every row or none)."""
-    from conftest import armo, write_jsonl
-
-    rows = [{"id": f"m{i}", "messages": [{"role": "user", "content": f"question {i % 10}"},
-                                         {"role": "assistant", "content": f"answer {i}"}]} for i in range(30)]
-    src = write_jsonl(tmp_path / "m.jsonl", rows)
-    r = armo("sample", src, "--by-prompt", "--n", "6", "--seed", "2", "-o", tmp_path / "a.jsonl")
-    assert r.code == 0 and r.stderr.strip() == "sampled 6 rows"
-    a = [json.loads(x) for x in (tmp_path / "a.jsonl").read_text().splitlines()]
-    assert len({x["messages"][0]["content"] for x in a}) == 2  # two whole prompts of three rows each
-
-
-def test_sample_refuses_a_row_that_is_not_an_object_and_warns_when_nothing_matches(tmp_path):
-    from conftest import armo
-
-    src = tmp_path / "s.jsonl"
-    src.write_text('{"source": "hh", "prompt": "a"}\n[1, 2]\n')
-    r = armo("sample", src, "-o", tmp_path / "o.jsonl")
-    assert r.code == 2 and r.stderr.strip() == f"error: {src}:2: expected a JSON object, got list"
-    assert not (tmp_path / "o.jsonl").exists()
-    src.write_text('{"source": "hh", "prompt": "a"}\n')
-    r = armo("sample", src, "--where", "src=hh", "--n", "5", "-o", tmp_path / "o.jsonl")
-    assert r.code == 0
-    assert r.stderr.splitlines() == ["warning: no row of 1 matches --where src=hh (the rows' fields: prompt, source)",
-                                     "sampled 0 rows (--n 5: only 0 were left to take)"]
 
 
 def test_score_reports_the_first_bad_row_in_the_file(tiny_model, tiny_backbone, tmp_path, monkeypatch):
@@ -355,32 +278,30 @@ def test_score_reports_the_first_bad_row_in_the_file(tiny_model, tiny_backbone, 
 
     monkeypatch.setattr(Renderer, "texts", texts)
     out = tmp_path / "scores.jsonl"
-    r = runner.invoke(app, ["score", "-m", str(tiny_model / "model"), str(inp), "-o", str(out), "--backbone",
-                            str(tiny_backbone), "--device", "cpu", "-q"])
-    assert r.exit_code == 2, r.output
+    r = armo("score", "-m", str(tiny_model / "model"), str(inp), "-o", str(out), "--backbone", str(tiny_backbone), "--device", "cpu", "-q")
+    assert r.code == 2, r.output
     assert f"{inp}:3: the chat template does not render the prompt" in r.output and not out.exists()
 
 
 def test_identical_responses_score_a_tie_that_evaluate_counts(tiny_model, tiny_backbone, tmp_path):
-    from conftest import write_jsonl
+    from tests.helpers import write_jsonl
 
     p = [json.loads(x) for x in (tiny_model / "p.jsonl").read_text().splitlines()][:4]
     p[1]["rejected"] = p[1]["chosen"]
     rows = write_jsonl(tmp_path / "p.jsonl", p)
     b = ["-m", tiny_model / "model", "--backbone", tiny_backbone, "--device", "cpu", "-q"]
-    out = [json.loads(x) for x in invoke("score", rows, *b).stdout.splitlines()]
+    out = [json.loads(x) for x in cli("score", rows, *b).stdout.splitlines()]
     assert out[1]["margin"] == 0.0 and out[1]["preferred"] == "tie"
     assert out[1]["chosen"]["score"] == out[1]["rejected"]["score"]
     assert [o["preferred"] for i, o in enumerate(out) if i != 1].count("tie") == 0
     rep = tmp_path / "rep.json"
-    invoke("evaluate", rows, *b, "-o", rep, "--ties", "half")
+    cli("evaluate", rows, *b, "-o", rep, "--ties", "half")
     assert json.loads(rep.read_text())["ties"] == {"rule": "half", "count": 1}
 
 
 def test_evaluate_names_the_rows_it_skipped_and_the_prompts_it_truncated(tiny_model, tiny_backbone, tmp_path):
     """--on-error skip and --overflow truncate-prompt change what is measured: evaluate says which rows, on stderr, in
     its summary, in report.json and in the HTML report (not only in a count of pairs)."""
-    from conftest import armo
 
     lines = (tiny_model / "p.jsonl").read_text().splitlines()[:12]
     rows = [json.loads(x) for x in lines]
@@ -425,9 +346,8 @@ def test_max_length_beyond_the_backbones_positions_is_refused(tiny_model, tiny_b
     from armo_cli.errors import ArmoError
     from armo_cli.rendering import length_limit
 
-    r = runner.invoke(app, ["score", "-m", str(tiny_model / "model"), str(tiny_model / "r.jsonl"), "--backbone",
-                            str(tiny_backbone), "--device", "cpu", "--max-length", "513", "-o", str(tmp_path / "s.jsonl")])
-    assert r.exit_code == 2 and "--max-length 513: above the backbone's maximum positions 512" in r.output
+    r = armo("score", "-m", str(tiny_model / "model"), str(tiny_model / "r.jsonl"), "--backbone", str(tiny_backbone), "--device", "cpu", "--max-length", "513", "-o", str(tmp_path / "s.jsonl"))
+    assert r.code == 2 and "--max-length 513: above the backbone's maximum positions 512" in r.output
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(ArmoError, match="--max-length 600: above the backbone's maximum positions 512"):
         RewardModel(tiny_model / "model", backbone=str(tiny_backbone), device="cpu", max_length=600)
@@ -439,7 +359,7 @@ def test_max_length_beyond_the_backbones_positions_is_refused(tiny_model, tiny_b
 def test_ids_subsets_and_values_print_as_written_never_as_markup(tiny_model, tmp_path):
     """Rich reads `[...]` as markup: an id `[/]` crashed `--format table` with a traceback, `[bold red]x` printed
     as a red `x`, and a rating `"[/]"` turned the one-line error into a crash."""
-    from conftest import armo, write_jsonl
+    from tests.helpers import write_jsonl
 
     m = tiny_model / "model"
     rows = write_jsonl(tmp_path / "m.jsonl", [
@@ -461,7 +381,7 @@ def test_ids_subsets_and_values_print_as_written_never_as_markup(tiny_model, tmp
 def test_control_characters_in_user_text_never_reach_the_terminal(tiny_model, tmp_path):
     """An id or subset holding an escape sequence (`\\x1b[2J` clears the screen) or a newline is printed as its
     Python escape, so the terminal shows what the file holds and an error stays on one line."""
-    from conftest import armo, write_jsonl
+    from tests.helpers import write_jsonl
 
     from armo_cli.console import plain
 

@@ -15,7 +15,7 @@ from armo_cli.rendering import Renderer
 from armo_cli.rows import Source, as_pairs, iter_examples
 from armo_cli.stage0 import tune_backbone
 
-from conftest import build_model, check_export_round_trip, pair_rows, rating_rows, write_jsonl
+from tests.helpers import build_model, check_export_round_trip, pair_rows, rating_rows, write_jsonl
 
 peft = pytest.importorskip("peft", reason="stage 0 needs peft (pip install peft)")
 
