@@ -216,15 +216,62 @@ def merge(**values):
 
 
 def _fit(cls: type, values: dict, part: str, run: Callable[[object], object], **parsed) -> None:
-    """A fit stage: its config (spec options parsed), the fit, and --model-dir registration, one way."""
+    """A fit stage: its config (spec options parsed), the fit, its report drawn, and --model-dir registration, one way."""
     from .model import fit_into_model_dir
 
     def go():
         plain = {k: v for k, v in values.items() if k not in parsed}
         cfg = _config(cls, plain, **{k: parse(values[k]) for k, parse in parsed.items()})
-        fit_into_model_dir(lambda: run(cfg), cfg.output, cfg.model_dir, part)
+
+        def fit_and_draw():
+            report = run(cfg)
+            DRAW[part](report, cfg)
+            return report
+
+        fit_into_model_dir(fit_and_draw, cfg.output, cfg.model_dir, part)
 
     _run(go)
+
+
+def _draw_regression(rep: dict, cfg) -> None:
+    from .console import show, table
+
+    for o, why in rep["skipped_objectives"].items():
+        warn(f"skipping objective {o!r}: {why}")
+    show(table(f"fit-regression: {rep['rows']} rows, d={rep['hidden_size']} -> {cfg.output}",
+               ["objective", "n train", "n val", "alpha", "val MSE", "Pearson", "Spearman"],
+               [[o, m["n_train"], m["n_val"], m["alpha"], m["mse"], m["pearson"], m["spearman"]]
+                for o, m in rep["metrics"].items()]), cfg.quiet)
+    p = rep["preference"]
+    if p:
+        info(f"preference objective {p['objective']!r}: C {p['C']:g}, cross-validated accuracy {p['val_accuracy']:.3f} "
+             f"({p['folds']} folds by prompt, also the cross-fitting folds)", cfg.quiet)
+
+
+def _draw_decorrelation(rep: dict, cfg) -> None:
+    from .console import show, table
+    from .decorrelation import status_note
+
+    rows = rep["objectives_report"]
+    show(table(f"fit-decorrelation ({rep['method']}, {rep['reference_rows']} reference responses) -> {cfg.output}",
+               ["objective", "lambda", "corr before", "corr after", "status"],
+               [[o, r["lambda"], r["before"], r["after"], r["status"]] for o, r in rows.items()]), cfg.quiet)
+    for o, r in rows.items():
+        if r["status"] != "ok" and not cfg.quiet:
+            warn(status_note(o, r["status"], r["after"], rep["tolerance"]))
+
+
+def _draw_gating(rep: dict, cfg) -> None:
+    from .console import show, table
+
+    for note in rep["notes"]:
+        info(note, cfg.quiet, done="note:", style="yellow")
+    show(table(f"fit-gating: {rep['pairs']['train']} train / {rep['pairs']['val']} validation pairs (grouped by prompt) "
+               f"-> {cfg.output}", ["scorer", "val accuracy", "val loss"],
+               [[m["name"], m["accuracy"], m["loss"]] for m in rep["metrics"]]), cfg.quiet)
+
+
+DRAW = {"regression": _draw_regression, "decorrelation": _draw_decorrelation, "gating": _draw_gating}
 
 
 @app.command("fit-regression")
@@ -239,7 +286,7 @@ def fit_regression(**values):
     Example: `armo fit-regression ratings.features.safetensors --length-objective verbosity -o regression.safetensors`
     """
     from .configs import DEFAULT_ALPHAS
-    from .regression import fit_regression as run
+    from .fitting import fit_regression as run
 
     _fit(RegressionConfig, values, "regression", run, alphas=lambda a: parse_alphas(a, DEFAULT_ALPHAS), ranges=parse_ranges)
 
@@ -253,7 +300,7 @@ def fit_decorrelation(**values):
 
     Example: `armo fit-decorrelation pairs.features.safetensors -r regression.safetensors -o decorrelation.safetensors`
     """
-    from .decorrelation import fit_decorrelation as run
+    from .fitting import fit_decorrelation as run
 
     _fit(DecorrelationConfig, values, "decorrelation", run, lambda_range=parse_lambda_range)
 
@@ -268,7 +315,7 @@ def fit_gating(**values):
 
     Example: `armo fit-gating pairs.features.safetensors -r regression.safetensors -t decorrelation.safetensors -o gating.safetensors`
     """
-    from .gating import fit_gating as run
+    from .fitting import fit_gating as run
 
     _fit(GatingConfig, values, "gating", run)
 

@@ -1,33 +1,18 @@
 """Verbosity decorrelation: r_i' = r_i - lambda_i * r_v with Corr(r_i', r_v) = 0 on a reference set.
 
 Stored as ArmoRM's `reward_transform_matrix`: r' = r @ T, T = I with T[v, :] -= lambda (lambda_v = 1,
-so the verbosity objective's own adjusted reward is 0).
+so the verbosity objective's own adjusted reward is 0). This module is the maths (solve_lambda, the transform); the
+artifact is heads.Decorrelation, the job fitting.fit_decorrelation.
 """
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from .version import __version__
-from .console import show, table, warn
-from .features import Features
-from .errors import ArmoError
-from .artifact_files import load_artifact, save_artifact
-from .jsonl import dumps, sha256_json
-from .outputs import check_outputs, write_text_atomic
-from .artifacts import DecorrelationMeta
-from .configs import DecorrelationConfig
-from .options import validate
-from .provenance import require_compatible
-from .regression import Regression
 from .stats import pearson, spearman
 
 
-
-def _corr(method: str):
+def correlation(method: str):
     return spearman if method == "spearman" else pearson
 
 
@@ -38,7 +23,7 @@ def solve_lambda(r: torch.Tensor, v: torch.Tensor, method: str = "spearman", tol
     lo_b, hi_b = bounds if bounds is not None else (-float("inf"), float("inf"))
     vc = v - v.mean()
     lam0 = float(((r - r.mean()) @ vc) / (vc @ vc))  # Pearson's closed form
-    corr = _corr(method)
+    corr = correlation(method)
 
     def f(lam: float) -> float:
         return corr(r - lam * v, v)
@@ -112,94 +97,3 @@ def transform_matrix(lambdas: torch.Tensor, v: int) -> torch.Tensor:
     return T
 
 
-def _response_groups(f: Features) -> list[str]:
-    """The prompt key of each response of `f.responses()` (pairs: chosen then rejected of each row)."""
-    keys = f.meta.prompt_hashes or f.ids
-    return [k for k in keys for _ in range(2)] if f.pair else list(keys)
-
-
-def fit_decorrelation(cfg: DecorrelationConfig) -> dict:
-    """Run `armo fit-decorrelation` and return its report."""
-    validate(cfg)
-    check_outputs(cfg.output, cfg.json, [cfg.regression, *cfg.features])
-    reg = Regression.load(cfg.regression)
-    if cfg.verbosity not in reg.objectives:
-        raise ArmoError(f"--verbosity {cfg.verbosity}: not an objective of {cfg.regression} "
-                        f"(it has: {', '.join(reg.objectives)}; add one with fit-regression --length-objective)")
-    if not cfg.features:
-        raise ArmoError("fit-decorrelation: give at least one reference features file")
-    feats = [Features.load(p) for p in cfg.features]
-    for f in feats:
-        require_compatible(reg.meaning, f.meaning(prompt=False), cfg.regression, f.path)
-    # out-of-fold rewards for a preference objective fitted on these pairs (its in-sample rewards would be
-    # optimistic, and the transform would be fitted to them)
-    R = torch.cat([reg.rewards_out_of_fold(f.responses(reg.lm_objectives, "the regression"), _response_groups(f))
-                   for f in feats])
-    if R.shape[0] < cfg.min_rows:
-        raise ArmoError(f"reference set: {R.shape[0]} responses, need at least {cfg.min_rows}")
-    v = reg.objectives.index(cfg.verbosity)
-    rv = R[:, v]
-    if float(rv.std()) == 0.0:
-        raise ArmoError("reference set: the verbosity reward is constant, nothing to decorrelate against")
-    corr = _corr(cfg.method)
-    lambdas = torch.zeros(len(reg.objectives))
-    rows = {}
-    for i, o in enumerate(reg.objectives):
-        before = corr(R[:, i], rv)
-        if i == v:
-            lambdas[i] = 1.0
-            rows[o] = {"lambda": 1.0, "before": before, "after": 0.0, "status": "verbosity"}
-            continue
-        lam, after, status = solve_lambda(R[:, i], rv, cfg.method, cfg.tolerance, cfg.lambda_range)
-        lambdas[i] = lam
-        rows[o] = {"lambda": lam, "before": before, "after": after, "status": status}
-    T = transform_matrix(lambdas, v)
-    ref_hash = sha256_json([f.meta.input_hash for f in feats] + [f.meta.settings_key for f in feats])
-    report = {
-        "kind": "decorrelation", "armo_version": __version__, "objectives": reg.objectives, "verbosity": cfg.verbosity,
-        "method": cfg.method, "tolerance": cfg.tolerance, "lambda_range": cfg.lambda_range, "objectives_report": rows,
-        "reference_hash": ref_hash, "reference_rows": R.shape[0], "backbone": reg.meta.backbone,
-        "feature_meaning": reg.meaning.to_json(),
-        "regression_hash": regression_hash(reg),
-    }
-    save_artifact(cfg.output, {"transform": T, "lambdas": lambdas}, report)
-    if cfg.json:
-        write_text_atomic(cfg.json, dumps(report, indent=2) + "\n")
-    show(table(f"fit-decorrelation ({cfg.method}, {R.shape[0]} reference responses) -> {cfg.output}",
-               ["objective", "lambda", "corr before", "corr after", "status"],
-               [[o, r["lambda"], r["before"], r["after"], r["status"]] for o, r in rows.items()]), cfg.quiet)
-    for o, r in rows.items():
-        if r["status"] != "ok" and not cfg.quiet:
-            warn(status_note(o, r["status"], r["after"], cfg.tolerance))
-    return report
-
-
-def transform_hash(T: torch.Tensor) -> str:
-    """Identity of a transform matrix: a gate records the one it was trained with."""
-    return sha256_json(T.tolist())
-
-
-def regression_hash(reg: Regression) -> str:
-    h = hashlib.sha256(reg.weight.contiguous().numpy().tobytes())
-    h.update(reg.bias.contiguous().numpy().tobytes())
-    if reg.lm_weight is not None:
-        h.update(reg.lm_weight.contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-@dataclass
-class Decorrelation:
-    transform: torch.Tensor
-    meta: DecorrelationMeta
-
-    @classmethod
-    def load(cls, path: str | Path) -> "Decorrelation":
-        t, m = load_artifact(path, "decorrelation")
-        k = len(m.objectives)
-        if tuple(t["transform"].shape) != (k, k):
-            raise ArmoError(f"{path}: damaged decorrelation: transform {tuple(t['transform'].shape)} for {k} objectives")
-        return cls(t["transform"], m)
-
-    @classmethod
-    def identity(cls, objectives: list[str]) -> "Decorrelation":
-        return cls(torch.eye(len(objectives)), DecorrelationMeta(objectives=list(objectives), identity=True))

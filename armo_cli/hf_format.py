@@ -17,7 +17,7 @@ from safetensors import safe_open
 from .version import __version__
 from .backbones import cache_root, folder_fingerprint, load_backbone
 from .console import info
-from .decorrelation import regression_hash, transform_hash
+from .heads import regression_hash, transform_hash
 from .rendering import GATE_RULE_PATTERN_OFFSET, GATE_RULES, Renderer
 from .errors import ArmoError, one_line
 from .artifact_files import check_finite, save_artifact, save_tensors
@@ -336,7 +336,7 @@ def import_checkpoint(source: str, output: str | Path, objectives: list[str] | N
         if "lm_regression_layer.weight" in w:
             reg_tensors["lm_weight"] = w["lm_regression_layer.weight"]
         save_artifact(out / PART_FILES["regression"], reg_tensors, reg_meta)
-        from .regression import Regression
+        from .heads import Regression
 
         rh = regression_hash(Regression.load(out / PART_FILES["regression"]))
         save_artifact(out / PART_FILES["decorrelation"], {"transform": T, "lambdas": torch.zeros(k)},

@@ -11,14 +11,12 @@ import torch
 
 from .version import __version__
 from .artifacts import Manifest
-from .decorrelation import Decorrelation, regression_hash, transform_hash
-from .gating import Gating
+from .heads import Decorrelation, Gating, Regression, regression_hash, transform_hash
 from .errors import ArmoError
 from .console import info
 from .jsonl import check_input_file, read_json_object
 from .outputs import atomic_dir, atomic_path, check_output_dir
 from .provenance import FeatureMeaning, require_compatible
-from .regression import Regression
 
 T = TypeVar("T")
 MANIFEST = "armo.json"

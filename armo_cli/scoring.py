@@ -29,7 +29,7 @@ from .configs import TIES, EvaluateConfig, ModelInputConfig, ScoreConfig
 from . import specs
 from .options import check_value, validate
 from .provenance import FeatureMeaning, require_compatible
-from .regression import unscale
+from .heads import unscale
 from .rewardbench import coverage_note, section_scores
 from .progress import WindowProgress, discard_progress
 from .rows import Skipped, Source, iter_examples, locked_source
@@ -86,7 +86,7 @@ def steered(model: ArmoModel, objective: str | None) -> ArmoModel:
     if objective is not None and objective == model.decorrelation.meta.verbosity:
         import dataclasses
 
-        from .decorrelation import Decorrelation
+        from .heads import Decorrelation
 
         return dataclasses.replace(model, decorrelation=Decorrelation.identity(model.objectives))
     return model

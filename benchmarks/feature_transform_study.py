@@ -29,7 +29,7 @@ from typing import Callable
 
 import torch
 
-import armo_cli.regression as regression
+import armo_cli.fitting as regression  # fit_regression, and the ridge_path it calls (patched below)
 from armo_cli.configs import RegressionConfig
 from armo_cli.features import Features
 from armo_cli.preference import feature_scale, fit_preference

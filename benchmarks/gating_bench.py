@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from armo_cli.gating import GatingConfig, fit_gating
+from armo_cli.configs import GatingConfig
+from armo_cli.fitting import fit_gating
 from armo_cli.artifact_files import save_artifact
 
 

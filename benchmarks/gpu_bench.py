@@ -263,13 +263,13 @@ def main() -> None:
 
     from armo_cli.devices import auto_device, auto_dtype
     from armo_cli.configs import DecorrelationConfig, ExtractConfig, GatingConfig, RegressionConfig, ScoreConfig
-    from armo_cli.decorrelation import fit_decorrelation
+    from armo_cli.fitting import fit_decorrelation
     from armo_cli.extract import extract
     from armo_cli.features import Features
     from armo_cli.devices import batch_defaults, default_chunk_size
-    from armo_cli.gating import fit_gating
+    from armo_cli.fitting import fit_gating
     from armo_cli.model import ArmoModel, assemble
-    from armo_cli.regression import fit_regression
+    from armo_cli.fitting import fit_regression
     from armo_cli.scoring import score
 
     device = auto_device(args.device)

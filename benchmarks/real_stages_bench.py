@@ -11,9 +11,12 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from armo_cli.decorrelation import DecorrelationConfig, fit_decorrelation
-from armo_cli.gating import GatingConfig, fit_gating
-from armo_cli.regression import RegressionConfig, fit_regression
+from armo_cli.configs import DecorrelationConfig
+from armo_cli.fitting import fit_decorrelation
+from armo_cli.configs import GatingConfig
+from armo_cli.fitting import fit_gating
+from armo_cli.configs import RegressionConfig
+from armo_cli.fitting import fit_regression
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"

@@ -23,7 +23,8 @@ import torch
 
 from armo_cli.configs import GatingConfig
 from armo_cli.features import Features
-from armo_cli.gating import Gate, grouped_split, pair_scores, train_bt
+from armo_cli.heads import Gate
+from armo_cli.gating import grouped_split, pair_scores, train_bt
 from armo_cli.preference import PreferenceHead, fit_preference, out_of_fold
 
 GATES = {"linear gate": {"n_hidden": 0}, "MLP 1x128 gate": {"n_hidden": 1, "hidden_dim": 128}}

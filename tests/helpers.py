@@ -221,9 +221,9 @@ def make_regression(path: Path, W: torch.Tensor, objectives: list[str], *, backb
 def make_decorrelation(path: Path, T: torch.Tensor, regression: Path, *, backbone: str = "b1") -> Path:
     """A transform T fitted (as far as its metadata says) on the regression artifact at `regression`."""
     from armo_cli.artifacts import DecorrelationMeta
-    from armo_cli.decorrelation import regression_hash
+    from armo_cli.heads import regression_hash
     from armo_cli.artifact_files import save_artifact
-    from armo_cli.regression import Regression
+    from armo_cli.heads import Regression
 
     reg = Regression.load(regression)
     m = DecorrelationMeta(objectives=reg.objectives, backbone=fake_backbone(backbone, reg.weight.shape[1]),

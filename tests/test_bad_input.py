@@ -362,8 +362,8 @@ def test_a_nan_score_is_an_error_not_a_null(built, tmp_path):
     W[:, ::2] = -3e38
     d = tmp_path / "nanmodel"
     save_artifact(tmp_path / "reg.st", {"weight": W, "bias": m.regression.bias}, m.regression.meta)
-    from armo_cli.decorrelation import regression_hash, transform_hash
-    from armo_cli.regression import Regression
+    from armo_cli.heads import regression_hash, transform_hash
+    from armo_cli.heads import Regression
 
     rh = regression_hash(Regression.load(tmp_path / "reg.st"))
     gate_t = {k: v for k, v in m.gating.gate.state_dict().items()}
@@ -417,7 +417,7 @@ def test_evaluate_features_of_pairs_and_rows_round_trip(built, tmp_path):
 
 def test_the_artifact_factory_writes_what_the_loaders_accept(tmp_path):
     from armo_cli.features import Features
-    from armo_cli.regression import Regression
+    from armo_cli.heads import Regression
 
     make_regression(tmp_path / "r.st", torch.zeros(2, 4), ["a", "b"])
     assert Regression.load(tmp_path / "r.st").objectives == ["a", "b"]

@@ -2,7 +2,8 @@ import pytest
 import torch
 from scipy.optimize import brentq
 from scipy.stats import spearmanr
-from armo_cli.decorrelation import Decorrelation, solve_lambda, transform_matrix
+from armo_cli.heads import Decorrelation
+from armo_cli.decorrelation import solve_lambda, transform_matrix
 from armo_cli.stats import pearson, rankdata, spearman
 
 from tests.helpers import armo, make_features, make_regression

@@ -1,7 +1,9 @@
 import torch
 import pytest
 
-from armo_cli.gating import Gate, GatingConfig, fit_gating
+from armo_cli.heads import Gate
+from armo_cli.configs import GatingConfig
+from armo_cli.fitting import fit_gating
 
 from tests.helpers import armo, make_decorrelation, make_features, make_regression
 
@@ -111,7 +113,7 @@ def test_errors(tmp_path):
 def test_fit_gating_on_cpu_and_on_cuda_give_the_same_gate(tmp_path):
     """--device cpu reproduces the default run exactly on a CPU machine; where CUDA exists, a CUDA run
     gives the same gate within float tolerance."""
-    from armo_cli.gating import Gating
+    from armo_cli.heads import Gating
 
     P, R, W = synthetic_types(n=120)
     write_parts(tmp_path, P, R, W, ["a", "b"])
@@ -133,7 +135,7 @@ def test_fit_gating_on_cpu_and_on_cuda_give_the_same_gate(tmp_path):
 def test_a_zeroed_objective_is_out_of_the_gates_choices(tmp_path):
     """After decorrelation the length objective's column of T is zero: its reward is 0 for every response, so
     weight on it would only shrink scores. The gate gives it exactly 0 for every prompt, trained or loaded."""
-    from armo_cli.gating import Gating
+    from armo_cli.heads import Gating
 
     n, d = 400, 4
     P, R = torch.randn(n, d), torch.randn(n, 2, d)

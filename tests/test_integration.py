@@ -59,7 +59,7 @@ def real_regression(tmp_path_factory):
 
 def test_fit_regression_on_real_ratings(real_regression):
     d, output = real_regression
-    from armo_cli.regression import Regression
+    from armo_cli.heads import Regression
 
     reg = Regression.load(d / "reg.st")
     assert torch.isfinite(reg.weight).all()

@@ -11,7 +11,7 @@ from armo_cli.errors import ArmoError
 from armo_cli.features import Features
 from armo_cli.forward import encode_trees
 from armo_cli.lm_objectives import LM_OBJECTIVES, empty_prompt, parse_lm_objectives
-from armo_cli.regression import Regression
+from armo_cli.heads import Regression
 from armo_cli.rendering import Renderer
 from armo_cli.rows import Source, iter_examples
 

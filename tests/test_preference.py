@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from armo_cli.preference import fit_bt, fit_preference
-from armo_cli.regression import Regression
+from armo_cli.heads import Regression
 
 from tests.helpers import armo, cli, make_features
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 from armo_cli.configs import DEFAULT_ALPHAS
-from armo_cli.regression import Regression, ridge_path, split_mask
+from armo_cli.heads import Regression
+from armo_cli.regression import ridge_path, split_mask
 
 from tests.helpers import armo, make_features
 
@@ -103,7 +104,7 @@ def test_a_rating_outside_its_declared_range_is_refused_naming_the_row(tmp_path)
     input, one line, naming the file, the first row, the field and how many rows are outside."""
     from armo_cli.configs import RegressionConfig
     from armo_cli.errors import ArmoError
-    from armo_cli.regression import fit_regression
+    from armo_cli.fitting import fit_regression
 
     g = torch.Generator().manual_seed(0)
     X = torch.randn(40, 8, generator=g)

@@ -415,8 +415,8 @@ def test_a_group_of_identical_completions_gets_bit_equal_rewards(server, tiny_mo
 
     import armo_cli.forward as fw
     from armo_cli import RewardModel
-    from armo_cli.gating import Gate
-    from armo_cli.regression import Regression
+    from armo_cli.heads import Gate
+    from armo_cli.heads import Regression
 
     def by_position(t: torch.Tensor) -> torch.Tensor:
         return t + 1e-4 * torch.arange(t.numel(), dtype=t.dtype).reshape(t.shape) / t.numel()
