@@ -85,7 +85,7 @@ def test_export_and_import_keep_a_non_default_layer(layer1_model, tiny_model, tm
 
 @pytest.mark.parametrize("pooling", ["last", "mean"])
 def test_all_layers_from_one_pass_equal_each_layer_alone(bb, tmp_path, pooling):
-    """What benchmarks/layer_probe.py relies on: one pass with a list of layers gives each layer's features."""
+    """What studies/layer_probe.py relies on: one pass with a list of layers gives each layer's features."""
     from armo_cli.forward import encode_trees
     from armo_cli.rendering import Renderer
     from armo_cli.rows import Source, iter_examples

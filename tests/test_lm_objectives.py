@@ -169,12 +169,12 @@ def test_stages_refuse_features_without_the_lm_objectives_they_need(lm_model, lm
 
 
 def test_the_candidates_table_and_its_rule(lm_model, tmp_path):
-    """benchmarks/default_model_candidates.py on two models over the same features (today's reads no LM objective)."""
+    """recipes/default_model_candidates.py on two models over the same features (today's reads no LM objective)."""
     import shutil
     import subprocess
     import sys
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    sys.path.insert(0, str(ROOT / "recipes"))
     from default_model_candidates import choose
 
     d = lm_model.parent
@@ -188,7 +188,7 @@ def test_the_candidates_table_and_its_rule(lm_model, tmp_path):
     work.mkdir()
     for stem in ("pairs", "rmb-select", "heldout", "dev-eval", "rmb-eval"):
         shutil.copyfile(d / "p.st", work / f"{stem}.features.safetensors")
-    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "default_model_candidates.py"), "--work", str(work),
+    run = subprocess.run([sys.executable, str(ROOT / "recipes" / "default_model_candidates.py"), "--work", str(work),
                           "--json", str(tmp_path / "c.json"), f"today={today}", f"lm={lm_model}"],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr

@@ -7,7 +7,7 @@ regression on standardised chosen - rejected features, no intercept, C chosen by
 folds) is fitted on a recipe run's training pairs and scored on its held-out pairs and RMB selection slice,
 with Spearman(score, length) beside each accuracy.
 
-    python benchmarks/position_probe.py --work runs/default --train 1800
+    python studies/position_probe.py --work runs/default --train 1800
 
 This is the probe behind the pooling choice (CHANGELOG), as it ran in two steps, joined into one file.
 """

@@ -4,9 +4,9 @@ Each candidate is an assembled model directory (same regression and decorrelatio
 All are scored on the selection features (RMB pairs from layer_probe.py's selection half); the one with the
 highest accuracy there is chosen, ties (within 0.005) going to the earlier, listed candidate. Uniform weights
 over the gate's allowed objectives are printed beside them. Prints a table on stderr and the chosen name on
-stdout (for examples/fit_default.sh). The selection slice is never reported as a result.
+stdout (for recipes/fit_default.sh). The selection slice is never reported as a result.
 
-    python benchmarks/gate_selection.py --select rmb-select.features.safetensors name=model_dir ...
+    python recipes/gate_selection.py --select rmb-select.features.safetensors name=model_dir ...
 """
 from __future__ import annotations
 

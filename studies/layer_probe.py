@@ -10,9 +10,9 @@ Bradley-Terry probe (logistic loss on chosen - rejected features, standardised w
 L2 strength chosen by cross-validation) is scored in-distribution (5-fold cross-validation grouped by
 prompt) and out of distribution (fitted on all training pairs, scored on the selection slice).
 
-    python benchmarks/layer_probe.py --train 300 --ood 300 --json layer_probe.json
+    python studies/layer_probe.py --train 300 --ood 300 --json layer_probe.json
 
-With `--work WORK` it probes a recipe run's own slices instead (examples/train_default.sh): every training pair
+With `--work WORK` it probes a recipe run's own slices instead (recipes/train_default.sh): every training pair
 in WORK/pairs.jsonl and every pair of the RMB selection slice WORK/rmb-select.jsonl (at --ood-max-length, the
 recipe's 1024 for evaluation sets). Those rows already train and select; still no held-out or evaluation row.
 """

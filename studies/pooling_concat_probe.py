@@ -3,12 +3,12 @@
 A linear Bradley-Terry probe (layer_probe.py's: standardised responses, logistic loss on chosen - rejected,
 L2 by 5-fold cross-validation grouped by prompt on the training pairs) on three response features of the
 same rows at the same layer: the last token's hidden state, the mean of the response's, and both side by side
-(2d wide). It reads two recipe runs' features (examples/train_default.sh with POOLING=last and POOLING=mean,
-or examples/ablate_pooling.sh) and fits on their training pairs only; it prints accuracy on the held-out
+(2d wide). It reads two recipe runs' features (recipes/train_default.sh with POOLING=last and POOLING=mean,
+or recipes/ablate_pooling.sh) and fits on their training pairs only; it prints accuracy on the held-out
 pairs, the RMB selection slice and the RMB evaluation slice, with paired bootstrap intervals of
 both-minus-each, and on any extra pairs given with --hand (features of both poolings extracted from one file).
 
-    python benchmarks/pooling_concat_probe.py --last runs/default --mean runs/mean \
+    python studies/pooling_concat_probe.py --last runs/default --mean runs/mean \
         [--hand LAST.safetensors MEAN.safetensors]
 """
 from __future__ import annotations

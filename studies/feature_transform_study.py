@@ -1,6 +1,6 @@
 """Do other linear views of the same features order pairs better (#13, held-out target 0.65)?
 
-On the shipped recipe's features (`examples/train_default.sh`: layer -18, mean pooling), three families:
+On the shipped recipe's features (`recipes/train_default.sh`: layer -18, mean pooling), three families:
 
 1. the rating ridge on features scaled by their per-dimension standard deviation, as the preference head is
    (the stored row would be w / s, so `score` would need nothing new), against the raw ridge: each rating
@@ -16,7 +16,7 @@ On the shipped recipe's features (`examples/train_default.sh`: layer -18, mean p
 The rule is the pooling's: the highest RMB selection accuracy; an arm within 0.02 of the shipped one is decided by
 in-distribution (cross-validated) accuracy, and the shipped arm wins ties.
 
-    python benchmarks/feature_transform_study.py --work runs/mean [--layer-cache runs/layer_probe_mean.pt] --json out.json
+    python studies/feature_transform_study.py --work runs/mean [--layer-cache runs/layer_probe_mean.pt] --json out.json
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ from rating_pairs_study import EVAL, N_BOOT  # noqa: E402
 RANGES = {"ultrafeedback-overall": (1, 10), "prometheus-rubric": (1, 5), "xstest-complied": (0, 1),
           "xstest-appropriate": (0, 1), "topicalchat-understandability": (0, 1), "topicalchat-groundedness": (0, 1),
           "topicalchat-naturalness": (1, 3), "topicalchat-coherence": (1, 3), "topicalchat-engagingness": (1, 3),
-          "topicalchat-overall": (1, 5)}  # examples/fit_default.sh's declared ranges
+          "topicalchat-overall": (1, 5)}  # recipes/fit_default.sh's declared ranges
 SHIPPED = "per-dimension scale (shipped)"
 BANDS = [(13, 13), (11, 15), (13, 17), (10, 19), (8, 23), (1, 30)]  # layers (from the start; 13 is -18), inclusive
 

@@ -12,7 +12,7 @@ Per arm it prints accuracy with 95% bootstrap intervals on the held-out pairs, d
 and the RMB evaluation slice, and the paired interval against the training-pairs-only head. The rule that would
 pick an arm is the project's: highest accuracy on the RMB selection slice.
 
-    python benchmarks/rating_pairs_study.py --work runs/default --json out.json
+    python studies/rating_pairs_study.py --work runs/default --json out.json
 """
 from __future__ import annotations
 

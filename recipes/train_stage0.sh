@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Stage 0 for the default model's candidates (#33): a LoRA adapter on the embedded backbone, tuned with a
-# Bradley-Terry loss on the recipe's own training pairs (examples/train_default.sh writes them to WORK), then every
-# set extracted again through it into S0, where examples/fit_default.sh finds them. Hours on a 2-core CPU
+# Bradley-Terry loss on the recipe's own training pairs (recipes/train_default.sh writes them to WORK), then every
+# set extracted again through it into S0, where recipes/fit_default.sh finds them. Hours on a 2-core CPU
 # (tune-backbone ran at 67 tokens/s here with two other jobs running); both steps resume (--resume).
 #   - the adapter: rank 8 on the attention projections (3.7 MB in fp32, so that the shipped model stays under 5 MB;
 #     all seven linear layers would be 9.7 MB), one epoch at lr 1e-4
@@ -10,8 +10,8 @@ WORK=${WORK:-runs/default}
 S0=${S0:-runs/default-stage0}
 MAXLEN=${MAXLEN:-512}
 mkdir -p "$S0"
-[[ -f $WORK/pairs.jsonl ]] || { echo "run examples/train_default.sh first (FIT=0 is enough): it writes $WORK/pairs.jsonl" >&2; exit 2; }
+[[ -f $WORK/pairs.jsonl ]] || { echo "run recipes/train_default.sh first (FIT=0 is enough): it writes $WORK/pairs.jsonl" >&2; exit 2; }
 armo tune-backbone "$WORK/pairs.jsonl" -o "$S0/adapter" --rank "${RANK:-8}" \
   --target-modules "${TARGETS:-q_proj,k_proj,v_proj,o_proj}" --epochs "${EPOCHS:-1}" --lr "${LR:-1e-4}" \
   --max-length "$MAXLEN" --overflow truncate-prompt --on-error skip --resume
-WORK=$S0 BACKBONE=$S0/adapter FIT=0 bash examples/train_default.sh
+WORK=$S0 BACKBONE=$S0/adapter FIT=0 bash recipes/train_default.sh

@@ -2,8 +2,8 @@
 # The last-layer arm of the default model's ablation: the same pairs at hidden layer -1 (a full pass, about twice
 # the cost of layer -18), a pairs-only model fitted on them, and the RMB selection, held-out, dev-eval and RMB
 # features at -1.
-# benchmarks/default_model_quality.py compares it with the pairs-only model at the chosen layer (same rows).
-# Run after examples/train_default.sh (it reads the slices in WORK); resumable like every extraction.
+# recipes/default_model_quality.py compares it with the pairs-only model at the chosen layer (same rows).
+# Run after recipes/train_default.sh (it reads the slices in WORK); resumable like every extraction.
 set -euo pipefail
 DATA=${DATA:-../shared/data}
 WORK=${WORK:-runs/default}
@@ -19,6 +19,6 @@ for s in $SETS; do
   armo extract "$src" -o "$A/$s.features.safetensors" --layer -1 --max-length "$EVAL_MAXLEN" \
     --overflow truncate-prompt --on-error skip --resume
 done
-read -r -a flags < "$WORK/heads/gate-flags"  # the chosen gate's settings (examples/fit_default.sh)
-bash examples/fit_pairs_only.sh "$A/pairs.features.safetensors" "$A/heads" "$A/models/pairsonly" "${flags[@]}"
+read -r -a flags < "$WORK/heads/gate-flags"  # the chosen gate's settings (recipes/fit_default.sh)
+bash recipes/fit_pairs_only.sh "$A/pairs.features.safetensors" "$A/heads" "$A/models/pairsonly" "${flags[@]}"
 echo "last-layer arm written to $A"

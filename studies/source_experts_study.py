@@ -11,7 +11,7 @@ one per source of the training pairs (the source is read from WORK/pairs.jsonl).
      each held-out source's prompts give each expert.
 Decorrelation is left out (the question is routing, not length).
 
-    python benchmarks/source_experts_study.py --work runs/default --json out.json
+    python studies/source_experts_study.py --work runs/default --json out.json
 """
 from __future__ import annotations
 

@@ -3,9 +3,9 @@
 # every permissively licensed row of ../shared/data with armo's own commands. About 1.5 h on a 2-core CPU from
 # scratch; every extraction is resumable, so re-running after an interruption loses nothing (and re-running
 # after a finished extraction only refits the heads, a few minutes).
-#   - features from hidden layer LAYER (benchmarks/layer_probe.py; the model card shows its table and the rule),
+#   - features from hidden layer LAYER (studies/layer_probe.py; the model card shows its table and the rule),
 #     the response feature the mean of its tokens (POOLING; chosen on the selection slice against last-token
-#     features, examples/ablate_pooling.sh)
+#     features, recipes/ablate_pooling.sh)
 #   - stage 1: ridge objectives from the ratings, a length objective, and a preference objective fitted from
 #     the training pairs by a Bradley-Terry head (cross-fitted by prompt, so the gate never sees in-fold rewards)
 #   - decorrelation against the length objective, then the gate, whose size is chosen on validation pairs
@@ -23,11 +23,11 @@ N_SELECT=${N_SELECT:-600}      # RMB pairs (the probe's selection half) on which
 MAXLEN=${MAXLEN:-512}          # training rows (prompts truncated from the left beyond it)
 EVAL_MAXLEN=${EVAL_MAXLEN:-1024}
 LM=${LM-all}                   # LM objectives read with the pairs' and evaluation sets' features (#33; none: LM=)
-BACKBONE=${BACKBONE:-}         # another backbone (examples/train_stage0.sh: the stage-0 adapter); default the embedded one
+BACKBONE=${BACKBONE:-}         # another backbone (recipes/train_stage0.sh: the stage-0 adapter); default the embedded one
 mkdir -p "$WORK"
 
 # Licences: MIT (UltraFeedback, HH-RLHF, USR Topical-Chat), Apache-2.0 (Prometheus, PandaLM), CC-BY-4.0 (XSTest).
-python benchmarks/recipe_slices.py --data "$DATA" --out "$WORK" --heldout "$N_HELDOUT" --rmb "$N_RMB" --select "$N_SELECT"
+python recipes/recipe_slices.py --data "$DATA" --out "$WORK" --heldout "$N_HELDOUT" --rmb "$N_RMB" --select "$N_SELECT"
 
 # rows the data cannot give (a response alone over the limit) are listed, not fatal
 # the LM objectives (their own tensor beside the features, which stay the same) are read where the gate, the
@@ -44,4 +44,4 @@ armo extract "$WORK/rmb-eval.jsonl" -o "$WORK/rmb-eval.features.safetensors" "${
 armo extract "$WORK/rmb-select.jsonl" -o "$WORK/rmb-select.features.safetensors" "${E[@]}"
 
 [[ ${FIT:-1} == 1 ]] || { echo "features extracted in $WORK (FIT=0: heads not fitted)"; exit 0; }
-bash examples/fit_default.sh
+bash recipes/fit_default.sh

@@ -9,7 +9,7 @@ objective). Reference sets: the training pairs' responses, the training rating r
 Per evaluation set it prints accuracy, Spearman(u', length) and the longer response's win share beside the
 labels'. The targets: |Spearman| <= 0.10 and longer wins <= labels on every set.
 
-    python benchmarks/length_correction_study.py --work runs/default --model armo_cli/default_model --json out.json
+    python studies/length_correction_study.py --work runs/default --model armo_cli/default_model --json out.json
 """
 from __future__ import annotations
 

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The heads of armo's default model, fitted on the features that examples/train_default.sh extracted (minutes).
+# The heads of armo's default model, fitted on the features that recipes/train_default.sh extracted (minutes).
 # It fits stage 1, decorrelation and a few gate candidates; the gate is chosen on the RMB selection slice (pairs
 # from sources the model never trained on), the ablation models are built with the same commands, and
-# benchmarks/default_model_quality.py measures all of them on the three evaluation sets and writes the card.
+# recipes/default_model_quality.py measures all of them on the three evaluation sets and writes the card.
 set -euo pipefail
 WORK=${WORK:-runs/default}
 OUT=${OUT:-armo_cli/default_model}
-PRODUCED_BY=${PRODUCED_BY:-bash examples/train_default.sh}
+PRODUCED_BY=${PRODUCED_BY:-bash recipes/train_default.sh}
 F=$WORK/heads
 M=$WORK/models
 mkdir -p "$F" "$M"
@@ -44,12 +44,12 @@ for g in "${GATES[@]}"; do
   armo assemble "$M/$name" -r "$F/regression.safetensors" -t "$F/decorrelation.safetensors" -g "$F/gating-$name.safetensors"
   CANDIDATES+=("$name=$M/$name")
 done
-CHOSEN=$(python benchmarks/gate_selection.py --select "$WORK/rmb-select.features.safetensors" \
+CHOSEN=$(python recipes/gate_selection.py --select "$WORK/rmb-select.features.safetensors" \
   --json "$WORK/gate-selection.json" "${CANDIDATES[@]}")
 FLAGS=""
 for g in "${GATES[@]}"; do [[ ${g%%:*} == "$CHOSEN" ]] && FLAGS=${g#*:}; done
 read -r -a flags <<< "$FLAGS"
-echo "$FLAGS" > "$F/gate-flags"  # for examples/ablate_last_layer.sh
+echo "$FLAGS" > "$F/gate-flags"  # for recipes/ablate_last_layer.sh
 
 # Ablations with the chosen gate settings: without decorrelation; without the preference objective.
 armo fit-gating "$PAIRS" -r "$F/regression.safetensors" "${flags[@]}" -o "$F/gating-nodecor.safetensors" -q
@@ -60,11 +60,11 @@ armo assemble "$M/nopref" -r "$F/regression-nopref.safetensors" -t "$F/decorrela
   -g "$F/gating-nopref.safetensors"
 
 # A pairs-only model (preference + length objectives, no ratings), as a user with only pairs would build it.
-bash examples/fit_pairs_only.sh "$PAIRS" "$F" "$M/pairsonly" "${flags[@]}"
+bash recipes/fit_pairs_only.sh "$PAIRS" "$F" "$M/pairsonly" "${flags[@]}"
 
 # #33's candidates: today's recipe; + the LM objectives (where the features carry them: train_default.sh's LM=); the
-# same two on a stage-0 adapter's features (where examples/train_stage0.sh extracted them into S0). Each is fitted
-# with the same commands and the chosen gate settings; benchmarks/default_model_candidates.py applies the rule (on
+# same two on a stage-0 adapter's features (where recipes/train_stage0.sh extracted them into S0). Each is fitted
+# with the same commands and the chosen gate settings; recipes/default_model_candidates.py applies the rule (on
 # the RMB selection slice, checked on the evaluation sets) and writes WORK/candidates.json.
 S0=${S0:-runs/default-stage0}
 candidate() {  # NAME FEATURES_DIR [fit-regression flags...]: heads in FEATURES_DIR/heads, the model in M/NAME
@@ -96,7 +96,7 @@ if [[ -f $S0/pairs.features.safetensors && -f $S0/ratings.features.safetensors ]
   fi
 fi
 if (( ${#CANDS[@]} > 1 )); then
-  WINNER=$(python benchmarks/default_model_candidates.py --work "$WORK" --json "$WORK/candidates.json" "${CANDS[@]}" | tail -1)
+  WINNER=$(python recipes/default_model_candidates.py --work "$WORK" --json "$WORK/candidates.json" "${CANDS[@]}" | tail -1)
   if [[ $WINNER != today ]]; then  # a stage-0 winner also needs its adapter shipped: see the model card
     h=$([[ $WINNER == adapter* ]] && echo "$S0/heads" || echo "$WORK/heads")
     PICK=(-r "$h/regression-$WINNER.safetensors" -t "$h/decorrelation-$WINNER.safetensors" -g "$h/gating-$WINNER.safetensors")
@@ -106,6 +106,6 @@ fi
 
 rm -rf "$OUT.new"
 armo assemble "$OUT.new" "${PICK[@]}"
-python benchmarks/default_model_quality.py --work "$WORK" --model "$OUT.new" --produced-by "$PRODUCED_BY"
+python recipes/default_model_quality.py --work "$WORK" --model "$OUT.new" --produced-by "$PRODUCED_BY"
 rm -rf "$OUT" && mv "$OUT.new" "$OUT"
 echo "default model written to $OUT (gate: $CHOSEN)"

@@ -12,10 +12,10 @@ The rule: a candidate is adopted only if its paired interval against today's mod
 above 0 and, on every evaluation set, its interval against today's model reaches 0 or above (not worse beyond
 noise); among those, the highest selection accuracy. Otherwise today's model stays.
 
-    python benchmarks/default_model_candidates.py --work runs/default --json runs/default/candidates.json \\
+    python recipes/default_model_candidates.py --work runs/default --json runs/default/candidates.json \\
         today=runs/default/models/cand-today lm=runs/default/models/cand-lm \\
         adapter=runs/default-stage0/models/cand-today@runs/default-stage0 both=runs/default-stage0/models/cand-lm@runs/default-stage0
-The last line printed is the chosen candidate's name (examples/fit_default.sh reads it).
+The last line printed is the chosen candidate's name (recipes/fit_default.sh reads it).
 """
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def choose(results: dict, baseline: str, selection: str, evaluation: list[str]) 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("candidates", nargs="+", help="NAME=MODEL_DIR[@WORK]; the first is today's model")
-    ap.add_argument("--work", default="runs/default", help="the recipe's features (WORK of examples/train_default.sh)")
+    ap.add_argument("--work", default="runs/default", help="the recipe's features (WORK of recipes/train_default.sh)")
     ap.add_argument("--json", help="write the table and the decision here")
     args = ap.parse_args()
     work = Path(args.work)

@@ -21,7 +21,7 @@ beside the labels'. The targets (#13): |Spearman| <= 0.10 and longer wins <= lab
 that would adopt an arm uses the RMB selection slice only: among the arms that meet both targets there, the
 most accurate there. No decorrelation or gate on top: the shipped gate routes everything to `preference`.
 
-    python benchmarks/length_nullspace_study.py --work runs/default --json out.json
+    python studies/length_nullspace_study.py --work runs/default --json out.json
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ import torch
 from armo_cli.features import Features
 from armo_cli.preference import fit_preference
 from armo_cli.scoring import evaluate_scores
-from source_experts_study import sources  # benchmarks/ is on the path when a script there runs
+from source_experts_study import sources  # studies/ is on the path when a script there runs
 
 EVAL = {"held-out": "heldout", "dev-eval": "dev-eval", "RMB evaluation": "rmb-eval", "RMB selection": "rmb-select"}
 INLP = [8, 16, 32, 64]

@@ -9,7 +9,7 @@ model and from the linear Bradley-Terry control (as in default_model_quality.py)
 longer response's win share beside the labels'. The rule that would choose a uses the RMB selection slice only:
 the largest a that meets both length targets there (|Spearman| <= 0.10, longer wins <= labels).
 
-    python benchmarks/length_tradeoff_study.py --work runs/default --model armo_cli/default_model --json out.json
+    python studies/length_tradeoff_study.py --work runs/default --model armo_cli/default_model --json out.json
 """
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
-"""The data slices of the default model's recipe (examples/train_default.sh), fixed by seed.
+"""The data slices of the default model's recipe (recipes/train_default.sh), fixed by seed.
 
 From ../shared/data it writes, into --out:
   ratings.jsonl   every permissively licensed rating row (UltraFeedback, Prometheus, XSTest, USR Topical-Chat)
   pairs.jsonl     the permissive pairs (HH-RLHF, UltraFeedback, PandaLM) used for training
-  heldout.jsonl   --heldout permissive pairs taken by whole prompt, from prompts that benchmarks/layer_probe.py
+  heldout.jsonl   --heldout permissive pairs taken by whole prompt, from prompts that studies/layer_probe.py
                   never trained on, so the layer choice did not see them either
   rmb-eval.jsonl  --rmb RMB pairs (helpfulness and harmlessness), by whole prompt, from the half of RMB's
                   prompts that layer_probe.py left for evaluation (it chose the layer on the other half)
@@ -13,7 +13,7 @@ Prompts recur across sources (the data README: AlpacaEval and Vicuna prompts app
 and FairEval), so every training row whose prompt text also occurs in held-out, dev-eval or the RMB slice is
 dropped, and the counts are printed. Slices are by prompt, never by row.
 
-    python benchmarks/recipe_slices.py --out runs/default
+    python recipes/recipe_slices.py --out runs/default
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import re
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "studies"))  # layer_probe's split
 from layer_probe import DATA, PERMISSIVE, load_slices, prompt_key  # noqa: E402  the probe's own split
 
 RATING_SOURCES = ("ultrafeedback", "prometheus", "xstest", "unieval_topical_chat")

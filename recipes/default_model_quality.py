@@ -1,6 +1,6 @@
 """Measure the default model and its ablations on three evaluation sets; write quality.json and the model card.
 
-Run by examples/fit_default.sh after the recipe's models are assembled under WORK/models. Evaluation sets (never
+Run by recipes/fit_default.sh after the recipe's models are assembled under WORK/models. Evaluation sets (never
 trained on, never used to choose anything): the held-out permissive pairs (disjoint by prompt), dev-eval, and the
 RMB evaluation slice (out of distribution). Scorers, each on every set:
   - the full model (preference objective, decorrelation, the gate chosen on the RMB selection slice);
@@ -9,13 +9,13 @@ RMB evaluation slice (out of distribution). Scorers, each on every set:
   - a linear Bradley-Terry head on the response features, trained on the same pairs with the same loop (control);
   - ablation models built by the recipe with the same commands: without decorrelation, without the preference
     objective, and pairs-only models (preference + length objectives) at the chosen layer and at the last layer
-    (the last-layer arm only where WORK/last-layer holds its features; see examples/ablate_last_layer.sh), and the
-    whole recipe on last-token features (where WORK/last-token holds it; see examples/ablate_pooling.sh).
+    (the last-layer arm only where WORK/last-layer holds its features; see recipes/ablate_last_layer.sh), and the
+    whole recipe on last-token features (where WORK/last-token holds it; see recipes/ablate_pooling.sh).
 Accuracy counts ties as losses, with 95% bootstrap intervals; "vs full" is a paired bootstrap interval of the
 full model's accuracy minus the scorer's. Length: Spearman(score, response length) over all responses, and the
 share of pairs (lengths differing) where the longer response scores higher, beside the labels' share.
 
-    python benchmarks/default_model_quality.py --work runs/default --model armo_cli/default_model.new
+    python recipes/default_model_quality.py --work runs/default --model armo_cli/default_model.new
 """
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ N_BOOT = 1000
 POOLING_ARM = "the recipe on last-token features (full model)"
 POOLING_TEXT = {"last": "the response feature read at its last token", "mean": "the response feature the mean of its tokens' hidden states"}
 ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT.parent / "studies" / "results"  # the studies' printed tables, read into the card
 HAND = ROOT.parent / "examples" / "pairs.jsonl"
 
 
@@ -76,7 +77,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", default="runs/default")
     ap.add_argument("--model", default="armo_cli/default_model")
-    ap.add_argument("--produced-by", default="bash examples/train_default.sh", help="the recipe command, for the card")
+    ap.add_argument("--produced-by", default="bash recipes/train_default.sh", help="the recipe command, for the card")
     args = ap.parse_args()
     work, models = Path(args.work), Path(args.work) / "models"
     model = ArmoModel.load(args.model)
@@ -135,7 +136,7 @@ def main() -> None:
             gate_means[set_name][name] = {"n": int(idx.numel()), "accuracy": float(sel.mean()),
                                           "weights": {o: float(g[idx, j].mean()) for j, o in enumerate(model.objectives)}}
     selection = json.loads((work / "gate-selection.json").read_text()) if (work / "gate-selection.json").exists() else None
-    probe = json.loads((ROOT / "results" / "layer_probe.json").read_text())
+    probe = json.loads((RESULTS / "layer_probe.json").read_text())
     targets = check_targets(results)
     out = {"results": results, "gate_weights_by_group": gate_means, "best_single_objective": model.objectives[best_j],
            "gate_selection": selection, "targets": targets,
@@ -222,7 +223,7 @@ def findings(q: dict, model: ArmoModel, blocked: list[str]) -> list[str]:
 
     if both:
         out.append("Layer, like for like (pairs-only models, same pairs): " + "; ".join(like_for_like(k, res[k]) for k in both)
-                   + ". The last-layer arm was run on " + ", ".join(both) + " only (`examples/ablate_last_layer.sh`).")
+                   + ". The last-layer arm was run on " + ", ".join(both) + " only (`recipes/ablate_last_layer.sh`).")
     sel = q["results"].get(SELECTION[0], {})
     if chosen_arm in sel and last_arm in sel:
         a, b = sel[chosen_arm]["accuracy"], sel[last_arm]["accuracy"]
@@ -233,7 +234,7 @@ def findings(q: dict, model: ArmoModel, blocked: list[str]) -> list[str]:
     if pooled:
         pooling = model.meaning.pooling
         out.append(f"Pooling, like for like (the whole recipe on {pooling}-pooled and on last-token features of the same "
-                   f"rows; `examples/ablate_pooling.sh`): " + "; ".join(
+                   f"rows; `recipes/ablate_pooling.sh`): " + "; ".join(
                        f"{k}: {pooling} {rs['full model']['accuracy']:.3f} (Spearman "
                        f"{rs['full model']['length_bias']['spearman_score_length']:+.3f}), last token "
                        f"{rs[POOLING_ARM]['accuracy']:.3f} (Spearman {rs[POOLING_ARM]['length_bias']['spearman_score_length']:+.3f})"
@@ -270,7 +271,7 @@ def current_studies(results: Path) -> list[str]:
         best_ho = max(arms, key=lambda a: a["sets"][ho]["accuracy"])
         rise = max(ridge.items(), key=lambda kv: kv[1]["scaled"] - kv[1]["raw"])
         fall = min(ridge.items(), key=lambda kv: kv[1]["scaled"] - kv[1]["raw"])
-        text = (f"`benchmarks/feature_transform_study.py`: the rating ridge on features scaled per dimension raises the "
+        text = (f"`studies/feature_transform_study.py`: the rating ridge on features scaled per dimension raises the "
                 f"validation Pearson of {up} of {len(ridge)} rating objectives and lowers the rest (largest rise "
                 f"{rise[0]} {rise[1]['raw']:.3f} to {rise[1]['scaled']:.3f}, largest fall {fall[0]} {fall[1]['raw']:.3f} "
                 f"to {fall[1]['scaled']:.3f}), so it is not "
@@ -288,7 +289,7 @@ def current_studies(results: Path) -> list[str]:
 
 
 def studies(results: Path) -> list[str]:
-    """One line per study script whose results are in benchmarks/results (what was tried for the targets, and why
+    """One line per study script whose results are in studies/results (what was tried for the targets, and why
     it was not adopted), written from their JSON."""
     out = []
     lc = results / "length_correction_study.json"
@@ -297,7 +298,7 @@ def studies(results: Path) -> list[str]:
         met = sum(r["meets_targets"] for r in rows[1:])
         spread = {s: (min(r["sets"][s]["spearman"] for r in rows[1:]), max(r["sets"][s]["spearman"] for r in rows[1:]))
                   for s in rows[0]["sets"]}
-        out.append(f"`benchmarks/length_correction_study.py`: subtracting a fitted function of length from the preference "
+        out.append(f"`studies/length_correction_study.py`: subtracting a fitted function of length from the preference "
                    f"reward ({len(rows) - 1} corrections: polynomials in the true log length or in the verbosity reward, "
                    f"fitted on the training pairs, the rating responses or both) meets both length targets on every set in "
                    f"{met} of them. Spearman(score, length) ranges per set: " + "; ".join(
@@ -307,7 +308,7 @@ def studies(results: Path) -> list[str]:
         r = json.loads(se.read_text())
         gates = "; ".join(f"{g}: held-out {v['held-out']['accuracy']:.3f}, RMB selection {v['RMB selection']['accuracy']:.3f}"
                           for g, v in r["gates"].items())
-        out.append(f"`benchmarks/source_experts_study.py`: one preference head per training source, each pair scored by its "
+        out.append(f"`studies/source_experts_study.py`: one preference head per training source, each pair scored by its "
                    f"own source's head (oracle routing), gives {r['oracle']['heldout']:.3f} on held-out pairs (one head on all "
                    f"pairs: {r['oracle']['heldout_one_head']:.3f}); learned gates over those heads: {gates}.")
     ns = results / "length_nullspace_study.json"
@@ -317,7 +318,7 @@ def studies(results: Path) -> list[str]:
         spread = {s: (min(a["sets"][s]["spearman"] for a in arms), max(a["sets"][s]["spearman"] for a in arms))
                   for s in arms[0]["sets"]}
         inlp = [a for a in arms if a["arm"].startswith("INLP") and "+" not in a["arm"]]
-        out.append(f"`benchmarks/length_nullspace_study.py`: length projected out of the features before the preference "
+        out.append(f"`studies/length_nullspace_study.py`: length projected out of the features before the preference "
                    f"head is fitted ({len(arms)} arms: the pooled covariance with log length, per-source covariances, "
                    f"iterative nullspace projection with {inlp[0]['directions']} to {inlp[-1]['directions']} directions, "
                    f"and both) meets both length targets on every set in "
@@ -332,7 +333,7 @@ def studies(results: Path) -> list[str]:
         r = json.loads(lt.read_text())
         met = [x["a"] for x in r["rows"] if all(m["meets_length_targets"] for m in x["sets"].values())]
         rule = next((x for x in r["rows"] if x["a"] == r["rule"]), None)
-        text = (f"`benchmarks/length_tradeoff_study.py`: the gate's weights mixed with uniform weights, a * gate + (1 - a) * "
+        text = (f"`studies/length_tradeoff_study.py`: the gate's weights mixed with uniform weights, a * gate + (1 - a) * "
                 f"uniform for a = 1 (shipped) to 0. Both length targets hold on every set for "
                 f"{'a = ' + ', '.join(f'{a:.1f}' for a in met) if met else 'no a'}. ")
         if rule:
@@ -355,7 +356,7 @@ def studies(results: Path) -> list[str]:
             return f"{m['accuracy']:.3f}" + (f" ({d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}])" if d else "")
         sel = "RMB selection"
         other = max((a for a in r["arms"] if a is not rule), key=lambda a: a["sets"][sel]["accuracy"])
-        out.append(f"`benchmarks/rating_pairs_study.py`: pairs built from the rating rows (within a prompt, the response "
+        out.append(f"`studies/rating_pairs_study.py`: pairs built from the rating rows (within a prompt, the response "
                    f"rated higher wins: " + ", ".join(f"{s} {n}" for s, n in r["derived"].items()) + ") added to the "
                    f"preference head's training pairs. The rule (highest RMB selection accuracy) picks `{r['rule']}` "
                    f"(selection {rule['sets'][sel]['accuracy']:.3f}): held-out {cell(rule, 'held-out')}, RMB evaluation "
@@ -425,8 +426,8 @@ def write_card(model_dir: Path, model: ArmoModel, work: Path, q: dict, probe: di
     feats = {n: Features.load(work / f"{n}.features.safetensors").meta for n in ("ratings", "pairs")}
     layer = model.meaning.layer
     L = ["# armo default model: SmolLM2-135M-Instruct + ArmoRM-MoE heads", "",
-         "Trained by `examples/train_default.sh` (features) and `examples/fit_default.sh` (heads); every number below "
-         "was written by `benchmarks/default_model_quality.py` from that run, and by `benchmarks/layer_probe.py` for "
+         "Trained by `recipes/train_default.sh` (features) and `recipes/fit_default.sh` (heads); every number below "
+         "was written by `recipes/default_model_quality.py` from that run, and by `studies/layer_probe.py` for "
          "the layer table.", "",
          "## How it was produced", "",
          f"`{produced_by}` on a 2-core CPU (no GPU), with armo's own commands: extract (hidden layer {layer}, "
@@ -439,7 +440,7 @@ def write_card(model_dir: Path, model: ArmoModel, work: Path, q: dict, probe: di
          f"gate rule `{model.gate_rule}`, features from hidden layer {layer} (counted from the end; -1 is the last "
          "layer after the final norm; intermediate layers are the residual stream before any norm), "
          f"{POOLING_TEXT[model.meaning.pooling]} (`--pooling {model.meaning.pooling}`)", "",
-         f"Layer choice (`benchmarks/layer_probe.py`): a linear Bradley-Terry probe per layer on {probe['train_pairs']} "
+         f"Layer choice (`studies/layer_probe.py`): a linear Bradley-Terry probe per layer on {probe['train_pairs']} "
          f"permissive training pairs, scored in distribution (5-fold CV grouped by prompt) and on {probe['ood_pairs']} "
          "RMB pairs of the *selection* half of RMB's prompts (the evaluation slice below comes from the other half). "
          "Out of distribution no layer is clearly better than chance (95% intervals about ±0.07), so the rule is: among "
@@ -451,7 +452,7 @@ def write_card(model_dir: Path, model: ArmoModel, work: Path, q: dict, probe: di
         L.append(f"| {r['layer']} | {r['layer_from_end']}{mark} | {r['cv_accuracy']:.3f} | {r['ood_accuracy']:.3f} |")
     L += ["", "</details>", ""]
     for name in ("layer_probe_recipe_mean.json", "layer_probe_recipe.json"):  # mean-pooled, then last-token
-        L += probe_on_recipe(ROOT / "results" / name, layer)
+        L += probe_on_recipe(RESULTS / name, layer)
     L += ["## Training data (permissively licensed sources of ../shared/data only)", ""]
     for name, fn in (("stage 1 ratings", "ratings.jsonl"), ("preference objective, decorrelation and gate pairs", "pairs.jsonl"),
                      ("held-out pairs (evaluation only)", "heldout.jsonl"), ("RMB evaluation slice", "rmb-eval.jsonl"),
@@ -462,7 +463,7 @@ def write_card(model_dir: Path, model: ArmoModel, work: Path, q: dict, probe: di
     L += [f"- rows used: ratings {len(fr.ids)} ({skipped_why(fr.report)}, "
           f"{len(fr.report.get('truncated', []))} prompt-truncated), pairs {len(fp.ids)} ({skipped_why(fp.report)}), "
           f"max length {fp.max_length} tokens",
-          "- training rows whose prompt text recurs in an evaluation set were dropped (`benchmarks/recipe_slices.py`).", "",
+          "- training rows whose prompt text recurs in an evaluation set were dropped (`recipes/recipe_slices.py`).", "",
           "Licences: UltraFeedback, HH-RLHF, USR Topical-Chat (MIT); Prometheus, PandaLM (Apache-2.0); XSTest (CC-BY-4.0). "
           "RMB (no licence file) only evaluates and selects; it never trains.", "",
           "## Objectives and scales", "", "| objective | scale mapped to [0,1] | strength | validation | n train |", "|---|---|---|---|---|"]
@@ -530,7 +531,7 @@ def write_card(model_dir: Path, model: ArmoModel, work: Path, q: dict, probe: di
             L.append(f"| {name} | {v['n']} | {v['accuracy']:.3f} | " + " | ".join(f"{v['weights'][o]:.2f}" for o in short) + " |")
         L.append("")
     L += ["## Findings (computed from the tables above)", ""] + [f"- {x}" for x in findings(q, model, blocked)] + [""]
-    done, now = studies(ROOT / "results"), current_studies(ROOT / "results")
+    done, now = studies(RESULTS), current_studies(RESULTS)
     if done or now:
         L += ["## Studies toward the targets, not adopted", ""]
     if now:
