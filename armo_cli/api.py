@@ -19,13 +19,13 @@ import torch
 from .backbones import Backbone, load_backbone
 from .configs import OVERFLOW
 from .errors import ArmoError
-from .devices import batch_defaults
+from .context import RowContext
 from .hf_format import load_model
 from .model import ArmoModel
 from .options import check_value
-from .rendering import Renderer, Tree, length_limit, sized_tree, tokenized
+from .rendering import Renderer, Tree, tokenized
 from .rows import Example, Skipped, parse_row
-from .scoring import _weights, check_backbone, score_trees, steered, window_records
+from .scoring import score_trees, steered, weights_for, window_records
 
 
 class RewardModel:
@@ -39,14 +39,20 @@ class RewardModel:
         self.model = model if isinstance(model, ArmoModel) else load_model(model)
         self.backbone = backbone if isinstance(backbone, Backbone) else load_backbone(
             backbone or self.model.backbone["name"], device, dtype, fast=True)
-        self.renderer = Renderer(self.backbone.tokenizer, self.model.gate_rule)
-        check_backbone(self.model, self.backbone, self.renderer)
-        self.limit, self.limit_name = length_limit(max_length, self.backbone.model.config)
+        # skip is not a policy here: every row gets a score (a row over the limit is an error)
+        self.context = RowContext.for_model(self.model, self.backbone, max_length=max_length,
+                                            overflow="error" if overflow == "skip" else overflow,
+                                            batch_tokens=batch_tokens, max_padding=max_padding)
         self.overflow = overflow
-        default_tokens, default_padding = batch_defaults(self.backbone.device, self.backbone.model)
-        self.batch_tokens = batch_tokens or default_tokens
-        self.max_padding = default_padding if max_padding is None else max_padding
         self.top_k = top_k
+
+    @property
+    def renderer(self) -> Renderer:
+        return self.context.renderer
+
+    @property
+    def limit(self) -> int:
+        return self.context.limit
 
     @property
     def objectives(self) -> list[str]:
@@ -75,8 +81,7 @@ class RewardModel:
             i = k + start
             where = f"{source}[{i}]"
             skipped: list[Skipped] = []
-            overflow = "error" if self.overflow == "skip" else self.overflow
-            t = sized_tree(self.renderer, ex, i, where, self.limit, self.limit_name, overflow, skipped, tree)
+            t = self.context.sized(ex, i, where, skipped, tree)
             if t is None:
                 raise ArmoError(f"{where}: {skipped[0].reason}")
             trees.append(t)
@@ -90,14 +95,13 @@ class RewardModel:
         model = model or self.model
         ordered = [_reindexed(t, i) for i, t in enumerate(trees)]
         with torch.no_grad():
-            groups = score_trees(model, self.backbone, ordered, weights, self.batch_tokens, self.max_padding, "<rows>",
-                                 on_batch)
+            groups = score_trees(model, self.context, ordered, weights, "<rows>", on_batch)
         return window_records(model, groups, top_k or self.top_k)
 
     def score(self, rows: Iterable[Any], *, weights: str | None = None, objective: str | None = None,
               top_k: int | None = None) -> list[dict]:
         """The records `armo score` writes for these rows (dicts of any shape it accepts), in order."""
-        w = _weights(weights, objective, self.model.objectives)
+        w = weights_for(weights, objective, self.model.objectives)
         model = steered(self.model, objective)
         out: list[dict] = []
         it = iter(rows)

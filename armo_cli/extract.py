@@ -19,16 +19,16 @@ from .backbones import Backbone, load_backbone
 from .configs import ExtractConfig, MergeConfig
 from .console import info, progress, warn
 from .errors import ArmoError
-from .devices import batch_defaults, choose_layout, default_chunk_size
-from .forward import canonical_layer, check_finite_features, encode_trees, is_out_of_memory
+from .context import RowContext
+from .devices import choose_layout, default_chunk_size
+from .forward import check_finite_features, is_out_of_memory
 from .artifact_files import load_artifact, save_artifact, save_concatenated
 from .jobfiles import claim_parts, make_parts, remove_parts
 from .jsonl import check_input_file, sha256_file, sha256_json
 from .lm_objectives import TENSOR as LM_TENSOR, parse_lm_objectives
 from .outputs import check_output_file
 from .options import validate
-from .provenance import FeatureMeaning
-from .rendering import Renderer, Tree, length_limit, sized_tree, tokenized
+from .rendering import Tree, tokenized
 from .rows import Example, Skipped, Source, as_pairs, iter_examples, locked_source
 
 
@@ -44,8 +44,7 @@ class ExtractReport:
     packing: str = ""  # the layout the computed chunks ran in (devices.choose_layout); "" when none was computed
 
 
-def _scan(source: Source, renderer: Renderer, cfg: ExtractConfig, skipped: list[Skipped], limit: int, limit_name: str,
-          hold: range = range(0)):
+def _scan(source: Source, ctx: RowContext, cfg: ExtractConfig, skipped: list[Skipped], hold: range = range(0)):
     """Validation pass: parse, tokenise and size every row before any compute. Returns
     (kept (index, content key, truncated) triples, objectives, is_pair, the trees of the kept rows whose
     positions are in `hold`: the first chunk, so that it is not rendered twice, and the kept rows' lengths in tokens)."""
@@ -54,13 +53,13 @@ def _scan(source: Source, renderer: Renderer, cfg: ExtractConfig, skipped: list[
     held: list[Tree] = []
     objectives: dict[str, None] = {}
     is_pair: bool | None = None
-    for i, ex, tree in tokenized(as_pairs(iter_examples(source, cfg.on_error, skipped)), renderer):
+    for i, ex, tree in tokenized(as_pairs(iter_examples(source, cfg.on_error, skipped)), ctx.renderer):
         where = f"{source.name}:{ex.line}"
         if is_pair is None:
             is_pair = ex.is_pair
         elif is_pair != ex.is_pair:
             raise ArmoError(f"{where}: mixes pairs and single responses in one file")
-        tree = sized_tree(renderer, ex, i, where, limit, limit_name, cfg.overflow, skipped, tree)
+        tree = ctx.sized(ex, i, where, skipped, tree)
         if tree is None:
             continue
         for k in ex.ratings:
@@ -74,17 +73,14 @@ def _scan(source: Source, renderer: Renderer, cfg: ExtractConfig, skipped: list[
     return kept, list(objectives), bool(is_pair), held, lengths
 
 
-def _chunk_tensors(trees: list[Tree], backbone: Backbone, cfg: ExtractConfig, objectives: list[str],
-                   batch_tokens: int, on_batch, source_name: str, layer: int, layout: str) -> dict[str, torch.Tensor]:
-    max_padding = cfg.max_padding if cfg.max_padding is not None else batch_defaults(backbone.device, backbone.model)[1]
-    lm = parse_lm_objectives(cfg.lm_objectives)
-    prompt, resp = encode_trees(backbone, trees, batch_tokens, on_batch, max_padding, layer, cfg.pooling, layout=layout,
-                                lm=lm)
-    check_finite_features(trees, prompt, resp, source_name, backbone.dtype)
+def _chunk_tensors(trees: list[Tree], ctx: RowContext, objectives: list[str], on_batch, source_name: str,
+                   layout: str) -> dict[str, torch.Tensor]:
+    prompt, resp = ctx.encode(trees, on_batch, layout)
+    check_finite_features(trees, prompt, resp, source_name, ctx.backbone.dtype)
     pair = len(trees[0].conts) == 2
-    d = backbone.hidden_size
+    d = ctx.backbone.hidden_size
     out = {}
-    if lm:  # their own tensor, as the features' columns are the hidden state's
+    if ctx.lm:  # their own tensor, as the features' columns are the hidden state's
         out[LM_TENSOR] = resp[..., d:] if pair else resp[:, 0, d:]
         resp = resp[..., :d]
     out |= {
@@ -147,21 +143,21 @@ def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, afte
     # the weights are read after the validation pass and the --resume check: a bad row, or a finished job, is
     # reported without loading the model
     backbone = backbone or load_backbone(cfg.backbone, cfg.device, cfg.dtype, cfg.attn_implementation, defer_weights=True)
-    renderer = Renderer(backbone.tokenizer, cfg.gate_rule)
-    layer = canonical_layer(cfg.layer, int(backbone.config.num_hidden_layers))  # checked before any work
     lm = parse_lm_objectives(cfg.lm_objectives)
+    # the layer and the length limit are checked here, before any work
+    ctx = RowContext.for_features(backbone, gate_rule=cfg.gate_rule, layer=cfg.layer, pooling=cfg.pooling, lm=lm,
+                                  max_length=cfg.max_length, overflow=cfg.overflow, batch_tokens=cfg.batch_tokens,
+                                  max_padding=cfg.max_padding)
+    renderer, layer, limit = ctx.renderer, ctx.layer, ctx.limit
     skipped: list[Skipped] = []
     display = source.name
-    limit, limit_name = length_limit(cfg.max_length, backbone.config)
     chunk_size = cfg.chunk_size or default_chunk_size(backbone.device)
     first = range(shard_index * chunk_size, (shard_index + 1) * chunk_size)  # this shard's first chunk
-    kept, objectives, is_pair, held, lengths = _scan(source, renderer, cfg, skipped, limit, limit_name, first)
+    kept, objectives, is_pair, held, lengths = _scan(source, ctx, cfg, skipped, first)
     if not kept:
         raise ArmoError(f"{display}: no usable rows")
     input_hash = sha256_file(source.path) if source.path else sha256_json([source.dataset, source.split])
-    meaning = FeatureMeaning(backbone=backbone.spec.name, fingerprint=backbone.fingerprint, hidden_size=backbone.hidden_size,
-                             layer=layer, gen_suffix=tuple(renderer.gen_suffix), template_hash=renderer.template_hash,
-                             dtype=str(backbone.dtype), gate_rule=cfg.gate_rule, pooling=cfg.pooling)
+    meaning = ctx.meaning()
     settings = {"backbone": backbone.fingerprint, "dtype": str(backbone.dtype), "gate_rule": cfg.gate_rule, "layer": layer,
                 "template": renderer.template_hash, "max_length": cfg.max_length, "overflow": cfg.overflow,
                 "objectives": objectives, "pair": is_pair}
@@ -170,7 +166,6 @@ def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, afte
     if lm:
         settings["lm_objectives"] = lm
     settings_key = sha256_json(settings)
-    batch_tokens = cfg.batch_tokens or batch_defaults(backbone.device)[0]
 
     chunks = [kept[i:i + chunk_size] for i in range(0, len(kept), chunk_size)]
     mine = [c for c in range(len(chunks)) if c % num_shards == shard_index]
@@ -196,8 +191,8 @@ def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, afte
     claim_parts(parts, cfg.resume, _CHUNK_FILE.fullmatch)
     make_parts(parts)
     try:
-        files, report = _compute_chunks(cfg, source, backbone, renderer, chunks, mine, chunk_keys, parts, objectives,
-                                        batch_tokens, limit, after_chunk, layer, {shard_index: held} if held else {}, tokens)
+        files, report = _compute_chunks(cfg, source, ctx, chunks, mine, chunk_keys, parts, objectives, after_chunk,
+                                        {shard_index: held} if held else {}, tokens)
     except BaseException:
         if not any(parts.glob("chunk-*.safetensors")):
             remove_parts(parts)  # nothing finished: nothing to resume, leave nothing behind
@@ -230,9 +225,8 @@ def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, afte
 _CHUNK_FILE = re.compile(r"chunk-\d{6}\.safetensors|\.chunk-\d{6}\.safetensors\.\w+\.tmp")
 
 
-def _compute_chunks(cfg: ExtractConfig, source: Source, backbone: Backbone, renderer: Renderer, chunks: list,
-                    mine: list[int], chunk_keys: dict[int, str], parts: Path, objectives: list[str],
-                    batch_tokens: int, limit: int, after_chunk, layer: int,
+def _compute_chunks(cfg: ExtractConfig, source: Source, ctx: RowContext, chunks: list, mine: list[int],
+                    chunk_keys: dict[int, str], parts: Path, objectives: list[str], after_chunk,
                     held: dict[int, list[Tree]], tokens: int) -> tuple[list[Path], ExtractReport]:
     """Compute (or, with --resume, reuse) this shard's chunk files, in order. `held`: chunks whose trees the
     validation pass kept (the first), which are not rendered again. `tokens`: the shard's, for --packing auto."""
@@ -275,10 +269,10 @@ def _compute_chunks(cfg: ExtractConfig, source: Source, backbone: Backbone, rend
                 return path, kept_trees
             trees = []
             examples = [ex for _, ex in exs]
-            for (_, _, truncated), ex, tree in zip(chunks[c], examples, renderer.tokenize_many(examples, [j for j, _ in exs])):
+            for (_, _, truncated), ex, tree in zip(chunks[c], examples, ctx.renderer.tokenize_many(examples, [j for j, _ in exs])):
                 if isinstance(tree, ArmoError):
                     raise ArmoError(f"{source.name}:{ex.line}: {tree}")
-                trees.append(renderer.truncate_prompt(tree, limit) if truncated else tree)
+                trees.append(ctx.renderer.truncate_prompt(tree, ctx.limit) if truncated else tree)
             return path, trees
 
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="armo-render")
@@ -293,9 +287,9 @@ def _compute_chunks(cfg: ExtractConfig, source: Source, backbone: Backbone, rend
                     files.append(path)
                     continue
                 if not report.packing:  # the weights are read when the first chunk needs computing (defer_weights)
-                    report.packing = choose_layout(cfg.packing, backbone.device, backbone.ensure_model(), tokens)
+                    report.packing = choose_layout(cfg.packing, ctx.backbone.device, ctx.backbone.ensure_model(), tokens)
                 tensors = _tensors_or_rows(report, lambda layout: _chunk_tensors(
-                    trees, backbone, cfg, objectives, batch_tokens, on_batch, source.name, layer, layout), cfg, backbone)
+                    trees, ctx, objectives, on_batch, source.name, layout), cfg, ctx.backbone)
                 save_artifact(path, tensors, ChunkMeta(key=chunk_keys[c], ids=[t.example.id for t in trees],
                                                        subsets=[t.example.subset for t in trees],
                                                        prompt_hashes=[sha256_json(t.example.prompt)[:16] for t in trees],

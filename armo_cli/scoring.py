@@ -18,9 +18,9 @@ from .version import __version__
 from .backbones import Backbone, load_backbone
 from .console import info, loading, plain, show, table, warn
 from .features import Features
-from .devices import batch_defaults
-from .forward import canonical_layer, check_finite_features, encode_trees
-from .rendering import Renderer, Tree, length_limit, sized_tree, tokenized
+from .context import RowContext
+from .forward import check_finite_features
+from .rendering import Tree, tokenized
 from .errors import ArmoError
 from .jsonl import check_input_file, dumps, sha256_file, sha256_json
 from .outputs import atomic_path, check_output_file, naming, write_texts_atomic
@@ -28,7 +28,7 @@ from .model import ArmoModel
 from .configs import TIES, EvaluateConfig, ModelInputConfig, ScoreConfig
 from . import specs
 from .options import check_value, validate
-from .provenance import FeatureMeaning, require_compatible
+from .provenance import require_compatible
 from .heads import unscale
 from .rewardbench import coverage_note, section_scores
 from .progress import WindowProgress, discard_progress
@@ -92,7 +92,8 @@ def steered(model: ArmoModel, objective: str | None) -> ArmoModel:
     return model
 
 
-def _weights(cfg_weights: str | None, objective: str | None, objectives: list[str]) -> torch.Tensor | None:
+def weights_for(cfg_weights: str | None, objective: str | None, objectives: list[str]) -> torch.Tensor | None:
+    """The fixed weights --weights or --objective ask for (None: the gate's)."""
     if cfg_weights and objective:
         raise ArmoError("give --weights or --objective, not both")
     if objective:
@@ -177,24 +178,21 @@ class RowNotes:
                 "truncated": [i for _, i in self.truncated]}
 
 
-def iter_windows(model: ArmoModel, bb: Backbone, source: Source, cfg: ModelInputConfig, window: int | None = None,
+def iter_windows(ctx: RowContext, source: Source, cfg: ModelInputConfig, window: int | None = None,
                  report: bool = True, notes: RowNotes | None = None) -> Iterator[list[Tree]]:
     """The rows of a source, tokenised and length-checked, a window at a time (a window whose rows were all
     skipped is an empty list). Skipped and prompt-truncated rows are listed at the end (and kept in `notes`);
     a source with no usable row is an error."""
     window = window or WINDOW_ROWS
     notes = notes if notes is not None else RowNotes()
-    renderer = Renderer(bb.tokenizer, model.gate_rule)
-    check_backbone(model, bb, renderer)
-    limit, limit_name = length_limit(cfg.max_length, bb.model.config)
     skipped = notes.skipped
-    rows = tokenized(iter_examples(source, cfg.on_error, skipped, unique_ids=False), renderer, min(window, 256))
+    rows = tokenized(iter_examples(source, cfg.on_error, skipped, unique_ids=False), ctx.renderer, min(window, 256))
     usable = 0
     while True:
         trees, read = [], 0
         for index, ex, tree in itertools.islice(rows, window):  # each row as it comes: errors in file order
             read += 1
-            t = sized_tree(renderer, ex, index, f"{source.name}:{ex.line}", limit, limit_name, cfg.overflow, skipped, tree)
+            t = ctx.sized(ex, index, f"{source.name}:{ex.line}", skipped, tree)
             if t is not None:
                 trees.append(t)
                 if t.truncated:
@@ -208,49 +206,44 @@ def iter_windows(model: ArmoModel, bb: Backbone, source: Source, cfg: ModelInput
             warn(f"skipped line {sk.line} ({sk.id}): {sk.reason}")
         if notes.truncated:
             lines = [str(line) for line, _ in notes.truncated]
-            warn(f"truncated the prompt of {len(lines)} row{'s' * (len(lines) > 1)} to fit {limit_name} {limit} "
+            warn(f"truncated the prompt of {len(lines)} row{'s' * (len(lines) > 1)} to fit {ctx.limit_name} {ctx.limit} "
                  f"(--overflow truncate-prompt): line{'s' * (len(lines) > 1)} {', '.join(lines[:10])}"
                  + (f" and {len(lines) - 10} more" if len(lines) > 10 else ""))
     if not usable:
         raise ArmoError(f"{source.name}: no usable rows")
 
 
-def iter_scored(model: ArmoModel, bb: Backbone, source: Source, cfg: ModelInputConfig,
+def iter_scored(model: ArmoModel, ctx: RowContext, source: Source, cfg: ModelInputConfig,
                 weights: torch.Tensor | None = None, window: int | None = None,
                 notes: RowNotes | None = None) -> Iterator[list[Scored]]:
     """Score rows straight from the batched forward pass, a window at a time (no features file): each
     window is tokenised, length-checked, batched by length (order restored) and explained. Yields, per
     window, one group for the single responses and one for the pairs that it holds."""
-    batch_tokens, max_padding = batch_defaults(bb.device, bb.model)
-    batch_tokens = cfg.batch_tokens or batch_tokens
-    for trees in iter_windows(model, bb, source, cfg, window, notes=notes):
-        groups = score_trees(model, bb, trees, weights, batch_tokens, max_padding, source.name)
+    for trees in iter_windows(ctx, source, cfg, window, notes=notes):
+        groups = score_trees(model, ctx, trees, weights, source.name)
         if groups:
             yield groups
 
 
-def score_trees(model: ArmoModel, bb: Backbone, trees: list[Tree], weights: torch.Tensor | None, batch_tokens: int,
-                max_padding: float, source_name: str, on_batch: Callable[[int, int], None] | None = None) -> list[Scored]:
+def score_trees(model: ArmoModel, ctx: RowContext, trees: list[Tree], weights: torch.Tensor | None, source_name: str,
+                on_batch: Callable[[int, int], None] | None = None) -> list[Scored]:
     """Tokenised rows -> one scored group for the single responses and one for the pairs (the batched forward
     pass sorts by length and restores the order). `on_batch(rows, tokens)` after each forward batch (it may raise
     to stop the work: serve abandons a batch whose clients are gone)."""
     groups = []
     for shape in dict.fromkeys((len(t.conts), t.example.n_chosen) for t in trees):  # single, pair, each list shape
         group = [t for t in trees if (len(t.conts), t.example.n_chosen) == shape]
-        P, R = encode_trees(bb, group, batch_tokens, on_batch, max_padding, model.meaning.layer, model.meaning.pooling,
-                            lm=model.regression.lm_objectives)
-        check_finite_features(group, P, R, source_name, bb.dtype)
+        P, R = ctx.encode(group, on_batch)
+        check_finite_features(group, P, R, source_name, ctx.backbone.dtype)
         groups.append(Scored(group, model.explain(P, R, weights), shape == (2, None), shape[1]))
     return groups
 
 
-def check_backbone(model: ArmoModel, bb: Backbone, renderer: Renderer) -> None:
-    """The backbone, as loaded, gives the features the model reads (name, fingerprint, layer, template)."""
-    meaning = FeatureMeaning(bb.spec.name, bb.fingerprint, bb.hidden_size,
-                             canonical_layer(model.meaning.layer, int(bb.model.config.num_hidden_layers)),
-                             tuple(renderer.gen_suffix), renderer.template_hash, str(bb.dtype), model.gate_rule,
-                             model.meaning.pooling)
-    require_compatible(model.meaning, meaning, str(model.path), f"--backbone {bb.spec.name}", prompt=True, warn_dtype=False)
+def model_context(model: ArmoModel, backbone: Backbone | None, cfg: ModelInputConfig) -> RowContext:
+    """The row context `score` and `evaluate` run a model in (context.RowContext.for_model): its backbone, loaded
+    here unless given (armo's fast Llama forward where it applies), checked to give the model's features."""
+    bb = backbone or load_backbone(cfg.backbone or model.backbone["name"], cfg.device, cfg.dtype, fast=True)
+    return RowContext.for_model(model, bb, max_length=cfg.max_length, overflow=cfg.overflow, batch_tokens=cfg.batch_tokens)
 
 
 def window_records(model: ArmoModel, groups: list[Scored], top_k: int) -> list[dict]:
@@ -318,7 +311,7 @@ def score(cfg: ScoreConfig, model: ArmoModel | None = None, backbone: Backbone |
         if fmt == "table":
             raise ArmoError("--resume writes JSONL: drop --format table")
     model = model or _load_model(cfg.model)
-    w = _weights(cfg.weights, cfg.objective, model.objectives)
+    w = weights_for(cfg.weights, cfg.objective, model.objectives)
     model = steered(model, cfg.objective)
     if cfg.features:
         feats = load_features(model, cfg.features)
@@ -327,11 +320,11 @@ def score(cfg: ScoreConfig, model: ArmoModel | None = None, backbone: Backbone |
         if backbone is None:
             with loading(f"loading the backbone {model.backbone['name']}", cfg.quiet):
                 backbone = load_backbone(cfg.backbone or model.backbone["name"], cfg.device, cfg.dtype, fast=True)
-        bb = backbone
+        ctx = model_context(model, backbone, cfg)
         if cfg.output != "-" and fmt == "jsonl":
-            return _score_to_file(cfg, model, bb, w)
+            return _score_to_file(cfg, model, ctx, w)
         source = _source(cfg)
-        windows = (window_records(model, groups, cfg.top_k) for groups in iter_scored(model, bb, source, cfg, w))
+        windows = (window_records(model, groups, cfg.top_k) for groups in iter_scored(model, ctx, source, cfg, w))
     n = 0
     with _text_output(cfg.output) as fh:
         if fmt == "table":
@@ -352,40 +345,39 @@ def score(cfg: ScoreConfig, model: ArmoModel | None = None, backbone: Backbone |
     return n
 
 
-def _score_to_file(cfg: ScoreConfig, model: ArmoModel, bb: Backbone, weights: torch.Tensor | None) -> int:
+def _score_to_file(cfg: ScoreConfig, model: ArmoModel, ctx: RowContext, weights: torch.Tensor | None) -> int:
     """`score -o FILE` as a resumable job (`windows_job`): FILE appears, whole, at the end."""
     with locked_source(cfg.output, cfg.input, cfg.dataset, cfg.split, cfg.quiet) as source:
-        progress = windows_job(cfg, model, bb, source, weights, cfg.output, {"records": "score", "top_k": cfg.top_k},
+        progress = windows_job(cfg, model, ctx, source, weights, cfg.output, {"records": "score", "top_k": cfg.top_k},
                                lambda groups: window_records(model, groups, cfg.top_k))
         progress.publish()
         return progress.rows
 
 
-def windows_job(cfg: ModelInputConfig, model: ArmoModel, bb: Backbone, source: Source, weights: torch.Tensor | None,
+def windows_job(cfg: ModelInputConfig, model: ArmoModel, ctx: RowContext, source: Source, weights: torch.Tensor | None,
                 anchor: str, settings: dict, records: Callable[[list[Scored]], list[dict]],
                 check: Callable[[Tree], None] | None = None, notes: RowNotes | None = None) -> WindowProgress:
     """Score a source window by window into ANCHOR.parts/ and return the completed progress (every window's
     records, in input order, in its data file). Every row is read and checked first (`check` too), so a bad
     row stops the job before any forward pass, leaving nothing behind. Each finished window is kept, keyed by
     the model, the settings and the window's token ids, and `--resume` reuses the windows that still match."""
-    for trees in iter_windows(model, bb, source, cfg, report=False):
+    for trees in iter_windows(ctx, source, cfg, report=False):
         for t in trees:
             if check:
                 check(t)
     job = sha256_json({"model": model_key(model), "weights": None if weights is None else weights.tolist(),
                        "objective": cfg.objective, "max_length": cfg.max_length, "overflow": cfg.overflow,
-                       "on_error": cfg.on_error, "backbone": bb.fingerprint, "dtype": str(bb.dtype),
+                       "on_error": cfg.on_error, "backbone": ctx.backbone.fingerprint, "dtype": str(ctx.backbone.dtype),
                        "armo_version": __version__, **settings})
     progress = WindowProgress(anchor, job, cfg.resume)
-    batch_tokens, max_padding = batch_defaults(bb.device, bb.model)
     try:
-        for trees in iter_windows(model, bb, source, cfg, notes=notes):
+        for trees in iter_windows(ctx, source, cfg, notes=notes):
             progress.rows += len(trees)
             key = sha256_json([job, [[t.index, t.example.id, t.example.subset, t.gate, t.truncated, t.prompt, t.conts]
                                      for t in trees]])
             if progress.done(key):
                 continue
-            groups = score_trees(model, bb, trees, weights, cfg.batch_tokens or batch_tokens, max_padding, source.name)
+            groups = score_trees(model, ctx, trees, weights, source.name)
             for g in groups:
                 check_finite_scores(g.explained["score"], [t.example.id for t in g.trees])
             progress.add(key, "".join(dumps(r) + "\n" for r in records(groups)))
@@ -504,7 +496,7 @@ def progress_anchor(cfg: EvaluateConfig) -> str | None:
     return next((p for p in (cfg.output, cfg.pairs_output, cfg.html) if p and p != "-"), None)
 
 
-def _evaluate_rows(cfg: EvaluateConfig, model: ArmoModel, bb: Backbone, weights: torch.Tensor | None) -> tuple[list[dict], dict]:
+def _evaluate_rows(cfg: EvaluateConfig, model: ArmoModel, ctx: RowContext, weights: torch.Tensor | None) -> tuple[list[dict], dict]:
     """The pair records of an input's rows, in input order, and what was skipped or truncated. With a file output,
     a resumable job (`windows_job`, progress beside the first output, kept until every output is written)."""
     notes = RowNotes()
@@ -522,10 +514,10 @@ def _evaluate_rows(cfg: EvaluateConfig, model: ArmoModel, bb: Backbone, weights:
                                 g.explained, torch.tensor([[len(c) for c in t.conts] for t in g.trees]))
         return out  # pairs only: one group per window, in input order
 
-    return _rows_job(cfg, model, bb, weights, "evaluate pairs", window_pairs, check, notes), notes.to_json()
+    return _rows_job(cfg, model, ctx, weights, "evaluate pairs", window_pairs, check, notes), notes.to_json()
 
 
-def _rows_job(cfg: EvaluateConfig, model: ArmoModel, bb: Backbone, weights: torch.Tensor | None, kind: str,
+def _rows_job(cfg: EvaluateConfig, model: ArmoModel, ctx: RowContext, weights: torch.Tensor | None, kind: str,
               records: Callable[[list[Scored], str], list[dict]], check: Callable[[Tree, str], None],
               notes: RowNotes) -> list[dict]:
     """The records of an input's rows, in input order: streamed, or with a file output a resumable job (`windows_job`,
@@ -533,9 +525,9 @@ def _rows_job(cfg: EvaluateConfig, model: ArmoModel, bb: Backbone, weights: torc
     anchor = progress_anchor(cfg)
     if anchor is None:
         source = _source(cfg)
-        return [r for groups in iter_scored(model, bb, source, cfg, weights, notes=notes) for r in records(groups, source.name)]
+        return [r for groups in iter_scored(model, ctx, source, cfg, weights, notes=notes) for r in records(groups, source.name)]
     with locked_source(anchor, cfg.input, cfg.dataset, cfg.split, cfg.quiet) as source:
-        progress = windows_job(cfg, model, bb, source, weights, anchor, {"records": kind},
+        progress = windows_job(cfg, model, ctx, source, weights, anchor, {"records": kind},
                                lambda groups: records(groups, source.name), lambda t: check(t, source.name), notes)
         return [json.loads(line) for line in progress.text().splitlines()]
 
@@ -567,7 +559,7 @@ def _evaluate_lists(cfg: EvaluateConfig, model: ArmoModel, w: torch.Tensor | Non
         if value:
             raise ArmoError(f"{flag}: not yet for rows with lists of responses (RewardBench 2, RM-Bench, best-of-n); "
                             f"-o writes the report, --pairs-output each row's scores")
-    bb = load_backbone(cfg.backbone or model.backbone["name"], cfg.device, cfg.dtype, fast=True)
+    ctx = model_context(model, None, cfg)
     notes = RowNotes()
 
     def check(t: Tree, name: str) -> None:
@@ -581,7 +573,7 @@ def _evaluate_lists(cfg: EvaluateConfig, model: ArmoModel, w: torch.Tensor | Non
                 check(t, name)
         return [{**r, "subset": r.get("subset") or "all"} for r in window_records(model, groups, 3)]
 
-    records = _rows_job(cfg, model, bb, w, "evaluate lists", window, check, notes)
+    records = _rows_job(cfg, model, ctx, w, "evaluate lists", window, check, notes)
 
     def side(x: dict | list) -> list[float]:
         return [y["score"] for y in x] if isinstance(x, list) else [x["score"]]
@@ -638,7 +630,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     check_inputs(cfg, {"--output": cfg.output, "--pairs-output": cfg.pairs_output, "--html": cfg.html})
     if _has_lists(cfg):
         model = _load_model(cfg.model)
-        w = _weights(cfg.weights, cfg.objective, model.objectives)
+        w = weights_for(cfg.weights, cfg.objective, model.objectives)
         return _evaluate_lists(cfg, steered(model, cfg.objective), w)
     if cfg.resume:
         if progress_anchor(cfg) is None:
@@ -651,7 +643,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
 
         check_available()
     model = _load_model(cfg.model)
-    w = _weights(cfg.weights, cfg.objective, model.objectives)
+    w = weights_for(cfg.weights, cfg.objective, model.objectives)
     model = steered(model, cfg.objective)
     if cfg.features:
         feats = load_features(model, cfg.features)
@@ -662,8 +654,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         subsets = feats.meta.subsets or [None] * len(ids)
         rows_report = {k: feats.meta.report.get(k, []) for k in ("skipped", "truncated")}  # extract's, at extraction
     else:
-        bb = load_backbone(cfg.backbone or model.backbone["name"], cfg.device, cfg.dtype, fast=True)
-        records, rows_report = _evaluate_rows(cfg, model, bb, w)
+        records, rows_report = _evaluate_rows(cfg, model, model_context(model, None, cfg), w)
         ids, subsets = [r["id"] for r in records], [r["subset"] for r in records]
         # the records hold each float32 score exactly: the same margins as the tensors they came from
         ex = {"score": torch.tensor([[r["chosen"]["score"], r["rejected"]["score"]] for r in records], dtype=torch.float32)}

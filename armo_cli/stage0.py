@@ -20,6 +20,7 @@ import torch
 
 from .backbones import load_backbone
 from .configs import TuneConfig
+from .context import RowContext
 from .console import info, progress, warn
 from .errors import ArmoError
 from .forward import branch_spans, build_batch
@@ -28,7 +29,7 @@ from .jsonl import check_input_file, sha256_file, sha256_json
 from .lora import CONFIG, is_adapter_dir
 from .options import validate
 from .outputs import atomic_dir, atomic_path, check_output_dir
-from .rendering import Renderer, Tree, length_limit, sized_tree, tokenized
+from .rendering import Tree, tokenized
 from .rows import Skipped, Source, as_pairs, iter_examples, locked_source
 from .version import __version__
 
@@ -36,14 +37,13 @@ CHECKPOINT = "checkpoint.safetensors"
 _PART_FILE = re.compile(r"checkpoint\.safetensors|\.checkpoint\.safetensors\.\w+\.tmp")
 
 
-def _pairs(source: Source, renderer: Renderer, cfg: TuneConfig, limit: int, limit_name: str,
-           skipped: list[Skipped]) -> list[Tree]:
+def _pairs(source: Source, ctx: RowContext, cfg: TuneConfig, skipped: list[Skipped]) -> list[Tree]:
     trees = []
-    for i, ex, tree in tokenized(as_pairs(iter_examples(source, cfg.on_error, skipped)), renderer):
+    for i, ex, tree in tokenized(as_pairs(iter_examples(source, cfg.on_error, skipped)), ctx.renderer):
         where = f"{source.name}:{ex.line}"
         if not ex.is_pair:
             raise ArmoError(f"{where}: tune-backbone needs pairs (fields 'chosen' and 'rejected')")
-        t = sized_tree(renderer, ex, i, where, limit, limit_name, cfg.overflow, skipped, tree)
+        t = ctx.sized(ex, i, where, skipped, tree)
         if t is not None:
             trees.append(t)
     if len(trees) < 2:
@@ -141,10 +141,9 @@ def _tune(cfg: TuneConfig, source: Source, targets: list[str], t0: float) -> dic
     bb = load_backbone(cfg.backbone, cfg.device, "fp32")  # fp32: the adapter trains in full precision
     if bb.spec.kind == "adapter":
         raise ArmoError(f"--backbone {cfg.backbone}: already an adapter; tune its base, or merge it first")
-    renderer = Renderer(bb.tokenizer)
-    limit, limit_name = length_limit(cfg.max_length, bb.config)
+    ctx = RowContext.for_features(bb, max_length=cfg.max_length, overflow=cfg.overflow)
     skipped: list[Skipped] = []
-    trees = _pairs(source, renderer, cfg, limit, limit_name, skipped)
+    trees = _pairs(source, ctx, cfg, skipped)
     input_hash = sha256_file(source.path) if source.path else sha256_json([t.prompt + t.conts[0] + t.conts[1] for t in trees])
     settings = {k: getattr(cfg, k) for k in ("rank", "alpha", "target_modules", "pooling", "lr", "weight_decay", "epochs",
                                               "batch_pairs", "max_length", "overflow", "seed")}

@@ -125,13 +125,14 @@ PHASES = {
 
 def phase_times(run, repeats: int) -> dict[str, float]:
     """Mean seconds per run inside each function of PHASES, measured by wrapping them for these runs."""
+    import armo_cli.context as context
     import armo_cli.extract as ex
     from armo_cli import rendering
 
     spent: dict[str, float] = {}
     saved = []
     for name in PHASES:
-        owner, attr = (rendering.Renderer, name.split(".")[1]) if "." in name else (ex, name)
+        owner, attr = (rendering.Renderer, name.split(".")[1]) if "." in name else (context if name == "encode_trees" else ex, name)
         fn = getattr(owner, attr)
 
         def timed(*a, _fn=fn, _name=name, **k):
