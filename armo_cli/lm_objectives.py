@@ -59,8 +59,10 @@ def _safetensors_tensor(folder: Path, name: str) -> torch.Tensor | None:
 
 
 def lm_head(backbone: Any) -> torch.Tensor:
-    """The backbone's LM head weight [V,d] on its device: the input embeddings where the config ties them (SmolLM2,
-    Llama 3.2 1B/3B), else `lm_head.weight` from its files. Loaded once per backbone."""
+    """The backbone's LM head weight [V,d] in float32 on its device: the input embeddings where the config ties them
+    (SmolLM2, Llama 3.2 1B/3B), else `lm_head.weight` from its files. Loaded once per backbone: the log-probabilities
+    are computed in float32 whatever the backbone's dtype (a bf16 logit is good to about 0.01 nats), and a 128k-word
+    head is not converted again for every batch."""
     cached = backbone.extra.get("lm_head")
     if cached is not None:
         return cached
@@ -68,7 +70,7 @@ def lm_head(backbone: Any) -> torch.Tensor:
     config = backbone.config
     if getattr(config, "tie_word_embeddings", False):
         emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else model.embed_tokens
-        w = emb.weight
+        w = emb.weight.detach().float()  # the same tensor in fp32: no copy
     else:
         folder = backbone.folder
         w = _safetensors_tensor(folder, "lm_head.weight") if folder is not None else None
@@ -77,7 +79,7 @@ def lm_head(backbone: Any) -> torch.Tensor:
                             "files hold no lm_head.weight), so it cannot give LM objectives")
         if tuple(w.shape) != (int(config.vocab_size), backbone.hidden_size):
             raise ArmoError(f"--backbone {backbone.spec.name}: lm_head.weight {tuple(w.shape)} does not fit the model")
-        w = w.to(device=backbone.device, dtype=backbone.dtype)
+        w = w.to(device=backbone.device, dtype=torch.float32)
     backbone.extra["lm_head"] = w
     return w
 
@@ -113,7 +115,7 @@ def mean_logprobs(last: torch.Tensor, ids: torch.Tensor, spans: list[tuple[int, 
     at_t = torch.tensor(at, device=last.device)
     tgt = ids[rows_t, torch.tensor(target, device=last.device)]
     lp = torch.empty(len(at), dtype=torch.float32, device=last.device)
-    w = head.float()
+    w = head if head.dtype == torch.float32 else head.float()
     for i in range(0, len(at), block):
         h = last[rows_t[i:i + block], at_t[i:i + block]].float()
         logits = h @ w.T
