@@ -45,10 +45,20 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: d
     os.chmod(path, 0o666 & ~current_umask())  # safetensors creates 0600; an output follows the user's umask
 
 
-def save_artifact(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | Meta) -> None:
-    """Write tensors plus a JSON metadata blob (a dict or typed metadata) as one safetensors file, atomically."""
-    if isinstance(meta, Meta):
-        meta = meta.to_json()
+def save_artifact(path: str | Path, tensors: dict[str, torch.Tensor], meta: Meta) -> None:
+    """Write tensors plus their typed metadata (artifacts.py) as one safetensors file, atomically; the metadata's kind
+    says which tensors it must carry."""
+    if not isinstance(meta, Meta):
+        raise TypeError("save_artifact takes typed metadata (armo_cli.artifacts); save_raw_artifact writes a dict")
+    missing = [k for k in meta.TENSORS if k not in tensors] if not (isinstance(meta, KINDS["features"]) and not meta.ids) else []
+    if missing:
+        raise ValueError(f"a '{meta.KIND}' artifact needs the tensors {', '.join(missing)}")
+    save_raw_artifact(path, tensors, meta.to_json())
+
+
+def save_raw_artifact(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """save_artifact for metadata as a dict, unchecked: for tests and tools that craft files (armo's stages write
+    typed metadata)."""
     out, seen = {}, set()
     for k, v in tensors.items():
         v = v.detach().contiguous().cpu()
@@ -86,17 +96,6 @@ def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
         h.update(_tensor_header(k, _ST_NAMES[t.dtype], t.shape))
         h.update(t.reshape(-1).view(torch.uint8).numpy())
     return h.hexdigest()
-
-
-# The tensors each artifact kind must carry (its metadata fields: artifacts.py). Checked on every load,
-# so that a damaged or foreign file is one line naming the file and what is missing, never a KeyError.
-_FEATURE_TENSORS = ("prompt_features", "response_features", "response_lengths", "prompt_lengths", "row_index")
-
-
-REQUIRED_TENSORS: dict[str, tuple[str, ...]] = {
-    "features": _FEATURE_TENSORS, "features-chunk": _FEATURE_TENSORS, "regression": ("weight", "bias"),
-    "decorrelation": ("transform",), "gating": (),
-}
 
 
 # Tensors in which NaN has a meaning: a missing label.
@@ -147,7 +146,7 @@ def load_artifact(path: str | Path, kind: str | None = None, tensors: bool = Tru
             raise ArmoError(f"{p}: expected a '{kind}' artifact, found '{meta.get('kind')}'")
         meta = KINDS[kind].from_json(meta, str(p))
         empty = kind == "features" and not meta.ids  # a shard that got no rows: valid, and it has no tensors
-        for key in () if empty else REQUIRED_TENSORS[kind]:
+        for key in () if empty else meta.TENSORS:
             if key not in names:
                 raise ArmoError(f"{p}: incomplete '{kind}' artifact: tensor '{key}' is missing")
     if load:

@@ -50,6 +50,8 @@ class Meta:
 
     KIND: ClassVar[str] = ""
     REQUIRED: ClassVar[tuple[str, ...]] = ()  # fields that must be present in the JSON
+    TENSORS: ClassVar[tuple[str, ...]] = ()  # tensors the file must carry (checked on every load: a damaged or
+    # foreign file is one line naming the file and what is missing, never a KeyError)
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -93,6 +95,8 @@ class FeaturesMeta(Meta):
     """An `armo extract` output (or a merge of its shards)."""
 
     KIND: ClassVar[str] = "features"
+    TENSORS: ClassVar[tuple[str, ...]] = ("prompt_features", "response_features", "response_lengths", "prompt_lengths",
+                                          "row_index")
     ids: list[str] = field(default_factory=list)
     pair: bool = False
     backbone: dict = field(default_factory=dict)
@@ -127,6 +131,8 @@ class ChunkMeta(Meta):
     """One finished chunk of an extract job (OUT.parts/chunk-N.safetensors)."""
 
     KIND: ClassVar[str] = "features-chunk"
+    TENSORS: ClassVar[tuple[str, ...]] = ("prompt_features", "response_features", "response_lengths", "prompt_lengths",
+                                          "row_index")
     key: str = ""
     ids: list[str] = field(default_factory=list)
     subsets: list[str | None] = field(default_factory=list)
@@ -138,6 +144,7 @@ class ChunkMeta(Meta):
 @dataclass
 class RegressionMeta(Meta):
     KIND: ClassVar[str] = "regression"
+    TENSORS: ClassVar[tuple[str, ...]] = ("weight", "bias")
     objectives: list[str] = field(default_factory=list)
     scales: dict = field(default_factory=dict)
     backbone: dict = field(default_factory=dict)
@@ -154,6 +161,7 @@ class RegressionMeta(Meta):
 @dataclass
 class DecorrelationMeta(Meta):
     KIND: ClassVar[str] = "decorrelation"
+    TENSORS: ClassVar[tuple[str, ...]] = ("transform",)
     objectives: list[str] = field(default_factory=list)
     backbone: dict | None = None
     regression_hash: str | None = None

@@ -9,6 +9,7 @@ import time
 import torch
 
 from .artifact_files import save_artifact
+from .artifacts import DecorrelationMeta, GatingMeta, RegressionMeta
 from .configs import DecorrelationConfig, GatingConfig, RegressionConfig
 from .console import progress
 from .decorrelation import correlation, solve_lambda, transform_matrix
@@ -165,7 +166,7 @@ def fit_regression(cfg: RegressionConfig) -> dict:
         "inputs": [{"path": f.path, "input_hash": f.meta.input_hash, "rows": len(f.ids)} for f in feats],
         "rows": X.shape[0], "solve_seconds": solve_s, "seconds": time.perf_counter() - t0,
     }
-    save_artifact(cfg.output, {"weight": weight, "bias": bias, **tensors}, report)
+    save_artifact(cfg.output, {"weight": weight, "bias": bias, **tensors}, RegressionMeta.from_json(report, cfg.output))
     if cfg.json:
         brief = {k: v for k, v in preference.items() if k != "fold_of"} if preference else None  # no prompt map
         write_text_atomic(cfg.json, dumps(dict(report, preference=brief), indent=2) + "\n")
@@ -250,7 +251,7 @@ def fit_decorrelation(cfg: DecorrelationConfig) -> dict:
         "feature_meaning": reg.meaning.to_json(),
         "regression_hash": regression_hash(reg),
     }
-    save_artifact(cfg.output, {"transform": T, "lambdas": lambdas}, report)
+    save_artifact(cfg.output, {"transform": T, "lambdas": lambdas}, DecorrelationMeta.from_json(report, cfg.output))
     if cfg.json:
         write_text_atomic(cfg.json, dumps(report, indent=2) + "\n")
     return report
@@ -335,7 +336,7 @@ def fit_gating(cfg: GatingConfig) -> dict:
         "preference_out_of_fold_pairs": out_of_fold, "blocked_objectives": [reg.objectives[j] for j in blocked],
         "seconds": time.perf_counter() - t0,
     }
-    save_artifact(cfg.output, {k_: v.cpu() for k_, v in gate.state_dict().items()}, report)
+    save_artifact(cfg.output, {k_: v.cpu() for k_, v in gate.state_dict().items()}, GatingMeta.from_json(report, cfg.output))
     if cfg.json:
         write_text_atomic(cfg.json, dumps(report, indent=2) + "\n")
     return {**report, "notes": notes}  # the notes are the CLI's to show, not the artifact's

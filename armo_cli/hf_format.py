@@ -21,6 +21,7 @@ from .heads import regression_hash, transform_hash
 from .rendering import GATE_RULE_PATTERN_OFFSET, GATE_RULES, Renderer
 from .errors import ArmoError, one_line
 from .artifact_files import check_finite, save_artifact, save_tensors
+from .artifacts import DecorrelationMeta, GatingMeta, RegressionMeta
 from .jsonl import check_input_file, read_json_object
 from .outputs import atomic_dir, check_output_dir
 from .provenance import POOLINGS, FeatureMeaning
@@ -335,19 +336,21 @@ def import_checkpoint(source: str, output: str | Path, objectives: list[str] | N
         reg_tensors = {"weight": w["regression_layer.weight"], "bias": bias}
         if "lm_regression_layer.weight" in w:
             reg_tensors["lm_weight"] = w["lm_regression_layer.weight"]
-        save_artifact(out / PART_FILES["regression"], reg_tensors, reg_meta)
+        save_artifact(out / PART_FILES["regression"], reg_tensors, RegressionMeta.from_json(reg_meta, name))
         from .heads import Regression
 
         rh = regression_hash(Regression.load(out / PART_FILES["regression"]))
         save_artifact(out / PART_FILES["decorrelation"], {"transform": T, "lambdas": torch.zeros(k)},
-                      {"kind": "decorrelation", "armo_version": __version__, "objectives": names, "backbone": backbone, "regression_hash": rh,
-                       "imported_from": name, "feature_meaning": meaning.without_gate_rule().to_json()})
+                      DecorrelationMeta.from_json(
+                          {"armo_version": __version__, "objectives": names, "backbone": backbone, "regression_hash": rh,
+                           "imported_from": name, "feature_meaning": meaning.without_gate_rule().to_json()}, name))
         save_artifact(out / PART_FILES["gating"], gate_sd,
-                      {"kind": "gating", "armo_version": __version__, "objectives": names, "backbone": backbone, "regression_hash": rh,
-                       "transform_hash": transform_hash(T), "imported_from": name,
-                       "feature_meaning": meaning.to_json(), "gate_rule": rule,
-                       "config": {"in_features": d, "hidden_dim": hidden_dim, "n_hidden": n_hidden,
-                                  "temperature": float(temperature), "dropout": 0.0}})
+                      GatingMeta.from_json(
+                          {"armo_version": __version__, "objectives": names, "backbone": backbone, "regression_hash": rh,
+                           "transform_hash": transform_hash(T), "imported_from": name,
+                           "feature_meaning": meaning.to_json(), "gate_rule": rule,
+                           "config": {"in_features": d, "hidden_dim": hidden_dim, "n_hidden": n_hidden,
+                                      "temperature": float(temperature), "dropout": 0.0}}, name))
         write_manifest(out, {"armo_version": __version__, "backbone": backbone, "gate_rule": rule,
                              "feature_meaning": meaning.to_json(), "objectives": names,
                              "scales": scales, "hidden_size": d, "imported_from": name,

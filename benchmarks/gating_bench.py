@@ -11,7 +11,7 @@ import torch
 
 from armo_cli.configs import GatingConfig
 from armo_cli.fitting import fit_gating
-from armo_cli.artifact_files import save_artifact
+from armo_cli.artifact_files import save_raw_artifact
 
 
 def main() -> None:
@@ -35,13 +35,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         ids = [f"p{i}" for i in range(n)]
-        save_artifact(tmp / "pairs.st", {"prompt_features": P, "response_features": R,
+        save_raw_artifact(tmp / "pairs.st", {"prompt_features": P, "response_features": R,
                                          "response_lengths": torch.full((n, 2), 100), "prompt_lengths": torch.full((n,), 50),
                                          "row_index": torch.arange(n)},
                       {"kind": "features", "ids": ids, "prompt_hashes": ids, "subsets": None, "objectives": [],
                        "pair": True, "backbone": bb, "gate_rule": "generation-prompt", "input_hash": "h",
                        "settings_key": "s", "report": {}})
-        save_artifact(tmp / "reg.st", {"weight": W, "bias": torch.zeros(k)},
+        save_raw_artifact(tmp / "reg.st", {"weight": W, "bias": torch.zeros(k)},
                       {"kind": "regression", "objectives": [f"o{i}" for i in range(k)], "scales": {}, "backbone": bb,
                        "hidden_size": d, "gate_rule": "generation-prompt"})
         t0 = time.perf_counter()

@@ -187,7 +187,7 @@ def make_features(path: Path, X: torch.Tensor, Y: torch.Tensor | None = None, ob
     X, or X's chosen side for pairs). `meta` overrides FeaturesMeta fields; `drop` removes one (to test
     that incomplete files are refused)."""
     from armo_cli.artifacts import FeaturesMeta
-    from armo_cli.artifact_files import save_artifact
+    from armo_cli.artifact_files import save_raw_artifact
 
     n, pair = X.shape[0], X.ndim == 3
     ids = ids or [f"i{i}" for i in range(n if n_ids is None else n_ids)]
@@ -201,9 +201,9 @@ def make_features(path: Path, X: torch.Tensor, Y: torch.Tensor | None = None, ob
     if Y is not None:
         t["labels"] = Y
     data = m.to_json()
-    if drop:
+    if drop:  # a field left out on purpose: the file is crafted, not typed
         del data[drop]
-    save_artifact(path, t, data)
+    save_raw_artifact(path, t, data)
     return path
 
 
