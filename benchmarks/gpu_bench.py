@@ -176,6 +176,38 @@ def timed_forward(bb: Backbone, trees, batch_tokens: int, max_padding: float, la
     return time.perf_counter() - t0
 
 
+LLAMA3_VOCAB = 128256  # Llama 3's vocabulary: the LM head the LM objectives read at 8B shape
+
+
+def lm_study(bb: Backbone, trees, batch_tokens: int, max_padding: float, vocab: int) -> dict:
+    """What the LM objectives cost at this shape (#37 §3): the same trees encoded without them, with lm-mean-logprob
+    (the pass runs to the last layer and through the LM head at the response tokens) and with lm-pmi too (a second
+    pass over the responses after an empty prompt), side by side. The random backbone has no LM head: a random one
+    of `vocab` rows (untied, as Llama 3 8B's) stands in, in float32 as armo keeps it."""
+    from armo_cli.forward import encode_trees
+    from armo_cli.lm_objectives import LM_OBJECTIVES, MEAN_LOGPROB
+
+    if "lm_head" not in bb.extra:
+        g = torch.Generator(device="cpu").manual_seed(0)
+        bb.extra["lm_head"] = (torch.randn(vocab, bb.hidden_size, generator=g) * 0.02).to(bb.device)
+    tokens = sum(t.length for t in trees)
+    out = {"vocab": vocab, "pairs": len(trees), "tokens": tokens}
+    arms = {"features": [], "+ lm-mean-logprob": [MEAN_LOGPROB], "+ lm-pmi too": list(LM_OBJECTIVES)}
+    with torch.no_grad():
+        encode_trees(bb, trees[:4], batch_tokens, None, max_padding, lm=list(LM_OBJECTIVES))  # warm-up
+        for name, lm in arms.items():
+            reset_memory(bb.device)
+            sync(bb.device)
+            t0 = time.perf_counter()
+            encode_trees(bb, trees, batch_tokens, None, max_padding, lm=lm)
+            sync(bb.device)
+            t = time.perf_counter() - t0
+            out[name] = {"seconds": t, "tokens_per_s": tokens / t, "peak_memory_gib": peak_memory(bb.device)}
+    for name in arms:
+        out[name]["x_features"] = out[name]["seconds"] / out["features"]["seconds"]
+    return out
+
+
 def kernel_study(bb: Backbone, trees, batch_tokens: int, max_padding: float) -> list[dict]:
     """Which sdpa backends run armo's tree-masked batches, how fast, and whether they give the same features:
     armo's own choice (devices.attention_kernels), sdpa's choice with nothing forced, then each backend
@@ -366,6 +398,11 @@ def main() -> None:
     print_table(res)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+    res["lm_objectives"] = lm_study(bb, trees, batch_tokens, max_padding,
+                                    len(tok) if args.tiny else max(len(tok), LLAMA3_VOCAB))
+    print_lm(res["lm_objectives"])
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
     res["kernels"] = kernel_study(bb, trees[: min(len(trees), 64)], batch_tokens, max_padding)
     print_studies({"kernels": res["kernels"], "flex_attention": {"skipped": "next"}})
     res["flex_attention"] = ({"skipped": "--no-flex"} if args.no_flex
@@ -405,6 +442,14 @@ def print_table(r: dict) -> None:
     print("armo extract, each run: " + ", ".join(f"{t:.2f} s" for t in a["seconds_each_run"]))
     if r["kernels"]:
         print_studies(r)
+
+
+def print_lm(r: dict) -> None:
+    print(f"LM objectives ({r['pairs']} pairs, {r['tokens']} tokens, LM head of {r['vocab']} words):")
+    for name in ("features", "+ lm-mean-logprob", "+ lm-pmi too"):
+        a = r[name]
+        mem = f", peak {a['peak_memory_gib']:.1f} GiB" if a["peak_memory_gib"] is not None else ""
+        print(f"  {name:18s} {a['seconds']:8.3f} s  {a['tokens_per_s']:10,.0f} tokens/s  {a['x_features']:5.2f}x{mem}")
 
 
 def print_studies(r: dict) -> None:

@@ -25,6 +25,9 @@ def test_gpu_bench_tiny_runs_and_agrees(tmp_path):
     assert usable[0]["kernel"] == "armo's choice" and all(k["max_abs_diff_vs_armo"] < 1e-4 for k in usable)
     assert r["armo_forward_only"]["seconds"] > 0 and 0 <= r["padded_share"] <= r["max_padding"]
     assert r["chunk_size"] == 256 and r["batch_tokens"] == 2048  # the CPU's defaults
+    lm = r["lm_objectives"]  # the LM objectives' cost, side by side (#37 §3)
+    assert lm["pairs"] == 32 and all(lm[a]["seconds"] > 0 for a in ("features", "+ lm-mean-logprob", "+ lm-pmi too"))
+    assert "LM objectives (32 pairs" in out.stdout
     # FlexAttention with a block mask from the trees' segment ids gives the dense mask's features
     assert "error" not in r["flex_attention"], r["flex_attention"]
     assert r["flex_attention"]["max_abs_diff_vs_sdpa"] < 1e-4
