@@ -29,6 +29,11 @@ META_KEY = "armo"
 CHECKSUM_KEY = "tensors_sha256"
 
 
+# The metadata field sealing the metadata itself (the tensors' checksum included), written where a file's metadata
+# decides what is reused: a resumable job's units (resumable.py), whose ids and keys say which rows they hold.
+SEAL_KEY = "meta_sha256"
+
+
 UNCHECKSUMMED_VERSIONS = {"0.1.0"}
 
 
@@ -45,7 +50,7 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: d
     os.chmod(path, 0o666 & ~current_umask())  # safetensors creates 0600; an output follows the user's umask
 
 
-def save_artifact(path: str | Path, tensors: dict[str, torch.Tensor], meta: Meta) -> None:
+def save_artifact(path: str | Path, tensors: dict[str, torch.Tensor], meta: Meta, seal: bool = False) -> None:
     """Write tensors plus their typed metadata (artifacts.py) as one safetensors file, atomically; the metadata's kind
     says which tensors it must carry."""
     if not isinstance(meta, Meta):
@@ -53,12 +58,12 @@ def save_artifact(path: str | Path, tensors: dict[str, torch.Tensor], meta: Meta
     missing = [k for k in meta.TENSORS if k not in tensors] if not (isinstance(meta, KINDS["features"]) and not meta.ids) else []
     if missing:
         raise ValueError(f"a '{meta.KIND}' artifact needs the tensors {', '.join(missing)}")
-    save_raw_artifact(path, tensors, meta.to_json())
+    save_raw_artifact(path, tensors, meta.to_json(), seal)
 
 
-def save_raw_artifact(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+def save_raw_artifact(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any], seal: bool = False) -> None:
     """save_artifact for metadata as a dict, unchecked: for tests and tools that craft files (armo's stages write
-    typed metadata)."""
+    typed metadata). `seal`: the metadata is sealed too (SEAL_KEY), so that an edited field is refused on load."""
     out, seen = {}, set()
     for k, v in tensors.items():
         v = v.detach().contiguous().cpu()
@@ -68,6 +73,8 @@ def save_raw_artifact(path: str | Path, tensors: dict[str, torch.Tensor], meta: 
         out[k] = v
     tensors = out
     meta = {**meta, CHECKSUM_KEY: tensors_sha256(tensors)}
+    if seal:
+        meta[SEAL_KEY] = _meta_sha256(meta)
     with atomic_path(path) as tmp:
         save_tensors(tensors, tmp, {META_KEY: dumps(meta)}, name=path)
 
@@ -86,6 +93,10 @@ def _tensor_header(name: str, st_dtype: str, shape: Iterable[int]) -> bytes:
 def _damaged(path: str | Path) -> ArmoError:
     return ArmoError(f"{path}: damaged: its tensors do not match the checksum written with them "
                      f"(a changed byte or an unfinished copy); copy it again or re-create it")
+
+
+def _meta_sha256(meta: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(meta, sort_keys=True, ensure_ascii=True).encode()).hexdigest()
 
 
 def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
@@ -133,6 +144,10 @@ def load_artifact(path: str | Path, kind: str | None = None, tensors: bool = Tru
         raise ArmoError(f"{p}: damaged armo metadata (not JSON)") from None
     if not isinstance(meta, dict):
         raise ArmoError(f"{p}: damaged armo metadata (not a JSON object)")
+    seal = meta.pop(SEAL_KEY, None)
+    if seal is not None and seal != _meta_sha256(meta):
+        raise ArmoError(f"{p}: damaged: its metadata does not match the seal written with it (an edited field); "
+                        f"re-create it")
     checksum = meta.pop(CHECKSUM_KEY, None)  # never carried into a typed meta, so never copied into a new file
     if checksum is not None and not isinstance(checksum, str):
         raise ArmoError(f"{p}: damaged armo metadata ('{CHECKSUM_KEY}' is not a string)")

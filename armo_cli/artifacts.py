@@ -142,6 +142,19 @@ class ChunkMeta(Meta):
 
 
 @dataclass
+class WindowMeta(Meta):
+    """One finished window of a `score -o` or `evaluate` job (OUT.parts/chunk-N.safetensors): its rows' scores as
+    tensors, a group per shape of row (single responses, pairs, each list shape). Group j's tensors are named
+    `j.score`, `j.rewards`, `j.gating`, `j.coefficients` and `j.lengths`; its entry in `groups` says which rows they are
+    (`ids`, `subsets`, `index`: the rows' places in the input) and their shape (`pair`, `n_chosen`)."""
+
+    KIND: ClassVar[str] = "scores-window"
+    key: str = ""
+    groups: list[dict] = field(default_factory=list)
+    REQUIRED: ClassVar[tuple[str, ...]] = ("key", "groups")
+
+
+@dataclass
 class RegressionMeta(Meta):
     KIND: ClassVar[str] = "regression"
     TENSORS: ClassVar[tuple[str, ...]] = ("weight", "bias")
@@ -224,4 +237,4 @@ class Manifest(Meta):
     imported_from: str | None = None
 
 
-KINDS: dict[str, type[Meta]] = {c.KIND: c for c in (FeaturesMeta, ChunkMeta, RegressionMeta, DecorrelationMeta, GatingMeta)}
+KINDS: dict[str, type[Meta]] = {c.KIND: c for c in (FeaturesMeta, ChunkMeta, WindowMeta, RegressionMeta, DecorrelationMeta, GatingMeta)}

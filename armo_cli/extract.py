@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -23,12 +22,12 @@ from .context import RowContext
 from .devices import choose_layout, default_chunk_size
 from .forward import check_finite_features, is_out_of_memory
 from .artifact_files import load_artifact, save_artifact, save_concatenated
-from .jobfiles import claim_parts, make_parts, remove_parts
 from .jsonl import check_input_file, sha256_file, sha256_json
 from .lm_objectives import TENSOR as LM_TENSOR, parse_lm_objectives
 from .outputs import check_output_file
 from .options import validate
 from .rendering import Tree, tokenized
+from .resumable import JobProgress
 from .rows import Example, Skipped, Source, as_pairs, iter_examples, locked_source
 
 
@@ -187,15 +186,12 @@ def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, afte
             if launched:
                 _rank_merge(out, shard_index, num_shards, cfg.quiet)
             return ExtractReport(**{**done.report, "chunks_computed": 0, "chunks_reused": len(mine), "tokens_computed": 0})
-    parts = shard_out.with_name(shard_out.name + ".parts")
-    claim_parts(parts, cfg.resume, _CHUNK_FILE.fullmatch)
-    make_parts(parts)
+    units = JobProgress(shard_out, "features-chunk", cfg.resume)
     try:
-        files, report = _compute_chunks(cfg, source, ctx, chunks, mine, chunk_keys, parts, objectives, after_chunk,
+        files, report = _compute_chunks(cfg, source, ctx, chunks, mine, chunk_keys, units, objectives, after_chunk,
                                         {shard_index: held} if held else {}, tokens)
     except BaseException:
-        if not any(parts.glob("chunk-*.safetensors")):
-            remove_parts(parts)  # nothing finished: nothing to resume, leave nothing behind
+        units.abandon()  # nothing finished: nothing to resume, leave nothing behind
         raise
     meta = {
         "kind": "features", "armo_version": __version__, "backbone": backbone.info(), "dtype": str(backbone.dtype),
@@ -210,7 +206,7 @@ def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, afte
     report.skipped = [vars(s) for s in skipped]
     report.seconds = time.perf_counter() - t0
     _join(files, [chunk_keys[c] for c in mine], shard_out, meta, report)
-    remove_parts(parts)
+    units.discard()
     if launched:
         _rank_merge(out, shard_index, num_shards, cfg.quiet)
     info(f"{shard_out}: {report.rows} rows, {len(report.skipped)} skipped, "
@@ -221,12 +217,8 @@ def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, afte
     return report
 
 
-# what extract keeps in FILE.parts/: finished chunks, and the temporary file of one being written
-_CHUNK_FILE = re.compile(r"chunk-\d{6}\.safetensors|\.chunk-\d{6}\.safetensors\.\w+\.tmp")
-
-
 def _compute_chunks(cfg: ExtractConfig, source: Source, ctx: RowContext, chunks: list, mine: list[int],
-                    chunk_keys: dict[int, str], parts: Path, objectives: list[str], after_chunk,
+                    chunk_keys: dict[int, str], units: JobProgress, objectives: list[str], after_chunk,
                     held: dict[int, list[Tree]], tokens: int) -> tuple[list[Path], ExtractReport]:
     """Compute (or, with --resume, reuse) this shard's chunk files, in order. `held`: chunks whose trees the
     validation pass kept (the first), which are not rendered again. `tokens`: the shard's, for --packing auto."""
@@ -254,16 +246,17 @@ def _compute_chunks(cfg: ExtractConfig, source: Source, ctx: RowContext, chunks:
         def prepare(c: int) -> tuple[Path, list[Tree] | None]:
             """Read chunk c and render it (None when --resume finds it done). Run one chunk ahead on a
             helper thread, so that the host's rendering overlaps the accelerator's forward passes."""
-            path = parts / f"chunk-{c:06d}.safetensors"
+            path = units.path(c)
             exs = [next(stream, (None, None)) for _ in chunks[c]]  # keep the stream aligned even for reused chunks
-            if cfg.resume and path.exists():
-                try:  # read in full, so that its checksum is checked too
-                    if load_artifact(path, "features-chunk")[1].key == chunk_keys[c]:
-                        return path, None
-                except ArmoError:
-                    pass  # a damaged chunk is recomputed
             if any(i != j for (i, _, _), (j, _) in zip(chunks[c], exs)):
                 raise ArmoError(f"{source.name}: the input changed while it was being read; run again")
+            # a finished chunk is reused only if it says of its rows what the input does (a chunk's ids become the
+            # features file's)
+            said = ([ex.id for _, ex in exs], [ex.subset for _, ex in exs], [sha256_json(ex.prompt)[:16] for _, ex in exs],
+                    [ex.id for (_, _, truncated), (_, ex) in zip(chunks[c], exs) if truncated])
+            if units.load(c, chunk_keys[c], lambda _, m: True if (m.ids, m.subsets, m.prompt_hashes, m.truncated) == said
+                          else None):
+                return path, None
             kept_trees = held.pop(c, None)
             if kept_trees is not None:
                 return path, kept_trees
@@ -290,10 +283,10 @@ def _compute_chunks(cfg: ExtractConfig, source: Source, ctx: RowContext, chunks:
                     report.packing = choose_layout(cfg.packing, ctx.backbone.device, ctx.backbone.ensure_model(), tokens)
                 tensors = _tensors_or_rows(report, lambda layout: _chunk_tensors(
                     trees, ctx, objectives, on_batch, source.name, layout), cfg, ctx.backbone)
-                save_artifact(path, tensors, ChunkMeta(key=chunk_keys[c], ids=[t.example.id for t in trees],
-                                                       subsets=[t.example.subset for t in trees],
-                                                       prompt_hashes=[sha256_json(t.example.prompt)[:16] for t in trees],
-                                                       truncated=[t.example.id for t in trees if t.truncated]))
+                units.save(c, tensors, ChunkMeta(key=chunk_keys[c], ids=[t.example.id for t in trees],
+                                                 subsets=[t.example.subset for t in trees],
+                                                 prompt_hashes=[sha256_json(t.example.prompt)[:16] for t in trees],
+                                                 truncated=[t.example.id for t in trees if t.truncated]))
                 report.chunks_computed += 1
                 files.append(path)
                 if after_chunk:

@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from .errors import ArmoError
 from .jsonl import sha256_json
-from .rows import Example, Skipped
+from .rows import Example, Skipped, read_groups
 
 
 
@@ -354,22 +354,10 @@ def tokenized(examples: Iterable[Example], renderer: Renderer, group: int = 256)
     """(index, example, tree or its rendering error), tokenised `group` rows at a time (Renderer.tokenize_many).
     An error met while reading a group (a bad line) is raised after the rows read before it have been
     yielded, so that the first bad row in the file is the one reported."""
-    it = iter(examples)
     i = 0
-    while True:
-        rows: list[Example] = []
-        failure: ArmoError | None = None
-        try:
-            for ex in it:
-                rows.append(ex)
-                if len(rows) == group:
-                    break
-        except ArmoError as e:
-            failure = e
+    for rows, failure in read_groups(examples, group):
         for ex, tree in zip(rows, renderer.tokenize_many(rows, list(range(i, i + len(rows))))):
             yield i, ex, tree
             i += 1
         if failure is not None:
             raise failure
-        if len(rows) < group:
-            return

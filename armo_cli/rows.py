@@ -361,3 +361,24 @@ def iter_examples(source: Source, on_error: str = "error", skipped: list[Skipped
             seen.add(ex.id)
         ex.line = lineno
         yield ex
+
+
+def read_groups(examples: Iterable[Example], size: int) -> Iterator[tuple[list[Example], ArmoError | None]]:
+    """Rows `size` at a time: (the rows, the error that stopped the reading after them or None), the last group
+    possibly short. A bad line ends the reading, and its error comes with the rows read before it, so that a caller
+    that checks those first reports the first bad row in the file."""
+    it = iter(examples)
+    while True:
+        rows: list[Example] = []
+        failure: ArmoError | None = None
+        try:
+            for ex in it:
+                rows.append(ex)
+                if len(rows) == size:
+                    break
+        except ArmoError as e:
+            failure = e
+        if rows or failure is not None:
+            yield rows, failure
+        if failure is not None or len(rows) < size:
+            return

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import itertools
-import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -20,19 +18,20 @@ from .console import info, loading, plain, show, table, warn
 from .features import Features
 from .context import RowContext
 from .forward import check_finite_features
-from .rendering import Tree, tokenized
+from .rendering import Tree
 from .errors import ArmoError
 from .jsonl import check_input_file, dumps, sha256_file, sha256_json
 from .outputs import atomic_path, check_output_file, naming, write_texts_atomic
 from .model import ArmoModel
+from .artifacts import WindowMeta
 from .configs import TIES, EvaluateConfig, ModelInputConfig, ScoreConfig
 from . import specs
 from .options import check_value, validate
 from .provenance import require_compatible
 from .heads import unscale
 from .rewardbench import coverage_note, section_scores
-from .progress import WindowProgress, discard_progress
-from .rows import Skipped, Source, iter_examples, locked_source
+from .resumable import JobProgress, discard_progress
+from .rows import Example, Skipped, Source, iter_examples, locked_source, read_groups
 from .stats import bootstrap_ci, spearman
 
 
@@ -154,12 +153,71 @@ def score_records(model: ArmoModel, feats: Features, weights: torch.Tensor | Non
 
 @dataclass
 class Scored:
-    """Rows of one window, scored: their trees (ids, lines, lengths) and the model's explanation."""
+    """Rows of one shape (single responses, pairs, or one list shape), scored: which rows they are and the model's
+    explanation, as tensors. Every output (JSONL records, evaluate's report) is built from these, at the end."""
 
-    trees: list[Tree]
-    explained: dict[str, torch.Tensor]  # model.explain output, rows in the order of `trees`
+    ids: list[str]
+    subsets: list[str | None]
+    index: list[int]  # the rows' places in their input
+    lengths: torch.Tensor  # [N, m] each response's length in tokens
+    explained: dict[str, torch.Tensor]  # model.explain output: score [N,m], rewards [N,m,k], gating, coefficients [N,k]
     pair: bool
     n_chosen: int | None = None  # rows with lists of chosen and rejected responses: how many are chosen
+
+    @classmethod
+    def of(cls, trees: list[Tree], explained: dict[str, torch.Tensor]) -> "Scored":
+        """Rows of one shape (`shapes`) and their explanation."""
+        (g,) = window_rows(trees)
+        return cls(g["ids"], g["subsets"], g["index"], torch.tensor(g["lengths"], dtype=torch.int64), explained,
+                   g["pair"], g["n_chosen"])
+
+    @classmethod
+    def cat(cls, groups: list["Scored"]) -> "Scored":
+        """Groups of one shape as one (their rows in the order given)."""
+        g0 = groups[0]
+        return cls([i for g in groups for i in g.ids], [s for g in groups for s in g.subsets],
+                   [i for g in groups for i in g.index], torch.cat([g.lengths for g in groups]),
+                   {k: torch.cat([g.explained[k] for g in groups]) for k in g0.explained}, g0.pair, g0.n_chosen)
+
+
+EXPLAINED = ("score", "rewards", "gating", "coefficients")  # what a window keeps of model.explain
+
+
+def shapes(trees: list[Tree]) -> list[list[Tree]]:
+    """A window's rows by shape (single responses, pairs, each list shape), as `score_trees` scores them."""
+    key = lambda t: (len(t.conts), t.example.n_chosen)  # noqa: E731
+    return [[t for t in trees if key(t) == k] for k in dict.fromkeys(map(key, trees))]
+
+
+def window_rows(trees: list[Tree]) -> list[dict]:
+    """What a scored window's unit must say of its rows, group by group: their ids, subsets, places, shape and
+    lengths. The check pass computes it from the input; a unit that says anything else is scored again."""
+    return [{"ids": [t.example.id for t in g], "subsets": [t.example.subset for t in g], "index": [t.index for t in g],
+             "pair": len(g[0].conts) == 2 and g[0].example.n_chosen is None, "n_chosen": g[0].example.n_chosen,
+             "lengths": [[len(c) for c in t.conts] for t in g]} for g in shapes(trees)]
+
+
+def window_unit(window: list[Scored], key: str) -> tuple[dict[str, torch.Tensor], WindowMeta]:
+    """A scored window as a resumable job's unit (artifacts.WindowMeta)."""
+    tensors = {f"{j}.{k}": g.explained[k] for j, g in enumerate(window) for k in EXPLAINED}
+    groups = [{"ids": g.ids, "subsets": g.subsets, "index": g.index, "pair": g.pair, "n_chosen": g.n_chosen,
+               "lengths": g.lengths.tolist()} for g in window]
+    return tensors, WindowMeta(key=key, groups=groups)
+
+
+def unit_window(tensors: dict[str, torch.Tensor], meta: WindowMeta, rows: list[dict]) -> list[Scored] | None:
+    """A unit back as its scored window, if it holds exactly the rows the input has there (`window_rows`) and a
+    score for each; else None (it is scored again)."""
+    if meta.groups != rows:
+        return None
+    out = []
+    for j, g in enumerate(rows):
+        ex = {k: tensors.get(f"{j}.{k}") for k in EXPLAINED}
+        if any(t is None or t.shape[0] != len(g["ids"]) for t in ex.values()):
+            return None
+        out.append(Scored(g["ids"], g["subsets"], g["index"], torch.tensor(g["lengths"], dtype=torch.int64), ex,
+                          g["pair"], g["n_chosen"]))
+    return out
 
 
 WINDOW_ROWS = 256  # rows read, scored and written at a time: memory holds one window, output starts early
@@ -178,39 +236,59 @@ class RowNotes:
                 "truncated": [i for _, i in self.truncated]}
 
 
+def _example_windows(source: Source, cfg: ModelInputConfig, window: int,
+                     skipped: list[Skipped]) -> Iterator[tuple[int, list[Example], ArmoError | None]]:
+    """The parsed rows of a source, `window` at a time: (index of the first, the rows, the error that stopped the
+    reading after them or None). A window whose rows were all unreadable (--on-error skip) is an empty list."""
+    start = 0
+    for rows, failure in read_groups(iter_examples(source, cfg.on_error, skipped, unique_ids=False), window):
+        yield start, rows, failure
+        start += len(rows)
+
+
+def _sized_window(ctx: RowContext, start: int, rows: list[Example], failure: ArmoError | None, name: str,
+                  notes: RowNotes) -> list[Tree]:
+    """A window's rows tokenised and length-checked; the error that stopped the reading is raised after the rows
+    before it are checked, so that the first bad row in the file is the one reported."""
+    trees = []
+    for i, (ex, tree) in enumerate(zip(rows, ctx.renderer.tokenize_many(rows, list(range(start, start + len(rows))))),
+                                   start):
+        t = ctx.sized(ex, i, f"{name}:{ex.line}", notes.skipped, tree)
+        if t is not None:
+            trees.append(t)
+            if t.truncated:
+                notes.truncated.append((ex.line, ex.id))
+    if failure is not None:
+        raise failure
+    return trees
+
+
 def iter_windows(ctx: RowContext, source: Source, cfg: ModelInputConfig, window: int | None = None,
                  report: bool = True, notes: RowNotes | None = None) -> Iterator[list[Tree]]:
     """The rows of a source, tokenised and length-checked, a window at a time (a window whose rows were all
     skipped is an empty list). Skipped and prompt-truncated rows are listed at the end (and kept in `notes`);
     a source with no usable row is an error."""
-    window = window or WINDOW_ROWS
     notes = notes if notes is not None else RowNotes()
-    skipped = notes.skipped
-    rows = tokenized(iter_examples(source, cfg.on_error, skipped, unique_ids=False), ctx.renderer, min(window, 256))
     usable = 0
-    while True:
-        trees, read = [], 0
-        for index, ex, tree in itertools.islice(rows, window):  # each row as it comes: errors in file order
-            read += 1
-            t = ctx.sized(ex, index, f"{source.name}:{ex.line}", skipped, tree)
-            if t is not None:
-                trees.append(t)
-                if t.truncated:
-                    notes.truncated.append((ex.line, ex.id))
-        if not read:
-            break
+    for start, rows, failure in _example_windows(source, cfg, window or WINDOW_ROWS, notes.skipped):
+        trees = _sized_window(ctx, start, rows, failure, source.name, notes)
         usable += len(trees)
         yield trees
     if report:
-        for sk in sorted(skipped, key=lambda sk: sk.line):
-            warn(f"skipped line {sk.line} ({sk.id}): {sk.reason}")
-        if notes.truncated:
-            lines = [str(line) for line, _ in notes.truncated]
-            warn(f"truncated the prompt of {len(lines)} row{'s' * (len(lines) > 1)} to fit {ctx.limit_name} {ctx.limit} "
-                 f"(--overflow truncate-prompt): line{'s' * (len(lines) > 1)} {', '.join(lines[:10])}"
-                 + (f" and {len(lines) - 10} more" if len(lines) > 10 else ""))
+        report_notes(ctx, notes)
     if not usable:
         raise ArmoError(f"{source.name}: no usable rows")
+
+
+def report_notes(ctx: RowContext, notes: RowNotes) -> None:
+    """Skipped and prompt-truncated rows, on stderr."""
+    for sk in sorted(notes.skipped, key=lambda sk: sk.line):
+        warn(f"skipped line {sk.line} ({sk.id}): {sk.reason}")
+    if notes.truncated:
+        lines = [str(line) for line, _ in notes.truncated]
+        warn(f"truncated the prompt of {len(lines)} row{'s' * (len(lines) > 1)} to fit {ctx.limit_name} {ctx.limit} "
+             f"(--overflow truncate-prompt): line{'s' * (len(lines) > 1)} {', '.join(lines[:10])}"
+             + (f" and {len(lines) - 10} more" if len(lines) > 10 else ""))
 
 
 def iter_scored(model: ArmoModel, ctx: RowContext, source: Source, cfg: ModelInputConfig,
@@ -231,11 +309,10 @@ def score_trees(model: ArmoModel, ctx: RowContext, trees: list[Tree], weights: t
     pass sorts by length and restores the order). `on_batch(rows, tokens)` after each forward batch (it may raise
     to stop the work: serve abandons a batch whose clients are gone)."""
     groups = []
-    for shape in dict.fromkeys((len(t.conts), t.example.n_chosen) for t in trees):  # single, pair, each list shape
-        group = [t for t in trees if (len(t.conts), t.example.n_chosen) == shape]
+    for group in shapes(trees):
         P, R = ctx.encode(group, on_batch)
         check_finite_features(group, P, R, source_name, ctx.backbone.dtype)
-        groups.append(Scored(group, model.explain(P, R, weights), shape == (2, None), shape[1]))
+        groups.append(Scored.of(group, model.explain(P, R, weights)))
     return groups
 
 
@@ -250,9 +327,7 @@ def window_records(model: ArmoModel, groups: list[Scored], top_k: int) -> list[d
     """The records of one scored window, in input order."""
     out = []
     for g in groups:
-        recs = _records(model, [t.example.id for t in g.trees], [t.example.subset for t in g.trees], g.explained,
-                        g.pair, top_k, g.n_chosen)
-        out += [(t.index, r) for t, r in zip(g.trees, recs)]
+        out += zip(g.index, _records(model, g.ids, g.subsets, g.explained, g.pair, top_k, g.n_chosen))
     return [r for _, r in sorted(out, key=lambda x: x[0])]
 
 
@@ -348,46 +423,70 @@ def score(cfg: ScoreConfig, model: ArmoModel | None = None, backbone: Backbone |
 def _score_to_file(cfg: ScoreConfig, model: ArmoModel, ctx: RowContext, weights: torch.Tensor | None) -> int:
     """`score -o FILE` as a resumable job (`windows_job`): FILE appears, whole, at the end."""
     with locked_source(cfg.output, cfg.input, cfg.dataset, cfg.split, cfg.quiet) as source:
-        progress = windows_job(cfg, model, ctx, source, weights, cfg.output, {"records": "score", "top_k": cfg.top_k},
-                               lambda groups: window_records(model, groups, cfg.top_k))
-        progress.publish()
-        return progress.rows
+        windows = windows_job(cfg, model, ctx, source, weights, cfg.output, {"records": "score"})
+        n = 0
+        with _text_output(cfg.output) as fh:
+            for window in windows:
+                recs = window_records(model, window, cfg.top_k)
+                fh.write("".join(dumps(r) + "\n" for r in recs))
+                n += len(recs)
+        discard_progress(cfg.output)
+        return n
+
+
+def window_key(job: str, trees: list[Tree]) -> str:
+    """A window's key: the job, and its rows as the model sees them (token ids, gate, truncation)."""
+    return sha256_json([job, [[t.index, t.example.id, t.example.subset, t.gate, t.truncated, t.prompt, t.conts]
+                              for t in trees]])
 
 
 def windows_job(cfg: ModelInputConfig, model: ArmoModel, ctx: RowContext, source: Source, weights: torch.Tensor | None,
-                anchor: str, settings: dict, records: Callable[[list[Scored]], list[dict]],
-                check: Callable[[Tree], None] | None = None, notes: RowNotes | None = None) -> WindowProgress:
-    """Score a source window by window into ANCHOR.parts/ and return the completed progress (every window's
-    records, in input order, in its data file). Every row is read and checked first (`check` too), so a bad
-    row stops the job before any forward pass, leaving nothing behind. Each finished window is kept, keyed by
-    the model, the settings and the window's token ids, and `--resume` reuses the windows that still match."""
-    for trees in iter_windows(ctx, source, cfg, report=False):
-        for t in trees:
-            if check:
-                check(t)
+                anchor: str, settings: dict, check: Callable[[Tree], None] | None = None,
+                notes: RowNotes | None = None) -> list[list[Scored]]:
+    """Score a source window by window, each finished window kept in ANCHOR.parts/ (resumable.JobProgress), and return
+    the scored windows in input order. Every row is read, checked (`check` too) and keyed first, so a bad row stops the
+    job before any forward pass, leaving nothing behind; the first window's rows are held, and the rows of a window
+    that `--resume` finds done are read but never rendered again."""
+    notes = notes if notes is not None else RowNotes()
     job = sha256_json({"model": model_key(model), "weights": None if weights is None else weights.tolist(),
                        "objective": cfg.objective, "max_length": cfg.max_length, "overflow": cfg.overflow,
                        "on_error": cfg.on_error, "backbone": ctx.backbone.fingerprint, "dtype": str(ctx.backbone.dtype),
                        "armo_version": __version__, **settings})
-    progress = WindowProgress(anchor, job, cfg.resume)
+    keys: list[str] = []
+    rows_of: list[list[dict]] = []
+    held: list[Tree] = []
+    for w, trees in enumerate(iter_windows(ctx, source, cfg, notes=notes)):
+        for t in trees:
+            if check:
+                check(t)
+        keys.append(window_key(job, trees))
+        rows_of.append(window_rows(trees))
+        if w == 0:
+            held = trees
+    units = JobProgress(anchor, "scores-window", cfg.resume)
+    out: list[list[Scored]] = []
     try:
-        for trees in iter_windows(ctx, source, cfg, notes=notes):
-            progress.rows += len(trees)
-            key = sha256_json([job, [[t.index, t.example.id, t.example.subset, t.gate, t.truncated, t.prompt, t.conts]
-                                     for t in trees]])
-            if progress.done(key):
-                continue
-            groups = score_trees(model, ctx, trees, weights, source.name)
-            for g in groups:
-                check_finite_scores(g.explained["score"], [t.example.id for t in g.trees])
-            progress.add(key, "".join(dumps(r) + "\n" for r in records(groups)))
-        progress.complete()
+        for w, (start, rows, failure) in enumerate(_example_windows(source, cfg, WINDOW_ROWS, [])):
+            if w >= len(keys):
+                raise ArmoError(f"{source.name}: the input changed while it was being read; run again")
+            window = units.load(w, keys[w], lambda tensors, meta: unit_window(tensors, meta, rows_of[w]))
+            if window is None:
+                trees = held if w == 0 else _sized_window(ctx, start, rows, failure, source.name, RowNotes())
+                if window_key(job, trees) != keys[w]:
+                    raise ArmoError(f"{source.name}: the input changed while it was being read; run again")
+                window = score_trees(model, ctx, trees, weights, source.name) if trees else []
+                for g in window:
+                    check_finite_scores(g.explained["score"], g.ids)
+                units.save(w, *window_unit(window, keys[w]))
+            out.append(window)
+        if len(out) != len(keys):
+            raise ArmoError(f"{source.name}: the input changed while it was being read; run again")
     except BaseException:
-        progress.abandon()
+        units.abandon()
         raise
-    if progress.reused:
-        info(f"--resume: {progress.reused} of {progress.pos} windows were already scored", cfg.quiet)
-    return progress
+    if units.reused:
+        info(f"--resume: {units.reused} of {len(keys)} windows were already scored", cfg.quiet)
+    return out
 
 
 def _load_model(model: str | None) -> ArmoModel:
@@ -496,40 +595,35 @@ def progress_anchor(cfg: EvaluateConfig) -> str | None:
     return next((p for p in (cfg.output, cfg.pairs_output, cfg.html) if p and p != "-"), None)
 
 
-def _evaluate_rows(cfg: EvaluateConfig, model: ArmoModel, ctx: RowContext, weights: torch.Tensor | None) -> tuple[list[dict], dict]:
-    """The pair records of an input's rows, in input order, and what was skipped or truncated. With a file output,
-    a resumable job (`windows_job`, progress beside the first output, kept until every output is written)."""
+def _evaluate_rows(cfg: EvaluateConfig, model: ArmoModel, ctx: RowContext,
+                   weights: torch.Tensor | None) -> tuple[list[Scored], dict]:
+    """An input's pairs, scored (a group per window, in input order), and what was skipped or truncated."""
     notes = RowNotes()
 
     def check(t: Tree, name: str) -> None:
         if len(t.conts) != 2:
             raise ArmoError(f"{name}:{t.example.line}: evaluate needs pairs (rows with 'chosen' and 'rejected')")
 
-    def window_pairs(groups: list[Scored], name: str) -> list[dict]:
-        out = []
-        for g in groups:
-            for t in g.trees:
-                check(t, name)
-            out += pair_records(model, [t.example.id for t in g.trees], [t.example.subset or "all" for t in g.trees],
-                                g.explained, torch.tensor([[len(c) for c in t.conts] for t in g.trees]))
-        return out  # pairs only: one group per window, in input order
-
-    return _rows_job(cfg, model, ctx, weights, "evaluate pairs", window_pairs, check, notes), notes.to_json()
+    groups = [g for window in _scored_rows(cfg, model, ctx, weights, "evaluate pairs", check, notes) for g in window]
+    return groups, notes.to_json()  # pairs only: one group per window, in input order
 
 
-def _rows_job(cfg: EvaluateConfig, model: ArmoModel, ctx: RowContext, weights: torch.Tensor | None, kind: str,
-              records: Callable[[list[Scored], str], list[dict]], check: Callable[[Tree, str], None],
-              notes: RowNotes) -> list[dict]:
-    """The records of an input's rows, in input order: streamed, or with a file output a resumable job (`windows_job`,
-    progress beside the first output, kept until every output is written). `kind` keys the job's progress."""
+def _scored_rows(cfg: EvaluateConfig, model: ArmoModel, ctx: RowContext, weights: torch.Tensor | None, kind: str,
+                 check: Callable[[Tree, str], None], notes: RowNotes) -> list[list[Scored]]:
+    """An input's rows scored, window by window in input order: streamed, or with a file output a resumable job
+    (`windows_job`, progress beside the first output, kept until every output is written). `kind` keys the job."""
     anchor = progress_anchor(cfg)
     if anchor is None:
         source = _source(cfg)
-        return [r for groups in iter_scored(model, ctx, source, cfg, weights, notes=notes) for r in records(groups, source.name)]
+        out = []
+        for trees in iter_windows(ctx, source, cfg, notes=notes):
+            for t in trees:
+                check(t, source.name)
+            out.append(score_trees(model, ctx, trees, weights, source.name) if trees else [])
+        return out
     with locked_source(anchor, cfg.input, cfg.dataset, cfg.split, cfg.quiet) as source:
-        progress = windows_job(cfg, model, ctx, source, weights, anchor, {"records": kind},
-                               lambda groups: records(groups, source.name), lambda t: check(t, source.name), notes)
-        return [json.loads(line) for line in progress.text().splitlines()]
+        return windows_job(cfg, model, ctx, source, weights, anchor, {"records": kind}, lambda t: check(t, source.name),
+                           notes)
 
 
 def _has_lists(cfg: EvaluateConfig) -> bool:
@@ -567,26 +661,20 @@ def _evaluate_lists(cfg: EvaluateConfig, model: ArmoModel, w: torch.Tensor | Non
             raise ArmoError(f"{name}:{t.example.line}: --benchmark {cfg.benchmark} needs rows with lists of 'chosen' "
                             f"and 'rejected' responses")
 
-    def window(groups: list[Scored], name: str) -> list[dict]:
-        for g in groups:
-            for t in g.trees:
-                check(t, name)
-        return [{**r, "subset": r.get("subset") or "all"} for r in window_records(model, groups, 3)]
-
-    records = _rows_job(cfg, model, ctx, w, "evaluate lists", window, check, notes)
-
-    def side(x: dict | list) -> list[float]:
-        return [y["score"] for y in x] if isinstance(x, list) else [x["score"]]
-
-    rows = [RowScores(r["id"], r["subset"], side(r["chosen"]) + side(r["rejected"]), len(side(r["chosen"])))
-            for r in records]
+    windows = _scored_rows(cfg, model, ctx, w, "evaluate lists", check, notes)
+    rows = []
+    for window in windows:  # each row's scores, in input order (a window holds a group per list shape)
+        placed = [(i, RowScores(g.ids[r], g.subsets[r] or "all", g.explained["score"][r].tolist(), g.n_chosen or 1))
+                  for g in window for r, i in enumerate(g.index)]
+        rows += [x for _, x in sorted(placed, key=lambda x: x[0])]
     benchmark, why = (cfg.benchmark, "--benchmark") if cfg.benchmark != "auto" else detect(rows, pairs=False)
     report = {"model": str(model.path), "model_info": model_info(model), "input": _source(cfg).name,
               "weights": cfg.weights, "objective": cfg.objective, "benchmark_reason": why,
               **score_benchmark(rows, benchmark, cfg.bootstrap, cfg.seed), **notes.to_json()}
     texts = {}
     if cfg.pairs_output:
-        texts[cfg.pairs_output] = "".join(dumps(r) + "\n" for r in records)
+        texts[cfg.pairs_output] = "".join(dumps({**r, "subset": r.get("subset") or "all"}) + "\n"
+                                          for window in windows for r in window_records(model, window, 3))
     if cfg.output:
         texts[cfg.output] = dumps(report, indent=2) + "\n"
     if cfg.html:
@@ -650,19 +738,15 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         if not feats.pair:
             raise ArmoError(f"{cfg.features}: evaluate needs pairs (rows with 'chosen' and 'rejected')")
         ex = model.explain(feats.tensors["prompt_features"], feats.inputs(model.regression.lm_objectives), w)
-        ids, lengths = feats.ids, feats.tensors["response_lengths"]
-        subsets = feats.meta.subsets or [None] * len(ids)
+        groups = [Scored(feats.ids, feats.meta.subsets or [None] * len(feats.ids), list(range(len(feats.ids))),
+                         feats.tensors["response_lengths"], ex, True)]
         rows_report = {k: feats.meta.report.get(k, []) for k in ("skipped", "truncated")}  # extract's, at extraction
     else:
-        records, rows_report = _evaluate_rows(cfg, model, model_context(model, None, cfg), w)
-        ids, subsets = [r["id"] for r in records], [r["subset"] for r in records]
-        # the records hold each float32 score exactly: the same margins as the tensors they came from
-        ex = {"score": torch.tensor([[r["chosen"]["score"], r["rejected"]["score"]] for r in records], dtype=torch.float32)}
-        lengths = torch.tensor([[r["chosen"]["length"], r["rejected"]["length"]] for r in records])
-    scores = ex["score"]
-    check_finite_scores(scores, ids)
-    subsets = [s if s is not None else "all" for s in subsets]
-    report = evaluate_scores(scores, subsets, lengths, cfg.ties, cfg.bootstrap, cfg.seed)
+        groups, rows_report = _evaluate_rows(cfg, model, model_context(model, None, cfg), w)
+    pairs = Scored.cat(groups)  # tensors to the end: records are built only for the outputs that hold them
+    check_finite_scores(pairs.explained["score"], pairs.ids)
+    subsets = [s if s is not None else "all" for s in pairs.subsets]
+    report = evaluate_scores(pairs.explained["score"], subsets, pairs.lengths, cfg.ties, cfg.bootstrap, cfg.seed)
     from .benchmarks import RowScores, detect
 
     benchmark, why = (cfg.benchmark, "--benchmark") if cfg.benchmark != "auto" else \
@@ -671,8 +755,8 @@ def evaluate(cfg: EvaluateConfig) -> dict:
               "weights": cfg.weights, "objective": cfg.objective, "benchmark": benchmark, "benchmark_reason": why,
               **report, **rows_report}
     texts: dict[str, str] = {}
-    if cfg.features:
-        records = pair_records(model, ids, subsets, ex, lengths) if (cfg.pairs_output or cfg.html) else []
+    records = [r for g in groups for r in pair_records(model, g.ids, [x if x is not None else "all" for x in g.subsets],
+                                                         g.explained, g.lengths)] if (cfg.pairs_output or cfg.html) else []
     if cfg.pairs_output:
         texts[cfg.pairs_output] = "".join(dumps(r) + "\n" for r in records)
         # `armo report` checks that the pairs file it is given is this one, not another run's, and finds it here

@@ -184,22 +184,17 @@ def test_chunks_of_another_input_are_never_reused(bb, tmp_path):
     assert Features.load(out).ids == [r["id"] for r in rows] + ["extra"]
 
 
-def test_a_failed_first_chunk_leaves_no_parts_folder(bb, tmp_path):
+def test_a_failed_first_chunk_leaves_no_parts_folder(bb, tmp_path, monkeypatch):
     out = tmp_path / "o.st"
 
-    import armo_cli.extract as features
-
-    orig = features.save_artifact
+    import armo_cli.resumable as resumable
 
     def failing_save(*a, **k):
         raise OSError(28, "No space left on device")
 
-    features.save_artifact = failing_save
-    try:
-        with pytest.raises(OSError):
-            _extract(bb, write_jsonl(tmp_path / "a.jsonl", pair_rows(4)), out, chunk_size=2)
-    finally:
-        features.save_artifact = orig
+    monkeypatch.setattr(resumable, "save_artifact", failing_save)
+    with pytest.raises(OSError):
+        _extract(bb, write_jsonl(tmp_path / "a.jsonl", pair_rows(4)), out, chunk_size=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl"]
 
 
@@ -282,6 +277,24 @@ def _flip_last_data_byte(path: Path) -> None:
     b = bytearray(path.read_bytes())
     b[-3] ^= 0x01  # the last tensor's data: the header and its metadata stay readable
     path.write_bytes(bytes(b))
+
+
+def test_a_sealed_artifact_with_an_edited_field_is_refused(tmp_path):
+    """A resumable job's units seal their metadata: an id edited in place (same length, tensors untouched) is refused,
+    where an unsealed file would load with it."""
+    import torch
+
+    from armo_cli.artifact_files import load_artifact, save_raw_artifact
+
+    for seal in (True, False):
+        f = tmp_path / f"u{seal}.st"
+        save_raw_artifact(f, {"x": torch.ones(2)}, {"kind": "features-chunk", "ids": ["r1", "r2"]}, seal=seal)
+        f.write_bytes(f.read_bytes().replace(b'\\"r1\\"', b'\\"r9\\"', 1))
+        if seal:
+            with pytest.raises(ArmoError, match=rf"^{f}: damaged: its metadata does not match the seal written with it"):
+                load_artifact(f)
+        else:
+            assert load_artifact(f)[1]["ids"] == ["r9", "r2"]
 
 
 @pytest.mark.parametrize("part", ["p.st", "reg.st", "dec.st", "gate.st"])

@@ -161,24 +161,31 @@ def test_report_without_o_keeps_a_page_armo_did_not_write(job, tmp_path, monkeyp
 # --- what --resume reuses is checked ---------------------------------------------------------------------
 
 
-def _edit_score(text: str) -> str:
-    lines = text.splitlines(keepends=True)
-    rec = json.loads(lines[1])
-    rec["score"] = 99.0
-    lines[1] = json.dumps(rec) + "\n"
-    return "".join(lines)
+def _edit_unit(path: Path, edit: str) -> None:
+    """Change a finished window's unit on disk as a flipped bit, a cut copy or a hand edit would. (A unit's rows are
+    the check pass's, never its own metadata's: see test_file_safety for the seal that refuses an edited field.)"""
+    from armo_cli.artifact_files import CHECKSUM_KEY, META_KEY, SEAL_KEY, save_raw_artifact, tensors_sha256
+    from safetensors import safe_open
+
+    raw = bytearray(path.read_bytes())
+    if edit == "tensor":  # a score's bytes (the checksum no longer matches)
+        raw[-3] ^= 0x01
+        path.write_bytes(bytes(raw))
+    elif edit == "cut":
+        path.write_bytes(bytes(raw[: len(raw) // 2]))
+    else:  # "forged": an id and a score changed, the file rewritten whole with a valid checksum and no seal
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads(f.metadata()[META_KEY])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        meta.pop(SEAL_KEY)
+        meta["groups"][0]["ids"][0] = "forged"
+        tensors["0.score"] = tensors["0.score"] + 1.0
+        meta[CHECKSUM_KEY] = tensors_sha256(tensors)
+        save_raw_artifact(path, tensors, meta)
 
 
-def _swap_sides(text: str) -> str:
-    lines = text.splitlines(keepends=True)
-    rec = json.loads(lines[0])
-    rec["chosen"], rec["rejected"] = rec["rejected"], rec["chosen"]
-    lines[0] = json.dumps(rec) + "\n"
-    return "".join(lines)
-
-
-@pytest.mark.parametrize("command,edit", [("score", "score"), ("score", "offset"), ("score", "id"),
-                                          ("evaluate", "swap")])
+@pytest.mark.parametrize("command,edit", [("score", "tensor"), ("score", "cut"),
+                                          ("score", "forged"), ("evaluate", "tensor"), ("evaluate", "forged")])
 def test_resume_scores_again_a_window_changed_on_disk(job, tmp_path, monkeypatch, command, edit):
     (tmp_path / "ref").mkdir()
     ref = tmp_path / "ref" / "out.json"  # the same names in another folder: the report records its pairs file's
@@ -188,21 +195,11 @@ def test_resume_scores_again_a_window_changed_on_disk(job, tmp_path, monkeypatch
     extra = ("--pairs-output", tmp_path / "out-pairs.jsonl") if command == "evaluate" else ()
     r = interrupted_after(monkeypatch, 2, lambda: job[command]("-o", out, *extra))
     assert r.code == 130
-    parts = tmp_path / "out.json.parts"
-    data, index = parts / "rows.jsonl", parts / "index.jsonl"
-    if edit == "score":
-        data.write_text(_edit_score(data.read_text()))
-    elif edit == "id":
-        data.write_text(data.read_text().replace('"id": "r1"', '"id": "r9"', 1))
-    elif edit == "swap":
-        data.write_text(_swap_sides(data.read_text()))
-    else:  # the last finished window's end moved 10 bytes back (its last line would be cut)
-        lines = index.read_text().splitlines()
-        e = json.loads(lines[-1])
-        e["end"] -= 10
-        lines[-1] = json.dumps(e)
-        index.write_text("\n".join(lines) + "\n")
-    assert data.read_text() != "" and job[command]("-o", out, *extra, "--resume").code == 0
+    unit = tmp_path / "out.json.parts" / "chunk-000000.safetensors"
+    before = unit.read_bytes()
+    _edit_unit(unit, edit)
+    assert unit.read_bytes() != before
+    assert job[command]("-o", out, *extra, "--resume").code == 0
     assert out.read_bytes() == ref.read_bytes()
     if command == "evaluate":
         assert (tmp_path / "out-pairs.jsonl").read_bytes() == (tmp_path / "ref" / "out-pairs.jsonl").read_bytes()

@@ -1,5 +1,6 @@
 """`armo score -o FILE` is a resumable job: rows are checked before any is scored, finished windows are kept in
-FILE.parts/, and `--resume` reuses exactly the windows that still match (model, settings, rows)."""
+FILE.parts/ (one sealed unit file each, resumable.JobProgress), and `--resume` reuses exactly the windows that still
+match (model, settings, rows)."""
 import json
 
 import pytest
@@ -51,8 +52,7 @@ def test_an_interrupted_score_resumes_to_the_same_file_scoring_only_what_was_lef
     assert r.code == 130 and "rerun with --resume" in r.output
     assert not out.exists()  # the output appears only whole
     parts = tmp_path / "scores.jsonl.parts"
-    index = (parts / "index.jsonl").read_text().splitlines()
-    assert len(index) == 1 + 3  # the job, then the 3 finished windows
+    assert sorted(p.name for p in parts.glob("chunk-*")) == [f"chunk-{i:06d}.safetensors" for i in range(3)]
     r = score(tiny_model, tiny_backbone, rows["input"], "-o", out, "--resume")
     assert r.code == 0, r.output
     # windows 4 to 7 only, and the file equals an uninterrupted run's output, byte for byte
@@ -71,8 +71,9 @@ def test_without_resume_earlier_progress_is_discarded(tiny_model, tiny_backbone,
     assert not (tmp_path / "scores.jsonl.parts").exists()
 
 
-def test_resume_recomputes_from_the_first_window_that_changed(tiny_model, tiny_backbone, rows, tmp_path, monkeypatch):
-    """An edited row (window 3), other settings, or a torn last write: nothing that no longer matches is reused."""
+def test_resume_recomputes_only_the_windows_that_changed(tiny_model, tiny_backbone, rows, tmp_path, monkeypatch):
+    """An edited row (window 3), other settings, or a torn last write: nothing that no longer matches is reused, and
+    everything that still matches is."""
     out = tmp_path / "scores.jsonl"
     stop = interrupted(monkeypatch, rows, 5, lambda: score(tiny_model, tiny_backbone, rows["input"], "-o", out))
     assert stop.code == 130
@@ -84,24 +85,29 @@ def test_resume_recomputes_from_the_first_window_that_changed(tiny_model, tiny_b
     rows["calls"].clear()
     r = score(tiny_model, tiny_backbone, inp2, "-o", out, "--resume")
     assert r.code == 0, r.output
-    assert len(rows["calls"]) == 7 - 2 and out.read_text() == ref.stdout
+    # window 3 (edited) and windows 6 and 7 (never finished) only
+    assert [c[0] for c in rows["calls"]] == [rows["rows"][i * WINDOW]["id"] for i in (2, 5, 6)]
+    assert out.read_text() == ref.stdout
 
-    # other settings (--top-k) share no window with the earlier job
+    # --top-k only shapes the records, built at the end: every window is reused; other weights share none
     out2 = tmp_path / "k.jsonl"
     stop = interrupted(monkeypatch, rows, 4, lambda: score(tiny_model, tiny_backbone, rows["input"], "-o", out2))
     assert stop.code == 130
     r = score(tiny_model, tiny_backbone, rows["input"], "-o", out2, "--resume", "--top-k", "2")
     assert r.code == 0, r.output
+    assert len(rows["calls"]) == 7 - 4
+    assert out2.read_text() == score(tiny_model, tiny_backbone, rows["input"], "--top-k", "2").stdout
+    rows["calls"].clear()
+    stop = interrupted(monkeypatch, rows, 4, lambda: score(tiny_model, tiny_backbone, rows["input"], "-o", out2))
+    r = score(tiny_model, tiny_backbone, rows["input"], "-o", out2, "--resume", "--weights", "helpfulness=1")
+    assert r.code == 0, r.output
     assert len(rows["calls"]) == 7
-    assert all(len(json.loads(x)["top_objectives" if "score" in json.loads(x) else "chosen"]) for x in
-               out2.read_text().splitlines())
 
-    # a run killed in the middle of writing a window leaves bytes past the last index line: they are cut off
+    # a run killed while writing a window leaves at most a temporary file (units are written atomically): ignored
     out3 = tmp_path / "t.jsonl"
     stop = interrupted(monkeypatch, rows, 2, lambda: score(tiny_model, tiny_backbone, rows["input"], "-o", out3))
     assert stop.code == 130
-    with open(tmp_path / "t.jsonl.parts" / "rows.jsonl", "a") as fh:
-        fh.write('{"id": "torn", "sco')
+    (tmp_path / "t.jsonl.parts" / ".chunk-000002.safetensors.x1y2.tmp").write_bytes(b"torn")
     plain = score(tiny_model, tiny_backbone, rows["input"])
     rows["calls"].clear()
     r = score(tiny_model, tiny_backbone, rows["input"], "-o", out3, "--resume")
@@ -209,11 +215,45 @@ def test_a_parts_path_that_is_a_file_or_a_link_is_refused(tiny_model, tiny_backb
     assert (tmp_path / "a.jsonl.parts").read_text() == "mine" and (tmp_path / "b.jsonl.parts").is_symlink()
 
 
-def test_a_run_killed_while_rewriting_its_index_still_resumes(tiny_model, tiny_backbone, rows, tmp_path, monkeypatch):
+def test_progress_of_an_earlier_armo_build_is_dropped_not_refused(tiny_model, tiny_backbone, rows, tmp_path, monkeypatch):
+    """armo 0.2.0.dev builds kept a window job's progress as rows.jsonl and its index: known names, dropped on
+    --resume (that progress is lost, never copied), and the job runs to the same output."""
+    from armo_cli.jobfiles import PARTS_MARK
+
     out = tmp_path / "s.jsonl"
-    stop = interrupted(monkeypatch, rows, 3, lambda: score(tiny_model, tiny_backbone, rows["input"], "-o", out))
-    assert stop.code == 130
-    (tmp_path / "s.jsonl.parts" / "index.jsonl.tmp").write_text('{"job": "half-writ')  # the rewrite never renamed
+    parts = tmp_path / "s.jsonl.parts"
+    parts.mkdir()
+    (parts / PARTS_MARK).write_text("{}\n")
+    for name in ("rows.jsonl", "index.jsonl", "index.jsonl.tmp"):
+        (parts / name).write_text('{"job": "old"}\n')
     r = score(tiny_model, tiny_backbone, rows["input"], "-o", out, "--resume")
     assert r.code == 0, r.output
-    assert len(rows["calls"]) == 4 and sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "s.jsonl"]
+    assert len(rows["calls"]) == 7 and sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "s.jsonl"]
+
+
+def test_rows_are_rendered_once_for_the_check_and_once_more_only_where_scored(tiny_model, tiny_backbone, rows, tmp_path,
+                                                                           monkeypatch):
+    """The check pass keys every window and holds the first; a window that --resume finds done is read, not rendered."""
+    from armo_cli.rendering import Renderer
+
+    rendered = []
+    real = Renderer.tokenize_many
+
+    def counting(self, examples, *a, **k):
+        rendered.append(len(examples))
+        return real(self, examples, *a, **k)
+
+    monkeypatch.setattr(Renderer, "tokenize_many", counting)
+    out = tmp_path / "s.jsonl"
+    assert score(tiny_model, tiny_backbone, rows["input"], "-o", out).code == 0
+    assert sum(rendered) == 100 + (100 - WINDOW)  # the check pass, then every window but the first (held)
+    rendered.clear()
+    stop = interrupted(monkeypatch, rows, 3, lambda: score(tiny_model, tiny_backbone, rows["input"], "-o", out))
+    assert stop.code == 130
+    rendered.clear()
+    assert score(tiny_model, tiny_backbone, rows["input"], "-o", out, "--resume").code == 0
+    assert sum(rendered) == 100 + (100 - 3 * WINDOW)  # the check pass, then the 4 windows left
+    rendered.clear()
+    one = write_jsonl(tmp_path / "one.jsonl", rows["rows"][:WINDOW])
+    assert score(tiny_model, tiny_backbone, one, "-o", tmp_path / "one-out.jsonl").code == 0
+    assert sum(rendered) == WINDOW  # a one-window input is rendered once
