@@ -331,12 +331,32 @@ def _exit_late(sig: int) -> None:
     os._exit(128 + sig)
 
 
+def start_http(app: Any, cfg: ServeConfig, sock: socket.socket) -> tuple[Any, threading.Thread, Batcher]:
+    """uvicorn serving `app` (make_app) from a listening socket, on a thread the caller starts, and the app's batcher,
+    which the caller runs on its own thread (Batcher.run) until the server stops (server.should_exit). `armo serve`
+    and benchmarks/gpu_serve_jobs.py (the server in the process that holds the model) run the same pieces."""
+    import uvicorn
+
+    # uvicorn cancels what is left a little after armo abandons it, so that requests get armo's 503, not a cancel
+    config = uvicorn.Config(app, log_level="warning", access_log=not cfg.quiet,
+                            timeout_graceful_shutdown=int(cfg.shutdown_timeout) + 2)
+    if not cfg.quiet:  # uvicorn logs access at INFO; the rest of its logging stays at WARNING
+        import logging
+
+        logging.getLogger("uvicorn.access").setLevel(logging.INFO)
+    server = uvicorn.Server(config)
+    batcher = app.state.batcher
+    batcher.external = True
+    http = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="armo-http", daemon=True)
+    return server, http, batcher
+
+
 def serve(cfg: ServeConfig) -> None:
     """Run `armo serve` until SIGINT/SIGTERM: in-flight requests finish, new connections are refused."""
     validate(cfg)
     try:
         import starlette  # noqa: F401
-        import uvicorn
+        import uvicorn  # noqa: F401
     except ImportError:
         raise ArmoError("armo serve needs the serve extra: pip install 'armo-cli[serve]' (starlette, uvicorn)") from None
 
@@ -356,16 +376,7 @@ def serve(cfg: ServeConfig) -> None:
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not (cfg.api_key or os.environ.get("ARMO_API_KEY")):
         print(f"armo serve: warning: bound to {cfg.host} without --api-key: anyone who reaches it can use it",
               file=sys.stderr, flush=True)
-    # uvicorn cancels what is left a little after armo abandons it, so that requests get armo's 503, not a cancel
-    config = uvicorn.Config(app, log_level="warning", access_log=not cfg.quiet,
-                            timeout_graceful_shutdown=int(cfg.shutdown_timeout) + 2)
-    if not cfg.quiet:  # uvicorn logs access at INFO; the rest of its logging stays at WARNING
-        import logging
-
-        logging.getLogger("uvicorn.access").setLevel(logging.INFO)
-    server = uvicorn.Server(config)
-    batcher = app.state.batcher
-    batcher.external = True
+    server, http, batcher = start_http(app, cfg, sock)
     # HTTP on a thread, the model on the main thread (see Batcher.run); signals arrive on the main thread and
     # ask uvicorn for its graceful shutdown: in-flight requests finish (the worker goes on scoring them),
     # new connections are refused, then the lifespan stops the worker
@@ -385,7 +396,6 @@ def serve(cfg: ServeConfig) -> None:
         late.start()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    http = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="armo-http", daemon=True)
     http.start()
     print(f"armo serve: {rm.model.path} on http://{cfg.host}:{port} (objectives: {', '.join(rm.objectives)})", flush=True)
     try:

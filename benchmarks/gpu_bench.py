@@ -275,6 +275,23 @@ def flex_study(bb: Backbone, trees, batch_tokens: int, max_padding: float) -> di
     return out
 
 
+def fit_model(features: Path, work: Path):
+    """A model (heads fitted with armo's own functions: a preference objective, a length objective, decorrelation,
+    a small gate) on extracted pair features, in WORK/model: what score and serve run at this shape."""
+    from armo_cli.configs import DecorrelationConfig, GatingConfig, RegressionConfig
+    from armo_cli.fitting import fit_decorrelation, fit_gating, fit_regression
+    from armo_cli.model import ArmoModel, assemble
+
+    fit_regression(RegressionConfig(pairs=[str(features)], preference_objective="preference",
+                                    length_objective="verbosity", output=str(work / "reg.st"), quiet=True))
+    fit_decorrelation(DecorrelationConfig(features=[str(features)], regression=str(work / "reg.st"),
+                                          output=str(work / "dec.st"), quiet=True))
+    fit_gating(GatingConfig(features=[str(features)], regression=str(work / "reg.st"), decorrelation=str(work / "dec.st"),
+                            output=str(work / "gate.st"), steps=50, hidden_dim=64, quiet=True))
+    assemble(work / "model", str(work / "reg.st"), str(work / "gate.st"), str(work / "dec.st"))
+    return ArmoModel.load(work / "model")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--prepare", default=None, help="write the tokenizer and pairs into this folder, then stop")
@@ -294,14 +311,10 @@ def main() -> None:
         return
 
     from armo_cli.devices import auto_device, auto_dtype
-    from armo_cli.configs import DecorrelationConfig, ExtractConfig, GatingConfig, RegressionConfig, ScoreConfig
-    from armo_cli.fitting import fit_decorrelation
+    from armo_cli.configs import ExtractConfig, ScoreConfig
     from armo_cli.extract import extract
     from armo_cli.features import Features
     from armo_cli.devices import batch_defaults, default_chunk_size
-    from armo_cli.fitting import fit_gating
-    from armo_cli.model import ArmoModel, assemble
-    from armo_cli.fitting import fit_regression
     from armo_cli.scoring import score
 
     device = auto_device(args.device)
@@ -354,14 +367,7 @@ def main() -> None:
     cos = torch.nn.functional.cosine_similarity(feats.tensors["response_features"].float(), ref_feats, dim=-1)
 
     # armo score on the same pairs: heads fitted with armo's own functions on the extracted features
-    fit_regression(RegressionConfig(pairs=[str(work / "pairs.st")], preference_objective="preference",
-                                    length_objective="verbosity", output=str(work / "reg.st"), quiet=True))
-    fit_decorrelation(DecorrelationConfig(features=[str(work / "pairs.st")], regression=str(work / "reg.st"),
-                                          output=str(work / "dec.st"), quiet=True))
-    fit_gating(GatingConfig(features=[str(work / "pairs.st")], regression=str(work / "reg.st"), decorrelation=str(work / "dec.st"),
-                            output=str(work / "gate.st"), steps=50, hidden_dim=64, quiet=True))
-    assemble(work / "model", str(work / "reg.st"), str(work / "gate.st"), str(work / "dec.st"))
-    model = ArmoModel.load(work / "model")
+    model = fit_model(work / "pairs.st", work)
     sc = ScoreConfig(input=str(work / "pairs.jsonl"), output=str(work / "scores.jsonl"), format="jsonl", quiet=True,
                      batch_tokens=batch_tokens)
     score(ScoreConfig(input=str(work / "warm.jsonl"), output=str(work / "w.jsonl"), format="jsonl", quiet=True), model=model, backbone=bb)

@@ -45,8 +45,11 @@ def example_rows(n: int) -> list[dict]:
     return [dict(rows[i % len(rows)], id=f"r{i}") for i in range(n)]
 
 
-def chatml_prompt(prompt: str) -> str:
-    return f"<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
+def chatml_prompt(prompt: str | list[dict]) -> str:
+    """The policy's prompt as OpenRLHF sends it: the conversation in the policy's chat template (ChatML here), up
+    to the assistant's turn."""
+    turns = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in turns) + "<|im_start|>assistant\n"
 
 
 def rss_mb(pid: int) -> float:
@@ -109,8 +112,28 @@ def load(url: str, rows: list[dict], clients: int, keep_alive: bool) -> dict:
             "p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))], "errors": sum(not ok for _, ok in res), "wall_s": wall}
 
 
+def drive(args: argparse.Namespace) -> None:
+    """--drive URL: one load against a server that runs elsewhere (benchmarks/gpu_serve_jobs.py runs the server in
+    the process that holds the model, and the clients here, in a process of their own), its figures as JSON."""
+    rows = [json.loads(x) for x in Path(args.rows_file).read_text().splitlines()]
+    deadline = time.monotonic() + 120
+    while True:  # the server may still be starting
+        try:
+            with urllib.request.urlopen(args.drive + "/health", timeout=5):
+                break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{args.drive}: no answer in 120 s")
+            time.sleep(0.2)
+    load(args.drive, rows[: 2 * args.clients], args.clients, args.keep_alive)  # warm-up: connections, shapes
+    Path(args.json).write_text(json.dumps(load(args.drive, rows, args.clients, args.keep_alive)) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--drive", default=None, help="only the clients, against this server URL (with --rows-file, --json)")
+    ap.add_argument("--rows-file", default=None)
+    ap.add_argument("--keep-alive", action="store_true", help="--drive: one kept-alive connection per client")
     ap.add_argument("--model", default=None, help="default: the shipped model")
     ap.add_argument("--rows", type=int, default=256)
     ap.add_argument("--clients", type=int, default=16)
@@ -118,6 +141,8 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--server-args", default="", help="more `armo serve` options for the batched run, e.g. '--max-padding 0.3'")
     args = ap.parse_args()
+    if args.drive:
+        return drive(args)
     rows = example_rows(args.rows)
 
     from armo_cli import RewardModel

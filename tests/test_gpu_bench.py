@@ -67,3 +67,27 @@ def test_gpu_packing_tiny_runs_and_the_layouts_agree(tmp_path):
     assert flex["max_abs_diff_vs_rows"] < 1e-4 and flex["min_cosine_vs_rows"] > 0.9999  # fp32: the same features
     assert flex["run_tokens"] < rows["run_tokens"] and flex["padded_share"] < 128 * 4 / r["real_tokens"]  # tile rounding only
     assert [e["layout"] for e in r["extract"]] == [rows["layout"], flex["layout"]]
+
+
+@needs_embedded()
+@pytest.mark.slow
+def test_gpu_serve_jobs_tiny_runs_every_study(tmp_path):
+    """#37's prepared run on this CPU: serve with clients in a process of their own, best-of-n trees against pairs,
+    the LM objectives' cost, and one extract job in both layouts."""
+    out = subprocess.run([sys.executable, "-W", "ignore::UserWarning", str(ROOT / "benchmarks" / "gpu_serve_jobs.py"),
+                          "--tiny", "--device", "cpu", "--json", str(tmp_path / "j.json")],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads((tmp_path / "j.json").read_text())
+    assert r["environment"]["torch"] and r["shape"] == "tiny"
+    arms = r["serve"]["arms"]
+    assert [(a["clients"], a["connection"]) for a in arms] == [(16, "new per request"), (16, "kept alive")]
+    assert all(a["errors"] == 0 and a["rows_per_s"] > 0 and a["offline_rows_per_s"] > 0 for a in arms)
+    assert all(a["rows_per_batch"] >= 1 for a in arms) and "median served/offline ratio" in out.stdout
+    bon = r["best_of_n"]
+    assert bon["rows"] == 16 and bon["pairs"] == 48 and bon["same_verdict_rows"] == 16
+    assert bon["trees"]["tokens"] < bon["flattened"]["tokens"]  # each row's prompt once, not three times
+    assert all(r["lm_objectives"][a]["seconds"] > 0 for a in ("features", "+ lm-mean-logprob", "+ lm-pmi too"))
+    fx = r["flex_job"]
+    assert "error" not in fx, fx
+    assert [x["packing"] for x in fx["runs"]] == ["rows", "flex", "flex"] and fx["tokens"] >= 20_000
