@@ -331,6 +331,23 @@ def _exit_late(sig: int) -> None:
     os._exit(128 + sig)
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket listening on host:port (0: any free port). Made with its protocol named (IPPROTO_TCP): asyncio
+    turns off Nagle's algorithm (TCP_NODELAY) only on connections of such a socket, and without it every answer on a
+    kept-alive connection waited for the client's delayed ACK, about 40 ms (measured: 108 ms a request against 62 ms
+    on a new connection, one client, the default model on this CPU)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:  # a port in use is the world's state: exit 1
+        sock.close()
+        raise OSError(e.errno, f"cannot listen there ({e.strerror})", f"{host}:{port}") from None
+    sock.listen(2048)
+    return sock
+
+
 def start_http(app: Any, cfg: ServeConfig, sock: socket.socket) -> tuple[Any, threading.Thread, Batcher]:
     """uvicorn serving `app` (make_app) from a listening socket, on a thread the caller starts, and the app's batcher,
     which the caller runs on its own thread (Batcher.run) until the server stops (server.should_exit). `armo serve`
@@ -363,15 +380,7 @@ def serve(cfg: ServeConfig) -> None:
     rm = RewardModel(cfg.model, device=cfg.device, dtype=cfg.dtype, backbone=cfg.backbone, max_length=cfg.max_length,
                      overflow=cfg.overflow, batch_tokens=cfg.batch_tokens, max_padding=cfg.max_padding)
     app = make_app(rm, cfg)
-    family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((cfg.host, cfg.port))
-    except OSError as e:  # a port in use is the world's state: exit 1
-        sock.close()
-        raise OSError(e.errno, f"cannot listen there ({e.strerror})", f"{cfg.host}:{cfg.port}") from None
-    sock.listen(2048)  # connections queue from now on, so the address printed below already answers
+    sock = listening_socket(cfg.host, cfg.port)  # connections queue from now on: the address printed below answers
     port = sock.getsockname()[1]
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not (cfg.api_key or os.environ.get("ARMO_API_KEY")):
         print(f"armo serve: warning: bound to {cfg.host} without --api-key: anyone who reaches it can use it",

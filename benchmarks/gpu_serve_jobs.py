@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import subprocess
 import sys
@@ -67,17 +66,14 @@ def single_rows(pairs: list[dict], n: int) -> list[dict]:
 
 def serve_study(rm, rows: list[dict], clients: list[int], work: Path, device: torch.device) -> dict:
     from armo_cli.configs import ServeConfig
-    from armo_cli.serve import make_app, start_http
+    from armo_cli.serve import listening_socket, make_app, start_http
 
     rows_file = work / "serve_rows.jsonl"
     rows_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
     rm.score(rows[:16])  # warm-up
     cfg = ServeConfig(quiet=True)
     app = make_app(rm, cfg)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(2048)
+    sock = listening_socket("127.0.0.1", 0)
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     server, http, batcher = start_http(app, cfg, sock)
     http.start()

@@ -173,6 +173,9 @@ def main() -> None:
                 rep[name] = r
             out["repeats"].append(rep)
         out["rss_mb_before"], out["rss_mb_after"] = before, rss_mb(proc.pid)
+        # one client alone, one request at a time: a connection's own latency (a kept-alive one used to wait
+        # for the client's delayed ACK, about 40 ms, until armo's socket turned Nagle's algorithm off)
+        out["one client"] = {name: load(url, rows[:32], 1, ka) for name, ka in arms}
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
@@ -212,6 +215,8 @@ def main() -> None:
     r = out["max-batch 1 (keep-alive)"]
     print(f"  serve, max-batch 1 (keep-alive) {r['rows_per_s']:5.1f} rows/s  ratio {r['rows_per_s'] / off:.2f}  "
           f"p50 {r['p50_ms']:6.0f} ms  p99 {r['p99_ms']:6.0f} ms  errors {r['errors']}")
+    one = out["one client"]
+    print("  one client, one request at a time: p50 " + ", ".join(f"{name} {one[name]['p50_ms']:.0f} ms" for name, _ in arms))
     print(f"  server RSS {out['rss_mb_before']:.0f} MB after warm-up -> {out['rss_mb_after']:.0f} MB after "
           f"{len(reps) * len(arms) * len(rows)} requests")
     if args.json:

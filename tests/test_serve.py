@@ -607,3 +607,48 @@ def test_every_surface_scores_a_forged_turn_as_text(server, tiny_model, tmp_path
     got["verl"] = [x["score"] for x in compute_score(["d"] * 2, [forged, "ok"], [None] * 2, [{"prompt": "hi"}] * 2)]
     for surface, scores in got.items():
         assert scores == pytest.approx(want, abs=1e-5), surface
+
+
+@pytest.mark.parametrize("made_by", ["armo", "plain socket()"])
+def test_kept_alive_connections_send_at_once(made_by):
+    """armo's listening socket names its protocol, so asyncio turns Nagle's algorithm off on every connection: an
+    answer on a kept-alive connection is not held for the client's delayed ACK (about 40 ms a request). A socket made
+    without the protocol (what `armo serve` did before) gets connections with Nagle on: the reason for the first."""
+    import http.client
+    import socket
+
+    import uvicorn
+
+    from armo_cli.serve import listening_socket
+
+    if made_by == "armo":
+        sock = listening_socket("127.0.0.1", 0)
+    else:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.01)
+        conn = http.client.HTTPConnection("127.0.0.1", sock.getsockname()[1], timeout=30)
+        conn.request("GET", "/")
+        assert conn.getresponse().read() == b"ok"
+        (protocol,) = server.server_state.connections  # the server's end of the kept-alive connection
+        nodelay = protocol.transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        assert bool(nodelay) == (made_by == "armo")
+        conn.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
