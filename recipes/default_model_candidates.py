@@ -85,6 +85,35 @@ def choose(results: dict, baseline: str, selection: str, evaluation: list[str]) 
     return best, why
 
 
+def card_section(c: dict) -> list[str]:
+    """The model card's section on the candidates (`--json`'s content): the rule, a table per set, the cost, the
+    decision and why."""
+    def ci(v: dict | None) -> str:
+        return "" if v is None else f"{v['mean']:+.3f} [{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}]"
+
+    L = ["## Which candidate ships (#33)", "",
+         "Candidates: today's recipe (`today`); with the backbone's own LM objectives as reward columns (`lm`); on the "
+         "features of a stage-0 LoRA adapter tuned with a Bradley-Terry loss (`adapter`); both (`adapter-lm`), where "
+         "they were built. Paired 95% bootstrap intervals of a candidate's accuracy minus today's model's, uniform "
+         "weights' and the linear Bradley-Terry control's (both on today's features). Rule: " + c["rule"], ""]
+    for set_name, rs in c["results"].items():
+        L += [f"### {set_name}", "", "| candidate | accuracy | 95% CI | n | - today | - uniform weights | - linear BT | "
+              "Spearman(score, length) | longer wins (model / labels) |", "|---|---|---|---|---|---|---|---|---|"]
+        for name, v in rs.items():
+            over = "" if v["length_ok"] else " (over +0.02)"
+            L.append(f"| {name}{' **(chosen)**' if name == c['chosen'] else ''} | {v['accuracy']:.3f} | "
+                     f"[{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}] | {v['n']} | {ci(v.get('vs_today'))} | "
+                     f"{ci(v.get('vs_uniform weights'))} | {ci(v.get('vs_linear Bradley-Terry head'))} | "
+                     f"{v['spearman']:+.3f} | {v['longer_wins_model']:.3f} / {v['longer_wins_labels']:.3f}{over} |")
+        L.append("")
+    cost = c.get("extract_tokens_per_second") or {}
+    L += ["Extraction cost (tokens/s of each candidate's features, from their own reports; this CPU): "
+          + ", ".join(f"{n} {v:,.0f}" if v else f"{n} -" for n, v in cost.items()) + ".", "",
+          f"Decision: **{c['chosen']}**" + (" (today's model stays)" if c["chosen"] == c["baseline"] else "") + "."]
+    L += [f"- {name}: {why}" for name, why in c["why"].items()] + [""]
+    return L
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("candidates", nargs="+", help="NAME=MODEL_DIR[@WORK]; the first is today's model")

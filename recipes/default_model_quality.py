@@ -522,6 +522,10 @@ def write_card(model_dir: Path, model: ArmoModel, work: Path, q: dict, probe: di
             L.append(f"| {sname} | {v['accuracy']:.3f} | [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}] | {dd} | "
                      f"{lb['spearman_score_length']:+.3f} | {lb['longer_wins_model']:.3f} / {lb['longer_wins_labels']:.3f} |")
         L.append("")
+    if (work / "candidates.json").exists():  # #33: recipes/default_model_candidates.py's table and decision
+        from default_model_candidates import card_section
+
+        L += card_section(json.loads((work / "candidates.json").read_text()))
     L += ["## What the gate does: mean share of the gate's weight per objective, by source or subset", "",
           "Shares sum to 1 per row (the gate's learned scale is common to all prompts). Accuracy is the full model's on those pairs.", ""]
     short = [o for o in model.objectives if o not in blocked]

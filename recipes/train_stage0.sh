@@ -11,7 +11,8 @@ S0=${S0:-runs/default-stage0}
 MAXLEN=${MAXLEN:-512}
 mkdir -p "$S0"
 [[ -f $WORK/pairs.jsonl ]] || { echo "run recipes/train_default.sh first (FIT=0 is enough): it writes $WORK/pairs.jsonl" >&2; exit 2; }
-armo tune-backbone "$WORK/pairs.jsonl" -o "$S0/adapter" --rank "${RANK:-8}" \
+BASE=${BASE:-}                  # the base backbone (default: the embedded one; a dry run gives a tiny one)
+armo tune-backbone "$WORK/pairs.jsonl" -o "$S0/adapter" ${BASE:+--backbone "$BASE"} --rank "${RANK:-8}" \
   --target-modules "${TARGETS:-q_proj,k_proj,v_proj,o_proj}" --epochs "${EPOCHS:-1}" --lr "${LR:-1e-4}" \
   --max-length "$MAXLEN" --overflow truncate-prompt --on-error skip --resume
 WORK=$S0 BACKBONE=$S0/adapter FIT=0 bash recipes/train_default.sh

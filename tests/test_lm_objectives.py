@@ -199,6 +199,14 @@ def test_the_candidates_table_and_its_rule(lm_model, tmp_path):
     sel = out["results"]["RMB selection slice (chose the gate; not a result)"]
     assert set(sel) == {"today", "lm", "control: uniform weights", "control: linear Bradley-Terry head"}
     assert sel["today"]["vs_today"] == {"mean": 0.0, "ci95": [0.0, 0.0]} and sel["lm"]["n"] == 60
+    # the model card's section, from the same JSON
+    from default_model_candidates import card_section
+
+    card = card_section(out)
+    assert card[0] == "## Which candidate ships (#33)" and f"Decision: **{out['chosen']}**" in "\n".join(card)
+    rows = [x for x in card if x.startswith("| today") or x.startswith("| lm")]
+    assert len(rows) == 2 * 4 and all(x.count("|") == 10 for x in rows)
+    assert f"- lm: {out['why']['lm']}" in card
     # the rule on numbers made to test it
     def res(sel_ci, eval_ci, acc=0.6):
         return {"vs_today": {"mean": 0, "ci95": sel_ci}, "accuracy": acc}, {"vs_today": {"mean": 0, "ci95": eval_ci}}
