@@ -330,7 +330,7 @@ def assemble(**values):
     from .model import assemble as run
 
     cfg = _config(AssembleConfig, values)
-    m = _run(lambda: run(cfg.output, cfg.regression, cfg.gating, cfg.decorrelation, cfg.force))
+    m = _run(lambda: run(cfg.output, cfg.regression, cfg.gating, cfg.decorrelation, cfg.force, cfg.ship_adapter))
     info(f"{cfg.output}: {len(m.objectives)} objectives on {m.backbone['name']}", done="model")
 
 

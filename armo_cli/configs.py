@@ -184,6 +184,8 @@ class AssembleConfig:
     gating: str = opt("gating.safetensors", "Gating artifact.")
     decorrelation: str | None = opt(None, "Decorrelation artifact (identity if omitted).")
     force: bool = opt(False, "Replace a non-empty output folder that armo did not write.")
+    ship_adapter: bool = opt(False, "Copy the LoRA adapter the heads were fitted on (armo tune-backbone) into the model, "
+                                    "so that it scores wherever the folder goes.")
 
 
 @dataclass

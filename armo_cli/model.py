@@ -94,10 +94,17 @@ def fit_into_model_dir(fit: Callable[[], T], output: str, model_dir: str | None,
     return result
 
 
+# A model may carry the LoRA adapter its backbone is (stage 0), in this folder of its own: the manifest then names the
+# backbone by this relative name, read as MODEL/backbone-adapter wherever the model directory is.
+ADAPTER_DIR = "backbone-adapter"
+
+
 def assemble(output: str | Path, regression: str, gating: str, decorrelation: str | None = None,
-             force: bool = False) -> "ArmoModel":
+             force: bool = False, ship_adapter: bool = False) -> "ArmoModel":
     """Build a model directory from three artifacts (checked for agreement). The folder is built beside
-    the output and takes its place only once it loads; an earlier model directory there is replaced."""
+    the output and takes its place only once it loads; an earlier model directory there is replaced.
+    `ship_adapter`: the heads were fitted on a LoRA adapter backbone (stage 0); its files are copied into the model
+    (ADAPTER_DIR), so that the model scores wherever it goes (the adapter's base is named in its config)."""
     for a in (regression, gating, decorrelation):
         if a is not None:
             check_input_file(a)
@@ -107,8 +114,31 @@ def assemble(output: str | Path, regression: str, gating: str, decorrelation: st
         if decorrelation:
             register_part(tmp, "decorrelation", decorrelation)
         register_part(tmp, "gating", gating)
+        if ship_adapter:
+            _copy_adapter(tmp)
         ArmoModel.load(tmp)
     return ArmoModel.load(output)
+
+
+def _copy_adapter(model_dir: Path) -> None:
+    from .backbones import load_backbone
+    from .lora import CONFIG, WEIGHTS, is_adapter_dir
+
+    manifest = read_manifest(model_dir)
+    bb = manifest.backbone
+    src = Path(str(bb.get("name")))
+    if bb.get("kind") != "adapter" or not is_adapter_dir(src):
+        raise ArmoError(f"--ship-adapter: the regression was fitted on {bb.get('name')}, not on a LoRA adapter folder "
+                        f"that is here (armo tune-backbone writes one)")
+    if load_backbone(str(src), defer_weights=True).fingerprint != bb.get("fingerprint"):
+        raise ArmoError(f"--ship-adapter: {src} is not the adapter the regression was fitted on (its fingerprint differs)")
+    dst = model_dir / ADAPTER_DIR
+    dst.mkdir()
+    for name in (CONFIG, WEIGHTS, "armo-stage0.json"):  # what loading needs, and its training record
+        if (src / name).is_file():
+            shutil.copyfile(src / name, dst / name)
+    manifest.backbone = {**bb, "name": ADAPTER_DIR}
+    write_manifest(model_dir, manifest)
 
 
 @dataclass
@@ -127,7 +157,11 @@ class ArmoModel:
 
     @property
     def backbone(self) -> dict:
-        return self.manifest.backbone
+        """The backbone the model reads (a shipped adapter by its place inside the model directory)."""
+        bb = self.manifest.backbone
+        if bb.get("kind") == "adapter" and bb.get("name") == ADAPTER_DIR:
+            return {**bb, "name": str(self.path / ADAPTER_DIR)}
+        return bb
 
     @property
     def meaning(self) -> FeatureMeaning:

@@ -97,9 +97,10 @@ if [[ -f $S0/pairs.features.safetensors && -f $S0/ratings.features.safetensors ]
 fi
 if (( ${#CANDS[@]} > 1 )); then
   WINNER=$(python recipes/default_model_candidates.py --work "$WORK" --json "$WORK/candidates.json" "${CANDS[@]}" | tail -1)
-  if [[ $WINNER != today ]]; then  # a stage-0 winner also needs its adapter shipped: see the model card
+  if [[ $WINNER != today ]]; then
     h=$([[ $WINNER == adapter* ]] && echo "$S0/heads" || echo "$WORK/heads")
     PICK=(-r "$h/regression-$WINNER.safetensors" -t "$h/decorrelation-$WINNER.safetensors" -g "$h/gating-$WINNER.safetensors")
+    [[ $WINNER == adapter* ]] && PICK+=(--ship-adapter)  # the model carries its stage-0 adapter (backbone-adapter/)
   fi
   echo "candidates: $WINNER chosen (WORK/candidates.json)"
 fi

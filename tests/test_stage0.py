@@ -101,6 +101,42 @@ def test_a_model_on_an_adapter_exports_merged_weights(tuned, tmp_path):
     assert not torch.allclose(hf[f"model.{q}"], base[q])  # the merged weights, not the base's
 
 
+def test_a_model_ships_its_adapter_and_scores_wherever_it_goes(tuned, tmp_path):
+    """`assemble --ship-adapter` copies the adapter the heads were fitted on into the model (backbone-adapter/, named
+    relatively in the manifest): moved elsewhere, with the original adapter folder gone, it gives the same scores."""
+    import shutil
+
+    from tests.helpers import armo, cli
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(tuned[0] / "tuned", adapter)
+    d = build_model(tmp_path, write_jsonl(tmp_path / "r.jsonl", rating_rows(60)), write_jsonl(tmp_path / "p.jsonl", pair_rows(30)),
+                    adapter)
+    rows = d / "p.jsonl"
+    before = cli("score", "-m", d / "model", rows, "--device", "cpu", "-q").stdout
+    shipped = tmp_path / "shipped"
+    cli("assemble", shipped, "-r", d / "reg.st", "-t", d / "dec.st", "-g", d / "gate.st", "--ship-adapter")
+    manifest = json.loads((shipped / "armo.json").read_text())
+    assert manifest["backbone"]["name"] == "backbone-adapter" and manifest["backbone"]["fingerprint"].startswith("lora-")
+    assert sorted(p.name for p in (shipped / "backbone-adapter").iterdir()) == ["adapter_config.json",
+                                                                                 "adapter_model.safetensors",
+                                                                                 "armo-stage0.json"]
+    moved = tmp_path / "elsewhere" / "model"
+    moved.parent.mkdir()
+    shutil.move(shipped, moved)
+    shutil.rmtree(adapter)  # the folder the heads were fitted on is gone
+    assert cli("score", "-m", moved, rows, "--device", "cpu", "-q").stdout == before
+    # without the flag the model names the adapter's folder, which is gone now: refused in one line
+    r = armo("score", "-m", d / "model", rows, "--device", "cpu", "-q")
+    assert r.code != 0 and "adapter" in r.stderr and "Traceback" not in r.stderr
+    # a regression fitted on a plain backbone has no adapter to ship
+    plain = build_model(tmp_path / "plain", write_jsonl(tmp_path / "r2.jsonl", rating_rows(60)),
+                        write_jsonl(tmp_path / "p2.jsonl", pair_rows(30)), json.loads(
+                            (moved / "backbone-adapter" / "adapter_config.json").read_text())["base_model_name_or_path"])
+    r = armo("assemble", tmp_path / "x", "-r", plain / "reg.st", "-g", plain / "gate.st", "--ship-adapter")
+    assert r.code == 2 and "--ship-adapter: the regression was fitted on" in r.stderr and not (tmp_path / "x").exists()
+
+
 def test_adapters_armo_cannot_merge_are_refused_by_name(tuned, tmp_path, tiny_backbone):
     import shutil
 
