@@ -234,8 +234,6 @@ def main() -> None:
     from armo_cli.configs import ExtractConfig
     from armo_cli.devices import auto_device, auto_dtype
     from armo_cli.extract import extract
-    from armo_cli.rendering import Renderer
-    from armo_cli.rows import parse_row
 
     device = auto_device(args.device)
     dtype = auto_dtype(device, args.dtype)
@@ -263,31 +261,45 @@ def main() -> None:
             Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
 
     for study in args.only.split(","):
-        if study == "serve":
-            res["serve"] = serve_study(rm, single_rows(pairs, args.serve_rows),
-                                       [int(c) for c in args.clients.split(",")], work, device)
-            print_serve(res["serve"])
-        elif study == "bon":
-            res["best_of_n"] = bon_study(rm, bon_rows(pairs, args.bon_rows), device)
-            print_bon(res["best_of_n"])
-        elif study == "lm":  # #37 §3: gpu_bench.py's study of the LM objectives' cost, alone
-            from armo_cli.devices import batch_defaults
-
-            renderer = Renderer(bb.tokenizer)
-            trees = [renderer.tokenize(parse_row(p, f"pairs:{i}"), i) for i, p in enumerate(pairs)]
-            res["lm_objectives"] = lm_study(bb, trees, *batch_defaults(device),
-                                            len(tok) if args.tiny else max(len(tok), LLAMA3_VOCAB))
-            print_lm(res["lm_objectives"])
-        elif study == "flex":
-            renderer = Renderer(bb.tokenizer)
-            each = [renderer.tokenize(parse_row(p, f"pairs:{i}"), i).length for i, p in enumerate(pairs)]
-            job = repeated_pairs(pairs, args.flex_tokens, each)
-            res["flex_job"] = flex_study(bb, job, sum(each[i % len(pairs)] for i in range(len(job))), work, device)
-            print_flex(res["flex_job"])
+        try:
+            run_study(study, args, res, rm, bb, tok, pairs, work, device)
+        except Exception as e:  # noqa: BLE001 - one study's failure is reported; the others still run
+            res[f"{study}_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+            print(f"gpu_serve_jobs: {study} failed: {res[f'{study}_error']}", flush=True)
         save()
-    print(f"gpu_serve_jobs: median served/offline ratio "
-          f"{statistics.median(a['ratio_to_offline'] for a in res['serve']['arms']):.2f}" if "serve" in res else "")
+    if "serve" in res:
+        print(f"gpu_serve_jobs: median served/offline ratio "
+              f"{statistics.median(a['ratio_to_offline'] for a in res['serve']['arms']):.2f}")
 
+
+def run_study(study: str, args: argparse.Namespace, res: dict, rm, bb, tok, pairs: list[dict], work: Path,
+              device: torch.device) -> None:
+    from armo_cli.rendering import Renderer
+    from armo_cli.rows import parse_row
+
+    if study == "serve":
+        res["serve"] = serve_study(rm, single_rows(pairs, args.serve_rows),
+                                   [int(c) for c in args.clients.split(",")], work, device)
+        print_serve(res["serve"])
+    elif study == "bon":
+        res["best_of_n"] = bon_study(rm, bon_rows(pairs, args.bon_rows), device)
+        print_bon(res["best_of_n"])
+    elif study == "lm":  # #37 §3: gpu_bench.py's study of the LM objectives' cost, alone
+        from armo_cli.devices import batch_defaults
+
+        renderer = Renderer(bb.tokenizer)
+        trees = [renderer.tokenize(parse_row(p, f"pairs:{i}"), i) for i, p in enumerate(pairs)]
+        res["lm_objectives"] = lm_study(bb, trees, *batch_defaults(device),
+                                        len(tok) if args.tiny else max(len(tok), LLAMA3_VOCAB))
+        print_lm(res["lm_objectives"])
+    elif study == "flex":
+        renderer = Renderer(bb.tokenizer)
+        each = [renderer.tokenize(parse_row(p, f"pairs:{i}"), i).length for i, p in enumerate(pairs)]
+        job = repeated_pairs(pairs, args.flex_tokens, each)
+        res["flex_job"] = flex_study(bb, job, sum(each[i % len(pairs)] for i in range(len(job))), work, device)
+        print_flex(res["flex_job"])
+    else:
+        raise ValueError(f"--only: no study {study!r} (serve, bon, lm, flex)")
 
 if __name__ == "__main__":
     main()
