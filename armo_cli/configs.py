@@ -82,7 +82,9 @@ class TuneConfig:
     alpha: float = opt(16.0, "LoRA alpha (the update is scaled by alpha / rank).", above=0.0)
     target_modules: str = opt("q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
                               "The blocks' linear layers that get an adapter, comma-separated.")
-    pooling: str = opt("last", "The Bradley-Terry head reads the last layer at: last (the response's last token) | mean.",
+    layer: int = opt(-1, "Hidden layer the Bradley-Terry head reads, as extract's --layer (give the layer your features "
+                         "will be read from): the blocks above it get no adapter and are not run in training.")
+    pooling: str = opt("last", "The Bradley-Terry head reads the layer at: last (the response's last token) | mean.",
                        choices=POOLINGS)
     lr: float = opt(1e-4, "AdamW learning rate (adapter and head).", above=0.0)
     weight_decay: float = opt(0.0, "AdamW weight decay.", min=0.0)

@@ -1,6 +1,8 @@
 """`armo tune-backbone`, stage 0: a backbone tuned for preference, as ArmoRM's own backbone was a Bradley-Terry reward
-model (FsfairX-LLaMA3-RM) before its heads were fitted. LoRA on the backbone's blocks and a linear head on its last
-layer learn together, with the Bradley-Terry loss -log sigmoid(r(chosen) - r(rejected)), on CPU or GPU, resumable.
+model (FsfairX-LLaMA3-RM) before its heads were fitted. LoRA on the backbone's blocks and a linear head learn
+together, with the Bradley-Terry loss -log sigmoid(r(chosen) - r(rejected)), on CPU or GPU, resumable. The head reads
+the last layer, or (--layer) the one the features will be read from: then the blocks above it get no adapter and are
+not run, so a layer-13-of-30 read-out trains at about twice the speed.
 
 PEFT makes the LoRA modules and writes the adapter in its own format. The loop is armo's, not TRL's RewardTrainer,
 because the pairs must be the tokens their features will be read from: rendered by armo's renderer (a chat marker
@@ -23,7 +25,7 @@ from .configs import TuneConfig
 from .context import RowContext
 from .console import info, progress, warn
 from .errors import ArmoError
-from .forward import branch_spans, build_batch
+from .forward import branch_spans, build_batch, canonical_layer, hidden_states, resolve_layer
 from .jobfiles import claim_parts, make_parts, remove_parts
 from .jsonl import check_input_file, sha256_file, sha256_json
 from .lora import CONFIG, is_adapter_dir
@@ -52,10 +54,11 @@ def _pairs(source: Source, ctx: RowContext, cfg: TuneConfig, skipped: list[Skipp
 
 
 def pair_rewards(model, head: torch.nn.Linear, trees: list[Tree], device: torch.device, dtype: torch.dtype,
-                 pooling: str) -> torch.Tensor:
-    """The head's rewards [B,2] of the pairs' responses, read at the last layer of one tree-masked pass (with grad)."""
+                 pooling: str, layer: int = -1) -> torch.Tensor:
+    """The head's rewards [B,2] of the pairs' responses, read at `layer` of one tree-masked pass (with grad; the
+    blocks above the layer are not run)."""
     ids, pos, mask = build_batch(trees, device, dtype)
-    hidden = model(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=False).last_hidden_state
+    hidden = hidden_states(model, layer, input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=False)
     feats = []
     for b, t in enumerate(trees):
         spans, which = branch_spans(t), t.branches()[1]
@@ -70,11 +73,11 @@ def bt_loss(rewards: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def mean_loss(model, head, trees: list[Tree], device, dtype, pooling: str, batch: int) -> tuple[float, float]:
+def mean_loss(model, head, trees: list[Tree], device, dtype, pooling: str, batch: int, layer: int = -1) -> tuple[float, float]:
     """(mean Bradley-Terry loss, accuracy) over pairs, without grad."""
     losses, right = [], 0
     for i in range(0, len(trees), batch):
-        r = pair_rewards(model, head, trees[i:i + batch], device, dtype, pooling)
+        r = pair_rewards(model, head, trees[i:i + batch], device, dtype, pooling, layer)
         losses.append(float(bt_loss(r)) * r.shape[0])
         right += int((r[:, 0] > r[:, 1]).sum())
     return sum(losses) / len(trees), right / len(trees)
@@ -145,8 +148,13 @@ def _tune(cfg: TuneConfig, source: Source, targets: list[str], t0: float) -> dic
     skipped: list[Skipped] = []
     trees = _pairs(source, ctx, cfg, skipped)
     input_hash = sha256_file(source.path) if source.path else sha256_json([t.prompt + t.conts[0] + t.conts[1] for t in trees])
+    n_layers = int(bb.model.config.num_hidden_layers)
+    read = resolve_layer(cfg.layer, n_layers)
+    if read == 0:
+        raise ArmoError(f"--layer {cfg.layer}: that is the embeddings, which no block's adapter changes; give a block's layer")
     settings = {k: getattr(cfg, k) for k in ("rank", "alpha", "target_modules", "pooling", "lr", "weight_decay", "epochs",
                                               "batch_pairs", "max_length", "overflow", "seed")}
+    settings["layer"] = layer = canonical_layer(cfg.layer, n_layers)
     key = sha256_json([bb.fingerprint, input_hash, settings, len(trees), __version__])
     try:
         from peft import LoraConfig, get_peft_model
@@ -155,8 +163,13 @@ def _tune(cfg: TuneConfig, source: Source, targets: list[str], t0: float) -> dic
     torch.manual_seed(cfg.seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # PEFT calls a transformers method that transformers deprecates
-        model = get_peft_model(bb.model, LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, target_modules=targets,
-                                                    lora_dropout=0.0, bias="none"))
+        # blocks above the read layer cannot change what the head reads: they get no adapter (and are not run)
+        # (a regex over module names: PEFT's layers_to_transform does not match a bare decoder's top-level "layers.N")
+        modules = targets if read == n_layers else (
+            rf"layers\.({'|'.join(map(str, range(read)))})\.\w+\.({'|'.join(map(re.escape, targets))})")
+        peft = get_peft_model(bb.model, LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, target_modules=modules,
+                                                   lora_dropout=0.0, bias="none"))
+    model = peft.get_base_model()  # the backbone with LoRA modules in place: armo's forward (and its layer hook) runs it
     unknown = [m for m in targets if not any(n.endswith(m) for n, _ in bb.model.named_modules())]
     if unknown:
         raise ArmoError(f"--target-modules: {', '.join(unknown)} not in the backbone's blocks")
@@ -174,7 +187,7 @@ def _tune(cfg: TuneConfig, source: Source, targets: list[str], t0: float) -> dic
     probe = [trees[j] for j in sorted(sample)]
 
     def measured() -> tuple[float | None, float | None]:
-        return mean_loss(model, head, probe, bb.device, bb.dtype, cfg.pooling, cfg.batch_pairs) if probe else (None, None)
+        return mean_loss(model, head, probe, bb.device, bb.dtype, cfg.pooling, cfg.batch_pairs, layer) if probe else (None, None)
 
     if record is None:
         before = measured()
@@ -190,7 +203,7 @@ def _tune(cfg: TuneConfig, source: Source, targets: list[str], t0: float) -> dic
             epoch, i = divmod(step, per_epoch)
             order = torch.randperm(len(trees), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
             batch = [trees[j] for j in order[i * cfg.batch_pairs:(i + 1) * cfg.batch_pairs].tolist()]
-            loss = bt_loss(pair_rewards(model, head, batch, bb.device, bb.dtype, cfg.pooling))
+            loss = bt_loss(pair_rewards(model, head, batch, bb.device, bb.dtype, cfg.pooling, layer))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -214,7 +227,7 @@ def _tune(cfg: TuneConfig, source: Source, targets: list[str], t0: float) -> dic
     base = cfg.backbone if bb.spec.kind in ("named-gguf", "hub") else str(Path(cfg.backbone).expanduser().resolve())
     with atomic_dir(cfg.output) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # PEFT calls a transformers method that transformers deprecates
-        model.save_pretrained(str(tmp), safe_serialization=True)
+        peft.save_pretrained(str(tmp), safe_serialization=True)
         conf = json.loads((tmp / CONFIG).read_text())
         conf["base_model_name_or_path"] = base  # armo's name for it: the embedded backbone is a name, not a hub id
         (tmp / CONFIG).write_text(json.dumps(conf, indent=2) + "\n")

@@ -46,6 +46,30 @@ def test_a_tiny_run_lowers_the_bradley_terry_loss_on_its_pairs(tuned):
     assert not (d / "tuned.parts").exists()
 
 
+def test_a_run_at_a_middle_layer_tunes_only_the_blocks_below_it_and_its_head_reads_what_extract_reads(tuned, tiny_backbone,
+                                                                                                     tmp_path):
+    """--layer: the head reads the layer the features will come from (here after block 0 of 2, mean pooling); block 1
+    gets no adapter. The report's loss is the head on the features extract reads through the adapter."""
+    (tmp_path / "pairs.jsonl").write_text((tuned[0] / "pairs.jsonl").read_text())
+    rep = tune(tmp_path, tiny_backbone, layer=1, pooling="mean", lr=3e-2)
+    assert rep["settings"]["layer"] == -2 and rep["loss_after"] < rep["loss_before"] - 0.02
+    folder = tmp_path / "tuned"
+    keys = load_file(str(folder / "adapter_model.safetensors")).keys()
+    assert keys and all(".layers.0." in k for k in keys)
+    assert json.loads((folder / "adapter_config.json").read_text())["target_modules"].startswith(r"layers\.(0)\.")
+    bb = load_backbone(str(folder), device="cpu", dtype="fp32")
+    trees = [Renderer(bb.tokenizer).tokenize(ex, i)
+             for i, ex in enumerate(as_pairs(iter_examples(Source(str(tmp_path / "pairs.jsonl")))))]
+    feats = encode_trees(bb, trees, 10_000, layer=1, pooling="mean")[1]  # [N,2,d]
+    head = load_file(str(folder / "reward_head.safetensors"))
+    r = feats @ head["weight"][0] + head["bias"][0]
+    loss = float(-torch.nn.functional.logsigmoid(r[:, 0] - r[:, 1]).mean())
+    assert loss == pytest.approx(rep["loss_after"], abs=1e-4)
+    assert float((r[:, 0] > r[:, 1]).float().mean()) == pytest.approx(rep["accuracy_after"])
+    with pytest.raises(ArmoError, match="--layer 0: that is the embeddings"):
+        tune(tmp_path, tiny_backbone, out="t0", layer=0)
+
+
 def test_an_interrupted_run_resumes_to_the_same_adapter(tuned, tiny_backbone, tmp_path, monkeypatch):
     import armo_cli.stage0 as stage0
 
