@@ -73,6 +73,20 @@ def text_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def _not_rows(path: str | Path) -> str | None:
+    """What a file that fails on its first line is, where armo can tell: its own features or heads (safetensors)."""
+    if str(path) == "-":
+        return None
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return None
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000:
+        return "a safetensors file (extracted features or fitted heads), not JSONL rows; score and evaluate take features as --features FILE"
+    return None
+
+
 def iter_jsonl(path: str | Path, display: str | None = None) -> Iterator[tuple[int, Any]]:
     """Yield (line number, object); blank lines are skipped. Malformed JSON, non-UTF-8 bytes, JSON nested
     too deeply, NaN/Infinity literals and damaged .gz files are armo errors naming file and line."""
@@ -90,13 +104,15 @@ def iter_jsonl(path: str | Path, display: str | None = None) -> Iterator[tuple[i
             try:
                 line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError as e:
-                raise ArmoError(f"{name}:{lineno}: not UTF-8 text (byte {e.start + 1} of the line)") from None
+                what = _not_rows(path) if lineno == 1 else None
+                raise ArmoError(f"{name}:{lineno}: {what or f'not UTF-8 text (byte {e.start + 1} of the line)'}") from None
             if not line.strip():
                 continue
             try:
                 obj = strict_json(line)
             except json.JSONDecodeError as e:
-                raise ArmoError(f"{name}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+                what = _not_rows(path) if lineno == 1 else None
+                raise ArmoError(f"{name}:{lineno}: {what or f'malformed JSON ({e.msg} at column {e.colno})'}") from None
             except RecursionError:
                 raise ArmoError(f"{name}:{lineno}: malformed JSON (nested too deeply)") from None
             except ValueError as e:

@@ -161,6 +161,10 @@ CASES: dict[str, Case] = {
     "score -o the features": (lambda c: (["score", "-m", c.model, "--features", fake_features(c.tmp / "f.st"), "-o", c.tmp / "f.st"], None),
                               2, r"--output .*f\.st: is also an input"),
     # --- evaluate -------------------------------------------------------------------------------------
+    "evaluate features as INPUT": (lambda c: (["evaluate", "-m", c.model, c.pairs, "-o", c.tmp / "r.json"], None), 2,
+                                   r"p\.st:1: a safetensors file \(extracted features or fitted heads\), not JSONL rows; "
+                                   r"score and evaluate take features as --features FILE"),
+    "score heads as INPUT": (lambda c: (["score", "-m", c.model, c.reg], None), 2, r"reg\.st:1: a safetensors file"),
     "evaluate --ties": (lambda c: (["evaluate", "-m", c.model, "--features", c.pairs, "--ties", "maybe"], None),
                         2, r"--ties maybe: choose from loss, half"),
     "evaluate --bootstrap 0": (lambda c: (["evaluate", "-m", c.model, "--features", c.pairs, "--bootstrap", "0"], None),
