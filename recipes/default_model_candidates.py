@@ -44,12 +44,15 @@ def paired(a: torch.Tensor, b: torch.Tensor) -> dict:
     return {"mean": float(d.mean()), "ci95": bootstrap_ci(d, N_BOOT, 0)}
 
 
-def scored(model: ArmoModel, f: Features, ids: list[str]) -> torch.Tensor:
-    """The model's scores [n,2] of the rows `ids` (in that order) of its features."""
+def scored(model: ArmoModel, f: Features, ids: list[str]) -> tuple[torch.Tensor, dict[str, float]]:
+    """The model's scores [n,2] of the rows `ids` (in that order) of its features, and the gate's mean share of weight
+    per objective over them (does any objective but `preference` earn weight?)."""
     at = {i: k for k, i in enumerate(f.ids)}
     idx = torch.tensor([at[i] for i in ids])
     with torch.no_grad():
-        return model.explain(f.tensors["prompt_features"][idx], f.inputs(model.regression.lm_objectives)[idx])["score"]
+        e = model.explain(f.tensors["prompt_features"][idx], f.inputs(model.regression.lm_objectives)[idx])
+    g = e["gating"] / e["gating"].sum(-1, keepdim=True)  # shares of the weight (the gate's scale is common to all rows)
+    return e["score"], {o: float(w) for o, w in zip(model.objectives, g.mean(0))}
 
 
 def measure_set(scores: torch.Tensor, lengths: torch.Tensor) -> dict:
@@ -105,7 +108,10 @@ def card_section(c: dict) -> list[str]:
                      f"[{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}] | {v['n']} | {ci(v.get('vs_today'))} | "
                      f"{ci(v.get('vs_uniform weights'))} | {ci(v.get('vs_linear Bradley-Terry head'))} | "
                      f"{v['spearman']:+.3f} | {v['longer_wins_model']:.3f} / {v['longer_wins_labels']:.3f}{over} |")
-        L.append("")
+        shares = [f"{name}: " + ", ".join(f"{o} {w:.2f}" for o, w in sorted(v["gate_mean"].items(), key=lambda x: -x[1])
+                                          if w >= 0.005)
+                  for name, v in rs.items() if "gate_mean" in v]
+        L += ["", "The gate's mean share of weight per objective on these pairs (0.005 and above): " + "; ".join(shares) + ".", ""]
     cost = c.get("extract_tokens_per_second") or {}
     L += ["Extraction cost (tokens/s of each candidate's features, from their own reports; this CPU): "
           + ", ".join(f"{n} {v:,.0f}" if v else f"{n} -" for n, v in cost.items()) + ".", "",
@@ -146,7 +152,7 @@ def main() -> None:
         at = {i: k for k, i in enumerate(f0.ids)}
         idx = torch.tensor([at[i] for i in ids])
         lengths = f0.tensors["response_lengths"][idx]
-        base = scored(today, f0, ids)
+        base, base_gate = scored(today, f0, ids)
         with torch.no_grad():
             controls = {"control: uniform weights": today.explain(f0.tensors["prompt_features"][idx],
                                                                   f0.inputs(today.regression.lm_objectives)[idx], uniform)["score"],
@@ -157,9 +163,9 @@ def main() -> None:
         for name, (model, _) in cands.items():
             if name not in feats:
                 continue
-            s = base if name == baseline else scored(model, feats[name], ids)
+            s, gate = (base, base_gate) if name == baseline else scored(model, feats[name], ids)
             o = pair_outcomes(s[:, 0] - s[:, 1], "loss")
-            rep = measure_set(s, lengths)
+            rep = {**measure_set(s, lengths), "gate_mean": gate}
             rep["vs_today"] = paired(o, outcome[baseline])
             for c in controls:
                 rep[f"vs_{c.split(': ')[1]}"] = paired(o, outcome[c])

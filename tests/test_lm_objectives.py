@@ -207,6 +207,11 @@ def test_the_candidates_table_and_its_rule(lm_model, tmp_path):
     rows = [x for x in card if x.startswith("| today") or x.startswith("| lm")]
     assert len(rows) == 2 * 4 and all(x.count("|") == 10 for x in rows)
     assert f"- lm: {out['why']['lm']}" in card
+    # the gate's mean weights: each candidate's objectives, summing to 1; the LM objectives only where read
+    assert set(sel["lm"]["gate_mean"]) >= {"lm-mean-logprob", "lm-pmi", "preference"}
+    assert not any(o.startswith("lm-") for o in sel["today"]["gate_mean"])
+    assert all(sum(v["gate_mean"].values()) == pytest.approx(1.0, abs=1e-5) for v in (sel["lm"], sel["today"]))
+    assert sum(x.startswith("The gate's mean share of weight per objective") for x in card) == 4
     # the rule on numbers made to test it
     def res(sel_ci, eval_ci, acc=0.6):
         return {"vs_today": {"mean": 0, "ci95": sel_ci}, "accuracy": acc}, {"vs_today": {"mean": 0, "ci95": eval_ci}}
