@@ -344,6 +344,25 @@ def studies(results: Path) -> list[str]:
                      f"held-out pairs that is {c['mean']:+.3f} [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}] against the "
                      f"linear control.")
         out.append(text)
+    ls = results / "lm_share_study.json"
+    if ls.exists():
+        r = json.loads(ls.read_text())
+        rule = next(a for a in r["arms"] if a["objective"] == r["rule"]["objective"] and a["b"] == r["rule"]["b"])
+
+        def arm(a: dict) -> str:
+            return "; ".join(f"{n} {m['accuracy']:.3f} ({m['minus_today']['mean']:+.3f} [{m['minus_today']['ci95'][0]:+.3f}, "
+                             f"{m['minus_today']['ci95'][1]:+.3f}])" for n, m in a["sets"].items())
+        alone = {a["objective"]: a for a in r["arms"] if a["b"] == 1.0}
+        top = max(v for sh in r["gate_share"].values() for v in sh.values())
+        out.append(f"`studies/lm_share_study.py`: the `lm` candidate's gate gives the LM objectives at most {top:.3f} of "
+                   f"its weight on average on any set; this study moves a fixed share b of every prompt's "
+                   f"weight to one of them. The rule (highest RMB selection accuracy, within 0.005 the smaller b) picks "
+                   f"{rule['objective']} at b = {rule['b']:.2f}: {arm(rule)} (in brackets: minus today's model, paired); "
+                   + ("adopted" if r["adopt"] else "not adopted" + (f" (worse beyond noise on {', '.join(r['worse'])})"
+                                                                     if r["worse"] else ""))
+                   + ". Each LM objective alone: " + "; ".join(
+                       f"{o}: " + ", ".join(f"{n} {m['accuracy']:.3f}" for n, m in a["sets"].items()) for o, a in alone.items())
+                   + ".")
     rp = results / "rating_pairs_study.json"
     if rp.exists():
         r = json.loads(rp.read_text())
@@ -356,8 +375,8 @@ def studies(results: Path) -> list[str]:
             return f"{m['accuracy']:.3f}" + (f" ({d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}])" if d else "")
         sel = "RMB selection"
         other = max((a for a in r["arms"] if a is not rule), key=lambda a: a["sets"][sel]["accuracy"])
-        out.append(f"`studies/rating_pairs_study.py`: pairs built from the rating rows (within a prompt, the response "
-                   f"rated higher wins: " + ", ".join(f"{s} {n}" for s, n in r["derived"].items()) + ") added to the "
+        out.append("`studies/rating_pairs_study.py`: pairs built from the rating rows (within a prompt, the response "
+                   "rated higher wins: " + ", ".join(f"{s} {n}" for s, n in r["derived"].items()) + ") added to the "
                    f"preference head's training pairs. The rule (highest RMB selection accuracy) picks `{r['rule']}` "
                    f"(selection {rule['sets'][sel]['accuracy']:.3f}): held-out {cell(rule, 'held-out')}, RMB evaluation "
                    f"{cell(rule, 'RMB evaluation')}, dev-eval {cell(rule, 'dev-eval')}. Next on the selection slice: "

@@ -11,6 +11,7 @@ from armo_cli.errors import ArmoError
 from armo_cli.features import Features
 from armo_cli.forward import encode_trees
 from armo_cli.lm_objectives import LM_OBJECTIVES, empty_prompt, parse_lm_objectives
+from armo_cli.model import ArmoModel
 from armo_cli.heads import Regression
 from armo_cli.rendering import Renderer
 from armo_cli.rows import Source, iter_examples
@@ -225,3 +226,44 @@ def test_the_candidates_table_and_its_rule(lm_model, tmp_path):
     assert chosen == "a" and why["a"] == "adopted" and "worse than today's model" in why["b"] and "does not lie above 0" in why["c"]
     results["sel"].pop("a")
     assert choose(results, "today", "sel", ["ev"])[0] == "today"
+
+
+def test_the_lm_share_study_and_its_claim_that_a_fixed_share_fits_the_armorm_format(lm_model, tmp_path):
+    """studies/lm_share_study.py: b = 0 is the model's own gate; a fixed share b of an objective is the model with the
+    transform T' = (1 - b) T + b T[:, j] 1^T (so it could ship without new code)."""
+    import copy
+    import shutil
+    import subprocess
+    import sys
+
+    d = lm_model.parent
+    work = tmp_path / "work"
+    work.mkdir()
+    for stem in ("pairs", "rmb-select", "heldout", "dev-eval", "rmb-eval"):
+        shutil.copyfile(d / "p.st", work / f"{stem}.features.safetensors")
+    run = subprocess.run([sys.executable, str(ROOT / "studies" / "lm_share_study.py"), "--work", str(work), "--model",
+                          str(lm_model), "--today", str(lm_model), "--json", str(tmp_path / "s.json")],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    out = json.loads((tmp_path / "s.json").read_text())
+    arms = {(a["objective"], a["b"]): a for a in out["arms"]}
+    assert set(o for o, _ in arms) == {"lm-pmi", "lm-mean-logprob"} and len(arms) == 16
+    assert all(m["minus_today"] == {"mean": 0.0, "ci95": [0.0, 0.0]} for m in arms[("lm-pmi", 0.0)]["sets"].values())
+    assert set(out["gate_share"]) == {"held-out", "dev-eval", "RMB evaluation", "RMB selection", "training pairs"}
+    model = ArmoModel.load(lm_model)
+    f = Features.load(d / "p.st")
+    P, R = f.tensors["prompt_features"], f.inputs(model.regression.lm_objectives)
+    j, b = model.objectives.index("lm-pmi"), 0.3
+    with torch.no_grad():
+        e = model.explain(P, R)
+        g = e["gating"] / e["gating"].sum(-1, keepdim=True)
+        w = (1 - b) * g
+        w[:, j] += b
+        want = (w[:, None, :] * (model.regression.rewards(R) @ model.decorrelation.transform)).sum(-1) * e["gating"].sum(-1)[:, None]
+        shipped = copy.deepcopy(model)
+        T = model.decorrelation.transform
+        shipped.decorrelation.transform = (1 - b) * T + b * T[:, j:j + 1].expand_as(T)
+        got = shipped.explain(P, R)["score"]
+    assert torch.allclose(got, want, atol=1e-5)
+    acc = float((got[:, 0] > got[:, 1]).float().mean())
+    assert acc == pytest.approx(arms[("lm-pmi", 0.3)]["sets"]["held-out"]["accuracy"])
