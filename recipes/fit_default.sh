@@ -105,6 +105,12 @@ if (( ${#CANDS[@]} > 1 )); then
   echo "candidates: $WINNER chosen (WORK/candidates.json)"
 fi
 
+# where the gate gives the LM objectives no weight, would a fixed share pay? (studies/lm_share_study.py; the card's line)
+if [[ -d $M/lm ]]; then
+  python studies/lm_share_study.py --work "$WORK" --model "$M/lm" --today "$M/$CHOSEN" \
+    --json "${STUDIES:-studies/results}/lm_share_study.json" > "$WORK/lm_share_study.txt"
+fi
+
 rm -rf "$OUT.new"
 armo assemble "$OUT.new" "${PICK[@]}"
 python recipes/default_model_quality.py --work "$WORK" --model "$OUT.new" --produced-by "$PRODUCED_BY"
