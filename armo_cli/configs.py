@@ -97,7 +97,8 @@ class TuneConfig:
     eval_pairs: int = opt(256, "Training pairs (a seeded sample) whose Bradley-Terry loss and accuracy are measured "
                                "before and after, for the report; 0 skips it (each costs a forward pass).", min=0)
     seed: int = opt(0, "Seed of the adapter's initialisation and the pairs' order.")
-    resume: bool = opt(False, "Continue an interrupted run from its last checkpoint (same pairs and settings).")
+    resume: bool = opt(False, "Continue an interrupted run from its last checkpoint (same pairs and settings); a "
+                              "finished adapter of the same run is up to date and left as it is.")
     quiet: bool = opt(False, QUIET_HELP)
 
 

@@ -123,6 +123,15 @@ def _load_checkpoint(path: Path, params, opt: torch.optim.Optimizer, key: str) -
     return meta
 
 
+def _finished(folder: Path, key: str) -> dict | None:
+    """The report of a finished adapter at `folder` if it is this job's (same key), else None."""
+    try:
+        report = json.loads((folder / "armo-stage0.json").read_text()) if is_adapter_dir(folder) else None
+    except (OSError, ValueError):
+        return None
+    return report if isinstance(report, dict) and report.get("key") == key else None
+
+
 def tune_backbone(cfg: TuneConfig) -> dict:
     """Run `armo tune-backbone` and return its report (losses before and after, steps, tokens/s)."""
     validate(cfg)
@@ -156,6 +165,10 @@ def _tune(cfg: TuneConfig, source: Source, targets: list[str], t0: float) -> dic
                                               "batch_pairs", "max_length", "overflow", "seed")}
     settings["layer"] = layer = canonical_layer(cfg.layer, n_layers)
     key = sha256_json([bb.fingerprint, input_hash, settings, len(trees), __version__])
+    done = _finished(Path(cfg.output), key) if cfg.resume else None
+    if done is not None:  # --resume on a finished run of the same job: nothing to do (as extract's "up to date")
+        info(f"{cfg.output}: {done['pairs']} pairs, {done['steps']} steps", cfg.quiet, done="up to date")
+        return done
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError:
@@ -217,7 +230,7 @@ def _tune(cfg: TuneConfig, source: Source, targets: list[str], t0: float) -> dic
             rate = record["tokens"] / max(record["seconds"] + time.perf_counter() - t_train, 1e-9)
             pbar.update(task, advance=1, rate=f"loss {record['losses'][-1]:.3f}, {rate:,.0f} tok/s")
     after = measured()
-    report = {"kind": "stage0", "armo_version": __version__, "base": bb.spec.name, "base_fingerprint": bb.fingerprint,
+    report = {"kind": "stage0", "key": key, "armo_version": __version__, "base": bb.spec.name, "base_fingerprint": bb.fingerprint,
               "input": source.name, "input_hash": input_hash, "pairs": len(trees), "steps": total, "settings": settings,
               "eval_pairs": len(probe), "loss_before": record["before"][0], "accuracy_before": record["before"][1],
               "loss_after": after[0], "accuracy_after": after[1], "train_losses": record["losses"],

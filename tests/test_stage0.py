@@ -92,6 +92,11 @@ def test_an_interrupted_run_resumes_to_the_same_adapter(tuned, tiny_backbone, tm
     got = load_file(str(tmp_path / "tuned" / "adapter_model.safetensors"))
     assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
     assert rep["train_losses"] == tuned[1]["train_losses"] and rep["loss_after"] == tuned[1]["loss_after"]
+    # --resume on the finished adapter: up to date, nothing rewritten; other settings train again
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "tuned").iterdir()}
+    assert tune(tmp_path, tiny_backbone, resume=True) == rep
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "tuned").iterdir()} == before
+    assert tune(tmp_path, tiny_backbone, resume=True, epochs=1)["steps"] == 5
 
 
 @pytest.mark.parametrize("fast", [False, True])
