@@ -5,8 +5,8 @@ Candidates are model directories, each with the recipe's features it reads (toda
 stage-0 adapter, whose features come from its own extraction; both). Per set (the selection slice, then held-out,
 dev-eval, RMB evaluation): accuracy with a 95% bootstrap interval; paired 95% intervals of the candidate's accuracy
 minus today's model's, minus uniform weights' and minus the linear Bradley-Terry control's (both on today's
-features); Spearman(score, length); the longer response's share of wins against the labels' share; extraction cost
-(tokens/s, from the features' own report). Rows are paired by id (every candidate's features hold the same rows).
+features); Spearman(score, length); the longer response's share of wins against the labels' share; what each costs a user (`armo score`'s work
+on the same pairs, side by side). Rows are paired by id (every candidate's features hold the same rows).
 
 The rule: a candidate is adopted only if its paired interval against today's model on the selection slice lies
 above 0 and, on every evaluation set, its interval against today's model reaches 0 or above (not worse beyond
@@ -53,6 +53,39 @@ def scored(model: ArmoModel, f: Features, ids: list[str]) -> tuple[torch.Tensor,
         e = model.explain(f.tensors["prompt_features"][idx], f.inputs(model.regression.lm_objectives)[idx])
     g = e["gating"] / e["gating"].sum(-1, keepdim=True)  # shares of the weight (the gate's scale is common to all rows)
     return e["score"], {o: float(w) for o, w in zip(model.objectives, g.mean(0))}
+
+
+def scoring_cost(models: dict[str, Path], rows_path: Path, n: int = 16, repeats: int = 2) -> dict:
+    """What each candidate costs a user: `armo score`'s work (armo_cli.api: render, forward, heads) on the same first
+    `n` pairs of `rows_path` that every candidate can score within 1,024 tokens, side by side, alternating, the median
+    of `repeats`. Returns {"pairs": n, "tokens": the rows' prompt+response tokens, name: pairs per second}."""
+    import statistics
+    import time
+
+    from armo_cli.api import RewardModel
+    from armo_cli.errors import ArmoError
+    from armo_cli.jsonl import iter_jsonl
+
+    rms = {name: RewardModel(m) for name, m in models.items()}
+    rows = []
+    for _, row in iter_jsonl(rows_path):
+        try:
+            if any(len(t.prompt) + sum(map(len, t.conts)) > 1024 for rm in rms.values() for t in rm.prepare([row])):
+                continue
+        except ArmoError:  # over the backbone's own limit
+            continue
+        rows.append(row)
+        if len(rows) == n:
+            break
+    trees = {name: rm.prepare(rows) for name, rm in rms.items()}
+    times: dict[str, list[float]] = {name: [] for name in rms}
+    for _ in range(repeats):
+        for name, rm in rms.items():
+            t0 = time.perf_counter()
+            rm.score_prepared(trees[name])
+            times[name].append(time.perf_counter() - t0)
+    tokens = sum(len(t.prompt) + sum(len(c) for c in t.conts) for t in next(iter(trees.values())))
+    return {"pairs": len(rows), "tokens": tokens, **{name: len(rows) / statistics.median(v) for name, v in times.items()}}
 
 
 def measure_set(scores: torch.Tensor, lengths: torch.Tensor) -> dict:
@@ -112,9 +145,12 @@ def card_section(c: dict) -> list[str]:
                                           if w >= 0.005)
                   for name, v in rs.items() if "gate_mean" in v]
         L += ["", "The gate's mean share of weight per objective on these pairs (0.005 and above): " + "; ".join(shares) + ".", ""]
-    cost = c.get("extract_tokens_per_second") or {}
-    L += ["Extraction cost (tokens/s of each candidate's features, from their own reports; this CPU): "
-          + ", ".join(f"{n} {v:,.0f}" if v else f"{n} -" for n, v in cost.items()) + ".", "",
+    cost = c["scoring_cost"]
+    base = cost[c["baseline"]]
+    L += [f"Cost to a user (`armo score`'s work on the same {cost['pairs']} RMB selection pairs, {cost['tokens']:,} tokens, "
+          "side by side on this 2-core CPU, median of 2; pairs per second): "
+          + ", ".join(f"{n} {v:.2f}" + ("" if n == c["baseline"] else f" ({base / v:.1f}x today's time)")
+                      for n, v in cost.items() if n not in ("pairs", "tokens")) + ".", "",
           f"Decision: **{c['chosen']}**" + (" (today's model stays)" if c["chosen"] == c["baseline"] else "") + "."]
     L += [f"- {name}: {why}" for name, why in c["why"].items()] + [""]
     return L
@@ -128,10 +164,12 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(args.work)
     cands: dict[str, tuple[ArmoModel, Path]] = {}
+    dirs: dict[str, Path] = {}
     for spec in args.candidates:
         name, _, rest = spec.partition("=")
         mdir, _, wdir = rest.partition("@")
         cands[name] = (ArmoModel.load(mdir), Path(wdir) if wdir else work)
+        dirs[name] = Path(mdir)
     baseline = next(iter(cands))
     today, today_work = cands[baseline]
     train = Features.load(today_work / "pairs.features.safetensors")
@@ -141,7 +179,6 @@ def main() -> None:
     uniform = uniform_weights(today.decorrelation.transform)
     sets = [SELECTION, *SETS.items()]
     results: dict[str, dict] = {}
-    cost: dict[str, float | None] = {}
     for set_name, stem in sets:
         feats = {n: Features.load(w / f"{stem}.features.safetensors") for n, (_, w) in cands.items()
                  if (w / f"{stem}.features.safetensors").exists()}
@@ -170,12 +207,11 @@ def main() -> None:
             for c in controls:
                 rep[f"vs_{c.split(': ')[1]}"] = paired(o, outcome[c])
             results[set_name][name] = rep
-            r = feats[name].meta.report
-            cost.setdefault(name, r.get("tokens_computed", 0) / r["seconds"] if r.get("seconds") else None)
         for c, s in controls.items():
             results[set_name][c] = {**measure_set(s, lengths), "vs_today": paired(outcome[c], outcome[baseline])}
     chosen, why = choose(results, baseline, SELECTION[0], list(SETS))
-    out = {"baseline": baseline, "chosen": chosen, "why": why, "results": results, "extract_tokens_per_second": cost,
+    cost = scoring_cost(dirs, work / f"{SELECTION[1]}.jsonl")
+    out = {"baseline": baseline, "chosen": chosen, "why": why, "results": results, "scoring_cost": cost,
            "rule": __doc__.split("The rule: ")[1].split("\n\n")[0].replace("\n", " ")}
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
@@ -189,7 +225,8 @@ def main() -> None:
             print(f"  {name:36s} {v['accuracy']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}] n={v['n']:<5d} "
                   f"{cols[0]:>24s} {cols[1]:>24s} {cols[2]:>24s} {v['spearman']:+8.3f} "
                   f"{v['longer_wins_model']:.3f} / {v['longer_wins_labels']:.3f}{'' if v['length_ok'] else ' (over)'}")
-    print("\nextraction tokens/s: " + ", ".join(f"{n} {c:,.0f}" if c else f"{n} -" for n, c in cost.items()))
+    print(f"\nscoring cost ({cost['pairs']} pairs, {cost['tokens']:,} tokens), pairs/s: "
+          + ", ".join(f"{n} {v:.2f}" for n, v in cost.items() if n not in ("pairs", "tokens")))
     for name, w in why.items():
         print(f"{name}: {w}")
     print(chosen)

@@ -239,6 +239,14 @@ def findings(q: dict, model: ArmoModel, blocked: list[str]) -> list[str]:
                        f"{rs['full model']['length_bias']['spearman_score_length']:+.3f}), last token "
                        f"{rs[POOLING_ARM]['accuracy']:.3f} (Spearman {rs[POOLING_ARM]['length_bias']['spearman_score_length']:+.3f})"
                        for k, rs in pooled) + ". The pooling is chosen on the RMB selection slice.")
+    elif (RESULTS / "pooling_ablation.json").exists():  # the arm's features are not kept: its recorded run
+        r = json.loads((RESULTS / "pooling_ablation.json").read_text())
+        out.append(f"Pooling, like for like ({r['what'].split(': ', 1)[1]}; `recipes/ablate_pooling.sh`, recorded {r['recorded']}): "
+                   + "; ".join(f"{k}: mean {v['mean']['accuracy']:.3f} (Spearman {v['mean']['spearman_score_length']:+.3f}), "
+                               f"last token {v['last']['accuracy']:.3f} (Spearman {v['last']['spearman_score_length']:+.3f})"
+                               for k, v in r["sets"].items())
+                   + f"; the hand-written pairs: mean {r['hand_written']['mean']}, last token {r['hand_written']['last']} of "
+                     f"{r['hand_written']['pairs']}. The pooling is chosen on the RMB selection slice.")
     hw = q.get("hand_written", {})
     if "full model" in hw:
         out.append(f"The hand-written pairs of `examples/pairs.jsonl` (a correct, specific answer against a vague, wrong or "
@@ -357,7 +365,8 @@ def studies(results: Path) -> list[str]:
         out.append(f"`studies/lm_share_study.py`: the `lm` candidate's gate gives the LM objectives at most {top:.3f} of "
                    f"its weight on average on any set; this study moves a fixed share b of every prompt's "
                    f"weight to one of them. The rule (highest RMB selection accuracy, within 0.005 the smaller b) picks "
-                   f"{rule['objective']} at b = {rule['b']:.2f}: {arm(rule)} (in brackets: minus today's model, paired); "
+                   + ("b = 0 (the gate's own weights)" if rule["b"] == 0 else f"{rule['objective']} at b = {rule['b']:.2f}")
+                   + f": {arm(rule)} (in brackets: minus today's model, paired); "
                    + ("adopted" if r["adopt"] else "not adopted" + (f" (worse beyond noise on {', '.join(r['worse'])})"
                                                                      if r["worse"] else ""))
                    + ". Each LM objective alone: " + "; ".join(

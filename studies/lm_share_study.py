@@ -91,7 +91,8 @@ def main() -> None:
         print(f"| {a['objective']} | {a['b']:.2f}{' (rule)' if a is rule else ''} | " + " | ".join(cells) + " |")
     print("the gate's mean share of the LM objectives (b = 0): " + "; ".join(
         f"{n}: " + ", ".join(f"{o} {v:.3f}" for o, v in sh.items()) for n, sh in gate_share.items()))
-    print(f"rule (highest RMB selection accuracy, within 0.005 the smaller b): {rule['objective']} at b = {rule['b']:.2f}; "
+    picked = "b = 0 (the gate's own weights)" if rule["b"] == 0 else f"{rule['objective']} at b = {rule['b']:.2f}"
+    print(f"rule (highest RMB selection accuracy, within 0.005 the smaller b): {picked}; "
           f"selection interval against today's model [{sel[0]:+.3f}, {sel[1]:+.3f}]"
           + (f"; worse beyond noise on {', '.join(worse)}" if worse else "") + f"; {'adopt' if adopt else 'not adopted'}")
     if args.json:

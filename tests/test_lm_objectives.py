@@ -189,6 +189,7 @@ def test_the_candidates_table_and_its_rule(lm_model, tmp_path):
     work.mkdir()
     for stem in ("pairs", "rmb-select", "heldout", "dev-eval", "rmb-eval"):
         shutil.copyfile(d / "p.st", work / f"{stem}.features.safetensors")
+    shutil.copyfile(d / "p.jsonl", work / "rmb-select.jsonl")  # the rows the scoring cost is measured on
     run = subprocess.run([sys.executable, str(ROOT / "recipes" / "default_model_candidates.py"), "--work", str(work),
                           "--json", str(tmp_path / "c.json"), f"today={today}", f"lm={lm_model}"],
                          capture_output=True, text=True, timeout=300)
@@ -208,6 +209,9 @@ def test_the_candidates_table_and_its_rule(lm_model, tmp_path):
     rows = [x for x in card if x.startswith("| today") or x.startswith("| lm")]
     assert len(rows) == 2 * 4 and all(x.count("|") == 10 for x in rows)
     assert f"- lm: {out['why']['lm']}" in card
+    cost = out["scoring_cost"]
+    assert cost["pairs"] == 16 and cost["tokens"] > 0 and cost["today"] > 0 and cost["lm"] > 0
+    assert sum(x.startswith("Cost to a user (`armo score`'s work on the same 16 RMB selection pairs") for x in card) == 1
     # the gate's mean weights: each candidate's objectives, summing to 1; the LM objectives only where read
     assert set(sel["lm"]["gate_mean"]) >= {"lm-mean-logprob", "lm-pmi", "preference"}
     assert not any(o.startswith("lm-") for o in sel["today"]["gate_mean"])
