@@ -86,6 +86,9 @@ class TuneConfig:
                          "will be read from): the blocks above it get no adapter and are not run in training.")
     pooling: str = opt("last", "The Bradley-Terry head reads the layer at: last (the response's last token) | mean.",
                        choices=POOLINGS)
+    init_head: str | None = opt(None, "Start the Bradley-Terry head from an objective of a fitted regression "
+                                      "(REGRESSION[:OBJECTIVE], default objective preference) read on the same backbone, "
+                                      "--layer and --pooling, instead of zero: the adapter learns from the first step.")
     lr: float = opt(1e-4, "AdamW learning rate (adapter and head).", above=0.0)
     weight_decay: float = opt(0.0, "AdamW weight decay.", min=0.0)
     epochs: int = opt(1, "Passes over the pairs.", min=1)

@@ -123,6 +123,28 @@ def _load_checkpoint(path: Path, params, opt: torch.optim.Optimizer, key: str) -
     return meta
 
 
+def _initial_head(spec: str, ctx: RowContext, cfg: TuneConfig) -> tuple[torch.Tensor, float, dict]:
+    """(weight [d], bias, record) of the head to start from: an objective of a fitted regression, in its own units
+    (a Bradley-Terry objective's logit: the [0,1] mapping undone), checked to read the features this run tunes."""
+    from .heads import Regression
+    from .provenance import require_compatible
+
+    path, _, objective = spec.partition(":")
+    objective = objective or "preference"
+    reg = Regression.load(path)
+    if objective not in reg.objectives:
+        raise ArmoError(f"--init-head {spec}: {path} has no objective {objective!r} (it has {', '.join(reg.objectives)})")
+    require_compatible(reg.meaning, ctx.meaning(), path, f"tune-backbone --layer {cfg.layer} --pooling {cfg.pooling} on "
+                       f"{ctx.backbone.spec.name}", warn_dtype=False)
+    sc = reg.meta.scales[objective]
+    if sc.get("transform") != "linear":
+        raise ArmoError(f"--init-head {spec}: objective {objective!r} is not linear in the features ({sc.get('transform')})")
+    j = reg.objectives.index(objective)
+    span = sc["hi"] - sc["lo"]
+    record = {"regression": str(path), "objective": objective, "sha256": sha256_file(path)}
+    return reg.weight[j].float() * span, float(sc["lo"] + span * reg.bias[j]), record
+
+
 def _finished(folder: Path, key: str) -> dict | None:
     """The report of a finished adapter at `folder` if it is this job's (same key), else None."""
     try:
@@ -153,7 +175,8 @@ def _tune(cfg: TuneConfig, source: Source, targets: list[str], t0: float) -> dic
     bb = load_backbone(cfg.backbone, cfg.device, "fp32")  # fp32: the adapter trains in full precision
     if bb.spec.kind == "adapter":
         raise ArmoError(f"--backbone {cfg.backbone}: already an adapter; tune its base, or merge it first")
-    ctx = RowContext.for_features(bb, max_length=cfg.max_length, overflow=cfg.overflow)
+    ctx = RowContext.for_features(bb, layer=cfg.layer, pooling=cfg.pooling, max_length=cfg.max_length, overflow=cfg.overflow)
+    init = _initial_head(cfg.init_head, ctx, cfg) if cfg.init_head else None
     skipped: list[Skipped] = []
     trees = _pairs(source, ctx, cfg, skipped)
     input_hash = sha256_file(source.path) if source.path else sha256_json([t.prompt + t.conts[0] + t.conts[1] for t in trees])
@@ -164,6 +187,8 @@ def _tune(cfg: TuneConfig, source: Source, targets: list[str], t0: float) -> dic
     settings = {k: getattr(cfg, k) for k in ("rank", "alpha", "target_modules", "pooling", "lr", "weight_decay", "epochs",
                                               "batch_pairs", "max_length", "overflow", "seed")}
     settings["layer"] = layer = canonical_layer(cfg.layer, n_layers)
+    if init is not None:
+        settings["init_head"] = {k: init[2][k] for k in ("objective", "sha256")}
     key = sha256_json([bb.fingerprint, input_hash, settings, len(trees), __version__])
     done = _finished(Path(cfg.output), key) if cfg.resume else None
     if done is not None:  # --resume on a finished run of the same job: nothing to do (as extract's "up to date")
@@ -189,6 +214,10 @@ def _tune(cfg: TuneConfig, source: Source, targets: list[str], t0: float) -> dic
     head = torch.nn.Linear(bb.hidden_size, 1).to(bb.device)
     torch.nn.init.zeros_(head.weight)
     torch.nn.init.zeros_(head.bias)
+    if init is not None:
+        with torch.no_grad():
+            head.weight[0].copy_(init[0])
+            head.bias.fill_(init[1])
     params = _trainable(model, head)
     opt = torch.optim.AdamW([p for _, p in params], lr=cfg.lr, weight_decay=cfg.weight_decay)
     per_epoch = math.ceil(len(trees) / cfg.batch_pairs)

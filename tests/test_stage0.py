@@ -10,6 +10,7 @@ from safetensors.torch import load_file, save_file
 from armo_cli.backbones import load_backbone
 from armo_cli.configs import TuneConfig
 from armo_cli.errors import ArmoError
+from armo_cli.features import Features
 from armo_cli.forward import encode_trees
 from armo_cli.rendering import Renderer
 from armo_cli.rows import Source, as_pairs, iter_examples
@@ -68,6 +69,33 @@ def test_a_run_at_a_middle_layer_tunes_only_the_blocks_below_it_and_its_head_rea
     assert float((r[:, 0] > r[:, 1]).float().mean()) == pytest.approx(rep["accuracy_after"])
     with pytest.raises(ArmoError, match="--layer 0: that is the embeddings"):
         tune(tmp_path, tiny_backbone, out="t0", layer=0)
+
+
+def test_the_head_can_start_from_a_fitted_preference_objective(tuned, tiny_backbone, tmp_path):
+    """--init-head REGRESSION: the head starts as the regression's preference objective in its own units (its logit),
+    so before any step the loss is that objective's on the pairs; a regression read elsewhere is refused."""
+    from tests.helpers import cli
+
+    (tmp_path / "pairs.jsonl").write_text((tuned[0] / "pairs.jsonl").read_text())
+    write_jsonl(tmp_path / "r.jsonl", rating_rows(60))
+    b = ["-b", tiny_backbone, "--device", "cpu", "-q", "--layer", "1", "--pooling", "mean"]
+    cli("extract", tmp_path / "r.jsonl", "-o", tmp_path / "r.st", *b)
+    cli("extract", tmp_path / "pairs.jsonl", "-o", tmp_path / "p.st", *b)
+    cli("fit-regression", tmp_path / "r.st", "--pairs", tmp_path / "p.st", "--preference-objective", "preference",
+        "--preference-folds", "3", "-o", tmp_path / "reg.st", "-q")
+    rep = tune(tmp_path, tiny_backbone, layer=1, pooling="mean", init_head=str(tmp_path / "reg.st"), epochs=1)
+    from armo_cli.heads import Regression
+
+    reg = Regression.load(tmp_path / "reg.st")
+    j, sc = reg.objectives.index("preference"), reg.meta.scales["preference"]
+    r = reg.rewards(Features.load(tmp_path / "p.st").tensors["response_features"])[..., j] * (sc["hi"] - sc["lo"])
+    want = float(-torch.nn.functional.logsigmoid(r[:, 0] - r[:, 1]).mean())
+    assert rep["loss_before"] == pytest.approx(want, abs=1e-4) and abs(rep["loss_before"] - 0.693147) > 1e-4  # not zero-init
+    assert rep["settings"]["init_head"]["objective"] == "preference"
+    with pytest.raises(ArmoError, match="differs from"):  # fitted at layer 1, tuned at the last layer
+        tune(tmp_path, tiny_backbone, out="t2", pooling="mean", init_head=str(tmp_path / "reg.st"))
+    with pytest.raises(ArmoError, match="has no objective 'nope'"):
+        tune(tmp_path, tiny_backbone, out="t3", layer=1, pooling="mean", init_head=f"{tmp_path / 'reg.st'}:nope")
 
 
 def test_an_interrupted_run_resumes_to_the_same_adapter(tuned, tiny_backbone, tmp_path, monkeypatch):
