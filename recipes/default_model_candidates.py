@@ -36,7 +36,8 @@ from armo_cli.model import ArmoModel  # noqa: E402
 from armo_cli.scoring import evaluate_scores, pair_outcomes  # noqa: E402
 from armo_cli.stats import bootstrap_ci  # noqa: E402
 
-LENGTH_SLACK = 0.02  # the issue's target: longer wins no more than the labels' share + 0.02
+LENGTH_SLACK = 0.02
+CANDIDATES = ("today", "lm", "adapter", "adapter-lm")  # #33's four, as recipes/fit_default.sh names them  # the issue's target: longer wins no more than the labels' share + 0.02
 
 
 def paired(a: torch.Tensor, b: torch.Tensor) -> dict:
@@ -152,8 +153,13 @@ def card_section(c: dict) -> list[str]:
           + ", ".join(f"{n} {v:.2f}" + ("" if n == c["baseline"] else f" ({base / v:.1f}x today's time)")
                       for n, v in cost.items() if n not in ("pairs", "tokens")) + ".", "",
           f"Decision: **{c['chosen']}**" + (" (today's model stays)" if c["chosen"] == c["baseline"] else "") + "."]
-    L += [f"- {name}: {why}" for name, why in c["why"].items()] + [""]
-    return L
+    L += [f"- {name}: {why}" for name, why in c["why"].items()]
+    measured = set(next(iter(c["results"].values())))
+    missing = [n for n in CANDIDATES if n not in measured]
+    if missing:
+        L.append(f"- not measured for this card (their features were not extracted: `recipes/train_stage0.sh`): "
+                 f"{', '.join(missing)}")
+    return L + [""]
 
 
 def main() -> None:

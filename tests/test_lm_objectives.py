@@ -209,6 +209,8 @@ def test_the_candidates_table_and_its_rule(lm_model, tmp_path):
     rows = [x for x in card if x.startswith("| today") or x.startswith("| lm")]
     assert len(rows) == 2 * 4 and all(x.count("|") == 10 for x in rows)
     assert f"- lm: {out['why']['lm']}" in card
+    assert card[-2] == ("- not measured for this card (their features were not extracted: `recipes/train_stage0.sh`): "
+                        "adapter, adapter-lm")
     cost = out["scoring_cost"]
     assert cost["pairs"] == 16 and cost["tokens"] > 0 and cost["today"] > 0 and cost["lm"] > 0
     assert sum(x.startswith("Cost to a user (`armo score`'s work on the same 16 RMB selection pairs") for x in card) == 1
