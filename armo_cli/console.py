@@ -34,10 +34,12 @@ class LineProgress:
             if exc[0] is None and t["printed"] != t["done"]:
                 self._line(t)
 
-    def add_task(self, description: str, total: float | None = None, **fields: object) -> int:
+    def add_task(self, description: str, total: float | None = None, completed: float = 0, **fields: object) -> int:
+        # `completed`: work done before this run (a resumed job), as rich's add_task takes it, not a field to print
         now = self.clock()
-        self.tasks.append({"description": description, "total": total, "done": 0, "fields": dict(fields),
-                           "start": now, "last": now, "printed": 0, "tenth": 0})
+        tenth = int(10 * completed / total) if total else 0
+        self.tasks.append({"description": description, "total": total, "done": completed, "fields": dict(fields),
+                           "start": now, "last": now, "printed": completed, "tenth": tenth})
         return len(self.tasks) - 1
 
     def update(self, task: int, advance: float | None = None, completed: float | None = None, **fields: object) -> None:

@@ -178,6 +178,18 @@ def test_progress_off_a_terminal_prints_a_line_every_tenth_and_every_30_s(capsys
     finally:
         console.console.print = real
     assert lines == [f"extract: {i}/1000 (0%), {31 * i} s" for i in range(1, 5)]
+    # a resumed job (tune-backbone at step 175 of 423) counts from where it was, and prints nothing else for it
+    resumed = console.LineProgress(clock=lambda: now[0])
+    lines.clear()
+    console.console.print = lambda text, **k: lines.append(text)
+    try:
+        with resumed:
+            t = resumed.add_task("tune", total=423, completed=175, rate="")
+            now[0] += 31
+            resumed.update(t, advance=1, rate="loss 0.490")
+    finally:
+        console.console.print = real
+    assert lines == ["tune: 176/423 (42%), loss 0.490, 31 s"]
 
 
 def test_extract_into_a_log_prints_progress_lines(tiny_backbone, tmp_path, armo_cache, monkeypatch):
