@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from default_model_quality import N_BOOT, SELECTION, SETS  # noqa: E402
+from default_model_quality import N_BOOT, SELECTION, SETS, load_checked  # noqa: E402
 
 from armo_cli.configs import GatingConfig  # noqa: E402
 from armo_cli.features import Features  # noqa: E402
@@ -178,7 +178,7 @@ def main() -> None:
         dirs[name] = Path(mdir)
     baseline = next(iter(cands))
     today, today_work = cands[baseline]
-    train = Features.load(today_work / "pairs.features.safetensors")
+    train = load_checked(today_work / "pairs.features.safetensors", today)
     groups = train.meta.prompt_hashes or train.ids
     tr = grouped_split(groups, 0.1, 0)
     w_lin = train_linear_bt(train.tensors["response_features"].float(), tr, ~tr, GatingConfig(steps=2000))
@@ -186,7 +186,7 @@ def main() -> None:
     sets = [SELECTION, *SETS.items()]
     results: dict[str, dict] = {}
     for set_name, stem in sets:
-        feats = {n: Features.load(w / f"{stem}.features.safetensors") for n, (_, w) in cands.items()
+        feats = {n: load_checked(w / f"{stem}.features.safetensors", m) for n, (m, w) in cands.items()
                  if (w / f"{stem}.features.safetensors").exists()}
         if baseline not in feats:
             continue

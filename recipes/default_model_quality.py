@@ -30,6 +30,7 @@ from armo_cli.configs import GatingConfig
 from armo_cli.features import Features
 from armo_cli.gating import adjusted_rewards, best_single_objective, grouped_split, train_linear_bt, uniform_weights
 from armo_cli.model import ArmoModel
+from armo_cli.provenance import require_compatible
 from armo_cli.scoring import evaluate_scores, pair_outcomes
 from armo_cli.stats import bootstrap_ci, spearman
 
@@ -57,6 +58,14 @@ def row_groups(work: Path, stem: str, feats: Features) -> list[str]:
     return [src.get(i, "?") for i in feats.ids]
 
 
+def load_checked(path: Path, model: ArmoModel) -> Features:
+    """Features the model can read (same backbone, layer, pooling, template, gate rule): a model fitted on a stage-0
+    adapter's features must not be measured on the base backbone's."""
+    f = Features.load(path)
+    require_compatible(model.meaning, f.meaning(), str(model.path), str(path), prompt=True, warn_dtype=False)
+    return f
+
+
 def measure(scores: torch.Tensor, lengths: torch.Tensor, full_outcome: torch.Tensor | None) -> dict:
     rep = evaluate_scores(scores, ["all"] * scores.shape[0], lengths, "loss", N_BOOT, 0)
     out = {"accuracy": rep["accuracy_all"], "n": rep["n"], "ci95": rep["subsets"]["all"]["ci95"], "ties": rep["ties"]["count"],
@@ -78,10 +87,13 @@ def main() -> None:
     ap.add_argument("--work", default="runs/default")
     ap.add_argument("--model", default="armo_cli/default_model")
     ap.add_argument("--produced-by", default="bash recipes/train_default.sh", help="the recipe command, for the card")
+    ap.add_argument("--features", help="where the model's own features are, if not in --work (a stage-0 adapter's "
+                    "extraction: recipes/train_stage0.sh); the ablations stay on --work's")
     args = ap.parse_args()
     work, models = Path(args.work), Path(args.work) / "models"
+    feat_dir = Path(args.features or args.work)
     model = ArmoModel.load(args.model)
-    train = Features.load(work / "pairs.features.safetensors")
+    train = load_checked(feat_dir / "pairs.features.safetensors", model)
     lm = model.regression.lm_objectives  # the model's input: the features and the LM objectives it reads, if any
     Rtr = train.tensors["response_features"].float()
     groups = train.meta.prompt_hashes or train.ids
@@ -100,10 +112,10 @@ def main() -> None:
     results: dict[str, dict] = {}
     gate_means: dict[str, dict] = {}
     for set_name, stem in [*SETS.items(), SELECTION]:
-        path = work / f"{stem}.features.safetensors"
+        path = feat_dir / f"{stem}.features.safetensors"
         if not path.exists():
             continue
-        f = Features.load(path)
+        f = load_checked(path, model)
         P, R, L = f.tensors["prompt_features"], f.tensors["response_features"], f.tensors["response_lengths"]
         RL = f.inputs(lm)
         with torch.no_grad():
@@ -119,11 +131,11 @@ def main() -> None:
             for arm, (mdir, fdir) in arms.items():
                 fp = fdir / f"{stem}.features.safetensors"
                 if mdir.exists() and fp.exists():
-                    fa = f if fp == path else Features.load(fp)
+                    am = ArmoModel.load(mdir)
+                    fa = f if fp == path else load_checked(fp, am)
                     if fa.ids != f.ids:  # an arm with other rows (another layer's length limits) is not paired
                         keep = {i: k for k, i in enumerate(fa.ids)}
                         raise SystemExit(f"{fp}: rows differ from {path} ({len(keep)} vs {len(f.ids)})")
-                    am = ArmoModel.load(mdir)
                     scorers[arm] = am.explain(fa.tensors["prompt_features"], fa.inputs(am.regression.lm_objectives))["score"]
         results[set_name] = {name: measure(s.detach(), L, None if name == "full model" else full_outcome)
                              for name, s in scorers.items()}

@@ -113,6 +113,7 @@ fi
 
 rm -rf "$OUT.new"
 armo assemble "$OUT.new" "${PICK[@]}"
-python recipes/default_model_quality.py --work "$WORK" --model "$OUT.new" --produced-by "$PRODUCED_BY"
+FEATS=$WORK; [[ ${WINNER:-today} == adapter* ]] && FEATS=$S0  # an adapter's model reads its own extraction's features
+python recipes/default_model_quality.py --work "$WORK" --features "$FEATS" --model "$OUT.new" --produced-by "$PRODUCED_BY"
 rm -rf "$OUT" && mv "$OUT.new" "$OUT"
 echo "default model written to $OUT (gate: $CHOSEN)"

@@ -169,7 +169,7 @@ def test_stages_refuse_features_without_the_lm_objectives_they_need(lm_model, lm
     assert need in armo("score", "-m", lm_model, "--features", tmp_path / "plain.st").stderr
 
 
-def test_the_candidates_table_and_its_rule(lm_model, tmp_path):
+def test_the_candidates_table_and_its_rule(lm_model, lm_backbone, tmp_path):
     """recipes/default_model_candidates.py on two models over the same features (today's reads no LM objective)."""
     import shutil
     import subprocess
@@ -201,6 +201,16 @@ def test_the_candidates_table_and_its_rule(lm_model, tmp_path):
     sel = out["results"]["RMB selection slice (chose the gate; not a result)"]
     assert set(sel) == {"today", "lm", "control: uniform weights", "control: linear Bradley-Terry head"}
     assert sel["today"]["vs_today"] == {"mean": 0.0, "ci95": [0.0, 0.0]} and sel["lm"]["n"] == 60
+    # a model is measured only on features it can read: a candidate whose features come from another read-out
+    # (a stage-0 adapter's heads pointed at the base backbone's extraction, say) is refused, not scored
+    other = tmp_path / "other"
+    other.mkdir()
+    cli("extract", d / "p.jsonl", "-o", other / "p.st", "-b", lm_backbone, "--layer", "-2", "--device", "cpu", "-q")
+    for stem in ("pairs", "rmb-select", "heldout", "dev-eval", "rmb-eval"):
+        shutil.copyfile(other / "p.st", other / f"{stem}.features.safetensors")
+    wrong = subprocess.run([sys.executable, str(ROOT / "recipes" / "default_model_candidates.py"), "--work", str(work),
+                            f"today={today}", f"wrong={today}@{other}"], capture_output=True, text=True, timeout=300)
+    assert wrong.returncode != 0 and "feature layer" in wrong.stderr and "extract the features again" in wrong.stderr
     # the model card's section, from the same JSON
     from default_model_candidates import card_section
 
