@@ -156,7 +156,10 @@ def card_section(c: dict) -> list[str]:
     L += [f"- {name}: {why}" for name, why in c["why"].items()]
     measured = set(next(iter(c["results"].values())))
     missing = [n for n in CANDIDATES if n not in measured]
-    if missing:
+    if "adapter" in measured and missing == ["adapter-lm"]:
+        L.append("- not measured for this card: adapter-lm (the adapter's features were extracted without the LM "
+                 "objectives, `LM= bash recipes/train_stage0.sh`; with them, one extraction serves both adapter candidates)")
+    elif missing:
         L.append(f"- not measured for this card (their features were not extracted: `recipes/train_stage0.sh`): "
                  f"{', '.join(missing)}")
     return L + [""]

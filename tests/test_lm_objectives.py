@@ -221,6 +221,9 @@ def test_the_candidates_table_and_its_rule(lm_model, lm_backbone, tmp_path):
     assert f"- lm: {out['why']['lm']}" in card
     assert card[-2] == ("- not measured for this card (their features were not extracted: `recipes/train_stage0.sh`): "
                         "adapter, adapter-lm")
+    with_adapter = {**out, "results": {k: {**v, "adapter": v["lm"]} for k, v in out["results"].items()}}
+    assert card_section(with_adapter)[-2].startswith("- not measured for this card: adapter-lm (the adapter's features "
+                                                     "were extracted without the LM objectives")
     cost = out["scoring_cost"]
     assert cost["pairs"] == 16 and cost["tokens"] > 0 and cost["today"] > 0 and cost["lm"] > 0
     assert sum(x.startswith("Cost to a user (`armo score`'s work on the same 16 RMB selection pairs") for x in card) == 1
