@@ -67,6 +67,9 @@ def scoring_cost(models: dict[str, Path], rows_path: Path, n: int = 16, repeats:
     from armo_cli.errors import ArmoError
     from armo_cli.jsonl import iter_jsonl
 
+    import os
+
+    load = os.getloadavg()[0]  # other work on the machine slows every candidate alike; the card says how much there was
     rms = {name: RewardModel(m) for name, m in models.items()}
     rows = []
     for _, row in iter_jsonl(rows_path):
@@ -86,7 +89,19 @@ def scoring_cost(models: dict[str, Path], rows_path: Path, n: int = 16, repeats:
             rm.score_prepared(trees[name])
             times[name].append(time.perf_counter() - t0)
     tokens = sum(len(t.prompt) + sum(len(c) for c in t.conts) for t in next(iter(trees.values())))
-    return {"pairs": len(rows), "tokens": tokens, **{name: len(rows) / statistics.median(v) for name, v in times.items()}}
+    return {"pairs": len(rows), "tokens": tokens, "load_average": load, **{name: len(rows) / statistics.median(v) for name, v in times.items()}}
+
+
+def stage0_record(model: ArmoModel) -> dict | None:
+    """What `armo tune-backbone` recorded about the adapter a candidate reads (None: a plain backbone): its settings,
+    its training time and its loss and accuracy before and after on a sample of its own training pairs."""
+    bb = model.backbone
+    rec = Path(bb["name"]) / "armo-stage0.json" if bb.get("kind") == "adapter" else None
+    if rec is None or not rec.is_file():
+        return None
+    r = json.loads(rec.read_text())
+    return {k: r.get(k) for k in ("pairs", "steps", "settings", "eval_pairs", "loss_before", "loss_after", "accuracy_before",
+                                  "accuracy_after", "train_tokens", "train_seconds", "train_tokens_per_second")}
 
 
 def measure_set(scores: torch.Tensor, lengths: torch.Tensor) -> dict:
@@ -108,9 +123,9 @@ def choose(results: dict, baseline: str, selection: str, evaluation: list[str]) 
         sel = results[selection][name]["vs_today"]["ci95"]
         worse = [s for s in evaluation if s in results and results[s][name]["vs_today"]["ci95"][1] < 0]
         passed = sel[0] > 0 and not worse
-        why[name] = ("adopted" if passed else
-                     f"selection interval [{sel[0]:+.3f}, {sel[1]:+.3f}] does not lie above 0" if sel[0] <= 0 else
-                     f"worse than today's model beyond noise on {', '.join(worse)}")
+        reasons = ([f"selection interval [{sel[0]:+.3f}, {sel[1]:+.3f}] does not lie above 0"] if sel[0] <= 0 else []) + \
+                  ([f"worse than today's model beyond noise on {', '.join(worse)}"] if worse else [])
+        why[name] = "adopted" if passed else "; ".join(reasons)  # every reason, not only the first
         if passed:
             ok.append(name)
     if not ok:
@@ -120,6 +135,34 @@ def choose(results: dict, baseline: str, selection: str, evaluation: list[str]) 
         if n != best:
             why[n] = f"passes, but {best} is higher on the selection slice"
     return best, why
+
+
+def stage0_lines(stage0: dict) -> list[str]:
+    """The card's account of each adapter a candidate reads (one adapter may serve two candidates: told once)."""
+    out, seen = [], set()
+    for name, r in stage0.items():
+        key = json.dumps(r, sort_keys=True)
+        if key in seen:
+            continue
+        seen.add(key)
+        st = r["settings"]
+        out += [f"The stage-0 adapter ({name}; `armo tune-backbone`, `recipes/train_stage0.sh`): rank {st['rank']} on "
+                f"{st['target_modules']} of the blocks below the feature layer ({st['layer']}), its head starting from "
+                f"{'the fitted `' + st['init_head']['objective'] + '` objective' if st.get('init_head') else 'zero'}; "
+                f"{st['epochs']} epoch{'s' * (st['epochs'] != 1)} of {r['pairs']:,} training pairs ({r['steps']} steps of {st['batch_pairs']}, lr "
+                f"{st['lr']:g}), {r['train_tokens']:,} tokens at {r['train_tokens_per_second']:.0f} tokens/s on this CPU "
+                f"({r['train_seconds'] / 3600:.1f} h). On {r['eval_pairs']} of its own training pairs (in-sample): "
+                f"Bradley-Terry loss {r['loss_before']:.3f} -> {r['loss_after']:.3f}, accuracy {r['accuracy_before']:.3f} "
+                f"-> {r['accuracy_after']:.3f}.", ""]
+    return out
+
+
+COST_KEYS = ("pairs", "tokens", "load_average")  # the cost's other entries are candidates
+
+
+def load_text(cost: dict) -> str:
+    la = cost.get("load_average")
+    return "" if la is None else f", load average {la:.1f} before it began"
 
 
 def card_section(c: dict) -> list[str]:
@@ -149,9 +192,10 @@ def card_section(c: dict) -> list[str]:
     cost = c["scoring_cost"]
     base = cost[c["baseline"]]
     L += [f"Cost to a user (`armo score`'s work on the same {cost['pairs']} RMB selection pairs, {cost['tokens']:,} tokens, "
-          "side by side on this 2-core CPU, median of 2; pairs per second): "
+          f"side by side on this 2-core CPU, median of 2{load_text(cost)}; pairs per second): "
           + ", ".join(f"{n} {v:.2f}" + ("" if n == c["baseline"] else f" ({base / v:.1f}x today's time)")
-                      for n, v in cost.items() if n not in ("pairs", "tokens")) + ".", "",
+                      for n, v in cost.items() if n not in COST_KEYS) + ".", "",
+          *stage0_lines(c.get("stage0", {})),
           f"Decision: **{c['chosen']}**" + (" (today's model stays)" if c["chosen"] == c["baseline"] else "") + "."]
     L += [f"- {name}: {why}" for name, why in c["why"].items()]
     measured = set(next(iter(c["results"].values())))
@@ -220,7 +264,8 @@ def main() -> None:
             results[set_name][c] = {**measure_set(s, lengths), "vs_today": paired(outcome[c], outcome[baseline])}
     chosen, why = choose(results, baseline, SELECTION[0], list(SETS))
     cost = scoring_cost(dirs, work / f"{SELECTION[1]}.jsonl")
-    out = {"baseline": baseline, "chosen": chosen, "why": why, "results": results, "scoring_cost": cost,
+    stage0 = {n: r for n, (m, _) in cands.items() if (r := stage0_record(m)) is not None}
+    out = {"baseline": baseline, "chosen": chosen, "why": why, "results": results, "scoring_cost": cost, "stage0": stage0,
            "rule": __doc__.split("The rule: ")[1].split("\n\n")[0].replace("\n", " ")}
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
@@ -234,8 +279,8 @@ def main() -> None:
             print(f"  {name:36s} {v['accuracy']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}] n={v['n']:<5d} "
                   f"{cols[0]:>24s} {cols[1]:>24s} {cols[2]:>24s} {v['spearman']:+8.3f} "
                   f"{v['longer_wins_model']:.3f} / {v['longer_wins_labels']:.3f}{'' if v['length_ok'] else ' (over)'}")
-    print(f"\nscoring cost ({cost['pairs']} pairs, {cost['tokens']:,} tokens), pairs/s: "
-          + ", ".join(f"{n} {v:.2f}" for n, v in cost.items() if n not in ("pairs", "tokens")))
+    print(f"\nscoring cost ({cost['pairs']} pairs, {cost['tokens']:,} tokens{load_text(cost)}), pairs/s: "
+          + ", ".join(f"{n} {v:.2f}" for n, v in cost.items() if n not in COST_KEYS))
     for name, w in why.items():
         print(f"{name}: {w}")
     print(chosen)

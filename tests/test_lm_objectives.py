@@ -227,11 +227,25 @@ def test_the_candidates_table_and_its_rule(lm_model, lm_backbone, tmp_path):
     cost = out["scoring_cost"]
     assert cost["pairs"] == 16 and cost["tokens"] > 0 and cost["today"] > 0 and cost["lm"] > 0
     assert sum(x.startswith("Cost to a user (`armo score`'s work on the same 16 RMB selection pairs") for x in card) == 1
+    assert f"median of 2, load average {cost['load_average']:.1f} before it began; pairs per second): today " in "\n".join(card)
     # the gate's mean weights: each candidate's objectives, summing to 1; the LM objectives only where read
     assert set(sel["lm"]["gate_mean"]) >= {"lm-mean-logprob", "lm-pmi", "preference"}
     assert not any(o.startswith("lm-") for o in sel["today"]["gate_mean"])
     assert all(sum(v["gate_mean"].values()) == pytest.approx(1.0, abs=1e-5) for v in (sel["lm"], sel["today"]))
     assert sum(x.startswith("The gate's mean share of weight per objective") for x in card) == 4
+    assert out["stage0"] == {}  # neither candidate reads an adapter
+    from default_model_candidates import stage0_lines
+
+    rec = {"pairs": 3382, "steps": 423, "eval_pairs": 256, "loss_before": 0.5992, "loss_after": 0.5751,
+           "accuracy_before": 0.6602, "accuracy_after": 0.6836, "train_tokens": 940198, "train_seconds": 4216.6,
+           "train_tokens_per_second": 223.0, "settings": {"rank": 8, "target_modules": "q_proj,v_proj", "layer": -18,
+                                                          "init_head": {"objective": "preference"}, "epochs": 1,
+                                                          "batch_pairs": 8, "lr": 1e-4}}
+    assert stage0_lines({"adapter": rec, "adapter-lm": rec}) == [  # one adapter serving two candidates: told once
+        "The stage-0 adapter (adapter; `armo tune-backbone`, `recipes/train_stage0.sh`): rank 8 on q_proj,v_proj of the "
+        "blocks below the feature layer (-18), its head starting from the fitted `preference` objective; 1 epoch of 3,382 training "
+        "pairs (423 steps of 8, lr 0.0001), 940,198 tokens at 223 tokens/s on this CPU (1.2 h). On 256 of its own "
+        "training pairs (in-sample): Bradley-Terry loss 0.599 -> 0.575, accuracy 0.660 -> 0.684.", ""]
     # the rule on numbers made to test it
     def res(sel_ci, eval_ci, acc=0.6):
         return {"vs_today": {"mean": 0, "ci95": sel_ci}, "accuracy": acc}, {"vs_today": {"mean": 0, "ci95": eval_ci}}
@@ -243,6 +257,10 @@ def test_the_candidates_table_and_its_rule(lm_model, lm_backbone, tmp_path):
                "ev": {"a": a_ev, "b": b_ev, "c": c_ev}}
     chosen, why = choose(results, "today", "sel", ["ev"])
     assert chosen == "a" and why["a"] == "adopted" and "worse than today's model" in why["b"] and "does not lie above 0" in why["c"]
+    d_sel, d_ev = res([-0.05, 0.01], [-0.03, -0.002])  # both: the card says both
+    results["sel"]["d"], results["ev"]["d"] = d_sel, d_ev
+    assert choose(results, "today", "sel", ["ev"])[1]["d"] == ("selection interval [-0.050, +0.010] does not lie above 0; "
+                                                               "worse than today's model beyond noise on ev")
     results["sel"].pop("a")
     assert choose(results, "today", "sel", ["ev"])[0] == "today"
 
