@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Stage 0 for the default model's candidates (#33): a LoRA adapter on the embedded backbone, tuned with a
 # Bradley-Terry loss on the recipe's own training pairs (recipes/train_default.sh writes them to WORK), then every
-# set extracted again through it into S0, where recipes/fit_default.sh finds them. Hours on a 2-core CPU
-# (tune-backbone ran at 67 tokens/s here with two other jobs running); both steps resume (--resume).
+# set extracted again through it into S0, where recipes/fit_default.sh finds them. Hours on a 2-core CPU; both steps
+# resume (--resume). Measured here (2026-12-06): training 940k tokens in 1.2 h (223 tokens/s, other work beside it);
+# the extraction without the LM objectives (LM=, the `adapter` candidate alone) 57 min at 1,160-1,330 tokens/s; with
+# them (the default: one extraction serves `adapter` and `adapter-lm`) the pass runs all 30 blocks and the PMI pass,
+# several hours.
 #   - the adapter: rank 8 on the attention projections, one epoch at lr 1e-4; the head starts as the fitted
 #     preference objective (--init-head), not zero, so that the adapter gets a gradient from the first step (with
 #     both the head and LoRA's B at zero, nothing moves until the head has grown: 0.692 -> 0.684 in 50 steps here)

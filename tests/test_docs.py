@@ -17,6 +17,24 @@ def test_readme_quotes_the_default_models_measured_accuracy():
         assert quoted == f"{q[name]['full model']['accuracy']:.3f}", name
 
 
+def test_readme_quotes_the_adapter_candidates_figures_from_the_card():
+    """The README's account of the stage-0 adapter candidate (#33) is the card's table: its intervals against today's
+    model on held-out and RMB, and its Spearman on RMB."""
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    card = (ROOT / "armo_cli/default_model/MODEL_CARD.md").read_text().split("## Which candidate ships (#33)")[1]
+    m = re.search(r"the adapter helped in distribution \(held-out ([+-][0-9.]+ \[[+-][0-9.]+, [+-][0-9.]+\])\) and hurt "
+                  r"out of it \(RMB ([+-][0-9.]+ \[[+-][0-9.]+, [+-][0-9.]+\])\), where its scores rise more with length "
+                  r"\(Spearman ([+-][0-9.]+) on RMB\)", readme)
+    assert m, "the README's sentence on the adapter candidate has moved; update this test"
+
+    def adapter_row(section: str) -> list[str]:
+        part = card.split(f"### {section}\n")[1].split("\n### ")[0]
+        return [c.strip() for c in next(x for x in part.splitlines() if x.startswith("| adapter |")).split("|")]
+
+    held, rmb = adapter_row("held-out pairs"), adapter_row("RMB (out of distribution)")
+    assert (m[1], m[2], m[3]) == (held[5], rmb[5], rmb[8])
+
+
 def test_readme_quotes_the_default_models_hand_written_pairs():
     hw = json.loads((ROOT / "armo_cli/default_model/quality.json").read_text())["hand_written"]
     readme = " ".join((ROOT / "README.md").read_text().split())
@@ -45,3 +63,12 @@ def test_readme_says_beside_the_commands_where_the_default_fails(tmp_path):
     assert out.returncode == 0, out.stderr
     chat = json.loads((tmp_path / "r.json").read_text())["subsets"]["chat"]
     assert (round(chat["accuracy"] * chat["n"]), chat["n"]) == (int(m[2]), int(m[3]))
+
+
+def test_every_changelog_link_reaches_a_heading_of_the_details():
+    """CHANGELOG.md's [details] links name headings of docs/changelog-details.md by GitHub's anchors (lower case,
+    punctuation dropped, spaces as hyphens): a heading renamed without its link would send readers nowhere."""
+    details = (ROOT / "docs/changelog-details.md").read_text()
+    anchors = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in re.findall(r"^#+ (.*)$", details, re.M)}
+    links = re.findall(r"changelog-details\.md#([\w\-]+)", (ROOT / "CHANGELOG.md").read_text())
+    assert links and [a for a in links if a not in anchors] == []
