@@ -36,8 +36,8 @@ from armo_cli.model import ArmoModel  # noqa: E402
 from armo_cli.scoring import evaluate_scores, pair_outcomes  # noqa: E402
 from armo_cli.stats import bootstrap_ci  # noqa: E402
 
-LENGTH_SLACK = 0.02
-CANDIDATES = ("today", "lm", "adapter", "adapter-lm")  # #33's four, as recipes/fit_default.sh names them  # the issue's target: longer wins no more than the labels' share + 0.02
+LENGTH_SLACK = 0.02  # the issue's target: longer wins no more than the labels' share + 0.02
+CANDIDATES = ("today", "lm", "adapter", "adapter-lm")  # #33's four, as recipes/fit_default.sh names them
 
 
 def paired(a: torch.Tensor, b: torch.Tensor) -> dict:
@@ -121,10 +121,13 @@ def choose(results: dict, baseline: str, selection: str, evaluation: list[str]) 
         if name == baseline or name.startswith("control:"):
             continue
         sel = results[selection][name]["vs_today"]["ci95"]
-        worse = [s for s in evaluation if s in results and results[s][name]["vs_today"]["ci95"][1] < 0]
-        passed = sel[0] > 0 and not worse
+        # an evaluation set a candidate was not measured on is not a set it passed (its features may be unfinished)
+        unmeasured = [s for s in evaluation if name not in results.get(s, {})]
+        worse = [s for s in evaluation if s not in unmeasured and results[s][name]["vs_today"]["ci95"][1] < 0]
+        passed = sel[0] > 0 and not worse and not unmeasured
         reasons = ([f"selection interval [{sel[0]:+.3f}, {sel[1]:+.3f}] does not lie above 0"] if sel[0] <= 0 else []) + \
-                  ([f"worse than today's model beyond noise on {', '.join(worse)}"] if worse else [])
+                  ([f"worse than today's model beyond noise on {', '.join(worse)}"] if worse else []) + \
+                  ([f"not measured on {', '.join(unmeasured)}"] if unmeasured else [])
         why[name] = "adopted" if passed else "; ".join(reasons)  # every reason, not only the first
         if passed:
             ok.append(name)
