@@ -127,7 +127,7 @@ def choose(results: dict, baseline: str, selection: str, evaluation: list[str]) 
         passed = sel[0] > 0 and not worse and not unmeasured
         reasons = ([f"selection interval [{sel[0]:+.3f}, {sel[1]:+.3f}] does not lie above 0"] if sel[0] <= 0 else []) + \
                   ([f"worse than today's model beyond noise on {', '.join(worse)}"] if worse else []) + \
-                  ([f"not measured on {', '.join(unmeasured)}"] if unmeasured else [])
+                  ([f"not measured on {', '.join(unmeasured)} (no features of its own there yet)"] if unmeasured else [])
         why[name] = "adopted" if passed else "; ".join(reasons)  # every reason, not only the first
         if passed:
             ok.append(name)

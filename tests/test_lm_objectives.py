@@ -264,9 +264,10 @@ def test_the_candidates_table_and_its_rule(lm_model, lm_backbone, tmp_path):
     # a candidate not measured on an evaluation set (its features unfinished) has not passed it
     results["sel"]["e"] = res([0.03, 0.09], [0.0, 0.1], 0.70)[0]
     chosen, why = choose(results, "today", "sel", ["ev", "ev2"])
-    assert chosen == "today" and why["e"] == "not measured on ev, ev2" and why["a"] == "not measured on ev2"
+    assert chosen == "today" and why["e"] == "not measured on ev, ev2 (no features of its own there yet)"
+    assert why["a"] == "not measured on ev2 (no features of its own there yet)"
     results["ev2"] = {"a": a_ev, "e": a_ev}
-    assert choose(results, "today", "sel", ["ev", "ev2"])[1]["e"] == "not measured on ev"
+    assert choose(results, "today", "sel", ["ev", "ev2"])[1]["e"] == "not measured on ev (no features of its own there yet)"
     results["sel"].pop("a")
     results["sel"].pop("e")
     assert choose(results, "today", "sel", ["ev"])[0] == "today"
