@@ -142,14 +142,13 @@ def choose(results: dict, baseline: str, selection: str, evaluation: list[str]) 
 
 def stage0_lines(stage0: dict) -> list[str]:
     """The card's account of each adapter a candidate reads (one adapter may serve two candidates: told once)."""
-    out, seen = [], set()
+    out, by_key = [], {}
     for name, r in stage0.items():
-        key = json.dumps(r, sort_keys=True)
-        if key in seen:
-            continue
-        seen.add(key)
+        by_key.setdefault(json.dumps(r, sort_keys=True), []).append(name)
+    for names in by_key.values():
+        r = stage0[names[0]]
         st = r["settings"]
-        out += [f"The stage-0 adapter ({name}; `armo tune-backbone`, `recipes/train_stage0.sh`): rank {st['rank']} on "
+        out += [f"The stage-0 adapter ({', '.join(names)}; `armo tune-backbone`, `recipes/train_stage0.sh`): rank {st['rank']} on "
                 f"{st['target_modules']} of the blocks below the feature layer ({st['layer']}), its head starting from "
                 f"{'the fitted `' + st['init_head']['objective'] + '` objective' if st.get('init_head') else 'zero'}; "
                 f"{st['epochs']} epoch{'s' * (st['epochs'] != 1)} of {r['pairs']:,} training pairs ({r['steps']} steps of {st['batch_pairs']}, lr "
@@ -205,7 +204,8 @@ def card_section(c: dict) -> list[str]:
     missing = [n for n in CANDIDATES if n not in measured]
     if "adapter" in measured and missing == ["adapter-lm"]:
         L.append("- not measured for this card: adapter-lm (the adapter's features were extracted without the LM "
-                 "objectives, `LM= bash recipes/train_stage0.sh`; with them, one extraction serves both adapter candidates)")
+                 "objectives, `LM= bash recipes/train_stage0.sh`; with them, one extraction serves both adapter candidates; "
+                 "extracted apart, `S0_LM=DIR bash recipes/fit_default.sh` reads them)")
     elif missing:
         L.append(f"- not measured for this card (their features were not extracted: `recipes/train_stage0.sh`): "
                  f"{', '.join(missing)}")

@@ -67,6 +67,7 @@ bash recipes/fit_pairs_only.sh "$PAIRS" "$F" "$M/pairsonly" "${flags[@]}"
 # with the same commands and the chosen gate settings; recipes/default_model_candidates.py applies the rule (on
 # the RMB selection slice, checked on the evaluation sets) and writes WORK/candidates.json.
 S0=${S0:-runs/default-stage0}
+S0_LM=${S0_LM:-$S0}  # the adapter's features with the LM objectives, where they were extracted apart from S0's
 candidate() {  # NAME FEATURES_DIR [fit-regression flags...]: heads in FEATURES_DIR/heads, the model in M/NAME
   local name=$1 dir=$2; shift 2
   local h=$dir/heads
@@ -82,6 +83,7 @@ candidate() {  # NAME FEATURES_DIR [fit-regression flags...]: heads in FEATURES_
 }
 has_lm() { python -c "import sys; from armo_cli.features import Features; sys.exit(0 if Features.load(sys.argv[1]).meta.lm_objectives else 1)" "$1"; }
 CANDS=("today=$M/$CHOSEN")
+FEATS=$WORK
 PICK=(-r "$F/regression.safetensors" -t "$F/decorrelation.safetensors" -g "$F/gating-$CHOSEN.safetensors")
 if has_lm "$PAIRS"; then
   candidate lm "$WORK" --lm-objectives all
@@ -90,15 +92,17 @@ fi
 if [[ -f $S0/pairs.features.safetensors && -f $S0/ratings.features.safetensors ]]; then
   candidate adapter "$S0"
   CANDS+=("adapter=$M/adapter@$S0")
-  if has_lm "$S0/pairs.features.safetensors"; then
-    candidate adapter-lm "$S0" --lm-objectives all
-    CANDS+=("adapter-lm=$M/adapter-lm@$S0")
-  fi
+fi
+if [[ -f $S0_LM/pairs.features.safetensors && -f $S0_LM/ratings.features.safetensors ]] \
+    && has_lm "$S0_LM/pairs.features.safetensors"; then
+  candidate adapter-lm "$S0_LM" --lm-objectives all
+  CANDS+=("adapter-lm=$M/adapter-lm@$S0_LM")
 fi
 if (( ${#CANDS[@]} > 1 )); then
   WINNER=$(python recipes/default_model_candidates.py --work "$WORK" --json "$WORK/candidates.json" "${CANDS[@]}" | tail -1)
   if [[ $WINNER != today ]]; then
-    h=$([[ $WINNER == adapter* ]] && echo "$S0/heads" || echo "$WORK/heads")
+    case $WINNER in adapter) FEATS=$S0 ;; adapter-lm) FEATS=$S0_LM ;; *) FEATS=$WORK ;; esac
+    h=$FEATS/heads
     PICK=(-r "$h/regression-$WINNER.safetensors" -t "$h/decorrelation-$WINNER.safetensors" -g "$h/gating-$WINNER.safetensors")
     [[ $WINNER == adapter* ]] && PICK+=(--ship-adapter)  # the model carries its stage-0 adapter (backbone-adapter/)
   fi
@@ -113,7 +117,7 @@ fi
 
 rm -rf "$OUT.new"
 armo assemble "$OUT.new" "${PICK[@]}"
-FEATS=$WORK; [[ ${WINNER:-today} == adapter* ]] && FEATS=$S0  # an adapter's model reads its own extraction's features
+# an adapter's model is measured on its own extraction's features (FEATS, set with the winner)
 python recipes/default_model_quality.py --work "$WORK" --features "$FEATS" --model "$OUT.new" --produced-by "$PRODUCED_BY"
 rm -rf "$OUT" && mv "$OUT.new" "$OUT"
 echo "default model written to $OUT (gate: $CHOSEN)"

@@ -242,10 +242,12 @@ def test_the_candidates_table_and_its_rule(lm_model, lm_backbone, tmp_path):
                                                           "init_head": {"objective": "preference"}, "epochs": 1,
                                                           "batch_pairs": 8, "lr": 1e-4}}
     assert stage0_lines({"adapter": rec, "adapter-lm": rec}) == [  # one adapter serving two candidates: told once
-        "The stage-0 adapter (adapter; `armo tune-backbone`, `recipes/train_stage0.sh`): rank 8 on q_proj,v_proj of the "
+        "The stage-0 adapter (adapter, adapter-lm; `armo tune-backbone`, `recipes/train_stage0.sh`): rank 8 on q_proj,v_proj of the "
         "blocks below the feature layer (-18), its head starting from the fitted `preference` objective; 1 epoch of 3,382 training "
         "pairs (423 steps of 8, lr 0.0001), 940,198 tokens at 223 tokens/s on this CPU (1.2 h). On 256 of its own "
         "training pairs (in-sample): Bradley-Terry loss 0.599 -> 0.575, accuracy 0.660 -> 0.684.", ""]
+    two = stage0_lines({"adapter": rec, "adapter-lm": {**rec, "steps": 1}})  # two adapters: each told, under its name
+    assert [x.split(";")[0] for x in two if x] == ["The stage-0 adapter (adapter", "The stage-0 adapter (adapter-lm"]
     # the rule on numbers made to test it
     def res(sel_ci, eval_ci, acc=0.6):
         return {"vs_today": {"mean": 0, "ci95": sel_ci}, "accuracy": acc}, {"vs_today": {"mean": 0, "ci95": eval_ci}}
