@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import shutil
 import stat
@@ -126,7 +127,9 @@ def atomic_paths(paths: Iterable[str | Path]) -> Iterator[list[Path]]:
         for tmp in tmps:
             if tmp.exists():
                 os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is not what users expect of an output
-        for tmp, t in zip(tmps, targets):
+        # devices and FIFOs first: a copy into one can fail (/dev/full), a rename beside its file hardly ever does,
+        # so outputs written together appear together
+        for tmp, t in sorted(zip(tmps, targets), key=lambda x: not writes_through(x[1])):
             publish_file(tmp, t)
     finally:
         for tmp in tmps:
@@ -141,20 +144,62 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """Every byte of `data` to `fd`, or an OSError: a short write is continued, and its failure raised."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+class StdoutText(io.TextIOBase):
+    """stdout for armo's data output (JSONL, a report), written straight to its file descriptor.
+
+    Python's buffered stdout loses the rest of a short write without an error: behind a redirect to a full disk,
+    a 2 MB line left 65,536 bytes and exit 0. Here every write is whole or an OSError naming `<stdout>` (exit 1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        sys.stdout.flush()  # whatever print() buffered goes first, in order
+        try:
+            self._fd: int | None = sys.stdout.fileno()
+        except (AttributeError, ValueError, io.UnsupportedOperation):  # a stdout replaced in-process (a test's capture)
+            self._fd = None
+
+    def write(self, text: str) -> int:
+        with naming("<stdout>"):
+            if self._fd is None:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+            else:
+                write_all(self._fd, text.encode("utf-8"))
+        return len(text)
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return sys.stdout.isatty() if self._fd is None else os.isatty(self._fd)
+
+
+def write_stdout(text: str) -> None:
+    """Write `text` to stdout whole, or fail naming `<stdout>` (the one writer of every command's stdout data)."""
+    StdoutText().write(text)
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     write_texts_atomic({str(path): text})
 
 
 def write_texts_atomic(texts: dict[str, str]) -> None:
-    """Write several text outputs so that they all appear or none does; '-' is stdout (written last)."""
+    """Write several text outputs so that they all appear or none does; '-' is stdout. The files are written to
+    temporary paths first; stdout is written before any of them is published, so a failing stdout (a full disk
+    behind a redirect) leaves no file behind, and a failing file leaves stdout unwritten."""
     files = {p: t for p, t in texts.items() if str(p) != "-"}
     with atomic_paths(list(files)) as tmps:
         for tmp, text in zip(tmps, files.values()):
             tmp.write_text(text, encoding="utf-8")
-    if "-" in texts:
-        with naming("<stdout>"):
-            sys.stdout.write(texts["-"])
-            sys.stdout.flush()
+        if "-" in texts:
+            write_stdout(texts["-"])
 
 
 def check_output_dir(path: str | Path, is_ours: Callable[[Path], bool], what: str, force: bool = False,

@@ -21,7 +21,7 @@ from .forward import check_finite_features
 from .rendering import Tree
 from .errors import ArmoError
 from .jsonl import check_input_file, dumps, sha256_file, sha256_json
-from .outputs import atomic_path, check_output_file, naming, write_texts_atomic
+from .outputs import StdoutText, atomic_path, check_output_file, write_texts_atomic
 from .model import ArmoModel
 from .artifacts import WindowMeta
 from .configs import TIES, EvaluateConfig, ModelInputConfig, ScoreConfig
@@ -504,9 +504,7 @@ def model_key(model: ArmoModel) -> str:
 def _text_output(path: str) -> Iterator[TextIO]:
     """stdout for '-', else a temporary file beside PATH that replaces it only when the block succeeds."""
     if path == "-":
-        with naming("<stdout>"):  # a full disk behind a redirect is a failure, named
-            yield sys.stdout
-            sys.stdout.flush()
+        yield StdoutText()  # a full disk behind a redirect is a failure, named
         return
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         yield fh
@@ -775,7 +773,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         info(f"{', '.join(written)} ({report['n']} pairs)", cfg.quiet, done="wrote")
     if report["score_kind"] == "rewardbench, partial":
         warn(coverage_note(report["rewardbench"]))
-    if texts and not cfg.features:
+    if progress_anchor(cfg) is not None and not cfg.features:
         discard_progress(progress_anchor(cfg))  # every output is written: the job's progress has served
     rows = [[k, v["n"], v["accuracy"], f"[{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]", v["ties"]] for k, v in report["subsets"].items()]
     show(table(f"evaluate: {report['n']} pairs, ties counted as {cfg.ties}", ["subset", "n", "accuracy", "95% CI", "ties"], rows), cfg.quiet)

@@ -250,3 +250,51 @@ def test_extract_and_export_on_a_full_disk_are_exit_1_naming_the_path(job, tiny_
     assert r.returncode == 1, r.stderr
     assert r.stderr.strip().splitlines() == [f"error: {hf}/model.safetensors: File too large"], r.stderr
     assert not hf.exists() and not list(tmp_path.glob(".hf.*"))
+
+
+# --- a short write to stdout is a failure, never a cut file with exit 0 (#51 §2, §9) ------------------------
+
+
+@pytest.mark.parametrize("command", ["sample", "score"])
+def test_a_short_write_to_stdout_is_exit_1(job, command, armo_cache, tmp_path):
+    """A full disk behind a redirect takes the first 64 KiB and refuses the rest: Python's own stdout lost the rest
+    silently (`armo sample big.jsonl > full/s.jsonl` said "sampled 1 rows", exit 0, 65,536 bytes of a 2 MB row; `score
+    -q` of one window the same). A file-size limit gives the same short write without a full disk."""
+    big = write_jsonl(tmp_path / "big.jsonl", [{"id": "big", "prompt": "p", "response": "word " * 40_000}])
+    # score: the first window's records (8 rows) pass the limit in one write
+    args = ["sample", big] if command == "sample" else ["score", *job["common"], job["rows"]]
+    limit = 65_536 if command == "sample" else 4096
+    with open(tmp_path / "out.jsonl", "w") as fh:
+        r = _armo_limited(args, {"ARMO_CACHE": str(armo_cache)}, limit=limit, stdout=fh)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.strip().splitlines() == ["error: <stdout>: File too large"]
+    assert (tmp_path / "out.jsonl").stat().st_size == limit  # what the limit let through, and an error for the rest
+
+
+@pytest.mark.parametrize("flag", ["--pairs-output", "-o"])
+def test_evaluate_to_stdout_alone_is_exit_0(job, flag, capfd):
+    """`evaluate --pairs-output - -q` wrote its output, then exited 3 ("a bug in armo"): with no file output there is
+    no progress folder to discard."""
+    r = job["evaluate"](flag, "-")
+    assert r.code == 0, r.stderr
+    lines = r.stdout.splitlines()
+    if flag == "-o":
+        assert json.loads(r.stdout)["n"] == 24
+    else:
+        assert len(lines) == 24 and all("margin" in json.loads(x) for x in lines)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full on this system")
+@pytest.mark.parametrize("failing", ["-o", "stdout"])
+def test_evaluate_outputs_appear_together_or_not_at_all(job, tmp_path, failing, armo_cache):
+    """When -o fails (a device that is full, or stdout behind a full disk), --pairs-output is not written either."""
+    pairs_out = tmp_path / "pairs-out.jsonl"
+    if failing == "-o":
+        r = job["evaluate"]("-o", "/dev/full", "--pairs-output", pairs_out)
+        assert r.code == 1 and one_line(r) == "error: /dev/full: No space left on device"
+    else:
+        with open("/dev/full", "w") as full:
+            res = _armo_limited(["evaluate", *job["common"], job["pairs"], "-o", "-", "--pairs-output", pairs_out],
+                                {"ARMO_CACHE": str(armo_cache)}, stdout=full)
+        assert res.returncode == 1 and res.stderr.strip().splitlines() == ["error: <stdout>: No space left on device"]
+    assert not pairs_out.exists() and not list(tmp_path.glob(".pairs-out*"))
