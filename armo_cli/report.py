@@ -303,7 +303,7 @@ def render_report(report: dict, records: list[dict]) -> str:
                            "Accuracy per subset when one objective alone scores the pair", "accuracy", False, 0.0, 1.0),
                   "Each cell is the accuracy of scoring the pairs of that subset with one (decorrelated) objective only; the "
                   "last column is the full model. Lighter is better; 0.5 is chance." +
-                  (f" The length objective `{v}` is zero after decorrelation, so its raw reward is shown." if v else "") +
+                  (f" The length objective `{_text(v)}` is zero after decorrelation, so its raw reward is shown." if v else "") +
                   _table(["subset", *cols], [[r, *row] for r, row in zip(subsets, sm)])))
 
     # 5. length
@@ -330,10 +330,7 @@ def render_report(report: dict, records: list[dict]) -> str:
                   _table(["objective", *objs], [[o, *row] for o, row in zip(objs, before)], "before decorrelation") +
                   _table(["objective (after)", *objs], [[o, *row] for o, row in zip(objs, after)], "after decorrelation")))
 
-    body = "".join(f"<section id='{sid}'><h2>{i}. {html.escape(title)}</h2>{fig}<p class='caption'>{cap}</p></section>"
-                   if sid != "summary" else f"<section id='{sid}'><h2>{i}. {html.escape(title)}</h2>{fig}</section>"
-                   for i, (sid, title, fig, cap) in enumerate(parts, 1))
-    return _page(f"armo evaluation: {s['input'] or ''}", body)
+    return _page(f"armo evaluation: {s['input'] or ''}", _sections(parts))
 
 
 def _page(title: str, body: str) -> str:
@@ -346,10 +343,19 @@ def _page(title: str, body: str) -> str:
             f"<style>{css}</style></head><body><h1>{_text(title)}</h1>{body}</body></html>\n")
 
 
-def _bench_sections(parts: list) -> str:
-    return "".join(f"<section id='{sid}'><h2>{i}. {html.escape(title)}</h2>{fig}"
-                   + (f"<p class='caption'>{cap}</p>" if cap else "") + "</section>"
-                   for i, (sid, title, fig, cap) in enumerate(parts, 1))
+SECTION_ID = re.compile(r"[a-z][a-z0-9-]*")
+
+
+def _sections(parts: list[tuple[str, str, str, str]]) -> str:
+    """The page's numbered sections: (id, title, figure HTML, caption HTML). An id is armo's own word, never the data's
+    (an RM-Bench domain such as `chat' onmouseover='...` once reached an attribute); the title is text."""
+    out = []
+    for i, (sid, title, fig, cap) in enumerate(parts, 1):
+        if not SECTION_ID.fullmatch(sid):
+            raise ValueError(f"section id {sid!r}: not one of armo's own")
+        out.append(f"<section id='{sid}'><h2>{i}. {_text(title)}</h2>{fig}"
+                   + (f"<p class='caption'>{cap}</p>" if cap else "") + "</section>")
+    return "".join(out)
 
 
 def _score_figure(plt, subsets: dict, xlabel: str, baseline: bool) -> str:
@@ -388,8 +394,8 @@ def render_benchmark_report(report: dict) -> str:
     parts = [("summary", "Summary", _summary(rows), "")]
     if bench == "rm-bench":
         styles = report["styles"]
-        for name, d in report["domains"].items():
-            parts.append((f"matrix-{name}", f"{name}: chosen style against rejected style",
+        for k, (name, d) in enumerate(report["domains"].items(), 1):
+            parts.append((f"matrix-{k}", f"{name}: chosen style against rejected style",
                           _heatmap(plt, d["matrix"], [f"chosen: {s}" for s in styles], [f"rejected: {s}" for s in styles],
                                    f"{name}: how often the chosen response outscores the rejected one (n={d['n']})",
                                    "accuracy", False, 0.0, 1.0),
@@ -414,7 +420,7 @@ def render_benchmark_report(report: dict) -> str:
                       _table(["subset", "n", "score", "95% low", "95% high", "ties", *(["random"] if base else [])],
                              [[k, v["n"], v["score"], v["ci95"][0], v["ci95"][1], v["ties"],
                                *([v["random_baseline"]] if base else [])] for k, v in subsets.items()])))
-    return _page(f"armo evaluation ({bench}): {report.get('input') or ''}", _bench_sections(parts))
+    return _page(f"armo evaluation ({bench}): {report.get('input') or ''}", _sections(parts))
 
 
 PAIR_FIELDS = ("subset", "margin", "gating", "coefficients", "chosen.score", "chosen.length", "chosen.rewards",
