@@ -16,7 +16,7 @@ import torch
 from .devices import auto_device, auto_dtype
 from .errors import ArmoError
 from .artifact_files import save_tensors
-from .jsonl import sha256_file, sha256_json
+from .jsonl import check_regular_files, sha256_file, sha256_json
 
 
 
@@ -94,6 +94,7 @@ class BackboneSpec:
 
 def folder_fingerprint(path: Path) -> str:
     """Config plus weight files' names, sizes and first MiB: cheap even for 16 GB checkpoints."""
+    check_regular_files(path)
     parts: list[Any] = [(path / "config.json").read_text()]
     for f in sorted(path.iterdir()):
         if f.suffix in (".safetensors", ".bin", ".gguf", ".pt"):

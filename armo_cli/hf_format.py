@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -20,9 +19,9 @@ from .console import info
 from .heads import regression_hash, transform_hash
 from .rendering import GATE_RULE_PATTERN_OFFSET, GATE_RULES, Renderer
 from .errors import ArmoError, one_line
-from .artifact_files import check_finite, save_artifact, save_tensors
+from .artifact_files import check_finite, save_artifact, save_tensors, tensors_sha256
 from .artifacts import DecorrelationMeta, GatingMeta, RegressionMeta
-from .jsonl import check_input_file, read_json_object
+from .jsonl import check_input_file, check_regular_files, is_regular_file, read_json_object, sha256_json
 from .outputs import atomic_dir, check_output_dir
 from .provenance import POOLINGS, FeatureMeaning
 from .model import PART_FILES, ArmoModel, is_model_dir, write_manifest
@@ -42,6 +41,8 @@ ARMORM_OBJECTIVES = [
 
 def is_export_dir(path: Path) -> bool:
     """An earlier `armo export` output: config.json naming armo's architecture."""
+    if not is_regular_file(Path(path) / "config.json"):  # a FIFO would block the read
+        return False
     try:
         cfg = json.loads((Path(path) / "config.json").read_text())
     except (OSError, ValueError, RecursionError):
@@ -241,18 +242,33 @@ def _named_as(tmp: Path, source: str) -> Iterator[None]:
         raise ArmoError(str(e).replace(str(tmp), f"{source} (as imported)")) from None
 
 
+HEAD_PREFIXES = ("regression_layer.", "reward_transform_matrix", "gating.", "lm_regression_layer.")
+
+
+def export_key(folder: Path) -> str:
+    """What an export folder's import depends on, by content only: its config, every head tensor as stored (read from
+    the safetensors files, however they end) and the backbone's fingerprint; never the folder's path."""
+    files = _weight_files(folder)
+    heads = _read_weights(files, _head_shapes(files, HEAD_PREFIXES))
+    return sha256_json([(folder / "config.json").read_text(encoding="utf-8"), tensors_sha256(heads),
+                        folder_fingerprint(folder)])
+
+
 def load_model(model: str | Path | None = None) -> ArmoModel:
     """The shipped default (None), an armo model directory, or a folder written by `armo export` (imported once
-    into armo's cache, keyed by the folder's contents): what every command's -m takes."""
+    into armo's cache, keyed by the folder's content, `export_key`): what every command's -m takes. An imported
+    model reads its backbone from the folder it was given now, wherever an earlier copy was imported from."""
     if model is None or is_model_dir(Path(model)):
         return ArmoModel.load(model)
     p = Path(model).expanduser()
     if p.is_dir() and is_export_dir(p):
-        key = hashlib.sha256(folder_fingerprint(p.resolve()).encode()).hexdigest()[:16]
-        target = cache_root() / "imported" / key
+        folder = check_regular_files(p.resolve())
+        target = cache_root() / "imported" / export_key(folder)[:32]
         if not is_model_dir(target):
-            import_checkpoint(str(p), target, quiet=True)
-        return ArmoModel.load(target)
+            import_checkpoint(str(folder), target, quiet=True)
+        loaded = ArmoModel.load(target)
+        loaded.manifest.backbone = {**loaded.manifest.backbone, "name": str(folder)}
+        return loaded
     return ArmoModel.load(model)  # its own one-line error names what is missing
 
 
@@ -275,13 +291,14 @@ def import_checkpoint(source: str, output: str | Path, objectives: list[str] | N
         except Exception as e:
             raise ArmoError(f"import: {source} is not a folder or a reachable hub id ({type(e).__name__})") from None
         name = source
+    check_regular_files(folder)  # before any read: a FIFO among the files would block it
     cfg_path = folder / "config.json"
     if not cfg_path.exists():
         raise ArmoError(f"{folder}: no config.json")
     cfg = read_json_object(cfg_path)
     _sizes(cfg, cfg_path)
     files = _weight_files(folder)
-    shapes = _head_shapes(files, ("regression_layer.", "reward_transform_matrix", "gating.", "lm_regression_layer."))
+    shapes = _head_shapes(files, HEAD_PREFIXES)
     k, d, n_hidden, hidden_dim = _check_heads(shapes, cfg, cfg_path, folder)
     if objectives:
         if len(objectives) != k:

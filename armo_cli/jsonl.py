@@ -8,6 +8,7 @@ import json
 import math
 import os
 import shutil
+import stat
 import sys
 import tempfile
 import zlib
@@ -31,6 +32,30 @@ def check_input_file(path: str | Path) -> Path:
     if p.is_dir():
         raise ArmoError(f"{p}: is a folder, expected a file")
     return p
+
+
+def check_regular_files(folder: str | Path, what: str = "a model folder") -> Path:
+    """A folder armo reads weights, configs or a tokenizer from holds regular files (a link to one included) and
+    folders only. Such folders are downloaded and shared: a FIFO among them blocks a read forever, a link to a device
+    (/dev/zero) never ends, so one is refused by name before anything in the folder is read."""
+    folder = Path(folder)
+    for entry in sorted(folder.iterdir()):
+        try:
+            mode = os.stat(entry).st_mode
+        except OSError:  # a dangling link: an error naming it if it is ever read
+            continue
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise ArmoError(f"{entry}: not a regular file (a FIFO, a device or a socket); armo reads only regular "
+                            f"files from {what}")
+    return folder
+
+
+def is_regular_file(path: str | Path) -> bool:
+    """A regular file, or a link to one (never opened to find out)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _reject_constant(name: str) -> Any:

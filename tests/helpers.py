@@ -144,6 +144,21 @@ def armo(*args, input: str | bytes | None = None, env: dict | None = None) -> Ru
         return Run(code, out.getvalue().decode(errors="replace"), err.getvalue().decode(errors="replace"))
 
 
+def armo_process(*args, timeout: float = 120, env: dict | None = None) -> Run:
+    """`armo ARGS` in a child process that must end within `timeout` seconds (a hang fails the test, naming it)."""
+    import os
+    import subprocess
+    import sys
+
+    try:
+        r = subprocess.run([sys.executable, "-c", "from armo_cli.cli import main; main()", *map(str, args)],
+                           capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                           env={**os.environ, "ARMO_DEBUG": "", **(env or {})})
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"armo {' '.join(map(str, args))}: still running after {timeout} s (hung)")
+    return Run(r.returncode, r.stdout, r.stderr)
+
+
 def cli(*args, input: str | bytes | None = None) -> Run:
     """`armo ARGS` that must succeed: armo() with its exit code checked (stderr shown when it is not 0)."""
     r = armo(*args, input=input)

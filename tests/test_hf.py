@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from tests.helpers import armo, check_export_round_trip, cli, pad_batch as _batch, pair_rows, write_jsonl
+from tests.helpers import armo, armo_process, check_export_round_trip, cli, pad_batch as _batch, pair_rows, write_jsonl
 
 
 @pytest.fixture
@@ -225,7 +225,8 @@ def test_import_refuses_a_fifo_for_weights_without_hanging(tiny_llama3, tmp_path
     (ckpt / "model.safetensors").unlink()
     os.mkfifo(ckpt / "model.safetensors")
     r = armo("import", ckpt, "-o", tmp_path / "m")
-    assert r.code == 2 and r.stderr.strip() == f"error: {ckpt / 'model.safetensors'}: not a regular file", r.stderr
+    assert r.code == 2 and r.stderr.strip() == (f"error: {ckpt / 'model.safetensors'}: not a regular file (a FIFO, a "
+                                                f"device or a socket); armo reads only regular files from a model folder")
 
 
 def test_every_command_that_takes_a_model_takes_an_export_folder(tiny_model, tmp_path):
@@ -260,3 +261,74 @@ def test_exported_and_extracted_safetensors_follow_the_umask(tiny_model, tiny_ba
         os.umask(old)
     for f in (tmp_path / "hf" / "model.safetensors", tmp_path / "hf" / "config.json", tmp_path / "f.st"):
         assert stat.S_IMODE(os.stat(f).st_mode) == 0o644, f
+
+
+@pytest.mark.parametrize("name", ["extra.safetensors", "config.json", "tokenizer.json"])
+def test_import_never_blocks_on_a_fifo_in_the_folder(tiny_llama3, tmp_path, name):
+    """A FIFO anywhere in a downloaded folder (`extra.safetensors` hung `armo import` until killed): refused by name
+    before anything is read, whatever it is called."""
+    import os
+
+    ckpt = make_armorm_checkpoint(tiny_llama3, tmp_path / "c", k=5)
+    (ckpt / name).unlink(missing_ok=True)
+    os.mkfifo(ckpt / name)
+    r = armo_process("import", ckpt, "-o", tmp_path / "m", timeout=60)
+    assert r.code == 2, r.stderr
+    assert r.stderr.strip() == (f"error: {ckpt / name}: not a regular file (a FIFO, a device or a socket); armo reads "
+                                f"only regular files from a model folder")
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_link_to_a_device_in_an_export_folder_is_refused(tiny_model, tmp_path):
+    hf = tmp_path / "hf"
+    cli("export", "-m", tiny_model / "model", hf)
+    (hf / "zeros.safetensors").symlink_to("/dev/zero")
+    r = armo_process("score", "-m", hf, tiny_model / "p.jsonl", "-q", timeout=60)
+    assert r.code == 2 and r.stderr.strip().startswith(f"error: {hf / 'zeros.safetensors'}: not a regular file"), r.stderr
+
+
+def _margins(r) -> list[float]:
+    assert r.code == 0, r.stderr
+    return [json.loads(x)["margin"] for x in r.stdout.splitlines()]
+
+
+def test_an_export_is_cached_by_its_content_never_by_its_path(tiny_model, tmp_path):
+    """`-m EXPORT` imports once into armo's cache: that cache was keyed on the config and each weight file's first MiB,
+    and kept the first folder's path. Once a scored export was deleted, every later export of the same model failed
+    (`hf: not an armo model directory`), a renamed folder failed, and heads edited past the first MiB scored with the
+    stale heads."""
+    rows = tiny_model / "p.jsonl"
+    want = _margins(armo("score", "-m", tiny_model / "model", rows, "-q"))
+    first = tmp_path / "first"
+    cli("export", "-m", tiny_model / "model", first)
+    assert _margins(armo("score", "-m", first, rows, "-q")) == pytest.approx(want, abs=1e-5)
+    shutil.rmtree(first)
+    again = tmp_path / "again"
+    cli("export", "-m", tiny_model / "model", again)
+    assert _margins(armo("score", "-m", again, rows, "-q")) == pytest.approx(want, abs=1e-5)
+    moved = tmp_path / "moved"
+    again.rename(moved)
+    assert _margins(armo("score", "-m", moved, rows, "-q")) == pytest.approx(want, abs=1e-5)
+
+
+
+def test_heads_edited_past_the_first_mib_are_not_scored_stale(tmp_path):
+    """A checkpoint of 2.4 MB whose regression layer is stored past its first MiB (safetensors orders tensors by
+    name): edited in place, same size, it must score with the new heads."""
+    from tests.helpers import make_backbone
+
+    ckpt = make_armorm_checkpoint(make_backbone(tmp_path / "b", hidden=256), tmp_path / "hf", k=5)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**cfg, "armo": {}}))  # an `armo export` folder, as -m takes it
+    rows = write_jsonl(tmp_path / "p.jsonl", pair_rows(4))
+    before = _margins(armo("score", "-m", ckpt, rows, "-q"))
+    size = (ckpt / "model.safetensors").stat().st_size
+    tensors = load_file(str(ckpt / "model.safetensors"))
+    tensors["regression_layer.weight"] = -tensors["regression_layer.weight"]
+    save_file(tensors, str(ckpt / "model.safetensors"), metadata={"format": "pt"})
+    data = (ckpt / "model.safetensors").read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    start = 8 + n + json.loads(data[8:8 + n])["regression_layer.weight"]["data_offsets"][0]
+    assert len(data) == size and start > 1 << 20  # the same size, and the edit lies past the first MiB
+    after = _margins(armo("score", "-m", ckpt, rows, "-q"))
+    assert after == pytest.approx([-m for m in before], abs=1e-5)  # r -> -r: every margin's sign flips
