@@ -3,9 +3,12 @@ and checked on every load."""
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import re
+import secrets
+import stat
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -30,8 +33,13 @@ CHECKSUM_KEY = "tensors_sha256"
 
 
 # The metadata field sealing the metadata itself (the tensors' checksum included), written where a file's metadata
-# decides what is reused: a resumable job's units (resumable.py), whose ids and keys say which rows they hold.
+# decides what is reused: a resumable job's units (resumable.py), whose ids and keys say which rows they hold, and
+# tune-backbone's checkpoint. The seal is an HMAC under a secret that only the user can read (SEAL_SECRET in armo's
+# cache folder, mode 0600): a unit forged or edited by anyone without that secret, with armo's own functions
+# included, is refused. Whoever can read the user's files can forge one; nothing on disk protects against the user.
 SEAL_KEY = "meta_sha256"
+SEAL_SECRET = "seal.key"
+_secrets: dict[str, bytes] = {}
 
 
 UNCHECKSUMMED_VERSIONS = {"0.1.0"}
@@ -95,8 +103,39 @@ def _damaged(path: str | Path) -> ArmoError:
                      f"(a changed byte or an unfinished copy); copy it again or re-create it")
 
 
+def seal_secret() -> bytes:
+    """This user's sealing secret: 32 random bytes, created once (mode 0600, whatever the umask) in armo's cache
+    folder (ARMO_CACHE), read from there afterwards."""
+    from .backbones import cache_root
+
+    path = cache_root() / SEAL_SECRET
+    if str(path) in _secrets:
+        return _secrets[str(path)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(32))
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        raise OSError(e.errno, f"armo's sealing secret cannot be read ({e.strerror})", str(path)) from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        value = f.read(33) if stat.S_ISREG(st.st_mode) else b""
+    if len(value) != 32 or st.st_mode & 0o077 or st.st_uid != os.getuid():
+        raise ArmoError(f"{path}: not armo's sealing secret (32 bytes, the user's own, mode 0600); remove it and run "
+                        f"again (finished work kept in progress folders is then computed again)")
+    _secrets[str(path)] = value
+    return value
+
+
 def _meta_sha256(meta: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(meta, sort_keys=True, ensure_ascii=True).encode()).hexdigest()
+    """The seal: an HMAC-SHA256 of the metadata under this user's secret."""
+    return hmac.new(seal_secret(), json.dumps(meta, sort_keys=True, ensure_ascii=True).encode(), hashlib.sha256).hexdigest()
 
 
 def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
@@ -123,10 +162,12 @@ def check_finite(path: str | Path, tensors: dict[str, torch.Tensor]) -> None:
             raise ArmoError(f"{path}: tensor '{k}' holds {int(bad.sum())} non-finite values (NaN or inf)")
 
 
-def load_artifact(path: str | Path, kind: str | None = None, tensors: bool = True) -> tuple[dict[str, torch.Tensor], Any]:
+def load_artifact(path: str | Path, kind: str | None = None, tensors: bool = True,
+                  sealed: bool = False) -> tuple[dict[str, torch.Tensor], Any]:
     """Read an armo safetensors artifact; tensors=False reads only the metadata (cheap, for resume checks
     and joins). With `kind`, the metadata comes back typed (artifacts.py) and checked: that stage wrote
-    it, every field it needs is there with its type, every tensor it needs is there."""
+    it, every field it needs is there with its type, every tensor it needs is there. `sealed`: the file must carry
+    this user's seal (a job's unit or checkpoint), not merely a valid one if any."""
     p = check_input_file(path)
     load = tensors
     try:
@@ -145,7 +186,9 @@ def load_artifact(path: str | Path, kind: str | None = None, tensors: bool = Tru
     if not isinstance(meta, dict):
         raise ArmoError(f"{p}: damaged armo metadata (not a JSON object)")
     seal = meta.pop(SEAL_KEY, None)
-    if seal is not None and seal != _meta_sha256(meta):
+    if sealed and not isinstance(seal, str):
+        raise ArmoError(f"{p}: not sealed by armo for this user; computed again")
+    if seal is not None and not (isinstance(seal, str) and hmac.compare_digest(seal, _meta_sha256(meta))):
         raise ArmoError(f"{p}: damaged: its metadata does not match the seal written with it (an edited field); "
                         f"re-create it")
     checksum = meta.pop(CHECKSUM_KEY, None)  # never carried into a typed meta, so never copied into a new file

@@ -102,6 +102,7 @@ class TuneConfig:
     seed: int = opt(0, "Seed of the adapter's initialisation and the pairs' order.")
     resume: bool = opt(False, "Continue an interrupted run from its last checkpoint (same pairs and settings); a "
                               "finished adapter of the same run is up to date and left as it is.")
+    force: bool = opt(False, "Replace a non-empty output folder that armo did not write.")
     quiet: bool = opt(False, QUIET_HELP)
 
 

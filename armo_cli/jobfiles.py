@@ -42,10 +42,12 @@ def claim_parts(parts: Path, resume: bool, known: Callable[[str], bool]) -> bool
 
 
 def make_parts(parts: Path) -> None:
-    """Create a job's progress folder with armo's marker (nothing happens if it exists: claim_parts checked it)."""
+    """Create a job's progress folder with armo's marker (nothing happens if it exists: claim_parts checked it). The
+    folder is the user's alone (0700, whatever the umask): what it holds is reused by --resume."""
     if not parts.is_dir():
-        parts.mkdir(parents=True)
+        parts.mkdir(parents=True, mode=0o700)
         (parts / PARTS_MARK).write_text(json.dumps({"armo_progress": True}) + "\n", encoding="utf-8")
+    os.chmod(parts, 0o700)  # mkdir's mode passes through the umask; one made by an earlier armo was 0755
 
 
 def remove_parts(parts: Path) -> None:

@@ -6,6 +6,7 @@ per-module ranks, adapters on the embeddings or the LM head) is refused by name.
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import torch
 
 from .errors import ArmoError
-from .jsonl import sha256_file, sha256_json
+from .jsonl import check_regular_files, sha256_file, sha256_json
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
@@ -25,9 +26,11 @@ def is_adapter_dir(path: Path) -> bool:
 
 
 def read_config(folder: Path) -> dict:
+    """The adapter's config, checked (adapters are downloaded and shared like models: nothing in it is trusted)."""
+    check_regular_files(folder, "an adapter folder")
     try:
         cfg = json.loads((folder / CONFIG).read_text())
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise ArmoError(f"{folder / CONFIG}: not readable JSON ({type(e).__name__})") from None
     where = folder / CONFIG
     if not isinstance(cfg, dict):
@@ -46,32 +49,45 @@ def read_config(folder: Path) -> dict:
     if cfg.get("modules_to_save"):
         raise ArmoError(f"{where}: field 'modules_to_save': fully trained modules are not supported (LoRA only)")
     r, alpha = cfg.get("r"), cfg.get("lora_alpha")
-    if not isinstance(r, int) or r < 1 or not isinstance(alpha, (int, float)):
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1 or isinstance(alpha, bool) \
+            or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
         raise ArmoError(f"{where}: fields 'r' and 'lora_alpha': expected a positive rank and a number")
     return cfg
 
 
 def base_path(folder: Path, cfg: dict) -> str:
-    """The base as armo resolves it: a named backbone or hub id as written; a relative path from the adapter."""
+    """The base as armo resolves it: a named backbone or hub id as written; a relative path from the adapter. The base
+    is a backbone, never another adapter: a chain of adapters (one naming itself, two naming each other) is refused."""
     base = cfg["base_model_name_or_path"]
     p = Path(base).expanduser()
     if not p.is_absolute() and (folder / p).exists():
-        return str((folder / p).resolve())
+        p = (folder / p).resolve()
+        base = str(p)
+    if p.is_dir() and is_adapter_dir(p):
+        raise ArmoError(f"{folder / CONFIG}: field 'base_model_name_or_path': names an adapter folder ({base}); the "
+                        f"base must be a backbone (merge the other adapter into it first)")
     return base
 
 
 def fingerprint(folder: Path, base_fingerprint: str) -> str:
     """The tuned backbone's identity: its base's and the adapter's own files."""
-    return "lora-" + sha256_json([base_fingerprint, (folder / CONFIG).read_text(), sha256_file(folder / WEIGHTS)])[:40]
+    return "lora-" + sha256_json([base_fingerprint, (folder / CONFIG).read_text(), sha256_file(weights_file(folder))])[:40]
+
+
+def weights_file(folder: Path) -> Path:
+    """The adapter's weights: safetensors only (a pickle, adapter_model.bin, is never read), a regular file."""
+    path = folder / WEIGHTS
+    if not path.is_file():
+        raise ArmoError(f"{folder}: no {WEIGHTS} (armo reads safetensors adapters only)")
+    check_regular_files(folder, "an adapter folder")
+    return path
 
 
 def deltas(folder: Path, cfg: dict) -> dict[str, torch.Tensor]:
     """{module path (as in the base model, e.g. layers.0.self_attn.q_proj): (alpha / r) B A}, from safetensors."""
     from safetensors.torch import load_file
 
-    path = folder / WEIGHTS
-    if not path.is_file():
-        raise ArmoError(f"{folder}: no {WEIGHTS} (armo reads safetensors adapters only)")
+    path = weights_file(folder)
     try:
         state = load_file(str(path))
     except Exception as e:  # safetensors' own errors
@@ -82,14 +98,22 @@ def deltas(folder: Path, cfg: dict) -> dict[str, torch.Tensor]:
         if m is None:
             raise ArmoError(f"{path}: tensor '{k}': not a LoRA A or B weight (armo merges plain LoRA adapters only)")
         pairs.setdefault(m["module"], {})[m["ab"]] = v.float()
-    scale = float(cfg["lora_alpha"]) / int(cfg["r"])
+    r = int(cfg["r"])
+    scale = float(cfg["lora_alpha"]) / r
     out = {}
     for module, ab in pairs.items():
         if set(ab) != {"A", "B"}:
             raise ArmoError(f"{path}: module '{module}' has only its lora_{next(iter(ab))} weight")
         if module.endswith(("embed_tokens", "lm_head")):
             raise ArmoError(f"{path}: an adapter on '{module}' is not supported (the LM head is tied to it)")
-        out[module] = scale * ab["B"] @ ab["A"]
+        a, b = ab["A"], ab["B"]
+        # the config's rank sets the scale: it must be the tensors' own, or the merged weights silently change
+        if a.dim() != 2 or b.dim() != 2 or a.shape[0] != r or b.shape[1] != r:
+            raise ArmoError(f"{path}: module '{module}': lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)} are not of "
+                            f"rank {r}, as {CONFIG}'s field 'r' says")
+        if r > min(a.shape[1], b.shape[0]):
+            raise ArmoError(f"{path}: module '{module}': rank {r} above the weight's own ({b.shape[0]} x {a.shape[1]})")
+        out[module] = scale * b @ a
     if not out:
         raise ArmoError(f"{path}: holds no LoRA weights")
     return out

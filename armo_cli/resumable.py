@@ -4,8 +4,8 @@ finished units, kept in `TARGET.parts/` until the output is written.
 A unit is one safetensors file, `chunk-NNNNNN.safetensors` (unit N of the job), whose metadata carries the unit's
 key: a digest of the job's settings and of the unit's rows as the check pass read them. `--resume` reuses unit N only
 if its key is the one this run computed for it, its tensors match their checksum and its metadata its seal
-(artifact_files.SEAL_KEY): a unit of another model, other settings, an edited input, or one changed on disk, is
-computed again, never copied. Units are written atomically, so a run killed mid-unit leaves none half-written.
+(artifact_files.SEAL_KEY, an HMAC under a secret only the user can read): a unit of another model, other settings,
+an edited input, or one changed or forged on disk by anyone without that secret, is computed again, never copied. Units are written atomically, so a run killed mid-unit leaves none half-written.
 
 The folder is armo's only while it holds armo's marker (jobfiles.claim_parts); nothing in it but unit files is
 accepted, no link in it is followed, and without `--resume` an earlier run's folder is removed first."""
@@ -63,7 +63,7 @@ class JobProgress:
         if not self._kept or path.is_symlink() or not path.is_file():
             return None
         try:
-            tensors, meta = load_artifact(path, self.kind)
+            tensors, meta = load_artifact(path, self.kind, sealed=True)
         except ArmoError:
             return None
         if getattr(meta, "key", None) != key:

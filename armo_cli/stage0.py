@@ -30,7 +30,7 @@ from .jobfiles import claim_parts, make_parts, remove_parts
 from .jsonl import check_input_file, sha256_file, sha256_json
 from .lora import CONFIG, is_adapter_dir
 from .options import validate
-from .outputs import atomic_dir, atomic_path, check_output_dir
+from .outputs import atomic_dir, check_output_dir
 from .rendering import Tree, tokenized
 from .rows import Skipped, Source, as_pairs, iter_examples, locked_source
 from .version import __version__
@@ -88,39 +88,43 @@ def _trainable(model, head) -> list[tuple[str, torch.nn.Parameter]]:
 
 
 def _save_checkpoint(path: Path, params, opt: torch.optim.Optimizer, meta: dict) -> None:
-    from .artifact_files import save_tensors
+    """The parameters, the optimiser's state and the run's record, checksummed and sealed as a resume unit is
+    (artifact_files: a changed tensor or an edited step count is refused on load)."""
+    from .artifact_files import save_raw_artifact
 
     tensors = {}
     for i, (name, p) in enumerate(params):
         tensors[f"param.{i}"] = p.detach().clone().contiguous()
         for k, v in opt.state.get(p, {}).items():
             tensors[f"opt.{i}.{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).detach().clone().contiguous()
-    with atomic_path(path) as tmp:
-        save_tensors(tensors, tmp, {"armo": json.dumps(meta)}, path)
+    save_raw_artifact(path, tensors, {"kind": "stage0-checkpoint", "armo_version": __version__, **meta}, seal=True)
 
 
 def _load_checkpoint(path: Path, params, opt: torch.optim.Optimizer, key: str) -> dict | None:
     """The checkpoint's record, its tensors put into the parameters and the optimiser; None if it is another job's
-    or unreadable (then the run starts over)."""
-    from safetensors import safe_open
+    (then the run starts over). One that is damaged, edited or incomplete is never resumed from: it is named, and the
+    run starts over."""
+    from .artifact_files import load_artifact
 
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads(f.metadata().get("armo", "{}"))
-            if meta.get("key") != key:
-                return None
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception:
+        tensors, meta = load_artifact(path, sealed=True)
+        if meta.get("kind") != "stage0-checkpoint":
+            raise ArmoError(f"{path}: not a tune-backbone checkpoint")
+        if meta.get("key") != key:
+            return None
+        shapes = [tensors.get(f"param.{i}") for i in range(len(params))]
+        if any(t is None or t.shape != p.shape for t, (_, p) in zip(shapes, params)):
+            raise ArmoError(f"{path}: incomplete: its parameters are not this run's")
+    except ArmoError as e:
+        warn(f"{e}; training starts over")
         return None
     with torch.no_grad():
         for i, (name, p) in enumerate(params):
-            if tensors[f"param.{i}"].shape != p.shape:
-                return None
             p.copy_(tensors[f"param.{i}"])
             state = {k.split(".", 2)[2]: v for k, v in tensors.items() if k.startswith(f"opt.{i}.")}
             if state:
                 opt.state[p] = state
-    return meta
+    return {k: meta[k] for k in ("key", "step", "losses", "before", "tokens", "seconds")}
 
 
 def _initial_head(spec: str, ctx: RowContext, cfg: TuneConfig) -> tuple[torch.Tensor, float, dict]:
@@ -154,6 +158,16 @@ def _finished(folder: Path, key: str) -> dict | None:
     return report if isinstance(report, dict) and report.get("key") == key else None
 
 
+def is_stage0_dir(folder: Path) -> bool:
+    """An adapter folder that tune-backbone wrote (its report beside PEFT's files): one it may replace. Any other
+    folder, a PEFT adapter of the user's own included, needs --force."""
+    try:
+        report = json.loads((folder / "armo-stage0.json").read_text())
+    except (OSError, ValueError, RecursionError):
+        return False
+    return is_adapter_dir(folder) and isinstance(report, dict) and report.get("kind") == "stage0"
+
+
 def tune_backbone(cfg: TuneConfig) -> dict:
     """Run `armo tune-backbone` and return its report (losses before and after, steps, tokens/s)."""
     validate(cfg)
@@ -161,7 +175,8 @@ def tune_backbone(cfg: TuneConfig) -> dict:
         raise ArmoError("tune-backbone: give the pair rows (INPUT)")
     if cfg.input != "-":
         check_input_file(cfg.input)
-    check_output_dir(cfg.output, is_adapter_dir, "an adapter folder", inputs=[cfg.input])
+    check_output_dir(cfg.output, is_stage0_dir, "an adapter folder that tune-backbone wrote", cfg.force,
+                     inputs=[cfg.input])
     targets = [m.strip() for m in cfg.target_modules.split(",") if m.strip()]
     if not targets or any(m in ("embed_tokens", "lm_head") for m in targets):
         raise ArmoError(f"--target-modules {cfg.target_modules!r}: name the blocks' linear layers (not the embeddings "
@@ -198,6 +213,9 @@ def _tune(cfg: TuneConfig, source: Source, targets: list[str], t0: float) -> dic
         from peft import LoraConfig, get_peft_model
     except ImportError:
         raise ArmoError("tune-backbone needs PEFT: pip install peft (or pip install 'armo-cli[tune]')") from None
+    unknown = [m for m in targets if not any(n.endswith(f".{m}") for n, _ in bb.model.named_modules())]
+    if unknown:  # before PEFT, whose own error for it is not one line
+        raise ArmoError(f"--target-modules: {', '.join(unknown)} not in the backbone's blocks")
     torch.manual_seed(cfg.seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # PEFT calls a transformers method that transformers deprecates
@@ -208,9 +226,6 @@ def _tune(cfg: TuneConfig, source: Source, targets: list[str], t0: float) -> dic
         peft = get_peft_model(bb.model, LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, target_modules=modules,
                                                    lora_dropout=0.0, bias="none"))
     model = peft.get_base_model()  # the backbone with LoRA modules in place: armo's forward (and its layer hook) runs it
-    unknown = [m for m in targets if not any(n.endswith(m) for n, _ in bb.model.named_modules())]
-    if unknown:
-        raise ArmoError(f"--target-modules: {', '.join(unknown)} not in the backbone's blocks")
     head = torch.nn.Linear(bb.hidden_size, 1).to(bb.device)
     torch.nn.init.zeros_(head.weight)
     torch.nn.init.zeros_(head.bias)

@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
 
 import armo_cli.scoring as scoring
 from tests.helpers import armo, interrupted_after, pair_rows, rating_rows, write_jsonl
@@ -298,3 +299,116 @@ def test_evaluate_outputs_appear_together_or_not_at_all(job, tmp_path, failing, 
                                 {"ARMO_CACHE": str(armo_cache)}, stdout=full)
         assert res.returncode == 1 and res.stderr.strip().splitlines() == ["error: <stdout>: No space left on device"]
     assert not pairs_out.exists() and not list(tmp_path.glob(".pairs-out*"))
+
+
+# --- a unit forged with armo's own functions is computed again (#51 §7) ----------------------------------------
+
+
+def _forge(path: Path, change, how: str, other_cache: Path | None = None) -> None:
+    """Rewrite a finished unit with `change` applied to its tensors and a valid checksum, sealed as an attacker can:
+    with the unkeyed hash armo's seal used to be ("unkeyed"), or with armo's own save under another user's secret
+    ("other secret")."""
+    import hashlib
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from armo_cli.artifact_files import CHECKSUM_KEY, META_KEY, SEAL_KEY, save_raw_artifact, tensors_sha256
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()[META_KEY])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    before = {k: v.clone() for k, v in tensors.items()}
+    change(tensors)
+    assert any(not torch.equal(before[k], tensors[k]) for k in before), sorted(tensors)  # the forgery changed something
+    meta.pop(SEAL_KEY)
+    meta.pop(CHECKSUM_KEY)
+    if how == "unkeyed":
+        meta[CHECKSUM_KEY] = tensors_sha256(tensors)
+        meta[SEAL_KEY] = hashlib.sha256(json.dumps(meta, sort_keys=True, ensure_ascii=True).encode()).hexdigest()
+        save_file(tensors, str(path), metadata={META_KEY: json.dumps(meta)})
+    else:
+        import armo_cli.artifact_files as af
+
+        old = os.environ.get("ARMO_CACHE")
+        os.environ["ARMO_CACHE"] = str(other_cache)
+        try:
+            save_raw_artifact(path, tensors, meta, seal=True)
+        finally:
+            os.environ["ARMO_CACHE"] = old if old is not None else ""
+            af._secrets.pop(str(other_cache / af.SEAL_SECRET), None)
+
+
+def _score_to(t: dict) -> None:
+    key = next(k for k in t if k.endswith(".score"))
+    t[key] = torch.full_like(t[key], 0.999)
+
+
+def _swap_sides(t: dict) -> None:
+    for k in [k for k in t if k.endswith((".score", ".rewards"))]:
+        t[k] = t[k].flip(1).contiguous()
+
+
+@pytest.mark.parametrize("command,change", [("score", _score_to), ("evaluate", _swap_sides)])
+@pytest.mark.parametrize("how", ["unkeyed", "other secret"])
+def test_a_forged_window_is_scored_again(job, tmp_path, monkeypatch, command, change, how):
+    """A score changed to 0.999, chosen and rejected swapped: rewritten with a valid checksum and a seal made with
+    armo's own (then unkeyed) hash, it was accepted by --resume."""
+    (tmp_path / "ref").mkdir()
+    ref = tmp_path / "ref" / "out.json"
+    extra = ("--pairs-output", tmp_path / "ref" / "out-pairs.jsonl") if command == "evaluate" else ()
+    assert job[command]("-o", ref, *extra).code == 0
+    out = tmp_path / "out.json"
+    extra = ("--pairs-output", tmp_path / "out-pairs.jsonl") if command == "evaluate" else ()
+    assert interrupted_after(monkeypatch, 2, lambda: job[command]("-o", out, *extra)).code == 130
+    unit = tmp_path / "out.json.parts" / "chunk-000000.safetensors"
+    _forge(unit, change, how, tmp_path / "other-cache")
+    assert job[command]("-o", out, *extra, "--resume").code == 0
+    assert out.read_bytes() == ref.read_bytes()
+    if command == "evaluate":
+        assert (tmp_path / "out-pairs.jsonl").read_bytes() == (tmp_path / "ref" / "out-pairs.jsonl").read_bytes()
+
+
+@pytest.mark.parametrize("how", ["unkeyed", "other secret"])
+def test_forged_features_are_extracted_again(job, tmp_path, how):
+    from armo_cli.configs import ExtractConfig
+    from armo_cli.extract import extract
+    from armo_cli.features import Features
+
+    out, ref = tmp_path / "f.st", tmp_path / "ref.st"
+    assert armo("extract", job["rows"], "--backbone", job["backbone"], "-o", ref, "--device", "cpu", "--chunk-size", "8",
+                "-q").code == 0
+
+    def stop(c):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        extract(ExtractConfig(input=str(job["rows"]), output=str(out), backbone=str(job["backbone"]), device="cpu",
+                              quiet=True, chunk_size=8), after_chunk=stop)
+    unit = tmp_path / "f.st.parts" / "chunk-000000.safetensors"
+
+    def zeroed(t: dict) -> None:
+        for k in t:
+            if k.endswith("features"):
+                t[k] = torch.zeros_like(t[k])
+    _forge(unit, zeroed, how, tmp_path / "other-cache")
+    assert armo("extract", job["rows"], "--backbone", job["backbone"], "-o", out, "--device", "cpu", "--chunk-size", "8",
+                "--resume", "-q").code == 0
+    a, b = Features.load(ref), Features.load(out)
+    assert all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
+
+
+def test_progress_folders_and_the_secret_are_the_users_alone(job, tmp_path, monkeypatch, armo_cache):
+    """Whatever the umask, OUT.parts/ is 0700 and the sealing secret 0600 (the secret is what makes a seal unforgeable)."""
+    import stat as st_
+
+    from armo_cli.artifact_files import SEAL_SECRET
+
+    old = os.umask(0o000)
+    try:
+        r = interrupted_after(monkeypatch, 1, lambda: job["score"]("-o", tmp_path / "out.jsonl"))
+    finally:
+        os.umask(old)
+    assert r.code == 130
+    assert st_.S_IMODE(os.stat(tmp_path / "out.jsonl.parts").st_mode) == 0o700
+    assert st_.S_IMODE(os.stat(armo_cache / SEAL_SECRET).st_mode) == 0o600
