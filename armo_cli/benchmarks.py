@@ -86,13 +86,14 @@ def rb2_ties_score(rows: list[RowScores]) -> float:
     accuracy on both versions and how far its correct answers stand above the incorrect ones, against their spread."""
     stats: dict[str, dict[int, dict]] = {"ref": {}, "tied": {}}
     for r in rows:
-        kind, _, pid = r.id.partition(":")
-        if kind not in stats or not pid.lstrip("-").isdigit():
+        key = ties_id(r.id)
+        if key is None:
             raise ArmoError(f"row {r.id!r}: a Ties row's id is 'ref:N' or 'tied:N' (RewardBench 2's), as the Ties score "
                             f"pairs the two versions of a prompt")
+        kind, pid = key  # a row given twice is refused before scoring (check_rows); a bootstrap sample repeats rows
         correct, wrong = r.chosen, r.rejected
         best_c, worst_c, best_w = max(correct), min(correct), max(wrong)
-        stats[kind][int(pid)] = {"accurate": worst_c > best_w,
+        stats[kind][pid] = {"accurate": worst_c > best_w,
                                  "spread": best_c - worst_c if len(correct) > 1 else None,
                                  "margin": worst_c - best_w}
     ref, tied = stats["ref"], stats["tied"]
@@ -107,6 +108,55 @@ def rb2_ties_score(rows: list[RowScores]) -> float:
     ratios = [min(ref[p]["margin"], tied[p]["margin"]) / tied[p]["spread"] for p in common if tied[p]["spread"] > 0]
     margin_score = mean([math.tanh(x - 1) for x in ratios])
     return 0.3 * acc_tied + 0.3 * acc_ref + 0.2 * preferred + 0.2 * preferred_hard + 0.01 * margin_score
+
+
+def ties_id(row_id: str) -> tuple[str, int] | None:
+    """('ref' | 'tied', N) of a Ties row's id `ref:N` / `tied:N`, else None."""
+    kind, _, pid = row_id.partition(":")
+    return (kind, int(pid)) if kind in ("ref", "tied") and pid.lstrip("-").isdigit() else None
+
+
+@dataclass
+class RowShape:
+    """What the whole-file checks read of a row, before any scoring: where it is, its id and subset, its lists."""
+
+    where: str
+    id: str
+    subset: str
+    n_chosen: int
+    n_rejected: int
+
+
+def check_rows(rows: list[RowShape], benchmark: str) -> None:
+    """The checks that depend on the whole file, run before any forward pass: RM-Bench's 3 chosen and 3 rejected
+    responses; RewardBench 2's Ties ids (`ref:N` / `tied:N`, each once: a repeated one kept the last row while n counted
+    both)."""
+    if benchmark == "rm-bench":
+        for r in rows:
+            if (r.n_chosen, r.n_rejected) != (3, 3):
+                raise ArmoError(f"{r.where}: RM-Bench rows have 3 chosen and 3 rejected responses ({r.n_chosen} and "
+                                f"{r.n_rejected} here)")
+    if benchmark == "rewardbench2":
+        seen: dict[tuple[str, int], str] = {}
+        for r in rows:
+            if r.subset != "Ties":
+                continue
+            key = ties_id(r.id)
+            if key is None:
+                raise ArmoError(f"{r.where}: field 'id': a Ties row's id is 'ref:N' or 'tied:N' (RewardBench 2's), as "
+                                f"the Ties score pairs the two versions of a prompt; got {r.id!r}")
+            if key in seen:
+                raise ArmoError(f"{r.where}: field 'id': {r.id!r} again (first at {seen[key]}); each Ties row once")
+            seen[key] = r.where
+
+
+def ties_coverage(rows: list[RowScores]) -> dict:
+    """Which Ties prompts have both their rows (`ref:N` and `tied:N`): the Ties score compares the two, so a file
+    with only one version of a prompt is not the benchmark's Ties."""
+    ids = {ties_id(r.id) for r in rows} - {None}
+    ref, tied = {p for k, p in ids if k == "ref"}, {p for k, p in ids if k == "tied"}
+    return {"prompts": len(ref | tied), "with_both": len(ref & tied), "ref_only": sorted(ref - tied),
+            "tied_only": sorted(tied - ref)}
 
 
 # --- which rule, and the report ----------------------------------------------------------------------------
@@ -204,6 +254,12 @@ def score_benchmark(rows: list[RowScores], benchmark: str, n_boot: int = 1000, s
         out["score"] = _rb2_overall(rows)
         out["ci95"] = bootstrap_ci(rows, _rb2_overall, n_boot, seed)
         missing = [s for s in RB2_SUBSETS if s not in subsets]
+        if "Ties" in by:
+            cover = ties_coverage(by["Ties"])
+            out["ties_coverage"] = cover
+            if cover["ref_only"] or cover["tied_only"]:  # the Ties score compares both versions of each prompt
+                missing.append(f"Ties rows of {len(cover['ref_only']) + len(cover['tied_only'])} of "
+                               f"{cover['prompts']} prompts (ref:N or tied:N without its other version)")
         out["score_kind"] = "rewardbench2" if not missing else "rewardbench2, partial"
         out["missing_subsets"] = missing
     else:

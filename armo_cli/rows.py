@@ -223,6 +223,9 @@ def _list_row(obj: dict, where: str, ratings: dict, chosen: list[str] | None, re
                    subset=_subset(obj, where) or _subset(obj, where, "domain"), n_chosen=len(chosen))
 
 
+LOCAL_SPLIT = "train"  # the one split of a local --dataset file (datasets names a file's rows so)
+
+
 @dataclass
 class Source:
     """Where examples come from: a JSONL path (or `-`), or a `datasets` name/path and split."""
@@ -246,6 +249,9 @@ class Source:
             return
         p = Path(self.dataset)
         if p.is_file():  # a local file: read by armo itself, so that a bad row is one line naming file and row
+            if self.split != LOCAL_SPLIT:  # as datasets.load_dataset reads one file: a single split, 'train'
+                raise ArmoError(f"--split {self.split}: {self.dataset} is one file, whose only split is "
+                                f"'{LOCAL_SPLIT}'; drop --split (or give the dataset's folder or hub id)")
             yield from _local_rows(p)
             return
         import datasets

@@ -442,11 +442,12 @@ def window_key(job: str, trees: list[Tree]) -> str:
 
 def windows_job(cfg: ModelInputConfig, model: ArmoModel, ctx: RowContext, source: Source, weights: torch.Tensor | None,
                 anchor: str, settings: dict, check: Callable[[Tree], None] | None = None,
-                notes: RowNotes | None = None) -> list[list[Scored]]:
+                notes: RowNotes | None = None, checked: Callable[[], None] | None = None) -> list[list[Scored]]:
     """Score a source window by window, each finished window kept in ANCHOR.parts/ (resumable.JobProgress), and return
     the scored windows in input order. Every row is read, checked (`check` too) and keyed first, so a bad row stops the
     job before any forward pass, leaving nothing behind; the first window's rows are held, and the rows of a window
-    that `--resume` finds done are read but never rendered again."""
+    that `--resume` finds done are read but never rendered again. `checked` runs once every row is checked, before
+    any forward pass: the checks that need the whole file."""
     notes = notes if notes is not None else RowNotes()
     job = sha256_json({"model": model_key(model), "weights": None if weights is None else weights.tolist(),
                        "objective": cfg.objective, "max_length": cfg.max_length, "overflow": cfg.overflow,
@@ -463,6 +464,8 @@ def windows_job(cfg: ModelInputConfig, model: ArmoModel, ctx: RowContext, source
         rows_of.append(window_rows(trees))
         if w == 0:
             held = trees
+    if checked:
+        checked()
     units = JobProgress(anchor, "scores-window", cfg.resume)
     out: list[list[Scored]] = []
     try:
@@ -607,21 +610,24 @@ def _evaluate_rows(cfg: EvaluateConfig, model: ArmoModel, ctx: RowContext,
 
 
 def _scored_rows(cfg: EvaluateConfig, model: ArmoModel, ctx: RowContext, weights: torch.Tensor | None, kind: str,
-                 check: Callable[[Tree, str], None], notes: RowNotes) -> list[list[Scored]]:
-    """An input's rows scored, window by window in input order: streamed, or with a file output a resumable job
-    (`windows_job`, progress beside the first output, kept until every output is written). `kind` keys the job."""
+                 check: Callable[[Tree, str], None], notes: RowNotes,
+                 checked: Callable[[], None] | None = None) -> list[list[Scored]]:
+    """An input's rows scored, window by window in input order: every row read and checked first (`checked` then
+    runs the checks that need the whole file), then scored; with a file output a resumable job (`windows_job`,
+    progress beside the first output, kept until every output is written). `kind` keys the job."""
     anchor = progress_anchor(cfg)
     if anchor is None:
         source = _source(cfg)
-        out = []
-        for trees in iter_windows(ctx, source, cfg, notes=notes):
+        windows = list(iter_windows(ctx, source, cfg, notes=notes))  # evaluate keeps every result: the rows too
+        for trees in windows:
             for t in trees:
                 check(t, source.name)
-            out.append(score_trees(model, ctx, trees, weights, source.name) if trees else [])
-        return out
+        if checked:
+            checked()
+        return [score_trees(model, ctx, trees, weights, source.name) if trees else [] for trees in windows]
     with locked_source(anchor, cfg.input, cfg.dataset, cfg.split, cfg.quiet) as source:
         return windows_job(cfg, model, ctx, source, weights, anchor, {"records": kind}, lambda t: check(t, source.name),
-                           notes)
+                           notes, checked)
 
 
 def _has_lists(cfg: EvaluateConfig) -> bool:
@@ -641,7 +647,7 @@ def _evaluate_lists(cfg: EvaluateConfig, model: ArmoModel, w: torch.Tensor | Non
     """evaluate on rows with lists of responses, scored by their benchmark's own rule (benchmarks.py). The rows'
     records (`armo score`'s, a list per side) go to --pairs-output; with a file output the scoring is a resumable job,
     as for pairs."""
-    from .benchmarks import RowScores, detect, score_benchmark
+    from .benchmarks import RowScores, RowShape, check_rows, detect, score_benchmark
 
     if cfg.html:
         from .report import check_available
@@ -654,18 +660,29 @@ def _evaluate_lists(cfg: EvaluateConfig, model: ArmoModel, w: torch.Tensor | Non
     ctx = model_context(model, None, cfg)
     notes = RowNotes()
 
-    def check(t: Tree, name: str) -> None:
-        if not (t.example.is_list or (t.example.is_pair and cfg.benchmark in ("auto", "best-of-n"))):
-            raise ArmoError(f"{name}:{t.example.line}: --benchmark {cfg.benchmark} needs rows with lists of 'chosen' "
-                            f"and 'rejected' responses")
+    shapes: list[RowShape] = []
+    rule: list[tuple[str, str]] = []
 
-    windows = _scored_rows(cfg, model, ctx, w, "evaluate lists", check, notes)
+    def check(t: Tree, name: str) -> None:
+        ex = t.example
+        if not (ex.is_list or (ex.is_pair and cfg.benchmark in ("auto", "best-of-n"))):
+            raise ArmoError(f"{name}:{ex.line}: --benchmark {cfg.benchmark} needs rows with lists of 'chosen' "
+                            f"and 'rejected' responses")
+        k = ex.n_chosen or 1
+        shapes.append(RowShape(f"{name}:{ex.line}", ex.id, ex.subset or "all", k, len(ex.responses) - k))
+
+    def checked() -> None:  # the rule is settled, and the whole file checked for it, before any forward pass
+        shaped = [RowScores(r.id, r.subset, [0.0] * (r.n_chosen + r.n_rejected), r.n_chosen) for r in shapes]
+        rule.append((cfg.benchmark, "--benchmark") if cfg.benchmark != "auto" else detect(shaped, pairs=False))
+        check_rows(shapes, rule[0][0])
+
+    windows = _scored_rows(cfg, model, ctx, w, "evaluate lists", check, notes, checked)
     rows = []
     for window in windows:  # each row's scores, in input order (a window holds a group per list shape)
         placed = [(i, RowScores(g.ids[r], g.subsets[r] or "all", g.explained["score"][r].tolist(), g.n_chosen or 1))
                   for g in window for r, i in enumerate(g.index)]
         rows += [x for _, x in sorted(placed, key=lambda x: x[0])]
-    benchmark, why = (cfg.benchmark, "--benchmark") if cfg.benchmark != "auto" else detect(rows, pairs=False)
+    benchmark, why = rule[0]
     report = {"model": str(model.path), "model_info": model_info(model), "input": _source(cfg).name,
               "weights": cfg.weights, "objective": cfg.objective, "benchmark_reason": why,
               **score_benchmark(rows, benchmark, cfg.bootstrap, cfg.seed), **notes.to_json()}
@@ -680,6 +697,9 @@ def _evaluate_lists(cfg: EvaluateConfig, model: ArmoModel, w: torch.Tensor | Non
 
         texts[cfg.html] = render_benchmark_report(report)
     write_texts_atomic(texts)
+    if report["score_kind"].endswith(", partial"):
+        warn(f"{benchmark}: missing {'; '.join(report['missing_subsets'])}: this score is not comparable with the "
+             f"benchmark's leaderboard")
     if progress_anchor(cfg) is not None:
         discard_progress(progress_anchor(cfg))  # every output is written: the job's progress has served
     written = [p for p in (cfg.output, cfg.pairs_output, cfg.html) if p and p != "-"]

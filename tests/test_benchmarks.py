@@ -221,7 +221,9 @@ def test_an_interrupted_list_evaluate_resumes_to_the_same_report(tiny_model, tmp
     import armo_cli.scoring as scoring
 
     monkeypatch.setattr(scoring, "WINDOW_ROWS", 2)
-    f = write_jsonl(tmp_path / "l.jsonl", LIST_ROWS * 3)
+    copies = [{**r, "id": r["id"].replace(":1", f":{k}") if ":" in r["id"] else f"{r['id']}-{k}"}
+              for k in range(3) for r in LIST_ROWS]  # each Ties id once
+    f = write_jsonl(tmp_path / "l.jsonl", copies)
     args = ("evaluate", "-m", tiny_model / "model", f, "--bootstrap", "50", "-q")
     assert armo(*args, "-o", tmp_path / "ref.json").code == 0
     (tmp_path / "out").mkdir()
@@ -255,6 +257,32 @@ def test_dataset_names_load_through_datasets_tested_with_a_local_folder(tiny_mod
         assert got["subsets"] == want["subsets"] and got["benchmark"] == "rewardbench2", src
     r = armo("evaluate", "-m", tiny_model / "model", tmp_path / "l.jsonl", "--dataset", folder)
     assert r.code == 2 and "give one of INPUT, --dataset and --features, not INPUT and --dataset" in r.stderr
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "parquet", "folder"])
+def test_a_split_that_is_not_there_is_an_error_naming_the_splits(tiny_model, tmp_path, monkeypatch, kind):
+    """`--dataset rows.jsonl --split nosuch` was accepted silently (exit 0, the file's rows scored)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    if kind == "jsonl":
+        src = write_jsonl(tmp_path / "rb2.jsonl", LIST_ROWS)
+    elif kind == "parquet":
+        src = tmp_path / "rb2.parquet"
+        pq.write_table(pa.Table.from_pylist(LIST_ROWS), src)
+    else:
+        src = tmp_path / "reward-bench-2"
+        src.mkdir()
+        write_jsonl(src / "test.jsonl", LIST_ROWS)
+    r = armo("evaluate", "-m", tiny_model / "model", "--dataset", src, "--split", "nosuch", "-o", tmp_path / "d.json", "-q")
+    assert r.code == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    if kind == "folder":  # datasets' own word, which names the splits there are
+        assert r.stderr.startswith(f"error: --dataset {src}: could not load split 'nosuch'") and "test" in r.stderr
+    else:
+        assert r.stderr.strip() == (f"error: --split nosuch: {src} is one file, whose only split is 'train'; drop "
+                                    f"--split (or give the dataset's folder or hub id)")
+    assert not (tmp_path / "d.json").exists()
 
 
 def test_html_reports_draw_the_rm_bench_matrix_and_the_subsets(tiny_model, tmp_path):
@@ -298,3 +326,60 @@ def test_a_list_rows_features_equal_separate_passes(tiny_backbone):
     P1, R1 = encode_trees(bb, alone, batch_tokens=10_000, share=False)
     assert R.shape == (1, 4, bb.hidden_size)
     assert torch.allclose(R[0], R1[:, 0], atol=1e-5) and torch.allclose(P[0].expand_as(P1), P1, atol=1e-5)
+
+
+@pytest.fixture
+def no_forward(monkeypatch):
+    """Fails the test if any row is scored: the whole-file checks must stop a job before its first forward pass."""
+    import armo_cli.scoring as scoring
+
+    def refuse(*a, **k):
+        raise AssertionError("a forward pass ran before the whole file was checked")
+
+    monkeypatch.setattr(scoring, "score_trees", refuse)
+
+
+TIES_ONLY_REF = [{"id": f"ref:{k}", "subset": "Ties", "prompt": f"name color {k}", "chosen": ["red"],
+                  "rejected": ["seven"]} for k in range(3)]
+
+
+@pytest.mark.parametrize("rows,where,message", [
+    (LIST_ROWS + [LIST_ROWS[2]], 5, "field 'id': 'ref:1' again (first at {f}:3); each Ties row once"),
+    (LIST_ROWS + [{**LIST_ROWS[2], "id": "r7"}], 5, "field 'id': a Ties row's id is 'ref:N' or 'tied:N'"),
+])
+@pytest.mark.parametrize("output", [True, False])
+def test_ties_ids_are_checked_over_the_whole_file_before_scoring(tiny_model, tmp_path, no_forward, rows, where, message,
+                                                                  output):
+    """A Ties id given twice kept the last row while n counted both; it is refused, as a malformed one, before any
+    row is scored (with a file output, a resumable job, and without one)."""
+    f = write_jsonl(tmp_path / "l.jsonl", rows)
+    out = ("-o", tmp_path / "r.json") if output else ()
+    r = armo("evaluate", "-m", tiny_model / "model", f, *out, "-q")
+    assert r.code == 2 and r.stderr.startswith(f"error: {f}:{where}: " + message.format(f=f)), r.stderr
+    assert not (tmp_path / "r.json").exists() and not (tmp_path / "r.json.parts").exists()
+
+
+def test_rm_bench_shape_is_checked_before_scoring(tiny_model, tmp_path, no_forward):
+    rows = [{"id": f"c{i}", "subset": "chat", "prompt": "q", "chosen": ["a", "b", "c"], "rejected": ["x", "y", "z"]}
+            for i in range(3)] + [{"id": "short", "subset": "chat", "prompt": "q", "chosen": ["a", "b"], "rejected": ["x"]}]
+    f = write_jsonl(tmp_path / "l.jsonl", rows)
+    r = armo("evaluate", "-m", tiny_model / "model", f, "--benchmark", "rm-bench", "-o", tmp_path / "r.json", "-q")
+    assert r.code == 2 and r.stderr.strip() == (f"error: {f}:4: RM-Bench rows have 3 chosen and 3 rejected responses "
+                                                f"(2 and 1 here)"), r.stderr
+
+
+def test_ties_without_its_tied_rows_is_partial(tiny_model, tmp_path):
+    """A file with only the `ref:N` rows of Ties was scored as complete (Ties 0.30, overall 0.883)."""
+    f = write_jsonl(tmp_path / "l.jsonl", LIST_ROWS[:2] + TIES_ONLY_REF)
+    r = armo("evaluate", "-m", tiny_model / "model", f, "-o", tmp_path / "r.json", "--bootstrap", "20")
+    assert r.code == 0, r.stderr
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["benchmark"] == "rewardbench2" and rep["score_kind"] == "rewardbench2, partial"
+    assert rep["ties_coverage"] == {"prompts": 3, "with_both": 0, "ref_only": [0, 1, 2], "tied_only": []}
+    assert rep["missing_subsets"][-1] == "Ties rows of 3 of 3 prompts (ref:N or tied:N without its other version)"
+    assert "warning: rewardbench2: missing Factuality; Precise IF; Safety; Ties rows of 3 of 3 prompts" in \
+        " ".join(r.stderr.split())
+    f = write_jsonl(tmp_path / "all.jsonl", LIST_ROWS)  # both versions of its one prompt: Ties is whole
+    assert armo("evaluate", "-m", tiny_model / "model", f, "-o", tmp_path / "a.json", "--bootstrap", "20", "-q").code == 0
+    rep = json.loads((tmp_path / "a.json").read_text())
+    assert rep["ties_coverage"]["with_both"] == 1 and not any("Ties" in m for m in rep["missing_subsets"])
