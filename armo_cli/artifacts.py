@@ -182,6 +182,8 @@ class DecorrelationMeta(Meta):
     feature_meaning: dict | None = None
     identity: bool = False
     verbosity: str | None = None
+    against: list[str] | None = None  # the objectives decorrelated against (#46); None: verbosity alone
+    within: str | None = None         # "set" or "prompt"; None: set
     method: str | None = None
     armo_version: str | None = None
     REQUIRED: ClassVar[tuple[str, ...]] = ("objectives",)

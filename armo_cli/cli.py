@@ -253,6 +253,14 @@ def _draw_decorrelation(rep: dict, cfg) -> None:
     from .decorrelation import status_note
 
     rows = rep["objectives_report"]
+    against = rep.get("against") or [rep["verbosity"]]
+    if len(against) > 1 or rep.get("within") == "prompt":  # one lambda and two correlations per objective against
+        where = "within each prompt" if rep["within"] == "prompt" else "over the set"
+        show(table(f"fit-decorrelation (pearson {where}, {rep['reference_rows']} reference responses) -> {cfg.output}",
+                   ["objective", *[f"{h} {a}" for a in against for h in ("lambda", "before", "after")], "status"],
+                   [[o, *[r[h][a] for a in against for h in ("lambda", "before", "after")], r["status"]]
+                    for o, r in rows.items()]), cfg.quiet)
+        return
     show(table(f"fit-decorrelation ({rep['method']}, {rep['reference_rows']} reference responses) -> {cfg.output}",
                ["objective", "lambda", "corr before", "corr after", "status"],
                [[o, r["lambda"], r["before"], r["after"], r["status"]] for o, r in rows.items()]), cfg.quiet)

@@ -155,6 +155,11 @@ class DecorrelationConfig(FitOutputOptions):
     features: list[str] = opt(help="Reference features (pairs or single responses).", default_factory=list)
     output: str = opt("decorrelation.safetensors", "Decorrelation artifact to write.")
     verbosity: str = opt("verbosity", "The verbosity objective's name.")
+    against: str | None = opt(None, "Objectives to decorrelate every objective from, comma-separated (default: "
+                                    "--verbosity alone), e.g. verbosity,markdown: length and style at once. Several, or "
+                                    "--within prompt, are solved in closed form for Pearson correlation (--method pearson).")
+    within: str = opt("set", "Where the correlation is zeroed: set (over all reference responses, as ArmoRM) | prompt "
+                             "(among each prompt's responses, where a pair's contrast lives).", choices=("set", "prompt"))
     method: str = opt("spearman", "spearman (paper) or pearson.", choices=METHODS)
     tolerance: float = opt(1e-3, "Largest |correlation| left after decorrelation.", above=0.0)
     lambda_range: tuple[float, float] | None = opt(None, "LO:HI bounds on lambda (either side may be empty).")

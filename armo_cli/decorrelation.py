@@ -1,4 +1,6 @@
-"""Verbosity decorrelation: r_i' = r_i - lambda_i * r_v with Corr(r_i', r_v) = 0 on a reference set.
+"""Verbosity decorrelation: r_i' = r_i - lambda_i * r_v with Corr(r_i', r_v) = 0 on a reference set; and against a
+set S of objectives (length and style, #46): r_i' = r_i - sum_j Lambda_ji r_j with Corr(r_i', r_j) = 0 for each j in S,
+over the set or within each prompt.
 
 Stored as ArmoRM's `reward_transform_matrix`: r' = r @ T, T = I with T[v, :] -= lambda (lambda_v = 1,
 so the verbosity objective's own adjusted reward is 0). This module is the maths (solve_lambda, the transform); the
@@ -86,6 +88,50 @@ def status_note(objective: str, status: str, after: float, tolerance: float) -> 
                "this objective still tracks length: check the reference rows (how many, how varied in length)")
     return (f"{objective}: {status}: |corr after| {abs(after):.4f} > --tolerance {tolerance:g}; "
             f"{STATUS_MEANING.get(status, status)}; {matters}")
+
+
+def centered(X: torch.Tensor, groups: list[str] | None = None) -> torch.Tensor:
+    """X [n, k] minus its mean (over the set), or minus each group's mean (`groups`: a key per row, e.g. its prompt):
+    what a correlation within a prompt is computed on. A group of one row is all mean: it tells nothing within."""
+    X = X.double()
+    if groups is None:
+        return X - X.mean(0)
+    keys: dict[str, int] = {}
+    idx = torch.tensor([keys.setdefault(g, len(keys)) for g in groups])
+    sums = torch.zeros(len(keys), X.shape[1], dtype=X.dtype).index_add_(0, idx, X)
+    n = torch.zeros(len(keys), dtype=X.dtype).index_add_(0, idx, torch.ones(len(groups), dtype=X.dtype))
+    return X - (sums / n[:, None])[idx]
+
+
+def centered_corr(Xc: torch.Tensor, a: int, b: int) -> float | None:
+    """Pearson correlation of two centered columns (None where one is constant)."""
+    x, y = Xc[:, a], Xc[:, b]
+    d = float(x.norm() * y.norm())
+    return float(x @ y) / d if d > 1e-24 else None
+
+
+def solve_set(R: torch.Tensor, against: list[int], groups: list[str] | None = None) -> torch.Tensor:
+    """Lambda [|S|, k] such that every r_i' = r_i - sum_j Lambda[j, i] r_j (j in S = `against`) has Pearson correlation 0
+    with each r_j over the reference rows (within each group, where `groups` are given): one least-squares solve,
+    Lambda = Cov(S)^-1 Cov(S, R). The objectives in S themselves go to 0 (Lambda[:, j] = e_j)."""
+    Xc = centered(R, groups)
+    S = Xc[:, against]
+    G = S.T @ S
+    if torch.linalg.matrix_rank(G) < len(against):
+        raise ValueError("the objectives to decorrelate against are constant or collinear over the reference rows")
+    lam = torch.linalg.solve(G, S.T @ Xc)
+    for n, j in enumerate(against):
+        lam[:, j] = 0.0
+        lam[n, j] = 1.0
+    return lam
+
+
+def set_transform(lam: torch.Tensor, against: list[int]) -> torch.Tensor:
+    """r' = r @ T: T = I with T[j, :] -= Lambda[j] for each j in `against` (ArmoRM's reward_transform_matrix)."""
+    T = torch.eye(lam.shape[1], dtype=torch.float64)
+    for n, j in enumerate(against):
+        T[j, :] -= lam[n]
+    return T.float()
 
 
 def transform_matrix(lambdas: torch.Tensor, v: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ from .artifact_files import save_artifact
 from .artifacts import DecorrelationMeta, GatingMeta, RegressionMeta
 from .configs import DecorrelationConfig, GatingConfig, RegressionConfig
 from .console import progress
-from .decorrelation import correlation, solve_lambda, transform_matrix
+from .decorrelation import centered, centered_corr, correlation, set_transform, solve_lambda, solve_set, transform_matrix
 from .devices import auto_device
 from .errors import ArmoError
 from .features import Features
@@ -212,9 +212,20 @@ def fit_decorrelation(cfg: DecorrelationConfig) -> dict:
     validate(cfg)
     check_outputs(cfg.output, cfg.json, [cfg.regression, *cfg.features])
     reg = Regression.load(cfg.regression)
-    if cfg.verbosity not in reg.objectives:
+    against = [a.strip() for a in cfg.against.split(",") if a.strip()] if cfg.against is not None else [cfg.verbosity]
+    if cfg.verbosity not in reg.objectives and against == [cfg.verbosity]:
         raise ArmoError(f"--verbosity {cfg.verbosity}: not an objective of {cfg.regression} "
                         f"(it has: {', '.join(reg.objectives)}; add one with fit-regression --length-objective)")
+    for a in against:
+        if a not in reg.objectives:
+            raise ArmoError(f"--against {cfg.against}: {a!r} is not an objective of {cfg.regression} (it has: "
+                            f"{', '.join(reg.objectives)})")
+    if not against or len(set(against)) != len(against):
+        raise ArmoError(f"--against {cfg.against}: name each objective once")
+    closed_form = len(against) > 1 or cfg.within == "prompt"
+    if closed_form and cfg.method != "pearson":
+        raise ArmoError(f"{'--against ' + cfg.against if len(against) > 1 else '--within prompt'}: solved in closed form "
+                        f"for Pearson correlation; add --method pearson")
     if not cfg.features:
         raise ArmoError("fit-decorrelation: give at least one reference features file")
     feats = [Features.load(p) for p in cfg.features]
@@ -226,7 +237,9 @@ def fit_decorrelation(cfg: DecorrelationConfig) -> dict:
                    for f in feats])
     if R.shape[0] < cfg.min_rows:
         raise ArmoError(f"reference set: {R.shape[0]} responses, need at least {cfg.min_rows}")
-    v = reg.objectives.index(cfg.verbosity)
+    if closed_form:
+        return _fit_set_decorrelation(cfg, reg, feats, R, against)
+    v = reg.objectives.index(against[0])
     rv = R[:, v]
     if float(rv.std()) == 0.0:
         raise ArmoError("reference set: the verbosity reward is constant, nothing to decorrelate against")
@@ -245,16 +258,53 @@ def fit_decorrelation(cfg: DecorrelationConfig) -> dict:
     T = transform_matrix(lambdas, v)
     ref_hash = sha256_json([f.meta.input_hash for f in feats] + [f.meta.settings_key for f in feats])
     report = {
-        "kind": "decorrelation", "armo_version": __version__, "objectives": reg.objectives, "verbosity": cfg.verbosity,
+        "kind": "decorrelation", "armo_version": __version__, "objectives": reg.objectives, "verbosity": against[0],
+        "against": against, "within": "set",
         "method": cfg.method, "tolerance": cfg.tolerance, "lambda_range": cfg.lambda_range, "objectives_report": rows,
         "reference_hash": ref_hash, "reference_rows": R.shape[0], "backbone": reg.meta.backbone,
         "feature_meaning": reg.meaning.to_json(),
         "regression_hash": regression_hash(reg),
     }
+    return _write_decorrelation(cfg, report, T, lambdas)
+
+
+def _write_decorrelation(cfg: DecorrelationConfig, report: dict, T: torch.Tensor, lambdas: torch.Tensor) -> dict:
     save_artifact(cfg.output, {"transform": T, "lambdas": lambdas}, DecorrelationMeta.from_json(report, cfg.output))
     if cfg.json:
         write_text_atomic(cfg.json, dumps(report, indent=2) + "\n")
     return report
+
+
+def _fit_set_decorrelation(cfg: DecorrelationConfig, reg: Regression, feats: list[Features], R: torch.Tensor,
+                           against: list[str]) -> dict:
+    """Decorrelation against several objectives, or within each prompt: one closed-form solve (decorrelation.solve_set);
+    the report gives each objective's lambda and its correlation with each of them before and after."""
+    groups = [k for f in feats for k in _response_groups(f)] if cfg.within == "prompt" else None
+    idx = [reg.objectives.index(a) for a in against]
+    try:
+        lam = solve_set(R, idx, groups)
+    except ValueError as e:
+        raise ArmoError(f"reference set: {e}; nothing to decorrelate against") from None
+    T = set_transform(lam, idx)
+    before, after = centered(R, groups), centered(R.double() @ T.double(), groups)
+    rows = {}
+    for i, o in enumerate(reg.objectives):
+        b = {a: centered_corr(before, i, j) for a, j in zip(against, idx)}
+        c = {a: 0.0 if i in idx else centered_corr(torch.cat([after[:, i:i + 1], before[:, idx]], 1), 0, 1 + n)
+             for n, a in enumerate(against)}
+        worst = max((abs(x) for x in c.values() if x is not None), default=0.0)
+        rows[o] = {"lambda": {a: float(lam[n, i]) for n, a in enumerate(against)}, "before": b, "after": c,
+                   "status": "against" if i in idx else ("ok" if worst <= cfg.tolerance else "tolerance-not-reached")}
+    ref_hash = sha256_json([f.meta.input_hash for f in feats] + [f.meta.settings_key for f in feats])
+    report = {
+        "kind": "decorrelation", "armo_version": __version__, "objectives": reg.objectives,
+        "verbosity": cfg.verbosity if cfg.verbosity in against else None, "against": against, "within": cfg.within,
+        "method": "pearson", "tolerance": cfg.tolerance, "lambda_range": None, "objectives_report": rows,
+        "reference_hash": ref_hash, "reference_rows": R.shape[0],
+        "reference_groups": len(set(groups)) if groups is not None else None, "backbone": reg.meta.backbone,
+        "feature_meaning": reg.meaning.to_json(), "regression_hash": regression_hash(reg),
+    }
+    return _write_decorrelation(cfg, report, T, lam.float())
 
 
 
