@@ -122,6 +122,7 @@ class FeaturesMeta(Meta):
     input: str | None = None
     armo_version: str | None = None
     lm_objectives: list[str] | None = None  # the columns of the `lm_objectives` tensor (lm_objectives.py)
+    style_measures: list[str] | None = None  # the columns of the `response_style` tensor (style.py); None: before #46
     REQUIRED: ClassVar[tuple[str, ...]] = ("ids", "pair", "backbone", "objectives", "gate_rule", "input_hash",
                                             "settings_key", "report")
 

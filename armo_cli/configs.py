@@ -136,6 +136,11 @@ class RegressionConfig(FitOutputOptions):
     ranges: dict[str, tuple[float, float]] = opt(help="NAME=LO:HI declared rating range (repeatable).", flag="--range",
                                                  default_factory=dict)
     length_objective: str | None = opt(None, "Add an objective from log response length, e.g. verbosity.")
+    style_objectives: str | None = opt(None, "Add style objectives read from each training response's own text, "
+                                             "comma-separated: markdown (every markdown mark per token), or one kind "
+                                             "(md-headers, md-list_items, md-emphasis, md-code, md-table_rows, md-math, "
+                                             "md-quotes). Each is a ridge head like any objective; fit-decorrelation "
+                                             "--against removes what the others share with it.")
     pairs: list[str] = opt(help="Pair features to fit --preference-objective from (repeatable).", default_factory=list)
     preference_objective: str | None = opt(None, "Add an objective fitted from --pairs by a Bradley-Terry head "
                                                  "(cross-fitted: a gate trained on those pairs sees out-of-fold rewards).")

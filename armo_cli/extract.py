@@ -24,6 +24,7 @@ from .forward import check_finite_features, is_out_of_memory
 from .artifact_files import load_artifact, save_artifact, save_concatenated
 from .jsonl import check_input_file, sha256_file, sha256_json
 from .lm_objectives import TENSOR as LM_TENSOR, parse_lm_objectives
+from .style import STYLE_MEASURES, TENSOR as STYLE_TENSOR, count_matrix
 from .outputs import check_output_file
 from .options import validate
 from .rendering import Tree, tokenized
@@ -89,6 +90,9 @@ def _chunk_tensors(trees: list[Tree], ctx: RowContext, objectives: list[str], on
         "response_lengths": torch.tensor([[len(c) for c in t.conts] for t in trees]) if pair
         else torch.tensor([len(t.conts[0]) for t in trees]),
         "row_index": torch.tensor([t.example.line for t in trees]),
+        # the responses' markdown marks, read from their text (style.py): what --style-objectives learns from
+        STYLE_TENSOR: count_matrix([r for t in trees for r in t.example.responses]).reshape(
+            len(trees), *((2,) if pair else ()), len(STYLE_MEASURES)),
     }
     if objectives:
         out["labels"] = torch.tensor(
@@ -164,6 +168,7 @@ def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, afte
         settings["pooling"] = cfg.pooling
     if lm:
         settings["lm_objectives"] = lm
+    settings["style"] = list(STYLE_MEASURES)  # chunks from before the style columns are computed again
     settings_key = sha256_json(settings)
 
     chunks = [kept[i:i + chunk_size] for i in range(0, len(kept), chunk_size)]
@@ -200,7 +205,7 @@ def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, afte
         "length_limit": limit if limit < (1 << 62) else None,
         "overflow": cfg.overflow, "input": display, "input_hash": input_hash, "objectives": objectives,
         "pair": is_pair, "shard": [shard_index, num_shards], "job": job, "settings_key": settings_key, "job_key": job_key,
-        "lm_objectives": lm or None,
+        "lm_objectives": lm or None, "style_measures": list(STYLE_MEASURES),
     }
     report.rows = sum(len(chunks[c]) for c in mine)
     report.skipped = [vars(s) for s in skipped]

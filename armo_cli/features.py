@@ -10,6 +10,7 @@ from .artifacts import FeaturesMeta
 from .errors import ArmoError
 from .artifact_files import load_artifact
 from .lm_objectives import TENSOR as LM_TENSOR
+from .style import TENSOR as STYLE_TENSOR
 from .provenance import FeatureMeaning
 
 
@@ -38,6 +39,11 @@ class Features:
         if (lm is None) != (not m.lm_objectives) or (lm is not None and lm.shape != (*R.shape[:-1], len(m.lm_objectives))):
             raise ArmoError(f"{path}: damaged features: the '{LM_TENSOR}' tensor does not fit the LM objectives "
                             f"{m.lm_objectives or []} of the metadata")
+        style = t.get(STYLE_TENSOR)
+        if (style is None) != (not m.style_measures) or (
+                style is not None and style.shape != (*R.shape[:-1], len(m.style_measures))):
+            raise ArmoError(f"{path}: damaged features: the '{STYLE_TENSOR}' tensor does not fit the style measures "
+                            f"{m.style_measures or []} of the metadata")
         if "labels" in t and t["labels"].shape[1:] != (len(m.objectives),):
             raise ArmoError(f"{path}: damaged features: labels {tuple(t['labels'].shape)} for {len(m.objectives)} objectives")
         return cls(str(path), t, m)
@@ -83,3 +89,13 @@ class Features:
 
     def response_lengths(self) -> torch.Tensor:
         return self.tensors["response_lengths"].reshape(-1)
+
+    def style_densities(self, objectives: list[str]) -> torch.Tensor:
+        """[M, len(objectives)] marks per token of every response (pairs flattened), for the style objectives."""
+        from .style import STYLE_MEASURES, densities
+
+        if self.meta.style_measures != list(STYLE_MEASURES):
+            raise ArmoError(f"{self.path}: carries no style counts (extracted before armo measured style, #46); extract "
+                            f"it again for --style-objectives")
+        counts = self.tensors[STYLE_TENSOR]
+        return densities(counts.reshape(-1, counts.shape[-1]), self.response_lengths(), objectives)

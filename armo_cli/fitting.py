@@ -13,6 +13,7 @@ from .artifacts import DecorrelationMeta, GatingMeta, RegressionMeta
 from .configs import DecorrelationConfig, GatingConfig, RegressionConfig
 from .console import progress
 from .decorrelation import centered, centered_corr, correlation, set_transform, solve_lambda, solve_set, transform_matrix
+from .style import parse_style_objectives
 from .devices import auto_device
 from .errors import ArmoError
 from .features import Features
@@ -56,9 +57,13 @@ def fit_regression(cfg: RegressionConfig) -> dict:
         for o in f.meta.objectives:
             if o not in objectives:
                 objectives.append(o)
-    for name, flag in ((cfg.length_objective, "--length-objective"), (cfg.preference_objective, "--preference-objective")):
+    style = parse_style_objectives(cfg.style_objectives) if cfg.style_objectives else []
+    for name, flag in ((cfg.length_objective, "--length-objective"), (cfg.preference_objective, "--preference-objective"),
+                       *((n, "--style-objectives") for n in style)):
         if name and name in objectives:
             raise ArmoError(f"{flag} {name}: the data already rates an objective of that name")
+    if {cfg.length_objective, cfg.preference_objective} & set(style):
+        raise ArmoError("--style-objectives: a name that --length-objective or --preference-objective takes")
     if cfg.length_objective and cfg.length_objective == cfg.preference_objective:
         raise ArmoError("--length-objective and --preference-objective: give them different names")
     X_parts, Y_parts, L_parts = [], [], []
@@ -96,6 +101,13 @@ def fit_regression(cfg: RegressionConfig) -> dict:
         scales[cfg.length_objective] = {"lo": float(ll.min()), "hi": float(ll.max()), "transform": "log1p", "declared": False}
         Y = torch.cat([Y, lengths[:, None]], dim=1)
         objectives = objectives + [cfg.length_objective]
+    if style:  # marks per token of each training response, read from its text at extraction (style.py)
+        D = torch.cat([f.style_densities(style) for f in feats or pair_feats]).float()
+        for j, name in enumerate(style):
+            scales[name] = {"lo": float(D[:, j].min()), "hi": float(D[:, j].max()), "transform": "linear",
+                            "declared": False}
+        Y = torch.cat([Y, D], dim=1)
+        objectives = objectives + style
     if not objectives and not cfg.preference_objective:
         raise ArmoError("fit-regression: the features carry no labels (extract rows with 'ratings', or add --length-objective)")
     keep, skipped = [], {}
@@ -161,6 +173,7 @@ def fit_regression(cfg: RegressionConfig) -> dict:
         "alphas": dict(zip(objectives, alphas)), "alpha_grid": cfg.alphas, "metrics": metrics,
         "skipped_objectives": skipped, "intercept": cfg.intercept, "refit": cfg.refit,
         "val_fraction": cfg.val_fraction, "seed": cfg.seed, "length_objective": cfg.length_objective,
+        "style_objectives": style or None,
         "preference": preference, "lm_objectives": lm or None,
         "backbone": (feats or pair_feats)[0].backbone, "hidden_size": X.shape[1], "feature_meaning": meaning.to_json(),
         "inputs": [{"path": f.path, "input_hash": f.meta.input_hash, "rows": len(f.ids)} for f in feats],

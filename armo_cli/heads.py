@@ -131,6 +131,11 @@ class Decorrelation:
             raise ArmoError(f"{path}: damaged decorrelation: transform {tuple(t['transform'].shape)} for {k} objectives")
         return cls(t["transform"], m)
 
+    @property
+    def against(self) -> list[str]:
+        """The objectives every other was decorrelated from (their own decorrelated rewards are 0)."""
+        return list(self.meta.against or ([self.meta.verbosity] if self.meta.verbosity else []))
+
     @classmethod
     def identity(cls, objectives: list[str]) -> "Decorrelation":
         return cls(torch.eye(len(objectives)), DecorrelationMeta(objectives=list(objectives), identity=True))

@@ -75,6 +75,7 @@ def figure_data(report: dict, records: list[dict]) -> dict:
     info = report.get("model_info") or {}
     objectives = info.get("objectives") or list(records[0]["gating"])
     verbosity = info.get("verbosity_objective")
+    raw = set(info.get("decorrelated_against") or [verbosity])  # zero after decorrelation: read raw
     ties = (report.get("ties") or {}).get("rule", "loss")
     present = list(dict.fromkeys(r["subset"] for r in records))
     order = subset_order(present)
@@ -94,7 +95,7 @@ def figure_data(report: dict, records: list[dict]) -> dict:
     # each objective alone: its decorrelated reward decides the pair (the length objective, zero after
     # decorrelation, is read raw, as `score --objective` does)
     def single(r: dict, o: str) -> float:
-        src = r["rewards"] if o == verbosity else r["adjusted"]
+        src = r["rewards"] if o in raw else r["adjusted"]
         return _outcome(src["chosen"][o] - src["rejected"][o], ties)
 
     single_acc = {s: {**{o: _mean([single(r, o) for r in by_subset[s]]) for o in objectives},

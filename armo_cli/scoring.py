@@ -79,10 +79,10 @@ def load_features(model: ArmoModel, path: str) -> Features:
 
 
 def steered(model: ArmoModel, objective: str | None) -> ArmoModel:
-    """The model as `--objective` should see it. Decorrelation subtracts the verbosity objective from every
-    objective, itself included, so its decorrelated reward is 0 for every response and every pair would
-    tie: `--objective` on the verbosity objective scores its raw reward instead (T = identity)."""
-    if objective is not None and objective == model.decorrelation.meta.verbosity:
+    """The model as `--objective` should see it. Decorrelation subtracts the verbosity objective (and any other it
+    was decorrelated against, `--against`) from every objective, itself included, so its decorrelated reward is 0 for
+    every response and every pair would tie: `--objective` on one of them scores its raw reward instead (T = identity)."""
+    if objective is not None and objective in model.decorrelation.against:
         import dataclasses
 
         from .heads import Decorrelation
@@ -530,7 +530,7 @@ def model_info(model: ArmoModel) -> dict:
     return {"path": str(model.path), "backbone": model.backbone.get("name"), "layer": model.meaning.layer,
             "pooling": model.meaning.pooling,
             "objectives": model.objectives, "gate_rule": model.gate_rule,
-            "verbosity_objective": model.decorrelation.meta.verbosity,
+            "verbosity_objective": model.decorrelation.meta.verbosity, "decorrelated_against": model.decorrelation.against,
             "transform": model.decorrelation.transform.tolist()}
 
 

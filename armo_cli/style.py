@@ -16,6 +16,7 @@ from functools import lru_cache
 
 import torch
 
+TENSOR = "response_style"  # a features file's tensor of counts: [N, (2,) len(STYLE_MEASURES)]
 # The kinds of mark, in the order of a features file's `response_style` columns.
 STYLE_MEASURES = ("headers", "list_items", "emphasis", "code", "table_rows", "math", "quotes")
 # What `--style-objectives` takes: a kind (as `md-KIND`) or `markdown`, all of them together.
