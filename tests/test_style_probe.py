@@ -1,0 +1,57 @@
+"""The style probes of studies/style_probe.py (#46): the same words in another form, and the gap's paired interval."""
+import sys
+
+import pytest
+
+from tests.helpers import ROOT
+
+sys.path.insert(0, str(ROOT / "studies"))
+from style_probe import GAPS, PROBES, gaps, padded, probe_rows, to_markdown, to_plain  # noqa: E402
+
+from armo_cli.style import style_counts  # noqa: E402
+
+PLAIN = "Canberra is the capital of Australia. Sydney is larger. Melbourne is second."
+MARKDOWN = ("## Capital\n\n**Canberra** is the capital of *Australia*.\n\n- Sydney is larger\n- Melbourne is second\n\n"
+            "```\nprint(1)\n```\n\n| city | pop |\n|---|---|\n| Sydney | 5M |\n")
+
+
+def words(text: str) -> list[str]:
+    return [w.strip(".,*#-|`:") for w in text.split() if w.strip(".,*#-|`:")]
+
+
+def test_to_markdown_dresses_the_same_words_and_to_plain_undresses_them():
+    md = to_markdown(PLAIN)
+    assert md == "### Canberra is the capital of Australia.\n\n- **Sydney** is larger.\n- **Melbourne** is second."
+    assert style_counts(md) == {**style_counts(""), "headers": 1, "list_items": 2, "emphasis": 2}
+    assert to_plain(md) == PLAIN and words(md) == words(PLAIN)
+    assert to_markdown("One sentence only.") == "**One sentence only.**"
+    assert to_markdown(MARKDOWN) == MARKDOWN  # already markdown: as it is
+
+
+def test_to_plain_keeps_every_word_and_drops_every_mark():
+    plain = to_plain(MARKDOWN)
+    assert plain == ("Capital. Canberra is the capital of Australia. Sydney is larger. Melbourne is second. print(1) "
+                     "city, pop. Sydney, 5M.")
+    assert sum(style_counts(plain).values()) == 0
+    assert words(plain) == ["Capital", "Canberra", "is", "the", "capital", "of", "Australia", "Sydney", "is", "larger",
+                            "Melbourne", "is", "second", "print(1)", "city", "pop", "Sydney", "5M"]
+
+
+def test_a_multi_line_code_block_stays_a_block():
+    text = "Run this:\n\n```python\nx = 1\nprint(x)\n```\n\nThen **check** it."
+    assert to_plain(text) == "Run this:\n\nx = 1\nprint(x)\n\nThen check it."
+
+
+def test_probe_rows_and_gaps():
+    pair = {"id": "p1", "prompt": "Capital of Australia?", "chosen": PLAIN, "rejected": "Sydney is the capital. It is big."}
+    rows = probe_rows([pair])
+    assert [r["subset"] for r in rows] == list(PROBES) and [r["id"] for r in rows][0] == "p1/chosen plain"
+    by = {r["subset"]: r for r in rows}
+    assert by["chosen plain"]["chosen"] == PLAIN and by["chosen plain"]["rejected"].startswith("### Sydney")
+    assert by["chosen markdown"]["chosen"].startswith("### Canberra") and by["chosen markdown"]["rejected"] == pair["rejected"]
+    assert by["chosen long"]["chosen"] == padded(PLAIN) and by["chosen short"]["rejected"] == padded(pair["rejected"])
+    out = gaps({"chosen plain": [1, 0, 0, 1], "chosen markdown": [1, 1, 1, 1], "chosen short": [1, 1, 0, 0],
+                "chosen long": [1, 1, 0, 0]}, n_boot=200)
+    assert set(out) == set(GAPS) and out["format"]["gap"] == 0.5 and out["length"] == {"gap": 0.0, "ci95": [0.0, 0.0]}
+    lo, hi = out["format"]["ci95"]
+    assert 0.0 <= lo <= 0.5 <= hi <= 1.0
