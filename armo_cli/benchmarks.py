@@ -81,6 +81,11 @@ def rm_bench_levels(m: list[list[float]]) -> dict[str, float]:
     return {"hard": hard, "normal": normal, "easy": easy, "average": (hard + normal + easy) / 3}
 
 
+def style_gap(levels: dict[str, float]) -> float:
+    """Easy minus hard: what the model pays for style (0 for a model that judges content alone; RM-Bench's point)."""
+    return levels["easy"] - levels["hard"]
+
+
 def rb2_ties_score(rows: list[RowScores]) -> float:
     """RewardBench 2's Ties score (its process_single_model), over rows whose ids are `ref:N` or `tied:N`: a prompt's
     accuracy on both versions and how far its correct answers stand above the incorrect ones, against their spread."""
@@ -229,11 +234,14 @@ def score_benchmark(rows: list[RowScores], benchmark: str, n_boot: int = 1000, s
             m = rm_bench_matrix(rs)
             ci = {k: bootstrap_ci(rs, lambda x, k=k: rm_bench_levels(rm_bench_matrix(x))[k], n_boot, seed)
                   for k in ("hard", "normal", "easy", "average")}
-            domains[name] = {"n": len(rs), "matrix": m, **rm_bench_levels(m), "ci95": ci}
+            ci["style_gap"] = bootstrap_ci(rs, lambda x: style_gap(rm_bench_levels(rm_bench_matrix(x))), n_boot, seed)
+            levels = rm_bench_levels(m)
+            domains[name] = {"n": len(rs), "matrix": m, **levels, "style_gap": style_gap(levels), "ci95": ci}
         levels = _rm_bench_overall(rows)
         ci = {k: bootstrap_ci(rows, lambda x, k=k: _rm_bench_overall(x)[k], n_boot, seed) for k in levels}
-        out.update(styles=list(RM_BENCH_STYLES), domains=domains, **levels, ci95=ci, score=levels["average"],
-                   score_kind="rm-bench average of hard, normal and easy, over domains")
+        ci["style_gap"] = bootstrap_ci(rows, lambda x: style_gap(_rm_bench_overall(x)), n_boot, seed)
+        out.update(styles=list(RM_BENCH_STYLES), domains=domains, **levels, style_gap=style_gap(levels), ci95=ci,
+                   score=levels["average"], score_kind="rm-bench average of hard, normal and easy, over domains")
         return out
     rule = rb2_result if benchmark == "rewardbench2" else None
     subsets = {}

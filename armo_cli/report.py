@@ -379,6 +379,25 @@ def _score_figure(plt, subsets: dict, xlabel: str, baseline: bool) -> str:
     return _svg(fig)
 
 
+def _style_gap_figure(plt, report: dict) -> str:
+    """RM-Bench's style gap (easy - hard) per domain and over all, with 95% intervals."""
+    names = [*report["domains"], "all domains"]
+    rows = [*report["domains"].values(), report]
+    vals = [r["style_gap"] for r in rows]
+    ci = [r["ci95"].get("style_gap", [float("nan")] * 2) for r in rows]
+    lo = [max(v - c[0], 0) if not math.isnan(c[0]) else 0 for v, c in zip(vals, ci)]
+    hi = [max(c[1] - v, 0) if not math.isnan(c[1]) else 0 for v, c in zip(vals, ci)]
+    fig, ax = plt.subplots(figsize=(7, 0.32 * len(names) + 1.2))
+    y = list(range(len(names)))[::-1]
+    ax.barh(y, vals, xerr=[lo, hi], color=ORANGE, ecolor="black", capsize=2, height=0.6)
+    ax.axvline(0, color=GREY, linestyle="--", linewidth=1)
+    ax.set_yticks(y, [visible(n) for n in names])
+    ax.set_xlim(-1, 1)
+    ax.set_xlabel("style gap: easy accuracy minus hard accuracy")
+    ax.set_title("What the model pays for style, per domain (95% intervals)")
+    return _svg(fig)
+
+
 def render_benchmark_report(report: dict) -> str:
     """The HTML report of a benchmark with lists of responses (RewardBench 2, RM-Bench, best-of-n), from its report
     alone: what the rule decided, per subset or domain; RM-Bench's style matrices as heatmaps."""
@@ -404,10 +423,15 @@ def render_benchmark_report(report: dict) -> str:
                           "rejected one in the column's. Above the diagonal (hard), the chosen answer is plainer than the "
                           "rejected one: a model that rewards style over substance is weak there." +
                           _table(["level", "accuracy", "95% low", "95% high"],
-                                 [[k, d[k], d["ci95"][k][0], d["ci95"][k][1]] for k in ("hard", "normal", "easy", "average")])))
-        parts.append(("levels", "Hard, normal and easy, by domain", "",
-                      _table(["domain", "n", "hard", "normal", "easy", "average"],
-                             [[k, d["n"], d["hard"], d["normal"], d["easy"], d["average"]]
+                                 [[k, d[k], d["ci95"][k][0], d["ci95"][k][1]]
+                                  for k in ("hard", "normal", "easy", "average", "style_gap") if k in d])))
+        parts.append(("levels", "Hard, normal and easy, by domain; the style gap",
+                      _style_gap_figure(plt, report) if "style_gap" in report else "",
+                      "The style gap is easy minus hard: how much more often the model is right when the right answer "
+                      "is the fancier one. A model that judges content alone has a gap near 0; RM-Bench shows most "
+                      "reward models do not." +
+                      _table(["domain", "n", "hard", "normal", "easy", "average", "style gap (easy - hard)"],
+                             [[k, d["n"], d["hard"], d["normal"], d["easy"], d["average"], d.get("style_gap")]
                               for k, d in report["domains"].items()])))
     else:
         subsets = report["subsets"]

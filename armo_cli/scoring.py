@@ -713,10 +713,11 @@ def show_benchmark(report: dict, quiet: bool) -> None:
     """The tables of a list benchmark's report."""
     title = f"evaluate ({report['benchmark']}: {report['benchmark_reason']}): {report['n']} rows"
     if report["benchmark"] == "rm-bench":
-        show(table(title, ["domain", "n", "hard", "normal", "easy", "average"],
-                   [[d, v["n"], v["hard"], v["normal"], v["easy"], v["average"]] for d, v in report["domains"].items()]
-                   + [["all domains", report["n"], report["hard"], report["normal"], report["easy"], report["average"]]]),
-             quiet)
+        show(table(title, ["domain", "n", "hard", "normal", "easy", "average", "style gap (easy - hard)"],
+                   [[d, v["n"], v["hard"], v["normal"], v["easy"], v["average"], v["style_gap"]]
+                    for d, v in report["domains"].items()]
+                   + [["all domains", report["n"], report["hard"], report["normal"], report["easy"], report["average"],
+                       report["style_gap"]]]), quiet)
         for d, v in report["domains"].items():
             show(table(f"{d}: chosen style (rows) outscores rejected style (columns)", ["", *report["styles"]],
                        [[s, *row] for s, row in zip(report["styles"], v["matrix"])]), quiet)

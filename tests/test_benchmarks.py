@@ -100,7 +100,9 @@ def test_rm_bench_matrix_and_levels_on_a_worked_fixture():
     assert rep["domains"]["code"]["matrix"] == [[1.0, 1.0, 0.0]] * 3  # 2 > 2 is not a win
     assert rep["domains"]["code"]["hard"] == pytest.approx(1 / 3)  # (1 + 0 + 0) / 3
     assert rep["hard"] == pytest.approx((0.0 + 1 / 3) / 2)  # the mean over domains
-    assert set(rep["ci95"]) == {"hard", "normal", "easy", "average"}
+    assert set(rep["ci95"]) == {"hard", "normal", "easy", "average", "style_gap"}
+    assert rep["style_gap"] == pytest.approx(rep["easy"] - rep["hard"])  # what the model pays for style (#46)
+    assert rep["domains"]["chat"]["style_gap"] == 0.5 and rep["domains"]["code"]["style_gap"] == pytest.approx(1 - 1 / 3)
     with pytest.raises(ArmoError, match="3 chosen and 3 rejected"):
         score_benchmark([RowScores("d", "chat", [1, 0], 1)], "rm-bench")
 
@@ -297,7 +299,8 @@ def test_html_reports_draw_the_rm_bench_matrix_and_the_subsets(tiny_model, tmp_p
              "--bootstrap", "20", "-q")
     assert r.code == 0, r.stderr
     page = (tmp_path / "rm.html").read_text()
-    assert page.count("<svg") == 2 and "chat: chosen style against rejected style" in page
+    assert page.count("<svg") == 3 and "chat: chosen style against rejected style" in page  # two domains, the gap
+    assert "What the model pays for style, per domain" in page and "<th>style gap (easy - hard)</th>" in page
     assert "rejected: detailed markdown" in page and "<td>hard</td>" in page
     assert armo("report", tmp_path / "rm.json", "-o", tmp_path / "again.html", "-q").code == 0
     assert (tmp_path / "again.html").read_text() == page
