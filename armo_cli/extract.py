@@ -24,7 +24,7 @@ from .forward import check_finite_features, is_out_of_memory
 from .artifact_files import load_artifact, save_artifact, save_concatenated
 from .jsonl import check_input_file, sha256_file, sha256_json
 from .lm_objectives import TENSOR as LM_TENSOR, parse_lm_objectives
-from .style import STYLE_MEASURES, TENSOR as STYLE_TENSOR, count_matrix
+from .style import STYLE_MEASURES, STYLE_VERSION, TENSOR as STYLE_TENSOR, count_matrix
 from .outputs import check_output_file
 from .options import validate
 from .rendering import Tree, tokenized
@@ -168,7 +168,7 @@ def _extract(cfg: ExtractConfig, source: Source, backbone: Backbone | None, afte
         settings["pooling"] = cfg.pooling
     if lm:
         settings["lm_objectives"] = lm
-    settings["style"] = list(STYLE_MEASURES)  # chunks from before the style columns are computed again
+    settings["style"] = [STYLE_VERSION, *STYLE_MEASURES]  # chunks counted otherwise (or not at all) are computed again
     settings_key = sha256_json(settings)
 
     chunks = [kept[i:i + chunk_size] for i in range(0, len(kept), chunk_size)]

@@ -16,6 +16,7 @@ from functools import lru_cache
 
 import torch
 
+STYLE_VERSION = 1  # how marks are counted: part of an extraction's key, so a change recounts instead of mixing
 TENSOR = "response_style"  # a features file's tensor of counts: [N, (2,) len(STYLE_MEASURES)]
 # The kinds of mark, in the order of a features file's `response_style` columns.
 STYLE_MEASURES = ("headers", "list_items", "emphasis", "code", "table_rows", "math", "quotes")
@@ -41,16 +42,20 @@ def _parser():
 def style_counts(text: str) -> dict[str, int]:
     """How many marks of each kind (STYLE_MEASURES) the text holds, as a CommonMark reader sees it."""
     counts = dict.fromkeys(STYLE_MEASURES, 0)
-    stack = list(_parser().parse(text))
-    while stack:
-        tok = stack.pop()
+    blocks = _parser().parse(text)
+    for i, tok in enumerate(blocks):
+        # an item or a heading with nothing in it is no mark: "12." alone is CommonMark's empty list item, and an answer
+        nxt = blocks[i + 1] if i + 1 < len(blocks) else None
+        empty = nxt is not None and (nxt.type == "list_item_close" or (nxt.type == "inline" and not nxt.content.strip()))
         kind = _TOKEN_KINDS.get(tok.type)
-        if kind:
+        if kind and not (tok.type in ("list_item_open", "heading_open") and empty):
             counts[kind] += 1
         if tok.type == "inline":  # the paragraph's own source: math is read there, code spans taken out first
             counts["math"] += len(_MATH.findall(_CODE_SPAN.sub(" ", tok.content)))
-        if tok.children:
-            stack.extend(tok.children)
+            for child in tok.children or []:
+                kind = _TOKEN_KINDS.get(child.type)
+                if kind:
+                    counts[kind] += 1
     return counts
 
 

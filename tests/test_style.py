@@ -27,6 +27,9 @@ TEXTS = {
                                       counts(math=3, code=1)),
     "emphasis of both kinds": ("*one* _two_ __three__ **four**", counts(emphasis=4)),
     "an indented code block": ("text\n\n    # code, not a header\n    - nor a list\n", counts(code=1)),
+    # a bare number is an answer, not CommonMark's empty list item; a lone '#' no heading
+    "an answer that is a number": ("12.", counts()),
+    "empty marks": ("#\n\n-\n", counts()),
 }
 
 
