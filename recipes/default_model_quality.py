@@ -575,6 +575,13 @@ def write_card(model_dir: Path, model: ArmoModel, work: Path, q: dict, probe: di
             L.append(f"| {name} | {v['n']} | {v['accuracy']:.3f} | " + " | ".join(f"{v['weights'][o]:.2f}" for o in short) + " |")
         L.append("")
     L += ["## Findings (computed from the tables above)", ""] + [f"- {x}" for x in findings(q, model, blocked)] + [""]
+    if (RESULTS / "style_probe.json").exists():  # #46: what the model pays for style
+        import sys
+
+        sys.path.insert(0, str(ROOT.parent / "studies"))
+        from style_probe import card_section as style_section
+
+        L += style_section(json.loads((RESULTS / "style_probe.json").read_text()))
     done, now = studies(RESULTS), current_studies(RESULTS)
     if done or now:
         L += ["## Studies toward the targets, not adopted", ""]

@@ -122,6 +122,23 @@ def gaps(outcomes: dict[str, list[float]], n_boot: int = 1000, seed: int = 0) ->
     return out
 
 
+def card_section(results: dict) -> list[str]:
+    """The model card's lines for the probes' results ({set name: main()'s result}), as measured."""
+    L = ["## What the model pays for style (#46), measured", "",
+         "`studies/style_probe.py`: held-out pairs scored again with the content kept and the form changed (the chosen "
+         "side as plain prose or as markdown, same words; as it is or padded with a preamble and a summary that add "
+         "nothing). A model that judges content alone has both gaps near 0.", "",
+         "| set | pairs | chosen plain | chosen markdown | format gap [95%] | chosen short | chosen long | length gap [95%] |",
+         "|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        a, g = r["accuracy"], r["gaps"]
+        f, ln = g["format"], g["length"]
+        L.append(f"| {name} | {r['pairs']} | {a['chosen plain']:.3f} | {a['chosen markdown']:.3f} | "
+                 f"{f['gap']:+.3f} [{f['ci95'][0]:+.3f}, {f['ci95'][1]:+.3f}] | {a['chosen short']:.3f} | "
+                 f"{a['chosen long']:.3f} | {ln['gap']:+.3f} [{ln['ci95'][0]:+.3f}, {ln['ci95'][1]:+.3f}] |")
+    return L + [""]
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--input", required=True, help="held-out pair rows (JSONL, .gz ok), with string responses")
@@ -130,6 +147,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-length", type=int, default=1024)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--results", default=None, help="a JSON of {set: result} to add this run to, under --set")
+    ap.add_argument("--set", default=None, help="the set's name in --results")
     args = ap.parse_args(argv)
     from armo_cli.api import RewardModel
     from armo_cli.jsonl import iter_jsonl
@@ -146,6 +165,11 @@ def main(argv: list[str] | None = None) -> dict:
     print(json.dumps(result, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    if args.results:
+        path = Path(args.results)
+        results = json.loads(path.read_text()) if path.exists() else {}
+        results[args.set or args.input] = result
+        path.write_text(json.dumps(results, indent=2) + "\n")
     return result
 
 

@@ -263,6 +263,7 @@ def test_exported_and_extracted_safetensors_follow_the_umask(tiny_model, tiny_ba
         assert stat.S_IMODE(os.stat(f).st_mode) == 0o644, f
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["extra.safetensors", "config.json", "tokenizer.json"])
 def test_import_never_blocks_on_a_fifo_in_the_folder(tiny_llama3, tmp_path, name):
     """A FIFO anywhere in a downloaded folder (`extra.safetensors` hung `armo import` until killed): refused by name
@@ -279,6 +280,7 @@ def test_import_never_blocks_on_a_fifo_in_the_folder(tiny_llama3, tmp_path, name
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.slow
 def test_a_link_to_a_device_in_an_export_folder_is_refused(tiny_model, tmp_path):
     hf = tmp_path / "hf"
     cli("export", "-m", tiny_model / "model", hf)
@@ -292,6 +294,7 @@ def _margins(r) -> list[float]:
     return [json.loads(x)["margin"] for x in r.stdout.splitlines()]
 
 
+@pytest.mark.slow
 def test_an_export_is_cached_by_its_content_never_by_its_path(tiny_model, tmp_path):
     """`-m EXPORT` imports once into armo's cache: that cache was keyed on the config and each weight file's first MiB,
     and kept the first folder's path. Once a scored export was deleted, every later export of the same model failed

@@ -152,6 +152,7 @@ def _config_fifo_beside(a: Path, d: Path) -> tuple[Path, str]:
               f"from an adapter folder"
 
 
+BLOCKING = ("base a FIFO", "weights a FIFO", "weights a link to /dev/zero", "a FIFO beside")  # run in a child process
 HOSTILE = {"base is itself": _self_base, "base is itself, absolute": _self_base_absolute, "two name each other": _cycle,
            "lora_A rank 4, lora_B rank 8": _ranks_disagree, "config r 1000, tensors rank 8": _config_lies_about_rank,
            "rank above the weight's": _huge_rank, "lora_alpha NaN": _alpha_not_finite, "a pickle only": _pickle_only,
@@ -160,13 +161,12 @@ HOSTILE = {"base is itself": _self_base, "base is itself, absolute": _self_base_
            "a FIFO beside": _config_fifo_beside}
 
 
-@pytest.mark.parametrize("case", list(HOSTILE))
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in BLOCKING else c for c in HOSTILE])
 def test_a_hostile_adapter_is_one_line_and_exit_2(adapter, tmp_path, case):
     folder, message = HOSTILE[case](adapter, tmp_path / "hostile")
     rows = write_jsonl(tmp_path / "rows.jsonl", [{"prompt": "a", "response": "b"}])
     out = tmp_path / "f.st"
-    blocking = case in ("base a FIFO", "weights a FIFO", "weights a link to /dev/zero", "a FIFO beside")
-    run = (lambda *a: armo_process(*a, timeout=90)) if blocking else armo
+    run = (lambda *a: armo_process(*a, timeout=90)) if case in BLOCKING else armo
     r = run("extract", rows, "--backbone", folder, "-o", out, "--device", "cpu", "-q")
     assert r.code == 2, (case, r.code, r.stderr)
     lines = r.stderr.strip().splitlines()
@@ -259,6 +259,7 @@ def _tamper(path: Path, how: str) -> None:
     save_file(tensors, str(path), metadata=meta)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["head shifted", "step count edited", "tensor removed", "forged with armo's own functions"])
 def test_a_changed_checkpoint_is_never_resumed_from(tiny_backbone, tmp_path, monkeypatch, capsys, how):
     import dataclasses
