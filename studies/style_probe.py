@@ -133,7 +133,8 @@ def card_section(results: dict) -> list[str]:
     for name, r in results.items():
         a, g = r["accuracy"], r["gaps"]
         f, ln = g["format"], g["length"]
-        L.append(f"| {name} | {r['pairs']} | {a['chosen plain']:.3f} | {a['chosen markdown']:.3f} | "
+        n = f"{r['pairs']}" + (f" (+{len(r['skipped_too_long'])} too long)" if r.get("skipped_too_long") else "")
+        L.append(f"| {name} | {n} | {a['chosen plain']:.3f} | {a['chosen markdown']:.3f} | "
                  f"{f['gap']:+.3f} [{f['ci95'][0]:+.3f}, {f['ci95'][1]:+.3f}] | {a['chosen short']:.3f} | "
                  f"{a['chosen long']:.3f} | {ln['gap']:+.3f} [{ln['ci95'][0]:+.3f}, {ln['ci95'][1]:+.3f}] |")
     return L + [""]
@@ -157,10 +158,19 @@ def main(argv: list[str] | None = None) -> dict:
     random.Random(args.seed).shuffle(rows)
     rows = rows[:args.n]
     rm = RewardModel(args.model, max_length=args.max_length, overflow="truncate-prompt")
-    probes = probe_rows(rows)
+    from armo_cli.errors import ArmoError
+
+    kept, skipped = [], []
+    for r in rows:  # a pair whose probes do not fit --max-length (a response alone too long) is left out, and counted
+        try:
+            rm.prepare(probe_rows([r]))
+            kept.append(r)
+        except ArmoError:
+            skipped.append(r["id"])
+    probes = probe_rows(kept)
     margins = [r["margin"] for r in rm.score(probes)]
     outcomes = {name: [float(m > 0) for m, p in zip(margins, probes) if p["subset"] == name] for name in PROBES}
-    result = {"input": args.input, "model": str(rm.model.path), "pairs": len(rows),
+    result = {"input": args.input, "model": str(rm.model.path), "pairs": len(kept), "skipped_too_long": skipped,
               "accuracy": {k: sum(v) / len(v) for k, v in outcomes.items()}, "gaps": gaps(outcomes)}
     print(json.dumps(result, indent=2))
     if args.json:
