@@ -55,3 +55,21 @@ def test_probe_rows_and_gaps():
     assert set(out) == set(GAPS) and out["format"]["gap"] == 0.5 and out["length"] == {"gap": 0.0, "ci95": [0.0, 0.0]}
     lo, hi = out["format"]["ci95"]
     assert 0.0 <= lo <= 0.5 <= hi <= 1.0
+
+
+def test_the_study_runs_on_a_model_and_counts_the_pairs_it_leaves_out(tiny_model, tmp_path, capsys):
+    import json
+
+    from style_probe import card_section, main
+    from tests.helpers import pair_rows, write_jsonl
+
+    rows = pair_rows(6) + [{"id": "long", "prompt": "q", "chosen": "word " * 400, "rejected": "no"}]
+    f = write_jsonl(tmp_path / "p.jsonl", [r for r in rows if isinstance(r["prompt"], str)])
+    res = main(["--input", str(f), "-m", str(tiny_model / "model"), "--n", "10", "--max-length", "300",
+                "--results", str(tmp_path / "all.json"), "--set", "tiny"])
+    assert res["skipped_too_long"] == ["long"] and res["pairs"] == 4
+    assert set(res["accuracy"]) == set(PROBES) and all(0.0 <= v <= 1.0 for v in res["accuracy"].values())
+    saved = json.loads((tmp_path / "all.json").read_text())
+    assert saved == {"tiny": res}
+    row = card_section(saved)[6]
+    assert row.startswith("| tiny | 4 (+1 too long) | ")
