@@ -9,7 +9,8 @@ scores; `rewardbench.py` keeps RewardBench v1's pairs):
   detailed markdown). Per domain, a 3x3 matrix of how often chosen response i outscores rejected response j; hard is
   its upper triangle (the chosen one plainer than the rejected one), normal its diagonal, easy its lower triangle.
 - RMB best-of-n: a row is right when its chosen response outscores every rejected one; the random baseline of a row
-  is 1 / (1 + its rejected responses).
+  is the chance that k chosen responses all rank above n rejected ones in a random order, 1 / C(k + n, k) (for one
+  chosen response, 1 / (1 + n)).
 
 Intervals are bootstrapped over rows (a row is resampled whole, never its pairs).
 """
@@ -56,6 +57,11 @@ def rb2_result(scores: list[float]) -> float:
     """RewardBench 2's result of a row (chosen first): its first response at the top, the credit shared by a tie."""
     top = max(scores)
     return 1.0 / sum(s == top for s in scores) if scores[0] == top else 0.0
+
+
+def random_baseline(row: RowScores) -> float:
+    """The chance that a random order puts every chosen response above every rejected one: 1 / C(k + n, k)."""
+    return 1.0 / math.comb(len(row.chosen) + len(row.rejected), len(row.chosen))
 
 
 def best_of_n_result(row: RowScores) -> float:
@@ -255,7 +261,7 @@ def score_benchmark(rows: list[RowScores], benchmark: str, n_boot: int = 1000, s
             ci = bootstrap_ci(results, lambda x: sum(x) / len(x), n_boot, seed)
         entry = {"n": len(rs), "score": value, "ci95": ci, "ties": sum(_ties(r) > 0 for r in rs)}
         if benchmark == "best-of-n":
-            entry["random_baseline"] = sum(1 / (1 + len(r.rejected)) for r in rs) / len(rs)
+            entry["random_baseline"] = sum(random_baseline(r) for r in rs) / len(rs)
         subsets[name] = entry
     out["subsets"] = subsets
     if benchmark == "rewardbench2":
@@ -274,6 +280,6 @@ def score_benchmark(rows: list[RowScores], benchmark: str, n_boot: int = 1000, s
         results = [best_of_n_result(r) for r in rows]
         out["score"] = sum(results) / len(results)
         out["ci95"] = bootstrap_ci(results, lambda x: sum(x) / len(x), n_boot, seed)
-        out["random_baseline"] = sum(1 / (1 + len(r.rejected)) for r in rows) / len(rows)
+        out["random_baseline"] = sum(random_baseline(r) for r in rows) / len(rows)
         out["score_kind"] = "best-of-n accuracy over rows"
     return out

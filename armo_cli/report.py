@@ -440,7 +440,8 @@ def render_benchmark_report(report: dict) -> str:
                       _score_figure(plt, subsets, "score (RewardBench 2's rule)" if not base else
                                     "accuracy (chosen above every rejected response)", base),
                       ("Bars are scores with 95% intervals from resampled rows" +
-                       ("; the orange mark is the random baseline, 1 / (1 + the row's rejected responses)." if base else
+                       ("; the orange mark is the random baseline: the chance that a random order puts a row's k chosen responses above "
+                        "its n rejected ones, 1 / C(k + n, k) (1 / (1 + n) for one chosen)." if base else
                         ". RewardBench 2's Ties subset has its own score, from pairs of ref and tied rows.")) +
                       _table(["subset", "n", "score", "95% low", "95% high", "ties", *(["random"] if base else [])],
                              [[k, v["n"], v["score"], v["ci95"][0], v["ci95"][1], v["ties"],

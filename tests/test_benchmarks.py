@@ -386,3 +386,18 @@ def test_ties_without_its_tied_rows_is_partial(tiny_model, tmp_path):
     assert armo("evaluate", "-m", tiny_model / "model", f, "-o", tmp_path / "a.json", "--bootstrap", "20", "-q").code == 0
     rep = json.loads((tmp_path / "a.json").read_text())
     assert rep["ties_coverage"]["with_both"] == 1 and not any("Ties" in m for m in rep["missing_subsets"])
+
+
+@pytest.mark.parametrize("k,n", [(1, 1), (1, 3), (2, 2), (3, 3), (2, 4), (4, 1)])
+def test_best_of_n_random_baseline_is_an_exhaustive_count(k, n):
+    """Every order of k chosen and n rejected responses equally likely: the share where every chosen one is above every
+    rejected one (#48: armo printed 1 / (1 + n) whatever k, 0.25 for 3 against 3 where the chance is 0.05)."""
+    import itertools
+
+    from armo_cli.benchmarks import random_baseline
+
+    row = RowScores("r", "s", [0.0] * (k + n), k)
+    orders = list(itertools.permutations(range(k + n)))  # ranks of the k + n responses (0 = top)
+    wins = sum(max(o[:k]) < min(o[k:]) for o in orders)
+    assert random_baseline(row) == pytest.approx(wins / len(orders), abs=1e-12)
+    assert random_baseline(RowScores("r", "s", [0.0] * 6, 3)) == pytest.approx(0.05)
