@@ -217,9 +217,23 @@ def _rb2_overall(rows: list[RowScores]) -> float:
     return sum(scores) / len(scores)
 
 
+def rm_bench_domain(subset: str) -> str:
+    """A row's RM-Bench domain, as its authors' leaderboard counts four: chat, code, math and safety, into which
+    `safety-refuse` and `safety-response` are merged (averaging them apart counted safety twice)."""
+    head = subset.split("-")[0]
+    return head if head in RM_BENCH_DOMAINS else subset
+
+
+def _by_domain(rows: list[RowScores]) -> dict[str, list[RowScores]]:
+    by: dict[str, list[RowScores]] = {}
+    for r in rows:
+        by.setdefault(rm_bench_domain(r.subset), []).append(r)
+    return by
+
+
 def _rm_bench_overall(rows: list[RowScores]) -> dict[str, float]:
     """RM-Bench's levels, each the mean over its domains."""
-    per = [rm_bench_levels(rm_bench_matrix(rs)) for rs in _by_subset(rows).values()]
+    per = [rm_bench_levels(rm_bench_matrix(rs)) for rs in _by_domain(rows).values()]
     return {k: sum(d[k] for d in per) / len(per) for k in ("hard", "normal", "easy", "average")}
 
 
@@ -236,18 +250,21 @@ def score_benchmark(rows: list[RowScores], benchmark: str, n_boot: int = 1000, s
                 raise ArmoError(f"row {r.id!r}: RM-Bench rows have 3 chosen and 3 rejected responses "
                                 f"({len(r.chosen)} and {len(r.rejected)} here)")
         domains = {}
-        for name, rs in sorted(by.items()):
+        for name, rs in sorted(_by_domain(rows).items()):
             m = rm_bench_matrix(rs)
             ci = {k: bootstrap_ci(rs, lambda x, k=k: rm_bench_levels(rm_bench_matrix(x))[k], n_boot, seed)
                   for k in ("hard", "normal", "easy", "average")}
             ci["style_gap"] = bootstrap_ci(rs, lambda x: style_gap(rm_bench_levels(rm_bench_matrix(x))), n_boot, seed)
             levels = rm_bench_levels(m)
-            domains[name] = {"n": len(rs), "matrix": m, **levels, "style_gap": style_gap(levels), "ci95": ci}
+            domains[name] = {"n": len(rs), "matrix": m, **levels, "style_gap": style_gap(levels), "ci95": ci,
+                             "subsets": {k: len(v) for k, v in sorted(_by_subset(rs).items())}}
         levels = _rm_bench_overall(rows)
         ci = {k: bootstrap_ci(rows, lambda x, k=k: _rm_bench_overall(x)[k], n_boot, seed) for k in levels}
         ci["style_gap"] = bootstrap_ci(rows, lambda x: style_gap(_rm_bench_overall(x)), n_boot, seed)
+        missing = [d for d in RM_BENCH_DOMAINS if d not in domains]
         out.update(styles=list(RM_BENCH_STYLES), domains=domains, **levels, style_gap=style_gap(levels), ci95=ci,
-                   score=levels["average"], score_kind="rm-bench average of hard, normal and easy, over domains")
+                   score=levels["average"], missing_subsets=missing,
+                   score_kind="rm-bench average of hard, normal and easy, over domains" + (", partial" if missing else ""))
         return out
     rule = rb2_result if benchmark == "rewardbench2" else None
     subsets = {}

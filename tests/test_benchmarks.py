@@ -401,3 +401,24 @@ def test_best_of_n_random_baseline_is_an_exhaustive_count(k, n):
     wins = sum(max(o[:k]) < min(o[k:]) for o in orders)
     assert random_baseline(row) == pytest.approx(wins / len(orders), abs=1e-12)
     assert random_baseline(RowScores("r", "s", [0.0] * 6, 3)) == pytest.approx(0.05)
+
+
+def test_rm_bench_pools_safety_as_its_authors_do_and_marks_a_missing_domain():
+    """RM-Bench's leaderboard has four domains: `safety-refuse` and `safety-response` rows are one Safety domain (armo
+    averaged them apart, counting safety twice: 0.364/0.464/0.556 where the authors' code gave 0.302/0.443/0.567 on a
+    120-row sample). A file without some domain is `partial`, naming it."""
+    chat = [RowScores("c1", "chat", [1, 2, 3, 0, 1.5, 2.5], 3), RowScores("c2", "chat", [0, 0, 0, 1, 1, 1], 3)]
+    refuse = [RowScores("s1", "safety-refuse", [3, 3, 3, 0, 0, 0], 3)]  # every cell won
+    respond = [RowScores("s2", "safety-response", [0, 0, 0, 1, 1, 1], 3)]  # every cell lost
+    rep = score_benchmark(chat + refuse + respond, "rm-bench", n_boot=20)
+    assert list(rep["domains"]) == ["chat", "safety"]
+    safety = rep["domains"]["safety"]
+    assert safety["n"] == 2 and safety["subsets"] == {"safety-refuse": 1, "safety-response": 1}
+    assert safety["matrix"] == rm_bench_matrix(refuse + respond) == [[0.5] * 3] * 3
+    chat_levels = rm_bench_levels(rm_bench_matrix(chat))
+    for k in ("hard", "normal", "easy", "average"):  # the mean over the two domains, not three
+        assert rep[k] == pytest.approx((chat_levels[k] + 0.5) / 2)
+    assert rep["score_kind"] == "rm-bench average of hard, normal and easy, over domains, partial"
+    assert rep["missing_subsets"] == ["code", "math"]
+    whole = chat + refuse + respond + [RowScores(f"{d}1", d, [1, 1, 1, 0, 0, 0], 3) for d in ("code", "math")]
+    assert score_benchmark(whole, "rm-bench", n_boot=20)["missing_subsets"] == []
