@@ -183,9 +183,16 @@ def detect(rows: list[RowScores], pairs: bool) -> tuple[str, str]:
         return "pairs", "pairs without RewardBench subsets"
     if subsets <= set(RB2_SUBSETS):
         return "rewardbench2", f"rows with lists of responses in RewardBench 2's subsets ({', '.join(sorted(subsets))})"
-    if all(len(r.chosen) == 3 and len(r.rejected) == 3 for r in rows) and \
-            all(s.split("-")[0] in RM_BENCH_DOMAINS for s in subsets):
-        return "rm-bench", "rows of 3 chosen and 3 rejected responses in RM-Bench's domains"
+    if all(len(r.chosen) == 3 and len(r.rejected) == 3 for r in rows):
+        if all(rm_bench_domain(s) in RM_BENCH_DOMAINS for s in subsets):
+            return "rm-bench", "rows of 3 chosen and 3 rejected responses in RM-Bench's domains"
+        # RM-Bench's shape under other names (`rmbench-chat`, or its GitHub files' `subset` beside `domain`): the two
+        # rules that take it give different numbers, so auto does not guess
+        names = ", ".join(sorted(subsets)[:4]) + (", ..." if len(subsets) > 4 else "")
+        raise ArmoError(f"--benchmark auto: every row has 3 chosen and 3 rejected responses, as RM-Bench's, but their "
+                        f"subsets ({names}) are not RM-Bench's domains (chat, code, math, safety-*): give --benchmark "
+                        f"rm-bench (its 3x3 style matrix per subset) or --benchmark best-of-n (every chosen response "
+                        f"above every rejected one)")
     return "best-of-n", "rows with lists of responses outside RewardBench 2's and RM-Bench's subsets"
 
 

@@ -422,3 +422,28 @@ def test_rm_bench_pools_safety_as_its_authors_do_and_marks_a_missing_domain():
     assert rep["missing_subsets"] == ["code", "math"]
     whole = chat + refuse + respond + [RowScores(f"{d}1", d, [1, 1, 1, 0, 0, 0], 3) for d in ("code", "math")]
     assert score_benchmark(whole, "rm-bench", n_boot=20)["missing_subsets"] == []
+
+
+@pytest.mark.parametrize("subset", ["rmbench-chat", "alpacaeval", "xstest-should-refuse"])
+def test_auto_refuses_rm_bench_shaped_rows_under_other_names(tiny_model, tmp_path, no_forward, subset):
+    """Rows of 3 chosen and 3 rejected responses whose subset is not one of RM-Bench's domains were scored as
+    best-of-n without a word: two rules that give different numbers, so auto stops and names both."""
+    rows = [{"id": f"r{i}", "subset": subset, "prompt": "q", "chosen": ["a", "b", "c"], "rejected": ["x", "y", "z"]}
+            for i in range(3)]
+    f = write_jsonl(tmp_path / "l.jsonl", rows)
+    r = armo("evaluate", "-m", tiny_model / "model", f, "-o", tmp_path / "r.json", "-q")
+    assert r.code == 2 and r.stderr.strip() == (
+        f"error: --benchmark auto: every row has 3 chosen and 3 rejected responses, as RM-Bench's, but their subsets "
+        f"({subset}) are not RM-Bench's domains (chat, code, math, safety-*): give --benchmark rm-bench (its 3x3 style "
+        f"matrix per subset) or --benchmark best-of-n (every chosen response above every rejected one)")
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_each_rule_takes_rm_bench_shaped_rows_when_named(tiny_model, tmp_path):
+    rows = [{"id": f"r{i}", "subset": "rmbench-chat", "prompt": "q", "chosen": ["a", "b", "c"],
+             "rejected": ["x", "y", "z"]} for i in range(3)]
+    f = write_jsonl(tmp_path / "l.jsonl", rows)
+    for bench in ("rm-bench", "best-of-n"):
+        r = armo("evaluate", "-m", tiny_model / "model", f, "--benchmark", bench, "-o", tmp_path / f"{bench}.json", "-q")
+        assert r.code == 0, r.stderr
+        assert json.loads((tmp_path / f"{bench}.json").read_text())["benchmark"] == bench
