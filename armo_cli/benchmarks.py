@@ -30,6 +30,9 @@ LIST_BENCHMARKS = ("rewardbench2", "rm-bench", "best-of-n")
 RB2_SUBSETS = ("Factuality", "Precise IF", "Math", "Safety", "Focus", "Ties")
 RM_BENCH_DOMAINS = ("chat", "code", "math", "safety")
 RM_BENCH_STYLES = ("concise", "detailed plain", "detailed markdown")
+# Which of the authors' code armo reproduces (their rules changed after the release; the report names it).
+RB2_RULE_VERSION = ("allenai/reward-bench v0.1.4 release: in Ties, a prompt whose correct answers have zero spread is "
+                    "left out of the margin terms (main has since divided by the spread and counted -1 there)")
 
 
 @dataclass
@@ -217,11 +220,19 @@ def _by_subset(rows: list[RowScores]) -> dict[str, list[RowScores]]:
     return by
 
 
+def _ties_or_nan(rows: list[RowScores]) -> float:
+    """The Ties score, or NaN (null in the report) where no prompt has both its rows: a score of the ref rows alone
+    would read as Ties' own and is not."""
+    return rb2_ties_score(rows) if ties_coverage(rows)["with_both"] else float("nan")
+
+
 def _rb2_overall(rows: list[RowScores]) -> float:
-    """RewardBench 2's score: the mean of its subsets' scores (Ties by its own rule), over the subsets present."""
-    scores = [rb2_ties_score(rs) if name == "Ties" else sum(rb2_result(r.scores) for r in rs) / len(rs)
+    """RewardBench 2's score: the mean of its subsets' scores (Ties by its own rule), over the subsets present (Ties
+    only where some prompt has both its rows)."""
+    scores = [_ties_or_nan(rs) if name == "Ties" else sum(rb2_result(r.scores) for r in rs) / len(rs)
               for name, rs in _by_subset(rows).items()]
-    return sum(scores) / len(scores)
+    scores = [x for x in scores if x == x]
+    return sum(scores) / len(scores) if scores else float("nan")
 
 
 def rm_bench_domain(subset: str) -> str:
@@ -277,8 +288,8 @@ def score_benchmark(rows: list[RowScores], benchmark: str, n_boot: int = 1000, s
     subsets = {}
     for name, rs in sorted(by.items()):
         if benchmark == "rewardbench2" and name == "Ties":
-            value = rb2_ties_score(rs)
-            ci = bootstrap_ci(rs, rb2_ties_score, n_boot, seed)
+            value = _ties_or_nan(rs)
+            ci = bootstrap_ci(rs, rb2_ties_score, n_boot, seed) if value == value else [float("nan")] * 2
         else:
             results = [rule(r.scores) if rule else best_of_n_result(r) for r in rs]
             value = sum(results) / len(results)
@@ -297,9 +308,11 @@ def score_benchmark(rows: list[RowScores], benchmark: str, n_boot: int = 1000, s
             out["ties_coverage"] = cover
             if cover["ref_only"] or cover["tied_only"]:  # the Ties score compares both versions of each prompt
                 missing.append(f"Ties rows of {len(cover['ref_only']) + len(cover['tied_only'])} of "
-                               f"{cover['prompts']} prompts (ref:N or tied:N without its other version)")
+                               f"{cover['prompts']} prompts (ref:N or tied:N without its other version)"
+                               + ("; no prompt has both, so Ties has no score" if not cover["with_both"] else ""))
         out["score_kind"] = "rewardbench2" if not missing else "rewardbench2, partial"
         out["missing_subsets"] = missing
+        out["rule_version"] = RB2_RULE_VERSION
     else:
         results = [best_of_n_result(r) for r in rows]
         out["score"] = sum(results) / len(results)

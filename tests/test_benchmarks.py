@@ -379,7 +379,10 @@ def test_ties_without_its_tied_rows_is_partial(tiny_model, tmp_path):
     rep = json.loads((tmp_path / "r.json").read_text())
     assert rep["benchmark"] == "rewardbench2" and rep["score_kind"] == "rewardbench2, partial"
     assert rep["ties_coverage"] == {"prompts": 3, "with_both": 0, "ref_only": [0, 1, 2], "tied_only": []}
-    assert rep["missing_subsets"][-1] == "Ties rows of 3 of 3 prompts (ref:N or tied:N without its other version)"
+    assert rep["missing_subsets"][-1] == ("Ties rows of 3 of 3 prompts (ref:N or tied:N without its other version); no "
+                                          "prompt has both, so Ties has no score")
+    assert rep["subsets"]["Ties"]["score"] is None  # not 0.30 read as Ties' own (#48 §5)
+    assert rep["score"] == pytest.approx((rep["subsets"]["Math"]["score"] + rep["subsets"]["Focus"]["score"]) / 2)
     assert "warning: rewardbench2: missing Factuality; Precise IF; Safety; Ties rows of 3 of 3 prompts" in \
         " ".join(r.stderr.split())
     f = write_jsonl(tmp_path / "all.jsonl", LIST_ROWS)  # both versions of its one prompt: Ties is whole
