@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 import hashlib
 import os
 import sys
@@ -14,7 +15,7 @@ from rich.table import Table
 
 from .version import __version__
 from .backbones import Backbone, load_backbone
-from .console import info, loading, plain, show, table, warn
+from .console import info, loading, plain, progress, show, table, warn
 from .features import Features
 from .context import RowContext
 from .forward import check_finite_features
@@ -316,6 +317,24 @@ def score_trees(model: ArmoModel, ctx: RowContext, trees: list[Tree], weights: t
     return groups
 
 
+@contextlib.contextmanager
+def scoring_progress(description: str, total: int, quiet: bool) -> Iterator[Callable[[int, int], None]]:
+    """Progress of a scoring job, moved after every forward batch rather than every window (a window of long list
+    rows can take many minutes): rows done of all, rows/s and tokens/s; off a terminal a line at least every 30 s
+    (console.LineProgress). Yields `advance(rows, tokens)`: a batch scored, or (tokens 0) rows found done."""
+    pbar = progress(quiet)
+    state = {"rows": 0, "tokens": 0, "t": time.perf_counter()}
+    with pbar:
+        task = pbar.add_task(description, total=total, rate="")
+
+        def advance(rows: int, tokens: int) -> None:
+            state["rows"] += rows if tokens else 0
+            state["tokens"] += tokens
+            dt = max(time.perf_counter() - state["t"], 1e-9)
+            pbar.update(task, advance=rows, rate=f"{state['rows'] / dt:,.2f} rows/s, {state['tokens'] / dt:,.0f} tok/s")
+        yield advance
+
+
 def model_context(model: ArmoModel, backbone: Backbone | None, cfg: ModelInputConfig) -> RowContext:
     """The row context `score` and `evaluate` run a model in (context.RowContext.for_model): its backbone, loaded
     here unless given (armo's fast Llama forward where it applies), checked to give the model's features."""
@@ -469,19 +488,23 @@ def windows_job(cfg: ModelInputConfig, model: ArmoModel, ctx: RowContext, source
     units = JobProgress(anchor, "scores-window", cfg.resume)
     out: list[list[Scored]] = []
     try:
-        for w, (start, rows, failure) in enumerate(_example_windows(source, cfg, WINDOW_ROWS, [])):
-            if w >= len(keys):
-                raise ArmoError(f"{source.name}: the input changed while it was being read; run again")
-            window = units.load(w, keys[w], lambda tensors, meta: unit_window(tensors, meta, rows_of[w]))
-            if window is None:
-                trees = held if w == 0 else _sized_window(ctx, start, rows, failure, source.name, RowNotes())
-                if window_key(job, trees) != keys[w]:
+        n_rows = [sum(len(g["ids"]) for g in groups) for groups in rows_of]
+        with scoring_progress(settings.get("records", "score"), sum(n_rows), cfg.quiet) as advance:
+            for w, (start, rows, failure) in enumerate(_example_windows(source, cfg, WINDOW_ROWS, [])):
+                if w >= len(keys):
                     raise ArmoError(f"{source.name}: the input changed while it was being read; run again")
-                window = score_trees(model, ctx, trees, weights, source.name) if trees else []
-                for g in window:
-                    check_finite_scores(g.explained["score"], g.ids)
-                units.save(w, *window_unit(window, keys[w]))
-            out.append(window)
+                window = units.load(w, keys[w], lambda tensors, meta: unit_window(tensors, meta, rows_of[w]))
+                if window is None:
+                    trees = held if w == 0 else _sized_window(ctx, start, rows, failure, source.name, RowNotes())
+                    if window_key(job, trees) != keys[w]:
+                        raise ArmoError(f"{source.name}: the input changed while it was being read; run again")
+                    window = score_trees(model, ctx, trees, weights, source.name, advance) if trees else []
+                    for g in window:
+                        check_finite_scores(g.explained["score"], g.ids)
+                    units.save(w, *window_unit(window, keys[w]))
+                else:
+                    advance(n_rows[w], 0)
+                out.append(window)
         if len(out) != len(keys):
             raise ArmoError(f"{source.name}: the input changed while it was being read; run again")
     except BaseException:
@@ -624,7 +647,8 @@ def _scored_rows(cfg: EvaluateConfig, model: ArmoModel, ctx: RowContext, weights
                 check(t, source.name)
         if checked:
             checked()
-        return [score_trees(model, ctx, trees, weights, source.name) if trees else [] for trees in windows]
+        with scoring_progress(kind, sum(map(len, windows)), cfg.quiet) as advance:
+            return [score_trees(model, ctx, trees, weights, source.name, advance) if trees else [] for trees in windows]
     with locked_source(anchor, cfg.input, cfg.dataset, cfg.split, cfg.quiet) as source:
         return windows_job(cfg, model, ctx, source, weights, anchor, {"records": kind}, lambda t: check(t, source.name),
                            notes, checked)

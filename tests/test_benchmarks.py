@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import json
 import math
+import re
 import random
 
 import pytest
@@ -450,3 +451,22 @@ def test_each_rule_takes_rm_bench_shaped_rows_when_named(tiny_model, tmp_path):
         r = armo("evaluate", "-m", tiny_model / "model", f, "--benchmark", bench, "-o", tmp_path / f"{bench}.json", "-q")
         assert r.code == 0, r.stderr
         assert json.loads((tmp_path / f"{bench}.json").read_text())["benchmark"] == bench
+
+
+def test_progress_moves_with_every_batch_off_a_terminal(tiny_model, tmp_path, monkeypatch):
+    """A 120-row RM-Bench run printed nothing for 14 minutes off a terminal: progress moved a window (256 rows) at a
+    time. It now moves after every forward batch, with rows/s and tokens/s (a line at least every 30 s of work; here
+    every update, the interval set to 0)."""
+    import armo_cli.console as console
+
+    real = console.LineProgress.__init__
+    monkeypatch.setattr(console.LineProgress, "__init__", lambda self, every_s=30.0, clock=None: real(self, 0.0))
+    rows = [{"id": f"r{i}", "domain": d, "prompt": f"question {i}", "chosen": ["a", "b b", "**c c**"],
+             "rejected": ["x", "y y", "**z z**"]} for i in range(6) for d in ("chat", "math")]
+    f = write_jsonl(tmp_path / "l.jsonl", rows)
+    r = armo("evaluate", "-m", tiny_model / "model", f, "-o", tmp_path / "r.json", "--batch-tokens", "64")
+    assert r.code == 0, r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.startswith("evaluate lists: ")]
+    assert len(lines) >= 4, r.stderr  # one window of 12 rows, many batches
+    assert all(re.search(r"^evaluate lists: \d+/12 \(\d+%\), [\d.,]+ rows/s, [\d,]+ tok/s, \d+ s$", x) for x in lines), lines
+    assert lines[-1].startswith("evaluate lists: 12/12 (100%)")
