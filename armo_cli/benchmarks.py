@@ -315,6 +315,16 @@ def score_benchmark(rows: list[RowScores], benchmark: str, n_boot: int = 1000, s
         out["rule_version"] = RB2_RULE_VERSION
     else:
         results = [best_of_n_result(r) for r in rows]
+        goals: dict[str, list[int]] = {}  # RMB reports best-of-n per goal: rmb-bon/Helpfulness/..., rmb-bon/Harmlessness/...
+        for i, r in enumerate(rows):
+            parts = r.subset.split("/")
+            if len(parts) > 2 and parts[0] == "rmb-bon":
+                goals.setdefault(parts[1], []).append(i)
+        if goals:
+            out["goals"] = {g: {"n": len(ix), "score": sum(results[i] for i in ix) / len(ix),
+                                "ci95": bootstrap_ci([results[i] for i in ix], lambda x: sum(x) / len(x), n_boot, seed),
+                                "random_baseline": sum(random_baseline(rows[i]) for i in ix) / len(ix)}
+                            for g, ix in sorted(goals.items())}
         out["score"] = sum(results) / len(results)
         out["ci95"] = bootstrap_ci(results, lambda x: sum(x) / len(x), n_boot, seed)
         out["random_baseline"] = sum(random_baseline(r) for r in rows) / len(rows)

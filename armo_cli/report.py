@@ -443,7 +443,7 @@ def render_benchmark_report(report: dict) -> str:
                        ("; the orange mark is the random baseline: the chance that a random order puts a row's k chosen responses above "
                         "its n rejected ones, 1 / C(k + n, k) (1 / (1 + n) for one chosen)." if base else
                         ". RewardBench 2's Ties subset has its own score, from pairs of ref and tied rows.")) +
-                      _table(["subset", "n", "score", "95% low", "95% high", "ties", *(["random"] if base else [])],
+                      _table(["subset", "n", "score", "95% low", "95% high", "rows with a tie", *(["random"] if base else [])],
                              [[k, v["n"], v["score"], v["ci95"][0], v["ci95"][1], v["ties"],
                                *([v["random_baseline"]] if base else [])] for k, v in subsets.items()])))
     return _page(f"armo evaluation ({bench}): {report.get('input') or ''}", _sections(parts))

@@ -747,9 +747,13 @@ def show_benchmark(report: dict, quiet: bool) -> None:
                        [[s, *row] for s, row in zip(report["styles"], v["matrix"])]), quiet)
         return
     base = report["benchmark"] == "best-of-n"
-    show(table(title, ["subset", "n", "score", "95% CI", "ties", *(["random"] if base else [])],
+    show(table(title, ["subset", "n", "score", "95% CI", "rows with a tie", *(["random"] if base else [])],
                [[k, v["n"], v["score"], f"[{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]", v["ties"],
                  *([v["random_baseline"]] if base else [])] for k, v in report["subsets"].items()]), quiet)
+    if report.get("goals"):
+        show(table("by goal (RMB's Helpfulness and Harmlessness)", ["goal", "n", "score", "95% CI", "random"],
+                   [[k, v["n"], v["score"], f"[{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]", v["random_baseline"]]
+                    for k, v in report["goals"].items()]), quiet)
     ci = report.get("ci95") or [float("nan")] * 2
     show(table("summary", ["metric", "value"], [[f"score ({report['score_kind']})", report["score"]],
                                                 ["95% CI (rows resampled)", f"[{ci[0]:.3f}, {ci[1]:.3f}]"]]
@@ -821,14 +825,15 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     if progress_anchor(cfg) is not None and not cfg.features:
         discard_progress(progress_anchor(cfg))  # every output is written: the job's progress has served
     rows = [[k, v["n"], v["accuracy"], f"[{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]", v["ties"]] for k, v in report["subsets"].items()]
-    show(table(f"evaluate: {report['n']} pairs, ties counted as {cfg.ties}", ["subset", "n", "accuracy", "95% CI", "ties"], rows), cfg.quiet)
+    show(table(f"evaluate: {report['n']} pairs, ties counted as {cfg.ties}", ["subset", "n", "accuracy", "95% CI",
+                                                                               "pairs tied"], rows), cfg.quiet)
     if report["sections"]:
         show(table("RewardBench sections", ["section", "score"], list(report["sections"].items())), cfg.quiet)
     lb = report["length_bias"]
     show(table("summary", ["metric", "value"], [
         [f"score ({report['score_kind']})", report["score"]],
         ["accuracy (all pairs)", report["accuracy_all"]],
-        ["ties", report["ties"]["count"]],
+        ["pairs tied", report["ties"]["count"]],
         ["Spearman(score, length)", lb["spearman_score_length"]],
         ["longer response wins (model)", lb["longer_wins_model"]],
         ["longer response wins (labels)", lb["longer_wins_labels"]],

@@ -470,3 +470,14 @@ def test_progress_moves_with_every_batch_off_a_terminal(tiny_model, tmp_path, mo
     assert len(lines) >= 4, r.stderr  # one window of 12 rows, many batches
     assert all(re.search(r"^evaluate lists: \d+/12 \(\d+%\), [\d.,]+ rows/s, [\d,]+ tok/s, \d+ s$", x) for x in lines), lines
     assert lines[-1].startswith("evaluate lists: 12/12 (100%)")
+
+
+def test_best_of_n_is_reported_per_goal_as_rmb_does():
+    rows = [RowScores(f"h{i}", f"rmb-bon/Helpfulness/Code/x{i % 2}", [1.0, 0.0, 2.0 if i == 0 else 0.5], 1)
+            for i in range(3)]
+    rows += [RowScores("s0", "rmb-bon/Harmlessness/S1", [1.0, 0.0], 1), RowScores("o", "other", [0.0, 1.0], 1)]
+    rep = score_benchmark(rows, "best-of-n", n_boot=20)
+    assert list(rep["goals"]) == ["Harmlessness", "Helpfulness"]
+    assert rep["goals"]["Helpfulness"]["n"] == 3 and rep["goals"]["Helpfulness"]["score"] == pytest.approx(2 / 3)
+    assert rep["goals"]["Harmlessness"] == {"n": 1, "score": 1.0, "ci95": [1.0, 1.0], "random_baseline": 0.5}
+    assert "goals" not in score_benchmark(rows[-1:], "best-of-n", n_boot=20)
