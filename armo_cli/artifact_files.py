@@ -9,6 +9,7 @@ import os
 import re
 import secrets
 import stat
+import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -112,13 +113,16 @@ def seal_secret() -> bytes:
     if str(path) in _secrets:
         return _secrets[str(path)]
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-    except FileExistsError:
-        pass
-    else:
-        with os.fdopen(fd, "wb") as f:
-            f.write(secrets.token_bytes(32))
+    if not os.path.lexists(path):  # written whole beside it, then linked in: a second process (a rank) never reads half
+        fd, tmp = tempfile.mkstemp(prefix=f".{SEAL_SECRET}.", dir=path.parent)  # mode 0600
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(secrets.token_bytes(32))
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process made it first: its secret is the one
+        finally:
+            os.unlink(tmp)
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except OSError as e:

@@ -412,3 +412,28 @@ def test_progress_folders_and_the_secret_are_the_users_alone(job, tmp_path, monk
     assert r.code == 130
     assert st_.S_IMODE(os.stat(tmp_path / "out.jsonl.parts").st_mode) == 0o700
     assert st_.S_IMODE(os.stat(armo_cache / SEAL_SECRET).st_mode) == 0o600
+
+
+def _secret_in(cache: str, out) -> None:
+    os.environ["ARMO_CACHE"] = cache
+    from armo_cli.artifact_files import seal_secret
+
+    out.put(seal_secret().hex())
+
+
+@pytest.mark.slow
+def test_ranks_creating_the_secret_at_once_all_read_the_same_one(tmp_path):
+    """Ranks of a torchrun job start together on a fresh cache: the secret is written whole and linked in, so none
+    reads it half-written and all seal with the one that won."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_secret_in, args=(str(tmp_path / "cache"), q)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    got = [q.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert len(set(got)) == 1 and all(p.exitcode == 0 for p in procs)
+    assert os.listdir(tmp_path / "cache") == ["seal.key"]  # no temporary file left
