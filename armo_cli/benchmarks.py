@@ -6,8 +6,10 @@ scores; `rewardbench.py` keeps RewardBench v1's pairs):
   response is at the top, else 0 (`reroll_and_score_dataset`); Ties has its own score over `ref:N` / `tied:N` rows
   (`process_single_model`); the overall score is the mean of the six subsets.
 - RM-Bench (THU-KEG/RM-Bench): three chosen and three rejected responses in three styles (concise, detailed plain,
-  detailed markdown). Per domain, a 3x3 matrix of how often chosen response i outscores rejected response j; hard is
-  its upper triangle (the chosen one plainer than the rejected one), normal its diagonal, easy its lower triangle.
+  detailed markdown). Per domain (four, as its leaderboard: chat, code, math, and safety with `safety-refuse` and
+  `safety-response` merged), a 3x3 matrix of how often chosen response i outscores rejected response j; hard is
+  its upper triangle (the chosen one plainer than the rejected one), normal its diagonal, easy its lower triangle;
+  easy minus hard is the style gap.
 - RMB best-of-n: a row is right when its chosen response outscores every rejected one; the random baseline of a row
   is the chance that k chosen responses all rank above n rejected ones in a random order, 1 / C(k + n, k) (for one
   chosen response, 1 / (1 + n)).
