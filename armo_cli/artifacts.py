@@ -169,6 +169,7 @@ class RegressionMeta(Meta):
     preference: dict | None = None  # the preference objective's head: objective, C, folds, fold_of (prompt -> fold)
     armo_version: str | None = None
     lm_objectives: list[str] | None = None  # LM objectives it reads (the `lm_weight` tensor's columns), in this order
+    invariance: dict | None = None  # heads fitted blind to form (#46): rank, pairs, explained, inputs, blind objectives
     REQUIRED: ClassVar[tuple[str, ...]] = ("objectives", "scales", "backbone", "hidden_size")
 
 

@@ -149,6 +149,12 @@ class RegressionConfig(FitOutputOptions):
     lm_objectives: str | None = opt(None, LM_OBJECTIVES_HELP + " Added as objectives, each mapped onto [0,1] by its "
                                           "range over the training responses (--pairs when given); the features need "
                                           "them (extract --lm-objectives).")
+    invariant_to: list[str] = opt(help="Pair features whose two sides say the same thing in two forms (markdown and "
+                                       "plain, padded and not: studies/style_swaps.py), repeatable: the span of their "
+                                       "feature differences is projected out before the rating and preference heads "
+                                       "are fitted, so they cannot pay for form (the length and style heads still see "
+                                       "it).", default_factory=list)
+    invariant_rank: int = opt(8, "Directions of that span to project out, the largest first.", min=1)
     min_rows: int = opt(20, "Fewest labelled rows for an objective.", min=1)
     strict: bool = opt(False, "Fail instead of skipping objectives with too few rows.")
     device: str | None = opt(None, DEVICE_HELP)

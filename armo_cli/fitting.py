@@ -17,6 +17,7 @@ from .style import parse_style_objectives
 from .devices import auto_device
 from .errors import ArmoError
 from .features import Features
+from .invariance import invariant_basis, project_out
 from .gating import (adjusted_rewards, accuracy, best_single_objective, blocked_objectives, bt_loss, grouped_split,
                      pair_scores, sized_steps, train_bt, train_linear_bt)
 from .heads import Decorrelation, Gate, Regression, apply_scale, regression_hash, transform_hash
@@ -40,7 +41,7 @@ def _parse_scale(values: torch.Tensor, name: str, declared: tuple[float, float] 
 def fit_regression(cfg: RegressionConfig) -> dict:
     """Run `armo fit-regression` and return its report."""
     validate(cfg)
-    check_outputs(cfg.output, cfg.json, [*cfg.features, *cfg.pairs])
+    check_outputs(cfg.output, cfg.json, [*cfg.features, *cfg.pairs, *cfg.invariant_to])
     if bool(cfg.pairs) != bool(cfg.preference_objective):
         raise ArmoError("--pairs and --preference-objective go together")
     if not cfg.features and not cfg.pairs:
@@ -51,7 +52,9 @@ def fit_regression(cfg: RegressionConfig) -> dict:
     for f in pair_feats:
         if not f.pair:
             raise ArmoError(f"--pairs {f.path}: features without pairs (extract rows with 'chosen' and 'rejected')")
-    meaning = require_one_meaning([(f.meaning(prompt=False), f.path) for f in feats + pair_feats])
+    swap_feats = [Features.load(p) for p in cfg.invariant_to]
+    meaning = require_one_meaning([(f.meaning(prompt=False), f.path) for f in feats + pair_feats + swap_feats])
+    Q, invariance = (invariant_basis(swap_feats, cfg.invariant_rank) if swap_feats else (None, None))
     objectives: list[str] = []
     for f in feats:
         for o in f.meta.objectives:
@@ -131,8 +134,26 @@ def fit_regression(cfg: RegressionConfig) -> dict:
     if keep:
         Y = torch.stack([apply_scale(Y[:, j], scales[objectives[i]]) for i, j in enumerate(keep)], dim=1)
         train = split_mask(X.shape[0], cfg.val_fraction, cfg.seed)
-        res = ridge_path(X, Y, train, cfg.alphas, cfg.intercept, cfg.refit, auto_device(cfg.device))
-        weight, bias, alphas, ridge_metrics = res.weight, res.bias, res.alphas, res.metrics
+        fit = lambda X_, cols: ridge_path(X_, Y[:, cols], train, cfg.alphas, cfg.intercept, cfg.refit,  # noqa: E731
+                                          auto_device(cfg.device))
+        if Q is None:
+            res = fit(X, list(range(len(objectives))))
+            weight, bias, alphas, ridge_metrics = res.weight, res.bias, res.alphas, res.metrics
+        else:  # rating heads blind to form; the length and style heads read it (they measure it)
+            form = [i for i, o in enumerate(objectives) if o in style or o == cfg.length_objective]
+            blind = [i for i in range(len(objectives)) if i not in form]
+            weight, bias = torch.zeros(len(objectives), X.shape[1], dtype=torch.float64), torch.zeros(len(objectives), dtype=torch.float64)
+            alphas, ridge_metrics = [None] * len(objectives), [None] * len(objectives)
+            for cols, X_ in ((blind, project_out(X, Q)), (form, X)):
+                if not cols:
+                    continue
+                res = fit(X_, cols)
+                w = res.weight.double()
+                weight[cols] = project_out(w, Q) if X_ is not X else w  # exact: (x P).w = x.(P w)
+                bias[cols] = res.bias.double()
+                for j, c in enumerate(cols):
+                    alphas[c], ridge_metrics[c] = res.alphas[j], res.metrics[j]
+            weight, bias = weight.to(res.weight.dtype), bias.to(res.bias.dtype)
     else:
         weight, bias, alphas, ridge_metrics = torch.zeros(0, X.shape[1]), torch.zeros(0), [], []
     metrics = {o: m for o, m in zip(objectives, ridge_metrics)}
@@ -144,7 +165,9 @@ def fit_regression(cfg: RegressionConfig) -> dict:
         if len(set(groups)) < cfg.preference_folds:
             raise ArmoError(f"--pairs: {len(set(groups))} distinct prompts, fewer than --preference-folds "
                             f"{cfg.preference_folds}; the preference head needs a prompt in every fold")
-        head = fit_preference(R, groups, seed=cfg.seed, folds=cfg.preference_folds)
+        head = fit_preference(R if Q is None else project_out(R, Q), groups, seed=cfg.seed, folds=cfg.preference_folds)
+        if Q is not None:  # stored as rows on raw features, exactly (see invariance.py)
+            head.weight, head.fold_weight = project_out(head.weight, Q), project_out(head.fold_weight, Q)
         name = cfg.preference_objective
         weight = torch.cat([weight, head.weight[None]])
         bias = torch.cat([bias, torch.tensor([head.bias], dtype=bias.dtype)])
@@ -174,11 +197,17 @@ def fit_regression(cfg: RegressionConfig) -> dict:
         "skipped_objectives": skipped, "intercept": cfg.intercept, "refit": cfg.refit,
         "val_fraction": cfg.val_fraction, "seed": cfg.seed, "length_objective": cfg.length_objective,
         "style_objectives": style or None,
+        "invariance": invariance and dict(invariance, inputs=[{"path": f.path, "input_hash": f.meta.input_hash,
+                                                                "rows": len(f.ids)} for f in swap_feats],
+                                          blind=[o for o in objectives if o not in (style or []) and
+                                                 o != cfg.length_objective and o not in (lm or [])]),
         "preference": preference, "lm_objectives": lm or None,
         "backbone": (feats or pair_feats)[0].backbone, "hidden_size": X.shape[1], "feature_meaning": meaning.to_json(),
         "inputs": [{"path": f.path, "input_hash": f.meta.input_hash, "rows": len(f.ids)} for f in feats],
         "rows": X.shape[0], "solve_seconds": solve_s, "seconds": time.perf_counter() - t0,
     }
+    if Q is not None:
+        tensors["invariant_basis"] = Q.float()
     save_artifact(cfg.output, {"weight": weight, "bias": bias, **tensors}, RegressionMeta.from_json(report, cfg.output))
     if cfg.json:
         brief = {k: v for k, v in preference.items() if k != "fold_of"} if preference else None  # no prompt map
