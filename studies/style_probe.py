@@ -140,47 +140,70 @@ def card_section(results: dict) -> list[str]:
     return L + [""]
 
 
-def main(argv: list[str] | None = None) -> dict:
+def outcomes_by_probe(margins: dict[str, float], pair_ids: list[str]) -> tuple[dict[str, list[float]], list[str], list[str]]:
+    """Each probe's outcomes (1: the chosen side wins) over the pairs whose four probes were all scored, in order;
+    the pairs kept and the pairs left out (a probe too long for the backbone, skipped at extraction)."""
+    kept = [p for p in pair_ids if all(f"{p}/{name}" in margins for name in PROBES)]
+    left = [p for p in pair_ids if p not in kept]
+    return {name: [float(margins[f"{p}/{name}"] > 0) for p in kept] for name in PROBES}, kept, left
+
+
+def result(outcomes: dict[str, list[float]], kept: list[str], skipped: list[str], **about) -> dict:
+    return {**about, "pairs": len(kept), "skipped_too_long": skipped,
+            "accuracy": {k: sum(v) / len(v) for k, v in outcomes.items()}, "gaps": gaps(outcomes)}
+
+
+def main(argv: list[str] | None = None) -> dict | None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--input", required=True, help="held-out pair rows (JSONL, .gz ok), with string responses")
     ap.add_argument("-m", "--model", default=None, help="armo model (default: the shipped one)")
     ap.add_argument("--n", type=int, default=120, help="pairs, a seeded sample")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-length", type=int, default=1024)
+    ap.add_argument("--rows-out", default=None, help="only write the probe rows of the sample (to extract once with "
+                    "`armo extract --on-error skip` and score several models with `armo evaluate --features`)")
+    ap.add_argument("--scored", default=None, help="read the probes' scores from `armo evaluate --pairs-output` of "
+                    "those rows instead of scoring them here")
     ap.add_argument("--json", default=None)
     ap.add_argument("--results", default=None, help="a JSON of {set: result} to add this run to, under --set")
     ap.add_argument("--set", default=None, help="the set's name in --results")
     args = ap.parse_args(argv)
-    from armo_cli.api import RewardModel
     from armo_cli.jsonl import iter_jsonl
 
     rows = [r for _, r in iter_jsonl(args.input) if isinstance(r.get("chosen"), str) and isinstance(r.get("rejected"), str)]
     random.Random(args.seed).shuffle(rows)
     rows = rows[:args.n]
-    rm = RewardModel(args.model, max_length=args.max_length, overflow="truncate-prompt")
-    from armo_cli.errors import ArmoError
+    if args.rows_out:
+        Path(args.rows_out).write_text("".join(json.dumps(r) + "\n" for r in probe_rows(rows)))
+        return None
+    if args.scored:
+        margins = {r["id"]: r["chosen"]["score"] - r["rejected"]["score"] for _, r in iter_jsonl(args.scored)}
+        out = result(*outcomes_by_probe(margins, [r["id"] for r in rows]), input=args.input, scored=args.scored,
+                     model=args.model)
+    else:
+        from armo_cli.api import RewardModel
+        from armo_cli.errors import ArmoError
 
-    kept, skipped = [], []
-    for r in rows:  # a pair whose probes do not fit --max-length (a response alone too long) is left out, and counted
-        try:
-            rm.prepare(probe_rows([r]))
-            kept.append(r)
-        except ArmoError:
-            skipped.append(r["id"])
-    probes = probe_rows(kept)
-    margins = [r["margin"] for r in rm.score(probes)]
-    outcomes = {name: [float(m > 0) for m, p in zip(margins, probes) if p["subset"] == name] for name in PROBES}
-    result = {"input": args.input, "model": str(rm.model.path), "pairs": len(kept), "skipped_too_long": skipped,
-              "accuracy": {k: sum(v) / len(v) for k, v in outcomes.items()}, "gaps": gaps(outcomes)}
-    print(json.dumps(result, indent=2))
+        rm = RewardModel(args.model, max_length=args.max_length, overflow="truncate-prompt")
+        kept = []
+        for r in rows:  # a pair whose probes do not fit --max-length (a response alone too long) is left out, and counted
+            try:
+                rm.prepare(probe_rows([r]))
+                kept.append(r)
+            except ArmoError:
+                pass
+        probes = probe_rows(kept)
+        margins = {p["id"]: r["margin"] for p, r in zip(probes, rm.score(probes))}
+        out = result(*outcomes_by_probe(margins, [r["id"] for r in rows]), input=args.input, model=str(rm.model.path))
+    print(json.dumps(out, indent=2))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     if args.results:
         path = Path(args.results)
         results = json.loads(path.read_text()) if path.exists() else {}
-        results[args.set or args.input] = result
+        results[args.set or args.input] = out
         path.write_text(json.dumps(results, indent=2) + "\n")
-    return result
+    return out
 
 
 if __name__ == "__main__":

@@ -73,3 +73,22 @@ def test_the_study_runs_on_a_model_and_counts_the_pairs_it_leaves_out(tiny_model
     assert saved == {"tiny": res}
     row = card_section(saved)[6]
     assert row.startswith("| tiny | 4 (+1 too long) | ")
+
+
+def test_probes_extracted_once_and_read_back_from_evaluate_give_the_same_result(tiny_model, tmp_path):
+    """--rows-out then `armo evaluate --pairs-output` then --scored (how several models share one extraction) gives
+    what scoring in the study gives, the too-long pair left out the same way."""
+    from style_probe import main
+    from tests.helpers import armo, pair_rows, write_jsonl
+
+    rows = pair_rows(6) + [{"id": "long", "prompt": "q", "chosen": "word " * 400, "rejected": "no"}]
+    f = write_jsonl(tmp_path / "p.jsonl", [r for r in rows if isinstance(r["prompt"], str)])
+    model = str(tiny_model / "model")
+    direct = main(["--input", str(f), "-m", model, "--n", "10", "--max-length", "300"])
+    assert main(["--input", str(f), "--n", "10", "--rows-out", str(tmp_path / "probes.jsonl")]) is None
+    res = armo("evaluate", str(tmp_path / "probes.jsonl"), "-m", model, "--max-length", "300", "--overflow", "skip",
+               "--pairs-output", str(tmp_path / "scored.jsonl"), "-o", str(tmp_path / "e.json"), "-q")
+    assert res.code == 0, res.output
+    read = main(["--input", str(f), "--n", "10", "--scored", str(tmp_path / "scored.jsonl"), "-m", model])
+    assert read["skipped_too_long"] == direct["skipped_too_long"] == ["long"]
+    assert read["accuracy"] == direct["accuracy"] and read["gaps"] == direct["gaps"]
