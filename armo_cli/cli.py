@@ -355,7 +355,7 @@ def score(**values):
     With `-o FILE`, rows are checked before any is scored, and scored windows are kept in `FILE.parts/` until
     FILE is complete: after an interruption, the same command with `--resume` goes on where it stopped.
     """
-    from .scoring import score as run
+    from .score import score as run
 
     cfg = _config(ScoreConfig, values)
     _run(lambda: run(cfg), resumable=cfg.output != "-" and not cfg.features and cfg.format != "table")
@@ -371,7 +371,7 @@ def evaluate(**values):
     With a file output, rows are checked before any is scored, and scored pairs are kept beside the first output
     (`report.json.parts/`) until every output is written: after an interruption, add `--resume`.
     """
-    from .scoring import progress_anchor, evaluate as run
+    from .evaluate import progress_anchor, evaluate as run
 
     cfg = _config(EvaluateConfig, values)
     _run(lambda: run(cfg), resumable=progress_anchor(cfg) is not None and not cfg.features)

@@ -315,7 +315,7 @@ def main() -> None:
     from armo_cli.extract import extract
     from armo_cli.features import Features
     from armo_cli.devices import batch_defaults, default_chunk_size
-    from armo_cli.scoring import score
+    from armo_cli.score import score
 
     device = auto_device(args.device)
     dtype = auto_dtype(device, args.dtype)

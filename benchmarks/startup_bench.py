@@ -29,7 +29,8 @@ ARMO = [sys.executable, "-m", "armo_cli.cli"]
 STEPS = r"""
 import json, sys, time
 t0 = time.perf_counter()
-from armo_cli.scoring import ScoreConfig, score
+from armo_cli.configs import ScoreConfig
+from armo_cli.score import score
 from armo_cli.model import ArmoModel
 from armo_cli.backbones import load_backbone
 t1 = time.perf_counter()

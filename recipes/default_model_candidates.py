@@ -33,7 +33,7 @@ from armo_cli.configs import GatingConfig  # noqa: E402
 from armo_cli.features import Features  # noqa: E402
 from armo_cli.gating import grouped_split, train_linear_bt, uniform_weights  # noqa: E402
 from armo_cli.model import ArmoModel  # noqa: E402
-from armo_cli.scoring import evaluate_scores, pair_outcomes  # noqa: E402
+from armo_cli.evaluate import evaluate_scores, pair_outcomes  # noqa: E402
 from armo_cli.stats import bootstrap_ci  # noqa: E402
 
 LENGTH_SLACK = 0.02  # the issue's target: longer wins no more than the labels' share + 0.02

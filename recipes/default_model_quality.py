@@ -31,7 +31,7 @@ from armo_cli.features import Features
 from armo_cli.gating import adjusted_rewards, best_single_objective, grouped_split, train_linear_bt, uniform_weights
 from armo_cli.model import ArmoModel
 from armo_cli.provenance import require_compatible
-from armo_cli.scoring import evaluate_scores, pair_outcomes
+from armo_cli.evaluate import evaluate_scores, pair_outcomes
 from armo_cli.stats import bootstrap_ci, spearman
 
 SETS = {"held-out pairs": "heldout", "dev-eval": "dev-eval", "RMB (out of distribution)": "rmb-eval"}

@@ -20,7 +20,7 @@ import torch
 from armo_cli.features import Features
 from armo_cli.gating import uniform_weights
 from armo_cli.model import ArmoModel
-from armo_cli.scoring import evaluate_scores
+from armo_cli.evaluate import evaluate_scores
 
 
 def accuracy_report(scores: torch.Tensor, lengths: torch.Tensor) -> dict:

@@ -21,7 +21,7 @@ import torch
 
 from armo_cli.features import Features
 from armo_cli.model import ArmoModel
-from armo_cli.scoring import evaluate_scores
+from armo_cli.evaluate import evaluate_scores
 
 EVAL = ["heldout", "dev-eval", "rmb-eval", "rmb-select"]
 BASES = {

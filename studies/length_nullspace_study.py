@@ -33,7 +33,7 @@ import torch
 
 from armo_cli.features import Features
 from armo_cli.preference import fit_preference
-from armo_cli.scoring import evaluate_scores
+from armo_cli.evaluate import evaluate_scores
 from source_experts_study import sources  # studies/ is on the path when a script there runs
 
 EVAL = {"held-out": "heldout", "dev-eval": "dev-eval", "RMB evaluation": "rmb-eval", "RMB selection": "rmb-select"}

@@ -23,7 +23,7 @@ from armo_cli.configs import GatingConfig
 from armo_cli.features import Features
 from armo_cli.gating import grouped_split, train_linear_bt, uniform_weights
 from armo_cli.model import ArmoModel
-from armo_cli.scoring import evaluate_scores, pair_outcomes
+from armo_cli.evaluate import evaluate_scores, pair_outcomes
 from armo_cli.stats import bootstrap_ci
 
 EVAL = {"held-out": "heldout", "dev-eval": "dev-eval", "RMB evaluation": "rmb-eval", "RMB selection": "rmb-select"}

@@ -29,7 +29,7 @@ from length_tradeoff_study import EVAL, N_BOOT, paired  # noqa: E402
 
 from armo_cli.features import Features  # noqa: E402
 from armo_cli.model import ArmoModel  # noqa: E402
-from armo_cli.scoring import evaluate_scores, pair_outcomes  # noqa: E402
+from armo_cli.evaluate import evaluate_scores, pair_outcomes  # noqa: E402
 
 SHARES = [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0]
 SELECTION = "RMB selection"

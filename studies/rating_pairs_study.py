@@ -26,7 +26,7 @@ import torch
 
 from armo_cli.features import Features
 from armo_cli.preference import fit_preference
-from armo_cli.scoring import pair_outcomes
+from armo_cli.evaluate import pair_outcomes
 from armo_cli.stats import bootstrap_ci
 
 # source prefix -> (objective that orders its responses, smallest rating difference that makes a pair)

@@ -339,7 +339,7 @@ def test_an_unwritable_output_folder_is_exit_1(built, tmp_path):
 
 
 def test_an_internal_error_asks_for_a_report_and_hides_the_traceback(built, tmp_path, monkeypatch):
-    import armo_cli.scoring as scoring
+    import armo_cli.score as scoring
 
     def boom(*a, **k):
         raise ZeroDivisionError("synthetic bug")

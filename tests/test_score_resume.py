@@ -182,9 +182,10 @@ def test_an_interrupted_evaluate_resumes_to_the_same_report(tiny_model, tiny_bac
     assert sorted(p.name for p in out.iterdir()) == ["pairs.jsonl", "rep.json"]
     # the same pairs evaluated without any file output (tables only) give the same report
     from armo_cli.configs import EvaluateConfig
+    from armo_cli.evaluate import evaluate as run_evaluate
 
-    rep = scoring.evaluate(EvaluateConfig(input=str(inp), model=str(tiny_model / "model"), backbone=str(tiny_backbone),
-                                          device="cpu", quiet=True))
+    rep = run_evaluate(EvaluateConfig(input=str(inp), model=str(tiny_model / "model"), backbone=str(tiny_backbone),
+                                      device="cpu", quiet=True))
     assert json.loads(json.dumps(rep, default=str))["subsets"] == json.loads((ref / "rep.json").read_text())["subsets"]
 
 

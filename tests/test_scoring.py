@@ -8,7 +8,7 @@ import pytest
 import torch
 from armo_cli.model import ArmoModel
 from armo_cli.rewardbench import EXAMPLE_COUNTS, section_scores
-from armo_cli.scoring import evaluate_scores, pair_outcomes
+from armo_cli.evaluate import evaluate_scores, pair_outcomes
 
 from tests.helpers import armo, cli
 
@@ -85,7 +85,7 @@ def test_the_table_stays_readable_at_80_columns():
     """Objective names stay whole and no line passes 80 columns, with the longest name the shipped model has."""
     from rich.console import Console
 
-    from armo_cli.scoring import render_table
+    from armo_cli.score import render_table
 
     objs = ["topicalchat-understandability", "ultrafeedback-overall", "verbosity"]
     rec = {"id": "x", "chosen": {"score": 0.5, "rewards": {o: 1.19 for o in objs}},
