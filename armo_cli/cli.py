@@ -13,8 +13,8 @@ from typing import Callable, List, NoReturn, Optional, TypeVar
 import typer
 
 from .version import __version__
-from .console import console, error, info, warn
-from .configs import (AssembleConfig, DecorrelationConfig, EvaluateConfig, ExportConfig, ExtractConfig, GatingConfig,
+from .console import console, error, info, plain, show, table, warn
+from .configs import (AnnotateConfig, AssembleConfig, DecorrelationConfig, EvaluateConfig, ExportConfig, ExtractConfig, GatingConfig,
                       ImportConfig, MergeConfig, RegressionConfig, ReportConfig, SampleConfig, ScoreConfig, ServeConfig,
                       TuneConfig)
 from .specs import parse_alphas, parse_lambda_range, parse_ranges
@@ -375,6 +375,40 @@ def evaluate(**values):
 
     cfg = _config(EvaluateConfig, values)
     _run(lambda: run(cfg), resumable=progress_anchor(cfg) is not None and not cfg.features)
+
+
+@app.command()
+@config_command(AnnotateConfig, argument="input", argument_required=False)
+def annotate(**values):
+    """Turn a policy's samples into preference pairs: every response scored and explained, pairs picked per prompt.
+
+    Rows: a `prompt` and a list of responses (`responses`, `all_generated_responses` or `completions`). Writes one
+    line per pair in TRL's DPO format (`prompt`, `chosen`, `rejected`, `score_chosen`, `score_rejected`, the indices and
+    `decided_by`), and every response's score with its explanation to PAIRS.scores.jsonl. A prompt whose responses tie,
+    or with fewer than two distinct ones, gives no pair: counted here and named in its scores line.
+
+    Example: `armo annotate samples.jsonl -o pairs.jsonl --require xstest-appropriate>=0.5`
+
+    Rows are checked before any is scored, and scored windows are kept in `PAIRS.jsonl.parts/` until both files are
+    written: after an interruption, the same command with `--resume` goes on where it stopped.
+    """
+    from .annotate import annotate as run
+
+    cfg = _config(AnnotateConfig, values)
+    rep = _run(lambda: run(cfg), resumable=True)
+    show_annotate(rep, cfg.quiet)
+
+
+def show_annotate(rep: dict, quiet: bool) -> None:
+    """annotate's summary: what was scored, what was paired, and why some prompts gave no pair."""
+    rows = [["prompts", rep["prompts"]], ["responses", rep["responses"]], ["pairs", rep["pairs"]],
+            *[[f"no pair: {why}", len(ids)] for why, ids in rep["no_pair"].items()],
+            ["rows skipped", len(rep["skipped"])], ["mean best score", rep["mean_best_score"]],
+            ["mean score", rep["mean_score"]]]
+    show(table(f"annotate ({rep['rule']}): {rep['output']}, scores in {rep['scores']}", ["", "value"], rows), quiet)
+    for why, ids in rep["no_pair"].items():
+        more = f" and {len(ids) - 5} more" if len(ids) > 5 else ""
+        info(f"no pair ({why}): {', '.join(plain(i) for i in ids[:5])}{more}", quiet)
 
 
 @app.command()

@@ -263,6 +263,32 @@ class EvaluateConfig(ModelInputConfig):
                               "input) already scored.")
 
 
+PAIR_RULES = ("best-worst", "best-random", "all")
+PAIR_FORMATS = ("conversational", "standard")
+
+
+@dataclass
+class AnnotateConfig(ModelInputConfig):
+    """`armo annotate`: a policy's samples, several per prompt, scored and turned into preference pairs."""
+
+    output: str | None = opt(None, "The pairs file to write (JSONL, TRL's DPO format): one line per pair.")
+    scores: str | None = opt(None, "Every response's score and explanation, one line per prompt (default: beside "
+                                   "--output, PAIRS.scores.jsonl).")
+    rule: str = opt("best-worst", "How pairs are picked among a prompt's distinct responses: best-worst (SimPO's and "
+                                  "RLHFlow's) | best-random (the best against a random lower one) | all (every pair "
+                                  "above --min-margin, largest margins first).", choices=PAIR_RULES)
+    min_margin: float = opt(0.0, "A pair's score margin must be above this (ties never make a pair).", min=0.0)
+    max_pairs: int | None = opt(None, "At most this many pairs per prompt (the largest margins).", min=1)
+    require: list[str] = opt(help="OBJECTIVE>=X: a chosen response must have at least this reward (0..1) on the "
+                                  "objective, e.g. a safety floor (repeatable; rejected ones need not).",
+                             default_factory=list)
+    format: str = opt("conversational", "conversational (prompt, chosen and rejected as messages) | standard (plain "
+                                        "strings; single-turn prompts only).", choices=PAIR_FORMATS)
+    top_k: int = opt(3, "Objectives named in each pair's decided_by.", min=1)
+    seed: int = opt(0, "Seed of best-random's pick (each prompt's own, from its id: shards and reruns agree).")
+    resume: bool = opt(False, "Keep the prompts an interrupted run (same model, settings and input) already scored.")
+
+
 @dataclass
 class ReportConfig:
     report: str = opt("report.json", "An `armo evaluate -o` report.")

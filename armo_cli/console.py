@@ -39,7 +39,7 @@ class LineProgress:
         now = self.clock()
         tenth = int(10 * completed / total) if total else 0
         self.tasks.append({"description": description, "total": total, "done": completed, "fields": dict(fields),
-                           "start": now, "last": now, "printed": completed, "tenth": tenth})
+                           "start": now, "last": now, "printed": completed, "tenth": tenth, "from": completed})
         return len(self.tasks) - 1
 
     def update(self, task: int, advance: float | None = None, completed: float | None = None, **fields: object) -> None:
@@ -56,7 +56,9 @@ class LineProgress:
         t["last"], t["printed"] = now, t["done"]
         share = f" ({t['done'] / t['total']:.0%})" if t["total"] else ""
         extra = "".join(f", {v}" for v in t["fields"].values() if v)
-        console.print(plain(f"{t['description']}: {t['done']:g}/{t['total']:g}{share}{extra}, {now - t['start']:.0f} s"),
+        run, ran = t["done"] - t["from"], now - t["start"]
+        eta = f", ETA {ran * (t['total'] - t['done']) / run:.0f} s" if t["total"] and 0 < run and t["done"] < t["total"] else ""
+        console.print(plain(f"{t['description']}: {t['done']:g}/{t['total']:g}{share}{extra}, {ran:.0f} s{eta}"),
                       highlight=False, soft_wrap=True)
 
 

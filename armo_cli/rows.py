@@ -223,6 +223,47 @@ def _list_row(obj: dict, where: str, ratings: dict, chosen: list[str] | None, re
                    subset=_subset(obj, where) or _subset(obj, where, "domain"), n_chosen=len(chosen))
 
 
+# Where a policy's samples for one prompt sit, by the names the ecosystem writes them under: RLHFlow's `responses`,
+# SimPO's `all_generated_responses`, TRL's `completions`.
+SAMPLE_FIELDS = ("responses", "all_generated_responses", "completions")
+
+
+def parse_samples_row(obj: Any, where: str) -> Example:
+    """A row of unlabeled samples (`armo annotate`): a prompt and a list of responses under one of SAMPLE_FIELDS, each
+    a string or a conversational completion (one assistant message). An Example with n_chosen 0: a list, none chosen."""
+    if not isinstance(obj, dict):
+        raise RowError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    if "chosen" in obj or "rejected" in obj:
+        raise RowError(f"{where}: a row with 'chosen'/'rejected' is already a preference; annotate takes rows of samples "
+                       f"(a prompt and {', '.join(repr(f) for f in SAMPLE_FIELDS)})")
+    given = [f for f in SAMPLE_FIELDS if f in obj]
+    if not given:
+        raise RowError(f"{where}: no samples: expected a list of responses in {', '.join(repr(f) for f in SAMPLE_FIELDS)}")
+    if len(given) > 1:
+        raise RowError(f"{where}: field '{given[1]}': samples in both {given[0]!r} and {given[1]!r}; give one")
+    name, value = given[0], obj[given[0]]
+    if "prompt" not in obj:
+        raise RowError(f"{where}: field 'prompt': missing")
+    prompt = _prompt(obj["prompt"], where)
+    if not isinstance(value, list):
+        raise RowError(f"{where}: field '{name}': expected a list of responses, got {type(value).__name__}")
+    if not value:
+        raise RowError(f"{where}: field '{name}': an empty list of responses")
+    texts = []
+    for i, v in enumerate(value):
+        if isinstance(v, list):  # a conversational completion: the assistant's one message
+            extra, text = _response(v, where, f"{name}[{i}]")
+            if extra:
+                raise RowError(f"{where}: field '{name}[{i}]': a completion is one assistant message, not a conversation")
+        elif isinstance(v, str):
+            text = _text(v, where, f"{name}[{i}]")
+        else:
+            raise RowError(f"{where}: field '{name}[{i}]': expected a string, got {type(v).__name__}")
+        texts.append(text)
+    return Example(id=_row_id(obj, where, prompt, texts), prompt=prompt, responses=texts, subset=_subset(obj, where),
+                   n_chosen=0)
+
+
 LOCAL_SPLIT = "train"  # the one split of a local --dataset file (datasets names a file's rows so)
 
 
@@ -234,6 +275,7 @@ class Source:
     dataset: str | None = None
     split: str = "train"
     quiet: bool = False  # no progress bars from datasets
+    samples: bool = False  # rows of unlabeled samples (`annotate`, parse_samples_row) rather than the shapes parse_row takes
 
     @property
     def name(self) -> str:
@@ -303,7 +345,7 @@ class DisplaySource(Source):
     """A source whose errors name the file the user gave (e.g. <stdin> for a spooled copy)."""
 
     def __init__(self, inner: Source, display: str):
-        super().__init__(inner.path, inner.dataset, inner.split)
+        super().__init__(inner.path, inner.dataset, inner.split, inner.quiet, inner.samples)
         self._display = display
 
     @property
@@ -313,15 +355,15 @@ class DisplaySource(Source):
 
 @contextlib.contextmanager
 def locked_source(output: str | Path, path: str | None, dataset: str | None = None,
-                  split: str = "train", quiet: bool = False) -> Iterator[Source]:
+                  split: str = "train", quiet: bool = False, samples: bool = False) -> Iterator[Source]:
     """The input of a job that writes `output`: the output locked for the run (a second writer is refused), and
     the input readable twice (stdin is spooled to a temporary file, named <stdin> in errors), once to check
     every row and once to compute."""
     with output_lock(output):
         spooled = spool_stdin() if path == "-" else None
         try:
-            yield (DisplaySource(Source(path=str(spooled)), "<stdin>") if spooled
-                   else Source(path=path, dataset=dataset, split=split, quiet=quiet))
+            yield (DisplaySource(Source(path=str(spooled), samples=samples), "<stdin>") if spooled
+                   else Source(path=path, dataset=dataset, split=split, quiet=quiet, samples=samples))
         finally:
             if spooled is not None:
                 spooled.unlink(missing_ok=True)
@@ -345,10 +387,11 @@ def iter_examples(source: Source, on_error: str = "error", skipped: list[Skipped
     name = source.name
     seen: set[str] = set()
     copies: dict[str, int] = {}
+    parse = parse_samples_row if source.samples else parse_row
     for lineno, obj in source.raw():
         where = f"{name}:{lineno}"
         try:
-            ex = parse_row(obj, where)
+            ex = parse(obj, where)
             if obj.get("id") is None:  # parse_row accepted it, so obj is a dict
                 k = copies[ex.id] = copies.get(ex.id, 0) + 1
                 if k > 1:

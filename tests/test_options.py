@@ -163,8 +163,8 @@ def test_progress_off_a_terminal_prints_a_line_every_tenth_and_every_30_s(capsys
             now[0] += 0
     finally:
         console.console.print = real
-    assert lines[0] == "fit-gating: 20/200 (10%), 10 s"
-    assert "fit-gating: 60/200 (30%), val loss 0.69, 30 s" in lines
+    assert lines[0] == "fit-gating: 20/200 (10%), 10 s, ETA 90 s"  # from the pace so far: 180 more at 0.5 s
+    assert "fit-gating: 60/200 (30%), val loss 0.69, 30 s, ETA 70 s" in lines
     assert lines[-1].startswith("fit-gating: 200/200 (100%)") and len(lines) == 10
     slow = console.LineProgress(clock=lambda: now[0])
     lines.clear()
@@ -177,7 +177,7 @@ def test_progress_off_a_terminal_prints_a_line_every_tenth_and_every_30_s(capsys
                 slow.update(t, advance=1)
     finally:
         console.console.print = real
-    assert lines == [f"extract: {i}/1000 (0%), {31 * i} s" for i in range(1, 5)]
+    assert lines == [f"extract: {i}/1000 (0%), {31 * i} s, ETA {31 * (1000 - i)} s" for i in range(1, 5)]
     # a resumed job (tune-backbone at step 175 of 423) counts from where it was, and prints nothing else for it
     resumed = console.LineProgress(clock=lambda: now[0])
     lines.clear()
@@ -189,7 +189,7 @@ def test_progress_off_a_terminal_prints_a_line_every_tenth_and_every_30_s(capsys
             resumed.update(t, advance=1, rate="loss 0.490")
     finally:
         console.console.print = real
-    assert lines == ["tune: 176/423 (42%), loss 0.490, 31 s"]
+    assert lines == ["tune: 176/423 (42%), loss 0.490, 31 s, ETA 7657 s"]  # the pace of this run, not of the steps before it
 
 
 def test_extract_into_a_log_prints_progress_lines(tiny_backbone, tmp_path, armo_cache, monkeypatch):
