@@ -214,3 +214,34 @@ def test_standard_format_and_a_multi_turn_prompt(tiny_model, tiny_backbone, tmp_
     inp = write_jsonl(tmp_path / "m.jsonl", sample_rows(4))
     r = run(tiny_model, tiny_backbone, inp, tmp_path / "q.jsonl", "--format", "standard")
     assert r.code == 2 and "--format standard takes a single user turn" in r.stderr
+
+
+@pytest.mark.slow
+def test_sigterm_mid_job_then_resume_gives_the_uninterrupted_files_byte_for_byte(tiny_model, tiny_backbone, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    rows = sample_rows(900, k=4, seed=5)[:900]  # four windows of 256 rows
+    inp = write_jsonl(tmp_path / "s.jsonl", rows)
+    args = [str(inp), "-m", str(tiny_model / "model"), "--backbone", str(tiny_backbone), "--device", "cpu",
+            "--rule", "best-random", "-q"]
+    assert armo("annotate", *args, "-o", str(tmp_path / "ref.jsonl")).code == 0
+    out = tmp_path / "out.jsonl"
+    p = subprocess.Popen([sys.executable, "-m", "armo_cli.cli", "annotate", *args, "-o", str(out)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    parts = tmp_path / "out.jsonl.parts"
+    deadline = time.time() + 300
+    while len(list(parts.glob("*.safetensors"))) < 1 and p.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert p.poll() is None, "the job ended before it could be stopped"
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 143, err
+    assert not out.exists() and not (tmp_path / "out.scores.jsonl").exists()
+    r = armo("annotate", *args, "-o", str(out), "--resume")
+    assert r.code == 0, r.output
+    assert out.read_bytes() == (tmp_path / "ref.jsonl").read_bytes()
+    assert (tmp_path / "out.scores.jsonl").read_bytes() == (tmp_path / "ref.scores.jsonl").read_bytes()
+    assert not parts.exists()

@@ -254,3 +254,31 @@ def test_the_readme_verl_recipe_loads_through_verls_own_loader(tiny_model, tmp_p
     out = NaiveRewardManager(tok, 0, fn)(verl_batch(tok, rows), return_dict=True)
     want = armo_scores(tiny_model / "model", [r["prompt"] for r in rows], [r["response"] for r in rows], tmp_path)
     assert [float(out["reward_tensor"][i].sum()) for i in range(len(rows))] == pytest.approx(want, abs=1e-5)
+
+
+def test_dpo_trainer_trains_on_annotates_pairs_as_written(tiny_model, tmp_path, armo_cache):
+    """#47: `armo annotate`'s pairs file loads with `datasets.load_dataset("json", ...)` and trains TRL's DPOTrainer as
+    it is (every column armo adds left in), two CPU steps with a tiny policy."""
+    import math
+
+    from datasets import load_dataset
+    from trl import DPOConfig, DPOTrainer
+
+    rows = [{"id": f"q{i}", "prompt": p, "responses": [f"{p} yes", "no", f"maybe {p}", "I can help with that"]}
+            for i, p in enumerate(PROMPTS)]
+    out = tmp_path / "pairs.jsonl"
+    r = armo("annotate", str(write_jsonl(tmp_path / "samples.jsonl", rows)), "-m", str(tiny_model / "model"),
+             "-o", str(out), "-q")
+    assert r.code == 0, r.output
+    ds = load_dataset("json", data_files=str(out), split="train")
+    assert len(ds) == len(PROMPTS) and {"prompt", "chosen", "rejected", "score_chosen", "score_rejected"} <= set(ds.column_names)
+    policy, tok = tiny_policy(tmp_path)
+    args = DPOConfig(output_dir=str(tmp_path / "dpo"), per_device_train_batch_size=2, max_steps=2, logging_steps=1,
+                     report_to="none", use_cpu=True, bf16=False, save_strategy="no", max_length=64, seed=0)
+    import copy
+
+    # an in-memory policy has no hub name for TRL to load its reference from: the reference is given, a frozen copy
+    trainer = DPOTrainer(model=policy, ref_model=copy.deepcopy(policy), args=args, train_dataset=ds, processing_class=tok)
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert trainer.state.global_step == 2 and len(losses) == 2 and all(math.isfinite(x) for x in losses)
