@@ -2,12 +2,12 @@
 
 from .version import __version__
 
-__all__ = ["RewardModel", "load_model", "__version__"]
+__all__ = ["RewardModel", "AnnotateBatches", "load_model", "__version__"]
 
 
 def __getattr__(name: str):
     # lazy: `import armo_cli` (and `armo --help`) must not import torch
-    if name in ("RewardModel", "load_model"):
+    if name in ("RewardModel", "AnnotateBatches", "load_model"):
         from . import api
 
         return getattr(api, name)

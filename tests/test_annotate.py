@@ -245,3 +245,61 @@ def test_sigterm_mid_job_then_resume_gives_the_uninterrupted_files_byte_for_byte
     assert out.read_bytes() == (tmp_path / "ref.jsonl").read_bytes()
     assert (tmp_path / "out.scores.jsonl").read_bytes() == (tmp_path / "ref.scores.jsonl").read_bytes()
     assert not parts.exists()
+
+
+def test_the_python_call_equals_the_command(tiny_model, tiny_backbone, tmp_path):
+    from armo_cli import RewardModel
+
+    rows = sample_rows(6)
+    inp = write_jsonl(tmp_path / "s.jsonl", rows)
+    r = run(tiny_model, tiny_backbone, inp, tmp_path / "p.jsonl", "--rule", "all", "--max-pairs", "3", "-q")
+    assert r.code == 0, r.output
+    rm = RewardModel(str(tiny_model / "model"), backbone=str(tiny_backbone), device="cpu")
+    pairs, scores = rm.annotate(rows, rule="all", max_pairs=3)
+    assert [json.dumps(p) for p in pairs] == [json.dumps(p) for p in read(tmp_path / "p.jsonl")]
+    assert [json.dumps(s) for s in scores] == [json.dumps(s) for s in read(tmp_path / "p.scores.jsonl")]
+
+
+@pytest.mark.slow
+def test_ray_data_map_batches_on_a_local_ray_equals_the_command(tiny_model, tiny_backbone, tmp_path):
+    """The README's Ray recipe: `AnnotateBatches` in `map_batches` on a local Ray (CPU), two actors; the pairs are
+    the command's (order aside: Ray returns batches as they finish)."""
+    ray = pytest.importorskip("ray", reason="ray is not installed (.ci/run installs it)")
+    from armo_cli import AnnotateBatches
+
+    rng = random.Random(7)  # a dataset's columns have one type each: string prompts, `responses`
+    rows = [{"id": f"r{i}", "prompt": sentence(rng, 6), "responses": [sentence(rng, rng.randint(2, 20)) for _ in range(4)]}
+            for i in range(10)]
+    inp = write_jsonl(tmp_path / "s.jsonl", rows)
+    r = run(tiny_model, tiny_backbone, inp, tmp_path / "p.jsonl", "-q")
+    assert r.code == 0, r.output
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        ds = ray.data.from_items(rows)
+        out = ds.map_batches(AnnotateBatches, fn_constructor_kwargs={"model": str(tiny_model / "model"),
+                                                                    "backbone": str(tiny_backbone), "device": "cpu"},
+                             concurrency=2, batch_size=4).take_all()
+    finally:
+        ray.shutdown()
+    want = {p["id"]: p for p in read(tmp_path / "p.jsonl")}
+    got = {p["id"]: AnnotatedRow(p) for p in out}
+    assert set(got) == set(want)
+    for k, p in want.items():  # batches of 4 against one of 10: the same pairs, scores within float noise
+        assert rounded(got[k]) == rounded({c: p[c] for c in AnnotateBatches.COLUMNS})
+
+
+def AnnotatedRow(p: dict) -> dict:  # noqa: N802
+    """A Ray row back as JSON values (numpy scalars and arrays as Python's)."""
+    from armo_cli.api import _plain
+
+    return json.loads(json.dumps(_plain(dict(p)), default=float))
+
+
+def rounded(x):
+    if isinstance(x, float):
+        return round(x, 5)
+    if isinstance(x, dict):
+        return {k: rounded(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [rounded(v) for v in x]
+    return x
