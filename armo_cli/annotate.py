@@ -11,13 +11,16 @@ from __future__ import annotations
 import json
 import random
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .configs import AnnotateConfig
+from .console import info
 from .errors import ArmoError
+from .extract import shard_env
 from .evaluate import model_info
 from .jsonl import dumps
 from .outputs import atomic_paths
@@ -38,7 +41,8 @@ _FLOOR = re.compile(r"^\s*(.+?)\s*>=\s*(\S+)\s*$")
 
 @dataclass(frozen=True)
 class Floor:
-    """`--require OBJECTIVE>=X`: a chosen response's reward (0..1) on the objective is at least X."""
+    """`--require OBJECTIVE>=X`: a chosen response's reward on the objective is at least X (rewards are on the
+    objective's training scale mapped to 0..1; a ridge head can go a little beyond it)."""
 
     objective: str
     index: int
@@ -58,8 +62,8 @@ def parse_floors(specs: list[str], objectives: list[str]) -> list[Floor]:
             value = float(raw)
         except ValueError:
             raise ArmoError(f"--require {spec!r}: {raw!r} is not a number") from None
-        if not 0.0 <= value <= 1.0:
-            raise ArmoError(f"--require {spec!r}: rewards lie in [0, 1]; give X in that range")
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ArmoError(f"--require {spec!r}: give a finite number")
         out.append(Floor(name, objectives.index(name), value))
     return out
 
@@ -190,10 +194,57 @@ def _check(cfg: AnnotateConfig) -> str:
     return path
 
 
+def summarize(scores_lines) -> dict:
+    """The summary of a scores file's lines (RLHFlow prints the mean best and mean score): prompts, responses, pairs,
+    the prompts without a pair by reason."""
+    n = k = pairs = 0
+    best = total = 0.0
+    no_pair: dict[str, list[str]] = {}
+    for line in scores_lines:
+        s = [r["score"] for r in line["responses"]]
+        n, k, pairs = n + 1, k + len(s), pairs + len(line["pairs"])
+        best, total = best + max(s), total + sum(s)
+        if line["no_pair"]:
+            no_pair.setdefault(line["no_pair"], []).append(line["id"])
+    return {"prompts": n, "responses": k, "pairs": pairs, "no_pair": no_pair,
+            "mean_best_score": best / n if n else None, "mean_score": total / k if k else None}
+
+
+def _read_lines(path: str):
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            yield json.loads(line)
+
+
+def _rank_merge(outputs: list[Path], rank: int, world: int, quiet: bool, timeout: float = 24 * 3600) -> None:
+    """Under torchrun/accelerate: rank 0 waits for every rank's two files, then joins them in rank order (the shards
+    are contiguous blocks of the input) and removes them."""
+    if rank != 0:
+        return
+    shards = {out: [out.with_name(f"{out.name}.shard-{r}-of-{world}") for r in range(world)] for out in outputs}
+    t0 = time.time()
+    while not all(p.exists() for ps in shards.values() for p in ps):
+        if time.time() - t0 > timeout:
+            raise ArmoError(f"annotate: timed out waiting for the other ranks' shards of {outputs[0]}")
+        time.sleep(0.5)
+    with atomic_paths(outputs) as tmps:
+        for tmp, out in zip(tmps, outputs):
+            with open(tmp, "wb") as fh:
+                for p in shards[out]:
+                    fh.write(p.read_bytes())
+    for ps in shards.values():
+        for p in ps:
+            p.unlink()
+    info(f"{world} ranks into {outputs[0]}", quiet, done="merged")
+
+
 def annotate(cfg: AnnotateConfig) -> dict:
     """Run `armo annotate`; returns its summary (prompts, responses, pairs, prompts without a pair by reason, mean
     best and mean score, as RLHFlow's script prints them)."""
     scores_file = _check(cfg)
+    num_shards, shard_index, launched = shard_env(cfg)
+    outputs = [Path(cfg.output), Path(scores_file)]
+    mine = [p.with_name(f"{p.name}.shard-{shard_index}-of-{num_shards}") for p in outputs] if launched else outputs
     model = _load_model(cfg.model)
     w = weights_for(cfg.weights, cfg.objective, model.objectives)
     model = steered(model, cfg.objective)
@@ -211,36 +262,26 @@ def annotate(cfg: AnnotateConfig) -> dict:
             raise ArmoError(f"{source.name}:{ex.line}: field 'prompt': --format standard takes a single user turn; "
                             f"this prompt has {len(ex.prompt)} messages (use the conversational format)")
 
-    with locked_source(cfg.output, cfg.input, cfg.dataset, cfg.split, cfg.quiet, samples=True) as source:
-        windows = windows_job(cfg, model, ctx, source, w, cfg.output, {"records": "annotate"}, check, notes)
+    with locked_source(mine[0], cfg.input, cfg.dataset, cfg.split, cfg.quiet, samples=True) as source:
+        windows = windows_job(cfg, model, ctx, source, w, str(mine[0]), {"records": "annotate"}, check, notes,
+                              shard=(shard_index, num_shards))
         placed = {i: (g, r) for window in windows for g in window for r, i in enumerate(g.index)}
-        summary = {"prompts": 0, "responses": 0, "pairs": 0, "no_pair": {k: [] for k in NO_PAIR}, "best": 0.0,
-                   "total": 0.0}
-        with atomic_paths([cfg.output, scores_file]) as (tmp_pairs, tmp_scores), \
+        with atomic_paths(mine) as (tmp_pairs, tmp_scores), \
                 open(tmp_pairs, "w", encoding="utf-8") as fp, open(tmp_scores, "w", encoding="utf-8") as fs:
             for i, ex in enumerate(iter_examples(source, cfg.on_error, [], unique_ids=False)):
                 if i not in placed:
-                    continue  # skipped for its length (--overflow skip): listed in the notes
+                    continue  # another shard's, or skipped for its length (--overflow skip: in the notes)
                 g, r = placed[i]
-                explained = {"score": g.explained["score"][r], "rewards": g.explained["rewards"][r],
-                             "gating": g.explained["gating"][r], "coefficients": g.explained["coefficients"][r]}
+                explained = {k: g.explained[k][r] for k in ("score", "rewards", "gating", "coefficients")}
                 lines, scores_line = prompt_records(ex, explained, model.objectives, cfg, floors)
                 fp.write("".join(dumps(x) + "\n" for x in lines))
                 fs.write(dumps(scores_line) + "\n")
-                s = explained["score"]
-                summary["prompts"] += 1
-                summary["responses"] += int(s.numel())
-                summary["pairs"] += len(lines)
-                summary["best"] += float(s.max())
-                summary["total"] += float(s.sum())
-                if scores_line["no_pair"]:
-                    summary["no_pair"][scores_line["no_pair"]].append(ex.id)
-        discard_progress(cfg.output)
-    n, k = summary.pop("prompts"), summary.pop("responses")
-    best, total = summary.pop("best"), summary.pop("total")
+        discard_progress(str(mine[0]))
+    if launched:
+        _rank_merge(outputs, shard_index, num_shards, cfg.quiet)
+    summary_of = outputs[1] if not launched or shard_index == 0 else mine[1]
+    summary = summarize(_read_lines(str(summary_of))) if summary_of.exists() else summarize([])
     return {"model": str(model.path), "model_info": model_info(model), "input": source.name, "output": cfg.output,
-            "scores": scores_file, "rule": cfg.rule, "min_margin": cfg.min_margin, "max_pairs": cfg.max_pairs,
-            "require": [f"{f.objective}>={f.value:g}" for f in floors], "weights": cfg.weights, "objective": cfg.objective,
-            "prompts": n, "responses": k, "pairs": summary["pairs"],
-            "no_pair": {k_: v for k_, v in summary["no_pair"].items() if v},
-            "mean_best_score": best / n if n else None, "mean_score": total / k if k else None, **notes.to_json()}
+            "scores": scores_file, "shard": [shard_index, num_shards], "rule": cfg.rule, "min_margin": cfg.min_margin,
+            "max_pairs": cfg.max_pairs, "require": [f"{f.objective}>={f.value:g}" for f in floors],
+            "weights": cfg.weights, "objective": cfg.objective, **summary, **notes.to_json()}

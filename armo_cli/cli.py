@@ -387,7 +387,7 @@ def annotate(**values):
     `decided_by`), and every response's score with its explanation to PAIRS.scores.jsonl. A prompt whose responses tie,
     or with fewer than two distinct ones, gives no pair: counted here and named in its scores line.
 
-    Example: `armo annotate samples.jsonl -o pairs.jsonl --require xstest-appropriate>=0.5`
+    Example: `armo annotate samples.jsonl -o pairs.jsonl --require 'xstest-appropriate>=0.5'`
 
     Rows are checked before any is scored, and scored windows are kept in `PAIRS.jsonl.parts/` until both files are
     written: after an interruption, the same command with `--resume` goes on where it stopped.

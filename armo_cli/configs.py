@@ -38,6 +38,10 @@ LM_OBJECTIVES_HELP = ("LM objectives from the backbone's own LM head, comma-sepa
                       "empty prompt).")
 
 
+NUM_SHARDS_HELP = "Split the work into N disjoint shards (under torchrun or accelerate: one per rank, by itself)."
+SHARD_INDEX_HELP = "Which shard this process writes."
+
+
 @dataclass
 class ExtractConfig:
     input: str | None = opt(None, "JSONL file (.gz ok) or '-' for stdin.")
@@ -66,8 +70,8 @@ class ExtractConfig:
                                "FlexAttention block mask: no padding; compiles for ~10 s per process) | auto (flex on "
                                "CUDA for jobs of 2M tokens or more).", choices=PACKINGS)
     resume: bool = opt(False, "Reuse finished chunks of an interrupted run.")
-    num_shards: int | None = opt(None, "Split the work into N disjoint shards.", min=1)
-    shard_index: int | None = opt(None, "Which shard this process writes.", min=0)
+    num_shards: int | None = opt(None, NUM_SHARDS_HELP, min=1)
+    shard_index: int | None = opt(None, SHARD_INDEX_HELP, min=0)
     quiet: bool = opt(False, QUIET_HELP)
     announce: bool = True  # say where the output went (off when score/evaluate extract to a temp file)
 
@@ -279,14 +283,18 @@ class AnnotateConfig(ModelInputConfig):
                                   "above --min-margin, largest margins first).", choices=PAIR_RULES)
     min_margin: float = opt(0.0, "A pair's score margin must be above this (ties never make a pair).", min=0.0)
     max_pairs: int | None = opt(None, "At most this many pairs per prompt (the largest margins).", min=1)
-    require: list[str] = opt(help="OBJECTIVE>=X: a chosen response must have at least this reward (0..1) on the "
-                                  "objective, e.g. a safety floor (repeatable; rejected ones need not).",
+    require: list[str] = opt(help="OBJECTIVE>=X: a chosen response must have at least this reward on the objective "
+                                  "(its rating scale mapped to 0..1), e.g. a safety floor (repeatable; rejected ones "
+                                  "need not).",
                              default_factory=list)
     format: str = opt("conversational", "conversational (prompt, chosen and rejected as messages) | standard (plain "
                                         "strings; single-turn prompts only).", choices=PAIR_FORMATS)
     top_k: int = opt(3, "Objectives named in each pair's decided_by.", min=1)
     seed: int = opt(0, "Seed of best-random's pick (each prompt's own, from its id: shards and reruns agree).")
     resume: bool = opt(False, "Keep the prompts an interrupted run (same model, settings and input) already scored.")
+    num_shards: int | None = opt(None, NUM_SHARDS_HELP + " Shards are contiguous: their files, concatenated in shard "
+                                       "order, are one run's.", min=1)
+    shard_index: int | None = opt(None, SHARD_INDEX_HELP, min=0)
 
 
 @dataclass

@@ -100,7 +100,7 @@ def _chunk_tensors(trees: list[Tree], ctx: RowContext, objectives: list[str], on
     return out
 
 
-def _shard_env(cfg: ExtractConfig) -> tuple[int, int, bool]:
+def shard_env(cfg: ExtractConfig) -> tuple[int, int, bool]:
     """(num_shards, shard_index, launched by torchrun/accelerate)."""
     if cfg.num_shards is not None:
         idx = cfg.shard_index or 0
@@ -117,7 +117,7 @@ def _shard_env(cfg: ExtractConfig) -> tuple[int, int, bool]:
 
 def _shard_output(cfg: ExtractConfig) -> tuple[Path, Path, int, int, bool]:
     """(final output, the file this process writes, num_shards, shard_index, launched)."""
-    num_shards, shard_index, launched = _shard_env(cfg)
+    num_shards, shard_index, launched = shard_env(cfg)
     out = Path(cfg.output)
     shard_out = out.with_name(f"{out.name}.shard-{shard_index}-of-{num_shards}") if launched else out
     return out, shard_out, num_shards, shard_index, launched

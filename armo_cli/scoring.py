@@ -352,12 +352,14 @@ def window_key(job: str, trees: list[Tree]) -> str:
 
 def windows_job(cfg: ModelInputConfig, model: ArmoModel, ctx: RowContext, source: Source, weights: torch.Tensor | None,
                 anchor: str, settings: dict, check: Callable[[Tree], None] | None = None,
-                notes: RowNotes | None = None, checked: Callable[[], None] | None = None) -> list[list[Scored]]:
+                notes: RowNotes | None = None, checked: Callable[[], None] | None = None,
+                shard: tuple[int, int] = (0, 1)) -> list[list[Scored]]:
     """Score a source window by window, each finished window kept in ANCHOR.parts/ (resumable.JobProgress), and return
     the scored windows in input order. Every row is read, checked (`check` too) and keyed first, so a bad row stops the
     job before any forward pass, leaving nothing behind; the first window's rows are held, and the rows of a window
     that `--resume` finds done are read but never rendered again. `checked` runs once every row is checked, before
-    any forward pass: the checks that need the whole file."""
+    any forward pass: the checks that need the whole file. `shard` (index, count): score only that contiguous block
+    of windows (`shard_windows`), every row still read and checked; the windows returned are that block's."""
     notes = notes if notes is not None else RowNotes()
     job = sha256_json({"model": model_key(model), "weights": None if weights is None else weights.tolist(),
                        "objective": cfg.objective, "max_length": cfg.max_length, "overflow": cfg.overflow,
@@ -378,12 +380,15 @@ def windows_job(cfg: ModelInputConfig, model: ArmoModel, ctx: RowContext, source
         checked()
     units = JobProgress(anchor, "scores-window", cfg.resume)
     out: list[list[Scored]] = []
+    mine = shard_windows(len(keys), *shard)
     try:
         n_rows = [sum(len(g["ids"]) for g in groups) for groups in rows_of]
-        with scoring_progress(settings.get("records", "score"), sum(n_rows), cfg.quiet) as advance:
+        with scoring_progress(settings.get("records", "score"), sum(n_rows[w] for w in mine), cfg.quiet) as advance:
             for w, (start, rows, failure) in enumerate(_example_windows(source, cfg, WINDOW_ROWS, [])):
                 if w >= len(keys):
                     raise ArmoError(f"{source.name}: the input changed while it was being read; run again")
+                if w not in mine:
+                    continue
                 window = units.load(w, keys[w], lambda tensors, meta: unit_window(tensors, meta, rows_of[w]))
                 if window is None:
                     trees = held if w == 0 else _sized_window(ctx, start, rows, failure, source.name, RowNotes())
@@ -396,7 +401,7 @@ def windows_job(cfg: ModelInputConfig, model: ArmoModel, ctx: RowContext, source
                 else:
                     advance(n_rows[w], 0)
                 out.append(window)
-        if len(out) != len(keys):
+        if len(out) != len(mine):
             raise ArmoError(f"{source.name}: the input changed while it was being read; run again")
     except BaseException:
         units.abandon()
@@ -404,6 +409,12 @@ def windows_job(cfg: ModelInputConfig, model: ArmoModel, ctx: RowContext, source
     if units.reused:
         info(f"--resume: {units.reused} of {len(keys)} windows were already scored", cfg.quiet)
     return out
+
+
+def shard_windows(n: int, index: int, count: int) -> range:
+    """Shard `index` of `count`: a contiguous block of the n windows (the blocks in shard order are the input's order,
+    so shards' outputs join by concatenation)."""
+    return range(index * n // count, (index + 1) * n // count)
 
 
 def _load_model(model: str | None) -> ArmoModel:
