@@ -92,3 +92,26 @@ def test_probes_extracted_once_and_read_back_from_evaluate_give_the_same_result(
     read = main(["--input", str(f), "--n", "10", "--scored", str(tmp_path / "scored.jsonl"), "-m", model])
     assert read["skipped_too_long"] == direct["skipped_too_long"] == ["long"]
     assert read["accuracy"] == direct["accuracy"] and read["gaps"] == direct["gaps"]
+
+
+def test_the_candidates_rule_picks_on_the_selection_slice_and_adopts_only_without_a_loss():
+    from style_candidates_table import choose
+
+    def cand(sel_acc, sel_gap_ci, evals):
+        return {"accuracy": {"RMB selection": {"accuracy": sel_acc, "ci95": [0, 1]},
+                             **{s: {"accuracy": a, "ci95": [a - 0.03, a + 0.03]} for s, a in evals.items()}},
+                "probes": {"RMB selection": {"format": {"gap": 0.0, "ci95": sel_gap_ci}}}}
+
+    ev = {"held-out": 0.61, "dev-eval": 0.56, "RMB evaluation": 0.55}
+    results = {"shipped": cand(0.60, [0.1, 0.3], ev),
+               "a": cand(0.62, [0.05, 0.2], ev),                                   # not eligible: gap above 0
+               "b": cand(0.59, [-0.05, 0.08], {**ev, "dev-eval": 0.54}),          # eligible, within the interval
+               "c": cand(0.58, [-0.1, 0.02], ev)}
+    d = choose(results)
+    assert d["eligible"] == ["b", "c"] and d["chosen"] == "b" and d["adopt"] is True
+    results["b"] = cand(0.59, [-0.05, 0.08], {**ev, "dev-eval": 0.52})             # below 0.53, the lower bound
+    d = choose(results)
+    assert d["chosen"] == "b" and d["adopt"] is False and d["losses"] == ["dev-eval"]
+    del results["b"]["accuracy"]["RMB evaluation"]
+    assert choose(results)["missing"] == ["RMB evaluation"]
+    assert choose({"shipped": results["shipped"], "a": results["a"]})["chosen"] is None

@@ -1,0 +1,130 @@
+"""#46's candidates side by side, and the rule that picks one: recipes/style_candidates.sh's reports read back.
+
+For every candidate (the shipped model, today's recipe refitted, set and within-prompt decorrelation against a markdown
+objective, heads fitted blind to form at several ranks): accuracy [95% CI] on each evaluation set, and the format and
+length probes' gaps [95% CI] (studies/style_probe.py) on each set's probe rows.
+
+The rule, decided before the numbers were read (the recipe's: the selection slice, then out of distribution):
+  1. eligible: the format gap's interval on the RMB selection slice's probes holds 0;
+  2. among those, the most accurate on the RMB selection slice;
+  3. adopted for the default model only if, on every evaluation set (held-out, dev-eval, RMB evaluation), its accuracy
+     is not below the shipped model's interval (its 95% lower bound).
+The held-out, dev-eval and RMB evaluation probes are reported, never used to choose.
+
+    python studies/style_candidates_table.py --work runs/default [--json studies/results/style_candidates.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from style_probe import gaps, outcomes_by_probe  # noqa: E402
+
+SETS = {"held-out": "heldout", "dev-eval": "dev-eval", "RMB selection": "rmb-select", "RMB evaluation": "rmb-eval"}
+PROBES = {"held-out": "probe-heldout", "dev-eval": "probe-dev-eval", "RMB selection": "probe-rmb-select",
+          "RMB evaluation": "probe-rmb"}
+
+
+def candidates(style: Path) -> list[str]:
+    names = sorted({p.name[len("eval-"):-len("-heldout.json")] for p in style.glob("eval-*-heldout.json")})
+    key = lambda n: (n != "shipped", n != "today", not n.startswith("style"),  # noqa: E731
+                     int(n.rsplit("-", 1)[1]) if n.startswith("invariant-") else 0, n)
+    return sorted(names, key=key)
+
+
+def measure(work: Path, name: str) -> dict:
+    style = work / "style"
+    out: dict = {"accuracy": {}, "probes": {}}
+    for label, s in SETS.items():
+        f = style / f"eval-{name}-{s}.json"
+        if f.exists():
+            rep = json.loads(f.read_text())["subsets"]["all"]
+            out["accuracy"][label] = {"accuracy": rep["accuracy"], "ci95": rep["ci95"], "n": rep["n"]}
+    for label, s in PROBES.items():
+        scored, rows = style / f"pairs-{name}-{s}.jsonl", work / f"{s}.jsonl"
+        if not scored.exists() or not rows.exists():
+            continue
+        margins = {}
+        for line in scored.open():
+            r = json.loads(line)
+            margins[r["id"]] = r["chosen"]["score"] - r["rejected"]["score"]
+        base = list(dict.fromkeys(json.loads(x)["id"].rsplit("/", 1)[0] for x in rows.open()))
+        oc, kept, left = outcomes_by_probe(margins, base)
+        out["probes"][label] = {"pairs": len(kept), "left_out": len(left), **gaps(oc)}
+    return out
+
+
+def choose(results: dict) -> dict:
+    """The rule above, on measure()'s results; says why at each step."""
+    shipped = results["shipped"]["accuracy"]
+    eligible = [n for n, r in results.items() if n != "shipped" and "RMB selection" in r["probes"]
+                and r["probes"]["RMB selection"]["format"]["ci95"][0] <= 0 <= r["probes"]["RMB selection"]["format"]["ci95"][1]]
+    if not eligible:
+        return {"eligible": [], "chosen": None, "adopt": False, "why": "no candidate's format gap holds 0 on the "
+                                                                      "selection slice"}
+    best = max(eligible, key=lambda n: results[n]["accuracy"].get("RMB selection", {}).get("accuracy", -1))
+    losses = [s for s in ("held-out", "dev-eval", "RMB evaluation") if s in shipped and s in results[best]["accuracy"]
+              and results[best]["accuracy"][s]["accuracy"] < shipped[s]["ci95"][0]]
+    missing = [s for s in ("held-out", "dev-eval", "RMB evaluation") if s not in results[best]["accuracy"]]
+    adopt = not losses and not missing
+    why = (f"{best}: the most accurate on the selection slice among {len(eligible)} whose format gap holds 0 there; "
+           + ("no evaluation set below the shipped model's interval" if adopt else
+              f"below the shipped model's interval on {', '.join(losses)}" if losses else
+              f"not measured on {', '.join(missing)}"))
+    return {"eligible": eligible, "chosen": best, "adopt": adopt, "losses": losses, "missing": missing, "why": why}
+
+
+def table(results: dict) -> list[str]:
+    sets = [s for s in SETS if any(s in r["accuracy"] for r in results.values())]
+    L = ["| candidate | " + " | ".join(f"{s} accuracy [95%]" for s in sets) + " | " +
+         " | ".join(f"format gap, {s} [95%]" for s in PROBES if any(s in r["probes"] for r in results.values())) + " |"]
+    probe_sets = [s for s in PROBES if any(s in r["probes"] for r in results.values())]
+    L.append("|" + "---|" * (1 + len(sets) + len(probe_sets)))
+    for name, r in results.items():
+        cells = []
+        for s in sets:
+            a = r["accuracy"].get(s)
+            cells.append(f"{a['accuracy']:.3f} [{a['ci95'][0]:.3f}, {a['ci95'][1]:.3f}]" if a else "")
+        for s in probe_sets:
+            p = r["probes"].get(s)
+            cells.append(f"{p['format']['gap']:+.3f} [{p['format']['ci95'][0]:+.3f}, {p['format']['ci95'][1]:+.3f}]"
+                         if p else "")
+        L.append(f"| {name} | " + " | ".join(cells) + " |")
+    return L
+
+
+def length_table(results: dict) -> list[str]:
+    probe_sets = [s for s in PROBES if any(s in r["probes"] for r in results.values())]
+    L = ["| candidate | " + " | ".join(f"length gap, {s} [95%]" for s in probe_sets) + " |",
+         "|" + "---|" * (1 + len(probe_sets))]
+    for name, r in results.items():
+        cells = [f"{p['length']['gap']:+.3f} [{p['length']['ci95'][0]:+.3f}, {p['length']['ci95'][1]:+.3f}]"
+                 if (p := r["probes"].get(s)) else "" for s in probe_sets]
+        L.append(f"| {name} | " + " | ".join(cells) + " |")
+    return L
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--work", default="runs/default")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    work = Path(args.work)
+    results = {n: measure(work, n) for n in candidates(work / "style")}
+    decision = choose(results)
+    print("\n".join(table(results)))
+    print()
+    print("\n".join(length_table(results)))
+    print()
+    print(f"rule: {decision['why']}")
+    out = {"results": results, "decision": decision}
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    return out
+
+
+if __name__ == "__main__":
+    main()
