@@ -187,6 +187,11 @@ def detect(rows: list[RowScores], pairs: bool) -> tuple[str, str]:
             return "rewardbench", f"pairs whose subsets are RewardBench's ({len(known)} of them)"
         return "pairs", "pairs without RewardBench subsets"
     if subsets <= set(RB2_SUBSETS):
+        odd = next((r for r in rows if r.subset != "Ties" and len(r.chosen) != 1), None)
+        if odd is not None:  # RewardBench 2 has one correct answer outside Ties: these rows are another benchmark's
+            raise ArmoError(f"--benchmark auto: row {odd.id!r} ({odd.subset}) has {len(odd.chosen)} chosen responses; "
+                            f"RewardBench 2's {odd.subset} rows have one, so the subset names do not settle the rule: "
+                            f"give --benchmark rewardbench2 or --benchmark best-of-n")
         return "rewardbench2", f"rows with lists of responses in RewardBench 2's subsets ({', '.join(sorted(subsets))})"
     if all(len(r.chosen) == 3 and len(r.rejected) == 3 for r in rows):
         if all(rm_bench_domain(s) in RM_BENCH_DOMAINS for s in subsets):
@@ -240,8 +245,7 @@ def _rb2_overall(rows: list[RowScores]) -> float:
 def rm_bench_domain(subset: str) -> str:
     """A row's RM-Bench domain, as its authors' leaderboard counts four: chat, code, math and safety, into which
     `safety-refuse` and `safety-response` are merged (averaging them apart counted safety twice)."""
-    head = subset.split("-")[0]
-    return head if head in RM_BENCH_DOMAINS else subset
+    return "safety" if subset.startswith("safety-") else subset  # only safety has kinds; `math-prm` is not RM-Bench's
 
 
 def _by_domain(rows: list[RowScores]) -> dict[str, list[RowScores]]:

@@ -468,7 +468,7 @@ def test_progress_moves_with_every_batch_off_a_terminal(tiny_model, tmp_path, mo
     assert r.code == 0, r.stderr
     lines = [x for x in r.stderr.splitlines() if x.startswith("evaluate lists: ")]
     assert len(lines) >= 4, r.stderr  # one window of 12 rows, many batches
-    assert all(re.search(r"^evaluate lists: \d+/12 \(\d+%\), [\d.,]+ rows/s, [\d,]+ tok/s, \d+ s$", x) for x in lines), lines
+    assert all(re.search(r"^evaluate lists: \d+/12 \(\d+%\), [\d.,]+ rows/s, [\d,]+ tok/s, \d+ s(, ETA \d+ s)?$", x) for x in lines), lines
     assert lines[-1].startswith("evaluate lists: 12/12 (100%)")
 
 
@@ -481,3 +481,46 @@ def test_best_of_n_is_reported_per_goal_as_rmb_does():
     assert rep["goals"]["Helpfulness"]["n"] == 3 and rep["goals"]["Helpfulness"]["score"] == pytest.approx(2 / 3)
     assert rep["goals"]["Harmlessness"] == {"n": 1, "score": 1.0, "ci95": [1.0, 1.0], "random_baseline": 0.5}
     assert "goals" not in score_benchmark(rows[-1:], "best-of-n", n_boot=20)
+
+
+def _published_shapes():
+    """(name, rows, pairs?, the rule auto must pick or None for a refusal) for every row shape and subset name the
+    three benchmarks publish, and the look-alikes #48 found."""
+    from armo_cli.rewardbench import EXAMPLE_COUNTS
+
+    def row(subset, k, n, rid="x"):
+        return RowScores(rid, subset, [1.0] * k + [0.0] * n, k)
+
+    out = [(f"RewardBench 2 {s}", [row(s, 1, 3)], False, "rewardbench2") for s in ("Factuality", "Precise IF", "Math",
+                                                                                       "Safety", "Focus")]
+    out.append(("RewardBench 2 Ties", [row("Ties", 2, 5, "ref:1"), row("Ties", 3, 4, "tied:1")], False, "rewardbench2"))
+    out.append(("RewardBench 2, all subsets", [row(s, 1, 3) for s in ("Factuality", "Math")] + [row("Ties", 2, 2, "ref:2")],
+                False, "rewardbench2"))
+    out += [(f"RM-Bench {d}", [row(d, 3, 3)], False, "rm-bench") for d in ("chat", "math", "code", "safety-refuse",
+                                                                            "safety-response")]
+    out.append(("RM-Bench, all domains", [row(d, 3, 3) for d in ("chat", "math", "code", "safety-refuse")], False,
+                "rm-bench"))
+    out += [(f"RM-Bench GitHub file ({s})", [row(s, 3, 3)], False, None) for s in ("alpacaeval", "xstest-should-refuse",
+                                                                                     "hep-python", "math-prm")]
+    out.append(("rmbench-chat", [row("rmbench-chat", 3, 3)], False, None))
+    out += [(f"RMB best-of-n ({s})", [row(s, 1, n)], False, "best-of-n")
+            for s, n in (("rmb-bon/Helpfulness/Code", 2), ("rmb-bon/Harmlessness/S1", 3), ("rmb-bon/Helpfulness/Chat", 6))]
+    out.append(("RewardBench 2 names, two chosen outside Ties", [row("Math", 2, 2)], False, None))
+    out += [(f"RewardBench {s}", [RowScores("", s, [], 1)], True, "rewardbench") for s in EXAMPLE_COUNTS]
+    out.append(("pairs of my own", [RowScores("", "mine", [], 1)], True, "pairs"))
+    return out
+
+
+@pytest.mark.parametrize("name,rows,pairs,rule", _published_shapes(), ids=[x[0] for x in _published_shapes()])
+def test_auto_picks_the_right_rule_or_refuses_on_every_published_shape(name, rows, pairs, rule):
+    """#48 §3: auto never picks the wrong rule: on every shape and name the benchmarks publish it picks theirs, and
+    where shape and names do not settle it, it stops with one line naming the choices."""
+    from armo_cli.errors import ArmoError
+
+    if rule is None:
+        with pytest.raises(ArmoError) as e:
+            detect(rows, pairs=pairs)
+        msg = str(e.value)
+        assert "\n" not in msg and "--benchmark" in msg and "best-of-n" in msg
+    else:
+        assert detect(rows, pairs=pairs)[0] == rule
