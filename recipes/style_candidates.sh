@@ -7,7 +7,9 @@
 #                   K directions of training responses' form-only swaps (studies/style_swaps.py: markdown against the
 #                   same words in prose, padded against not) projected out of the features first
 # Each with the shipped gate's settings (GATE_FLAGS), measured by `armo evaluate --features` on every evaluation set
-# whose features exist (JSON reports in WORK/style/). The format probe (studies/style_probe.py) then scores the models.
+# whose features exist (JSON reports in WORK/style/), and on the style probes' rows (studies/style_probe.py);
+# studies/style_candidates_table.py reads them back and applies the rule. rmb-eval700: the first 700 pairs of the RMB
+# evaluation slice (a random sample of it), where extracting all 2,000 does not fit the time there is.
 set -euo pipefail
 WORK=${WORK:-runs/default}
 GATE_FLAGS=${GATE_FLAGS:---n-hidden 0 --temperature 100 --weight-decay 1.0 --steps 2000}
@@ -49,7 +51,7 @@ fit() {  # NAME REGRESSION [fit-decorrelation flags...]
 }
 measure() {  # NAME MODEL: every evaluation set whose features exist, and the style probes' rows
   local name=$1 model=$2
-  for set in heldout dev-eval rmb-eval rmb-select probe-heldout probe-dev-eval probe-rmb probe-rmb-select; do
+  for set in heldout dev-eval rmb-eval rmb-eval700 rmb-select probe-heldout probe-dev-eval probe-rmb probe-rmb-select; do
     [[ -f $WORK/$set.features.safetensors ]] || continue
     armo evaluate -m "$model" --features "$WORK/$set.features.safetensors" -o "$S/eval-$name-$set.json" \
       --pairs-output "$S/pairs-$name-$set.jsonl" -q

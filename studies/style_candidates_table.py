@@ -40,6 +40,8 @@ def measure(work: Path, name: str) -> dict:
     out: dict = {"accuracy": {}, "probes": {}}
     for label, s in SETS.items():
         f = style / f"eval-{name}-{s}.json"
+        if s == "rmb-eval" and not f.exists():  # the slice's first 700 pairs, where all 2,000 were not extracted
+            f = style / f"eval-{name}-rmb-eval700.json"
         if f.exists():
             rep = json.loads(f.read_text())["subsets"]["all"]
             out["accuracy"][label] = {"accuracy": rep["accuracy"], "ci95": rep["ci95"], "n": rep["n"]}
