@@ -96,7 +96,12 @@ class TuneConfig:
     lr: float = opt(1e-4, "AdamW learning rate (adapter and head).", above=0.0)
     weight_decay: float = opt(0.0, "AdamW weight decay.", min=0.0)
     epochs: int = opt(1, "Passes over the pairs.", min=1)
-    batch_pairs: int = opt(8, "Pairs per step.", min=1)
+    batch_pairs: int = opt(8, "Pairs per step (over all ranks under torchrun or accelerate: each takes its share).", min=1)
+    grad_accum: int = opt(1, "Micro-batches each rank splits its share of a step into: the same gradient, less memory.",
+                          min=1)
+    bf16: bool = opt(False, "Run the backbone in bfloat16 autocast (CUDA only; the adapter, head and optimiser stay fp32).")
+    gradient_checkpointing: bool = opt(False, "Recompute the blocks' activations in the backward pass: less memory for "
+                                              "large backbones, about a third more time.")
     max_length: int | None = opt(512, "Longest prompt+response in tokens.", min=1)
     overflow: str = opt("truncate-prompt", OVERFLOW_HELP, choices=OVERFLOW)
     on_error: str = opt("error", ON_ERROR_HELP, choices=ON_ERROR)

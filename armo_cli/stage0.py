@@ -8,11 +8,18 @@ PEFT makes the LoRA modules and writes the adapter in its own format. The loop i
 because the pairs must be the tokens their features will be read from: rendered by armo's renderer (a chat marker
 in user text stays text, which TRL's own tokenisation would not guarantee) and run as armo's trees (each pair's
 prompt computed once: fewer tokens than TRL's two sequences per pair). The loop itself is thirty lines.
+
+Under torchrun or accelerate, each rank takes its share of every step's pairs and the gradients are summed over ranks
+(data parallel, as DistributedDataParallel would, done by hand because a step's pairs need not split evenly); every
+rank holds the same weights, rank 0 writes the checkpoint and the adapter, and a checkpoint resumes on any number of
+ranks, since a step's pairs and its loss (the mean over all of them) do not depend on how many ranks share them.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import re
 import time
 import warnings
@@ -168,26 +175,55 @@ def is_stage0_dir(folder: Path) -> bool:
     return is_adapter_dir(folder) and isinstance(report, dict) and report.get("kind") == "stage0"
 
 
+def ranks() -> tuple[int, int]:
+    """(rank, world size) under torchrun or accelerate launch; (0, 1) in a single process."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def tune_backbone(cfg: TuneConfig) -> dict:
     """Run `armo tune-backbone` and return its report (losses before and after, steps, tokens/s)."""
     validate(cfg)
+    rank, world = ranks()
     if cfg.input is None:
         raise ArmoError("tune-backbone: give the pair rows (INPUT)")
     if cfg.input != "-":
         check_input_file(cfg.input)
-    check_output_dir(cfg.output, is_stage0_dir, "an adapter folder that tune-backbone wrote", cfg.force,
-                     inputs=[cfg.input])
+    elif world > 1:
+        raise ArmoError("tune-backbone: under several ranks, give the pairs as a file (each rank reads it), not stdin")
+    if rank == 0:  # the writer: the other ranks only read
+        check_output_dir(cfg.output, is_stage0_dir, "an adapter folder that tune-backbone wrote", cfg.force,
+                         inputs=[cfg.input])
     targets = [m.strip() for m in cfg.target_modules.split(",") if m.strip()]
     if not targets or any(m in ("embed_tokens", "lm_head") for m in targets):
         raise ArmoError(f"--target-modules {cfg.target_modules!r}: name the blocks' linear layers (not the embeddings "
                         "or the LM head)")
     t0 = time.perf_counter()
-    with locked_source(Path(cfg.output), cfg.input, None, "train", cfg.quiet) as source:  # one writer per output
-        return _tune(cfg, source, targets, t0)
+    lock = locked_source(Path(cfg.output), cfg.input, None, "train", cfg.quiet) if rank == 0 else \
+        contextlib.nullcontext(Source(path=cfg.input, quiet=cfg.quiet))
+    with lock as source:  # one writer per output
+        return _tune(cfg, source, targets, t0, rank, world)
 
 
-def _tune(cfg: TuneConfig, source: Source, targets: list[str], t0: float) -> dict:
-    bb = load_backbone(cfg.backbone, cfg.device, "fp32")  # fp32: the adapter trains in full precision
+def _all_sum(t: torch.Tensor, world: int) -> torch.Tensor:
+    if world > 1:
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
+    return t
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        torch.distributed.barrier()
+
+
+def _tune(cfg: TuneConfig, source: Source, targets: list[str], t0: float, rank: int = 0, world: int = 1) -> dict:
+    device = cfg.device
+    if world > 1 and device is None and torch.cuda.is_available():
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"  # one GPU per rank
+    bb = load_backbone(cfg.backbone, device, "fp32")  # fp32: the adapter trains in full precision
+    if cfg.bf16 and bb.device.type != "cuda":
+        raise ArmoError(f"--bf16: CUDA only (this run is on {bb.device.type}); leave it out there")
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if bb.device.type == "cuda" else "gloo")
     if bb.spec.kind == "adapter":
         raise ArmoError(f"--backbone {cfg.backbone}: already an adapter; tune its base, or merge it first")
     ctx = RowContext.for_features(bb, layer=cfg.layer, pooling=cfg.pooling, max_length=cfg.max_length, overflow=cfg.overflow)
@@ -226,6 +262,9 @@ def _tune(cfg: TuneConfig, source: Source, targets: list[str], t0: float) -> dic
         peft = get_peft_model(bb.model, LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, target_modules=modules,
                                                    lora_dropout=0.0, bias="none"))
     model = peft.get_base_model()  # the backbone with LoRA modules in place: armo's forward (and its layer hook) runs it
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()  # transformers checkpoints only in training mode (the blocks have no dropout to switch on)
     head = torch.nn.Linear(bb.hidden_size, 1).to(bb.device)
     torch.nn.init.zeros_(head.weight)
     torch.nn.init.zeros_(head.bias)
@@ -238,8 +277,11 @@ def _tune(cfg: TuneConfig, source: Source, targets: list[str], t0: float) -> dic
     per_epoch = math.ceil(len(trees) / cfg.batch_pairs)
     total = per_epoch * cfg.epochs
     parts = Path(cfg.output + ".parts")
-    claim_parts(parts, cfg.resume, _PART_FILE.fullmatch)
+    if rank == 0:
+        claim_parts(parts, cfg.resume, _PART_FILE.fullmatch)
+    _barrier(world)  # every rank reads the checkpoint before rank 0 may write a newer one
     record = _load_checkpoint(parts / CHECKPOINT, params, opt, key) if cfg.resume and (parts / CHECKPOINT).exists() else None
+    _barrier(world)
     sample = torch.randperm(len(trees), generator=torch.Generator().manual_seed(cfg.seed))[:cfg.eval_pairs].tolist()
     probe = [trees[j] for j in sorted(sample)]
 
@@ -249,30 +291,51 @@ def _tune(cfg: TuneConfig, source: Source, targets: list[str], t0: float) -> dic
     if record is None:
         before = measured()
         record = {"key": key, "step": 0, "losses": [], "before": before, "tokens": 0, "seconds": 0.0}
-    elif not cfg.quiet:
+    elif not cfg.quiet and rank == 0:
         info(f"{parts / CHECKPOINT}: step {record['step']} of {total}", done="resuming at")
-    make_parts(parts)
+    if rank == 0:
+        make_parts(parts)
     start, t_train = record["step"], time.perf_counter()
-    pbar = progress(cfg.quiet)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cfg.bf16 else contextlib.nullcontext
+    pbar = progress(cfg.quiet or rank != 0)
     with pbar:
         task = pbar.add_task("tune", total=total, completed=start, rate="")
         for step in range(start, total):
             epoch, i = divmod(step, per_epoch)
             order = torch.randperm(len(trees), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
             batch = [trees[j] for j in order[i * cfg.batch_pairs:(i + 1) * cfg.batch_pairs].tolist()]
-            loss = bt_loss(pair_rewards(model, head, batch, bb.device, bb.dtype, cfg.pooling, layer))
+            mine = batch[rank::world]  # this rank's share of the step's pairs
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss_sum = torch.zeros((), dtype=torch.float64)
+            for k in range(cfg.grad_accum):
+                micro = mine[k::cfg.grad_accum]
+                if not micro:
+                    continue
+                with autocast():
+                    r = pair_rewards(model, head, micro, bb.device, bb.dtype, cfg.pooling, layer)
+                # the step's loss is the mean over all its pairs: each micro-batch adds its share of that mean
+                part = -torch.nn.functional.logsigmoid(r[:, 0] - r[:, 1]).sum() / len(batch)
+                part.backward()
+                loss_sum += part.detach().double().cpu()
+            if world > 1:  # the gradient of the mean over every rank's pairs, the same on every rank
+                for _, p in params:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                    _all_sum(p.grad, world)
+                loss_sum = _all_sum(loss_sum.to(bb.device), world).cpu()
             opt.step()
-            record["losses"].append(loss.item())
+            record["losses"].append(float(loss_sum))
             record["tokens"] += sum(t.length for t in batch)
             record["step"] = step + 1
             if record["step"] % cfg.save_every == 0 or record["step"] == total:
                 record["seconds"] += time.perf_counter() - t_train
                 t_train = time.perf_counter()
-                _save_checkpoint(parts / CHECKPOINT, params, opt, record)
+                if rank == 0:
+                    _save_checkpoint(parts / CHECKPOINT, params, opt, record)
             rate = record["tokens"] / max(record["seconds"] + time.perf_counter() - t_train, 1e-9)
             pbar.update(task, advance=1, rate=f"loss {record['losses'][-1]:.3f}, {rate:,.0f} tok/s")
+    if cfg.gradient_checkpointing:
+        model.eval()
     after = measured()
     report = {"kind": "stage0", "key": key, "armo_version": __version__, "base": bb.spec.name, "base_fingerprint": bb.fingerprint,
               "input": source.name, "input_hash": input_hash, "pairs": len(trees), "steps": total, "settings": settings,
@@ -281,6 +344,10 @@ def _tune(cfg: TuneConfig, source: Source, targets: list[str], t0: float) -> dic
               "train_tokens": record["tokens"], "train_seconds": record["seconds"],
               "train_tokens_per_second": record["tokens"] / max(record["seconds"], 1e-9),
               "skipped": [vars(s) for s in skipped], "seconds": time.perf_counter() - t0}
+    report["ranks"] = world
+    if rank != 0:  # rank 0 writes; the others hold the same weights
+        _barrier(world)
+        return report
     base = cfg.backbone if bb.spec.kind in ("named-gguf", "hub") else str(Path(cfg.backbone).expanduser().resolve())
     with atomic_dir(cfg.output) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # PEFT calls a transformers method that transformers deprecates
@@ -299,4 +366,5 @@ def _tune(cfg: TuneConfig, source: Source, targets: list[str], t0: float) -> dic
     info(f"{cfg.output}: {len(trees)} pairs, {total} steps{measured_text}", cfg.quiet, done="wrote")
     for s in skipped:
         warn(f"skipped line {s.line} ({s.id}): {s.reason}")
+    _barrier(world)
     return report
