@@ -356,5 +356,9 @@ class ServeConfig(RunBackboneOptions):
                                           "own Llama forward, 0.10 on CUDA, 0.25 on MPS).", min=0.0, max=1.0)
     shutdown_timeout: float = opt(30.0, "On SIGTERM or Ctrl-C: seconds in-flight requests may still take; then they are "
                                         "abandoned (HTTP 503). A second signal exits at once.", min=0.0)
+    devices: str | None = opt(None, "One worker per device, e.g. cuda:0,cuda:1: a model copy each, one queue and one "
+                                    "port in front; a batch goes to whichever worker is free.")
+    workers: int | None = opt(None, "Workers on --device (default 1); on the CPU the cores are split between them.",
+                              min=1)
     quiet: bool = opt(False, "No access log.")
 

@@ -1,7 +1,8 @@
 """`armo serve`: the reward model over HTTP for RLHF trainers (OpenRLHF's remote reward model contract).
 
-One worker owns the model (in `armo serve` the main thread; HTTP runs on another). Requests are parsed and
-tokenised on the event loop, then queued; the worker takes whatever is queued, waits for as many requests as
+A worker owns a copy of the model (in `armo serve` the first runs on the main thread; HTTP runs on another); with
+--devices or --workers there is one per device (or several on one), all taking from the one queue. Requests are
+parsed and tokenised on the event loop, then queued; a free worker takes whatever is queued, waits for as many requests as
 were open while it scored its last batch (clients that send one request each and come straight back, as
 OpenRLHF's do; at most --max-wait-ms, at most --max-batch rows), scores them in one pass (token-budget
 batches, as `armo score`) and hands every request exactly its own records back. A full queue answers 503
@@ -54,20 +55,56 @@ class Job:
     loop: asyncio.AbstractEventLoop
 
 
-class Batcher:
-    """The one worker: forms batches from queued requests and scores them."""
+@dataclass
+class Worker:
+    """One model copy and what it has done: rows, batches, time busy, the rows it is scoring now."""
 
-    def __init__(self, rm: RewardModel, max_batch: int, max_wait_s: float, max_queue: int):
-        self.rm, self.max_batch, self.max_wait_s = rm, max_batch, max_wait_s
+    rm: RewardModel
+    name: str
+    batches: int = 0
+    rows: int = 0
+    busy_s: float = 0.0
+    scoring: int = 0
+
+    def to_json(self) -> dict:
+        return {"worker": self.name, "batches": self.batches, "rows_scored": self.rows, "busy_s": round(self.busy_s, 3),
+                "scoring": self.scoring}
+
+
+class Batcher:
+    """The workers: each forms batches from the one queue of requests and scores them on its model copy."""
+
+    def __init__(self, rm: RewardModel | list[RewardModel], max_batch: int, max_wait_s: float, max_queue: int,
+                 names: list[str] | None = None):
+        rms = rm if isinstance(rm, list) else [rm]
+        self.workers = [Worker(m, n) for m, n in zip(rms, names or [str(i) for i in range(len(rms))])]
+        self.rm, self.max_batch, self.max_wait_s = rms[0], max_batch, max_wait_s
         self.q: queue.Queue[Job | None] = queue.Queue(max_queue)
+        # the first worker runs on the caller's thread (run()) or on `thread`; the others always on their own
         self.thread = threading.Thread(target=self._loop, name="armo-worker", daemon=True)
+        self.others = [threading.Thread(target=self._loop, args=(lambda: True, w), name=f"armo-worker-{i}", daemon=True)
+                       for i, w in enumerate(self.workers[1:], 1)]
         self.external = False  # True: the caller runs run() itself; the app's lifespan starts no thread
-        self.batches = self.rows = 0
-        self.busy_s = 0.0  # time spent scoring: busy_s / uptime is how loaded the worker is
         self.open = self.peak = 0  # requests open now (event loop only), and the most open since the last batch
         self.deadline: float | None = None  # set by begin_shutdown: in-flight work past it is abandoned
         self.abandoned = 0  # requests answered 503 because of it
-        self.scoring = 0  # rows in the batch being scored now
+        self._lock = threading.Lock()  # a batch is formed by one worker at a time
+
+    @property
+    def batches(self) -> int:
+        return sum(w.batches for w in self.workers)
+
+    @property
+    def rows(self) -> int:
+        return sum(w.rows for w in self.workers)
+
+    @property
+    def busy_s(self) -> float:
+        return sum(w.busy_s for w in self.workers)
+
+    @property
+    def scoring(self) -> int:
+        return sum(w.scoring for w in self.workers)
 
     def begin_shutdown(self, timeout_s: float) -> None:
         self.deadline = time.monotonic() + timeout_s
@@ -84,18 +121,26 @@ class Batcher:
         self.open -= 1
 
     def start(self) -> None:
-        """Score on a thread of its own (an app run by another ASGI server)."""
+        """Score on threads of their own (an app run by another ASGI server)."""
         self.thread.start()
+        self.start_others()
+
+    def start_others(self) -> None:
+        for t in self.others:
+            t.start()
 
     def stop(self) -> None:
-        self.q.put(None)
-        if self.thread.is_alive():
-            self.thread.join(timeout=60)
+        for _ in self.workers:  # one stop for each worker's loop
+            self.q.put(None)
+        for t in (self.thread, *self.others):
+            if t.is_alive():
+                t.join(timeout=60)
 
     def run(self, alive: Callable[[], bool] = lambda: True) -> None:
-        """Score on the calling thread until stop(), or until alive() turns false. `armo serve` runs this on
-        the main thread: on a 2-core CPU, torch's kernels called from any other thread used about 1.7 of 2 cores
-        and ran 10-20% slower (measured in-process)."""
+        """Score on the calling thread until stop(), or until alive() turns false (the other workers on their own
+        threads). `armo serve` runs this on the main thread: on a 2-core CPU, torch's kernels called from any other
+        thread used about 1.7 of 2 cores and ran 10-20% slower (measured in-process)."""
+        self.start_others()
         self._loop(alive)
 
     def submit(self, trees: list[Tree]) -> asyncio.Future:
@@ -107,7 +152,8 @@ class Batcher:
             raise HTTPError(503, "the queue is full; retry shortly", {"Retry-After": "1"}) from None
         return fut
 
-    def _loop(self, alive: Callable[[], bool] = lambda: True) -> None:
+    def _loop(self, alive: Callable[[], bool] = lambda: True, worker: Worker | None = None) -> None:
+        worker = worker or self.workers[0]
         held: Job | None = None
         while True:
             job = held
@@ -121,33 +167,41 @@ class Batcher:
             held = None
             if job is None:
                 return
-            batch, n = [job], len(job.trees)
-            # the clients seen during the last batch are likely on their way back: wait for them, not for a
-            # fixed time (a lone client is never kept waiting), and never past --max-wait-ms
-            expect, self.peak = self.peak, self.open
-            deadline = time.monotonic() + self.max_wait_s
-            stop = False
-            while n < self.max_batch:
-                if len(batch) >= expect and self.q.empty():
-                    break
-                try:
-                    nxt = self.q.get(timeout=max(deadline - time.monotonic(), 0)) if deadline > time.monotonic() \
-                        else self.q.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                if n + len(nxt.trees) > self.max_batch:
-                    held = nxt  # first in the next batch
-                    break
-                batch.append(nxt)
-                n += len(nxt.trees)
-            self._run(batch)
+            with self._lock:  # the other workers score meanwhile; this one gathers its batch
+                batch, stop, held = self._gather(job)
+            self._run(batch, worker)
             if stop:
                 return
 
-    def _run(self, batch: list[Job]) -> None:
+    def _gather(self, job: Job) -> tuple[list[Job], bool, Job | None]:
+        """A batch that starts with `job`: (the batch, whether a stop came, a job held for the next batch)."""
+        held: Job | None = None
+        batch, n = [job], len(job.trees)
+        # the clients seen during the last batch are likely on their way back: wait for them, not for a
+        # fixed time (a lone client is never kept waiting), and never past --max-wait-ms
+        expect, self.peak = self.peak, self.open
+        deadline = time.monotonic() + self.max_wait_s
+        stop = False
+        while n < self.max_batch:
+            if len(batch) >= expect and self.q.empty():
+                break
+            try:
+                nxt = self.q.get(timeout=max(deadline - time.monotonic(), 0)) if deadline > time.monotonic() \
+                    else self.q.get_nowait()
+            except queue.Empty:
+                break
+            if nxt is None:
+                stop = True
+                break
+            if n + len(nxt.trees) > self.max_batch:
+                held = nxt  # first in the next batch
+                break
+            batch.append(nxt)
+            n += len(nxt.trees)
+        return batch, stop, held
+
+    def _run(self, batch: list[Job], worker: Worker | None = None) -> None:
+        worker = worker or self.workers[0]
         batch = [j for j in batch if not j.future.done()]  # clients that went away while queued
         if not batch:
             return
@@ -158,10 +212,10 @@ class Batcher:
 
         trees = [t for j in batch for t in j.trees]
         t0 = time.perf_counter()
-        self.scoring = len(trees)
+        worker.scoring = len(trees)
         try:
             check(0, 0)
-            recs = self.rm.score_prepared(trees, on_batch=check)
+            recs = worker.rm.score_prepared(trees, on_batch=check)
         except Abandoned:
             self.abandoned += sum(not j.future.done() for j in batch)  # clients still waiting: answered 503
             err = HTTPError(503, "the server is shutting down: this request was abandoned after --shutdown-timeout")
@@ -174,10 +228,10 @@ class Batcher:
                 j.loop.call_soon_threadsafe(_settle, j.future, None, err)
             return
         finally:
-            self.scoring = 0
-        self.batches += 1
-        self.rows += len(trees)
-        self.busy_s += time.perf_counter() - t0
+            worker.scoring = 0
+        worker.batches += 1
+        worker.rows += len(trees)
+        worker.busy_s += time.perf_counter() - t0
         i = 0
         for j in batch:
             j.loop.call_soon_threadsafe(_settle, j.future, recs[i:i + len(j.trees)], None)
@@ -193,8 +247,8 @@ def _settle(fut: asyncio.Future, result: Any, error: BaseException | None) -> No
         fut.set_result(result)
 
 
-def make_app(rm: RewardModel, cfg: ServeConfig):
-    """The ASGI app (Starlette) around a loaded model."""
+def make_app(rm: RewardModel | list[RewardModel], cfg: ServeConfig, names: list[str] | None = None):
+    """The ASGI app (Starlette) around a loaded model, or several copies of it (one worker each)."""
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import ClientDisconnect, Request
@@ -203,7 +257,8 @@ def make_app(rm: RewardModel, cfg: ServeConfig):
 
     api_key = cfg.api_key or os.environ.get("ARMO_API_KEY") or None
     limit = int(cfg.max_body_mb * 1024 * 1024)
-    batcher = Batcher(rm, cfg.max_batch, cfg.max_wait_ms / 1000.0, cfg.max_queue)
+    batcher = Batcher(rm, cfg.max_batch, cfg.max_wait_ms / 1000.0, cfg.max_queue, names)
+    rm = batcher.rm  # parsing and tokenising: the same for every copy
     objectives = rm.objectives
 
     async def read_json(request: Request) -> Any:
@@ -264,13 +319,15 @@ def make_app(rm: RewardModel, cfg: ServeConfig):
         return await scored(await prepared(rows, "rows"))
 
     async def health(request: Request) -> dict:
-        return {"status": "ok", "queued": batcher.q.qsize(), "scoring": batcher.scoring}
+        return {"status": "ok", "queued": batcher.q.qsize(), "scoring": batcher.scoring,
+                "workers": [{"worker": w.name, "scoring": w.scoring} for w in batcher.workers]}
 
     async def info(request: Request) -> dict:
         return {**rm.info(), "server": {"max_batch": cfg.max_batch, "max_wait_ms": cfg.max_wait_ms, "max_queue": cfg.max_queue,
                                         "max_rows": cfg.max_rows, "max_body_mb": cfg.max_body_mb, "auth": api_key is not None,
                                         "batches": batcher.batches, "rows_scored": batcher.rows,
-                                        "busy_s": round(batcher.busy_s, 3)}}
+                                        "busy_s": round(batcher.busy_s, 3),
+                                        "workers": [w.to_json() for w in batcher.workers]}}
 
     def endpoint(fn, open_route: bool = False, scoring: bool = False):
         async def handle(request: Request) -> JSONResponse:
@@ -368,6 +425,22 @@ def start_http(app: Any, cfg: ServeConfig, sock: socket.socket) -> tuple[Any, th
     return server, http, batcher
 
 
+def worker_devices(cfg: ServeConfig) -> list[str | None]:
+    """Each worker's device: --devices one each, or --workers copies on --device."""
+    if cfg.devices is not None:
+        if cfg.workers is not None:
+            raise ArmoError("give --devices (a worker per device) or --workers (copies on --device), not both")
+        if cfg.device is not None:
+            raise ArmoError("give --devices or --device, not both")
+        devices = [d.strip() for d in cfg.devices.split(",") if d.strip()]
+        if not devices:
+            raise ArmoError("--devices: name at least one device, e.g. cuda:0,cuda:1")
+        if len(set(devices)) != len(devices):
+            raise ArmoError(f"--devices {cfg.devices}: a device named twice (for copies on one device: --workers)")
+        return list(devices)
+    return [cfg.device] * (cfg.workers or 1)
+
+
 def serve(cfg: ServeConfig) -> None:
     """Run `armo serve` until SIGINT/SIGTERM: in-flight requests finish, new connections are refused."""
     validate(cfg)
@@ -377,9 +450,17 @@ def serve(cfg: ServeConfig) -> None:
     except ImportError:
         raise ArmoError("armo serve needs the serve extra: pip install 'armo-cli[serve]' (starlette, uvicorn)") from None
 
-    rm = RewardModel(cfg.model, device=cfg.device, dtype=cfg.dtype, backbone=cfg.backbone, max_length=cfg.max_length,
-                     overflow=cfg.overflow, batch_tokens=cfg.batch_tokens, max_padding=cfg.max_padding)
-    app = make_app(rm, cfg)
+    devices = worker_devices(cfg)
+    if devices[0] in (None, "cpu") and len(devices) > 1:
+        import torch
+
+        # one pool of cores, split: each worker's kernels take their share (torch's thread count is per process)
+        torch.set_num_threads(max(1, torch.get_num_threads() // len(devices)))
+    rms = [RewardModel(cfg.model, device=d, dtype=cfg.dtype, backbone=cfg.backbone, max_length=cfg.max_length,
+                       overflow=cfg.overflow, batch_tokens=cfg.batch_tokens, max_padding=cfg.max_padding) for d in devices]
+    rm = rms[0]
+    names = [f"{i}:{m.backbone.device}" for i, m in enumerate(rms)]
+    app = make_app(rms, cfg, names)
     sock = listening_socket(cfg.host, cfg.port)  # connections queue from now on: the address printed below answers
     port = sock.getsockname()[1]
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not (cfg.api_key or os.environ.get("ARMO_API_KEY")):
@@ -406,7 +487,9 @@ def serve(cfg: ServeConfig) -> None:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     http.start()
-    print(f"armo serve: {rm.model.path} on http://{cfg.host}:{port} (objectives: {', '.join(rm.objectives)})", flush=True)
+    workers = f", {len(rms)} workers: {', '.join(names)}" if len(rms) > 1 else ""
+    print(f"armo serve: {rm.model.path} on http://{cfg.host}:{port} (objectives: {', '.join(rm.objectives)}){workers}",
+          flush=True)
     try:
         batcher.run(http.is_alive)
         http.join()

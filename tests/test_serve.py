@@ -652,3 +652,59 @@ def test_kept_alive_connections_send_at_once(made_by):
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
+
+
+# --- several workers (#49) ----------------------------------------------------------------------------------------
+
+
+def test_two_workers_share_one_queue_and_each_request_gets_its_own_rows():
+    """Two model copies behind one queue: a batch goes to whichever is free, both do work under load, and every
+    request gets exactly its own records back whichever worker scored it."""
+    from armo_cli.serve import Batcher
+
+    class Slow:
+        def __init__(self, tag):
+            self.tag = tag
+
+        def score_prepared(self, trees, on_batch=None):
+            time.sleep(0.02)
+            return [{"score": float(t), "by": self.tag} for t in trees]
+
+    b = Batcher([Slow("a"), Slow("b")], max_batch=4, max_wait_s=0.0, max_queue=1000, names=["a", "b"])
+    b.start()
+
+    async def go():
+        futs = [b.submit(list(range(10 * i, 10 * i + (i % 3) + 1))) for i in range(60)]
+        return [await f for f in futs]
+
+    out = asyncio.run(go())
+    b.stop()
+    for i, recs in enumerate(out):
+        assert [r["score"] for r in recs] == [float(x) for x in range(10 * i, 10 * i + (i % 3) + 1)]
+    assert {r["by"] for recs in out for r in recs} == {"a", "b"}
+    assert all(w.batches > 0 for w in b.workers) and b.rows == sum(len(r) for r in out)
+    assert not any(t.is_alive() for t in (b.thread, *b.others))
+
+
+def test_a_server_with_two_workers_answers_as_armo_score_and_reports_each_worker(tiny_model, armo_cache, tmp_path):
+    rows = rows_of(24, seed=21)
+    expected = offline_scores(tiny_model / "model", rows, tmp_path)
+    s = Server(tiny_model / "model", armo_cache, "--workers", "2", "--max-wait-ms", "0")
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(lambda r: s.request("/get_reward", openrlhf_body(r), key=None)[1]["rewards"][0], rows))
+        assert got == pytest.approx(expected, abs=1e-5)
+        status, health, _ = s.request("/health", key=None)
+        assert status == 200 and [w["worker"] for w in health["workers"]] == ["0:cpu", "1:cpu"]
+        info = s.request("/info", key=None)[1]["server"]
+        assert len(info["workers"]) == 2 and sum(w["rows_scored"] for w in info["workers"]) == info["rows_scored"] == 24
+    finally:
+        assert s.stop() in STOPPED
+
+
+@pytest.mark.parametrize("args,message", [(["--devices", "cpu,cpu"], "a device named twice"),
+                                          (["--devices", "cpu", "--workers", "2"], "not both"),
+                                          (["--devices", "cpu", "--device", "cpu"], "--devices or --device")])
+def test_worker_options_that_contradict_are_refused(args, message):
+    r = armo("serve", *args)
+    assert r.code == 2 and message in r.output
