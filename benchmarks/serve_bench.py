@@ -13,6 +13,12 @@ after warm-up and after all rounds. Rows: responses from examples/*.jsonl (commi
 Stops by itself.
 
     python benchmarks/serve_bench.py --rows 256 --clients 16 --repeats 3
+
+With --workers N (#49): a server with N workers (`armo serve --workers N`: N model copies, the cores split between
+them) against one with one, both up at once and driven in alternate rounds under the same load (keep-alive clients),
+side by side: rows/s, p50/p99, and each server's answers against `RewardModel.score` of the same rows.
+
+    python benchmarks/serve_bench.py --workers 2 --rows 256 --clients 16 --repeats 3
 """
 from __future__ import annotations
 
@@ -112,6 +118,57 @@ def load(url: str, rows: list[dict], clients: int, keep_alive: bool) -> dict:
             "p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))], "errors": sum(not ok for _, ok in res), "wall_s": wall}
 
 
+def answers(url: str, rows: list[dict], clients: int) -> list[float]:
+    """Each row's reward from the server, one request each, in the rows' order."""
+    def one(r: dict) -> float:
+        p = chatml_prompt(r["prompt"])
+        body = json.dumps({"query": [p + r["response"] + "<|im_end|>"], "prompts": [p]}).encode()
+        req = urllib.request.Request(url + "/get_reward", data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=600) as resp:
+            return json.loads(resp.read())["rewards"][0]
+
+    with ThreadPoolExecutor(clients) as ex:
+        return list(ex.map(one, rows))
+
+
+def compare_workers(args: argparse.Namespace, rows: list[dict]) -> None:
+    from armo_cli import RewardModel
+
+    offline = [r["score"] for r in RewardModel(args.model).score(rows)]
+    servers = {n: start(args.model, "--workers", str(n), *args.server_args.split()) for n in (1, args.workers)}
+    out: dict = {"rows": len(rows), "clients": args.clients, "threads": os.cpu_count(), "workers": args.workers,
+                 "rounds": []}
+    try:
+        for n, (_, url) in servers.items():
+            load(url, rows[:32], args.clients, True)  # warm-up
+            got = answers(url, rows, args.clients)
+            out[f"max_abs_diff_{n}"] = max(abs(a - b) for a, b in zip(got, offline))
+            workers = json.loads(urllib.request.urlopen(url + "/info", timeout=60).read())["server"]["workers"]
+            out[f"rows_per_worker_{n}"] = [w["rows_scored"] for w in workers]
+        for _ in range(args.repeats):  # alternate, so that a slow spell of the machine hits both
+            out["rounds"].append({str(n): load(url, rows, args.clients, True) for n, (_, url) in servers.items()})
+    finally:
+        for proc, _ in servers.values():
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+    print(f"serve_bench --workers {args.workers}: {len(rows)} single-sample /get_reward requests from {args.clients} "
+          f"kept-alive clients (loopback), {os.cpu_count()} CPU threads, {args.repeats} alternating rounds")
+    for n in (1, args.workers):
+        rs = [r[str(n)] for r in out["rounds"]]
+        o = out[f"workers {n}"] = {"median_rows_per_s": statistics.median(r["rows_per_s"] for r in rs),
+                                   "p50_ms": statistics.median(r["p50_ms"] for r in rs),
+                                   "worst_p99_ms": max(r["p99_ms"] for r in rs), "errors": sum(r["errors"] for r in rs)}
+        print(f"  --workers {n}: {o['median_rows_per_s']:7.1f} rows/s (rounds: "
+              + ", ".join(f"{r['rows_per_s']:.1f}" for r in rs) + f")  p50 {o['p50_ms']:6.0f} ms  p99 "
+              f"{o['worst_p99_ms']:6.0f} ms  errors {o['errors']}  rows per worker {out[f'rows_per_worker_{n}']}  "
+              f"max |score - armo score| {out[f'max_abs_diff_{n}']:.1e}")
+    ratio = out[f"workers {args.workers}"]["median_rows_per_s"] / out["workers 1"]["median_rows_per_s"]
+    out["ratio"] = ratio
+    print(f"  rows/s ratio, {args.workers} workers to 1: {ratio:.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+
+
 def drive(args: argparse.Namespace) -> None:
     """--drive URL: one load against a server that runs elsewhere (benchmarks/gpu_serve_jobs.py runs the server in
     the process that holds the model, and the clients here, in a process of their own), its figures as JSON."""
@@ -140,10 +197,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="rounds of offline / new-connection / keep-alive, interleaved")
     ap.add_argument("--json", default=None)
     ap.add_argument("--server-args", default="", help="more `armo serve` options for the batched run, e.g. '--max-padding 0.3'")
+    ap.add_argument("--workers", type=int, default=None, help="compare `armo serve --workers N` with one worker")
     args = ap.parse_args()
     if args.drive:
         return drive(args)
     rows = example_rows(args.rows)
+    if args.workers:
+        return compare_workers(args, rows)
 
     from armo_cli import RewardModel
 
