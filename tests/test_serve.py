@@ -708,3 +708,63 @@ def test_a_server_with_two_workers_answers_as_armo_score_and_reports_each_worker
 def test_worker_options_that_contradict_are_refused(args, message):
     r = armo("serve", *args)
     assert r.code == 2 and message in r.output
+
+
+def test_the_readmes_load_balancer_recipe_spreads_requests_over_two_servers(tiny_model, armo_cache, tmp_path):
+    """#49: the README's nginx block, with its hosts made two local `armo serve`s, in front of them: every answer is
+    `armo score`'s and both servers do work."""
+    import re
+    import shutil
+    import socket
+    import subprocess
+
+    from tests.helpers import ROOT
+
+    nginx = shutil.which("nginx") or shutil.which("/usr/sbin/nginx")
+    if nginx is None:
+        pytest.skip("nginx is not installed (.ci/run installs it: apt-get install nginx-light)")
+    block = re.search(r"```nginx\n(.*?)```", (ROOT / "README.md").read_text(), re.S)[1]
+    rows = rows_of(16, seed=5)
+    expected = offline_scores(tiny_model / "model", rows, tmp_path)
+    servers = [Server(tiny_model / "model", armo_cache) for _ in range(2)]
+    try:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        hosts = iter(srv.url.split("//")[1] for srv in servers)
+        conf = re.sub(r"server gpu-node-\d:8000;", lambda m: f"server {next(hosts)};", block)
+        conf = conf.replace("listen 8000;", f"listen 127.0.0.1:{port};")
+        (tmp_path / "nginx.conf").write_text(
+            f"daemon off; pid {tmp_path}/nginx.pid; error_log {tmp_path}/error.log;\nevents {{}}\n"
+            f"http {{ access_log off; client_body_temp_path {tmp_path}; proxy_temp_path {tmp_path};\n{conf}}}\n")
+        proc = subprocess.Popen([nginx, "-c", str(tmp_path / "nginx.conf"), "-p", str(tmp_path)],
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.time() + 30
+            while True:
+                try:
+                    urllib.request.urlopen(url + "/health", timeout=5)
+                    break
+                except OSError:
+                    assert proc.poll() is None, proc.stderr.read()
+                    assert time.time() < deadline, "nginx did not answer"
+                    time.sleep(0.1)
+
+            def ask(r):
+                req = urllib.request.Request(url + "/get_reward", data=json.dumps(openrlhf_body(r)).encode(),
+                                             headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(req, timeout=120) as resp:
+                    return json.loads(resp.read())["rewards"][0]
+
+            with ThreadPoolExecutor(4) as pool:
+                got = list(pool.map(ask, rows))
+            assert got == pytest.approx(expected, abs=1e-5)
+            done = [srv.request("/info", key=None)[1]["server"]["rows_scored"] for srv in servers]
+            assert sum(done) == len(rows) and all(d > 0 for d in done)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    finally:
+        for srv in servers:
+            assert srv.stop() in STOPPED
