@@ -175,6 +175,16 @@ def is_stage0_dir(folder: Path) -> bool:
     return is_adapter_dir(folder) and isinstance(report, dict) and report.get("kind") == "stage0"
 
 
+def _checkpointing(model, on: bool) -> None:
+    """Recompute the blocks' activations in the backward pass (transformers' gradient checkpointing, non-reentrant),
+    by the name transformers uses now or the older one."""
+    name = "activation_checkpointing" if hasattr(model, "activation_checkpointing_enable") else "gradient_checkpointing"
+    if on:
+        getattr(model, f"{name}_enable")(**{f"{name}_kwargs": {"use_reentrant": False}})
+    else:
+        getattr(model, f"{name}_disable")()
+
+
 def ranks() -> tuple[int, int]:
     """(rank, world size) under torchrun or accelerate launch; (0, 1) in a single process."""
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -263,7 +273,7 @@ def _tune(cfg: TuneConfig, source: Source, targets: list[str], t0: float, rank: 
                                                    lora_dropout=0.0, bias="none"))
     model = peft.get_base_model()  # the backbone with LoRA modules in place: armo's forward (and its layer hook) runs it
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        _checkpointing(model, True)
         model.train()  # transformers checkpoints only in training mode (the blocks have no dropout to switch on)
     head = torch.nn.Linear(bb.hidden_size, 1).to(bb.device)
     torch.nn.init.zeros_(head.weight)

@@ -18,6 +18,15 @@ as it ends, so a study that overruns the device's limit loses only itself.
    scored as one tree per row against the same rows flattened into pairs, rows/s side by side, and whether both give
    each row the same verdict.
 
+5. annotate (#47): K=8 samples per prompt (a pair's two responses and its neighbours'), `RewardModel.annotate` (one
+   tree per prompt: the prompt once, eight responses after it, token-budget batches) against the batch-1 loop of
+   SimPO's and RLHFlow's annotation scripts (one prompt+response sequence per forward pass, the prompt run again for
+   every sample): tokens, seconds, tokens/s, and the largest score difference.
+6. stage0 (#49/#50): `tune-backbone`'s training step with LoRA (rank 8, every linear layer of the blocks, armo's
+   tree-masked pairs, the Bradley-Terry loss) on the random backbone, bf16 autocast, gradient checkpointing off and
+   on: seconds per step and peak GPU memory (the base weights are the study's, in its dtype; tune-backbone itself
+   loads a base in fp32).
+
 Prepare once here (the same folder as gpu_bench.py):  python benchmarks/gpu_bench.py --prepare gpu_bench_data
 On the GPU machine: bash benchmarks/gpu_device37.sh        On this CPU (CI):  python benchmarks/gpu_serve_jobs.py --tiny
 """
@@ -183,6 +192,137 @@ def bon_study(rm, rows: list[dict], device: torch.device) -> dict:
             "speedup": sec_p / sec_l, "same_verdict_rows": same}
 
 
+def sample_rows(pairs: list[dict], n: int, k: int) -> list[dict]:
+    """Rows of K samples per prompt: a pair's two responses, then its neighbours' (realistic lengths)."""
+    out = []
+    for i in range(n):
+        texts, j = [], i
+        while len(texts) < k:
+            p = pairs[j % len(pairs)]
+            texts += [x for x in (p["chosen"], p["rejected"]) if isinstance(x, str)]
+            j += 1
+        out.append({"id": f"a{i}", "prompt": pairs[i % len(pairs)]["prompt"], "responses": texts[:k]})
+    return out
+
+
+def annotate_study(rm, rows: list[dict], device: torch.device) -> dict:
+    import armo_cli.api as api
+
+    tokens = [0]
+    real = api.score_trees
+
+    def counted(model, ctx, trees, weights, name, on_batch=None):
+        def both(n: int, t: int) -> None:
+            tokens[0] += t
+            if on_batch:
+                on_batch(n, t)
+        return real(model, ctx, trees, weights, name, both)
+
+    rm.annotate(rows[:2])  # warm-up
+    api.score_trees = counted
+    try:
+        sync(device)
+        t0 = time.perf_counter()
+        _, scores = rm.annotate(rows)
+        sync(device)
+        sec = time.perf_counter() - t0
+    finally:
+        api.score_trees = real
+    ours = [[x["score"] for x in s["responses"]] for s in scores]
+    loop_tokens, theirs = 0, []
+    singles = [rm.prepare([{"prompt": r["prompt"], "response": y}]) for r in rows for y in r["responses"]]
+    rm.score_prepared(singles[0])  # warm-up
+    sync(device)
+    t0 = time.perf_counter()
+    for trees in singles:  # one sequence per forward pass, as their loops run
+        theirs.append(rm.score_prepared(trees)[0]["score"])
+        loop_tokens += trees[0].length
+    sync(device)
+    loop_sec = time.perf_counter() - t0
+    k = len(rows[0]["responses"])
+    flat = [x for s in ours for x in s]
+    return {"prompts": len(rows), "k": k, "armo": {"tokens": tokens[0], "seconds": sec, "tokens_per_s": tokens[0] / sec},
+            "batch-1 loop": {"tokens": loop_tokens, "seconds": loop_sec, "tokens_per_s": loop_tokens / loop_sec},
+            "tokens_ratio": loop_tokens / tokens[0], "time_ratio": loop_sec / sec,
+            "max_abs_score_diff": max(abs(a - b) for a, b in zip(flat, theirs))}
+
+
+def stage0_study(bb, pairs: list[dict], device: torch.device, steps: int, batch: int) -> dict:
+    """Seconds per training step and peak memory of tune-backbone's loop (stage0.pair_rewards, bt_loss, AdamW on LoRA
+    and the head) on the random backbone, bf16 autocast where CUDA, gradient checkpointing off then on."""
+    import contextlib
+
+    from peft import LoraConfig, get_peft_model
+
+    from armo_cli.context import RowContext
+    from armo_cli.rendering import Renderer
+    from armo_cli.rows import parse_row
+    from armo_cli.stage0 import _checkpointing, bt_loss, pair_rewards
+
+    renderer = Renderer(bb.tokenizer)
+    ctx = RowContext.for_features(bb, layer=-1, pooling="last", max_length=1024, overflow="truncate-prompt")
+    trees = []
+    for i, p in enumerate(pairs):
+        t = ctx.sized(parse_row(p, f"pairs:{i}"), i, f"pairs:{i}", [], renderer.tokenize(parse_row(p, f"pairs:{i}"), i))
+        if t is not None:
+            trees.append(t)
+    peft = get_peft_model(bb.model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, bias="none", target_modules=[
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    model = peft.get_base_model()
+    for n, p in model.named_parameters():
+        if "lora_" in n:
+            p.data = p.data.float()  # adapters train in fp32, as tune-backbone's
+    head = torch.nn.Linear(bb.hidden_size, 1).to(device)
+    params = [p for p in model.parameters() if p.requires_grad] + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
+    out = {"pairs_per_step": batch, "steps": steps, "lora_params": sum(p.numel() for p in params), "runs": []}
+    for ckpt in (False, True):
+        if ckpt:
+            _checkpointing(model, True)
+            model.train()
+        reset_memory(device)
+        times, tokens = [], 0
+        for s in range(steps + 1):  # the first step warms up
+            chunk = [trees[(s * batch + j) % len(trees)] for j in range(batch)]
+            sync(device)
+            t0 = time.perf_counter()
+            with autocast():
+                r = pair_rewards(model, head, chunk, device, bb.dtype, "last", -1)
+            loss = bt_loss(r.float())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sync(device)
+            if s:
+                times.append(time.perf_counter() - t0)
+                tokens += sum(t.length for t in chunk)
+        out["runs"].append({"gradient_checkpointing": ckpt, "seconds_per_step": statistics.median(times),
+                            "tokens_per_s": tokens / sum(times), "peak_memory_gib": peak_memory(device)})
+    _checkpointing(model, False)
+    model.eval()
+    peft.unload()  # the backbone back as it was, for any study after this one
+    return out
+
+
+def print_annotate(r: dict) -> None:
+    a, b = r["armo"], r["batch-1 loop"]
+    print(f"annotate: {r['prompts']} prompts x K={r['k']} samples")
+    print(f"  armo (one tree per prompt) {a['tokens']:>10,} tokens {a['seconds']:8.2f} s {a['tokens_per_s']:10,.0f} tok/s")
+    print(f"  batch-1 loop (SimPO, RLHFlow) {b['tokens']:>7,} tokens {b['seconds']:8.2f} s {b['tokens_per_s']:10,.0f} tok/s")
+    print(f"  {r['tokens_ratio']:.2f}x fewer tokens, {r['time_ratio']:.2f}x less time; max |score diff| "
+          f"{r['max_abs_score_diff']:.1e}")
+
+
+def print_stage0(r: dict) -> None:
+    print(f"stage0: LoRA rank 8 on every block linear ({r['lora_params']:,} trained parameters), {r['pairs_per_step']} "
+          f"pairs per step, {r['steps']} steps")
+    for x in r["runs"]:
+        mem = f"{x['peak_memory_gib']:.1f} GiB" if x["peak_memory_gib"] is not None else "n/a (CPU)"
+        print(f"  gradient checkpointing {'on ' if x['gradient_checkpointing'] else 'off'}  {x['seconds_per_step']:8.3f} "
+              f"s/step {x['tokens_per_s']:10,.0f} tok/s  peak {mem}")
+
+
 def print_serve(r: dict) -> None:
     print(f"serve: {r['rows']} single-sample /get_reward requests per load; peak GPU memory "
           + (f"{r['peak_memory_gib']:.1f} GiB" if r["peak_memory_gib"] is not None else "n/a (CPU)"))
@@ -227,7 +367,9 @@ def main() -> None:
     ap.add_argument("--clients", default="16,64")
     ap.add_argument("--flex-tokens", type=int, default=1_000_000, help="the long job's size in tokens")
     ap.add_argument("--bon-rows", type=int, default=256)
-    ap.add_argument("--only", default="serve,bon,lm,flex", help="which studies, in this order")
+    ap.add_argument("--annotate-prompts", type=int, default=64)
+    ap.add_argument("--stage0-steps", type=int, default=5)
+    ap.add_argument("--only", default="serve,annotate,bon,stage0,lm,flex", help="which studies, in this order")
     args = ap.parse_args()
 
     from armo_cli import RewardModel
@@ -243,6 +385,7 @@ def main() -> None:
     if args.tiny:
         args.serve_rows, args.flex_tokens, args.bon_rows = min(args.serve_rows, 64), min(args.flex_tokens, 20_000), \
             min(args.bon_rows, 16)
+        args.annotate_prompts, args.stage0_steps = min(args.annotate_prompts, 8), min(args.stage0_steps, 2)
         args.clients = ",".join(c for c in args.clients.split(",") if int(c) <= 16) or "4"
     tok = load_tokenizer(data)
     bb = random_backbone(tok, TINY if args.tiny else LLAMA3_8B, device, dtype)
@@ -284,6 +427,12 @@ def run_study(study: str, args: argparse.Namespace, res: dict, rm, bb, tok, pair
     elif study == "bon":
         res["best_of_n"] = bon_study(rm, bon_rows(pairs, args.bon_rows), device)
         print_bon(res["best_of_n"])
+    elif study == "annotate":
+        res["annotate"] = annotate_study(rm, sample_rows(pairs, args.annotate_prompts, 8), device)
+        print_annotate(res["annotate"])
+    elif study == "stage0":
+        res["stage0"] = stage0_study(bb, pairs, device, args.stage0_steps, 8)
+        print_stage0(res["stage0"])
     elif study == "lm":  # #37 §3: gpu_bench.py's study of the LM objectives' cost, alone
         from armo_cli.devices import batch_defaults
 
@@ -299,7 +448,7 @@ def run_study(study: str, args: argparse.Namespace, res: dict, rm, bb, tok, pair
         res["flex_job"] = flex_study(bb, job, sum(each[i % len(pairs)] for i in range(len(job))), work, device)
         print_flex(res["flex_job"])
     else:
-        raise ValueError(f"--only: no study {study!r} (serve, bon, lm, flex)")
+        raise ValueError(f"--only: no study {study!r} (serve, annotate, bon, stage0, lm, flex)")
 
 if __name__ == "__main__":
     main()

@@ -91,3 +91,8 @@ def test_gpu_serve_jobs_tiny_runs_every_study(tmp_path):
     fx = r["flex_job"]
     assert "error" not in fx, fx
     assert [x["packing"] for x in fx["runs"]] == ["rows", "flex", "flex"] and fx["tokens"] >= 20_000
+    an = r["annotate"]  # #47 at 8B shape on a GPU: the tree path against the peers' batch-1 loop, the same scores
+    assert an["k"] == 8 and an["tokens_ratio"] > 1 and an["max_abs_score_diff"] < 1e-4
+    st = r["stage0"]  # #49/#50: tune-backbone's step, gradient checkpointing off and on
+    assert [x["gradient_checkpointing"] for x in st["runs"]] == [False, True]
+    assert all(x["seconds_per_step"] > 0 for x in st["runs"]) and st["lora_params"] > 0
