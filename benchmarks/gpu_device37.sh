@@ -9,8 +9,8 @@
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_28_x86_64 -d .whl starlette==1.10.0 uvicorn==0.55.0     (armo serve's extra, 170 KB;
 #       anyio, click and h11 are on the device already)
-#   python3 -m pip download --no-deps --only-binary=:all: -d .whl peft==PEFT_VERSION accelerate==ACCELERATE_VERSION
-#       (the stage0 study's LoRA; the versions this checkout's tests ran with, `pip list`)
+#   python3 -m pip download --no-deps --only-binary=:all: -d .whl peft==0.21.2 accelerate==1.16.0
+#       (the stage0 study's LoRA, the versions the tests here run with)
 # On the device: run(command="bash benchmarks/gpu_device37.sh", carry=["gpu_bench_data", ".whl"], timeout_s=590)
 # Estimated (not yet run on a GPU): about 6 minutes for gpu_serve_jobs.py on an H100; FLEX_TOKENS shortens the
 # longest study (default 1M tokens, three extract runs).
