@@ -20,7 +20,10 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from armo_cli.stats import bootstrap_ci  # noqa: E402
 from style_probe import gaps, outcomes_by_probe  # noqa: E402
 
 SETS = {"held-out": "heldout", "dev-eval": "dev-eval", "RMB selection": "rmb-select", "RMB evaluation": "rmb-eval"}
@@ -29,7 +32,8 @@ PROBES = {"held-out": "probe-heldout", "dev-eval": "probe-dev-eval", "RMB select
 
 
 def candidates(style: Path) -> list[str]:
-    names = sorted({p.name[len("eval-"):-len("-heldout.json")] for p in style.glob("eval-*-heldout.json")})
+    names = sorted({p.name[len("eval-"):-len("-heldout.json")] for p in style.glob("eval-*-heldout.json")}
+                   - {p.name[len("eval-"):-len("-probe-heldout.json")] + "-probe" for p in style.glob("eval-*-probe-heldout.json")})
     key = lambda n: (n != "shipped", n != "today", not n.startswith("style"),  # noqa: E731
                      int(n.rsplit("-", 1)[1]) if n.startswith("invariant-") else 0, n)
     return sorted(names, key=key)
@@ -39,12 +43,12 @@ def measure(work: Path, name: str) -> dict:
     style = work / "style"
     out: dict = {"accuracy": {}, "probes": {}}
     for label, s in SETS.items():
-        f = style / f"eval-{name}-{s}.json"
+        f = style / f"pairs-{name}-{s}.jsonl"
         if s == "rmb-eval" and not f.exists():  # the slice's first 700 pairs, where all 2,000 were not extracted
-            f = style / f"eval-{name}-rmb-eval700.json"
-        if f.exists():
-            rep = json.loads(f.read_text())["subsets"]["all"]
-            out["accuracy"][label] = {"accuracy": rep["accuracy"], "ci95": rep["ci95"], "n": rep["n"]}
+            f = style / f"pairs-{name}-rmb-eval700.jsonl"
+        if f.exists():  # accuracy over all pairs (a tie is a loss), the interval by armo's bootstrap over pairs
+            won = torch.tensor([float(json.loads(x)["margin"] > 0) for x in f.open()], dtype=torch.float64)
+            out["accuracy"][label] = {"accuracy": float(won.mean()), "ci95": bootstrap_ci(won, 1000, 0), "n": won.numel()}
     for label, s in PROBES.items():
         scored, rows = style / f"pairs-{name}-{s}.jsonl", work / f"{s}.jsonl"
         if not scored.exists() or not rows.exists():
