@@ -16,11 +16,15 @@ RANGES=(--range ultrafeedback-overall=1:10 --range prometheus-rubric=1:5
   --range topicalchat-naturalness=1:3 --range topicalchat-coherence=1:3 --range topicalchat-engagingness=1:3
   --range topicalchat-overall=1:5)
 PAIRS=$WORK/pairs.features.safetensors
+# #46: rating and preference heads fitted blind to form (--invariant-to the training swaps, the top INVARIANT_RANK
+# directions; studies/style_candidates_table.py's rule picks the rank). Empty: today's heads, which see form.
+INVARIANT_RANK=${INVARIANT_RANK:-}
+INV=(${INVARIANT_RANK:+--invariant-to "$WORK/swaps.features.safetensors" --invariant-rank "$INVARIANT_RANK"})
 
 # Stage 1: ridge objectives from the ratings, a length objective (no source rates verbosity), and a preference
 # objective: a Bradley-Terry head on the training pairs, cross-fitted by prompt (5 folds).
 armo fit-regression "$WORK/ratings.features.safetensors" --length-objective verbosity "${RANGES[@]}" \
-  --pairs "$PAIRS" --preference-objective preference -o "$F/regression.safetensors" --json "$F/regression.json" -q
+  --pairs "$PAIRS" --preference-objective preference "${INV[@]}" -o "$F/regression.safetensors" --json "$F/regression.json" -q
 # The same without the preference objective (an ablation).
 armo fit-regression "$WORK/ratings.features.safetensors" --length-objective verbosity "${RANGES[@]}" \
   -o "$F/regression-nopref.safetensors" -q

@@ -42,6 +42,10 @@ armo extract "$WORK/heldout.jsonl" -o "$WORK/heldout.features.safetensors" "${E[
 armo extract "$DATA/dev-eval.jsonl.gz" -o "$WORK/dev-eval.features.safetensors" "${E[@]}"
 armo extract "$WORK/rmb-eval.jsonl" -o "$WORK/rmb-eval.features.safetensors" "${E[@]}"
 armo extract "$WORK/rmb-select.jsonl" -o "$WORK/rmb-select.features.safetensors" "${E[@]}"
+# #46: training responses in two forms with the same words (markdown and prose, padded and not), for fit-regression
+# --invariant-to (recipes/fit_default.sh with INVARIANT_RANK, recipes/style_candidates.sh)
+python studies/style_swaps.py --input "$WORK/pairs.jsonl" --n-format 300 --n-length 150 -o "$WORK/swaps.jsonl"
+armo extract "$WORK/swaps.jsonl" -o "$WORK/swaps.features.safetensors" "${X[@]}"
 
 [[ ${FIT:-1} == 1 ]] || { echo "features extracted in $WORK (FIT=0: heads not fitted)"; exit 0; }
 bash recipes/fit_default.sh
