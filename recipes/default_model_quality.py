@@ -582,6 +582,10 @@ def write_card(model_dir: Path, model: ArmoModel, work: Path, q: dict, probe: di
         from style_probe import card_section as style_section
 
         L += style_section(json.loads((RESULTS / "style_probe.json").read_text()))
+        if (RESULTS / "style_candidates.json").exists():  # #46's candidates and the rule's verdict
+            from style_candidates_table import card_section as candidates_section
+
+            L += candidates_section(json.loads((RESULTS / "style_candidates.json").read_text()))
     done, now = studies(RESULTS), current_studies(RESULTS)
     if done or now:
         L += ["## Studies toward the targets, not adopted", ""]

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from armo_cli.stats import bootstrap_ci  # noqa: E402
 from style_probe import gaps, outcomes_by_probe  # noqa: E402
 
-SETS = {"held-out": "heldout", "dev-eval": "dev-eval", "RMB selection": "rmb-select", "RMB evaluation": "rmb-eval"}
+SETS = {"held-out": "heldout", "dev-eval": "dev-eval", "RMB evaluation": "rmb-eval", "RMB selection": "rmb-select"}
 PROBES = {"held-out": "probe-heldout", "dev-eval": "probe-dev-eval", "RMB selection": "probe-rmb-select",
           "RMB evaluation": "probe-rmb"}
 
@@ -113,6 +113,27 @@ def length_table(results: dict) -> list[str]:
     return L
 
 
+def card_section(out: dict) -> list[str]:
+    """The model card's lines for the candidates and the rule's verdict (main()'s JSON)."""
+    results, d = out["results"], out["decision"]
+    rmb700 = out.get("rmb_eval_pairs")
+    L = ["### Candidates against style (#46): before (shipped) and after", "",
+         "Each candidate is today's recipe with one change, the shipped gate's settings, on the same features "
+         "(`recipes/style_candidates.sh`): `style-set` / `style-prompt` decorrelate every objective against verbosity and "
+         "a markdown objective over the set / among each prompt's responses; `invariant-K` fits the rating and preference "
+         "heads on features with the top K directions of training responses' form-only swaps projected out "
+         "(`fit-regression --invariant-to`, `studies/style_swaps.py`). Accuracy over all pairs (a tie is a loss) with "
+         "bootstrap intervals; format gap: the style probe's \"chosen markdown\" minus \"chosen plain\" accuracy, paired "
+         "bootstrap over 60 pairs per set (fewer where a probe is too long)."
+         + (f" RMB evaluation: the slice's first {rmb700} pairs (all 2,000 were not extracted with style counts yet)."
+            if rmb700 else ""), ""]
+    L += table(results) + [""] + length_table(results) + [""]
+    L += ["The rule, fixed before these numbers were read: among candidates whose format gap holds 0 on the RMB selection "
+          "slice's probes, the most accurate on that slice; adopted only if no evaluation set falls below the shipped "
+          f"model's interval. Verdict: {d['why']}.", ""]
+    return L
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", default="runs/default")
@@ -127,6 +148,9 @@ def main(argv: list[str] | None = None) -> dict:
     print()
     print(f"rule: {decision['why']}")
     out = {"results": results, "decision": decision}
+    f = work / "style" / "pairs-shipped-rmb-eval.jsonl"
+    if not f.exists() and (work / "style" / "pairs-shipped-rmb-eval700.jsonl").exists():
+        out["rmb_eval_pairs"] = sum(1 for _ in (work / "style" / "pairs-shipped-rmb-eval700.jsonl").open())
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     return out
