@@ -280,6 +280,8 @@ PAIR_FORMATS = ("conversational", "standard")
 class AnnotateConfig(ModelInputConfig):
     """`armo annotate`: a policy's samples, several per prompt, scored and turned into preference pairs."""
 
+    input: str | None = opt(None, "JSONL rows of samples (a prompt and a list under responses, all_generated_responses "
+                                  "or completions), or '-'.")
     output: str | None = opt(None, "The pairs file to write (JSONL, TRL's DPO format): one line per pair.")
     scores: str | None = opt(None, "Every response's score and explanation, one line per prompt (default: beside "
                                    "--output, PAIRS.scores.jsonl).")
