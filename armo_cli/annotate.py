@@ -263,20 +263,30 @@ def annotate(cfg: AnnotateConfig) -> dict:
                             f"this prompt has {len(ex.prompt)} messages (use the conversational format)")
 
     with locked_source(mine[0], cfg.input, cfg.dataset, cfg.split, cfg.quiet, samples=True) as source:
-        windows = windows_job(cfg, model, ctx, source, w, str(mine[0]), {"records": "annotate"}, check, notes,
-                              shard=(shard_index, num_shards))
-        placed = {i: (g, r) for window in windows for g in window for r, i in enumerate(g.index)}
         with atomic_paths(mine) as (tmp_pairs, tmp_scores), \
                 open(tmp_pairs, "w", encoding="utf-8") as fp, open(tmp_scores, "w", encoding="utf-8") as fs:
-            for i, ex in enumerate(iter_examples(source, cfg.on_error, [], unique_ids=False)):
-                if i not in placed:
-                    continue  # another shard's, or skipped for its length (--overflow skip: in the notes)
-                g, r = placed[i]
-                explained = {k: g.explained[k][r] for k in ("score", "rewards", "gating", "coefficients")}
-                lines, scores_line = prompt_records(ex, explained, model.objectives, cfg, floors)
-                fp.write("".join(dumps(x) + "\n" for x in lines))
-                fs.write(dumps(scores_line) + "\n")
-        discard_progress(str(mine[0]))
+            # each window's lines are written as it is scored (memory holds one window): its rows' texts come from a
+            # second reading of the input, kept in step (windows arrive in input order)
+            rows = enumerate(iter_examples(source, cfg.on_error, [], unique_ids=False))
+
+            def write(window: list) -> None:
+                placed = {i: (g, r) for g in window for r, i in enumerate(g.index)}
+                if not placed:
+                    return
+                last = max(placed)
+                for i, ex in rows:
+                    if i in placed:  # the others: another shard's, or skipped for length (--overflow skip: in the notes)
+                        g, r = placed[i]
+                        explained = {k: g.explained[k][r] for k in ("score", "rewards", "gating", "coefficients")}
+                        lines, scores_line = prompt_records(ex, explained, model.objectives, cfg, floors)
+                        fp.write("".join(dumps(x) + "\n" for x in lines))
+                        fs.write(dumps(scores_line) + "\n")
+                    if i == last:
+                        return
+
+            windows_job(cfg, model, ctx, source, w, str(mine[0]), {"records": "annotate"}, check, notes,
+                        shard=(shard_index, num_shards), sink=write)
+        discard_progress(str(mine[0]))  # both files are in place: the job's progress has served
     if launched:
         _rank_merge(outputs, shard_index, num_shards, cfg.quiet)
     summary_of = outputs[1] if not launched or shard_index == 0 else mine[1]

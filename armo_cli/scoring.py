@@ -353,13 +353,15 @@ def window_key(job: str, trees: list[Tree]) -> str:
 def windows_job(cfg: ModelInputConfig, model: ArmoModel, ctx: RowContext, source: Source, weights: torch.Tensor | None,
                 anchor: str, settings: dict, check: Callable[[Tree], None] | None = None,
                 notes: RowNotes | None = None, checked: Callable[[], None] | None = None,
-                shard: tuple[int, int] = (0, 1)) -> list[list[Scored]]:
+                shard: tuple[int, int] = (0, 1),
+                sink: Callable[[list[Scored]], None] | None = None) -> list[list[Scored]]:
     """Score a source window by window, each finished window kept in ANCHOR.parts/ (resumable.JobProgress), and return
     the scored windows in input order. Every row is read, checked (`check` too) and keyed first, so a bad row stops the
     job before any forward pass, leaving nothing behind; the first window's rows are held, and the rows of a window
     that `--resume` finds done are read but never rendered again. `checked` runs once every row is checked, before
     any forward pass: the checks that need the whole file. `shard` (index, count): score only that contiguous block
-    of windows (`shard_windows`), every row still read and checked; the windows returned are that block's."""
+    of windows (`shard_windows`), every row still read and checked; the windows returned are that block's. `sink`: each
+    scored window is handed to it, in input order, and not kept (memory holds one window; nothing is returned)."""
     notes = notes if notes is not None else RowNotes()
     job = sha256_json({"model": model_key(model), "weights": None if weights is None else weights.tolist(),
                        "objective": cfg.objective, "max_length": cfg.max_length, "overflow": cfg.overflow,
@@ -380,6 +382,7 @@ def windows_job(cfg: ModelInputConfig, model: ArmoModel, ctx: RowContext, source
         checked()
     units = JobProgress(anchor, "scores-window", cfg.resume)
     out: list[list[Scored]] = []
+    done = 0
     mine = shard_windows(len(keys), *shard)
     try:
         n_rows = [sum(len(g["ids"]) for g in groups) for groups in rows_of]
@@ -400,8 +403,12 @@ def windows_job(cfg: ModelInputConfig, model: ArmoModel, ctx: RowContext, source
                     units.save(w, *window_unit(window, keys[w]))
                 else:
                     advance(n_rows[w], 0)
-                out.append(window)
-        if len(out) != len(mine):
+                if sink is not None:
+                    sink(window)
+                    done += 1
+                else:
+                    out.append(window)
+        if len(out) + done != len(mine):
             raise ArmoError(f"{source.name}: the input changed while it was being read; run again")
     except BaseException:
         units.abandon()

@@ -311,7 +311,16 @@ def rounded(x):
 def test_two_shards_concatenated_are_one_run(tiny_model, tiny_backbone, tmp_path, monkeypatch):
     import armo_cli.scoring as scoring
 
+    import armo_cli.annotate as annotate_mod
+
     monkeypatch.setattr(scoring, "WINDOW_ROWS", 4)  # 14 rows: four windows, two per shard
+    kept, real = [], annotate_mod.windows_job
+
+    def watched(*a, **k):  # memory holds one window: the job hands each to annotate's writer and keeps none
+        kept.append(real(*a, **k))
+        return kept[-1]
+
+    monkeypatch.setattr(annotate_mod, "windows_job", watched)
     inp = write_jsonl(tmp_path / "s.jsonl", sample_rows(12))
     assert run(tiny_model, tiny_backbone, inp, tmp_path / "one.jsonl", "--rule", "best-random", "-q").code == 0
     for i in (0, 1):
@@ -321,6 +330,7 @@ def test_two_shards_concatenated_are_one_run(tiny_model, tiny_backbone, tmp_path
     for kind in ("jsonl", "scores.jsonl"):
         parts = [(tmp_path / f"part{i}.{kind}").read_bytes() for i in (0, 1)]
         assert all(parts) and b"".join(parts) == (tmp_path / f"one.{kind}").read_bytes()
+    assert kept == [[], [], []]
 
 
 @pytest.mark.slow
