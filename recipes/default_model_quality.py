@@ -35,6 +35,7 @@ from armo_cli.evaluate import evaluate_scores, pair_outcomes
 from armo_cli.stats import bootstrap_ci, spearman
 
 SETS = {"held-out pairs": "heldout", "dev-eval": "dev-eval", "RMB (out of distribution)": "rmb-eval"}
+PREVIOUS_CARD: Path | None = None
 SELECTION = ("RMB selection slice (chose the gate; not a result)", "rmb-select")
 N_BOOT = 1000
 POOLING_ARM = "the recipe on last-token features (full model)"
@@ -89,7 +90,14 @@ def main() -> None:
     ap.add_argument("--produced-by", default="bash recipes/train_default.sh", help="the recipe command, for the card")
     ap.add_argument("--features", help="where the model's own features are, if not in --work (a stage-0 adapter's "
                     "extraction: recipes/train_stage0.sh); the ablations stay on --work's")
+    ap.add_argument("--rmb-eval", default="rmb-eval", help="the RMB evaluation slice's stem in --work: rmb-eval700 is its "
+                    "first 700 pairs (#46's refit, where all 2,000 were not extracted with style counts)")
+    ap.add_argument("--previous-card", default=None, help="a card whose #33 section is carried over, labelled, when "
+                    "WORK holds no candidates.json (#33's candidates were not re-run)")
     args = ap.parse_args()
+    SETS["RMB (out of distribution)"] = args.rmb_eval
+    global PREVIOUS_CARD
+    PREVIOUS_CARD = Path(args.previous_card) if args.previous_card else None
     work, models = Path(args.work), Path(args.work) / "models"
     feat_dir = Path(args.features or args.work)
     model = ArmoModel.load(args.model)
@@ -495,7 +503,8 @@ def write_card(model_dir: Path, model: ArmoModel, work: Path, q: dict, probe: di
         L += probe_on_recipe(RESULTS / name, layer)
     L += ["## Training data (permissively licensed sources of ../shared/data only)", ""]
     for name, fn in (("stage 1 ratings", "ratings.jsonl"), ("preference objective, decorrelation and gate pairs", "pairs.jsonl"),
-                     ("held-out pairs (evaluation only)", "heldout.jsonl"), ("RMB evaluation slice", "rmb-eval.jsonl"),
+                     ("held-out pairs (evaluation only)", "heldout.jsonl"),
+                     ("RMB evaluation slice", f"{SETS['RMB (out of distribution)']}.jsonl"),
                      ("RMB selection slice (chose the gate)", "rmb-select.jsonl")):
         if (work / fn).exists():
             L.append(f"- {name}: {_counts(work / fn)}")
@@ -566,6 +575,12 @@ def write_card(model_dir: Path, model: ArmoModel, work: Path, q: dict, probe: di
         from default_model_candidates import card_section
 
         L += card_section(json.loads((work / "candidates.json").read_text()))
+    elif PREVIOUS_CARD is not None and "## Which candidate ships (#33)" in PREVIOUS_CARD.read_text():
+        old = PREVIOUS_CARD.read_text().split("## Which candidate ships (#33)")[1].split("\n## ")[0]
+        L += ["## Which candidate ships (#33)", "",
+              "*Measured on the model before #46's refit (today's recipe then, without `--invariant-to`) and not re-run "
+              "with it: the candidates' features (the LM objectives, the stage-0 adapter) were not extracted again. The "
+              "tables are as they were.*", old.strip("\n"), ""]
     L += ["## What the gate does: mean share of the gate's weight per objective, by source or subset", "",
           "Shares sum to 1 per row (the gate's learned scale is common to all prompts). Accuracy is the full model's on those pairs.", ""]
     short = [o for o in model.objectives if o not in blocked]

@@ -17,8 +17,8 @@ RANGES=(--range ultrafeedback-overall=1:10 --range prometheus-rubric=1:5
   --range topicalchat-overall=1:5)
 PAIRS=$WORK/pairs.features.safetensors
 # #46: rating and preference heads fitted blind to form (--invariant-to the training swaps, the top INVARIANT_RANK
-# directions; studies/style_candidates_table.py's rule picks the rank). Empty: today's heads, which see form.
-INVARIANT_RANK=${INVARIANT_RANK:-}
+# directions; studies/style_candidates_table.py's rule picked the rank). Empty: the heads before #46, which see form.
+INVARIANT_RANK=${INVARIANT_RANK-16}  # adopted by the rule (model card, #46); INVARIANT_RANK= fits today's heads
 INV=(${INVARIANT_RANK:+--invariant-to "$WORK/swaps.features.safetensors" --invariant-rank "$INVARIANT_RANK"})
 
 # Stage 1: ridge objectives from the ratings, a length objective (no source rates verbosity), and a preference
@@ -122,6 +122,7 @@ fi
 rm -rf "$OUT.new"
 armo assemble "$OUT.new" "${PICK[@]}"
 # an adapter's model is measured on its own extraction's features (FEATS, set with the winner)
-python recipes/default_model_quality.py --work "$WORK" --features "$FEATS" --model "$OUT.new" --produced-by "$PRODUCED_BY"
+python recipes/default_model_quality.py --work "$WORK" --features "$FEATS" --model "$OUT.new" --produced-by "$PRODUCED_BY" \
+  --rmb-eval "${RMB_EVAL:-rmb-eval700}" --previous-card "$OUT/MODEL_CARD.md"
 rm -rf "$OUT" && mv "$OUT.new" "$OUT"
 echo "default model written to $OUT (gate: $CHOSEN)"
