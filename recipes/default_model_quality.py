@@ -481,8 +481,16 @@ def write_card(model_dir: Path, model: ArmoModel, work: Path, q: dict, probe: di
          f"`{produced_by}` on a 2-core CPU (no GPU), with armo's own commands: extract (hidden layer {layer}, "
          f"{POOLING_TEXT[model.meaning.pooling]}), "
          "fit-regression (ridge objectives from ratings, a length-derived `verbosity` objective, and a `preference` "
-         "objective fitted from the training pairs by a Bradley-Terry head, cross-fitted by prompt), fit-decorrelation "
-         "against verbosity on the training pairs, fit-gating (gate settings chosen on an RMB selection slice), assemble.", "",
+         "objective fitted from the training pairs by a Bradley-Terry head, cross-fitted by prompt"
+         + (f"; the rating and preference heads fitted blind to form: `--invariant-to` {inv['pairs']} training swaps "
+            f"(`studies/style_swaps.py`: the same words in markdown and in prose, padded and not), their top "
+            f"{inv['rank']} directions projected out, which hold {inv['explained']:.0%} of the swaps' differences; #46"
+            if (inv := reg.get("invariance")) else "")
+         + "), fit-decorrelation against verbosity on the training pairs, fit-gating (gate settings chosen on an RMB "
+         "selection slice), assemble."
+         + (f" The RMB evaluation figures are on the slice's first {q['results']['RMB (out of distribution)']['full model']['n']} "
+            "scorable pairs (of 700 drawn; the full 2,000-pair slice is `RMB_FULL=1`)."
+            if SETS["RMB (out of distribution)"] == "rmb-eval700" and "RMB (out of distribution)" in q["results"] else ""), "",
          "## Backbone and feature layer", "",
          f"- `{reg['backbone']['name']}` (fingerprint `{reg['backbone']['fingerprint'][:24]}`), d = {reg['hidden_size']}, "
          f"gate rule `{model.gate_rule}`, features from hidden layer {layer} (counted from the end; -1 is the last "

@@ -34,7 +34,7 @@ PROBES = {"held-out": "probe-heldout", "dev-eval": "probe-dev-eval", "RMB select
 def candidates(style: Path) -> list[str]:
     names = sorted({p.name[len("eval-"):-len("-heldout.json")] for p in style.glob("eval-*-heldout.json")}
                    - {p.name[len("eval-"):-len("-probe-heldout.json")] + "-probe" for p in style.glob("eval-*-probe-heldout.json")})
-    key = lambda n: (n != "shipped", n != "today", not n.startswith("style"),  # noqa: E731
+    key = lambda n: (n == "refit", n != "shipped", n != "today", not n.startswith("style"),  # noqa: E731
                      int(n.rsplit("-", 1)[1]) if n.startswith("invariant-") else 0, n)
     return sorted(names, key=key)
 
@@ -63,10 +63,27 @@ def measure(work: Path, name: str) -> dict:
     return out
 
 
+def paired(work: Path, name: str, base: str = "shipped") -> dict:
+    """Per set, NAME's accuracy minus BASE's on the same pairs, with a paired bootstrap interval (pairs resampled)."""
+    style, out = work / "style", {}
+    for label, s in SETS.items():
+        for stem in ((s, "rmb-eval700") if s == "rmb-eval" else (s,)):
+            fa, fb = style / f"pairs-{name}-{stem}.jsonl", style / f"pairs-{base}-{stem}.jsonl"
+            if fa.exists() and fb.exists():
+                a = torch.tensor([float(json.loads(x)["margin"] > 0) for x in fa.open()], dtype=torch.float64)
+                b = torch.tensor([float(json.loads(x)["margin"] > 0) for x in fb.open()], dtype=torch.float64)
+                d = a - b
+                g = torch.Generator().manual_seed(0)
+                boots = torch.stack([d[torch.randint(len(d), (len(d),), generator=g)].mean() for _ in range(1000)])
+                out[label] = {"diff": float(d.mean()), "ci95": [float(boots.quantile(0.025)), float(boots.quantile(0.975))]}
+                break
+    return out
+
+
 def choose(results: dict) -> dict:
     """The rule above, on measure()'s results; says why at each step."""
     shipped = results["shipped"]["accuracy"]
-    eligible = [n for n, r in results.items() if n != "shipped" and "RMB selection" in r["probes"]
+    eligible = [n for n, r in results.items() if n not in ("shipped", "refit") and "RMB selection" in r["probes"]
                 and r["probes"]["RMB selection"]["format"]["ci95"][0] <= 0 <= r["probes"]["RMB selection"]["format"]["ci95"][1]]
     if not eligible:
         return {"eligible": [], "chosen": None, "adopt": False, "why": "no candidate's format gap holds 0 on the "
@@ -125,10 +142,18 @@ def card_section(out: dict) -> list[str]:
          "(`fit-regression --invariant-to`, `studies/style_swaps.py`). Accuracy over all pairs (a tie is a loss) with "
          "bootstrap intervals; format gap: the style probe's \"chosen markdown\" minus \"chosen plain\" accuracy, paired "
          "bootstrap over 60 pairs per set (fewer where a probe is too long)."
-         + (f" RMB evaluation: the slice's first {rmb700} pairs (all 2,000 were not extracted with style counts yet)."
+         + (f" RMB evaluation: the {rmb700} scorable pairs of the slice's first 700 (all 2,000 were not extracted with "
+            "style counts)."
             if rmb700 else ""), ""]
     L += table(results) + [""] + length_table(results) + [""]
-    L += ["The rule, fixed before these numbers were read: among candidates whose format gap holds 0 on the RMB selection "
+    for n, diffs in out.get("paired", {}).items():
+        L += [f"Paired, `{n}` minus `shipped` on the same pairs [95%]: " + "; ".join(
+            f"{k} {v['diff']:+.3f} [{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}]" for k, v in diffs.items()) + ".", ""]
+    L += ["`shipped` is the model before this refit; `refit` is the model shipped now: the chosen candidate's heads "
+          "with the gate the recipe chose on the selection slice (`recipes/fit_default.sh`)." if "refit" in results else
+          "`shipped` is the model shipped when these were measured.", "",
+          "The rule, written before the candidates' selection-slice and RMB figures were read (a first scan of the "
+          "preference head alone at several ranks, on held-out and dev-eval, had been seen): among candidates whose format gap holds 0 on the RMB selection "
           "slice's probes, the most accurate on that slice; adopted only if no evaluation set falls below the shipped "
           f"model's interval. Verdict: {d['why']}.", ""]
     return L
@@ -147,7 +172,8 @@ def main(argv: list[str] | None = None) -> dict:
     print("\n".join(length_table(results)))
     print()
     print(f"rule: {decision['why']}")
-    out = {"results": results, "decision": decision}
+    out = {"results": results, "decision": decision,
+           "paired": {n: paired(work, n) for n in (decision["chosen"], "refit") if n and n in results}}
     f = work / "style" / "pairs-shipped-rmb-eval.jsonl"
     if not f.exists() and (work / "style" / "pairs-shipped-rmb-eval700.jsonl").exists():
         out["rmb_eval_pairs"] = sum(1 for _ in (work / "style" / "pairs-shipped-rmb-eval700.jsonl").open())
