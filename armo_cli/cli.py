@@ -492,7 +492,8 @@ def serve(**values):
 # Each command and the config its options come from (tests check defaults and help against it).
 COMMAND_CONFIGS = {"extract": ExtractConfig, "tune-backbone": TuneConfig, "merge": MergeConfig, "fit-regression": RegressionConfig,
                    "fit-decorrelation": DecorrelationConfig, "fit-gating": GatingConfig, "assemble": AssembleConfig,
-                   "score": ScoreConfig, "evaluate": EvaluateConfig, "sample": SampleConfig, "export": ExportConfig,
+                   "score": ScoreConfig, "evaluate": EvaluateConfig, "annotate": AnnotateConfig, "sample": SampleConfig,
+                   "export": ExportConfig,
                    "import": ImportConfig, "serve": ServeConfig, "report": ReportConfig}
 
 
