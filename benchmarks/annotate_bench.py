@@ -3,13 +3,13 @@
 Samples: the responses of ../shared/data/rmb-bon.jsonl.gz rows as unlabeled samples, K per prompt (a row's own
 responses, topped up with the next rows' responses when it has fewer than K: rmb-bon rows hold 3 to 7), for the
 first --prompts rows whose samples fit in --max-length. Model: the embedded default, exported to the ArmoRM format.
-  - armo: `armo annotate` (annotate.annotate, in-process): each prompt once, its K responses after it in one tree,
-    length-sorted token-budget batches;
+  - armo: `armo annotate`'s scoring and pair picking (RewardModel.annotate, the command's core): each prompt once,
+    its K responses after it in one tree, length-sorted token-budget batches;
   - SimPO-style (princeton-nlp/SimPO on_policy_data_gen/reward_model_annotate.py): the exported model through
     AutoModelForSequenceClassification, one response per forward pass, the chat template applied to [user, assistant];
   - RLHFlow-style (RLHFlow/Online-RLHF annotate_data/get_rewards.py): the conversation rendered to text by the chat
     template, then tokenised and scored one text at a time (their pipeline runs batch_size 1).
-Printed per K: tokens through the backbone, wall seconds, the ratios, and the largest score difference (the targets:
+Every arm's model is loaded before its clock starts. Printed per K: tokens through the backbone, wall seconds, the ratios, and the largest score difference (the targets:
 at K=8, at least 1.5x fewer tokens and 3x less wall time than the batch-1 loops; scores equal within 1e-4).
 Run: python benchmarks/annotate_bench.py [--prompts 24] [--json out.json]   (about 10 minutes on a 2-core CPU)
 """
@@ -48,13 +48,13 @@ def samples(path: Path, k: int, n: int, fits) -> list[dict]:
     return out
 
 
-def armo_run(rows: list[dict], model: str, max_length: int, tmp: Path) -> tuple[list[list[float]], int, float]:
-    import armo_cli.scoring as scoring
-    from armo_cli.annotate import annotate
-    from armo_cli.configs import AnnotateConfig
+def armo_run(rm, rows: list[dict]) -> tuple[list[list[float]], int, float]:
+    """`armo annotate`'s scoring and pair picking, the model loaded beforehand as the loops' is (RewardModel.annotate:
+    the command's core, its lines equal to the command's in tests/test_annotate.py)."""
+    import armo_cli.api as api
 
     tokens = [0]
-    real = scoring.score_trees
+    real = api.score_trees
 
     def counted(model_, ctx, trees, weights, name, on_batch=None):
         def both(r: int, t: int) -> None:
@@ -63,20 +63,14 @@ def armo_run(rows: list[dict], model: str, max_length: int, tmp: Path) -> tuple[
                 on_batch(r, t)
         return real(model_, ctx, trees, weights, name, both)
 
-    inp = tmp / "samples.jsonl"
-    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    scoring.score_trees = counted
+    api.score_trees = counted
     try:
         t0 = time.perf_counter()
-        annotate(AnnotateConfig(input=str(inp), model=model, output=str(tmp / "pairs.jsonl"), max_length=max_length,
-                                quiet=True))
+        _, scores = rm.annotate(rows)
         sec = time.perf_counter() - t0
     finally:
-        scoring.score_trees = real
-    scores = [[x["score"] for x in json.loads(line)["responses"]] for line in open(tmp / "pairs.scores.jsonl")]
-    (tmp / "pairs.jsonl").unlink()
-    (tmp / "pairs.scores.jsonl").unlink()
-    return scores, tokens[0], sec
+        api.score_trees = real
+    return [[x["score"] for x in s["responses"]] for s in scores], tokens[0], sec
 
 
 def messages(prompt, text: str) -> list[dict]:
@@ -151,8 +145,8 @@ def main() -> None:
     print(f"{'K':>2} {'run':<14} {'tokens':>9} {'seconds':>8} {'tok ratio':>9} {'time ratio':>10} {'max |diff|':>10}")
     for k in (int(x) for x in args.k.split(",")):
         rows = samples(Path(args.input), k, args.prompts, fits)
-        armo_run(rows[:2], model, args.max_length, tmp)  # warm-up
-        a_scores, a_tok, a_sec = armo_run(rows, model, args.max_length, tmp)
+        armo_run(rm, rows[:2])  # warm-up
+        a_scores, a_tok, a_sec = armo_run(rm, rows)
         res = {"armo annotate": {"tokens": a_tok, "seconds": a_sec}}
         for name, loop in (("SimPO-style", simpo_loop), ("RLHFlow-style", rlhflow_loop)):
             s, t, sec = loop(rows, hf, tok)
