@@ -353,3 +353,19 @@ def test_torchrun_two_cpu_ranks_equal_one_process(tiny_model, tiny_backbone, tmp
     for kind in ("jsonl", "scores.jsonl"):
         assert (tmp_path / f"dist.{kind}").read_bytes() == (tmp_path / f"one.{kind}").read_bytes()
     assert not list(tmp_path.glob("*.shard-*"))
+
+
+def test_dataset_and_stdin_inputs_give_the_files_a_path_gives(tiny_model, tiny_backbone, tmp_path):
+    """`--dataset FILE` (a local file, read as datasets would) and `-` (stdin, spooled) are the same rows as INPUT."""
+    rows = sample_rows(5)
+    inp = write_jsonl(tmp_path / "s.jsonl", rows)
+    assert run(tiny_model, tiny_backbone, inp, tmp_path / "a.jsonl", "-q").code == 0
+    r = armo("annotate", "--dataset", str(inp), "-m", str(tiny_model / "model"), "--backbone", str(tiny_backbone),
+             "--device", "cpu", "-o", str(tmp_path / "b.jsonl"), "-q")
+    assert r.code == 0, r.output
+    r = armo("annotate", "-", "-m", str(tiny_model / "model"), "--backbone", str(tiny_backbone), "--device", "cpu",
+             "-o", str(tmp_path / "c.jsonl"), "-q", input=inp.read_text())
+    assert r.code == 0, r.output
+    for kind in ("jsonl", "scores.jsonl"):
+        a = (tmp_path / f"a.{kind}").read_bytes()
+        assert a and a == (tmp_path / f"b.{kind}").read_bytes() == (tmp_path / f"c.{kind}").read_bytes()
